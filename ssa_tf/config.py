@@ -1,0 +1,90 @@
+"""Run configuration: choices, presets and validation, with no TensorFlow import.
+
+``python -m ssa_tf.train`` validates every flag here before TensorFlow
+starts, so a user's mistake costs a fraction of a second and ends with one
+line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+MODES = ("ssa", "dfa", "bp")
+MODELS = ("mlp", "smallconv", "resnet32", "resnet18")
+DATASETS = ("mnist5k", "cifar10", "cifar100")
+NORMS = ("layer", "batch", "none")
+FEEDBACK_ROUTES = ("global", "local")
+FEEDBACK_SPATIAL = ("broadcast", "full")
+FEEDBACK_INIT = ("random", "forward")
+PRESETS = ("none", "cifar100", "imagenet")
+
+# SVD factors need a smaller rate than dense weights (SPEC section 8: SSA
+# collapsed at 1e-3 and trained at 1e-4 to 3e-4).
+DEFAULT_LEARNING_RATE = {"ssa": 3e-4, "dfa": 1e-3, "bp": 1e-3}
+
+
+@dataclasses.dataclass
+class RunConfig:
+    dataset: str = "mnist5k"
+    data_dir: str | None = None
+    model: str = "smallconv"
+    mode: str = "ssa"
+    epochs: int = 3
+    batch_size: int = 64
+    learning_rate: float | None = None  # None: the mode's default
+    lr_decay_epochs: tuple = ()  # multiply the rate by lr_decay_factor at these epochs
+    lr_decay_factor: float = 0.1
+    alpha: float = 1.0
+    beta: float = 0.01
+    gamma: float = 0.1
+    norm: str = "layer"  # the seed: layer norm suits SSA better than batch norm
+    feedback: str = "global"
+    feedback_spatial: str = "broadcast"
+    feedback_init: str = "random"
+    seed: int = 1
+    workdir: str | None = None
+    max_train_examples: int | None = None
+    augment: bool = True
+
+    def resolved_learning_rate(self) -> float:
+        return DEFAULT_LEARNING_RATE[self.mode] if self.learning_rate is None else self.learning_rate
+
+
+# Seed section 2 / SPEC section 6. Flags given explicitly override these.
+PRESET_VALUES = {
+    "none": {},
+    "cifar100": dict(dataset="cifar100", model="resnet32", epochs=200, batch_size=128,
+                     learning_rate=1e-4, lr_decay_epochs=(20, 40, 60), alpha=1.0, beta=0.01,
+                     gamma=0.1),
+    "imagenet": dict(dataset="imagenet2012", model="resnet18", epochs=200, batch_size=256,
+                     lr_decay_epochs=tuple(range(30, 200, 30)), alpha=1.0, beta=0.01, gamma=0.1),
+}
+# the seed: 2e-4 for BP, 5e-4 for SSA on ImageNet
+IMAGENET_LEARNING_RATE = {"bp": 2e-4, "ssa": 5e-4, "dfa": 5e-4}
+
+
+def validate(cfg: RunConfig) -> str | None:
+    """The first problem with ``cfg`` as one line, or None."""
+    choices = [("dataset", DATASETS), ("model", MODELS), ("mode", MODES), ("norm", NORMS),
+               ("feedback", FEEDBACK_ROUTES), ("feedback_spatial", FEEDBACK_SPATIAL),
+               ("feedback_init", FEEDBACK_INIT)]
+    for name, valid in choices:
+        value = getattr(cfg, name)
+        if value not in valid:
+            return f"--{name}={value!r} is not valid; choose from: {', '.join(valid)}"
+    for name in ("alpha", "beta", "gamma"):
+        if getattr(cfg, name) < 0:
+            return f"--{name} must be >= 0, got {getattr(cfg, name)}"
+    if cfg.epochs < 1:
+        return f"--epochs must be >= 1, got {cfg.epochs}"
+    if cfg.batch_size < 1:
+        return f"--batch_size must be >= 1, got {cfg.batch_size}"
+    if cfg.learning_rate is not None and not cfg.learning_rate > 0:
+        return f"--learning_rate must be > 0, got {cfg.learning_rate}"
+    if cfg.max_train_examples is not None and cfg.max_train_examples < 1:
+        return f"--max_train_examples must be >= 1, got {cfg.max_train_examples}"
+    if not 0 < cfg.lr_decay_factor <= 1:
+        return f"--lr_decay_factor must be in (0, 1], got {cfg.lr_decay_factor}"
+    if cfg.alpha == cfg.beta == cfg.gamma == 0 and cfg.mode == "ssa":
+        return "--alpha, --beta and --gamma are all 0: SSA would have nothing to learn from"
+    return None

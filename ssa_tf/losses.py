@@ -1,0 +1,42 @@
+"""The terms of SSA's composite local loss (SPEC section 4, seed eq. 1-19).
+
+Each function returns a scalar for one SVD layer; the trainer sums them over
+a module's layers and weights them with alpha, beta, gamma.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+
+def alignment_loss(layer):
+    """||U - B_U||_F^2 + ||s - B_s||^2 + ||V - B_V||_F^2 (eq. 5); gradient 2 (X - B_X) (eq. 7)."""
+    return (ops.sum(ops.square(layer.U - layer.B_U))
+            + ops.sum(ops.square(layer.s - layer.B_s))
+            + ops.sum(ops.square(layer.V - layer.B_V)))
+
+
+def _gram_defect(X):
+    r = ops.shape(X)[1]
+    return ops.sum(ops.square(ops.matmul(ops.transpose(X), X) - ops.eye(r, dtype=X.dtype)))
+
+
+def orthogonality_loss(layer, lam: float = 0.0):
+    """||U^T U - I||_F^2 + ||V^T V - I||_F^2 (eq. 12), plus lam (||U||^2 + ||V||^2) (eq. 19).
+
+    Gradient with respect to U is 4 U (U^T U - I) (eq. 14), likewise for V.
+    """
+    loss = _gram_defect(layer.U) + _gram_defect(layer.V)
+    if lam:
+        loss = loss + lam * (ops.sum(ops.square(layer.U)) + ops.sum(ops.square(layer.V)))
+    return loss
+
+
+def output_error(logits, labels, num_classes):
+    """e = softmax(z) - onehot(y) (eq. 2), the gradient of CE at the logits."""
+    return ops.softmax(logits, axis=-1) - ops.one_hot(ops.cast(labels, "int32"), num_classes)
+
+
+def cross_entropy(logits, labels):
+    """Mean sparse softmax cross-entropy over the batch."""
+    return ops.mean(ops.sparse_categorical_crossentropy(labels, logits, from_logits=True))

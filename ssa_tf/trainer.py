@@ -1,0 +1,200 @@
+"""The trainer: one Keras model whose ``train_step`` knows the three modes.
+
+``bp`` trains end to end through Keras's own ``train_step``. ``dfa`` and
+``ssa`` run the forward pass module by module, each under its own
+``GradientTape`` with its input stop-gradiented, compute the output error
+e = softmax(z) - onehot(y), then each module's local loss
+alpha * CE_i + beta * L_align,i + gamma * L_ortho,i (SPEC sections 3-4),
+and apply every module's gradients with one optimizer step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import keras
+import tensorflow as tf
+from keras import ops
+
+from ssa_tf import feedback, losses
+from ssa_tf.layers import svd_layers
+from ssa_tf.models import build_modules
+
+MODES = ("ssa", "dfa", "bp")
+# SVD factors need a smaller rate than dense weights (SPEC section 8: SSA
+# collapsed at 1e-3 and trained at 1e-4 to 3e-4).
+DEFAULT_LEARNING_RATE = {"ssa": 3e-4, "dfa": 1e-3, "bp": 1e-3}
+
+
+@keras.saving.register_keras_serializable(package="ssa_tf")
+class SSAModel(keras.Model):
+    """A network of local modules trained with SSA, DFA or BP.
+
+    Build it with the architecture's name; ``get_config`` holds everything
+    needed to rebuild it at its current ranks, so ``keras.models.load_model``
+    restores a (rank-reduced) model exactly.
+    """
+
+    def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10, mode="ssa",
+                 norm="layer", alpha=1.0, beta=0.01, gamma=0.1, ortho_lambda=0.0,
+                 feedback_route="global", feedback_spatial="broadcast", feedback_init="random",
+                 seed=1, ranks=None, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        if feedback_route not in feedback.ROUTES:
+            raise ValueError(f"unknown feedback route {feedback_route!r}")
+        if feedback_spatial not in feedback.SPATIAL:
+            raise ValueError(f"unknown feedback_spatial {feedback_spatial!r}")
+        self.architecture = architecture
+        self.input_dims = tuple(int(d) for d in input_shape)
+        self.num_classes = int(num_classes)
+        self.mode = mode
+        self.norm = norm
+        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        self.ortho_lambda = float(ortho_lambda)
+        self.feedback_route = feedback_route
+        self.feedback_spatial = feedback_spatial
+        self.feedback_init = feedback_init
+        self.seed = int(seed)
+        self.local_modules = build_modules(architecture, self.input_dims, self.num_classes, mode,
+                                           norm, self.seed, feedback_init, ranks)
+        # Build every sublayer now: the optimizer must see all variables
+        # before it is built ("Unknown variable" otherwise).
+        self._build_all()
+        if mode != "bp":
+            self.ce_tracker = keras.metrics.Mean(name="ce_term")
+            self.align_tracker = keras.metrics.Mean(name="align_term")
+            self.ortho_tracker = keras.metrics.Mean(name="ortho_term")
+
+    # -- construction ---------------------------------------------------------
+    def _build_all(self):
+        x = ops.zeros((1, *self.input_dims))
+        shapes = []
+        for m in self.local_modules:
+            x = m(x, training=False)
+            shapes.append(tuple(x.shape[1:]))
+        self.module_output_shapes = shapes
+        self.feedback_matrices = []
+        if self.mode == "bp":
+            self.built = True
+            return
+        rng = np.random.default_rng(self.seed + 7919)
+        for i, (m, shape) in enumerate(zip(self.local_modules[:-1], shapes[:-1])):
+            positions, channels, std = feedback.feedback_shape(
+                self.feedback_route, self.feedback_spatial, shape, self.num_classes)
+            structured = m.output_layer if self.mode == "ssa" else None
+            mat = feedback.projection_matrix(channels, positions, self.num_classes, std, rng,
+                                             structured)
+            var = self.add_weight(name=f"feedback_{i}", shape=mat.shape, trainable=False,
+                                  initializer=keras.initializers.Constant(mat))
+            self.feedback_matrices.append(var)
+        self.built = True
+
+    def build(self, input_shape=None):
+        # everything was built in __init__; Keras calls this on load
+        self.built = True
+
+    def svd_layers(self):
+        return [l for m in self.local_modules for l in svd_layers(m)]
+
+    def ranks(self) -> dict:
+        return {l.name: l.rank for l in self.svd_layers()}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "architecture": self.architecture, "input_shape": self.input_dims,
+            "num_classes": self.num_classes, "mode": self.mode, "norm": self.norm,
+            "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
+            "ortho_lambda": self.ortho_lambda, "feedback_route": self.feedback_route,
+            "feedback_spatial": self.feedback_spatial, "feedback_init": self.feedback_init,
+            "seed": self.seed, "ranks": self.ranks(),
+        }
+
+    # -- forward --------------------------------------------------------------
+    def call(self, x, training=False):
+        for m in self.local_modules:
+            x = m(x, training=training)
+        return x
+
+    # -- training -------------------------------------------------------------
+    def train_step(self, data):
+        if self.mode == "bp":
+            return super().train_step(data)
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        grads_and_vars, logits, terms = self.local_gradients(x, y)
+        self.optimizer.apply_gradients(grads_and_vars)
+        # the logged loss is the network's CE, as in BP, so modes compare
+        loss = self._compute_loss(x=x, y=y, y_pred=logits, training=True)
+        self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
+        for tracker, value in zip((self.ce_tracker, self.align_tracker, self.ortho_tracker), terms):
+            tracker.update_state(value)
+        return self.compute_metrics(x, y, logits)
+
+    def test_step(self, data):
+        # the local-loss terms are training quantities; keep them out of val_*
+        logs = super().test_step(data)
+        return {k: v for k, v in logs.items() if not k.endswith("_term")}
+
+    def local_gradients(self, x, y):
+        """Each module's gradient of its own local loss; nothing crosses modules.
+
+        Returns (list of (grad, var)), the logits, and the sums over modules of
+        the CE, alignment and orthogonality terms (unweighted, per replica).
+        """
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        tapes, outputs = [], []
+        h = x
+        for m in self.local_modules:
+            tape = tf.GradientTape()
+            with tape:
+                h = m(ops.stop_gradient(h), training=True)
+            tapes.append(tape)
+            outputs.append(h)
+        logits = outputs[-1]
+        error = ops.stop_gradient(losses.output_error(logits, y, self.num_classes))
+
+        grads_and_vars = []
+        ce_sum = align_sum = ortho_sum = 0.0
+        last = len(self.local_modules) - 1
+        for i, (m, tape, h) in enumerate(zip(self.local_modules, tapes, outputs)):
+            with tape:  # re-entering continues recording on module i's tape
+                if i == last:
+                    ce = losses.cross_entropy(h, y)  # the head learns from the true CE
+                else:
+                    ce = feedback.ce_term(self.feedback_route, self.feedback_spatial, h,
+                                          self.feedback_matrices[i], error, y)
+                loss = self.alpha * ce
+                align = ortho = 0.0
+                if self.mode == "ssa":
+                    layers = svd_layers(m)
+                    align = sum(losses.alignment_loss(l) for l in layers)
+                    ortho = sum(losses.orthogonality_loss(l, self.ortho_lambda) for l in layers)
+                    loss = loss + self.beta * align + self.gamma * ortho
+                # each replica holds a copy of the terms; the optimizer sums
+                # replicas' gradients, so divide to get the global mean
+                loss = loss / replicas
+            variables = m.trainable_variables
+            grads = tape.gradient(loss, variables)
+            grads_and_vars.extend(zip(grads, variables))
+            ce_sum += ce
+            align_sum += align
+            ortho_sum += ortho
+        return grads_and_vars, logits, (ce_sum, align_sum, ortho_sum)
+
+
+def build_model(architecture, input_shape, num_classes, mode="ssa", learning_rate=None,
+                jit_compile=False, **kwargs):
+    """An ``SSAModel`` compiled with Adam, sparse CE and accuracy."""
+    model = SSAModel(architecture, input_shape, num_classes, mode=mode, **kwargs)
+    compile_model(model, learning_rate)
+    return model
+
+
+def compile_model(model, learning_rate=None, jit_compile=False):
+    lr = DEFAULT_LEARNING_RATE[model.mode] if learning_rate is None else learning_rate
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+                  jit_compile=jit_compile)
+    return model

@@ -1,0 +1,529 @@
+"""Numerical tests of the SVD layers, rank reduction and LocalBatchNorm.
+
+SPEC sections 2, 5 and 7. Every reference value is computed independently with
+NumPy (float64) or with the stock Keras layer; the library's own helpers are
+only used as the object under test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+from keras import ops
+
+from ssa_tf.layers import (LocalBatchNorm, SVDConv2D, SVDDense, energy_rank,
+                           exact_singular_values, svd_factors)
+
+ATOL = 2e-5
+RTOL = 1e-4
+
+
+# --------------------------------------------------------------------------
+# independent reference maths
+# --------------------------------------------------------------------------
+
+def np_(v):
+    return np.asarray(ops.convert_to_numpy(v), np.float64)
+
+
+def conv_matrix(kernel):
+    """K'[(n, w), (c, h)] = K[h, w, c, n] (SPEC section 2), written from the spec."""
+    kh, kw, c, n = kernel.shape
+    out = np.empty((n * kw, c * kh), np.float64)
+    for ni in range(n):
+        for wi in range(kw):
+            for ci in range(c):
+                for hi in range(kh):
+                    out[ni * kw + wi, ci * kh + hi] = kernel[hi, wi, ci, ni]
+    return out
+
+
+def conv_kernel(matrix, kh, kw, c, n):
+    """Inverse of ``conv_matrix``."""
+    k = np.empty((kh, kw, c, n), np.float64)
+    for ni in range(n):
+        for wi in range(kw):
+            for ci in range(c):
+                for hi in range(kh):
+                    k[hi, wi, ci, ni] = matrix[ni * kw + wi, ci * kh + hi]
+    return k
+
+
+def best_rank(matrix, r):
+    """Eckart-Young: the rank-r truncated SVD of ``matrix``."""
+    u, s, vt = np.linalg.svd(np.asarray(matrix, np.float64), full_matrices=False)
+    return (u[:, :r] * s[:r]) @ vt[:r]
+
+
+def energy_of(matrix, r):
+    s = np.linalg.svd(np.asarray(matrix, np.float64), compute_uv=False)
+    return float((s[:r] ** 2).sum() / (s ** 2).sum())
+
+
+def factor_matrix(layer):
+    """U diag(s) V^T from the layer's variables, in float64."""
+    return (np_(layer.U) * np_(layer.s)) @ np_(layer.V).T
+
+
+def reference_conv(x, kernel, bias, strides, padding):
+    y = tf.nn.conv2d(tf.constant(x, tf.float32), tf.constant(kernel, tf.float32),
+                     strides=[1, *strides, 1], padding=padding.upper()).numpy()
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def make_dense(rng, n_in, units, use_bias=True):
+    d = keras.layers.Dense(units, use_bias=use_bias)
+    d.build((None, n_in))
+    d.kernel.assign(rng.standard_normal((n_in, units)).astype(np.float32))
+    if use_bias:
+        d.bias.assign(rng.standard_normal(units).astype(np.float32))
+    return d
+
+
+def make_conv(rng, c, filters, kernel_size, strides, padding, use_bias=True):
+    conv = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding,
+                               use_bias=use_bias)
+    conv.build((None, None, None, c))
+    kh, kw = conv.kernel_size
+    conv.kernel.assign((rng.standard_normal((kh, kw, c, filters)) / np.sqrt(kh * kw * c))
+                       .astype(np.float32))
+    if use_bias:
+        conv.bias.assign(rng.standard_normal(filters).astype(np.float32))
+    return conv
+
+
+def perturb(layer, rng, scale=0.3):
+    """Make U, V non-orthonormal and s arbitrary (as training does)."""
+    for var in (layer.U, layer.s, layer.V):
+        val = np_(var)
+        var.assign((val + scale * rng.standard_normal(val.shape)).astype(np.float32))
+
+
+# --------------------------------------------------------------------------
+# full-rank conversion
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("n_in,units", [(6, 9), (10, 4)])
+def test_from_dense_full_rank_reproduces_dense(use_bias, n_in, units):
+    rng = np.random.default_rng(0)
+    dense = make_dense(rng, n_in, units, use_bias)
+    svd = SVDDense.from_dense(dense)
+    r = min(n_in, units)
+    assert svd.rank == r
+    assert tuple(svd.U.shape) == (units, r)
+    assert tuple(svd.s.shape) == (r,)
+    assert tuple(svd.V.shape) == (n_in, r)
+    assert (svd.bias is not None) == use_bias
+    x = rng.standard_normal((5, n_in)).astype(np.float32)
+    np.testing.assert_allclose(np_(svd(x)), np_(dense(x)), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(svd.merged_kernel(), np_(dense.kernel), rtol=RTOL, atol=ATOL)
+    assert svd.merged_kernel().shape == (n_in, units)
+    # the layer is built once: calling it did not create extra variables
+    assert len(svd.weights) == 6 + int(use_bias)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+@pytest.mark.parametrize("strides", [1, 2, (2, 1)])
+@pytest.mark.parametrize("kernel_size", [(3, 3), (1, 1), (3, 5)])
+def test_from_conv_full_rank_reproduces_conv(kernel_size, strides, padding, use_bias):
+    rng = np.random.default_rng(1)
+    c, n = 3, 4
+    conv = make_conv(rng, c, n, kernel_size, strides, padding, use_bias)
+    svd = SVDConv2D.from_conv(conv)
+    kh, kw = kernel_size
+    assert svd.rank == min(n * kw, c * kh)
+    x = rng.standard_normal((2, 9, 11, c)).astype(np.float32)
+    want = np_(conv(x))
+    got = np_(svd(x))
+    assert got.shape == want.shape
+    assert svd.compute_output_shape(x.shape) == want.shape
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(svd.merged_kernel(), np_(conv.kernel), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("c,n,kernel_size", [(8, 2, (3, 3)), (5, 3, (5, 3)), (2, 6, (1, 3))])
+def test_from_conv_full_rank_other_channel_ratios(c, n, kernel_size):
+    # N*W < C*H and N*W > C*H, so both factor shapes are exercised
+    rng = np.random.default_rng(2)
+    conv = make_conv(rng, c, n, kernel_size, (2, 2), "same")
+    svd = SVDConv2D.from_conv(conv)
+    x = rng.standard_normal((2, 9, 11, c)).astype(np.float32)
+    np.testing.assert_allclose(np_(svd(x)), np_(conv(x)), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(svd.merged_kernel(), np_(conv.kernel), rtol=RTOL, atol=ATOL)
+
+
+def test_conv_matrix_layout_matches_spec():
+    rng = np.random.default_rng(3)
+    conv = make_conv(rng, 3, 4, (3, 5), 1, "same")
+    svd = SVDConv2D.from_conv(conv)
+    want = conv_matrix(np_(conv.kernel))
+    np.testing.assert_allclose(svd.matrix_from_kernel(np_(conv.kernel)), want)
+    np.testing.assert_allclose(factor_matrix(svd), want, rtol=RTOL, atol=ATOL)
+
+
+# --------------------------------------------------------------------------
+# rank reduction (Eckart-Young)
+# --------------------------------------------------------------------------
+
+def _check_truncation(layer, r, rng):
+    """Truncate to r and check everything SPEC section 5 promises."""
+    m, n = layer.U.shape[0], layer.V.shape[0]
+    before = factor_matrix(layer)
+    old_fb = [np_(v) for v in (layer.B_U, layer.B_s, layer.B_V)]
+    old_rank = layer.rank
+    n_weights = len(layer.weights)
+
+    record = layer.truncate(r)
+
+    assert layer.rank == r
+    assert record["old_rank"] == old_rank and record["new_rank"] == r
+    np.testing.assert_allclose(record["energy"], energy_of(before, r), rtol=1e-6)
+    for var, shape in zip((layer.U, layer.s, layer.V, layer.B_U, layer.B_s, layer.B_V),
+                          ((m, r), (r,), (n, r)) * 2):
+        assert tuple(var.shape) == shape
+    # feedback factors: the first r components of the old ones
+    for var, old in zip((layer.B_U, layer.B_s, layer.B_V), old_fb):
+        np.testing.assert_array_equal(np_(var), old[..., :r])
+    # forward: the best rank-r approximation of the previous weight
+    after = factor_matrix(layer)
+    scale = np.abs(before).max()
+    np.testing.assert_allclose(after, best_rank(before, r), rtol=0, atol=1e-5 * scale)
+    assert np.linalg.matrix_rank(after, tol=1e-4 * scale) == r
+    # re-factored exactly: orthonormal singular vectors, descending spectrum
+    np.testing.assert_allclose(np_(layer.U).T @ np_(layer.U), np.eye(r), atol=1e-5)
+    np.testing.assert_allclose(np_(layer.V).T @ np_(layer.V), np.eye(r), atol=1e-5)
+    s = np_(layer.s)
+    assert np.all(np.diff(s) <= 1e-6) and np.all(s >= 0)
+    # no stale variables left behind, and the new ones are the tracked ones
+    assert len(layer.weights) == n_weights
+    tracked = {id(v) for v in layer.weights}
+    for var in (layer.U, layer.s, layer.V, layer.B_U, layer.B_s, layer.B_V):
+        assert id(var) in tracked
+    trainable = {id(v) for v in layer.trainable_weights}
+    assert {id(layer.U), id(layer.s), id(layer.V)} <= trainable
+    assert not {id(layer.B_U), id(layer.B_s), id(layer.B_V)} & trainable
+    return before, after
+
+
+@pytest.mark.parametrize("orthonormal", [True, False])
+def test_dense_truncate_is_best_rank_r(orthonormal):
+    rng = np.random.default_rng(4)
+    dense = make_dense(rng, 7, 9)
+    layer = SVDDense.from_dense(dense)
+    if not orthonormal:
+        perturb(layer, rng)
+    _, after = _check_truncation(layer, 3, rng)
+    x = rng.standard_normal((4, 7)).astype(np.float32)
+    want = x.astype(np.float64) @ after.T + np_(dense.bias)
+    np.testing.assert_allclose(np_(layer(x)), want, rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(layer.merged_kernel(), after.T, rtol=RTOL, atol=ATOL)
+    # gradients reach the new variables
+    with tf.GradientTape() as tape:
+        out = ops.sum(ops.square(layer(x)))
+    grads = tape.gradient(out, layer.trainable_variables)
+    assert len(grads) == 4 and all(g is not None for g in grads)
+    assert [tuple(g.shape) for g in grads[:3]] == [(9, 3), (3,), (7, 3)]
+
+
+@pytest.mark.parametrize("orthonormal", [True, False])
+@pytest.mark.parametrize("kernel_size,strides,padding", [((3, 3), 2, "same"),
+                                                         ((3, 5), (2, 1), "valid"),
+                                                         ((1, 1), 1, "same")])
+def test_conv_truncate_is_best_rank_r(orthonormal, kernel_size, strides, padding):
+    rng = np.random.default_rng(5)
+    c, n = 3, 4
+    conv = make_conv(rng, c, n, kernel_size, strides, padding)
+    layer = SVDConv2D.from_conv(conv)
+    if not orthonormal:
+        perturb(layer, rng)
+    r = 2
+    _, after = _check_truncation(layer, r, rng)
+    kh, kw = kernel_size
+    kernel = conv_kernel(after, kh, kw, c, n)
+    np.testing.assert_allclose(layer.merged_kernel(), kernel, rtol=RTOL, atol=ATOL)
+    x = rng.standard_normal((2, 9, 11, c)).astype(np.float32)
+    want = reference_conv(x, kernel, np_(conv.bias), _pair(strides), padding)
+    np.testing.assert_allclose(np_(layer(x)), want, rtol=RTOL, atol=ATOL)
+    # the sub-convolutions really run at rank r (cheaper, not masked)
+    vertical, horizontal = layer.sub_kernels()
+    assert tuple(vertical.shape) == (kh, 1, c, r)
+    assert tuple(horizontal.shape) == (1, kw, r, n)
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def test_truncate_twice_and_rank_never_increases():
+    rng = np.random.default_rng(6)
+    layer = SVDDense.from_dense(make_dense(rng, 8, 6))
+    perturb(layer, rng)
+    first = factor_matrix(layer)
+    layer.truncate(4)
+    layer.truncate(2)
+    np.testing.assert_allclose(factor_matrix(layer), best_rank(first, 2), atol=1e-5)
+    with pytest.raises(ValueError):
+        layer.truncate(3)
+    with pytest.raises(ValueError):
+        layer.truncate(0)
+    assert layer.rank == 2
+    # truncating to the current rank is exact (only re-factoring)
+    before = factor_matrix(layer)
+    rec = layer.truncate(2)
+    np.testing.assert_allclose(factor_matrix(layer), before, atol=1e-5)
+    assert rec["energy"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_truncate_change_bounded_by_discarded_energy():
+    # SPEC 7: the function changes by no more than the discarded energy:
+    # ||W - W_r||_F^2 = (1 - energy) ||W||_F^2
+    rng = np.random.default_rng(7)
+    layer = SVDDense.from_dense(make_dense(rng, 10, 12))
+    perturb(layer, rng)
+    before = factor_matrix(layer)
+    rec = layer.truncate(4)
+    diff = np.sum((factor_matrix(layer) - before) ** 2)
+    np.testing.assert_allclose(diff, (1 - rec["energy"]) * np.sum(before ** 2), rtol=1e-4)
+
+
+def test_exact_singular_values_of_non_orthonormal_factors():
+    rng = np.random.default_rng(8)
+    U = rng.standard_normal((9, 4))
+    V = rng.standard_normal((6, 4))
+    s = np.array([2.0, -1.0, 0.5, 3.0])
+    M = (U * s) @ V.T
+    U2, sig, V2 = exact_singular_values(U, s, V)
+    np.testing.assert_allclose(sig, np.linalg.svd(M, compute_uv=False)[:4], rtol=1e-10)
+    np.testing.assert_allclose((U2 * sig) @ V2.T, M, atol=1e-10)
+    np.testing.assert_allclose(U2.T @ U2, np.eye(4), atol=1e-10)
+    np.testing.assert_allclose(V2.T @ V2, np.eye(4), atol=1e-10)
+    u, s2, v = svd_factors(M, 2)
+    assert u.shape == (9, 2) and s2.shape == (2,) and v.shape == (6, 2)
+    np.testing.assert_allclose((u * s2) @ v.T, best_rank(M, 2), atol=1e-10)
+
+
+def test_layer_spectrum_is_exact():
+    rng = np.random.default_rng(9)
+    layer = SVDConv2D.from_conv(make_conv(rng, 3, 4, (3, 3), 1, "same"))
+    perturb(layer, rng)
+    want = np.linalg.svd(factor_matrix(layer), compute_uv=False)
+    np.testing.assert_allclose(layer.spectrum(), want, rtol=1e-6, atol=1e-9)
+
+
+# --------------------------------------------------------------------------
+# energy rule
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("tau", [0.3, 0.5, 0.8, 0.9, 0.95, 0.99, 0.999])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_energy_rank_is_minimal_and_sufficient(tau, seed):
+    rng = np.random.default_rng(seed)
+    s = np.sort(np.abs(rng.standard_normal(20)) * np.exp(-0.2 * np.arange(20)))[::-1]
+    r = energy_rank(s, tau)
+    e = np.cumsum(s ** 2) / np.sum(s ** 2)
+    assert 1 <= r <= len(s)
+    assert e[r - 1] >= tau
+    if r > 1:
+        assert e[r - 2] < tau
+
+
+def test_energy_rank_edge_cases():
+    s = np.array([3.0, 2.0, 1.0, 0.5])
+    assert energy_rank(s, 1.0) == 4
+    assert energy_rank(s, 0.0) == 1
+    assert energy_rank(np.array([10.0, 0.1, 0.1]), 0.9) == 1
+    assert energy_rank(np.zeros(5), 0.9) == 1
+    assert energy_rank(np.array([1e-30, 0.0]), 0.95) >= 1
+    # exact boundaries: equal energies of 1/4 each
+    flat = np.ones(4)
+    assert energy_rank(flat, 0.5) == 2
+    assert energy_rank(flat, 0.75) == 3
+    assert energy_rank(flat, 0.76) == 4
+
+
+def test_energy_rank_tau_one_is_full_rank():
+    # float rounding of the cumulative sum must neither overshoot nor undershoot
+    rng = np.random.default_rng(16)
+    for _ in range(200):
+        s = np.sort(rng.random(int(rng.integers(2, 200))))[::-1]
+        assert energy_rank(s, 1.0) == len(s)
+    # trailing exact zeros carry no energy
+    assert energy_rank(np.array([2.0, 1.0, 0.0, 0.0]), 1.0) == 2
+    # a long, decaying float32 spectrum (smallest s_j / s_1 ~ 1e-7) keeps every
+    # non-zero component at tau = 1
+    s32 = (np.exp(-np.arange(64) / 4.0)).astype(np.float32)
+    assert energy_rank(s32, 1.0) == 64
+
+
+# --------------------------------------------------------------------------
+# signed singular values
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kernel_size,strides,padding", [((3, 3), 1, "same"),
+                                                         ((3, 5), 2, "valid")])
+def test_conv_negative_singular_values(kernel_size, strides, padding):
+    rng = np.random.default_rng(10)
+    c, n = 3, 4
+    conv = make_conv(rng, c, n, kernel_size, strides, padding)
+    layer = SVDConv2D.from_conv(conv)
+    perturb(layer, rng, scale=0.2)
+    s = np_(layer.s)
+    s[::2] = -np.abs(s[::2]) - 0.1   # some negative entries
+    s[1] = 0.0                       # and a zero
+    layer.s.assign(s.astype(np.float32))
+    assert (np_(layer.s) < 0).any()
+    M = factor_matrix(layer)
+    kh, kw = kernel_size
+    kernel = conv_kernel(M, kh, kw, c, n)
+    np.testing.assert_allclose(layer.merged_kernel(), kernel, rtol=RTOL, atol=ATOL)
+    x = rng.standard_normal((2, 9, 11, c)).astype(np.float32)
+    want = reference_conv(x, kernel, np_(conv.bias), _pair(strides), padding)
+    np.testing.assert_allclose(np_(layer(x)), want, rtol=RTOL, atol=ATOL)
+    # and truncation of a signed spectrum is still Eckart-Young
+    layer.truncate(3)
+    np.testing.assert_allclose(factor_matrix(layer), best_rank(M, 3), atol=1e-5)
+
+
+def test_dense_negative_singular_values():
+    rng = np.random.default_rng(11)
+    dense = make_dense(rng, 5, 7)
+    layer = SVDDense.from_dense(dense)
+    layer.s.assign(np.array([-2.0, 1.0, -0.5, 0.0, 3.0], np.float32))
+    x = rng.standard_normal((3, 5)).astype(np.float32)
+    want = x.astype(np.float64) @ factor_matrix(layer).T + np_(dense.bias)
+    np.testing.assert_allclose(np_(layer(x)), want, rtol=RTOL, atol=ATOL)
+
+
+# --------------------------------------------------------------------------
+# serialization at reduced rank
+# --------------------------------------------------------------------------
+
+def test_dense_config_round_trip_at_reduced_rank():
+    rng = np.random.default_rng(12)
+    layer = SVDDense.from_dense(make_dense(rng, 8, 6))
+    layer.truncate(3)
+    config = layer.get_config()
+    assert config["rank"] == 3
+    new = SVDDense.from_config(config)
+    new.build((None, 8))
+    assert new.rank == 3
+    for a, b in zip(new.weights, layer.weights):
+        assert tuple(a.shape) == tuple(b.shape)
+    new.set_weights(layer.get_weights())
+    x = rng.standard_normal((4, 8)).astype(np.float32)
+    np.testing.assert_allclose(np_(new(x)), np_(layer(x)), rtol=1e-6, atol=1e-6)
+
+
+def test_conv_config_round_trip_at_reduced_rank():
+    rng = np.random.default_rng(13)
+    layer = SVDConv2D.from_conv(make_conv(rng, 3, 5, (3, 5), (2, 1), "valid", use_bias=False))
+    layer.truncate(4)
+    config = layer.get_config()
+    new = SVDConv2D.from_config(config)
+    new.build((None, 9, 11, 3))
+    assert new.rank == 4
+    assert new.kernel_size == (3, 5) and new.strides == (2, 1) and new.padding == "valid"
+    assert new.bias is None
+    shapes = [tuple(w.shape) for w in new.weights]
+    assert shapes == [(25, 4), (4,), (9, 4)] * 2
+    assert shapes == [tuple(w.shape) for w in layer.weights]
+    new.set_weights(layer.get_weights())
+    x = rng.standard_normal((2, 9, 11, 3)).astype(np.float32)
+    np.testing.assert_allclose(np_(new(x)), np_(layer(x)), rtol=1e-6, atol=1e-6)
+
+
+def test_ssa_model_save_load_after_truncation(tmp_path):
+    from ssa_tf.trainer import build_model
+
+    model = build_model("smallconv", (16, 16, 3), 10, mode="ssa")
+    layers = {l.name: l for l in model.svd_layers()}
+    target = layers["m1_conv"]
+    full = target.rank
+    target.truncate(7)
+    layers["m3_dense"].truncate(5)
+    ranks = model.ranks()
+    assert ranks["m1_conv"] == 7 and ranks["m3_dense"] == 5 and full > 7
+    x = np.random.default_rng(14).standard_normal((3, 16, 16, 3)).astype(np.float32)
+    before = np_(model(x, training=False))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.ranks() == ranks
+    after = np_(loaded(x, training=False))
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-6)
+    new_layers = {l.name: l for l in loaded.svd_layers()}
+    for name, layer in layers.items():
+        got = [np_(v) for v in new_layers[name].weights]
+        want = [np_(v) for v in layer.weights]
+        assert [g.shape for g in got] == [w.shape for w in want]
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+
+
+# --------------------------------------------------------------------------
+# LocalBatchNorm
+# --------------------------------------------------------------------------
+
+def _bn_grad(layer, x, upstream):
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        y = layer(xt, training=True)
+        loss = tf.reduce_sum(y * upstream)
+    return y.numpy(), tape.gradient(loss, xt).numpy()
+
+
+def _set_affine(layer, gamma, beta):
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+
+
+@pytest.mark.parametrize("shape", [(8, 5), (4, 3, 3, 2)])
+def test_local_batch_norm_gradients(shape):
+    rng = np.random.default_rng(15)
+    x = (rng.standard_normal(shape) * 2 + 1).astype(np.float32)
+    upstream = rng.standard_normal(shape).astype(np.float32)
+    c = shape[-1]
+    gamma = rng.uniform(0.5, 2.0, c).astype(np.float32)
+    beta = rng.standard_normal(c).astype(np.float32)
+    eps = 1e-3
+    axes = tuple(range(len(shape) - 1))
+    var = x.astype(np.float64).var(axis=axes)
+    mean = x.astype(np.float64).mean(axis=axes)
+
+    local = LocalBatchNorm(stop_stat_gradient=True, epsilon=eps)
+    local.build(shape)
+    _set_affine(local, gamma, beta)
+    y, g = _bn_grad(local, x, upstream)
+    np.testing.assert_allclose(y, gamma * (x - mean) / np.sqrt(var + eps) + beta,
+                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(g, gamma / np.sqrt(var + eps) * upstream, rtol=1e-4, atol=1e-5)
+
+    full = LocalBatchNorm(stop_stat_gradient=False, epsilon=eps)
+    full.build(shape)
+    _set_affine(full, gamma, beta)
+    ref = keras.layers.BatchNormalization(epsilon=eps)
+    ref.build(shape)
+    _set_affine(ref, gamma, beta)
+    y_full, g_full = _bn_grad(full, x, upstream)
+    y_ref, g_ref = _bn_grad(ref, x, upstream)
+    np.testing.assert_allclose(y_full, y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g_full, g_ref, rtol=1e-4, atol=1e-5)
+    # the BP gradient really differs (it projects out the mean and the x-hat direction)
+    assert np.abs(g_full - g).max() > 1e-2
+    # inference mode uses the moving statistics in both variants
+    np.testing.assert_allclose(np_(local(x, training=False)), np_(full(x, training=False)),
+                               rtol=1e-5, atol=1e-5)
+
+
+def test_local_batch_norm_config_round_trip():
+    layer = LocalBatchNorm(stop_stat_gradient=False, epsilon=1e-4)
+    new = LocalBatchNorm.from_config(layer.get_config())
+    assert new.stop_stat_gradient is False and new.epsilon == 1e-4
+    assert LocalBatchNorm.from_config(LocalBatchNorm().get_config()).stop_stat_gradient is True
