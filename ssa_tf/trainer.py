@@ -155,32 +155,38 @@ class SSAModel(keras.Model):
         error = ops.stop_gradient(losses.output_error(logits, y, self.num_classes))
 
         grads_and_vars = []
-        ce_sum = align_sum = ortho_sum = 0.0
-        last = len(self.local_modules) - 1
+        sums = [0.0, 0.0, 0.0]
         for i, (m, tape, h) in enumerate(zip(self.local_modules, tapes, outputs)):
             with tape:  # re-entering continues recording on module i's tape
-                if i == last:
-                    ce = losses.cross_entropy(h, y)  # the head learns from the true CE
-                else:
-                    ce = feedback.ce_term(self.feedback_route, self.feedback_spatial, h,
-                                          self.feedback_matrices[i], error, y)
-                loss = self.alpha * ce
-                align = ortho = 0.0
-                if self.mode == "ssa":
-                    layers = svd_layers(m)
-                    align = sum(losses.alignment_loss(l) for l in layers)
-                    ortho = sum(losses.orthogonality_loss(l, self.ortho_lambda) for l in layers)
-                    loss = loss + self.beta * align + self.gamma * ortho
+                loss, terms = self.module_loss(i, h, error, y)
                 # each replica holds a copy of the terms; the optimizer sums
                 # replicas' gradients, so divide to get the global mean
                 loss = loss / replicas
             variables = m.trainable_variables
-            grads = tape.gradient(loss, variables)
-            grads_and_vars.extend(zip(grads, variables))
-            ce_sum += ce
-            align_sum += align
-            ortho_sum += ortho
-        return grads_and_vars, logits, (ce_sum, align_sum, ortho_sum)
+            grads_and_vars.extend(zip(tape.gradient(loss, variables), variables))
+            sums = [a + b for a, b in zip(sums, terms)]
+        return grads_and_vars, logits, sums
+
+    def module_loss(self, i, h, error, y):
+        """L_i = alpha CE_i + beta L_align,i + gamma L_ortho,i for module i's output h.
+
+        ``error`` is the (stop-gradiented) output error e; the last module
+        uses the true CE of its logits ``h`` instead. Returns (L_i, (CE_i,
+        L_align,i, L_ortho,i)).
+        """
+        if i == len(self.local_modules) - 1:
+            ce = losses.cross_entropy(h, y)  # the head learns from the true CE
+        else:
+            ce = feedback.ce_term(self.feedback_route, self.feedback_spatial, h,
+                                  self.feedback_matrices[i], error, y)
+        loss = self.alpha * ce
+        align = ortho = 0.0
+        if self.mode == "ssa":
+            layers = svd_layers(self.local_modules[i])
+            align = sum(losses.alignment_loss(l) for l in layers)
+            ortho = sum(losses.orthogonality_loss(l, self.ortho_lambda) for l in layers)
+            loss = loss + self.beta * align + self.gamma * ortho
+        return loss, (ce, align, ortho)
 
 
 def build_model(architecture, input_shape, num_classes, mode="ssa", learning_rate=None,
