@@ -23,6 +23,10 @@ PRESETS = ("none", "cifar100", "imagenet")
 DEFAULT_LEARNING_RATE = {"ssa": 3e-4, "dfa": 1e-3, "bp": 1e-3}
 
 
+class UsageError(Exception):
+    """A mistake in what the user asked for, found after start-up (exit status 2)."""
+
+
 @dataclasses.dataclass
 class RunConfig:
     dataset: str = "mnist5k"
@@ -45,6 +49,12 @@ class RunConfig:
     workdir: str | None = None
     max_train_examples: int | None = None
     augment: bool = True
+    # rank reduction (SSA only): off when rank_tau is None
+    rank_tau: float | None = None
+    rank_start: int = 0
+    rank_interval: int = 10
+    rank_min: int = 1
+    rank_exempt: tuple = ()
 
     def resolved_learning_rate(self) -> float:
         return DEFAULT_LEARNING_RATE[self.mode] if self.learning_rate is None else self.learning_rate
@@ -55,9 +65,10 @@ PRESET_VALUES = {
     "none": {},
     "cifar100": dict(dataset="cifar100", model="resnet32", epochs=200, batch_size=128,
                      learning_rate=1e-4, lr_decay_epochs=(20, 40, 60), alpha=1.0, beta=0.01,
-                     gamma=0.1),
+                     gamma=0.1, rank_tau=0.95, rank_start=0, rank_interval=10),
     "imagenet": dict(dataset="imagenet2012", model="resnet18", epochs=200, batch_size=256,
-                     lr_decay_epochs=tuple(range(30, 200, 30)), alpha=1.0, beta=0.01, gamma=0.1),
+                     lr_decay_epochs=tuple(range(30, 200, 30)), alpha=1.0, beta=0.01, gamma=0.1,
+                     rank_tau=0.90, rank_start=20, rank_interval=10),
 }
 # the seed: 2e-4 for BP, 5e-4 for SSA on ImageNet
 IMAGENET_LEARNING_RATE = {"bp": 2e-4, "ssa": 5e-4, "dfa": 5e-4}
@@ -85,6 +96,15 @@ def validate(cfg: RunConfig) -> str | None:
         return f"--max_train_examples must be >= 1, got {cfg.max_train_examples}"
     if not 0 < cfg.lr_decay_factor <= 1:
         return f"--lr_decay_factor must be in (0, 1], got {cfg.lr_decay_factor}"
+    if cfg.rank_tau is not None:
+        if not 0 < cfg.rank_tau <= 1:
+            return f"--rank_tau must be in (0, 1], got {cfg.rank_tau}"
+        if cfg.rank_interval < 1:
+            return f"--rank_interval must be >= 1, got {cfg.rank_interval}"
+        if cfg.rank_start < 0:
+            return f"--rank_start must be >= 0, got {cfg.rank_start}"
+        if cfg.rank_min < 1:
+            return f"--rank_min must be >= 1, got {cfg.rank_min}"
     if cfg.alpha == cfg.beta == cfg.gamma == 0 and cfg.mode == "ssa":
         return "--alpha, --beta and --gamma are all 0: SSA would have nothing to learn from"
     return None

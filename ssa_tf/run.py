@@ -17,7 +17,8 @@ import keras
 import numpy as np
 
 from ssa_tf import data as data_lib
-from ssa_tf.config import RunConfig
+from ssa_tf.config import RunConfig, UsageError
+from ssa_tf.rank import RankPruning
 from ssa_tf.trainer import SSAModel, compile_model
 
 
@@ -80,6 +81,13 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
                  keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"),
                                              write_graph=False),
                  *extra_callbacks]
+    if cfg.rank_tau is not None and cfg.mode == "ssa":
+        unknown = sorted(set(cfg.rank_exempt) - set(model.ranks()))
+        if unknown:
+            raise UsageError(f"--rank_exempt names unknown SVD layers {unknown}; the model has: "
+                             f"{', '.join(model.ranks())}")
+        callbacks.insert(1, RankPruning(cfg.rank_tau, cfg.rank_start, cfg.rank_interval,
+                                        cfg.rank_min, cfg.rank_exempt, workdir=workdir))
     history = model.fit(ds.train, validation_data=ds.test, epochs=cfg.epochs,
                         callbacks=callbacks, verbose=verbose)
     final = model.evaluate(ds.test, verbose=0, return_dict=True)

@@ -44,6 +44,11 @@ flags.DEFINE_integer("max_train_examples", None, "use only the first N training 
 flags.DEFINE_boolean("augment", True, "CIFAR: random crop after 4-pixel padding and flip")
 flags.DEFINE_list("lr_decay_epochs", [], "epochs at which the rate is multiplied by lr_decay_factor")
 flags.DEFINE_float("lr_decay_factor", 0.1, "learning-rate decay factor")
+flags.DEFINE_float("rank_tau", None, "SSA rank cuts: energy fraction kept, in (0, 1]; unset: no cuts")
+flags.DEFINE_integer("rank_start", 0, "first cut after epoch max(rank_start, rank_interval)")
+flags.DEFINE_integer("rank_interval", 10, "epochs between rank cuts")
+flags.DEFINE_integer("rank_min", 1, "no layer is cut below this rank")
+flags.DEFINE_list("rank_exempt", [], "SVD layer names that keep their rank (e.g. m0_conv,classifier)")
 
 
 def config_from_flags() -> cfg_lib.RunConfig:
@@ -58,6 +63,7 @@ def config_from_flags() -> cfg_lib.RunConfig:
         values["lr_decay_epochs"] = tuple(int(e) for e in FLAGS.lr_decay_epochs)
     except ValueError:
         raise ValueError(f"--lr_decay_epochs must be integers, got {FLAGS.lr_decay_epochs}")
+    values["rank_exempt"] = tuple(FLAGS.rank_exempt)
     # a preset fills in what the user did not say explicitly
     for name, value in cfg_lib.PRESET_VALUES[FLAGS.preset].items():
         if not FLAGS[name].present:
@@ -94,7 +100,7 @@ def main(argv):
 
     try:
         summary = run.train(cfg)
-    except data_lib.DataError as e:
+    except (data_lib.DataError, cfg_lib.UsageError) as e:
         _usage_error(str(e))
     print(f"{cfg.mode} {cfg.model} on {cfg.dataset}: test accuracy {summary['test_accuracy']:.4f} "
           f"({summary['test_split']}), {sum(summary['epoch_seconds']):.1f} s training; "

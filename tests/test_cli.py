@@ -33,6 +33,8 @@ def run_cli(*args, timeout=300):
     (["--no_such_flag=1"], "no_such_flag"),
     (["--lr_decay_epochs=a,b"], "--lr_decay_epochs"),
     (["stray"], "unexpected arguments"),
+    (["--rank_tau=1.5"], "--rank_tau must be in (0, 1]"),
+    (["--rank_tau=0.9", "--rank_interval=0"], "--rank_interval must be >= 1"),
 ])
 def test_bad_flags_exit_2_with_one_line_before_tensorflow(args, needle, tmp_path):
     start = time.perf_counter()
@@ -42,6 +44,14 @@ def test_bad_flags_exit_2_with_one_line_before_tensorflow(args, needle, tmp_path
     assert len(lines) == 1 and needle in lines[0], result.stderr
     assert not (tmp_path / "w").exists()  # nothing written
     assert time.perf_counter() - start < 10  # TensorFlow was never imported
+
+
+def test_unknown_exempt_layer_is_a_usage_error(tmp_path):
+    result = run_cli("--model=mlp", "--rank_tau=0.9", "--rank_exempt=conv9",
+                     f"--workdir={tmp_path / 'w'}")
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]
+    assert "conv9" in line and "m0_dense" in line
 
 
 def test_missing_tfds_dataset_fails_fast(tmp_path):
@@ -56,7 +66,8 @@ def test_missing_tfds_dataset_fails_fast(tmp_path):
 
 def test_default_style_run_writes_the_workdir(tmp_path):
     workdir = tmp_path / "run"
-    result = run_cli("--model=mlp", "--mode=ssa", "--epochs=2",
+    result = run_cli("--model=mlp", "--mode=ssa", "--epochs=2", "--rank_tau=0.95",
+                     "--rank_interval=1", "--rank_exempt=classifier",
                      f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((workdir / "summary.json").read_text())
@@ -66,7 +77,12 @@ def test_default_style_run_writes_the_workdir(tmp_path):
     assert summary["mode"] == "ssa" and summary["epochs"] == 2
     assert len(summary["epoch_seconds"]) == 2
     assert summary["test_accuracy"] > 0.6  # chance is 0.10; measured 0.81
-    assert set(summary["ranks"]) == {"m0_dense", "m1_dense", "classifier"}
+    ranks = summary["ranks"]
+    assert set(ranks) == {"m0_dense", "m1_dense", "classifier"}
+    assert ranks["classifier"] == 10 and 1 <= ranks["m0_dense"] < 256
+    assert summary["final_trainable_params"] < summary["trainable_params"]
+    assert (workdir / "ranks.csv").read_text().count("\n") == 1 + 2 * 2  # two cuts, two layers
+    assert (workdir / "ranks.png").read_bytes()[:4] == b"\x89PNG"
     rows = (workdir / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and "align_term" in rows[0] and "val_accuracy" in rows[0]
     assert (workdir / "model.keras").stat().st_size > 0

@@ -1,0 +1,211 @@
+"""Rank reduction during training (SPEC section 5): the ``RankPruning`` callback.
+
+Every ``interval`` epochs from epoch ``start`` each SVD layer is re-factored
+exactly and cut to the smallest rank keeping a fraction ``tau`` of its energy.
+The cut is real: variables get new, smaller shapes, the optimizer is rebuilt
+for them and the compiled train/test/predict functions are retraced, so the
+steps after a cut are cheaper, not just the exported model smaller.
+
+Optimizer state after a cut [choice]: the step counter and the moments of
+every variable that was not re-factored are carried over unchanged. A
+re-factored layer's U, s and V are new coordinates (rotated by the exact
+SVD), so their old element-wise moments mean nothing there: the first moment
+restarts at zero and the second moment at the old variable's mean second
+moment. Resetting both to zero would make Adam's first steps after the cut
+about 3x lr (its bias correction assumes t steps of history), a jolt measured
+in ``tests/test_rank.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+from ssa_tf.layers import energy_rank
+
+# seed section 2 / SPEC section 6
+PRESETS = {
+    "cifar100": dict(tau=0.95, start=0, interval=10),
+    "imagenet": dict(tau=0.90, start=20, interval=10),
+}
+
+CSV_FIELDS = ["epoch", "layer", "old_rank", "new_rank", "energy", "params_before", "params_after"]
+
+
+def _trainable_count(model):
+    return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+
+
+def cut_model(model, tau, min_rank=1, exempt=()):
+    """Cut every non-exempt SVD layer of ``model`` to its energy rank.
+
+    Returns (records, pairs): one record per layer (old/new rank, retained
+    energy) and the (new variable, old variable) pairs of re-factored layers.
+    """
+    records, pairs = [], []
+    for layer in model.svd_layers():
+        if layer.name in exempt:
+            continue
+        r = energy_rank(layer.spectrum(), tau)
+        r = min(layer.rank, max(r, min_rank))
+        if r < layer.rank:
+            old = (layer.U, layer.s, layer.V)
+            records.append(layer.truncate(r))
+            pairs.extend(zip((layer.U, layer.s, layer.V), old))
+        else:
+            records.append({"layer": layer.name, "old_rank": layer.rank, "new_rank": layer.rank,
+                            "energy": 1.0})
+    return records, pairs
+
+
+def rebuild_optimizer(model, pairs):
+    """A fresh optimizer of the same kind and step for the model's current variables.
+
+    ``pairs`` maps re-factored variables to the ones they replace; see the
+    module docstring for how their moments restart.
+    """
+    old = model.optimizer
+    config = old.get_config()
+    if isinstance(old._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+        config["learning_rate"] = old._learning_rate  # keep the very same schedule
+    new = old.__class__.from_config(config)
+    variables = model.trainable_variables
+    new.build(variables)
+    new.iterations.assign(old.iterations)
+    if not (hasattr(old, "_momentums") and hasattr(old, "_velocities")):
+        return new  # not Adam-like: its state simply restarts
+    replaced = {id(n): o for n, o in pairs}
+    for v in variables:
+        j = new._get_variable_index(v)
+        if id(v) in replaced:
+            second = old._velocities[old._get_variable_index(replaced[id(v)])]
+            new._velocities[j].assign(tf.fill(v.shape, tf.reduce_mean(second)))
+        else:
+            i = old._get_variable_index(v)
+            new._momentums[j].assign(old._momentums[i])
+            new._velocities[j].assign(old._velocities[i])
+    return new
+
+
+def retrace(model):
+    """Drop the compiled functions: they captured the replaced variables."""
+    model.make_train_function(force=True)
+    model.make_test_function(force=True)
+    model.make_predict_function(force=True)
+
+
+def apply_cut(model, tau, min_rank=1, exempt=()):
+    """Cut, rebuild the optimizer and retrace, in the model's strategy scope."""
+    with model.distribute_strategy.scope():
+        records, pairs = cut_model(model, tau, min_rank, exempt)
+        if pairs:
+            model.optimizer = rebuild_optimizer(model, pairs)
+            retrace(model)
+    return records
+
+
+class RankPruning(keras.callbacks.Callback):
+    """Shrinks every SVD layer to the energy threshold ``tau`` during training.
+
+    Cuts at the end of epoch e (counting from 1) when e >= start, e >= 1 and
+    (e - start) is a multiple of ``interval``: ``start=0, interval=10`` cuts
+    after epochs 10, 20, ...; ``start=20`` after 20, 30, ... Layers named in
+    ``exempt`` keep their rank; none drops below ``min_rank``.
+
+    Writes ``ranks.csv`` (one row per layer and cut) and TensorBoard scalars
+    ``rank/<layer>`` into ``workdir``, and at the end of training a PNG of
+    rank per layer over epochs.
+    """
+
+    def __init__(self, tau=0.95, start=0, interval=10, min_rank=1, exempt=(), workdir=None,
+                 verbose=1):
+        super().__init__()
+        if not 0 < tau <= 1:
+            raise ValueError(f"tau must be in (0, 1], got {tau}")
+        if interval < 1 or start < 0 or min_rank < 1:
+            raise ValueError("interval and min_rank must be >= 1 and start >= 0")
+        self.tau, self.start, self.interval = float(tau), int(start), int(interval)
+        self.min_rank, self.exempt = int(min_rank), tuple(exempt)
+        self.workdir, self.verbose = workdir, verbose
+        self.history = []  # (epoch, {layer: rank}) after every epoch
+        self.cuts = []
+
+    def due(self, epoch):
+        done = epoch + 1
+        return done >= max(self.start, 1) and (done - self.start) % self.interval == 0
+
+    def on_train_begin(self, logs=None):
+        if not self.history:
+            self.history.append((0, self.model.ranks()))
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.due(epoch):
+            before = _trainable_count(self.model)
+            records = apply_cut(self.model, self.tau, self.min_rank, self.exempt)
+            after = _trainable_count(self.model)
+            for r in records:
+                r.update(epoch=epoch + 1, params_before=before, params_after=after)
+            self.cuts.append(records)
+            self._log(records, epoch + 1, before, after)
+        self.history.append((epoch + 1, self.model.ranks()))
+
+    def on_train_end(self, logs=None):
+        if self.workdir and len(self.history) > 1:
+            plot_ranks(self.history, os.path.join(self.workdir, "ranks.png"))
+
+    def _log(self, records, epoch, before, after):
+        if self.verbose:
+            changed = [r for r in records if r["new_rank"] < r["old_rank"]]
+            print(f"\nrank cut after epoch {epoch} (tau={self.tau}): {len(changed)} of "
+                  f"{len(records)} layers cut, trainable parameters {before} -> {after}")
+            for r in changed:
+                print(f"  {r['layer']}: {r['old_rank']} -> {r['new_rank']} "
+                      f"(energy kept {r['energy']:.4f})")
+        if not self.workdir:
+            return
+        os.makedirs(self.workdir, exist_ok=True)
+        path = os.path.join(self.workdir, "ranks.csv")
+        new_file = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, CSV_FIELDS)
+            if new_file:
+                writer.writeheader()
+            for r in records:
+                writer.writerow({k: r[k] for k in CSV_FIELDS})
+        writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", "ranks"))
+        with writer.as_default():
+            for r in records:
+                tf.summary.scalar(f"rank/{r['layer']}", r["new_rank"], step=epoch)
+                tf.summary.scalar(f"energy/{r['layer']}", r["energy"], step=epoch)
+            tf.summary.scalar("trainable_params", after, step=epoch)
+        writer.close()
+
+
+def plot_ranks(history, path):
+    """Rank per layer over epochs, one line per layer, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [e for e, _ in history]
+    layers = list(history[0][1])
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name in layers:
+        ax.step(epochs, [ranks.get(name, np.nan) for _, ranks in history], where="post",
+                label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("rank")
+    ax.set_yscale("log")
+    ax.set_title("SVD rank per layer")
+    if len(layers) <= 20:
+        ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

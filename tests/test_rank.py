@@ -1,0 +1,121 @@
+"""Rank reduction during training: SPEC section 5 properties, for real shapes."""
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from ssa_tf import data
+from ssa_tf.rank import PRESETS, RankPruning, apply_cut
+from ssa_tf.trainer import build_model
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return data.load("mnist5k", 64, seed=1, max_train_examples=2000)
+
+
+def test_schedule_of_the_seed_presets():
+    cifar = RankPruning(**PRESETS["cifar100"])
+    assert [e + 1 for e in range(60) if cifar.due(e)] == [10, 20, 30, 40, 50, 60]
+    imagenet = RankPruning(**PRESETS["imagenet"])
+    assert [e + 1 for e in range(60) if imagenet.due(e)] == [20, 30, 40, 50, 60]
+    with pytest.raises(ValueError):
+        RankPruning(tau=1.5)
+
+
+def test_cuts_keep_tau_energy_are_monotone_and_bounded(digits, tmp_path):
+    keras.utils.set_random_seed(1)
+    model = build_model("mlp", (28, 28, 1), 10, mode="ssa")
+    tau = 0.9
+    cb = RankPruning(tau=tau, start=0, interval=1, workdir=str(tmp_path), verbose=0)
+    merged_before = {}
+
+    class Snapshot(keras.callbacks.Callback):
+        # runs before RankPruning's on_epoch_end: the weights just before a cut
+        def on_epoch_end(self, epoch, logs=None):
+            merged_before[epoch + 1] = {l.name: l.merged_matrix() for l in model.svd_layers()}
+
+    hist = model.fit(digits.train, epochs=3, verbose=0, callbacks=[Snapshot(), cb])
+    assert len(cb.cuts) == 3
+    ranks = [h[1] for h in cb.history]
+    for a, b in zip(ranks, ranks[1:]):
+        assert all(b[k] <= a[k] for k in a)  # never increases
+    assert ranks[-1]["m0_dense"] < ranks[0]["m0_dense"]
+    layers = {l.name: l for l in model.svd_layers()}
+    for records, epoch in zip(cb.cuts, (1, 2, 3)):
+        for r in records:
+            assert r["energy"] >= tau - 1e-9 and r["new_rank"] >= 1
+    # the last cut: the layer's function changed exactly by the discarded energy
+    for r in cb.cuts[-1]:
+        W = merged_before[3][r["layer"]]
+        Wr = layers[r["layer"]].merged_matrix()
+        change = np.linalg.norm(W - Wr) ** 2 / np.linalg.norm(W) ** 2
+        assert change == pytest.approx(1 - r["energy"], abs=1e-4)
+        assert change <= 1 - tau + 1e-4
+    assert hist.history["loss"][-1] < hist.history["loss"][0]
+    assert (tmp_path / "ranks.csv").read_text().count("\n") == 1 + 3 * 3
+    png = (tmp_path / "ranks.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_continues_at_the_new_shapes(digits, tmp_path):
+    keras.utils.set_random_seed(2)
+    model = build_model("mlp", (28, 28, 1), 10, mode="ssa")
+    model.fit(digits.train, epochs=1, verbose=0)
+    old_fn = model.train_function
+    old_U = model.svd_layers()[0].U
+    m_before = {id(v): model.optimizer._momentums[model.optimizer._get_variable_index(v)].numpy()
+                for v in model.trainable_variables}
+    step_before = int(model.optimizer.iterations)
+    records = apply_cut(model, tau=0.8)
+    layer = model.svd_layers()[0]
+    r = layer.rank
+    assert r < 256 and records[0]["new_rank"] == r
+    assert layer.U is not old_U and tuple(layer.U.shape) == (256, r)
+    assert tuple(layer.B_V.shape) == (784, r)
+    opt = model.optimizer
+    assert int(opt.iterations) == step_before  # the schedule goes on
+    assert tuple(opt._momentums[opt._get_variable_index(layer.U)].shape) == (256, r)
+    # untouched variables keep their moments; re-factored ones restart at zero
+    norm_gamma = model.local_modules[0].steps[-2].gamma
+    np.testing.assert_array_equal(opt._momentums[opt._get_variable_index(norm_gamma)].numpy(),
+                                  m_before[id(norm_gamma)])
+    assert not opt._momentums[opt._get_variable_index(layer.U)].numpy().any()
+    assert model.train_function is not old_fn  # retraced
+    # one more epoch really trains the new variables, and the loss goes on falling
+    U0 = layer.U.numpy().copy()
+    x, y = next(iter(digits.train))
+    before = model.evaluate(digits.train, verbose=0, return_dict=True)["loss"]
+    hist = model.fit(digits.train, epochs=2, verbose=0)
+    assert float(np.abs(layer.U.numpy() - U0).max()) > 1e-4
+    assert hist.history["loss"][-1] < before
+    # evaluation uses the new variables too (its function was retraced)
+    ev = model.evaluate(x, y, verbose=0, return_dict=True)["accuracy"]
+    direct = float(np.mean(np.argmax(model(x).numpy(), 1) == y.numpy()))
+    assert ev == pytest.approx(direct)
+    # a saved model reloads at the cut shapes with the same predictions
+    path = str(tmp_path / "cut.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.ranks() == model.ranks()
+    np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_first_step_after_a_cut_is_not_a_jolt(digits):
+    # Late in training (large step count, so Adam's bias correction is ~1),
+    # resetting both moments of a re-factored variable to zero makes its first
+    # update (1-b1)/sqrt(1-b2) = 3.16 lr for every element (measured: median
+    # 3.16e-3 at lr 1e-3). Our restart (m = 0, v = old mean v) measured a
+    # median of 0.46e-3.
+    keras.utils.set_random_seed(3)
+    model = build_model("mlp", (28, 28, 1), 10, mode="ssa", learning_rate=1e-3)
+    model.fit(digits.train, epochs=1, verbose=0)
+    model.optimizer.iterations.assign(100000)
+    apply_cut(model, tau=0.8)
+    layer = model.svd_layers()[0]
+    U0 = layer.U.numpy().copy()
+    x, y = next(iter(digits.train))
+    model.train_on_batch(x, y)
+    step = np.abs(layer.U.numpy() - U0)
+    assert np.median(step) < 1e-3
