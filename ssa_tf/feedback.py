@@ -24,7 +24,7 @@ from keras import ops
 
 from ssa_tf import losses
 
-ROUTES = ("global", "local")
+ROUTES = ("global", "local", "chain")
 SPATIAL = ("broadcast", "full")
 
 

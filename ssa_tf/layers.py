@@ -181,10 +181,14 @@ class _SVDMixin:
         self._requested_rank = rank
         return {"layer": self.name, "old_rank": old, "new_rank": rank, "energy": energy}
 
-    def _scaled_factors(self):
-        """U * sqrt|s| * sign(s) and V * sqrt|s|: each half of the spectrum."""
-        root = ops.sqrt(ops.abs(self.s))
-        return self.U * (root * ops.sign(self.s)), self.V * root
+    def _scaled_factors(self, feedback=False):
+        """U * sqrt|s| * sign(s) and V * sqrt|s|: each half of the spectrum.
+
+        ``feedback=True`` does the same for the fixed factors B_U, B_s, B_V.
+        """
+        U, s, V = (self.B_U, self.B_s, self.B_V) if feedback else (self.U, self.s, self.V)
+        root = ops.sqrt(ops.abs(s))
+        return U * (root * ops.sign(s)), V * root
 
     def _svd_config(self):
         return {
@@ -238,6 +242,10 @@ class SVDDense(_SVDMixin, keras.layers.Layer):
         if self.bias is not None:
             z = z + self.bias
         return z
+
+    def feedback_call(self, x):
+        """The linear map of the feedback factors, B = B_U diag(B_s) B_V^T (no bias)."""
+        return ops.matmul(ops.matmul(x, self.B_V) * self.B_s, ops.transpose(self.B_U))
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:-1], self.units)
@@ -311,11 +319,11 @@ class SVDConv2D(_SVDMixin, keras.layers.Layer):
         self._channels = int(input_shape[-1])
         self._build_factors()
 
-    def sub_kernels(self):
+    def sub_kernels(self, feedback=False):
         """(vertical (kh,1,C,r), horizontal (1,kw,r,N)) kernels of the two convolutions."""
         kh, kw = self.kernel_size
         r = self.rank
-        us, vs = self._scaled_factors()
+        us, vs = self._scaled_factors(feedback)
         vertical = ops.transpose(ops.reshape(vs, (self._channels, kh, r)), (1, 0, 2))
         vertical = ops.expand_dims(vertical, 1)  # (kh, 1, C, r)
         horizontal = ops.transpose(ops.reshape(us, (self.filters, kw, r)), (1, 2, 0))
@@ -323,13 +331,20 @@ class SVDConv2D(_SVDMixin, keras.layers.Layer):
         return vertical, horizontal
 
     def call(self, x):
-        vertical, horizontal = self.sub_kernels()
-        sh, sw = self.strides
-        y = ops.conv(x, vertical, strides=(sh, 1), padding=self.padding)
-        y = ops.conv(y, horizontal, strides=(1, sw), padding=self.padding)
+        y = self._factored_conv(x, feedback=False)
         if self.bias is not None:
             y = y + self.bias
         return y
+
+    def feedback_call(self, x):
+        """The convolution whose kernel the feedback factors make (no bias)."""
+        return self._factored_conv(x, feedback=True)
+
+    def _factored_conv(self, x, feedback):
+        vertical, horizontal = self.sub_kernels(feedback)
+        sh, sw = self.strides
+        y = ops.conv(x, vertical, strides=(sh, 1), padding=self.padding)
+        return ops.conv(y, horizontal, strides=(1, sw), padding=self.padding)
 
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from ssa_tf import feedback, losses
+from ssa_tf import chain, feedback, losses
 from ssa_tf.layers import svd_layers
 from ssa_tf.models import build_modules
 
@@ -79,6 +79,16 @@ class SSAModel(keras.Model):
             self.built = True
             return
         rng = np.random.default_rng(self.seed + 7919)
+        self.feedback_kernels = {}
+        if self.feedback_route == "chain":
+            # SVD layers carry their feedback factors; plain layers get a kernel
+            kernels = chain.plain_feedback_kernels(self.local_modules, self.feedback_init, rng)
+            for name, k in kernels.items():
+                self.feedback_kernels[name] = self.add_weight(
+                    name=f"feedback_kernel_{name}", shape=k.shape, trainable=False,
+                    initializer=keras.initializers.Constant(k))
+            self.built = True
+            return
         for i, (m, shape) in enumerate(zip(self.local_modules[:-1], shapes[:-1])):
             positions, channels, std = feedback.feedback_shape(
                 self.feedback_route, self.feedback_spatial, shape, self.num_classes)
@@ -153,12 +163,13 @@ class SSAModel(keras.Model):
             outputs.append(h)
         logits = outputs[-1]
         error = ops.stop_gradient(losses.output_error(logits, y, self.num_classes))
+        signals = self.chain_signals(outputs, error)
 
         grads_and_vars = []
         sums = [0.0, 0.0, 0.0]
         for i, (m, tape, h) in enumerate(zip(self.local_modules, tapes, outputs)):
             with tape:  # re-entering continues recording on module i's tape
-                loss, terms = self.module_loss(i, h, error, y)
+                loss, terms = self.module_loss(i, h, error, y, signals)
                 # each replica holds a copy of the terms; the optimizer sums
                 # replicas' gradients, so divide to get the global mean
                 loss = loss / replicas
@@ -167,7 +178,19 @@ class SSAModel(keras.Model):
             sums = [a + b for a, b in zip(sums, terms)]
         return grads_and_vars, logits, sums
 
-    def module_loss(self, i, h, error, y):
+    def chain_signals(self, outputs, error):
+        """Route ``chain``: each module's signal J_i^T e, rescaled to the std of e.
+
+        The linear chain's gain differs from module to module (SPEC section 3);
+        other routes return None.
+        """
+        if self.feedback_route != "chain":
+            return None
+        deltas = chain.chain_signals(self.local_modules, outputs, error, self.feedback_kernels)
+        scale = ops.std(error)
+        return [ops.stop_gradient(d * scale / (ops.std(d) + 1e-12)) for d in deltas]
+
+    def module_loss(self, i, h, error, y, signals=None):
         """L_i = alpha CE_i + beta L_align,i + gamma L_ortho,i for module i's output h.
 
         ``error`` is the (stop-gradiented) output error e; the last module
@@ -176,6 +199,9 @@ class SSAModel(keras.Model):
         """
         if i == len(self.local_modules) - 1:
             ce = losses.cross_entropy(h, y)  # the head learns from the true CE
+        elif self.feedback_route == "chain":
+            # surrogate whose gradient at h is delta_i / batch
+            ce = ops.mean(ops.sum(ops.reshape(signals[i] * h, (ops.shape(h)[0], -1)), axis=-1))
         else:
             ce = feedback.ce_term(self.feedback_route, self.feedback_spatial, h,
                                   self.feedback_matrices[i], error, y)

@@ -22,7 +22,7 @@ def run_cli(*args, timeout=300):
     (["--dataset=imagenet"], "mnist5k, cifar10, cifar100"),
     (["--mode=hebbian"], "ssa, dfa, bp"),
     (["--norm=group"], "layer, batch, none"),
-    (["--feedback=chainsaw"], "global, local"),
+    (["--feedback=chainsaw"], "global, local, chain"),
     (["--beta=-0.1"], "--beta must be >= 0"),
     (["--gamma=-1"], "--gamma must be >= 0"),
     (["--batch_size=0"], "--batch_size must be >= 1"),

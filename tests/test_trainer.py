@@ -50,7 +50,7 @@ def test_composite_loss_adds_eq7_and_eq14_to_the_ce_gradient():
 
 
 @pytest.mark.parametrize("mode", ["ssa", "dfa"])
-@pytest.mark.parametrize("route", ["global", "local"])
+@pytest.mark.parametrize("route", ["global", "local", "chain"])
 def test_no_gradient_crosses_a_module_boundary(mode, route):
     model = SSAModel("smallconv", (16, 16, 3), 10, mode=mode, feedback_route=route,
                      norm="batch")
@@ -63,7 +63,8 @@ def test_no_gradient_crosses_a_module_boundary(mode, route):
             h = m(tf.stop_gradient(h), training=True)
             outs.append(h)
         error = tf.stop_gradient(losses.output_error(outs[-1], y, 10))
-        module_losses = [model.module_loss(i, o, error, y)[0] for i, o in enumerate(outs)]
+        signals = model.chain_signals(outs, error)
+        module_losses = [model.module_loss(i, o, error, y, signals)[0] for i, o in enumerate(outs)]
     n = len(model.local_modules)
     for i in range(n):
         assert tape.gradient(module_losses[i], x) is None

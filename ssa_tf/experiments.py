@@ -1,0 +1,222 @@
+"""Experiment grids on real data: resumable, appended, tabled and plotted.
+
+    python -m ssa_tf.experiments --grid=routes --data_dir=../shared/tfds
+    python -m ssa_tf.experiments --grid=routes --report_only
+
+Each grid is a base configuration plus named variants (``GRIDS`` below). A
+finished run appends one JSON line to ``benchmarks/results/<grid>.jsonl``;
+rerunning the command skips every variant already there, so a grid that takes
+hours can be stopped and resumed. The report is ``benchmarks/<grid>.md`` (one
+table: accuracy per epoch, final and best accuracy, seconds, parameters,
+final ranks) and ``benchmarks/<grid>.png`` (validation accuracy curves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from absl import app, flags
+
+from ssa_tf import config as cfg_lib
+
+# CIFAR-10 from ../shared/tfds: train on its `train` split, report on its
+# `test` split (a validation split carved from the official training set).
+_CIFAR = dict(dataset="cifar10", batch_size=64)
+
+GRIDS = {
+    # error route x mode at a small budget (smallconv, 10k images, 3 epochs, no augmentation)
+    "routes": dict(
+        base=dict(_CIFAR, model="smallconv", epochs=3, max_train_examples=10000, augment=False),
+        variants={
+            "bp": dict(mode="bp"),
+            "dfa-global": dict(mode="dfa"),
+            "dfa-local": dict(mode="dfa", feedback="local"),
+            "dfa-chain": dict(mode="dfa", feedback="chain"),
+            "dfa-chain-fwdinit": dict(mode="dfa", feedback="chain", feedback_init="forward"),
+            "ssa-global": dict(mode="ssa"),
+            "ssa-global-full": dict(mode="ssa", feedback_spatial="full"),
+            "ssa-local": dict(mode="ssa", feedback="local"),
+            "ssa-chain": dict(mode="ssa", feedback="chain"),
+            "ssa-chain-fwdinit": dict(mode="ssa", feedback="chain", feedback_init="forward"),
+        }),
+    # the best route's knobs: learning rate, norm, loss coefficients
+    "ssa_knobs": dict(
+        base=dict(_CIFAR, model="smallconv", epochs=3, max_train_examples=10000, augment=False,
+                  mode="ssa", feedback="chain", feedback_init="forward"),
+        variants={
+            "default": dict(),
+            "lr1e-4": dict(learning_rate=1e-4),
+            "lr1e-3": dict(learning_rate=1e-3),
+            "norm-batch": dict(norm="batch"),
+            "norm-none": dict(norm="none"),
+            "beta0": dict(beta=0.0),
+            "beta0.1": dict(beta=0.1),
+            "gamma0": dict(gamma=0.0),
+            "gamma0.01": dict(gamma=0.01),
+            "beta0-gamma0": dict(beta=0.0, gamma=0.0),
+            "rank0.95": dict(rank_tau=0.95, rank_interval=1),
+        }),
+    # the targets: 20 epochs on all 45k augmented images
+    "long_smallconv": dict(
+        base=dict(_CIFAR, model="smallconv", epochs=20, augment=True),
+        variants={
+            "bp": dict(mode="bp"),
+            "dfa": dict(mode="dfa"),
+            "ssa": dict(mode="ssa"),
+        }),
+    "long_resnet32": dict(
+        base=dict(_CIFAR, model="resnet32", epochs=20, augment=True),
+        variants={
+            "bp": dict(mode="bp"),
+            "dfa": dict(mode="dfa"),
+            "ssa": dict(mode="ssa"),
+        }),
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("grid", None, f"one of {', '.join(GRIDS)}")
+flags.DEFINE_string("data_dir", os.path.join("..", "shared", "tfds"), "TFDS data_dir")
+flags.DEFINE_string("out", "benchmarks", "folder for results/<grid>.jsonl, <grid>.md, <grid>.png")
+flags.DEFINE_list("only", [], "run only these variants")
+flags.DEFINE_integer("seed", 1, "seed for every run")
+flags.DEFINE_integer("epochs", None, "override the grid's epochs")
+flags.DEFINE_boolean("report_only", False, "write the table and plot from finished runs")
+
+
+def variant_config(grid, name, data_dir, seed, epochs=None) -> cfg_lib.RunConfig:
+    spec = GRIDS[grid]
+    values = {**spec["base"], **spec["variants"][name], "seed": seed, "data_dir": data_dir}
+    if epochs:
+        values["epochs"] = epochs
+    return cfg_lib.RunConfig(**values)
+
+
+def run_key(cfg: cfg_lib.RunConfig) -> str:
+    d = dataclasses.asdict(cfg)
+    d.pop("workdir")
+    d.pop("data_dir")
+    return json.dumps(d, sort_keys=True, default=list)
+
+
+def load_results(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run_grid(grid, data_dir, out, seed, only=(), epochs=None):
+    from ssa_tf import run
+
+    results_path = os.path.join(out, "results", f"{grid}.jsonl")
+    os.makedirs(os.path.dirname(results_path), exist_ok=True)
+    done = {r["key"] for r in load_results(results_path)}
+    names = [n for n in GRIDS[grid]["variants"] if not only or n in only]
+    for k, name in enumerate(names):
+        cfg = variant_config(grid, name, data_dir, seed, epochs)
+        key = run_key(cfg)
+        if key in done:
+            print(f"[{k + 1}/{len(names)}] {name}: already done, skipped", flush=True)
+            continue
+        cfg.workdir = os.path.join("runs", "experiments", grid, f"{name}-s{seed}")
+        print(f"[{k + 1}/{len(names)}] {name}: {cfg.mode} {cfg.model}, {cfg.epochs} epochs",
+              flush=True)
+        start = time.time()
+        summary = run.train(cfg, verbose=2)
+        record = {
+            "grid": grid, "name": name, "key": key, "seed": seed,
+            "config": json.loads(key),
+            "val_accuracy": summary["history"]["val_accuracy"],
+            "final_accuracy": summary["test_accuracy"],
+            "split": summary["test_split"],
+            "seconds": round(time.time() - start, 1),
+            "epoch_seconds": summary["epoch_seconds"],
+            "trainable_params": summary["trainable_params"],
+            "final_trainable_params": summary["final_trainable_params"],
+            "ranks": summary["ranks"],
+        }
+        with open(results_path, "a") as f:  # one whole line per finished run
+            f.write(json.dumps(record) + "\n")
+        print(f"    {name}: accuracy {record['final_accuracy']:.4f} in {record['seconds']:.0f} s",
+              flush=True)
+    report(grid, out)
+
+
+def report(grid, out):
+    results = load_results(os.path.join(out, "results", f"{grid}.jsonl"))
+    if not results:
+        print(f"no finished runs for grid {grid!r}")
+        return
+    base = GRIDS[grid]["base"]
+    lines = [f"# Grid `{grid}`", "",
+             f"Base: `{json.dumps(base)}`; accuracy on the validation split "
+             f"(`{results[0]['split']}`).",
+             f"Command: `python -m ssa_tf.experiments --grid={grid}`", "",
+             "| variant | seed | accuracy per epoch | final | best | s/epoch | params (start -> end) |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        curve = " ".join(f"{a:.3f}" for a in r["val_accuracy"])
+        sec = sum(r["epoch_seconds"]) / max(len(r["epoch_seconds"]), 1)
+        params = f"{r['trainable_params']:,}"
+        if r["final_trainable_params"] != r["trainable_params"]:
+            params += f" -> {r['final_trainable_params']:,}"
+        lines.append(f"| {r['name']} | {r['seed']} | {curve} | {r['final_accuracy']:.3f} | "
+                     f"{max(r['val_accuracy']):.3f} | {sec:.0f} | {params} |")
+    ranked = [r for r in results if r["final_trainable_params"] != r["trainable_params"]]
+    if ranked:
+        lines += ["", "Final ranks of rank-cut runs:", ""]
+        for r in ranked:
+            lines.append(f"- {r['name']}: " + ", ".join(f"{k} {v}" for k, v in r["ranks"].items()))
+    md = os.path.join(out, f"{grid}.md")
+    with open(md + ".tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(md + ".tmp", md)
+    _plot(results, os.path.join(out, f"{grid}.png"), grid)
+    print("\n".join(lines))
+
+
+def _plot(results, path, grid):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in results:
+        acc = r["val_accuracy"]
+        style = "-" if r["config"]["mode"] == "ssa" else ("--" if r["config"]["mode"] == "dfa" else ":")
+        ax.plot(range(1, len(acc) + 1), acc, style, marker="o", ms=3, label=f"{r['name']} s{r['seed']}")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title(f"grid {grid} (solid SSA, dashed DFA, dotted BP)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=100)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+def main(argv):
+    del argv
+    if FLAGS.grid not in GRIDS:
+        print(f"error: --grid={FLAGS.grid!r} is not valid; choose from: {', '.join(GRIDS)}",
+              file=sys.stderr)
+        sys.exit(2)
+    unknown = set(FLAGS.only) - set(GRIDS[FLAGS.grid]["variants"])
+    if unknown:
+        print(f"error: --only names unknown variants {sorted(unknown)}", file=sys.stderr)
+        sys.exit(2)
+    if FLAGS.report_only:
+        report(FLAGS.grid, FLAGS.out)
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    run_grid(FLAGS.grid, FLAGS.data_dir, FLAGS.out, FLAGS.seed, FLAGS.only, FLAGS.epochs)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,62 @@
+"""Route `chain`: the error through the fixed linear feedback network."""
+
+import numpy as np
+import tensorflow as tf
+
+from ssa_tf import chain, losses
+from ssa_tf.trainer import SSAModel
+
+
+def test_chain_signals_are_the_linear_networks_jacobian_transpose():
+    model = SSAModel("mlp", (5, 5, 1), 10, mode="dfa", feedback_route="chain", norm="none")
+    k = model.feedback_kernels
+    K0, K1, K2 = k["m0_dense"], k["m1_dense"], k["classifier"]
+    x = tf.random.normal((4, 5, 5, 1))
+    outs, h = [], x
+    for m in model.local_modules:
+        h = m(h)
+        outs.append(h)
+    e = losses.output_error(outs[-1], tf.constant([1, 2, 3, 4]), 10)
+    d0, d1 = chain.chain_signals(model.local_modules, outs, e, k)
+    np.testing.assert_allclose(d1, e.numpy() @ K2.numpy().T, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(d0, e.numpy() @ K2.numpy().T @ K1.numpy().T, rtol=1e-4, atol=1e-6)
+    assert K0.shape == (25, 256)
+
+
+def test_forward_init_feedback_copies_the_initial_weights():
+    dfa = SSAModel("smallconv", (16, 16, 3), 10, mode="dfa", feedback_route="chain",
+                   feedback_init="forward")
+    conv = dfa.local_modules[1].output_layer
+    np.testing.assert_array_equal(dfa.feedback_kernels[conv.name].numpy(), conv.kernel.numpy())
+    ssa = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", feedback_route="chain",
+                   feedback_init="forward")
+    layer = ssa.local_modules[1].output_layer
+    np.testing.assert_allclose(layer.feedback_matrix(), layer.merged_matrix(), atol=1e-5)
+
+
+def test_svd_feedback_conv_uses_the_feedback_kernel():
+    model = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", feedback_route="chain")
+    layer = model.local_modules[1].output_layer  # 3x3, 32 -> 64
+    kernel = layer.kernel_from_matrix(layer.feedback_matrix()).astype(np.float32)
+    x = tf.random.normal((2, 8, 8, 32))
+    expected = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
+    np.testing.assert_allclose(chain.linear_feedback(layer, x, {}), expected, rtol=1e-4, atol=1e-4)
+    # max pooling is linearized as average pooling
+    pool = model.local_modules[0].steps[-1]
+    y = chain.linear_feedback(pool, x, {})
+    np.testing.assert_allclose(y, tf.nn.avg_pool2d(x, 2, 2, "VALID"), rtol=1e-6)
+
+
+def test_chain_signal_is_rescaled_to_the_error_std():
+    model = SSAModel("resnet32", (8, 8, 3), 10, mode="ssa", feedback_route="chain")
+    x = tf.random.normal((4, 8, 8, 3))
+    outs, h = [], x
+    for m in model.local_modules:
+        h = m(h)
+        outs.append(h)
+    e = losses.output_error(outs[-1], tf.constant([0, 1, 2, 3]), 10)
+    signals = model.chain_signals(outs, e)
+    assert len(signals) == 15
+    for s, o in zip(signals, outs):
+        assert s.shape == o.shape
+        assert abs(float(tf.math.reduce_std(s)) - float(tf.math.reduce_std(e))) < 1e-5
