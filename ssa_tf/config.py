@@ -45,6 +45,7 @@ class RunConfig:
     feedback: str = "global"
     feedback_spatial: str = "broadcast"
     feedback_init: str = "random"
+    feedback_tracking: float = 0.0
     seed: int = 1
     workdir: str | None = None
     max_train_examples: int | None = None
@@ -96,6 +97,8 @@ def validate(cfg: RunConfig) -> str | None:
         return f"--max_train_examples must be >= 1, got {cfg.max_train_examples}"
     if not 0 < cfg.lr_decay_factor <= 1:
         return f"--lr_decay_factor must be in (0, 1], got {cfg.lr_decay_factor}"
+    if not 0 <= cfg.feedback_tracking <= 1:
+        return f"--feedback_tracking must be in [0, 1], got {cfg.feedback_tracking}"
     if cfg.rank_tau is not None:
         if not 0 < cfg.rank_tau <= 1:
             return f"--rank_tau must be in (0, 1], got {cfg.rank_tau}"

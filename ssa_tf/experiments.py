@@ -59,14 +59,19 @@ GRIDS = {
             "gamma0.01": dict(gamma=0.01),
             "beta0-gamma0": dict(beta=0.0, gamma=0.0),
             "rank0.95": dict(rank_tau=0.95, rank_interval=1),
+            "track0.01": dict(feedback_tracking=0.01),
+            "track0.1": dict(feedback_tracking=0.1),
+            "random-track0.1": dict(feedback_init="random", feedback_tracking=0.1),
         }),
-    # the targets: 20 epochs on all 45k augmented images
+    # towards the targets: all 45k augmented images (20 epochs did not fit
+    # in one session on 2 cores next to everything else; --epochs overrides)
     "long_smallconv": dict(
-        base=dict(_CIFAR, model="smallconv", epochs=20, augment=True),
+        base=dict(_CIFAR, model="smallconv", epochs=10, augment=True),
         variants={
             "bp": dict(mode="bp"),
             "dfa": dict(mode="dfa"),
-            "ssa": dict(mode="ssa"),
+            "ssa-spec": dict(mode="ssa"),
+            "ssa-chain-fwdinit": dict(mode="ssa", feedback="chain", feedback_init="forward"),
         }),
     "long_resnet32": dict(
         base=dict(_CIFAR, model="resnet32", epochs=20, augment=True),
@@ -95,10 +100,16 @@ def variant_config(grid, name, data_dir, seed, epochs=None) -> cfg_lib.RunConfig
     return cfg_lib.RunConfig(**values)
 
 
-def run_key(cfg: cfg_lib.RunConfig) -> str:
-    d = dataclasses.asdict(cfg)
-    d.pop("workdir")
-    d.pop("data_dir")
+def run_key(cfg) -> str:
+    """Canonical JSON of the settings that differ from RunConfig's defaults.
+
+    Only non-default values count, so adding a new option (with a default)
+    to RunConfig leaves the keys of finished runs valid.
+    """
+    d = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
+    defaults = dataclasses.asdict(cfg_lib.RunConfig())
+    d = {k: v for k, v in d.items() if k not in ("workdir", "data_dir")
+         and k in defaults and json.dumps(v, default=list) != json.dumps(defaults[k], default=list)}
     return json.dumps(d, sort_keys=True, default=list)
 
 
@@ -114,7 +125,7 @@ def run_grid(grid, data_dir, out, seed, only=(), epochs=None):
 
     results_path = os.path.join(out, "results", f"{grid}.jsonl")
     os.makedirs(os.path.dirname(results_path), exist_ok=True)
-    done = {r["key"] for r in load_results(results_path)}
+    done = {run_key(r["config"]) for r in load_results(results_path)}
     names = [n for n in GRIDS[grid]["variants"] if not only or n in only]
     for k, name in enumerate(names):
         cfg = variant_config(grid, name, data_dir, seed, epochs)

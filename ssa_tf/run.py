@@ -57,7 +57,8 @@ def make_model(cfg: RunConfig, input_shape, num_classes) -> SSAModel:
     model = SSAModel(cfg.model, input_shape, num_classes, mode=cfg.mode, norm=cfg.norm,
                      alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma,
                      feedback_route=cfg.feedback, feedback_spatial=cfg.feedback_spatial,
-                     feedback_init=cfg.feedback_init, seed=cfg.seed)
+                     feedback_init=cfg.feedback_init, feedback_tracking=cfg.feedback_tracking,
+                     seed=cfg.seed)
     return model
 
 

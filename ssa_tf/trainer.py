@@ -37,7 +37,7 @@ class SSAModel(keras.Model):
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10, mode="ssa",
                  norm="layer", alpha=1.0, beta=0.01, gamma=0.1, ortho_lambda=0.0,
                  feedback_route="global", feedback_spatial="broadcast", feedback_init="random",
-                 seed=1, ranks=None, **kwargs):
+                 feedback_tracking=0.0, seed=1, ranks=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
@@ -55,6 +55,10 @@ class SSAModel(keras.Model):
         self.feedback_route = feedback_route
         self.feedback_spatial = feedback_spatial
         self.feedback_init = feedback_init
+        # 0: feedback factors fixed (SPEC). eta > 0: after every step each
+        # B_X moves a fraction eta towards X, a gradient step on L_align with
+        # respect to the feedback side (Kolen-Pollack-like; BUILD.md).
+        self.feedback_tracking = float(feedback_tracking)
         self.seed = int(seed)
         self.local_modules = build_modules(architecture, self.input_dims, self.num_classes, mode,
                                            norm, self.seed, feedback_init, ranks)
@@ -118,6 +122,7 @@ class SSAModel(keras.Model):
             "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
             "ortho_lambda": self.ortho_lambda, "feedback_route": self.feedback_route,
             "feedback_spatial": self.feedback_spatial, "feedback_init": self.feedback_init,
+            "feedback_tracking": self.feedback_tracking,
             "seed": self.seed, "ranks": self.ranks(),
         }
 
@@ -134,6 +139,11 @@ class SSAModel(keras.Model):
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
         grads_and_vars, logits, terms = self.local_gradients(x, y)
         self.optimizer.apply_gradients(grads_and_vars)
+        if self.feedback_tracking and self.mode == "ssa":
+            eta = self.feedback_tracking
+            for layer in self.svd_layers():
+                for b, f in ((layer.B_U, layer.U), (layer.B_s, layer.s), (layer.B_V, layer.V)):
+                    b.assign(b + eta * (f - b))
         # the logged loss is the network's CE, as in BP, so modes compare
         loss = self._compute_loss(x=x, y=y, y_pred=logits, training=True)
         self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
