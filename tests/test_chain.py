@@ -60,3 +60,22 @@ def test_chain_signal_is_rescaled_to_the_error_std():
     for s, o in zip(signals, outs):
         assert s.shape == o.shape
         assert abs(float(tf.math.reduce_std(s)) - float(tf.math.reduce_std(e))) < 1e-5
+
+
+def test_feedback_tracking_moves_b_towards_the_forward_factors():
+    x = tf.random.normal((16, 6, 6, 1))
+    y = tf.constant(np.arange(16) % 10)
+    fixed = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback_route="chain")
+    moving = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback_route="chain",
+                      feedback_tracking=0.25)
+    for model in (fixed, moving):
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    layer_f, layer_m = fixed.svd_layers()[0], moving.svd_layers()[0]
+    b_fixed = layer_f.B_U.numpy().copy()
+    b0 = layer_m.B_U.numpy().copy()
+    fixed.train_on_batch(x, y)
+    moving.train_on_batch(x, y)
+    np.testing.assert_array_equal(layer_f.B_U.numpy(), b_fixed)  # SPEC: never changes
+    # B_U <- B_U + eta (U - B_U), with U after the optimizer step
+    np.testing.assert_allclose(layer_m.B_U.numpy(), b0 + 0.25 * (layer_m.U.numpy() - b0),
+                               rtol=1e-5, atol=1e-6)
