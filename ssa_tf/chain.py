@@ -28,44 +28,87 @@ def linear_feedback(step, x, kernels):
 
     ``kernels`` maps a plain Dense/Conv2D layer's name to its fixed kernel.
     """
-    if step is None or isinstance(step, _IDENTITY):
-        return x
+    return gated_feedback(step, x, kernels, None)[0]
+
+
+def gated_feedback(step, a, kernels, x):
+    """(feedback signal, forward value) after ``step``.
+
+    With ``x`` (the forward input of ``step``) the ReLUs of the feedback
+    network are gated by the forward pass's own: a' = 1[z > 0] a, as in
+    feedback alignment proper (Lillicrap et al. 2016); with ``x=None`` the
+    network is purely linear (SPEC's chain route).
+    """
+    fwd = x is not None
+    if step is None:
+        return a, x
+    if isinstance(step, keras.layers.Activation):
+        if fwd:
+            z = x
+            x = step(z)
+            if step.activation is keras.activations.relu:
+                a = a * ops.cast(z > 0, a.dtype)
+        return a, x
+    if isinstance(step, _IDENTITY):
+        return a, (step(x) if fwd else x)
     if isinstance(step, (SVDDense, SVDConv2D)):
-        return step.feedback_call(x)
+        return step.feedback_call(a), (step(x) if fwd else x)
     if isinstance(step, keras.layers.Dense):
-        return ops.matmul(x, kernels[step.name])
+        return ops.matmul(a, kernels[step.name]), (step(x) if fwd else x)
     if isinstance(step, keras.layers.Conv2D):
-        return ops.conv(x, kernels[step.name], strides=step.strides, padding=step.padding)
+        out = ops.conv(a, kernels[step.name], strides=step.strides, padding=step.padding)
+        return out, (step(x) if fwd else x)
     if isinstance(step, keras.layers.MaxPooling2D):
-        return ops.average_pool(x, step.pool_size, step.strides, step.padding)
+        return (ops.average_pool(a, step.pool_size, step.strides, step.padding),
+                step(x) if fwd else x)
     if isinstance(step, (keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
                          keras.layers.Flatten)):
-        return step(x)
+        return step(a), (step(x) if fwd else x)
     if isinstance(step, Module):
         for sub in step.steps:
-            x = linear_feedback(sub, x, kernels)
-        return x
+            a, x = gated_feedback(sub, a, kernels, x)
+        return a, x
     if isinstance(step, ResidualBlock):
-        y = linear_feedback(step.conv2, linear_feedback(step.conv1, x, kernels), kernels)
-        shortcut = x if step.proj is None else linear_feedback(step.proj, x, kernels)
-        return y + shortcut
+        b, y = gated_feedback(step.conv1, a, kernels, x)
+        b, y = gated_feedback(step.norm1, b, kernels, y)
+        if fwd:
+            b = b * ops.cast(y > 0, b.dtype)
+            y = keras.activations.relu(y)
+        b, y = gated_feedback(step.conv2, b, kernels, y)
+        b, y = gated_feedback(step.norm2, b, kernels, y)
+        if step.proj is None:
+            sa, sx = a, x
+        else:
+            sa, sx = gated_feedback(step.proj, a, kernels, x)
+            sa, sx = gated_feedback(step.proj_norm, sa, kernels, sx)
+        a = b + sa
+        if fwd:
+            z = y + sx
+            a = a * ops.cast(z > 0, a.dtype)
+            x = keras.activations.relu(z)
+        return a, x
     raise TypeError(f"no linear feedback for layer {step.name!r} of type {type(step).__name__}")
 
 
-def chain_signals(modules, outputs, error, kernels):
+def chain_signals(modules, outputs, error, kernels, gated=False):
     """delta_i = J_i^T e for every module but the last, each of module i's output shape.
 
     Zero probes p_i are added at every module boundary of the feedback
     network; the gradient of <e, feedback logits> with respect to p_i is
-    J_i^T e, for all i in one backward pass.
+    J_i^T e, for all i in one backward pass. ``gated=True`` gates the
+    feedback network's ReLUs with the forward pass's (recomputed from each
+    module's forward input, in inference mode so batch statistics are not
+    updated twice).
     """
     probes = [tf.zeros_like(h) for h in outputs[:-1]]
     with tf.GradientTape() as tape:
         tape.watch(probes)
         a = probes[0]
-        for m, p in zip(modules[1:-1], probes[1:]):
-            a = linear_feedback(m, a, kernels) + p
-        logits = linear_feedback(modules[-1], a, kernels)
+        for j, (m, p) in enumerate(zip(modules[1:-1], probes[1:]), start=1):
+            x = ops.stop_gradient(outputs[j - 1]) if gated else None
+            a = gated_feedback(m, a, kernels, x)[0] + p
+        x = ops.stop_gradient(outputs[-2]) if gated else None
+        logits = gated_feedback(modules[-1], a, kernels, x)[0]
         score = ops.sum(logits * error)
     return tape.gradient(score, probes)
 

@@ -46,6 +46,7 @@ class RunConfig:
     feedback_spatial: str = "broadcast"
     feedback_init: str = "random"
     feedback_tracking: float = 0.0
+    chain_gating: bool = False
     seed: int = 1
     workdir: str | None = None
     max_train_examples: int | None = None

@@ -62,6 +62,8 @@ GRIDS = {
             "track0.01": dict(feedback_tracking=0.01),
             "track0.1": dict(feedback_tracking=0.1),
             "random-track0.1": dict(feedback_init="random", feedback_tracking=0.1),
+            "gated": dict(chain_gating=True),
+            "gated-track0.1": dict(chain_gating=True, feedback_tracking=0.1),
         }),
     # towards the targets: all 45k augmented images (20 epochs did not fit
     # in one session on 2 cores next to everything else; --epochs overrides)

@@ -39,6 +39,8 @@ flags.DEFINE_string("feedback_init", "random",
                     f"SSA feedback factors: {', '.join(cfg_lib.FEEDBACK_INIT)}")
 flags.DEFINE_float("feedback_tracking", 0.0,
                    "SSA: after each step every B_X moves this fraction towards X (0: fixed, SPEC)")
+flags.DEFINE_boolean("chain_gating", False,
+                     "chain route: gate the feedback network's ReLUs with the forward pass's")
 flags.DEFINE_integer("seed", 1, "random seed (>= 1)")
 flags.DEFINE_string("workdir", None, "output folder (default runs/<dataset>-<model>-<mode>-<time>)")
 flags.DEFINE_string("preset", "none", f"seed settings: {', '.join(cfg_lib.PRESETS)}")

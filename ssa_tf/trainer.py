@@ -37,7 +37,7 @@ class SSAModel(keras.Model):
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10, mode="ssa",
                  norm="layer", alpha=1.0, beta=0.01, gamma=0.1, ortho_lambda=0.0,
                  feedback_route="global", feedback_spatial="broadcast", feedback_init="random",
-                 feedback_tracking=0.0, seed=1, ranks=None, **kwargs):
+                 feedback_tracking=0.0, chain_gating=False, seed=1, ranks=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
@@ -59,6 +59,8 @@ class SSAModel(keras.Model):
         # B_X moves a fraction eta towards X, a gradient step on L_align with
         # respect to the feedback side (Kolen-Pollack-like; BUILD.md).
         self.feedback_tracking = float(feedback_tracking)
+        # chain route: gate the feedback network's ReLUs with the forward pass's
+        self.chain_gating = bool(chain_gating)
         self.seed = int(seed)
         self.local_modules = build_modules(architecture, self.input_dims, self.num_classes, mode,
                                            norm, self.seed, feedback_init, ranks)
@@ -122,7 +124,7 @@ class SSAModel(keras.Model):
             "alpha": self.alpha, "beta": self.beta, "gamma": self.gamma,
             "ortho_lambda": self.ortho_lambda, "feedback_route": self.feedback_route,
             "feedback_spatial": self.feedback_spatial, "feedback_init": self.feedback_init,
-            "feedback_tracking": self.feedback_tracking,
+            "feedback_tracking": self.feedback_tracking, "chain_gating": self.chain_gating,
             "seed": self.seed, "ranks": self.ranks(),
         }
 
@@ -196,7 +198,8 @@ class SSAModel(keras.Model):
         """
         if self.feedback_route != "chain":
             return None
-        deltas = chain.chain_signals(self.local_modules, outputs, error, self.feedback_kernels)
+        deltas = chain.chain_signals(self.local_modules, outputs, error, self.feedback_kernels,
+                                     gated=self.chain_gating)
         scale = ops.std(error)
         return [ops.stop_gradient(d * scale / (ops.std(d) + 1e-12)) for d in deltas]
 

@@ -79,3 +79,27 @@ def test_feedback_tracking_moves_b_towards_the_forward_factors():
     # B_U <- B_U + eta (U - B_U), with U after the optimizer step
     np.testing.assert_allclose(layer_m.B_U.numpy(), b0 + 0.25 * (layer_m.U.numpy() - b0),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_gated_chain_with_forward_feedback_is_backprop_at_initialization():
+    # B = W0 and the forward ReLU gates: the chain's signal is the true
+    # gradient of the summed CE with respect to each module's output
+    model = SSAModel("smallconv", (8, 8, 3), 10, mode="dfa", feedback_route="chain",
+                     feedback_init="forward", chain_gating=True, norm="none")
+    x = tf.random.normal((4, 8, 8, 3))
+    y = tf.constant([0, 1, 2, 3])
+    with tf.GradientTape() as tape:
+        outs, h = [], x
+        for m in model.local_modules:
+            h = m(h)
+            outs.append(h)
+        ce = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(y, h, from_logits=True))
+    true = tape.gradient(ce, outs[:-1])
+    e = losses.output_error(outs[-1], y, 10)
+    gated = chain.chain_signals(model.local_modules, outs, e, model.feedback_kernels, gated=True)
+    # the only difference left: max pooling is linearized as average pooling,
+    # so compare the modules after the last max pool (m1's input onwards)
+    for d, t in zip(gated[2:], true[2:]):
+        np.testing.assert_allclose(d, t, rtol=1e-4, atol=1e-6)
+    linear = chain.chain_signals(model.local_modules, outs, e, model.feedback_kernels)
+    assert float(tf.reduce_max(tf.abs(linear[2] - true[2]))) > 1e-3  # ungated differs
