@@ -200,8 +200,9 @@ class SSAModel(keras.Model):
             return None
         deltas = chain.chain_signals(self.local_modules, outputs, error, self.feedback_kernels,
                                      gated=self.chain_gating)
-        scale = ops.std(error)
-        return [ops.stop_gradient(d * scale / (ops.std(d) + 1e-12)) for d in deltas]
+        # global-batch statistics, so that replicas rescale alike
+        scale = global_std(error)
+        return [ops.stop_gradient(d * scale / (global_std(d) + 1e-12)) for d in deltas]
 
     def module_loss(self, i, h, error, y, signals=None):
         """L_i = alpha CE_i + beta L_align,i + gamma L_ortho,i for module i's output h.
@@ -226,6 +227,17 @@ class SSAModel(keras.Model):
             ortho = sum(losses.orthogonality_loss(l, self.ortho_lambda) for l in layers)
             loss = loss + self.beta * align + self.gamma * ortho
         return loss, (ce, align, ortho)
+
+
+def global_std(t):
+    """Standard deviation of ``t`` over the global batch (all replicas)."""
+    t = tf.cast(t, tf.float32)
+    stats = tf.stack([tf.cast(tf.size(t), tf.float32), tf.reduce_sum(t), tf.reduce_sum(t * t)])
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM, stats)
+    n, s1, s2 = stats[0], stats[1], stats[2]
+    return tf.sqrt(tf.maximum(s2 / n - (s1 / n) ** 2, 0.0))
 
 
 def build_model(architecture, input_shape, num_classes, mode="ssa", learning_rate=None,
