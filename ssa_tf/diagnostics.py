@@ -1,0 +1,101 @@
+"""Alignment diagnostics: how far each local update is from backprop's.
+
+Per local module, the angle between the update the module actually gets
+(its local-loss gradient, SSA or DFA) and the true BP gradient of the
+network's cross-entropy for the same parameters on the same batch; per SVD
+layer, BioTorch's weight metrics: the angle between the forward matrix W and
+the feedback matrix B, and the norm ratio ||W|| / ||B||. The seed's theory
+claims positive alignment with BP (angle below 90 degrees); this measures it.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+from ssa_tf import losses
+
+
+def _angle(a, b):
+    a = np.concatenate([np.ravel(x) for x in a])
+    b = np.concatenate([np.ravel(x) for x in b])
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return float("nan")
+    return math.degrees(math.acos(float(np.clip(a @ b / (na * nb), -1.0, 1.0))))
+
+
+def update_angles(model, x, y):
+    """Angle in degrees, per module, between the local update and the BP gradient."""
+    grads_and_vars, _, _ = model.local_gradients(tf.convert_to_tensor(x), tf.convert_to_tensor(y))
+    local = {id(v): g for g, v in grads_and_vars}
+    with tf.GradientTape() as tape:
+        ce = losses.cross_entropy(model(x, training=True), y)
+    groups = [m.trainable_variables for m in model.local_modules]
+    all_vars = [v for vs in groups for v in vs]
+    bp_all = tape.gradient(ce, all_vars, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    out, k = [], 0
+    for vs in groups:
+        bp = [g.numpy() for g in bp_all[k:k + len(vs)]]
+        k += len(vs)
+        out.append(_angle([local[id(v)].numpy() for v in vs], bp))
+    return out
+
+
+def weight_metrics(model):
+    """{layer: (angle W vs B in degrees, ||W|| / ||B||)} for every SVD layer."""
+    out = {}
+    for layer in model.svd_layers():
+        W, B = layer.merged_matrix(), layer.feedback_matrix()
+        out[layer.name] = (_angle([W], [B]), float(np.linalg.norm(W) / np.linalg.norm(B)))
+    return out
+
+
+class AlignmentMonitor(keras.callbacks.Callback):
+    """Every ``every`` training steps, logs update angles (and SVD weight metrics).
+
+    Uses a fixed batch ``(x, y)`` so that values over time compare. Writes
+    ``alignment.csv`` (step, module, angle) and TensorBoard scalars
+    ``alignment/<module>`` into ``workdir``.
+    """
+
+    def __init__(self, x, y, every=100, workdir=None):
+        super().__init__()
+        self.x, self.y, self.every, self.workdir = x, y, int(every), workdir
+        self.rows = []
+        self._step = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._step += 1
+        if self._step % self.every == 0 or self._step == 1:
+            self.record(self._step)
+
+    def record(self, step):
+        if self.model.mode == "bp":
+            return
+        angles = update_angles(self.model, self.x, self.y)
+        rows = [(step, m.name, a) for m, a in zip(self.model.local_modules, angles)]
+        if self.model.mode == "ssa":
+            for name, (ang, ratio) in weight_metrics(self.model).items():
+                rows.append((step, f"W_vs_B:{name}", ang))
+                rows.append((step, f"norm_ratio:{name}", ratio))
+        self.rows.extend(rows)
+        if not self.workdir:
+            return
+        path = os.path.join(self.workdir, "alignment.csv")
+        new = not os.path.exists(path)
+        with open(path, "a", newline="") as f:
+            w = csv.writer(f)
+            if new:
+                w.writerow(["step", "quantity", "value"])
+            w.writerows(rows)
+        writer = tf.summary.create_file_writer(os.path.join(self.workdir, "tensorboard", "alignment"))
+        with writer.as_default():
+            for s, name, value in rows:
+                tf.summary.scalar(f"alignment/{name}", value, step=s)
+        writer.close()
