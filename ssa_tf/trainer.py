@@ -19,10 +19,7 @@ from ssa_tf import chain, feedback, losses
 from ssa_tf.layers import svd_layers
 from ssa_tf.models import build_modules
 
-MODES = ("ssa", "dfa", "bp")
-# SVD factors need a smaller rate than dense weights (SPEC section 8: SSA
-# collapsed at 1e-3 and trained at 1e-4 to 3e-4).
-DEFAULT_LEARNING_RATE = {"ssa": 3e-4, "dfa": 1e-3, "bp": 1e-3}
+from ssa_tf.config import DEFAULT_LEARNING_RATE, MODES
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
@@ -244,7 +241,7 @@ def build_model(architecture, input_shape, num_classes, mode="ssa", learning_rat
                 jit_compile=False, **kwargs):
     """An ``SSAModel`` compiled with Adam, sparse CE and accuracy."""
     model = SSAModel(architecture, input_shape, num_classes, mode=mode, **kwargs)
-    compile_model(model, learning_rate)
+    compile_model(model, learning_rate, jit_compile)
     return model
 
 
