@@ -42,6 +42,8 @@ GRIDS = {
             "ssa-local": dict(mode="ssa", feedback="local"),
             "ssa-chain": dict(mode="ssa", feedback="chain"),
             "ssa-chain-fwdinit": dict(mode="ssa", feedback="chain", feedback_init="forward"),
+            "ssa-gated-track0.1": dict(mode="ssa", feedback="chain", feedback_init="forward",
+                                       chain_gating=True, feedback_tracking=0.1),
         }),
     # the best route's knobs: learning rate, norm, loss coefficients
     "ssa_knobs": dict(
