@@ -1,0 +1,100 @@
+"""Deploy a trained SSA model: merge its SVD layers, export ONNX (and a SavedModel).
+
+    python export/to_onnx.py --workdir=runs/RUN --output=model.onnx \
+        [--saved_model=DIR] [--opset=17] [--form=auto|merged|factored]
+
+The run's final model (RUN/model.keras) is merged into plain Keras layers,
+converted with tf2onnx and checked with onnxruntime against the SSA model on
+a batch of the run's evaluation data (RUN/config.json names the dataset).
+Files are written only if every logit agrees within 1e-4 and every top-1
+prediction is the same; otherwise the exit status is 1 and nothing is left
+behind. A user mistake (flag, path, unreadable model, unsupported layer,
+missing dataset) ends with one line on stderr and exit status 2.
+
+Flags and wiring only; the logic lives in ssa_tf.convert / ssa_tf.export.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+# run as `python export/to_onnx.py` from a clone without installing ssa_tf
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, flags, logging  # noqa: E402
+
+from ssa_tf import export_config as cfg_lib  # noqa: E402  (no TensorFlow import)
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "training run folder holding model.keras and config.json")
+flags.DEFINE_string("output", None, "ONNX file to write")
+flags.DEFINE_string("saved_model", None, "also write a TensorFlow SavedModel to this new folder")
+flags.DEFINE_integer("opset", cfg_lib.DEFAULT_OPSET, "ONNX opset "
+                     f"({cfg_lib.OPSETS.start}..{cfg_lib.OPSETS.stop - 1})")
+flags.DEFINE_string("form", "auto", "per SVD layer: auto (fewer multiply-adds), merged "
+                    "(one layer) or factored (two stacked layers)")
+flags.DEFINE_integer("latency_runs", 50, "timed onnxruntime runs per batch size")
+flags.DEFINE_integer("verify_batch", 64, "evaluation examples compared with the SSA model")
+
+
+def _usage_error(message):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence C++ start-up chatter (oneDNN, absl) that TF_CPP_MIN_LOG_LEVEL does not."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def main(argv):
+    if len(argv) > 1:
+        _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+    cfg = cfg_lib.ExportConfig(workdir=FLAGS.workdir, output=FLAGS.output,
+                               saved_model=FLAGS.saved_model, opset=FLAGS.opset, form=FLAGS.form,
+                               latency_runs=FLAGS.latency_runs, verify_batch=FLAGS.verify_batch)
+    problem = cfg_lib.validate(cfg)
+    if problem:
+        _usage_error(problem)
+
+    # TensorFlow starts only now, after the flags and paths are known to be good.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.set_verbosity(logging.WARNING)  # SavedModel export logs every step at INFO
+    try:
+        with _quiet_stderr():
+            from ssa_tf import export
+    except ImportError as e:
+        _usage_error(f"{e}; the export needs tf2onnx, onnx and onnxruntime "
+                     "(pip install -e '.[export]')")
+
+    try:
+        result = export.export_run(cfg)
+    except cfg_lib.UsageError as e:
+        _usage_error(str(e))
+    except export.ParityError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(export.format_result(result))
+
+
+def _parse_flags(argv):
+    # absl prints a usage dump for a bad flag; one line is friendlier
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        _usage_error(str(e))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse_flags)

@@ -1,0 +1,289 @@
+"""Deployment formats: SavedModel and ONNX of a merged SSA model, verified and timed.
+
+``export_run`` is what ``python export/to_onnx.py`` does: load a training
+run's final model, merge it into plain Keras layers (``ssa_tf.convert``),
+convert to ONNX with tf2onnx (``from_function`` with an explicit input
+signature and a dynamic batch dimension; tf2onnx's ``from_keras`` does not
+handle Keras 3 models), check onnxruntime against the original SSA model on
+evaluation data, and only then write the files. It also exports the same
+architecture with every layer merged (the "dense" export) to compare
+parameters, file size and latency.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import keras
+import numpy as np
+import onnxruntime as ort
+import tensorflow as tf
+import tf2onnx
+
+import ssa_tf.trainer  # noqa: F401  registers SSAModel and its layers for load_model
+from ssa_tf import convert
+from ssa_tf import data as data_lib
+from ssa_tf.export_config import DEFAULT_OPSET, ExportConfig, UsageError
+
+# SPEC section 7: the export changes the logits by float32 rounding only
+LOGIT_ATOL = 1e-4
+INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "logits", "batch"
+
+
+class ParityError(Exception):
+    """The exported model does not compute what the SSA model computes (exit status 1)."""
+
+
+# --------------------------------------------------------------------------
+# Formats
+# --------------------------------------------------------------------------
+
+def to_onnx(model: keras.Model, opset: int = DEFAULT_OPSET):
+    """ONNX ModelProto of a single-input Keras model; input "input", output "logits"."""
+    tf2onnx.logging.set_level(logging.ERROR)
+    shape = tuple(model.inputs[0].shape[1:])
+    spec = tf.TensorSpec((None, *shape), tf.float32, name=INPUT_NAME)
+    fn = tf.function(lambda x: {OUTPUT_NAME: model(x, training=False)})
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=int(opset))
+    for value in (*proto.graph.input, *proto.graph.output):  # tf2onnx names it unk__N
+        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    return proto
+
+
+def onnx_session(model_bytes: bytes) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(session, x) -> np.ndarray:
+    return session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(x, np.float32)})[0]
+
+
+def export_saved_model(model: keras.Model, path: str):
+    """SavedModel with a ``serve`` endpoint (dynamic batch) at ``path``, written atomically."""
+    parent = os.path.dirname(os.path.abspath(path))
+    tmp = tempfile.mkdtemp(prefix=".saved_model_", dir=parent)
+    try:
+        target = os.path.join(tmp, "model")
+        model.export(target, format="tf_saved_model", verbose=False)
+        if os.path.isdir(path):  # an empty folder the user made for it
+            os.rmdir(path)
+        os.replace(target, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_saved_model(path: str, x) -> np.ndarray:
+    loaded = tf.saved_model.load(path)
+    return np.asarray(loaded.serve(tf.constant(x, tf.float32)))
+
+
+def write_atomic(path: str, payload: bytes):
+    """Write ``payload`` under a temporary name beside ``path``, then rename."""
+    fd, tmp = tempfile.mkstemp(prefix=".onnx_", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever deploys it
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# --------------------------------------------------------------------------
+# Checks and measurements
+# --------------------------------------------------------------------------
+
+def compare_logits(reference, candidate, what) -> dict:
+    """Max |difference| and top-1 disagreements; ParityError past LOGIT_ATOL or on any flip."""
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    if reference.shape != candidate.shape:
+        raise ParityError(f"{what}: logits of shape {candidate.shape}, expected {reference.shape}")
+    diff = float(np.max(np.abs(reference - candidate)))
+    flips = int(np.sum(reference.argmax(-1) != candidate.argmax(-1)))
+    if not diff <= LOGIT_ATOL or flips:
+        raise ParityError(f"{what} differs from the SSA model: max |logit difference| {diff:.3g} "
+                          f"(limit {LOGIT_ATOL:g}), {flips} of {len(reference)} top-1 predictions "
+                          "differ; nothing was written")
+    return {"max_abs_diff": diff, "top1_differ": flips, "examples": int(len(reference))}
+
+
+def median_latency_ms(sessions: dict, x, runs: int) -> dict:
+    """Median wall time (ms) of ``session.run`` on ``x``, per named session.
+
+    Sessions are timed in turn, run by run, so that load from other processes
+    on a shared machine falls on all of them alike.
+    """
+    times = {name: [] for name in sessions}
+    for session in sessions.values():  # warm-up: first runs allocate
+        for _ in range(2):
+            run_onnx(session, x)
+    for _ in range(runs):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            run_onnx(session, x)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def count_params(model: keras.Model) -> int:
+    return int(sum(np.prod(w.shape) for w in model.weights))
+
+
+# --------------------------------------------------------------------------
+# One deployment of a training run
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class ExportResult:
+    records: list
+    form: str
+    opset: int
+    params: int
+    dense_params: int
+    onnx_bytes: int
+    dense_onnx_bytes: int
+    latency_ms: dict  # {(model, batch): ms}, model "export" or "dense"
+    onnx_check: dict
+    saved_model_check: dict | None
+    dataset_split: str
+    output: str
+    saved_model: str | None
+
+
+def load_run_model(path: str) -> keras.Model:
+    """A run's model.keras; UsageError (one line) when it cannot be read."""
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as e:  # any failure to read the user's file is their input problem
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot load model {path!r} ({type(e).__name__}: {detail[:200]})") from e
+
+
+_LOAD_FIXED = ("name", "batch_size", "augment", "max_train_examples", "validation_split")
+
+
+def evaluation_batch(cfg: ExportConfig, input_shape):
+    """(x, split) from the test split of the dataset in the run's config.json."""
+    try:
+        with open(cfg.config_path) as f:
+            run_config = json.load(f)
+        dataset = run_config["dataset"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"cannot read the dataset name from {cfg.config_path!r} ({e})") from e
+    # the run's own dataset settings (data_dir, label, image size, ...), as far
+    # as this version of data.load takes them
+    accepted = inspect.signature(data_lib.load).parameters
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in run_config.items()
+               if k in accepted and k not in _LOAD_FIXED and v is not None}
+    try:
+        ds = data_lib.load(dataset, cfg.verify_batch, augment=False, max_train_examples=1,
+                           **options)
+    except data_lib.DataError as e:
+        raise UsageError(f"cannot load evaluation data for the check: {e}") from e
+    x, _ = next(iter(ds.test))
+    x = np.asarray(x, np.float32)
+    if tuple(x.shape[1:]) != tuple(input_shape):
+        raise UsageError(f"dataset {dataset!r} has inputs {tuple(x.shape[1:])}, the model expects "
+                         f"{tuple(input_shape)}")
+    return x, ds.test_split
+
+
+def export_run(cfg: ExportConfig, log=print) -> ExportResult:
+    """Merge, convert, verify and time a run's model; write files only if it all holds.
+
+    Raises UsageError (the user's input) or ParityError (the export is wrong).
+    """
+    log(f"loading {cfg.model_path}")
+    model = load_run_model(cfg.model_path)
+    try:
+        merged, records = convert.merge(model, cfg.form)
+        dense, _ = convert.merge(model, "merged")
+    except convert.UnsupportedLayerError as e:
+        raise UsageError(str(e)) from e
+    input_shape = tuple(merged.inputs[0].shape[1:])
+    x, split = evaluation_batch(cfg, input_shape)
+    reference = np.asarray(model(x, training=False))
+
+    log(f"converting to ONNX (opset {cfg.opset}, form {cfg.form})")
+    proto = to_onnx(merged, cfg.opset).SerializeToString()
+    session = onnx_session(proto)
+    onnx_check = compare_logits(reference, run_onnx(session, x), "the ONNX model")
+    same_form = all(r.form == "merged" for r in records)
+    dense_proto = proto if same_form else to_onnx(dense, cfg.opset).SerializeToString()
+    dense_session = session if same_form else onnx_session(dense_proto)
+    # the dense export is a reference point, but a wrong one would mislead
+    compare_logits(reference, run_onnx(dense_session, x), "the dense ONNX model")
+
+    saved_check = None
+    staged = None
+    if cfg.saved_model:
+        log(f"exporting SavedModel to {cfg.saved_model}")
+        parent = os.path.dirname(os.path.abspath(cfg.saved_model))
+        staged = tempfile.mkdtemp(prefix=".saved_model_check_", dir=parent)
+    try:
+        if staged:
+            target = os.path.join(staged, "model")
+            export_saved_model(merged, target)
+            saved_check = compare_logits(reference, run_saved_model(target, x), "the SavedModel")
+
+        log(f"timing onnxruntime ({cfg.latency_runs} runs per batch size)")
+        latency = {}
+        for batch in (1, 64):
+            xb = np.resize(x, (batch, *input_shape)).astype(np.float32)
+            sessions = {"export": session} if same_form else {"export": session,
+                                                              "dense": dense_session}
+            ms = median_latency_ms(sessions, xb, cfg.latency_runs)
+            latency[("export", batch)] = ms["export"]
+            latency[("dense", batch)] = ms.get("dense", ms["export"])
+
+        # everything holds: only now do files appear
+        write_atomic(cfg.output, proto)
+        if staged:
+            if os.path.isdir(cfg.saved_model):
+                os.rmdir(cfg.saved_model)  # validated empty
+            os.replace(os.path.join(staged, "model"), cfg.saved_model)
+    finally:
+        if staged:
+            shutil.rmtree(staged, ignore_errors=True)
+    return ExportResult(records, cfg.form, cfg.opset, count_params(merged), count_params(dense),
+                        len(proto), len(dense_proto), latency, onnx_check, saved_check, split,
+                        cfg.output, cfg.saved_model)
+
+
+def format_result(result: ExportResult) -> str:
+    """The per-layer table and the export-versus-dense comparison, as printed by the script."""
+    lines = [convert.format_records(result.records), ""]
+    lat = result.latency_ms
+    rows = [("", "parameters", "ONNX bytes", "ms batch 1", "ms batch 64"),
+            (f"export ({result.form})", f"{result.params:,}", f"{result.onnx_bytes:,}",
+             f"{lat[('export', 1)]:.3f}", f"{lat[('export', 64)]:.3f}"),
+            ("dense (all merged)", f"{result.dense_params:,}", f"{result.dense_onnx_bytes:,}",
+             f"{lat[('dense', 1)]:.3f}", f"{lat[('dense', 64)]:.3f}")]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))))
+    check = result.onnx_check
+    lines += ["", f"onnxruntime vs SSA model on {check['examples']} examples of "
+              f"{result.dataset_split}: max |logit difference| {check['max_abs_diff']:.2e}, "
+              f"top-1 identical (opset {result.opset})"]
+    if result.saved_model_check:
+        s = result.saved_model_check
+        lines.append(f"SavedModel vs SSA model: max |logit difference| {s['max_abs_diff']:.2e}")
+    lines.append(f"wrote {result.output}" + (f" and {result.saved_model}" if result.saved_model
+                                              else ""))
+    return "\n".join(lines)
