@@ -1,0 +1,215 @@
+"""The coefficient search (ssa_tf.tuning, tuning/search.py) on the embedded MNIST sample.
+
+One two-trial search (mlp, 200 examples, 1 epoch per trial) is shared by the
+module; tests that change a search work on a copy of it.
+"""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import pytest
+
+from conftest import REPO
+from ssa_tf import config as cfg_lib
+from ssa_tf import tuning
+
+SEARCH_CLI = os.path.join(REPO, "tuning", "search.py")
+
+
+def small_search(directory, **kwargs):
+    run = cfg_lib.RunConfig(model="mlp", max_train_examples=200, validation_split=0.1)
+    values = dict(run=run, directory=str(directory), project_name="s", max_trials=2,
+                  epochs_per_trial=1)
+    return tuning.SearchConfig(**{**values, **kwargs})
+
+
+def read_rows(project):
+    with open(os.path.join(project, "results.csv")) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    cfg = small_search(tmp_path_factory.mktemp("tuning"))
+    summary = tuning.run_search(cfg, verbose=0)
+    return cfg, summary
+
+
+def copy_search(cfg, tmp_path, **kwargs):
+    shutil.copytree(cfg.project, tmp_path / "s")
+    return small_search(tmp_path, **kwargs)
+
+
+def test_two_trials_give_results_plot_and_flags(searched):
+    cfg, summary = searched
+    rows = read_rows(cfg.project)
+    assert [r["trial"] for r in rows] == ["0", "1"]
+    assert list(rows[0]) == list(tuning.CSV_COLUMNS)
+    for r in rows:
+        assert r["status"] == "COMPLETED" and r["reason"] == ""
+        assert 0 < float(r["val_accuracy"]) <= 1  # measured 0.20 and 0.25 (chance 0.10)
+        assert r["epochs"] == "1" and float(r["seconds"]) > 0
+        assert 0.1 <= float(r["alpha"]) <= 2 and 1e-4 <= float(r["beta"]) <= 1
+        assert 1e-3 <= float(r["gamma"]) <= 10 and float(r["lr"]) == 3e-4
+    assert rows[0]["beta"] != rows[1]["beta"]
+    with open(cfg.project + "/sensitivity.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    best = summary["best"]
+    assert best["val_accuracy"] == max(float(r["val_accuracy"]) for r in rows)
+    # trials are scored on a part held out of train, never on the test split
+    with open(cfg.project + "/search.json") as f:
+        splits = json.load(f)
+    assert (splits["train_split"], splits["validation_split"]) == (
+        "mnist5k:train[:200]", "mnist5k:train[3600:]")
+
+
+def test_best_flags_reproduce_the_best_trial_in_train(searched):
+    from absl.testing import flagsaver
+
+    from ssa_tf import train
+
+    cfg, summary = searched
+    best = summary["best"]
+    with flagsaver.flagsaver():
+        train.FLAGS(["prog", f"--flagfile={cfg.project}/best.flags"])
+        try:
+            run = train.config_from_flags()
+        finally:
+            train.FLAGS.unparse_flags()
+    assert cfg_lib.validate(run) is None
+    assert (run.alpha, run.beta, run.gamma, run.learning_rate) == (
+        best["alpha"], best["beta"], best["gamma"], best["lr"])  # exact: repr round-trips
+    assert (run.mode, run.model, run.dataset, run.seed, run.epochs) == ("ssa", "mlp", "mnist5k", 1, 1)
+    assert run.validation_split == 0.1  # train validates on the same held-out part
+
+
+FITS = []  # one entry per model.fit across trials (callbacks are deep-copied per trial)
+
+
+class Script(keras.callbacks.Callback):
+    """Makes the n-th fit of a search diverge (absurd learning rate) or be interrupted."""
+
+    def __init__(self, actions):
+        super().__init__()
+        self.actions = actions
+
+    def on_train_begin(self, logs=None):
+        FITS.append(1)
+        action = self.actions.get(len(FITS))
+        if action == "diverge":
+            self.model.optimizer.learning_rate.assign(1e10)  # NaN in the first step
+        elif action == "interrupt":
+            raise KeyboardInterrupt
+
+
+def test_failed_trial_is_recorded_and_interrupted_search_resumes(searched, tmp_path):
+    cfg = copy_search(searched[0], tmp_path, max_trials=4)
+    before = read_rows(cfg.project)
+
+    FITS.clear()
+    with pytest.raises(KeyboardInterrupt):
+        # trial 2 diverges (recorded, the search goes on), trial 3 is interrupted
+        tuning.run_search(cfg, callbacks=[Script({1: "diverge", 2: "interrupt"})], verbose=0)
+    assert len(FITS) == 2
+    with open(f"{cfg.project}/trial_3/trial.json") as f:
+        interrupted = json.load(f)["hyperparameters"]["values"]
+
+    FITS.clear()
+    summary = tuning.run_search(cfg, callbacks=[Script({})], verbose=0)
+    assert len(FITS) == 1  # only the interrupted trial ran again
+    rows = read_rows(cfg.project)
+    assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
+    assert rows[:2] == before  # finished trials kept as they were, seconds included
+    failed = rows[2]
+    assert failed["status"] == "FAILED" and failed["val_accuracy"] == ""
+    assert "Diverged" in failed["reason"] and "nan" in failed["reason"].lower()
+    assert rows[3]["status"] == "COMPLETED"
+    assert float(rows[3]["alpha"]) == interrupted["alpha"]
+    assert summary["best"]["trial"] != "2"
+
+
+def test_resuming_with_other_settings_is_a_usage_error(searched):
+    cfg = small_search(searched[0].directory, beta_range=(1e-3, 1e-1))
+    with pytest.raises(cfg_lib.UsageError, match=r"beta_range.*another --project_name"):
+        tuning.run_search(cfg, verbose=0)
+
+
+# --------------------------------------------------------------------------
+# The CLI, in subprocesses whose `import tensorflow` fails: flags are checked
+# and --report_only runs without TensorFlow.
+# --------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def no_tensorflow_env(tmp_path_factory):
+    fake = tmp_path_factory.mktemp("fake_tf")
+    (fake / "tensorflow").mkdir()
+    (fake / "tensorflow" / "__init__.py").write_text(
+        "raise ImportError('tensorflow imported before the flags were checked')\n")
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(fake), REPO])}
+
+
+def run_cli(args, env, cwd):
+    return subprocess.run([sys.executable, SEARCH_CLI, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--tuner=grid"], "random, bayesian, hyperband"),
+    (["--strategy=tpu"], "one_device, mirrored"),
+    (["--model=vgg99"], "mlp, smallconv, resnet32, resnet18"),
+    (["--beta_range=0,1"], "--beta_range is sampled on a log scale"),
+    (["--gamma_range=1,0.1"], "--gamma_range must be LOW,HIGH with LOW <= HIGH"),
+    (["--alpha_range=1"], "--alpha_range must be two numbers"),
+    (["--learning_rate_range=a,b"], "--learning_rate_range must be two numbers"),
+    (["--learning_rate=1e-3", "--learning_rate_range=1e-4,1e-2"], "not both"),
+    (["--seed=0"], "--seed must be >= 1"),
+    (["--max_trials=0"], "--max_trials must be >= 1"),
+    (["--epochs_per_trial=two"], "--epochs_per_trial"),
+    (["--validation_split=0"], "--validation_split must be > 0"),
+    (["--validation_split=1"], "--validation_split must be in [0, 1)"),
+    (["--dataset=cifar10", "--data_dir=/nonexistent"], "tfds build cifar10"),
+    (["--report_only"], "no search in"),
+    (["stray"], "unexpected arguments"),
+])
+def test_bad_flags_exit_2_with_one_line_before_tensorflow(args, needle, no_tensorflow_env,
+                                                          tmp_path):
+    result = run_cli([*args, f"--directory={tmp_path / 'd'}"], no_tensorflow_env, tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_report_only_rewrites_the_report_without_tensorflow(searched, no_tensorflow_env, tmp_path):
+    cfg = copy_search(searched[0], tmp_path)
+    for name in ("results.csv", "sensitivity.png", "best.flags"):
+        os.remove(f"{cfg.project}/{name}")
+    result = run_cli([f"--directory={tmp_path}", "--project_name=s", "--report_only"],
+                     no_tensorflow_env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "best: trial" in result.stdout and "--flagfile=" in result.stdout
+    assert read_rows(cfg.project) == read_rows(searched[0].project)
+    with open(f"{cfg.project}/best.flags") as f, open(f"{searched[0].project}/best.flags") as g:
+        assert f.read().splitlines()[1:] == g.read().splitlines()[1:]  # line 0 names the folder
+    assert os.path.getsize(f"{cfg.project}/sensitivity.png") > 0
+
+
+def test_sensitivity_plot_marks_failed_trials(tmp_path):
+    cfg = small_search(tmp_path, learning_rate_range=(1e-4, 1e-2))
+    rows = [
+        {"trial": "0", "alpha": 1.0, "beta": 0.01, "gamma": 0.1, "lr": 3e-4, "val_accuracy": 0.9,
+         "epochs": 1, "status": "COMPLETED", "seconds": 1.0, "reason": ""},
+        {"trial": "1", "alpha": 0.2, "beta": 0.5, "gamma": 5.0, "lr": 1e-2, "val_accuracy": None,
+         "epochs": 1, "status": "FAILED", "seconds": 1.0, "reason": "Diverged: loss nan"},
+    ]
+    path = str(tmp_path / "s.png")
+    tuning.plot_sensitivity(rows, cfg, path, rows[0])  # four panels, lr on a log axis
+    with open(path, "rb") as f:
+        assert f.read(4) == b"\x89PNG"
+    assert tuning._reason("Traceback ...\nkeras_tuner.src.errors.FailedTrialError: x: y") == \
+        "FailedTrialError: x: y"
