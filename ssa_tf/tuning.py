@@ -239,14 +239,16 @@ def keras_tuner_parts():
     class SSAHyperModel(keras_tuner.HyperModel):
         """The SSA model of ``run``, its loss weights (and rate) drawn from ``ranges``.
 
-        Every trial starts from the same initialization (``run.seed``), so
-        trials differ by their coefficients only.
+        Every trial starts from the same initialization (``run.seed``) and
+        sees the same data order, so trials differ by their coefficients only.
+        ``load_data()`` returns a ``DatasetSpec`` with a ``validation`` split.
         """
 
-        def __init__(self, run, input_shape, num_classes, ranges):
+        def __init__(self, run, input_shape, num_classes, ranges, load_data):
             super().__init__(name="ssa")
             self.run, self.input_shape, self.num_classes = run, input_shape, num_classes
             self.ranges = dict(ranges)
+            self.load_data = load_data
 
         def build(self, hp):
             defaults = {**SEED_COEFFICIENTS, "learning_rate": self.run.resolved_learning_rate()}
@@ -256,11 +258,17 @@ def keras_tuner_parts():
             model = run_lib.make_model(cfg, self.input_shape, self.num_classes)
             return compile_model(model, cfg.resolved_learning_rate())
 
-        def fit(self, hp, model, *args, callbacks=(), **kwargs):
+        def fit(self, hp, model, callbacks=(), **kwargs):
+            # New pipelines for every trial: one reshuffles (and re-augments)
+            # on each pass, so reused across trials it would give each trial
+            # another order, by its place in the search (and a resumed
+            # search other numbers than an uninterrupted one).
+            data = self.load_data()
             # TerminateOnNaN ends a diverging trial at once instead of after
             # all its epochs; the NaN loss it leaves marks the trial failed.
             callbacks = [*callbacks, keras.callbacks.TerminateOnNaN()]
-            history = model.fit(*args, callbacks=callbacks, **kwargs)
+            history = model.fit(data.train, validation_data=data.validation,
+                                callbacks=callbacks, **kwargs)
             # val_loss too: weights blown up to inf give NaN logits, whose
             # argmax still scores a chance-level val_accuracy
             for epoch, logs in zip(history.epoch, _per_epoch(history.history)):
@@ -355,7 +363,7 @@ def run_search(cfg: SearchConfig, callbacks=(), verbose=2) -> dict:
     _check_tensorboard()
     import tensorflow as tf
 
-    data = load_data(cfg)
+    data = load_data(cfg)  # shapes and split names; a missing dataset fails here
     os.makedirs(cfg.project, exist_ok=True)
     _write_json(os.path.join(cfg.project, "search.json"),
                 {"config": cfg.to_json(), "train_split": data.train_split,
@@ -368,12 +376,12 @@ def run_search(cfg: SearchConfig, callbacks=(), verbose=2) -> dict:
         if verbose:
             print(f"MirroredStrategy: {strategy.num_replicas_in_sync} replica(s)")
     hypermodel = keras_tuner_parts().SSAHyperModel(cfg.run, data.input_shape, data.num_classes,
-                                                   cfg.ranges())
+                                                   cfg.ranges(), functools.partial(load_data, cfg))
     tuner = make_tuner(cfg, hypermodel, strategy)
     failure = None
     try:
-        tuner.search(data.train, validation_data=data.validation, epochs=cfg.epochs_per_trial,
-                     callbacks=list(callbacks), verbose=verbose)
+        # no data here: the hypermodel loads it for each trial
+        tuner.search(epochs=cfg.epochs_per_trial, callbacks=list(callbacks), verbose=verbose)
     except RuntimeError as e:
         if not str(e).startswith("Number of consecutive failures"):
             raise
