@@ -11,7 +11,8 @@ import dataclasses
 
 MODES = ("ssa", "dfa", "bp")
 MODELS = ("mlp", "smallconv", "resnet32", "resnet18")
-DATASETS = ("mnist5k", "cifar10", "cifar100")
+DATASETS = ("mnist5k", "cifar10", "cifar100", "imagenet2012", "synthetic")
+LABELS = ("fine", "coarse")  # cifar100 only
 NORMS = ("layer", "batch", "none")
 FEEDBACK_ROUTES = ("global", "local", "chain")
 FEEDBACK_SPATIAL = ("broadcast", "full")
@@ -31,6 +32,13 @@ class UsageError(Exception):
 class RunConfig:
     dataset: str = "mnist5k"
     data_dir: str | None = None
+    manual_dir: str | None = None  # imagenet2012: the ILSVRC2012_img_*.tar files
+    label: str = "fine"
+    # fraction of train held out to validate on; 0: validate on the final split
+    validation_split: float = 0.0
+    image_size: int | None = None  # imagenet2012 crop; None: 224
+    synthetic_shape: tuple = (32, 32, 3)
+    synthetic_classes: int = 10
     model: str = "smallconv"
     mode: str = "ssa"
     epochs: int = 3
@@ -78,9 +86,9 @@ IMAGENET_LEARNING_RATE = {"bp": 2e-4, "ssa": 5e-4, "dfa": 5e-4}
 
 def validate(cfg: RunConfig) -> str | None:
     """The first problem with ``cfg`` as one line, or None."""
-    choices = [("dataset", DATASETS), ("model", MODELS), ("mode", MODES), ("norm", NORMS),
-               ("feedback", FEEDBACK_ROUTES), ("feedback_spatial", FEEDBACK_SPATIAL),
-               ("feedback_init", FEEDBACK_INIT)]
+    choices = [("dataset", DATASETS), ("label", LABELS), ("model", MODELS), ("mode", MODES),
+               ("norm", NORMS), ("feedback", FEEDBACK_ROUTES),
+               ("feedback_spatial", FEEDBACK_SPATIAL), ("feedback_init", FEEDBACK_INIT)]
     for name, valid in choices:
         value = getattr(cfg, name)
         if value not in valid:
@@ -96,6 +104,20 @@ def validate(cfg: RunConfig) -> str | None:
         return f"--learning_rate must be > 0, got {cfg.learning_rate}"
     if cfg.max_train_examples is not None and cfg.max_train_examples < 1:
         return f"--max_train_examples must be >= 1, got {cfg.max_train_examples}"
+    if cfg.label == "coarse" and cfg.dataset != "cifar100":
+        return f"--label=coarse applies to cifar100 only, not {cfg.dataset}"
+    if not 0 <= cfg.validation_split < 1:
+        return f"--validation_split must be in [0, 1), got {cfg.validation_split}"
+    if cfg.image_size is not None:
+        if cfg.dataset != "imagenet2012":
+            return f"--image_size applies to imagenet2012 only, not {cfg.dataset}"
+        if cfg.image_size < 8:
+            return f"--image_size must be >= 8, got {cfg.image_size}"
+    if cfg.dataset == "synthetic":
+        if not cfg.synthetic_shape or min(cfg.synthetic_shape) < 1:
+            return f"--synthetic_shape must be positive sizes, got {cfg.synthetic_shape}"
+        if cfg.synthetic_classes < 2:
+            return f"--synthetic_classes must be >= 2, got {cfg.synthetic_classes}"
     if not 0 < cfg.lr_decay_factor <= 1:
         return f"--lr_decay_factor must be in (0, 1], got {cfg.lr_decay_factor}"
     if not 0 <= cfg.feedback_tracking <= 1:

@@ -70,7 +70,13 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
                        json.dumps(dataclasses.asdict(cfg), indent=2, default=list))
 
     ds = data_lib.load(cfg.dataset, cfg.batch_size, data_dir=cfg.data_dir, seed=cfg.seed,
-                       augment=cfg.augment, max_train_examples=cfg.max_train_examples)
+                       augment=cfg.augment, max_train_examples=cfg.max_train_examples,
+                       validation_split=cfg.validation_split, label=cfg.label,
+                       manual_dir=cfg.manual_dir, image_size=cfg.image_size,
+                       synthetic_shape=cfg.synthetic_shape,
+                       synthetic_classes=cfg.synthetic_classes)
+    # tune on the split held out of train when there is one; the final number is the test split's
+    validation = ds.validation if ds.validation is not None else ds.test
     model = make_model(cfg, ds.input_shape, ds.num_classes)
     steps = -(-ds.train_examples // cfg.batch_size)
     compile_model(model, learning_rate_schedule(cfg, steps))
@@ -89,7 +95,7 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
                              f"{', '.join(model.ranks())}")
         callbacks.insert(1, RankPruning(cfg.rank_tau, cfg.rank_start, cfg.rank_interval,
                                         cfg.rank_min, cfg.rank_exempt, workdir=workdir))
-    history = model.fit(ds.train, validation_data=ds.test, epochs=cfg.epochs,
+    history = model.fit(ds.train, validation_data=validation, epochs=cfg.epochs,
                         callbacks=callbacks, verbose=verbose)
     final = model.evaluate(ds.test, verbose=0, return_dict=True)
     test_loss, test_acc = final["loss"], final["accuracy"]
@@ -103,6 +109,8 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
         "batch_size": cfg.batch_size, "learning_rate": cfg.resolved_learning_rate(),
         "test_accuracy": float(test_acc), "test_loss": float(test_loss),
         "test_split": ds.test_split, "train_split": ds.train_split,
+        # history's val_* metrics come from this split
+        "validation_split": ds.validation_split or ds.test_split,
         "trainable_params": trainable_params,
         "final_trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
         "ranks": model.ranks(),

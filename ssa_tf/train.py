@@ -22,6 +22,14 @@ from ssa_tf import config as cfg_lib
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "mnist5k", f"one of {', '.join(cfg_lib.DATASETS)}")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared dataset")
+flags.DEFINE_string("manual_dir", None, "imagenet2012: folder holding ILSVRC2012_img_train.tar and "
+                    "ILSVRC2012_img_val.tar (default <data_dir>/downloads/manual)")
+flags.DEFINE_string("label", "fine", "cifar100 labels: fine (100 classes) or coarse (20)")
+flags.DEFINE_float("validation_split", 0.0, "fraction of train held out for validation "
+                   "(0: validate on the final test split)")
+flags.DEFINE_integer("image_size", None, "imagenet2012: training/evaluation crop (default 224)")
+flags.DEFINE_list("synthetic_shape", ["32", "32", "3"], "synthetic: input shape")
+flags.DEFINE_integer("synthetic_classes", 10, "synthetic: number of classes")
 flags.DEFINE_string("model", "smallconv", f"one of {', '.join(cfg_lib.MODELS)}")
 flags.DEFINE_string("mode", "ssa", f"one of {', '.join(cfg_lib.MODES)}")
 flags.DEFINE_integer("epochs", 3, "training epochs")
@@ -45,7 +53,8 @@ flags.DEFINE_integer("seed", 1, "random seed (>= 1)")
 flags.DEFINE_string("workdir", None, "output folder (default runs/<dataset>-<model>-<mode>-<time>)")
 flags.DEFINE_string("preset", "none", f"seed settings: {', '.join(cfg_lib.PRESETS)}")
 flags.DEFINE_integer("max_train_examples", None, "use only the first N training examples")
-flags.DEFINE_boolean("augment", True, "CIFAR: random crop after 4-pixel padding and flip")
+flags.DEFINE_boolean("augment", True, "CIFAR: random crop after 4-pixel padding and flip; "
+                     "ImageNet: random-resized crop, flip, color jitter")
 flags.DEFINE_list("lr_decay_epochs", [], "epochs at which the rate is multiplied by lr_decay_factor")
 flags.DEFINE_float("lr_decay_factor", 0.1, "learning-rate decay factor")
 flags.DEFINE_float("rank_tau", None, "SSA rank cuts: energy fraction kept, in (0, 1]; unset: no cuts")
@@ -68,6 +77,10 @@ def config_from_flags() -> cfg_lib.RunConfig:
     except ValueError:
         raise ValueError(f"--lr_decay_epochs must be integers, got {FLAGS.lr_decay_epochs}")
     values["rank_exempt"] = tuple(FLAGS.rank_exempt)
+    try:
+        values["synthetic_shape"] = tuple(int(d) for d in FLAGS.synthetic_shape)
+    except ValueError:
+        raise ValueError(f"--synthetic_shape must be integers, got {FLAGS.synthetic_shape}")
     # a preset fills in what the user did not say explicitly
     for name, value in cfg_lib.PRESET_VALUES[FLAGS.preset].items():
         if not FLAGS[name].present:
@@ -97,9 +110,15 @@ def main(argv):
     if problem:
         _usage_error(problem)
 
+    # the data must be there too (a file-system check; data imports TensorFlow lazily)
+    from ssa_tf import data as data_lib
+    try:
+        data_lib.check_available(cfg.dataset, cfg.data_dir, cfg.manual_dir)
+    except data_lib.DataError as e:
+        _usage_error(str(e))
+
     # TensorFlow starts only now, after the flags are known to be good.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from ssa_tf import data as data_lib
     from ssa_tf import run
 
     try:
