@@ -1,11 +1,47 @@
-"""Input pipelines on real data: the embedded MNIST sample and the prepared CIFAR-10."""
+"""Input pipelines: embedded, synthetic, mocked TFDS (cifar100, imagenet2012), the real
+prepared CIFAR-10, a real ImageNet build from tiny tars, and the offline failures."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import time
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from conftest import TFDS_DIR, cifar10_available
+from conftest import REPO, TFDS_DIR, cifar10_available
 from ssa_tf import data
+from ssa_tf.data_bench import mock_prepared
 
+
+def batches(ds):
+    xs, ys = zip(*((x.numpy(), y.numpy()) for x, y in ds))
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def stages(ds):
+    """The names of a pipeline's tf.data stages, last first."""
+    names = []
+    while ds is not None:
+        names.append(type(ds).__name__)
+        inputs = ds._inputs()
+        ds = inputs[0] if inputs else None
+    return names
+
+
+def zero_padded(x, value):
+    """Per image: is a whole outer row or column equal to ``value`` (a padded pixel)?"""
+    pad = np.all(np.isclose(x, value, atol=1e-4), axis=-1)  # (n, h, w)
+    return pad[:, 0].all(1) | pad[:, -1].all(1) | pad[:, :, 0].all(1) | pad[:, :, -1].all(1)
+
+
+# --------------------------------------------------------------------------
+# Embedded, synthetic, split arithmetic.
+# --------------------------------------------------------------------------
 
 def test_embedded_split_is_fixed_and_stratified():
     xtr, ytr, xte, yte = data.embedded_arrays()
@@ -17,6 +53,140 @@ def test_embedded_split_is_fixed_and_stratified():
     np.testing.assert_array_equal(again[3], yte)
 
 
+def test_validation_is_carved_from_the_end_of_train():
+    assert data._carve(4000, 0.0, None) == ((0, 4000), None)
+    assert data._carve(4000, 0.1, None) == ((0, 3600), (3600, 4000))
+    # max_train_examples trims what is left for training, never the validation part
+    assert data._carve(4000, 0.1, 1000) == ((0, 1000), (3600, 4000))
+    assert data._slice_name("train", (0, 3600), 4000) == "train[:3600]"
+    assert data._slice_name("train", (3600, 4000), 4000) == "train[3600:]"
+    with pytest.raises(data.DataError, match="validation_split=0.0001"):
+        data._carve(4000, 0.0001, None)
+
+    spec = data.load("mnist5k", 500, validation_split=0.1)
+    assert (spec.train_examples, spec.validation_examples, spec.test_examples) == (3600, 400, 1000)
+    assert (spec.train_split, spec.validation_split, spec.test_split) == (
+        "mnist5k:train[:3600]", "mnist5k:train[3600:]", "mnist5k:test")
+    _, yv = batches(spec.validation)
+    np.testing.assert_array_equal(yv, data.embedded_arrays()[1][3600:])
+    # the default keeps the old behaviour: no validation split, validate on test
+    plain = data.load("mnist5k", 500)
+    assert plain.validation is None and plain.train_split == "mnist5k:train"
+
+
+def test_synthetic_any_shape_and_class_count():
+    spec = data.load("synthetic", 8, synthetic_shape=(5, 7, 2), synthetic_classes=3,
+                     max_train_examples=20, validation_split=0.2)
+    assert spec.input_shape == (5, 7, 2) and spec.num_classes == 3
+    assert (spec.train_examples, spec.validation_examples) == (16, 4)
+    assert (spec.train_split, spec.validation_split) == ("synthetic:train[:16]", "synthetic:train[16:]")
+    x, y = batches(spec.train)
+    assert x.shape == (16, 5, 7, 2) and x.dtype == np.float32 and y.dtype == np.int64
+    assert [b[0].shape[0] for b in spec.train] == [8, 8]
+    assert set(y.tolist()) <= {0, 1, 2}
+    np.testing.assert_array_equal(batches(spec.train)[0], x)  # the same tensors every pass
+    assert abs(float(x.std()) - 1) < 0.2
+
+
+# --------------------------------------------------------------------------
+# CIFAR-100 on tfds.testing.mock_data.
+# --------------------------------------------------------------------------
+
+@pytest.fixture
+def mock_cifar100(tmp_path):
+    with mock_prepared("cifar100", str(tmp_path), {"train": 64, "test": 64}):
+        yield str(tmp_path)
+
+
+def test_cifar100_pipeline_on_mock_data(mock_cifar100):
+    mean, std = np.array(data._CIFAR_MEAN["cifar100"]), np.array(data._CIFAR_STD["cifar100"])
+    lo, hi = (0 - mean) / std, (255 - mean) / std
+    spec = data.load("cifar100", 64, data_dir=mock_cifar100, seed=3)
+    assert spec.input_shape == (32, 32, 3) and spec.num_classes == 100
+    assert (spec.train_split, spec.test_split) == ("cifar100:train", "cifar100:test")
+    assert "_PrefetchDataset" == stages(spec.train)[0] and "_ParallelMapDataset" in stages(spec.train)
+    xe, ye = batches(spec.test)
+    assert xe.shape == (64, 32, 32, 3) and xe.dtype == np.float32 and ye.dtype == np.int64
+    assert np.all(xe >= lo - 1e-5) and np.all(xe <= hi + 1e-5)
+    assert 0 <= ye.min() and ye.max() < 100
+    np.testing.assert_array_equal(batches(spec.test)[0], xe)  # evaluation is deterministic
+
+    # training: same shuffle with and without augmentation, different pixels
+    plain = data.load("cifar100", 64, data_dir=mock_cifar100, seed=3, augment=False)
+    xp, yp = batches(plain.train)
+    xa, ya = batches(spec.train)
+    np.testing.assert_array_equal(yp, ya)
+    assert float(np.abs(xp - xa).mean()) > 0.1
+    # crops of the raw image padded with zeros (black), not reflected
+    assert zero_padded(xa, lo).mean() > 0.8 and not zero_padded(xp, lo).any()
+    # a new pass draws new crops
+    assert float(np.abs(batches(spec.train)[0] - xa).mean()) > 0.1
+
+
+def test_cifar100_coarse_labels(mock_cifar100):
+    spec = data.load("cifar100", 64, data_dir=mock_cifar100, label="coarse")
+    assert spec.num_classes == 20
+    assert batches(spec.test)[1].max() < 20
+    with pytest.raises(ValueError, match="coarse"):
+        data.load("cifar10", 64, data_dir=mock_cifar100, label="coarse")
+
+
+# --------------------------------------------------------------------------
+# ImageNet on tfds.testing.mock_data (JPEG bytes, random sizes).
+# --------------------------------------------------------------------------
+
+def test_imagenet_pipeline_on_mock_data(tmp_path):
+    mean, std = np.array(data._IMAGENET_MEAN), np.array(data._IMAGENET_STD)
+    with mock_prepared("imagenet2012", str(tmp_path), {"train": 24, "validation": 24}):
+        spec = data.load("imagenet2012", 24, data_dir=str(tmp_path), image_size=32)
+        plain = data.load("imagenet2012", 24, data_dir=str(tmp_path), image_size=32, augment=False)
+        assert spec.input_shape == (32, 32, 3) and spec.num_classes == 1000
+        assert (spec.train_split, spec.test_split) == ("imagenet2012:train",
+                                                       "imagenet2012:validation")
+        names = stages(spec.train)
+        assert names[0] == "_OptionsDataset" and names[1] == "_PrefetchDataset"
+        assert "_ParallelMapDataset" in names
+        xe, ye = batches(spec.test)
+        xa, _ = batches(spec.train)
+        xp, _ = batches(plain.train)
+        xe2, _ = batches(spec.test)
+    assert xe.shape == xa.shape == (24, 32, 32, 3) and xe.dtype == xa.dtype == np.float32
+    for x in (xe, xa):
+        assert np.all(x >= (0 - mean) / std - 1e-4) and np.all(x <= (1 - mean) / std + 1e-4)
+    assert 0 <= ye.min() and ye.max() < 1000
+    np.testing.assert_array_equal(xe, xe2)  # evaluation is deterministic
+    # the mock yields the same examples in every split: without augmentation the
+    # training images are the evaluation images (in shuffled order), with it none is
+    distance = lambda a, b: np.abs(a[:, None] - b[None]).mean(axis=(2, 3, 4)).min(1)  # noqa: E731
+    assert np.all(distance(xp, xe) < 1e-5)
+    assert np.all(distance(xa, xe) > 0.05)
+
+
+def test_imagenet_evaluation_is_short_side_256_then_center_224():
+    image = np.random.default_rng(0).integers(0, 256, (256, 384, 3), dtype=np.uint8)
+    jpeg = tf.io.encode_jpeg(image, quality=100)
+    decoded = tf.io.decode_jpeg(jpeg).numpy().astype(np.float32) / 255
+    out = data.imagenet_eval_image(jpeg, 224).numpy()
+    expected = (decoded[16:240, 80:304] - data._IMAGENET_MEAN) / data._IMAGENET_STD
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    # another size keeps the 256/224 ratio and stays exactly image_size square
+    assert data.imagenet_eval_image(jpeg, 32).shape == (32, 32, 3)
+
+
+def test_imagenet_training_crop_flip_jitter_are_random_and_seeded():
+    image = np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    jpeg = tf.io.encode_jpeg(image)
+    a = data.imagenet_train_image(jpeg, tf.constant([1, 2], tf.int64), 32).numpy()
+    b = data.imagenet_train_image(jpeg, tf.constant([1, 3], tf.int64), 32).numpy()
+    again = data.imagenet_train_image(jpeg, tf.constant([1, 2], tf.int64), 32).numpy()
+    assert a.shape == (32, 32, 3) and float(np.abs(a - b).mean()) > 0.05
+    np.testing.assert_array_equal(a, again)
+
+
+# --------------------------------------------------------------------------
+# The real prepared CIFAR-10.
+# --------------------------------------------------------------------------
+
 needs_cifar = pytest.mark.skipif(not cifar10_available(), reason=f"no prepared CIFAR-10 at {TFDS_DIR}")
 
 
@@ -25,6 +195,7 @@ def test_cifar10_from_the_prepared_folder():
     spec = data.load("cifar10", 128, data_dir=TFDS_DIR, max_train_examples=1000)
     assert spec.input_shape == (32, 32, 3) and spec.num_classes == 10
     assert spec.train_examples == 1000 and spec.test_examples == 5000
+    assert (spec.train_split, spec.test_split) == ("cifar10:train[:1000]", "cifar10:test")
     x, y = next(iter(spec.test))
     x = x.numpy()
     assert x.shape == (128, 32, 32, 3) and x.dtype == np.float32
@@ -43,8 +214,117 @@ def test_cifar10_from_the_prepared_folder():
     xa, ya = next(iter(aug.train))
     np.testing.assert_array_equal(yp.numpy(), ya.numpy())  # same shuffle order
     assert float(np.abs(xp.numpy() - xa.numpy()).mean()) > 0.05
+    black = (0 - np.array(data._CIFAR_MEAN["cifar10"])) / np.array(data._CIFAR_STD["cifar10"])
+    assert zero_padded(xa.numpy(), black).mean() > 0.8
 
 
-def test_unprepared_dataset_raises_at_once(tmp_path):
-    with pytest.raises(data.DataError, match="tfds build cifar10"):
-        data.load("cifar10", 32, data_dir=str(tmp_path))
+@needs_cifar
+def test_cifar10_validation_split():
+    spec = data.load("cifar10", 500, data_dir=TFDS_DIR, validation_split=0.1,
+                     max_train_examples=500)
+    assert (spec.train_split, spec.validation_split, spec.test_split) == (
+        "cifar10:train[:500]", "cifar10:train[40500:]", "cifar10:test")
+    assert (spec.train_examples, spec.validation_examples) == (500, 4500)
+    xv, yv = next(iter(spec.validation))
+    assert xv.shape == (500, 32, 32, 3) and int(yv.numpy().max()) <= 9
+
+
+# --------------------------------------------------------------------------
+# Offline safety: fast, one line, names the data and the fix.
+# --------------------------------------------------------------------------
+
+def run_cli(*args, timeout=120):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run([sys.executable, "-m", "ssa_tf.train", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_unprepared_dataset_raises_at_once(tmp_path, name):
+    start = time.perf_counter()
+    with pytest.raises(data.DataError) as e:
+        data.load(name, 32, data_dir=str(tmp_path))
+    assert time.perf_counter() - start < 2
+    message = str(e.value)
+    assert f"'{name}'" in message and str(tmp_path) in message
+    assert f"`tfds build {name} --data_dir={tmp_path}`" in message and "\n" not in message
+
+
+def test_imagenet_without_tars_names_the_missing_files(tmp_path):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    with pytest.raises(data.DataError) as e:
+        data.check_available("imagenet2012", str(tmp_path), str(manual))
+    message = str(e.value)
+    for tar in data.IMAGENET_TARS:
+        assert str(manual / tar) in message
+    assert f"`tfds build imagenet2012 --data_dir={tmp_path} --manual_dir={manual}`" in message
+    (manual / "ILSVRC2012_img_val.tar").write_bytes(b"")
+    with pytest.raises(data.DataError) as e:
+        data.load("imagenet2012", 32, data_dir=str(tmp_path), manual_dir=str(manual))
+    assert str(manual / "ILSVRC2012_img_train.tar") in str(e.value)
+    assert "ILSVRC2012_img_val.tar," not in str(e.value)
+    # the default manual_dir is TFDS's own
+    with pytest.raises(data.DataError, match=str(tmp_path / "downloads" / "manual")):
+        data.check_available("imagenet2012", str(tmp_path))
+
+
+def test_cli_imagenet_without_data_exits_2_before_tensorflow(tmp_path):
+    start = time.perf_counter()
+    result = run_cli("--dataset=imagenet2012", f"--data_dir={tmp_path}",
+                     f"--workdir={tmp_path / 'w'}", timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "imagenet2012" in lines[0] and "ILSVRC2012_img_train.tar" in lines[0]
+    assert f"tfds build imagenet2012 --data_dir={tmp_path}" in lines[0]
+    assert not (tmp_path / "w").exists()
+    assert time.perf_counter() - start < 10  # TensorFlow was never imported
+
+
+# --------------------------------------------------------------------------
+# ImageNet for real: TFDS prepares it from the user's tars (tiny ones here).
+# --------------------------------------------------------------------------
+
+def _write_tar(path, files):
+    with tarfile.open(path, "w") as tar:
+        for name, payload in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+
+
+def _jpeg(h, w, seed):
+    pixels = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    return tf.io.encode_jpeg(pixels).numpy()
+
+
+def test_cli_prepares_imagenet_from_the_tars_and_trains(tmp_path):
+    manual = tmp_path / "tars"
+    manual.mkdir()
+    # the training tar holds one tar per class (synset), as ILSVRC2012_img_train.tar does
+    classes = {}
+    for k, synset in enumerate(["n01440764", "n01443537"]):
+        inner = io.BytesIO()
+        with tarfile.open(fileobj=inner, mode="w") as tar:
+            for i in range(4):
+                payload = _jpeg(30 + 7 * i, 40, 10 * k + i)
+                info = tarfile.TarInfo(f"{synset}_{i}.JPEG")
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+        classes[f"{synset}.tar"] = inner.getvalue()
+    _write_tar(manual / "ILSVRC2012_img_train.tar", classes)
+    _write_tar(manual / "ILSVRC2012_img_val.tar",
+               {f"ILSVRC2012_val_{i:08d}.JPEG": _jpeg(40, 30, 100 + i) for i in range(1, 5)})
+    workdir = tmp_path / "run"
+    result = run_cli("--dataset=imagenet2012", f"--data_dir={tmp_path / 'tfds'}",
+                     f"--manual_dir={manual}", "--image_size=16", "--model=mlp", "--mode=ssa",
+                     "--epochs=1", "--batch_size=4", "--validation_split=0.25",
+                     f"--workdir={workdir}", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["train_split"] == "imagenet2012:train[:6]"
+    assert summary["validation_split"] == "imagenet2012:train[6:]"
+    assert summary["test_split"] == "imagenet2012:validation"
+    assert 0 <= summary["test_accuracy"] <= 1 and "val_accuracy" in summary["history"]
+    assert (tmp_path / "tfds" / "imagenet2012").is_dir()
