@@ -145,7 +145,10 @@ class SSAModel(keras.Model):
                     b.assign(b + eta * (f - b))
         # the logged loss is the network's CE, as in BP, so modes compare
         loss = self._compute_loss(x=x, y=y, y_pred=logits, training=True)
-        self._loss_tracker.update_state(loss, sample_weight=tf.shape(x)[0])
+        # Keras scales a compiled loss by 1/replicas (so that replicas' gradients
+        # sum to the global mean); the logged value is the unscaled one, as in BP
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        self._loss_tracker.update_state(loss * replicas, sample_weight=tf.shape(x)[0])
         for tracker, value in zip((self.ce_tracker, self.align_tracker, self.ortho_tracker), terms):
             tracker.update_state(value)
         return self.compute_metrics(x, y, logits)
