@@ -268,8 +268,8 @@ def _load_embedded(batch_size, seed, max_train_examples, validation_split):
     train = (tf.data.Dataset.from_tensor_slices((xtr[slice(*fit)], ytr[slice(*fit)]))
              .shuffle(fit[1] - fit[0], seed=seed, reshuffle_each_iteration=True))
     spec = DatasetSpec(EMBEDDED, _finish(train, batch_size), pipeline(xte, yte), (28, 28, 1), 10,
-                       fit[1] - fit[0], len(xte), f"{EMBEDDED}:{_slice_name('train', fit, len(xtr))}",
-                       f"{EMBEDDED}:test")
+                       fit[1] - fit[0], len(xte),
+                       f"{EMBEDDED}:{_slice_name('train', fit, len(xtr))}", f"{EMBEDDED}:test")
     if val:
         spec.validation = pipeline(xtr[slice(*val)], ytr[slice(*val)])
         spec.validation_examples = val[1] - val[0]
@@ -329,7 +329,7 @@ def _tfds_splits(builder, validation_split, max_train_examples):
                             f"again with `tfds build {builder.name}`")
     n = int(splits["train"].num_examples)
     fit, val = _carve(n, validation_split, max_train_examples)
-    return (_slice_name("train", fit, n), val and _slice_name("train", val, n), final)
+    return (_slice_name("train", fit, n), _slice_name("train", val, n) if val else None, final)
 
 
 def count_examples(builder, split):
@@ -389,8 +389,9 @@ def _load_cifar(builder, batch_size, seed, augment, max_train_examples, validati
         return normalize(image, label_)
 
     def evaluation(split):
-        return split and _finish(read(split).map(normalize, num_parallel_calls=tf.data.AUTOTUNE),
-                                 batch_size)
+        if split is None:
+            return None
+        return _finish(read(split).map(normalize, num_parallel_calls=tf.data.AUTOTUNE), batch_size)
 
     train = read(splits[0]).shuffle(min(count_examples(builder, splits[0]), 50000), seed=seed,
                                     reshuffle_each_iteration=True)
@@ -495,8 +496,10 @@ def _load_imagenet(builder, batch_size, seed, augment, max_train_examples, valid
         return imagenet_eval_image(example["image"], image_size), example["label"]
 
     def evaluation(split):
-        return split and _finish(read(split, False).map(eval_fn, num_parallel_calls=tf.data.AUTOTUNE),
-                                 batch_size)
+        if split is None:
+            return None
+        ds = read(split, False).map(eval_fn, num_parallel_calls=tf.data.AUTOTUNE)
+        return _finish(ds, batch_size)
 
     n = count_examples(builder, splits[0])
     train = read(splits[0], True).shuffle(min(n, _SHUFFLE_BUFFER), seed=seed,

@@ -48,7 +48,7 @@ flags.DEFINE_boolean("augment", True, "time the augmented training pipeline")
 flags.DEFINE_integer("pipeline_batches", 100, "batches timed for the pipeline (warm)")
 flags.DEFINE_integer("train_steps", 10, "training steps timed (0: skip the model)")
 flags.DEFINE_boolean("fit", True, "also time model.fit on the pipeline (both together)")
-flags.DEFINE_boolean("mock", False, "imagenet2012/cifar100: read mocked data (tfds.testing.mock_data)")
+flags.DEFINE_boolean("mock", False, "TFDS datasets: read mocked data (tfds.testing.mock_data)")
 flags.DEFINE_list("mock_shape", ["375", "500", "3"], "--mock imagenet2012: JPEG shape")
 flags.DEFINE_integer("mock_examples", 2048, "--mock: examples in each split")
 
@@ -111,7 +111,8 @@ def jpeg_examples(shape, pool=32, seed=0):
 
         def example(i):
             jpeg = files[i % pool]
-            image = jpeg if decoders and "image" in decoders else tf.io.decode_jpeg(jpeg, channels=c)
+            skip = decoders and "image" in decoders  # the loader decodes the JPEG itself
+            image = jpeg if skip else tf.io.decode_jpeg(jpeg, channels=c)
             return {"image": image, "label": i % classes, "file_name": tf.strings.as_string(i)}
 
         return tf.data.Dataset.range(n).map(example)
@@ -209,7 +210,8 @@ def main(argv):
         if FLAGS.mock:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="data_bench_mock_"))
             cfg.data_dir = tmp
-            splits = {"train": FLAGS.mock_examples, data_lib.FINAL_SPLIT[cfg.dataset]: FLAGS.mock_examples}
+            splits = {split: FLAGS.mock_examples
+                      for split in ("train", data_lib.FINAL_SPLIT[cfg.dataset])}
             stack.enter_context(mock_prepared(
                 cfg.dataset, tmp, splits,
                 as_dataset_fn=jpeg_examples(mock_shape) if cfg.dataset == "imagenet2012" else None))

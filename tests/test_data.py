@@ -79,7 +79,8 @@ def test_synthetic_any_shape_and_class_count():
                      max_train_examples=20, validation_split=0.2)
     assert spec.input_shape == (5, 7, 2) and spec.num_classes == 3
     assert (spec.train_examples, spec.validation_examples) == (16, 4)
-    assert (spec.train_split, spec.validation_split) == ("synthetic:train[:16]", "synthetic:train[16:]")
+    assert spec.train_split == "synthetic:train[:16]"
+    assert spec.validation_split == "synthetic:train[16:]"
     x, y = batches(spec.train)
     assert x.shape == (16, 5, 7, 2) and x.dtype == np.float32 and y.dtype == np.int64
     assert [b[0].shape[0] for b in spec.train] == [8, 8]
@@ -104,7 +105,8 @@ def test_cifar100_pipeline_on_mock_data(mock_cifar100):
     spec = data.load("cifar100", 64, data_dir=mock_cifar100, seed=3)
     assert spec.input_shape == (32, 32, 3) and spec.num_classes == 100
     assert (spec.train_split, spec.test_split) == ("cifar100:train", "cifar100:test")
-    assert "_PrefetchDataset" == stages(spec.train)[0] and "_ParallelMapDataset" in stages(spec.train)
+    names = stages(spec.train)
+    assert names[0] == "_PrefetchDataset" and "_ParallelMapDataset" in names
     xe, ye = batches(spec.test)
     assert xe.shape == (64, 32, 32, 3) and xe.dtype == np.float32 and ye.dtype == np.int64
     assert np.all(xe >= lo - 1e-5) and np.all(xe <= hi + 1e-5)
@@ -187,7 +189,8 @@ def test_imagenet_training_crop_flip_jitter_are_random_and_seeded():
 # The real prepared CIFAR-10.
 # --------------------------------------------------------------------------
 
-needs_cifar = pytest.mark.skipif(not cifar10_available(), reason=f"no prepared CIFAR-10 at {TFDS_DIR}")
+needs_cifar = pytest.mark.skipif(not cifar10_available(),
+                                 reason=f"no prepared CIFAR-10 at {TFDS_DIR}")
 
 
 @needs_cifar
