@@ -8,6 +8,8 @@ line and exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 MODES = ("ssa", "dfa", "bp")
 MODELS = ("mlp", "smallconv", "resnet32", "resnet18")
@@ -18,6 +20,21 @@ FEEDBACK_ROUTES = ("global", "local", "chain")
 FEEDBACK_SPATIAL = ("broadcast", "full")
 FEEDBACK_INIT = ("random", "forward")
 PRESETS = ("none", "cifar100", "imagenet")
+# auto: mirrored on more than one GPU, else one device (ssa_tf.distribute)
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
+
+# What each mode uses unless told otherwise. SSA's are the best measured
+# (benchmarks/ACCURACY.md): the chain route with forward-initialized feedback
+# factors that track the forward ones, ReLU-gated. DFA is the standard DFA
+# baseline (the global route with fixed random feedback).
+SPEC_SSA = dict(feedback="global", feedback_init="random", chain_gating=False,
+                feedback_tracking=0.0)  # SPEC section 3's choices, for reference runs
+MODE_DEFAULTS = {
+    "ssa": dict(feedback="chain", feedback_init="forward", chain_gating=True,
+                feedback_tracking=0.1),
+    "dfa": dict(SPEC_SSA),
+    "bp": dict(SPEC_SSA),
+}
 
 # SVD factors need a smaller rate than dense weights (SPEC section 8: SSA
 # collapsed at 1e-3 and trained at 1e-4 to 3e-4).
@@ -50,11 +67,12 @@ class RunConfig:
     beta: float = 0.01
     gamma: float = 0.1
     norm: str = "layer"  # the seed: layer norm suits SSA better than batch norm
-    feedback: str = "global"
+    # None: the mode's default (MODE_DEFAULTS)
+    feedback: str | None = None
     feedback_spatial: str = "broadcast"
-    feedback_init: str = "random"
-    feedback_tracking: float = 0.0
-    chain_gating: bool = False
+    feedback_init: str | None = None
+    feedback_tracking: float | None = None
+    chain_gating: bool | None = None
     seed: int = 1
     workdir: str | None = None
     max_train_examples: int | None = None
@@ -65,6 +83,15 @@ class RunConfig:
     rank_interval: int = 10
     rank_min: int = 1
     rank_exempt: tuple = ()
+    # distribution (ssa_tf.distribute); batch_size is the global batch
+    strategy: str = "auto"
+    logical_cpus: int = 1  # > 1: split the CPU into devices to try mirrored without GPUs
+
+    def resolved(self) -> "RunConfig":
+        """A copy with every unset (None) option replaced by the mode's default."""
+        defaults = MODE_DEFAULTS.get(self.mode, MODE_DEFAULTS["bp"])
+        return dataclasses.replace(self, **{k: v for k, v in defaults.items()
+                                            if getattr(self, k) is None})
 
     def resolved_learning_rate(self) -> float:
         return DEFAULT_LEARNING_RATE[self.mode] if self.learning_rate is None else self.learning_rate
@@ -86,6 +113,8 @@ IMAGENET_LEARNING_RATE = {"bp": 2e-4, "ssa": 5e-4, "dfa": 5e-4}
 
 def validate(cfg: RunConfig) -> str | None:
     """The first problem with ``cfg`` as one line, or None."""
+    if cfg.mode in MODES:
+        cfg = cfg.resolved()
     choices = [("dataset", DATASETS), ("label", LABELS), ("model", MODELS), ("mode", MODES),
                ("norm", NORMS), ("feedback", FEEDBACK_ROUTES),
                ("feedback_spatial", FEEDBACK_SPATIAL), ("feedback_init", FEEDBACK_INIT)]
@@ -131,6 +160,49 @@ def validate(cfg: RunConfig) -> str | None:
             return f"--rank_start must be >= 0, got {cfg.rank_start}"
         if cfg.rank_min < 1:
             return f"--rank_min must be >= 1, got {cfg.rank_min}"
+    problem = validate_distribution(cfg, os.environ.get("TF_CONFIG"))
+    if problem:
+        return problem
     if cfg.alpha == cfg.beta == cfg.gamma == 0 and cfg.mode == "ssa":
         return "--alpha, --beta and --gamma are all 0: SSA would have nothing to learn from"
+    return None
+
+
+def tf_config_workers(text):
+    """The number of training tasks (chief and workers) in a TF_CONFIG string."""
+    try:
+        spec = json.loads(text)
+        cluster, task = spec["cluster"], spec["task"]
+        count = sum(len(cluster.get(k, [])) for k in ("chief", "worker"))
+        if task["type"] not in ("chief", "worker") or count < 1:
+            raise ValueError
+        int(task["index"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError("TF_CONFIG must be JSON with cluster.worker (and cluster.chief) "
+                         "address lists and task.type/task.index; see BUILD.md") from None
+    return count
+
+
+def validate_distribution(cfg: RunConfig, tf_config: str | None) -> str | None:
+    """Problems with --strategy / --logical_cpus that need no TensorFlow to find."""
+    if cfg.strategy not in STRATEGIES:
+        return f"--strategy={cfg.strategy!r} is not valid; choose from: {', '.join(STRATEGIES)}"
+    if cfg.logical_cpus < 1:
+        return f"--logical_cpus must be >= 1, got {cfg.logical_cpus}"
+    if cfg.logical_cpus > 1:
+        if cfg.strategy != "mirrored":
+            return "--logical_cpus applies to --strategy=mirrored only"
+        if cfg.batch_size % cfg.logical_cpus:
+            return (f"--batch_size={cfg.batch_size} is the global batch; it must be a multiple "
+                    f"of --logical_cpus={cfg.logical_cpus}")
+    if cfg.strategy == "multi_worker":
+        if not tf_config:
+            return "--strategy=multi_worker needs TF_CONFIG (the cluster and this task; BUILD.md)"
+        try:
+            workers = tf_config_workers(tf_config)
+        except ValueError as e:
+            return str(e)
+        if cfg.batch_size % workers:
+            return (f"--batch_size={cfg.batch_size} is the global batch; it must be a multiple "
+                    f"of the {workers} workers in TF_CONFIG")
     return None

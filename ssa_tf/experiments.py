@@ -22,6 +22,7 @@ import time
 from absl import app, flags
 
 from ssa_tf import config as cfg_lib
+from ssa_tf.config import SPEC_SSA
 
 # CIFAR-10 from ../shared/tfds: train on its `train` split, report on its
 # `test` split (a validation split carved from the official training set).
@@ -37,18 +38,18 @@ GRIDS = {
             "dfa-local": dict(mode="dfa", feedback="local"),
             "dfa-chain": dict(mode="dfa", feedback="chain"),
             "dfa-chain-fwdinit": dict(mode="dfa", feedback="chain", feedback_init="forward"),
-            "ssa-global": dict(mode="ssa"),
-            "ssa-global-full": dict(mode="ssa", feedback_spatial="full"),
-            "ssa-local": dict(mode="ssa", feedback="local"),
-            "ssa-chain": dict(mode="ssa", feedback="chain"),
-            "ssa-chain-fwdinit": dict(mode="ssa", feedback="chain", feedback_init="forward"),
-            "ssa-gated-track0.1": dict(mode="ssa", feedback="chain", feedback_init="forward",
-                                       chain_gating=True, feedback_tracking=0.1),
+            "ssa-global": dict(SPEC_SSA, mode="ssa"),
+            "ssa-global-full": dict(SPEC_SSA, mode="ssa", feedback_spatial="full"),
+            "ssa-local": dict(SPEC_SSA, mode="ssa", feedback="local"),
+            "ssa-chain": dict(SPEC_SSA, mode="ssa", feedback="chain"),
+            "ssa-chain-fwdinit": dict(SPEC_SSA, mode="ssa", feedback="chain",
+                                      feedback_init="forward"),
         }),
     # the best route's knobs: learning rate, norm, loss coefficients
     "ssa_knobs": dict(
-        base=dict(_CIFAR, model="smallconv", epochs=3, max_train_examples=10000, augment=False,
-                  mode="ssa", feedback="chain", feedback_init="forward"),
+        base=dict(_CIFAR, **{**SPEC_SSA, "feedback": "chain", "feedback_init": "forward"},
+                  model="smallconv", epochs=3, max_train_examples=10000, augment=False,
+                  mode="ssa"),
         variants={
             # most promising first: the grid runs in this order
             "track0.1": dict(feedback_tracking=0.1),
@@ -74,8 +75,11 @@ GRIDS = {
         variants={
             "bp": dict(mode="bp"),
             "dfa": dict(mode="dfa"),
-            "ssa-spec": dict(mode="ssa"),
-            "ssa-chain-fwdinit": dict(mode="ssa", feedback="chain", feedback_init="forward"),
+            "ssa-spec": dict(SPEC_SSA, mode="ssa"),
+            "ssa-chain-fwdinit": dict(SPEC_SSA, mode="ssa", feedback="chain",
+                                      feedback_init="forward"),
+            "ssa-gated-track0.1": dict(mode="ssa", feedback="chain", feedback_init="forward",
+                                       chain_gating=True, feedback_tracking=0.1),
         }),
     "long_resnet32": dict(
         base=dict(_CIFAR, model="resnet32", epochs=20, augment=True),
@@ -83,6 +87,7 @@ GRIDS = {
             "bp": dict(mode="bp"),
             "dfa": dict(mode="dfa"),
             "ssa": dict(mode="ssa"),
+            "ssa-spec": dict(SPEC_SSA, mode="ssa"),
         }),
 }
 
@@ -110,10 +115,19 @@ def run_key(cfg) -> str:
     Only non-default values count, so adding a new option (with a default)
     to RunConfig leaves the keys of finished runs valid.
     """
-    d = cfg if isinstance(cfg, dict) else dataclasses.asdict(cfg)
-    defaults = dataclasses.asdict(cfg_lib.RunConfig())
-    d = {k: v for k, v in d.items() if k not in ("workdir", "data_dir")
-         and k in defaults and json.dumps(v, default=list) != json.dumps(defaults[k], default=list)}
+    if isinstance(cfg, dict):
+        known = {f.name for f in dataclasses.fields(cfg_lib.RunConfig)}
+        # a record written before an option existed ran with SPEC's value of it
+        cfg = {**SPEC_SSA, **cfg}
+        cfg = cfg_lib.RunConfig(**{k: (tuple(v) if isinstance(v, list) else v)
+                                   for k, v in cfg.items() if k in known})
+    # compare resolved settings, so that a run recorded before a default
+    # changed keeps its key as long as what it ran is what the variant says
+    cfg = cfg.resolved()
+    d = dataclasses.asdict(cfg)
+    defaults = dataclasses.asdict(cfg_lib.RunConfig(mode=cfg.mode).resolved())
+    d = {k: v for k, v in d.items() if k not in ("workdir", "data_dir") and k in defaults
+         and (k == "mode" or json.dumps(v, default=list) != json.dumps(defaults[k], default=list))}
     return json.dumps(d, sort_keys=True, default=list)
 
 
@@ -144,7 +158,8 @@ def run_grid(grid, data_dir, out, seed, only=(), epochs=None):
         summary = run.train(cfg, verbose=2)
         record = {
             "grid": grid, "name": name, "key": key, "seed": seed,
-            "config": json.loads(key),
+            "config": {k: v for k, v in dataclasses.asdict(cfg.resolved()).items()
+                       if k not in ("workdir", "data_dir")},
             "val_accuracy": summary["history"]["val_accuracy"],
             "final_accuracy": summary["test_accuracy"],
             "split": summary["test_split"],
@@ -203,7 +218,8 @@ def _plot(results, path, grid):
     fig, ax = plt.subplots(figsize=(8, 5))
     for r in results:
         acc = r["val_accuracy"]
-        style = "-" if r["config"]["mode"] == "ssa" else ("--" if r["config"]["mode"] == "dfa" else ":")
+        mode = r["config"].get("mode", "ssa")  # early records left out the default mode
+        style = "-" if mode == "ssa" else ("--" if mode == "dfa" else ":")
         ax.plot(range(1, len(acc) + 1), acc, style, marker="o", ms=3, label=f"{r['name']} s{r['seed']}")
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation accuracy")

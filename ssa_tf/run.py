@@ -17,6 +17,7 @@ import keras
 import numpy as np
 
 from ssa_tf import data as data_lib
+from ssa_tf import distribute
 from ssa_tf.config import RunConfig, UsageError
 from ssa_tf.rank import RankPruning
 from ssa_tf.trainer import SSAModel, compile_model
@@ -53,6 +54,7 @@ def learning_rate_schedule(cfg: RunConfig, steps_per_epoch: int):
 
 
 def make_model(cfg: RunConfig, input_shape, num_classes) -> SSAModel:
+    cfg = cfg.resolved()
     keras.utils.set_random_seed(cfg.seed)
     model = SSAModel(cfg.model, input_shape, num_classes, mode=cfg.mode, norm=cfg.norm,
                      alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma,
@@ -64,10 +66,12 @@ def make_model(cfg: RunConfig, input_shape, num_classes) -> SSAModel:
 
 def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
     """Train per ``cfg``; write the workdir; return the summary dict."""
-    workdir = cfg.workdir
+    # first: MultiWorkerMirroredStrategy must exist before any other TensorFlow op
+    placement = distribute.setup(cfg.strategy, cfg.logical_cpus, cfg.workdir, cfg.batch_size)
+    workdir = placement.workdir  # the chief's is cfg.workdir; other workers' is temporary
     os.makedirs(workdir, exist_ok=True)
     _atomic_write_text(os.path.join(workdir, "config.json"),
-                       json.dumps(dataclasses.asdict(cfg), indent=2, default=list))
+                       json.dumps(dataclasses.asdict(cfg.resolved()), indent=2, default=list))
 
     ds = data_lib.load(cfg.dataset, cfg.batch_size, data_dir=cfg.data_dir, seed=cfg.seed,
                        augment=cfg.augment, max_train_examples=cfg.max_train_examples,
@@ -77,9 +81,10 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
                        synthetic_classes=cfg.synthetic_classes)
     # tune on the split held out of train when there is one; the final number is the test split's
     validation = ds.validation if ds.validation is not None else ds.test
-    model = make_model(cfg, ds.input_shape, ds.num_classes)
-    steps = -(-ds.train_examples // cfg.batch_size)
-    compile_model(model, learning_rate_schedule(cfg, steps))
+    with placement.strategy.scope():  # model, optimizer, metrics, rank callback
+        model = make_model(cfg, ds.input_shape, ds.num_classes)
+        steps = -(-ds.train_examples // cfg.batch_size)
+        compile_model(model, learning_rate_schedule(cfg, steps))
     trainable_params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
     timer = EpochTimer()
@@ -94,10 +99,10 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
             raise UsageError(f"--rank_exempt names unknown SVD layers {unknown}; the model has: "
                              f"{', '.join(model.ranks())}")
         callbacks.insert(1, RankPruning(cfg.rank_tau, cfg.rank_start, cfg.rank_interval,
-                                        cfg.rank_min, cfg.rank_exempt, workdir=workdir))
-    history = model.fit(ds.train, validation_data=validation, epochs=cfg.epochs,
-                        callbacks=callbacks, verbose=verbose)
-    final = model.evaluate(ds.test, verbose=0, return_dict=True)
+                                        cfg.rank_min, cfg.rank_exempt, workdir=workdir,
+                                        verbose=int(placement.chief)))
+    history = placement.fit(model, ds.train, validation, cfg.epochs, callbacks, verbose, timer)
+    final = placement.evaluate(model, ds.test)
     test_loss, test_acc = final["loss"], final["accuracy"]
 
     tmp = os.path.join(workdir, "model.tmp.keras")
@@ -117,5 +122,9 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
         "epoch_seconds": [round(s, 3) for s in timer.seconds],
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }
+    summary.update(strategy=cfg.strategy, replicas=placement.replicas)
+    if placement.multi_worker:
+        summary["resumed_from_epoch"] = placement.resumed_from
     _atomic_write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
+    placement.close()
     return summary

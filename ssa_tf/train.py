@@ -40,15 +40,19 @@ flags.DEFINE_float("alpha", 1.0, "weight of the CE (task) term")
 flags.DEFINE_float("beta", 0.01, "weight of the alignment term")
 flags.DEFINE_float("gamma", 0.1, "weight of the orthogonality term")
 flags.DEFINE_string("norm", "layer", f"one of {', '.join(cfg_lib.NORMS)}")
-flags.DEFINE_string("feedback", "global", f"error route: {', '.join(cfg_lib.FEEDBACK_ROUTES)}")
+flags.DEFINE_string("feedback", None, f"error route: {', '.join(cfg_lib.FEEDBACK_ROUTES)} "
+                    "(default: ssa chain, dfa global)")
 flags.DEFINE_string("feedback_spatial", "broadcast",
                     f"global route on feature maps: {', '.join(cfg_lib.FEEDBACK_SPATIAL)}")
-flags.DEFINE_string("feedback_init", "random",
-                    f"SSA feedback factors: {', '.join(cfg_lib.FEEDBACK_INIT)}")
-flags.DEFINE_float("feedback_tracking", 0.0,
-                   "SSA: after each step every B_X moves this fraction towards X (0: fixed, SPEC)")
-flags.DEFINE_boolean("chain_gating", False,
-                     "chain route: gate the feedback network's ReLUs with the forward pass's")
+flags.DEFINE_string("feedback_init", None,
+                    f"feedback weights: {', '.join(cfg_lib.FEEDBACK_INIT)} "
+                    "(default: ssa forward, dfa random)")
+flags.DEFINE_float("feedback_tracking", None,
+                   "SSA: after each step every B_X moves this fraction towards X "
+                   "(0: fixed, as SPEC; default 0.1)")
+flags.DEFINE_boolean("chain_gating", None,
+                     "chain route: gate the feedback network's ReLUs with the forward pass's "
+                     "(default: on for ssa)")
 flags.DEFINE_integer("seed", 1, "random seed (>= 1)")
 flags.DEFINE_string("workdir", None, "output folder (default runs/<dataset>-<model>-<mode>-<time>)")
 flags.DEFINE_string("preset", "none", f"seed settings: {', '.join(cfg_lib.PRESETS)}")
@@ -62,6 +66,10 @@ flags.DEFINE_integer("rank_start", 0, "first cut after epoch max(rank_start, ran
 flags.DEFINE_integer("rank_interval", 10, "epochs between rank cuts")
 flags.DEFINE_integer("rank_min", 1, "no layer is cut below this rank")
 flags.DEFINE_list("rank_exempt", [], "SVD layer names that keep their rank (e.g. m0_conv,classifier)")
+flags.DEFINE_string("strategy", "auto", f"{', '.join(cfg_lib.STRATEGIES)}: auto is mirrored on "
+                    "more than one GPU, else one device; multi_worker reads TF_CONFIG (BUILD.md)")
+flags.DEFINE_integer("logical_cpus", 1, "testing aid: split the CPU into N devices for "
+                     "--strategy=mirrored on a machine without GPUs")
 
 
 def config_from_flags() -> cfg_lib.RunConfig:
@@ -109,6 +117,9 @@ def main(argv):
     problem = cfg_lib.validate(cfg)
     if problem:
         _usage_error(problem)
+    if cfg.strategy == "multi_worker" and not FLAGS["workdir"].present:
+        # a restarted worker group finds its backups there
+        _usage_error("--strategy=multi_worker needs an explicit --workdir, the same on every run")
 
     # the data must be there too (a file-system check; data imports TensorFlow lazily)
     from ssa_tf import data as data_lib
@@ -119,6 +130,10 @@ def main(argv):
 
     # TensorFlow starts only now, after the flags are known to be good.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from ssa_tf import distribute
+
+    # before anything else touches a device
+    distribute.configure_logical_cpus(cfg.logical_cpus)
     from ssa_tf import run
 
     try:

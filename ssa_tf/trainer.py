@@ -19,7 +19,7 @@ from ssa_tf import chain, feedback, losses
 from ssa_tf.layers import svd_layers
 from ssa_tf.models import build_modules
 
-from ssa_tf.config import DEFAULT_LEARNING_RATE, MODES
+from ssa_tf.config import DEFAULT_LEARNING_RATE, MODE_DEFAULTS, MODES
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
@@ -33,11 +33,18 @@ class SSAModel(keras.Model):
 
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10, mode="ssa",
                  norm="layer", alpha=1.0, beta=0.01, gamma=0.1, ortho_lambda=0.0,
-                 feedback_route="global", feedback_spatial="broadcast", feedback_init="random",
-                 feedback_tracking=0.0, chain_gating=False, seed=1, ranks=None, **kwargs):
+                 feedback_route=None, feedback_spatial="broadcast", feedback_init=None,
+                 feedback_tracking=None, chain_gating=None, seed=1, ranks=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
+        # None: the mode's default (config.MODE_DEFAULTS)
+        defaults = MODE_DEFAULTS[mode]
+        feedback_route = defaults["feedback"] if feedback_route is None else feedback_route
+        feedback_init = defaults["feedback_init"] if feedback_init is None else feedback_init
+        if feedback_tracking is None:
+            feedback_tracking = defaults["feedback_tracking"]
+        chain_gating = defaults["chain_gating"] if chain_gating is None else chain_gating
         if feedback_route not in feedback.ROUTES:
             raise ValueError(f"unknown feedback route {feedback_route!r}")
         if feedback_spatial not in feedback.SPATIAL:

@@ -65,7 +65,8 @@ def test_chain_signal_is_rescaled_to_the_error_std():
 def test_feedback_tracking_moves_b_towards_the_forward_factors():
     x = tf.random.normal((16, 6, 6, 1))
     y = tf.constant(np.arange(16) % 10)
-    fixed = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback_route="chain")
+    fixed = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback_route="chain",
+                     feedback_tracking=0.0)
     moving = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback_route="chain",
                       feedback_tracking=0.25)
     for model in (fixed, moving):

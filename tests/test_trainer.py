@@ -78,7 +78,7 @@ def test_no_gradient_crosses_a_module_boundary(mode, route):
 
 
 def test_update_of_a_module_ignores_later_modules_given_the_same_error():
-    model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa")
+    model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback_route="global")
     x, y = batch((6, 6, 1))
     error = tf.constant(np.random.default_rng(3).standard_normal((8, 10)), tf.float32)
 
@@ -109,7 +109,7 @@ def test_global_broadcast_surrogate_gradient_is_the_dfa_signal():
 
 
 def test_ssa_feedback_lies_in_the_span_of_the_feedback_factors():
-    model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa")
+    model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback_route="global")
     layer = model.local_modules[0].output_layer
     basis = layer.B_U.numpy()  # (256, 36): the error arrives in its 36-dim span
     D = model.feedback_matrices[0].numpy()

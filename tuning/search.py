@@ -61,14 +61,17 @@ flags.DEFINE_integer("batch_size", 64, "global batch size")
 flags.DEFINE_float("learning_rate", None,
                    f"Adam rate when not searched (default {cfg_lib.DEFAULT_LEARNING_RATE['ssa']:g})")
 flags.DEFINE_string("norm", "layer", f"one of {', '.join(cfg_lib.NORMS)}")
-flags.DEFINE_string("feedback", "global", f"error route: {', '.join(cfg_lib.FEEDBACK_ROUTES)}")
+# SSA's defaults, as in python -m ssa_tf.train (config.MODE_DEFAULTS)
+_SSA = cfg_lib.MODE_DEFAULTS["ssa"]
+flags.DEFINE_string("feedback", _SSA["feedback"],
+                    f"error route: {', '.join(cfg_lib.FEEDBACK_ROUTES)}")
 flags.DEFINE_string("feedback_spatial", "broadcast",
                     f"global route on feature maps: {', '.join(cfg_lib.FEEDBACK_SPATIAL)}")
-flags.DEFINE_string("feedback_init", "random",
+flags.DEFINE_string("feedback_init", _SSA["feedback_init"],
                     f"SSA feedback factors: {', '.join(cfg_lib.FEEDBACK_INIT)}")
-flags.DEFINE_float("feedback_tracking", 0.0,
+flags.DEFINE_float("feedback_tracking", _SSA["feedback_tracking"],
                    "SSA: after each step every B_X moves this fraction towards X (0: fixed, SPEC)")
-flags.DEFINE_boolean("chain_gating", False,
+flags.DEFINE_boolean("chain_gating", _SSA["chain_gating"],
                      "chain route: gate the feedback network's ReLUs with the forward pass's")
 flags.DEFINE_integer("seed", 1, "seed of the search and of every trial's initialization (>= 1)")
 
