@@ -32,25 +32,31 @@ from absl import app, flags
 from ssa_tf import config as cfg_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "cifar10", f"one of {', '.join(cfg_lib.DATASETS)}")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared dataset")
-flags.DEFINE_string("manual_dir", None, "ImageNet: folder with ILSVRC2012_img_{train,val}.tar")
-flags.DEFINE_string("label", "fine", "cifar100: fine or coarse")
-flags.DEFINE_integer("image_size", None, "imagenet2012 crop size (default 224)")
-flags.DEFINE_list("synthetic_shape", ["32", "32", "3"], "synthetic: image shape")
-flags.DEFINE_integer("synthetic_classes", 10, "synthetic: number of classes")
-flags.DEFINE_string("model", "resnet32", f"one of {', '.join(cfg_lib.MODELS)}")
-flags.DEFINE_string("mode", "ssa", f"one of {', '.join(cfg_lib.MODES)}")
-flags.DEFINE_string("norm", "layer", f"one of {', '.join(cfg_lib.NORMS)}")
-flags.DEFINE_integer("batch_size", 128, "batch size")
-flags.DEFINE_integer("max_train_examples", None, "use only the first N training examples")
-flags.DEFINE_boolean("augment", True, "time the augmented training pipeline")
-flags.DEFINE_integer("pipeline_batches", 100, "batches timed for the pipeline (warm)")
-flags.DEFINE_integer("train_steps", 10, "training steps timed (0: skip the model)")
-flags.DEFINE_boolean("fit", True, "also time model.fit on the pipeline (both together)")
-flags.DEFINE_boolean("mock", False, "TFDS datasets: read mocked data (tfds.testing.mock_data)")
-flags.DEFINE_list("mock_shape", ["375", "500", "3"], "--mock imagenet2012: JPEG shape")
-flags.DEFINE_integer("mock_examples", 2048, "--mock: examples in each split")
+
+
+def define_flags():
+    """The bench's flags, defined only when it runs: tests import this module
+    (``mock_prepared``) beside ``ssa_tf.train``, which owns the same names."""
+    flags.DEFINE_string("dataset", "cifar10", f"one of {', '.join(cfg_lib.DATASETS)}")
+    flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared dataset")
+    flags.DEFINE_string("manual_dir", None, "ImageNet: folder with ILSVRC2012_img_{train,val}.tar")
+    flags.DEFINE_string("label", "fine", "cifar100: fine or coarse")
+    flags.DEFINE_integer("image_size", None, "imagenet2012 crop size (default 224)")
+    flags.DEFINE_list("synthetic_shape", ["32", "32", "3"], "synthetic: image shape")
+    flags.DEFINE_integer("synthetic_classes", 10, "synthetic: number of classes")
+    flags.DEFINE_string("model", "resnet32", f"one of {', '.join(cfg_lib.MODELS)}")
+    flags.DEFINE_string("mode", "ssa", f"one of {', '.join(cfg_lib.MODES)}")
+    flags.DEFINE_string("norm", "layer", f"one of {', '.join(cfg_lib.NORMS)}")
+    flags.DEFINE_integer("batch_size", 128, "batch size")
+    flags.DEFINE_integer("max_train_examples", None, "use only the first N training examples")
+    flags.DEFINE_boolean("augment", True, "time the augmented training pipeline")
+    flags.DEFINE_integer("pipeline_batches", 100, "batches timed for the pipeline (warm)")
+    flags.DEFINE_integer("train_steps", 10, "training steps timed (0: skip the model)")
+    flags.DEFINE_boolean("fit", True, "also time model.fit on the pipeline (both together)")
+    flags.DEFINE_boolean("mock", False, "TFDS datasets: read mocked data (tfds.testing.mock_data)")
+    flags.DEFINE_list("mock_shape", ["375", "500", "3"], "--mock imagenet2012: JPEG shape")
+    flags.DEFINE_integer("mock_examples", 2048, "--mock: examples in each split")
+
 
 _WARMUP = 3  # batches or steps before timing starts (tracing, autotuning, thread start-up)
 _COLD_PASS_MAX = 100_000  # a train split this small gets one full timed cold pass
@@ -275,4 +281,5 @@ def _parse_flags(argv):
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    define_flags()
     app.run(main, flags_parser=_parse_flags)
