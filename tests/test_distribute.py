@@ -1,0 +1,301 @@
+"""Distributed training equals one device (ssa_tf.distribute); CPU only, bounded.
+
+MirroredStrategy runs on 2 logical CPU devices in a subprocess (the device
+split is process-wide and must precede TensorFlow's start). Multi-worker runs
+two `python -m ssa_tf.train` workers on 127.0.0.1 with TF_CONFIG, kills one
+mid-run, restarts both and checks the resumed run against one device.
+
+Tolerance: every variable equal to the one-device run within 1e-5 relative
+(||a - b|| / ||a||). The runs differ only in float summation order (each
+replica sums half the batch, then the halves are added). The mirrored cases
+train with SGD: its step is proportional to the gradient, so float noise
+stays float noise, and a gradient off by the replica count (a local loss not
+divided by num_replicas_in_sync) shows as a 2x step. Adam hides that (it is
+scale-invariant) and turns noise in a near-zero gradient element into a step
+of up to lr: on the chain route, 8 Adam steps left a layer-norm beta (norm
+0.03) 1.5e-4 apart. The multi-worker run trains with the CLI's Adam; measured
+2.4e-6 there (BUILD.md).
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from ssa_tf import config as cfg_lib
+
+RTOL = 1e-5
+
+
+def _env(**extra):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    env.update(TF_CPP_MIN_LOG_LEVEL="2", **extra)
+    return env
+
+
+# --------------------------------------------------------------------------
+# Flags: checked before TensorFlow starts.
+# --------------------------------------------------------------------------
+
+def _cfg(**kw):
+    return cfg_lib.RunConfig(**kw)
+
+
+@pytest.mark.parametrize("kw,tf_config,needle", [
+    (dict(strategy="tpu"), None, "auto, one_device, mirrored, multi_worker"),
+    (dict(strategy="mirrored", logical_cpus=0), None, "--logical_cpus must be >= 1"),
+    (dict(strategy="auto", logical_cpus=2), None, "applies to --strategy=mirrored only"),
+    (dict(strategy="mirrored", logical_cpus=3, batch_size=64), None, "multiple of --logical_cpus=3"),
+    (dict(strategy="multi_worker"), None, "needs TF_CONFIG"),
+    (dict(strategy="multi_worker"), "{not json", "TF_CONFIG must be JSON"),
+    (dict(strategy="multi_worker"), '{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps"}}',
+     "TF_CONFIG must be JSON"),
+    (dict(strategy="multi_worker", batch_size=63),
+     '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}',
+     "multiple of the 2 workers"),
+])
+def test_distribution_flags_are_validated(kw, tf_config, needle):
+    problem = cfg_lib.validate_distribution(_cfg(**kw), tf_config)
+    assert problem and needle in problem, problem
+
+
+def test_good_distribution_flags_pass():
+    two = '{"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "chief", "index": 0}}'
+    assert cfg_lib.validate_distribution(_cfg(strategy="multi_worker", batch_size=64), two) is None
+    assert cfg_lib.validate_distribution(_cfg(strategy="mirrored", logical_cpus=2), None) is None
+    assert cfg_lib.tf_config_workers(two) == 2
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--strategy=multi_worker", "--workdir=w"], "needs TF_CONFIG"),
+    (["--strategy=mirrored", "--logical_cpus=3", "--batch_size=64"], "multiple of --logical_cpus"),
+])
+def test_cli_distribution_mistakes_exit_2_before_tensorflow(args, needle, tmp_path):
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "ssa_tf.train", *args], cwd=tmp_path,
+                            env=_env(PYTHONPATH=REPO), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert time.perf_counter() - start < 10
+
+
+def test_multi_worker_needs_an_explicit_workdir(tmp_path):
+    tf_config = '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}'
+    result = subprocess.run([sys.executable, "-m", "ssa_tf.train", "--strategy=multi_worker"],
+                            cwd=tmp_path, env=_env(PYTHONPATH=REPO, TF_CONFIG=tf_config),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--workdir" in result.stderr, result.stderr
+
+
+# --------------------------------------------------------------------------
+# MirroredStrategy on 2 logical CPUs == one device.
+# --------------------------------------------------------------------------
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    from ssa_tf import distribute
+    placement = distribute.setup("mirrored", logical_cpus=2, batch_size=16, log=print)
+    import numpy as np, keras, tensorflow as tf
+    from ssa_tf.trainer import SSAModel
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 10, 64)
+
+    def data():  # reshuffled on every pass, as the real pipelines are
+        ds = tf.data.Dataset.from_tensor_slices((x, y))
+        return ds.shuffle(64, seed=5, reshuffle_each_iteration=True).batch(16)
+
+    def train(strategy, mode, jit=False, **kw):
+        with strategy.scope():
+            model = SSAModel("smallconv", (8, 8, 3), 10, mode=mode, seed=3, **kw)
+            model.compile(optimizer=keras.optimizers.SGD(0.05),
+                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                          metrics=["accuracy"], jit_compile=jit)
+        if jit:  # the run's path: XLA turned off where it cannot run
+            history = placement.fit(model, data(), epochs=2, verbose=0)
+        else:
+            history = model.fit(data(), epochs=2, verbose=0)
+        return model, history.history["loss"][-1]
+
+    def rel(a, b):  # the worst variable's ||a - b|| / ||a||
+        return max(float(np.linalg.norm(u.numpy() - v.numpy()) / np.linalg.norm(u.numpy()))
+                   for u, v in zip(a.trainable_variables, b.trainable_variables))
+
+    one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
+    chain = dict(feedback_route="chain", feedback_init="forward", chain_gating=True,
+                 feedback_tracking=0.1)
+    spec = dict(feedback_route="global", feedback_init="random", chain_gating=False,
+                feedback_tracking=0.0)  # SPEC section 3
+    cases = {  # name: (mode, model options, mirrored run compiled with XLA)
+        "ssa_global": ("ssa", spec, False),
+        "ssa_chain": ("ssa", chain, False),
+        "dfa": ("dfa", spec, False),
+        "bp_jit_requested": ("bp", {}, True),
+    }
+    results = {}
+    for name, (mode, kw, jit) in cases.items():
+        (a, loss_a), (b, loss_b) = train(one_device, mode, **kw), train(placement.strategy, mode, jit, **kw)
+        results[name] = dict(rel=rel(a, b), loss=[loss_a, loss_b], jit=b.jit_compile)
+    print("RESULTS " + json.dumps(results))
+""")
+
+
+def test_mirrored_two_logical_cpus_equals_one_device():
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MirroredStrategy: 2 replica(s)" in result.stdout
+    line = next(l for l in result.stdout.splitlines() if l.startswith("RESULTS "))
+    results = json.loads(line[len("RESULTS "):])
+    print({name: f"{r['rel']:.1e}" for name, r in results.items()})  # pytest -s shows it
+    for name, r in results.items():
+        assert r["rel"] < RTOL, (name, r)
+        # the logged loss is the global one, not divided by the replicas
+        assert r["loss"][1] == pytest.approx(r["loss"][0], rel=RTOL), (name, r)
+    # XLA cannot run on several CPU devices: turned off with one notice, no crash
+    assert not results["bp_jit_requested"]["jit"]
+    assert result.stdout.count("notice: jit_compile turned off") == 1
+
+
+# --------------------------------------------------------------------------
+# MultiWorkerMirroredStrategy: two workers, a kill, a restart.
+# --------------------------------------------------------------------------
+
+TRAIN_ARGS = ["--dataset=mnist5k", "--max_train_examples=64", "--batch_size=32", "--model=mlp",
+              "--mode=ssa", "--feedback=chain", "--feedback_init=forward", "--chain_gating",
+              "--feedback_tracking=0.1", "--rank_tau=0.9", "--rank_interval=1", "--epochs=2"]
+
+
+def _free_ports(n):
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+class Workers:
+    """Two training processes; each stopped by its own pid."""
+
+    def __init__(self, tmp_path):
+        self.tmp_path, self.procs, self.logs = tmp_path, [], []
+
+    def start(self, workdir, tag):
+        ports = _free_ports(2)
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        self.procs, self.logs = [], []
+        for i in range(2):
+            tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
+            log = self.tmp_path / f"{tag}-worker{i}.log"
+            with open(log, "w") as out:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "ssa_tf.train", "--strategy=multi_worker",
+                     f"--workdir={workdir}", *TRAIN_ARGS],
+                    cwd=REPO, env=_env(TF_CONFIG=tf_config), stdout=out, stderr=subprocess.STDOUT))
+            self.logs.append(log)
+
+    def wait(self, timeout):
+        deadline = time.monotonic() + timeout
+        for p in self.procs:
+            p.wait(timeout=max(1, deadline - time.monotonic()))
+        return [p.returncode for p in self.procs]
+
+    def kill(self, i):
+        p = self.procs[i]
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGKILL)
+        p.wait(timeout=30)
+
+    def stop_all(self):
+        for i in range(len(self.procs)):
+            self.kill(i)
+
+    def text(self, i):
+        return self.logs[i].read_text()
+
+
+def _weights(workdir):
+    import keras
+    import ssa_tf.trainer  # noqa: F401  (registers SSAModel)
+
+    model = keras.models.load_model(os.path.join(workdir, "model.keras"))
+    return model.ranks(), {v.path: v.numpy() for v in model.weights}
+
+
+def _wait_for(path, procs, timeout):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert all(p.poll() is None for p in procs), "a worker ended before its first backup"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s"
+        time.sleep(0.2)
+
+
+def test_multi_worker_resumes_after_a_kill_and_equals_one_device(tmp_path):
+    ref = tmp_path / "one_device"
+    workdir = tmp_path / "multi"
+    reference = subprocess.Popen(
+        [sys.executable, "-m", "ssa_tf.train", "--strategy=one_device", f"--workdir={ref}",
+         *TRAIN_ARGS], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "one_device.log", "w"))
+    workers = Workers(tmp_path)
+    try:
+        # first run: once both workers backed up epoch 1 (after a rank cut), kill worker 1
+        workers.start(workdir, "first")
+        for i in (0, 1):
+            _wait_for(workdir / "backup" / f"worker-{i}" / "epoch-1" / "state.json",
+                      workers.procs, 600)
+        assert workers.procs[1].poll() is None, "the run ended before the kill"
+        workers.kill(1)
+        workers.kill(0)  # would wait out the heartbeat timeout otherwise
+
+        # both restart: the run goes on from the last epoch both workers finished
+        workers.start(workdir, "second")
+        assert workers.wait(timeout=900) == [0, 0], workers.text(0)[-3000:] + workers.text(1)[-3000:]
+    finally:
+        workers.stop_all()
+        if reference.poll() is None:
+            try:
+                reference.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                os.kill(reference.pid, signal.SIGKILL)
+                reference.wait()
+    assert reference.returncode == 0, (tmp_path / "one_device.log").read_text()[-3000:]
+
+    summary = json.loads((workdir / "summary.json").read_text())
+    resumed = summary["resumed_from_epoch"]
+    assert resumed >= 1, "started again from epoch 0"
+    assert f"resuming from the backup of epoch {resumed} (of 2)" in workers.text(0)
+    assert summary["replicas"] == 2
+    # one row per epoch in the logs, none lost or repeated by the restart
+    rows = (workdir / "metrics.csv").read_text().strip().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == [0, 1]
+    cuts = [r.split(",")[0] for r in (workdir / "ranks.csv").read_text().strip().splitlines()[1:]]
+    assert cuts == ["1"] * 3 + ["2"] * 3  # 3 SVD layers, cut after epochs 1 and 2
+    assert len(summary["epoch_seconds"]) == 2 and len(summary["history"]["loss"]) == 2
+    assert not (workdir / "backup").exists()  # removed once the run is done
+
+    # both workers hold the very same weights...
+    prints = [[l for l in workers.text(i).splitlines() if "weights fingerprint" in l] for i in (0, 1)]
+    assert prints[0][-1].split()[-1] == prints[1][-1].split()[-1], prints
+    # ...equal to one device at the same global batch, at the same ranks
+    ranks_multi, multi = _weights(workdir)
+    ranks_one, one = _weights(ref)
+    assert ranks_multi == ranks_one
+    assert multi.keys() == one.keys()
+    rel = {path: float(np.linalg.norm(multi[path] - one[path]) / max(np.linalg.norm(one[path]), 1e-30))
+           for path in one}
+    print("worst", max(rel.items(), key=lambda kv: kv[1]))  # pytest -s shows it
+    for path, r in rel.items():
+        assert r < RTOL, (path, r)
