@@ -41,6 +41,15 @@ def _env(**extra):
     return env
 
 
+def _deterministic_env(**extra):
+    # Without it even two one-device runs differ (the CE term by 1e-5 after 4
+    # steps), and a rank cut's SVD can turn such noise into a different basis:
+    # one reference run in four drifted far off. With it repeated runs are
+    # bit-identical. (Keras then refuses XLA: the mirrored test turns it on
+    # after its XLA case.)
+    return _env(TF_DETERMINISTIC_OPS="1", **extra)
+
+
 # --------------------------------------------------------------------------
 # Flags: checked before TensorFlow starts.
 # --------------------------------------------------------------------------
@@ -137,15 +146,17 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     spec = dict(feedback_route="global", feedback_init="random", chain_gating=False,
                 feedback_tracking=0.0)  # SPEC section 3
     cases = {  # name: (mode, model options, mirrored run compiled with XLA)
+        "bp_jit_requested": ("bp", {}, True),
         "ssa_global": ("ssa", spec, False),
         "ssa_chain": ("ssa", chain, False),
         "dfa": ("dfa", spec, False),
-        "bp_jit_requested": ("bp", {}, True),
     }
     results = {}
     for name, (mode, kw, jit) in cases.items():
         (a, loss_a), (b, loss_b) = train(one_device, mode, **kw), train(placement.strategy, mode, jit, **kw)
         results[name] = dict(rel=rel(a, b), loss=[loss_a, loss_b], jit=b.jit_compile)
+        # bit-reproducible kernels from here on (Keras refuses XLA under them)
+        tf.config.experimental.enable_op_determinism()
     print("RESULTS " + json.dumps(results))
 """)
 
@@ -196,6 +207,9 @@ class Workers:
         ports = _free_ports(2)
         cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
         self.procs, self.logs = [], []
+        # a killed worker leaves its temporary outputs behind: keep them in tmp_path
+        tmpdir = self.tmp_path / "tmp"
+        tmpdir.mkdir(exist_ok=True)
         for i in range(2):
             tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})
             log = self.tmp_path / f"{tag}-worker{i}.log"
@@ -203,7 +217,9 @@ class Workers:
                 self.procs.append(subprocess.Popen(
                     [sys.executable, "-m", "ssa_tf.train", "--strategy=multi_worker",
                      f"--workdir={workdir}", *TRAIN_ARGS],
-                    cwd=REPO, env=_env(TF_CONFIG=tf_config), stdout=out, stderr=subprocess.STDOUT))
+                    cwd=REPO, env=_deterministic_env(TF_CONFIG=tf_config, TMPDIR=str(tmpdir)),
+                    stdout=out,
+                    stderr=subprocess.STDOUT))
             self.logs.append(log)
 
     def wait(self, timeout):
@@ -247,7 +263,7 @@ def test_multi_worker_resumes_after_a_kill_and_equals_one_device(tmp_path):
     workdir = tmp_path / "multi"
     reference = subprocess.Popen(
         [sys.executable, "-m", "ssa_tf.train", "--strategy=one_device", f"--workdir={ref}",
-         *TRAIN_ARGS], cwd=REPO, env=_env(), stdout=subprocess.DEVNULL,
+         *TRAIN_ARGS], cwd=REPO, env=_deterministic_env(), stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "one_device.log", "w"))
     workers = Workers(tmp_path)
     try:
