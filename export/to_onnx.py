@@ -23,9 +23,11 @@ import sys
 # run as `python export/to_onnx.py` from a clone without installing ssa_tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 
 from ssa_tf import export_config as cfg_lib  # noqa: E402  (no TensorFlow import)
+from ssa_tf.cli import usage_error  # noqa: E402
+from ssa_tf import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "training run folder holding model.keras and config.json")
@@ -39,9 +41,6 @@ flags.DEFINE_integer("latency_runs", 50, "timed onnxruntime runs per batch size"
 flags.DEFINE_integer("verify_batch", 64, "evaluation examples compared with the SSA model")
 
 
-def _usage_error(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 @contextlib.contextmanager
@@ -60,13 +59,13 @@ def _quiet_stderr():
 
 def main(argv):
     if len(argv) > 1:
-        _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+        usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
     cfg = cfg_lib.ExportConfig(workdir=FLAGS.workdir, output=FLAGS.output,
                                saved_model=FLAGS.saved_model, opset=FLAGS.opset, form=FLAGS.form,
                                latency_runs=FLAGS.latency_runs, verify_batch=FLAGS.verify_batch)
     problem = cfg_lib.validate(cfg)
     if problem:
-        _usage_error(problem)
+        usage_error(problem)
 
     # TensorFlow starts only now, after the flags and paths are known to be good.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -75,26 +74,20 @@ def main(argv):
         with _quiet_stderr():
             from ssa_tf import export
     except ImportError as e:
-        _usage_error(f"{e}; the export needs tf2onnx, onnx and onnxruntime "
+        usage_error(f"{e}; the export needs tf2onnx, onnx and onnxruntime "
                      "(pip install -e '.[export]')")
 
     try:
         result = export.export_run(cfg)
     except cfg_lib.UsageError as e:
-        _usage_error(str(e))
+        usage_error(str(e))
     except export.ParityError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     print(export.format_result(result))
 
 
-def _parse_flags(argv):
-    # absl prints a usage dump for a bad flag; one line is friendlier
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        _usage_error(str(e))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    cli.run(main)

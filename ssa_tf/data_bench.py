@@ -23,13 +23,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import tempfile
 import time
 
-from absl import app, flags
+from absl import flags
 
 from ssa_tf import config as cfg_lib
+from ssa_tf.cli import usage_error
+from ssa_tf import cli
 
 FLAGS = flags.FLAGS
 
@@ -182,21 +183,18 @@ def fit_rate(model, ds, steps):
 # Entry point.
 # --------------------------------------------------------------------------
 
-def _usage_error(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def _ints(name):
     try:
         return tuple(int(d) for d in FLAGS[name].value)
     except ValueError:
-        _usage_error(f"--{name} must be integers, got {','.join(FLAGS[name].value)}")
+        usage_error(f"--{name} must be integers, got {','.join(FLAGS[name].value)}")
 
 
 def main(argv):
     if len(argv) > 1:
-        _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+        usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
     synthetic_shape = _ints("synthetic_shape")
     mock_shape = _ints("mock_shape")
     cfg = cfg_lib.RunConfig(dataset=FLAGS.dataset, data_dir=FLAGS.data_dir, model=FLAGS.model,
@@ -207,9 +205,9 @@ def main(argv):
                             max_train_examples=FLAGS.max_train_examples)
     problem = cfg_lib.validate(cfg)
     if problem:
-        _usage_error(problem)
+        usage_error(problem)
     if FLAGS.mock and cfg.dataset not in ("imagenet2012", "cifar100", "cifar10"):
-        _usage_error("--mock applies to the TFDS datasets only")
+        usage_error("--mock applies to the TFDS datasets only")
     from ssa_tf import data as data_lib
 
     with contextlib.ExitStack() as stack:
@@ -229,7 +227,7 @@ def main(argv):
                                  image_size=cfg.image_size, synthetic_shape=cfg.synthetic_shape,
                                  synthetic_classes=cfg.synthetic_classes)
         except data_lib.DataError as e:
-            _usage_error(str(e))
+            usage_error(str(e))
         results = measure(cfg, spec)
     source = f"mock ({'x'.join(map(str, mock_shape))} JPEG)" if FLAGS.mock else spec.train_split
     results = {"dataset": cfg.dataset, "source": source, "input_shape": list(spec.input_shape),
@@ -272,14 +270,9 @@ def measure(cfg, spec):
     return out
 
 
-def _parse_flags(argv):
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        _usage_error(str(e))
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     define_flags()
-    app.run(main, flags_parser=_parse_flags)
+    cli.run(main)

@@ -22,9 +22,11 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 
 from ssa_tf import config as cfg_lib
+from ssa_tf.cli import usage_error
+from ssa_tf import cli
 from ssa_tf import tuning
 
 FLAGS = flags.FLAGS
@@ -91,25 +93,22 @@ def config_from_flags() -> tuning.SearchConfig:
                                **{name: FLAGS[name].value for name in _SEARCH_FLAGS})
 
 
-def _usage_error(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def main(argv):
     if len(argv) > 1:
-        _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+        usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         cfg = config_from_flags()
     except ValueError as e:
-        _usage_error(str(e))
+        usage_error(str(e))
     problem = tuning.validate(cfg)
     if problem:
-        _usage_error(problem)
+        usage_error(problem)
 
     if FLAGS.report_only:
         if not os.path.exists(os.path.join(cfg.project, "search.json")):
-            _usage_error(f"no search in {cfg.project}; run it first (same flags, no --report_only)")
+            usage_error(f"no search in {cfg.project}; run it first (same flags, no --report_only)")
         summary = tuning.report(cfg.project)
     else:
         # the data must be there too (a file-system check; data imports TensorFlow lazily)
@@ -119,13 +118,13 @@ def main(argv):
             data_lib.check_available(cfg.run.dataset, cfg.run.data_dir, cfg.run.manual_dir)
             tuning.check_resumable(cfg)
         except (data_lib.DataError, cfg_lib.UsageError) as e:
-            _usage_error(str(e))
+            usage_error(str(e))
         # TensorFlow starts only now, after the flags and the data are known to be good.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
             summary = tuning.run_search(cfg)
         except (data_lib.DataError, cfg_lib.UsageError) as e:
-            _usage_error(str(e))
+            usage_error(str(e))
         except tuning.SearchFailed as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
@@ -134,13 +133,7 @@ def main(argv):
         sys.exit(1)
 
 
-def _parse_flags(argv):
-    # absl prints a usage dump for a bad flag; one line is friendlier
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        _usage_error(str(e))
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=_parse_flags)
+    cli.run(main)
