@@ -83,6 +83,13 @@ class RunConfig:
     rank_interval: int = 10
     rank_min: int = 1
     rank_exempt: tuple = ()
+    # after each cut the rate ramps up linearly over this many steps (0: off)
+    rank_warmup_steps: int = 0
+    # reliability (ssa_tf.reliability): checkpoints every epoch and every N steps
+    checkpoint_steps: int = 0
+    keep_checkpoints: int = 2
+    restart: bool = False
+    skip_nonfinite_steps: int = 0
     # distribution (ssa_tf.distribute); batch_size is the global batch
     strategy: str = "auto"
     logical_cpus: int = 1  # > 1: split the CPU into devices to try mirrored without GPUs
@@ -160,6 +167,14 @@ def validate(cfg: RunConfig) -> str | None:
             return f"--rank_start must be >= 0, got {cfg.rank_start}"
         if cfg.rank_min < 1:
             return f"--rank_min must be >= 1, got {cfg.rank_min}"
+    if cfg.rank_warmup_steps < 0:
+        return f"--rank_warmup_steps must be >= 0, got {cfg.rank_warmup_steps}"
+    if cfg.checkpoint_steps < 0:
+        return f"--checkpoint_steps must be >= 0 (0: at epoch ends only), got {cfg.checkpoint_steps}"
+    if cfg.keep_checkpoints < 2:
+        return f"--keep_checkpoints must be >= 2, got {cfg.keep_checkpoints}"
+    if cfg.skip_nonfinite_steps < 0:
+        return f"--skip_nonfinite_steps must be >= 0, got {cfg.skip_nonfinite_steps}"
     problem = validate_distribution(cfg, os.environ.get("TF_CONFIG"))
     if problem:
         return problem

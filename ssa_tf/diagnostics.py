@@ -32,7 +32,7 @@ def _angle(a, b):
 
 def update_angles(model, x, y):
     """Angle in degrees, per module, between the local update and the BP gradient."""
-    grads_and_vars, _, _ = model.local_gradients(tf.convert_to_tensor(x), tf.convert_to_tensor(y))
+    grads_and_vars = model.local_gradients(tf.convert_to_tensor(x), tf.convert_to_tensor(y))[0]
     local = {id(v): g for g, v in grads_and_vars}
     with tf.GradientTape() as tape:
         ce = losses.cross_entropy(model(x, training=True), y)

@@ -56,7 +56,7 @@ from ssa_tf.config import STRATEGIES, UsageError
 PASSES_PER_EPOCH = 2
 # a worker silent this long is dead (TensorFlow's default, 10 s, is too short on busy hosts)
 HEARTBEAT_TIMEOUT_S = 60
-BACKUP_KEEP = 2  # workers can be one epoch apart when they die (see _agree_on_epoch)
+BACKUP_KEEP = 2  # workers can be one checkpoint apart when they die (see _agree_on_checkpoint)
 
 
 # --------------------------------------------------------------------------
@@ -189,7 +189,8 @@ def guard_jit_compile(model, strategy, log=print):
 class Placement:
     """Where and how a run trains; built by ``setup``."""
 
-    def __init__(self, strategy, workdir, batch_size=None, log=print):
+    def __init__(self, strategy, workdir, batch_size=None, log=print, checkpoint_steps=0,
+                 keep_checkpoints=BACKUP_KEEP):
         self.strategy = strategy
         self.multi_worker = is_multi_worker(strategy)
         self.chief = is_chief(strategy)
@@ -205,27 +206,37 @@ class Placement:
             self.workdir = self._temp
             atexit.register(shutil.rmtree, self._temp, ignore_errors=True)
         self.backup_dir = None
-        if self.multi_worker and workdir is not None:
+        if workdir is not None:
             self.backup_dir = os.path.join(workdir, "backup", task_name(strategy))
+        self.checkpoint_steps = int(checkpoint_steps)
+        self.keep_checkpoints = int(keep_checkpoints)
         self.resumed_from = 0
+        self.resumed_at = (0, 0)  # (epochs done, steps into the next) of the checkpoint used
         if batch_size is not None and batch_size % self.replicas:
             raise UsageError(f"--batch_size={batch_size} is the global batch; it must be a "
                              f"multiple of the {self.replicas} replicas")
 
     def fit(self, model, train, validation_data=None, epochs=1, callbacks=(), verbose=1,
             timer=None):
-        """``model.fit``, or the multi-worker loop with backups; returns the History."""
+        """The training loop with checkpoints (``fit_loop``) when the run has a
+        workdir, else ``model.fit``; returns the History."""
         guard_jit_compile(model, self.strategy, self.log)
         verbose = verbose if self.chief else 0
-        if not self.multi_worker:
+        if self.backup_dir is None:
+            if self.multi_worker:
+                raise UsageError("--strategy=multi_worker needs a workdir (for its backups)")
             return model.fit(train, validation_data=validation_data, epochs=epochs,
                              callbacks=list(callbacks), verbose=verbose)
-        backup = EpochBackup(self.backup_dir, timer=timer) if self.backup_dir else None
+        backup = EpochBackup(self.backup_dir, timer=timer, steps=self.checkpoint_steps,
+                             keep=self.keep_checkpoints)
         history = fit_loop(model, train, validation_data, epochs, list(callbacks), verbose,
                            backup=backup, log=self.log)
-        self.resumed_from = backup.resumed_from if backup else 0
-        # every worker says where it ended: equal fingerprints, workers in sync
-        print(f"{task_name(self.strategy)}: weights fingerprint {fingerprint(model)}", flush=True)
+        self.resumed_from = backup.resumed_from
+        self.resumed_at = backup.resumed_at
+        if self.multi_worker:
+            # every worker says where it ended: equal fingerprints, workers in sync
+            print(f"{task_name(self.strategy)}: weights fingerprint {fingerprint(model)}",
+                  flush=True)
         return history
 
     def evaluate(self, model, dataset):
@@ -244,10 +255,12 @@ class Placement:
                 os.rmdir(parent)
 
 
-def setup(strategy="auto", logical_cpus=None, workdir=None, batch_size=None, log=print):
+def setup(strategy="auto", logical_cpus=None, workdir=None, batch_size=None, log=print,
+          checkpoint_steps=0, keep_checkpoints=BACKUP_KEEP):
     """The run's ``Placement``; call it before any other TensorFlow work
     (MultiWorkerMirroredStrategy must exist before the first op)."""
-    placement = Placement(make_strategy(strategy, logical_cpus), workdir, batch_size, log)
+    placement = Placement(make_strategy(strategy, logical_cpus), workdir, batch_size, log,
+                          checkpoint_steps, keep_checkpoints)
     if strategy != "auto" or placement.replicas > 1:
         placement.log(describe(placement.strategy))
     return placement
@@ -326,8 +339,9 @@ def _epoch_logs(model, keys=None):
     """The metrics over everything seen since the last reset, summed over all replicas."""
     logs = {}
     for name, value in model.get_metrics_result().items():
-        if keys is None or name in keys:
-            logs[name] = float(np.asarray(value))
+        value = np.asarray(value)
+        if (keys is None or name in keys) and value.ndim == 0:
+            logs[name] = float(value)
     return logs
 
 
@@ -370,10 +384,13 @@ def fit_loop(model, train, validation_data=None, epochs=1, callbacks=(), verbose
                                       epochs=epochs, steps=steps if steps > 0 else None,
                                       model=model)
 
-    initial_epoch = 0
+    initial_epoch, initial_step = 0, 0
     if backup is not None:
-        initial_epoch = backup.restore(model, cb.callbacks, history)
-        if initial_epoch:
+        initial_epoch, initial_step = backup.restore(model, cb.callbacks, history)
+        if initial_step:
+            log(f"resuming from the checkpoint at step {initial_step} of epoch "
+                f"{initial_epoch + 1} (of {epochs})")
+        elif initial_epoch:
             log(f"resuming from the backup of epoch {initial_epoch} (of {epochs})")
         for _ in range(PASSES_PER_EPOCH * initial_epoch):
             iter(dist_train)  # every pass reshuffles: skip those the finished epochs took
@@ -383,12 +400,19 @@ def fit_loop(model, train, validation_data=None, epochs=1, callbacks=(), verbose
     cb.on_train_begin()
     logs = {}
     for epoch in range(initial_epoch, epochs):
-        model.reset_metrics()
+        # a mid-epoch checkpoint restored the metrics of the steps it covers
+        skip = initial_step if epoch == initial_epoch else 0
+        if not skip:
+            model.reset_metrics()
         cb.on_epoch_begin(epoch)
         for step, batch in enumerate(dist_train):
+            if step < skip:
+                continue  # trained before the checkpoint: same batches, same order
             cb.on_train_batch_begin(step)
             functions.train(batch)
             cb.on_train_batch_end(step, {})
+            if model.stop_training:
+                break
         for _ in range(PASSES_PER_EPOCH - 1):
             iter(dist_train)  # the pass fit would start and drop
         logs = _epoch_logs(model)
@@ -419,67 +443,105 @@ def _by_path(variables, what):
 
 
 class EpochBackup(keras.callbacks.Callback):
-    """Saves after every epoch what a restarted run needs to carry on exactly.
+    """Saves after every epoch (and every ``steps`` steps) what a restarted run
+    needs to carry on exactly.
 
-    ``<backup_dir>/epoch-<k>/`` holds ``variables.npz`` (the model's weights
-    and the optimizer's variables, by path) and ``state.json`` (k, the SVD
-    ranks, the History so far, the rank callback's history and the epoch
-    times of ``timer``). The last ``BACKUP_KEEP`` epochs are kept.
+    ``<backup_dir>/epoch-<k>/`` (k epochs done) or ``epoch-<k>-step-<s>/``
+    (k epochs and s steps of the next done) holds ``variables.npz`` (the
+    model's weights, the optimizer's variables and the metrics' running
+    totals, by path) and ``state.json`` (k, s, the SVD ranks, the History so
+    far, the rank callback's history and the epoch times of ``timer``). Each
+    is written into a temporary folder and renamed into place, so a process
+    killed mid-write leaves the previous ones intact; the newest ``keep`` are
+    kept.
     """
 
-    def __init__(self, backup_dir, timer=None):
+    def __init__(self, backup_dir, timer=None, steps=0, keep=BACKUP_KEEP):
         super().__init__()
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
         self.backup_dir = backup_dir
         self.timer = timer
+        self.steps = int(steps)
+        self.keep = int(keep)
         self.resumed_from = 0
+        self.resumed_at = (0, 0)
         self._history = None
         self._rankers = []
+        self._epoch = 0
 
     # -- saving ---------------------------------------------------------------
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.steps and (batch + 1) % self.steps == 0:
+            self._save(self._epoch, batch + 1)
+
     def on_epoch_end(self, epoch, logs=None):
+        self._save(epoch + 1, 0)
+
+    def _save(self, epoch, step):
         model = self.model
         arrays = {f"model/{p}": v.numpy() for p, v in _by_path(model.weights, "model").items()}
         arrays.update({f"optimizer/{p}": v.numpy()
                        for p, v in _by_path(model.optimizer.variables, "optimizer").items()})
+        if step:  # the epoch's running metrics continue after a mid-epoch restore
+            arrays.update({f"metrics/{p}": np.asarray(v.numpy()) for p, v in
+                           _by_path(model.metrics_variables, "metrics").items()})
         state = {
-            "epoch": epoch + 1,
+            "epoch": epoch,
+            "step": step,
             "ranks": model.ranks() if hasattr(model, "ranks") else {},
             "history": self._history.history if self._history is not None else {},
             "rank_history": [r.history for r in self._rankers],
             "epoch_seconds": list(getattr(self.timer, "seconds", [])),
         }
         os.makedirs(self.backup_dir, exist_ok=True)
-        final = os.path.join(self.backup_dir, f"epoch-{epoch + 1}")
+        final = os.path.join(self.backup_dir, _folder(epoch, step))
         tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.backup_dir)
-        np.savez(os.path.join(tmp, "variables.npz"), **arrays)
-        with open(os.path.join(tmp, "state.json"), "w") as f:
-            json.dump(state, f, default=float)
+        try:
+            np.savez(os.path.join(tmp, "variables.npz"), **arrays)
+            with open(os.path.join(tmp, "state.json"), "w") as f:
+                json.dump(state, f, default=float)
+        except OSError as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise OSError(e.errno, f"cannot write a checkpoint into {self.backup_dir}: "
+                          f"{e.strerror}") from e
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-        for old in _epochs_in(self.backup_dir)[:-BACKUP_KEEP]:
-            shutil.rmtree(os.path.join(self.backup_dir, f"epoch-{old}"), ignore_errors=True)
+        for old in _checkpoints_in(self.backup_dir)[:-self.keep]:
+            shutil.rmtree(os.path.join(self.backup_dir, _folder(*old)), ignore_errors=True)
 
     # -- restoring ------------------------------------------------------------
     def restore(self, model, callbacks, history):
-        """Bring ``model`` and the callbacks to the last agreed epoch; return it (0: none)."""
+        """Bring ``model`` and the callbacks to the last agreed checkpoint; return its
+        (epochs done, steps into the next epoch), (0, 0) when there is none."""
         self.set_model(model)
         self._history = history
         self._rankers = [c for c in callbacks if isinstance(c, rank_lib.RankPruning)]
-        mine = _epochs_in(self.backup_dir) if os.path.isdir(self.backup_dir) else []
-        epoch = _agree_on_epoch(model.distribute_strategy, mine[-1] if mine else 0)
-        if epoch == 0:
-            return 0
-        if epoch not in mine:
-            raise RuntimeError(f"the workers agree to resume from epoch {epoch}, but "
-                               f"{self.backup_dir} holds only epochs {mine}")
-        folder = os.path.join(self.backup_dir, f"epoch-{epoch}")
-        with open(os.path.join(folder, "state.json")) as f:
-            state = json.load(f)
-        with np.load(os.path.join(folder, "variables.npz")) as npz:
-            arrays = dict(npz)
+        mine = _checkpoints_in(self.backup_dir) if os.path.isdir(self.backup_dir) else []
+        at = _agree_on_checkpoint(model.distribute_strategy, mine[-1] if mine else (0, 0))
+        if at == (0, 0):
+            return at
+        if at not in mine:
+            raise RuntimeError(f"the workers agree to resume from {_folder(*at)}, but "
+                               f"{self.backup_dir} holds only {[_folder(*m) for m in mine]}")
+        epoch, step = at
+        folder = os.path.join(self.backup_dir, _folder(epoch, step))
+        try:
+            with open(os.path.join(folder, "state.json")) as f:
+                state = json.load(f)
+            with np.load(os.path.join(folder, "variables.npz")) as npz:
+                arrays = dict(npz)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"checkpoint {folder} is unreadable ({e}); remove it to "
+                                  "resume from an older one, or pass --restart") from None
         _cut_to(model, state["ranks"])
         _assign(_by_path(model.weights, "model"), arrays, "model/")
         _assign(_by_path(model.optimizer.variables, "optimizer"), arrays, "optimizer/")
+        if step:
+            _assign(_by_path(model.metrics_variables, "metrics"), arrays, "metrics/")
 
         history.history = {k: list(v) for k, v in state["history"].items()}
         for ranker, saved in zip(self._rankers, state["rank_history"]):
@@ -488,32 +550,48 @@ class EpochBackup(keras.callbacks.Callback):
             self.timer.seconds[:0] = state["epoch_seconds"]
         _trim_logs(callbacks, epoch)
         self.resumed_from = epoch
-        return epoch
+        self.resumed_at = (epoch, step)
+        return epoch, step
 
 
-def _epochs_in(folder):
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read."""
+
+
+def _folder(epoch, step):
+    return f"epoch-{epoch}" if not step else f"epoch-{epoch}-step-{step}"
+
+
+def _checkpoints_in(folder):
+    """(epochs done, steps into the next) of every complete checkpoint, oldest first."""
     found = []
     for path in glob.glob(os.path.join(folder, "epoch-*", "state.json")):
-        found.append(int(os.path.basename(os.path.dirname(path)).split("-")[1]))
+        parts = os.path.basename(os.path.dirname(path)).split("-")
+        try:
+            found.append((int(parts[1]), int(parts[3]) if len(parts) == 4 else 0))
+        except (ValueError, IndexError):
+            continue  # not one of ours
     return sorted(found)
 
 
-def _agree_on_epoch(strategy, mine):
-    """The newest epoch every worker has a backup of.
+def _agree_on_checkpoint(strategy, mine):
+    """The newest checkpoint every worker has.
 
-    A worker writes its backup of epoch k before it takes part in epoch k+1's
-    first step, which needs every worker; so when some hold k+1 the others
-    hold at least k, and BACKUP_KEEP = 2 keeps k everywhere.
+    A worker writes its checkpoint before it takes part in the next step,
+    which needs every worker; so when some hold checkpoint c+1 the others
+    hold at least c, and keeping two keeps c everywhere.
     """
     if not is_multi_worker(strategy):
-        return mine
+        return tuple(mine)
+    code = mine[0] * 10**9 + mine[1]
 
     @tf.function
     def gather():
-        value = strategy.run(lambda: tf.constant([mine], tf.int64))
+        value = strategy.run(lambda: tf.constant([code], tf.int64))
         return tf.reduce_min(strategy.gather(value, axis=0))
 
-    return int(gather())
+    agreed = int(gather())
+    return agreed // 10**9, agreed % 10**9
 
 
 def _cut_to(model, ranks):
@@ -560,14 +638,25 @@ def _trim_logs(callbacks, epoch):
 
 
 def _keep_rows(path, keep):
+    """Rewrite the CSV at ``path`` with the rows ``keep`` accepts; a row a killed
+    process left half-written is dropped."""
     import csv
 
     if not os.path.exists(path):
         return
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
-        fields, rows = reader.fieldnames, [r for r in reader if keep(r)]
+        fields, rows = reader.fieldnames, []
+        for row in reader:
+            try:
+                if None not in row.values() and keep(row):
+                    rows.append(row)
+            except (TypeError, ValueError):
+                continue
     tmp = path + ".tmp"
+    if fields is None:  # killed before the header was written
+        os.remove(path)
+        return
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fields)
         writer.writeheader()

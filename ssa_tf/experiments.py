@@ -81,6 +81,22 @@ GRIDS = {
             "ssa-gated-track0.1": dict(mode="ssa", feedback="chain", feedback_init="forward",
                                        chain_gating=True, feedback_tracking=0.1),
         }),
+    # issue 4: does a short warm-up of the rate after each rank cut help?
+    "rank_warmup": dict(
+        base=dict(_CIFAR, model="smallconv", epochs=4, max_train_examples=10000, augment=False,
+                  mode="ssa", rank_tau=0.95, rank_start=0, rank_interval=1),
+        variants={
+            "cuts": dict(),
+            "cuts-warmup100": dict(rank_warmup_steps=100),
+        }),
+    # resnet32 at the small budget of the routes grid: do the smallconv findings hold?
+    "resnet32_small": dict(
+        base=dict(_CIFAR, model="resnet32", epochs=3, max_train_examples=10000, augment=False),
+        variants={
+            "bp": dict(mode="bp"),
+            "dfa": dict(mode="dfa"),
+            "ssa": dict(mode="ssa"),
+        }),
     "long_resnet32": dict(
         base=dict(_CIFAR, model="resnet32", epochs=20, augment=True),
         variants={
@@ -126,7 +142,9 @@ def run_key(cfg) -> str:
     cfg = cfg.resolved()
     d = dataclasses.asdict(cfg)
     defaults = dataclasses.asdict(cfg_lib.RunConfig(mode=cfg.mode).resolved())
-    d = {k: v for k, v in d.items() if k not in ("workdir", "data_dir") and k in defaults
+    ignored = ("workdir", "data_dir", "restart", "checkpoint_steps", "keep_checkpoints",
+               "skip_nonfinite_steps")  # where and how safely, not what is trained
+    d = {k: v for k, v in d.items() if k not in ignored and k in defaults
          and (k == "mode" or json.dumps(v, default=list) != json.dumps(defaults[k], default=list))}
     return json.dumps(d, sort_keys=True, default=list)
 
@@ -152,6 +170,7 @@ def run_grid(grid, data_dir, out, seed, only=(), epochs=None):
             print(f"[{k + 1}/{len(names)}] {name}: already done, skipped", flush=True)
             continue
         cfg.workdir = os.path.join("runs", "experiments", grid, f"{name}-s{seed}")
+        cfg.restart = True  # the results file, not the workdir, says what is done
         print(f"[{k + 1}/{len(names)}] {name}: {cfg.mode} {cfg.model}, {cfg.epochs} epochs",
               flush=True)
         start = time.time()

@@ -18,8 +18,9 @@ import numpy as np
 
 from ssa_tf import data as data_lib
 from ssa_tf import distribute
+from ssa_tf import reliability
 from ssa_tf.config import RunConfig, UsageError
-from ssa_tf.rank import RankPruning
+from ssa_tf.rank import RankPruning, WarmupAfterCuts, cut_epochs
 from ssa_tf.trainer import SSAModel, compile_model
 
 
@@ -45,12 +46,18 @@ def _atomic_write_text(path, text):
 
 
 def learning_rate_schedule(cfg: RunConfig, steps_per_epoch: int):
-    base = cfg.resolved_learning_rate()
-    if not cfg.lr_decay_epochs:
-        return base
-    boundaries = [int(e) * steps_per_epoch for e in cfg.lr_decay_epochs]
-    values = [base * cfg.lr_decay_factor ** k for k in range(len(boundaries) + 1)]
-    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    """The rate: constant, decayed at ``lr_decay_epochs``, and warmed up again
+    after each rank cut when ``rank_warmup_steps`` > 0."""
+    rate = cfg.resolved_learning_rate()
+    if cfg.lr_decay_epochs:
+        boundaries = [int(e) * steps_per_epoch for e in cfg.lr_decay_epochs]
+        values = [rate * cfg.lr_decay_factor ** k for k in range(len(boundaries) + 1)]
+        rate = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+    if cfg.rank_warmup_steps and cfg.rank_tau is not None and cfg.mode == "ssa":
+        cuts = [e * steps_per_epoch
+                for e in cut_epochs(cfg.epochs, cfg.rank_start, cfg.rank_interval)]
+        rate = WarmupAfterCuts(rate, cuts, cfg.rank_warmup_steps)
+    return rate
 
 
 def make_model(cfg: RunConfig, input_shape, num_classes) -> SSAModel:
@@ -65,13 +72,32 @@ def make_model(cfg: RunConfig, input_shape, num_classes) -> SSAModel:
 
 
 def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
-    """Train per ``cfg``; write the workdir; return the summary dict."""
+    """Train per ``cfg``; write the workdir; return the summary dict.
+
+    With a workdir the run is checkpointed after every epoch (and every
+    ``checkpoint_steps`` steps) and resumes from its last checkpoint when
+    started again with the same settings; the workdir is locked meanwhile.
+    """
     # first: MultiWorkerMirroredStrategy must exist before any other TensorFlow op
-    placement = distribute.setup(cfg.strategy, cfg.logical_cpus, cfg.workdir, cfg.batch_size)
+    placement = distribute.setup(cfg.strategy, cfg.logical_cpus, cfg.workdir, cfg.batch_size,
+                                 checkpoint_steps=cfg.checkpoint_steps,
+                                 keep_checkpoints=cfg.keep_checkpoints)
     workdir = placement.workdir  # the chief's is cfg.workdir; other workers' is temporary
+    lock = reliability.WorkdirLock(workdir)
+    lock.acquire()
+    try:
+        return _train_locked(cfg, placement, workdir, verbose, extra_callbacks)
+    finally:
+        lock.release()
+
+
+def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
+    state = reliability.prepare_workdir(dataclasses.replace(cfg, workdir=workdir),
+                                        chief=placement.chief)
     os.makedirs(workdir, exist_ok=True)
-    _atomic_write_text(os.path.join(workdir, "config.json"),
-                       json.dumps(dataclasses.asdict(cfg.resolved()), indent=2, default=list))
+    if state != "resume":
+        _atomic_write_text(os.path.join(workdir, "config.json"),
+                           json.dumps(dataclasses.asdict(cfg.resolved()), indent=2, default=list))
 
     ds = data_lib.load(cfg.dataset, cfg.batch_size, data_dir=cfg.data_dir, seed=cfg.seed,
                        augment=cfg.augment, max_train_examples=cfg.max_train_examples,
@@ -88,8 +114,11 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
     trainable_params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
     timer = EpochTimer()
+    log = placement.log
     callbacks = [timer,
-                 keras.callbacks.CSVLogger(os.path.join(workdir, "metrics.csv")),
+                 reliability.divergence_guard(model, cfg.skip_nonfinite_steps, log=log),
+                 keras.callbacks.CSVLogger(os.path.join(workdir, "metrics.csv"),
+                                           append=state == "resume"),
                  keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"),
                                              write_graph=False),
                  *extra_callbacks]
@@ -101,7 +130,12 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
         callbacks.insert(1, RankPruning(cfg.rank_tau, cfg.rank_start, cfg.rank_interval,
                                         cfg.rank_min, cfg.rank_exempt, workdir=workdir,
                                         verbose=int(placement.chief)))
-    history = placement.fit(model, ds.train, validation, cfg.epochs, callbacks, verbose, timer)
+    try:
+        history = placement.fit(model, ds.train, validation, cfg.epochs, callbacks, verbose,
+                                timer)
+    except reliability.Diverged as e:
+        done = _checkpoints_note(placement)
+        raise reliability.Diverged(f"{e}; {done}") from None
     final = placement.evaluate(model, ds.test)
     test_loss, test_acc = final["loss"], final["accuracy"]
 
@@ -123,8 +157,18 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
         "history": {k: [float(v) for v in vals] for k, vals in history.history.items()},
     }
     summary.update(strategy=cfg.strategy, replicas=placement.replicas)
-    if placement.multi_worker:
-        summary["resumed_from_epoch"] = placement.resumed_from
+    summary["resumed_from_epoch"] = placement.resumed_from
+    summary["resumed_from_step"] = placement.resumed_at[1]
     _atomic_write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     placement.close()
     return summary
+
+
+def _checkpoints_note(placement):
+    """Where the last good checkpoint is, for the divergence message."""
+    found = distribute._checkpoints_in(placement.backup_dir) if placement.backup_dir else []
+    if not found:
+        return "no checkpoint was written before it"
+    epoch, step = found[-1]
+    where = f"epoch {epoch}" + (f", step {step} of the next" if step else "")
+    return f"the last good checkpoint ({where}) is kept in {placement.backup_dir}"

@@ -11,13 +11,16 @@ line on stderr and exit status 2.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
 from ssa_tf import config as cfg_lib
+from ssa_tf.cli import usage_error
+from ssa_tf import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "mnist5k", f"one of {', '.join(cfg_lib.DATASETS)}")
@@ -66,6 +69,14 @@ flags.DEFINE_integer("rank_start", 0, "first cut after epoch max(rank_start, ran
 flags.DEFINE_integer("rank_interval", 10, "epochs between rank cuts")
 flags.DEFINE_integer("rank_min", 1, "no layer is cut below this rank")
 flags.DEFINE_list("rank_exempt", [], "SVD layer names that keep their rank (e.g. m0_conv,classifier)")
+flags.DEFINE_integer("rank_warmup_steps", 0, "after each rank cut the rate ramps up linearly "
+                     "over this many steps (0: off)")
+flags.DEFINE_integer("checkpoint_steps", 0, "also checkpoint every N steps (0: at epoch ends only)")
+flags.DEFINE_integer("keep_checkpoints", 2, "checkpoints kept in <workdir>/backup (>= 2)")
+flags.DEFINE_boolean("restart", False, "discard the workdir's previous run and start over "
+                     "(default: resume an unfinished run with the same settings)")
+flags.DEFINE_integer("skip_nonfinite_steps", 0, "skip up to N steps with a NaN/Inf loss or "
+                     "gradient before stopping (0: stop at the first)")
 flags.DEFINE_string("strategy", "auto", f"{', '.join(cfg_lib.STRATEGIES)}: auto is mirrored on "
                     "more than one GPU, else one device; multi_worker reads TF_CONFIG (BUILD.md)")
 flags.DEFINE_integer("logical_cpus", 1, "testing aid: split the CPU into N devices for "
@@ -102,32 +113,65 @@ def config_from_flags() -> cfg_lib.RunConfig:
     return cfg
 
 
-def _usage_error(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+# what a full disk, a read-only file system or a folder without permission raise
+WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
+
+
+def writable_problem(workdir):
+    """One line if ``workdir`` cannot be created or written into, else None."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        return f"--workdir={workdir} is not writable: {e.strerror or e}"
+    return None
 
 
 def main(argv):
     if len(argv) > 1:
-        _usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+        usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
     try:
         cfg = config_from_flags()
     except ValueError as e:
-        _usage_error(str(e))
+        usage_error(str(e))
     problem = cfg_lib.validate(cfg)
     if problem:
-        _usage_error(problem)
+        usage_error(problem)
     if cfg.strategy == "multi_worker" and not FLAGS["workdir"].present:
         # a restarted worker group finds its backups there
-        _usage_error("--strategy=multi_worker needs an explicit --workdir, the same on every run")
+        usage_error("--strategy=multi_worker needs an explicit --workdir, the same on every run")
 
     # the data must be there too (a file-system check; data imports TensorFlow lazily)
     from ssa_tf import data as data_lib
     try:
         data_lib.check_available(cfg.dataset, cfg.data_dir, cfg.manual_dir)
     except data_lib.DataError as e:
-        _usage_error(str(e))
+        usage_error(str(e))
 
+    problem = writable_problem(cfg.workdir)
+    if problem:
+        usage_error(problem)
+    # the workdir's lock, and resume or restart, also before TensorFlow starts
+    # (multi-worker: the chief does it in run.train, the workers share the flag)
+    from ssa_tf import reliability
+    lock = reliability.WorkdirLock(cfg.workdir)
+    try:
+        if cfg.strategy != "multi_worker":
+            lock.acquire()
+            reliability.prepare_workdir(cfg)
+    except cfg_lib.UsageError as e:
+        lock.release()
+        usage_error(str(e))
+    try:
+        _train(cfg, data_lib, reliability)
+    finally:
+        lock.release()
+
+
+def _train(cfg, data_lib, reliability):
     # TensorFlow starts only now, after the flags are known to be good.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from ssa_tf import distribute
@@ -138,23 +182,23 @@ def main(argv):
 
     try:
         summary = run.train(cfg)
-    except (data_lib.DataError, cfg_lib.UsageError) as e:
-        _usage_error(str(e))
+    except (data_lib.DataError, cfg_lib.UsageError, distribute.CheckpointError) as e:
+        usage_error(str(e))
+    except reliability.Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+    except OSError as e:
+        if e.errno not in WRITE_ERRORS:
+            raise
+        usage_error(f"cannot write the run's outputs in {cfg.workdir}: {e.strerror or e}"
+                    + (f" ({e.filename})" if e.filename else ""))
     print(f"{cfg.mode} {cfg.model} on {cfg.dataset}: test accuracy {summary['test_accuracy']:.4f} "
           f"({summary['test_split']}), {sum(summary['epoch_seconds']):.1f} s training; "
           f"outputs in {cfg.workdir}")
 
 
-def _parse_flags(argv):
-    # absl prints a usage dump for a bad flag; one line is friendlier
-    try:
-        return FLAGS(argv)
-    except flags.Error as e:
-        _usage_error(str(e))
-
-
 def run_main():
-    app.run(main, flags_parser=_parse_flags)
+    cli.run(main)
 
 
 if __name__ == "__main__":

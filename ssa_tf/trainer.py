@@ -71,6 +71,9 @@ class SSAModel(keras.Model):
         # Build every sublayer now: the optimizer must see all variables
         # before it is built ("Unknown variable" otherwise).
         self._build_all()
+        # steps with a NaN or Inf, per module and term (reliability.divergence_guard)
+        self.nonfinite_tracker = NonFiniteCounter(len(self.module_names()),
+                                                  len(self.NONFINITE_TERMS))
         if mode != "bp":
             self.ce_tracker = keras.metrics.Mean(name="ce_term")
             self.align_tracker = keras.metrics.Mean(name="align_term")
@@ -120,6 +123,14 @@ class SSAModel(keras.Model):
     def ranks(self) -> dict:
         return {l.name: l.rank for l in self.svd_layers()}
 
+    NONFINITE_TERMS = ("CE term", "alignment term", "orthogonality term", "gradient")
+
+    def module_names(self):
+        """The local modules' names; BP trains the network as one module."""
+        if self.mode == "bp":
+            return ["network (BP)"]
+        return [f"{i} ({m.name})" for i, m in enumerate(self.local_modules)]
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -140,36 +151,52 @@ class SSAModel(keras.Model):
 
     # -- training -------------------------------------------------------------
     def train_step(self, data):
-        if self.mode == "bp":
-            return super().train_step(data)
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
-        grads_and_vars, logits, terms = self.local_gradients(x, y)
-        self.optimizer.apply_gradients(grads_and_vars)
-        if self.feedback_tracking and self.mode == "ssa":
-            eta = self.feedback_tracking
-            for layer in self.svd_layers():
-                for b, f in ((layer.B_U, layer.U), (layer.B_s, layer.s), (layer.B_V, layer.V)):
-                    b.assign(b + eta * (f - b))
-        # the logged loss is the network's CE, as in BP, so modes compare
-        loss = self._compute_loss(x=x, y=y, y_pred=logits, training=True)
-        # Keras scales a compiled loss by 1/replicas (so that replicas' gradients
-        # sum to the global mean); the logged value is the unscaled one, as in BP
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        if self.mode == "bp":
+            with tf.GradientTape() as tape:
+                logits = self(x, training=True)
+                loss = self._compute_loss(x=x, y=y, y_pred=logits, training=True)
+            variables = self.trainable_variables
+            grads = tape.gradient(loss, variables)
+            bad = tf.stack([[_nonfinite(loss), 0.0, 0.0, _nonfinite(*grads)]])
+            grads = _zero_if(bad, grads)
+            self.optimizer.apply_gradients(zip(grads, variables))
+        else:
+            grads_and_vars, logits, terms, bad = self.local_gradients(x, y)
+            grads = _zero_if(bad, [g for g, _ in grads_and_vars])
+            self.optimizer.apply_gradients(zip(grads, [v for _, v in grads_and_vars]))
+            if self.feedback_tracking and self.mode == "ssa":
+                eta = self.feedback_tracking
+                for layer in self.svd_layers():
+                    for b, f in ((layer.B_U, layer.U), (layer.B_s, layer.s), (layer.B_V, layer.V)):
+                        b.assign(b + eta * (f - b))
+            # the logged loss is the network's CE, as in BP, so modes compare
+            loss = self._compute_loss(x=x, y=y, y_pred=logits, training=True)
+            for tracker, value in zip((self.ce_tracker, self.align_tracker, self.ortho_tracker),
+                                      terms):
+                tracker.update_state(value)
+        self.nonfinite_tracker.update_state(bad)
+        # Keras scales a compiled loss by 1/replicas (so that replicas' gradients
+        # sum to the global mean); the logged value is the unscaled one
         self._loss_tracker.update_state(loss * replicas, sample_weight=tf.shape(x)[0])
-        for tracker, value in zip((self.ce_tracker, self.align_tracker, self.ortho_tracker), terms):
-            tracker.update_state(value)
-        return self.compute_metrics(x, y, logits)
+        logs = self.compute_metrics(x, y, logits)
+        logs.pop(self.nonfinite_tracker.name, None)
+        return logs
 
     def test_step(self, data):
         # the local-loss terms are training quantities; keep them out of val_*
         logs = super().test_step(data)
-        return {k: v for k, v in logs.items() if not k.endswith("_term")}
+        return {k: v for k, v in logs.items()
+                if not k.endswith("_term") and k != self.nonfinite_tracker.name}
 
     def local_gradients(self, x, y):
         """Each module's gradient of its own local loss; nothing crosses modules.
 
-        Returns (list of (grad, var)), the logits, and the sums over modules of
-        the CE, alignment and orthogonality terms (unweighted, per replica).
+        Returns (list of (grad, var)), the logits, the sums over modules of
+        the CE, alignment and orthogonality terms (unweighted, per replica),
+        and a (modules, 4) matrix: 1 where module i's CE, alignment or
+        orthogonality term or its gradient is not finite.
         """
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         tapes, outputs = [], []
@@ -186,6 +213,7 @@ class SSAModel(keras.Model):
 
         grads_and_vars = []
         sums = [0.0, 0.0, 0.0]
+        bad = []
         for i, (m, tape, h) in enumerate(zip(self.local_modules, tapes, outputs)):
             with tape:  # re-entering continues recording on module i's tape
                 loss, terms = self.module_loss(i, h, error, y, signals)
@@ -193,9 +221,11 @@ class SSAModel(keras.Model):
                 # replicas' gradients, so divide to get the global mean
                 loss = loss / replicas
             variables = m.trainable_variables
-            grads_and_vars.extend(zip(tape.gradient(loss, variables), variables))
+            grads = tape.gradient(loss, variables)
+            grads_and_vars.extend(zip(grads, variables))
             sums = [a + b for a, b in zip(sums, terms)]
-        return grads_and_vars, logits, sums
+            bad.append(tf.stack([*(_nonfinite(t) for t in terms), _nonfinite(*grads)]))
+        return grads_and_vars, logits, sums, tf.stack(bad)
 
     def chain_signals(self, outputs, error):
         """Route ``chain``: each module's signal J_i^T e, rescaled to the std of e.
@@ -234,6 +264,43 @@ class SSAModel(keras.Model):
             ortho = sum(losses.orthogonality_loss(l, self.ortho_lambda) for l in layers)
             loss = loss + self.beta * align + self.gamma * ortho
         return loss, (ce, align, ortho)
+
+
+def _nonfinite(*tensors):
+    """1.0 when any element of ``tensors`` is NaN or Inf, else 0.0."""
+    flags = [tf.reduce_any(tf.logical_not(tf.math.is_finite(tf.cast(t, tf.float32))))
+             for t in tensors if t is not None]
+    if not flags:
+        return tf.constant(0.0)
+    return tf.cast(tf.reduce_any(tf.stack(flags)), tf.float32)
+
+
+def _zero_if(bad, grads):
+    """``grads``, or zeros when ``bad`` flags anything: a non-finite step must not
+    reach the weights (Adam then moves by its momentum only)."""
+    ok = tf.equal(tf.reduce_sum(bad), 0.0)
+    return [g if g is None else tf.where(ok, g, tf.zeros_like(g)) for g in grads]
+
+
+@keras.saving.register_keras_serializable(package="ssa_tf")
+class NonFiniteCounter(keras.metrics.Metric):
+    """Counts, per module and term, the steps whose value was NaN or Inf
+    (summed over replicas)."""
+
+    def __init__(self, modules=1, terms=4, name="nonfinite", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.modules, self.terms = int(modules), int(terms)
+        self.counts = self.add_variable(shape=(self.modules, self.terms), initializer="zeros",
+                                        name="counts")
+
+    def update_state(self, bad):
+        self.counts.assign_add(tf.cast(bad, self.counts.dtype))
+
+    def result(self):
+        return tf.convert_to_tensor(self.counts)
+
+    def get_config(self):
+        return {**super().get_config(), "modules": self.modules, "terms": self.terms}
 
 
 def global_std(t):

@@ -1,0 +1,230 @@
+"""Runs that survive: the workdir lock, resume or restart, the divergence guard.
+
+    with WorkdirLock(workdir):            # a second run on the same workdir refuses
+        prepare_workdir(cfg)              # resume check, or --restart's clean slate
+        ... fit with DivergenceGuard(model, skip=N) ...
+
+No TensorFlow import at module level except in the guard, which needs Keras.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import socket
+
+from ssa_tf.config import RunConfig, UsageError
+
+LOCK_NAME = ".lock"
+# settings a resumed run may change: where things are, how long, how it is checkpointed
+RESUMABLE_CHANGES = {"epochs", "workdir", "data_dir", "manual_dir", "restart",
+                     "checkpoint_steps", "keep_checkpoints", "skip_nonfinite_steps"}
+# what a run writes into its workdir; --restart removes these and nothing else
+RUN_OUTPUTS = ("backup", "tensorboard", "metrics.csv", "ranks.csv", "ranks.png",
+               "summary.json", "model.keras", "config.json")
+
+
+class Diverged(RuntimeError):
+    """A local loss or gradient became NaN or Inf (exit status 3)."""
+
+
+# --------------------------------------------------------------------------
+# The workdir lock.
+# --------------------------------------------------------------------------
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+class WorkdirLock:
+    """An exclusive lock on a workdir: ``<workdir>/.lock`` holds ``host pid``.
+
+    Taken with O_EXCL, so two processes cannot both succeed. A lock left by a
+    process that no longer exists on this host (killed, crashed) is stale and
+    is taken over; a lock held by a live process, or by a process on another
+    host (whose liveness cannot be checked from here), refuses with
+    ``UsageError``.
+    """
+
+    def __init__(self, workdir: str):
+        self.path = os.path.join(workdir, LOCK_NAME)
+        self.held = False
+
+    def acquire(self):
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        me = f"{socket.gethostname()} {os.getpid()}\n"
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._owner() == (socket.gethostname(), os.getpid()):
+                    return self  # this process holds it already (the CLI took it early)
+                if not self._clear_if_stale():
+                    raise UsageError(self._held_message()) from None
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            self.held = True
+            return self
+        raise UsageError(self._held_message())
+
+    def _owner(self):
+        try:
+            with open(self.path) as f:
+                host, pid = f.read().split()
+            return host, int(pid)
+        except (OSError, ValueError):
+            return None, None  # being written, or garbage
+
+    def _held_message(self):
+        host, pid = self._owner()
+        who = f"process {pid} on {host}" if pid else "another process"
+        return (f"workdir {os.path.dirname(self.path)} is in use by {who}; wait for it to end "
+                f"or choose another --workdir (if no such run exists, delete {self.path})")
+
+    def _clear_if_stale(self) -> bool:
+        host, pid = self._owner()
+        if pid is None:
+            # unreadable: a writer between open and write, or a torn file from a crash
+            try:
+                if os.path.getsize(self.path) > 0:
+                    os.remove(self.path)  # garbage, not a lock being written
+                    return True
+            except OSError:
+                return True  # gone meanwhile
+            return False
+        if host != socket.gethostname() or _alive(pid):
+            return False
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+        return True
+
+    def release(self):
+        if self.held:
+            host, pid = self._owner()
+            if pid == os.getpid():
+                os.remove(self.path)
+            self.held = False
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+# --------------------------------------------------------------------------
+# Resume or restart.
+# --------------------------------------------------------------------------
+
+def has_checkpoint(workdir: str) -> bool:
+    backup = os.path.join(workdir, "backup")
+    if not os.path.isdir(backup):
+        return False
+    for _, _, files in os.walk(backup):
+        if "state.json" in files:
+            return True
+    return False
+
+
+def prepare_workdir(cfg: RunConfig, chief: bool = True) -> str:
+    """Decide what a run does with its workdir; return "new", "resume" or "restart".
+
+    - ``--restart``: remove the previous run's outputs (only those), start over.
+    - a finished run (``summary.json``): refuse; the user asks for ``--restart``.
+    - checkpoints of an unfinished run: resume, if the settings agree with the
+      saved ``config.json`` (except those in RESUMABLE_CHANGES); refuse with
+      the differing settings otherwise.
+    """
+    workdir = cfg.workdir
+    if not os.path.isdir(workdir):
+        return "new"
+    if cfg.restart:
+        if chief:
+            for name in RUN_OUTPUTS:
+                path = os.path.join(workdir, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path)
+                elif os.path.exists(path):
+                    os.remove(path)
+        return "restart"
+    if os.path.exists(os.path.join(workdir, "summary.json")):
+        raise UsageError(f"workdir {workdir} holds a finished run (summary.json); pass "
+                         "--restart to train it again, or choose another --workdir")
+    if not has_checkpoint(workdir):
+        return "new"  # nothing to resume (stopped before its first checkpoint)
+    saved_path = os.path.join(workdir, "config.json")
+    try:
+        with open(saved_path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot resume: {saved_path} is unreadable ({e}); pass --restart "
+                         "to start over") from None
+    mine = json.loads(json.dumps(dataclasses.asdict(cfg.resolved()), default=list))
+    differ = [k for k in sorted(set(saved) | set(mine))
+              if k not in RESUMABLE_CHANGES and saved.get(k) != mine.get(k)]
+    if differ:
+        shown = ", ".join(f"--{k}={saved.get(k)!r} then, {mine.get(k)!r} now" for k in differ[:4])
+        raise UsageError(f"workdir {workdir} holds an unfinished run with other settings "
+                         f"({shown}); rerun with the same settings to resume it, pass "
+                         "--restart to start over, or choose another --workdir")
+    return "resume"
+
+
+# --------------------------------------------------------------------------
+# The divergence guard.
+# --------------------------------------------------------------------------
+
+def divergence_guard(model, skip=0, log=print):
+    """A Keras callback that stops training at the first non-finite step
+    (or after ``skip`` of them) with ``Diverged`` naming the module and term.
+
+    It reads the model's ``nonfinite`` counter (``SSAModel``: per module and
+    term, the steps whose value was NaN or Inf, summed over replicas). A bad
+    step never reaches the weights: the trainer applies a zero update
+    instead (SSAModel.train_step).
+    """
+    import keras
+    import numpy as np
+
+    class DivergenceGuard(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.skipped = 0
+            self._seen = None
+            self._epoch = 1
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._seen = None  # the counter is reset with the other metrics
+            self._epoch = epoch + 1
+
+        def on_train_batch_end(self, batch, logs=None):
+            counts = np.asarray(self.model.nonfinite_tracker.result())
+            seen = self._seen if self._seen is not None else np.zeros_like(counts)
+            new = counts - seen
+            self._seen = counts
+            if not new.any():
+                return
+            module, term = np.unravel_index(int(np.argmax(new > 0)), new.shape)
+            where = (f"module {self.model.module_names()[module]} "
+                     f"({self.model.NONFINITE_TERMS[term]})")
+            self.skipped += 1
+            if self.skipped <= skip:
+                log(f"\nwarning: non-finite value in {where} at step {batch + 1}: step skipped "
+                    f"({self.skipped} of {skip} allowed)")
+                return
+            raise Diverged(f"training diverged: non-finite value in {where} at epoch "
+                           f"{self._epoch} step {batch + 1}"
+                           + (f", after {skip} skipped steps" if skip else ""))
+
+    return DivergenceGuard()
