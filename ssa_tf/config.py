@@ -20,6 +20,7 @@ FEEDBACK_ROUTES = ("global", "local", "chain")
 FEEDBACK_SPATIAL = ("broadcast", "full")
 FEEDBACK_INIT = ("random", "forward")
 PRESETS = ("none", "cifar100", "imagenet")
+RANK_FEEDBACK_CUTS = ("svd", "first")
 # auto: mirrored on more than one GPU, else one device (ssa_tf.distribute)
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 
@@ -28,10 +29,10 @@ STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 # factors that track the forward ones, ReLU-gated. DFA is the standard DFA
 # baseline (the global route with fixed random feedback).
 SPEC_SSA = dict(feedback="global", feedback_init="random", chain_gating=False,
-                feedback_tracking=0.0)  # SPEC section 3's choices, for reference runs
+                feedback_tracking=0.0, rank_feedback_cut="first")  # SPEC's choices
 MODE_DEFAULTS = {
     "ssa": dict(feedback="chain", feedback_init="forward", chain_gating=True,
-                feedback_tracking=0.1),
+                feedback_tracking=0.1, rank_feedback_cut="first"),
     "dfa": dict(SPEC_SSA),
     "bp": dict(SPEC_SSA),
 }
@@ -83,6 +84,9 @@ class RunConfig:
     rank_interval: int = 10
     rank_min: int = 1
     rank_exempt: tuple = ()
+    # how a cut treats the feedback factors: svd (re-factored like the forward
+    # ones) or first (SPEC: keep the first r components); None: the default
+    rank_feedback_cut: str | None = None
     # after each cut the rate ramps up linearly over this many steps (0: off)
     rank_warmup_steps: int = 0
     # reliability (ssa_tf.reliability): checkpoints every epoch and every N steps
@@ -124,7 +128,8 @@ def validate(cfg: RunConfig) -> str | None:
         cfg = cfg.resolved()
     choices = [("dataset", DATASETS), ("label", LABELS), ("model", MODELS), ("mode", MODES),
                ("norm", NORMS), ("feedback", FEEDBACK_ROUTES),
-               ("feedback_spatial", FEEDBACK_SPATIAL), ("feedback_init", FEEDBACK_INIT)]
+               ("feedback_spatial", FEEDBACK_SPATIAL), ("feedback_init", FEEDBACK_INIT),
+               ("rank_feedback_cut", RANK_FEEDBACK_CUTS)]
     for name, valid in choices:
         value = getattr(cfg, name)
         if value not in valid:

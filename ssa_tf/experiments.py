@@ -81,13 +81,17 @@ GRIDS = {
             "ssa-gated-track0.1": dict(mode="ssa", feedback="chain", feedback_init="forward",
                                        chain_gating=True, feedback_tracking=0.1),
         }),
-    # issue 4: does a short warm-up of the rate after each rank cut help?
+    # issue 4: how should a cut treat the feedback factors, and does a short
+    # warm-up of the rate after each cut help?
     "rank_warmup": dict(
         base=dict(_CIFAR, model="smallconv", epochs=4, max_train_examples=10000, augment=False,
                   mode="ssa", rank_tau=0.95, rank_start=0, rank_interval=1),
         variants={
-            "cuts": dict(),
-            "cuts-warmup100": dict(rank_warmup_steps=100),
+            "no-cuts": dict(rank_tau=None),
+            "cuts-first": dict(rank_feedback_cut="first"),
+            "cuts-svd": dict(rank_feedback_cut="svd"),
+            "cuts-first-warmup100": dict(rank_feedback_cut="first", rank_warmup_steps=100),
+            "cuts-svd-warmup100": dict(rank_feedback_cut="svd", rank_warmup_steps=100),
         }),
     # resnet32 at the small budget of the routes grid: do the smallconv findings hold?
     "resnet32_small": dict(
@@ -140,6 +144,9 @@ def run_key(cfg) -> str:
     # compare resolved settings, so that a run recorded before a default
     # changed keeps its key as long as what it ran is what the variant says
     cfg = cfg.resolved()
+    if cfg.rank_tau is None:  # no cuts: how they would treat feedback does not matter
+        cfg = dataclasses.replace(cfg, rank_feedback_cut=cfg_lib.RunConfig(
+            mode=cfg.mode).resolved().rank_feedback_cut)
     d = dataclasses.asdict(cfg)
     defaults = dataclasses.asdict(cfg_lib.RunConfig(mode=cfg.mode).resolved())
     ignored = ("workdir", "data_dir", "restart", "checkpoint_steps", "keep_checkpoints",

@@ -27,6 +27,9 @@ def svd_factors(matrix: np.ndarray, rank: int | None = None):
     return u[:, :r], s[:r], vt[:r].T
 
 
+FEEDBACK_CUTS = ("svd", "first")  # how truncate cuts the feedback factors
+
+
 def exact_singular_values(U, s, V):
     """Exact SVD of U diag(s) V^T without forming it (SPEC section 5).
 
@@ -146,22 +149,42 @@ class _SVDMixin:
         """Exact singular values of the current weight, descending."""
         return exact_singular_values(*(ops.convert_to_numpy(v) for v in (self.U, self.s, self.V)))[1]
 
-    def truncate(self, rank: int) -> dict:
+    def truncate(self, rank: int, feedback: str = "first") -> dict:
         """Re-factor exactly and cut to ``rank`` (SPEC section 5).
 
         The forward weight becomes the best rank-``rank`` approximation of the
-        current weight (Eckart-Young); the feedback factors keep their first
-        ``rank`` components. Variables are recreated at the new shapes, so the
-        caller must rebuild its optimizer and retrace its step. Returns a
-        record with old/new rank and retained energy.
+        current weight (Eckart-Young). The feedback factors:
+
+        - ``"first"`` (SPEC): keep their first ``rank`` components. The forward
+          factors are now in a new basis (the exact SVD's), so component i of
+          B no longer matches component i of the forward factors;
+        - ``"svd"``: re-factored the same way, B becomes its own best rank-r
+          approximation in its exact SVD basis, each component's sign matched
+          to the forward one (flipping u_i and v_i together leaves B
+          unchanged). When B tracks the forward weight, the two bases then
+          agree and the alignment term stays as small as before the cut.
+
+        Variables are recreated at the new shapes, so the caller must rebuild
+        its optimizer and retrace its step. Returns a record with old/new rank
+        and retained energy.
         """
+        if feedback not in FEEDBACK_CUTS:
+            raise ValueError(f"feedback must be one of {FEEDBACK_CUTS}, got {feedback!r}")
         old = self.rank
         rank = int(rank)
         if not 1 <= rank <= old:
             raise ValueError(f"{self.name}: cannot truncate rank {old} to {rank}")
         U, sig, V = exact_singular_values(*(ops.convert_to_numpy(v) for v in (self.U, self.s, self.V)))
         energy = float((sig[:rank] ** 2).sum() / max((sig ** 2).sum(), 1e-30))
-        fb = [np.asarray(ops.convert_to_numpy(v))[..., :rank] for v in (self.B_U, self.B_s, self.B_V)]
+        if feedback == "first":
+            fb = [np.asarray(ops.convert_to_numpy(v))[..., :rank]
+                  for v in (self.B_U, self.B_s, self.B_V)]
+        else:
+            bu, bs, bv = exact_singular_values(
+                *(ops.convert_to_numpy(v) for v in (self.B_U, self.B_s, self.B_V)))
+            bu, bs, bv = bu[:, :rank], bs[:rank], bv[:, :rank]
+            flip = np.where(np.sum(bu * U[:, :rank], axis=0) < 0, -1.0, 1.0)
+            fb = [bu * flip, bs, bv * flip]
         values = (U[:, :rank], sig[:rank], V[:, :rank], *fb)
         # Keras locks a built layer's state; shapes change, so unlock,
         # untrack the old variables and create new ones in the same order.

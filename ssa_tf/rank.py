@@ -40,7 +40,7 @@ def _trainable_count(model):
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
-def cut_model(model, tau, min_rank=1, exempt=()):
+def cut_model(model, tau, min_rank=1, exempt=(), feedback="first"):
     """Cut every non-exempt SVD layer of ``model`` to its energy rank.
 
     Returns (records, pairs): one record per layer (old/new rank, retained
@@ -54,7 +54,7 @@ def cut_model(model, tau, min_rank=1, exempt=()):
         r = min(layer.rank, max(r, min_rank))
         if r < layer.rank:
             old = (layer.U, layer.s, layer.V)
-            records.append(layer.truncate(r))
+            records.append(layer.truncate(r, feedback))
             pairs.extend(zip((layer.U, layer.s, layer.V), old))
         else:
             records.append({"layer": layer.name, "old_rank": layer.rank, "new_rank": layer.rank,
@@ -98,10 +98,10 @@ def retrace(model):
     model.make_predict_function(force=True)
 
 
-def apply_cut(model, tau, min_rank=1, exempt=()):
+def apply_cut(model, tau, min_rank=1, exempt=(), feedback="first"):
     """Cut, rebuild the optimizer and retrace, in the model's strategy scope."""
     with model.distribute_strategy.scope():
-        records, pairs = cut_model(model, tau, min_rank, exempt)
+        records, pairs = cut_model(model, tau, min_rank, exempt, feedback)
         if pairs:
             model.optimizer = rebuild_optimizer(model, pairs)
             retrace(model)
@@ -122,7 +122,7 @@ class RankPruning(keras.callbacks.Callback):
     """
 
     def __init__(self, tau=0.95, start=0, interval=10, min_rank=1, exempt=(), workdir=None,
-                 verbose=1):
+                 verbose=1, feedback="first"):
         super().__init__()
         if not 0 < tau <= 1:
             raise ValueError(f"tau must be in (0, 1], got {tau}")
@@ -131,6 +131,7 @@ class RankPruning(keras.callbacks.Callback):
         self.tau, self.start, self.interval = float(tau), int(start), int(interval)
         self.min_rank, self.exempt = int(min_rank), tuple(exempt)
         self.workdir, self.verbose = workdir, verbose
+        self.feedback = feedback  # how feedback factors are cut (SVDLayer.truncate)
         self.history = []  # (epoch, {layer: rank}) after every epoch
         self.cuts = []
 
@@ -145,7 +146,7 @@ class RankPruning(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if self.due(epoch):
             before = _trainable_count(self.model)
-            records = apply_cut(self.model, self.tau, self.min_rank, self.exempt)
+            records = apply_cut(self.model, self.tau, self.min_rank, self.exempt, self.feedback)
             after = _trainable_count(self.model)
             for r in records:
                 r.update(epoch=epoch + 1, params_before=before, params_after=after)

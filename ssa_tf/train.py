@@ -69,6 +69,9 @@ flags.DEFINE_integer("rank_start", 0, "first cut after epoch max(rank_start, ran
 flags.DEFINE_integer("rank_interval", 10, "epochs between rank cuts")
 flags.DEFINE_integer("rank_min", 1, "no layer is cut below this rank")
 flags.DEFINE_list("rank_exempt", [], "SVD layer names that keep their rank (e.g. m0_conv,classifier)")
+flags.DEFINE_string("rank_feedback_cut", None, "how a cut treats the feedback factors: svd "
+                    "(re-factored like the forward ones) or first (SPEC: their first r "
+                    "components); default per mode")
 flags.DEFINE_integer("rank_warmup_steps", 0, "after each rank cut the rate ramps up linearly "
                      "over this many steps (0: off)")
 flags.DEFINE_integer("checkpoint_steps", 0, "also checkpoint every N steps (0: at epoch ends only)")

@@ -119,3 +119,30 @@ def test_first_step_after_a_cut_is_not_a_jolt(digits):
     model.train_on_batch(x, y)
     step = np.abs(layer.U.numpy() - U0)
     assert np.median(step) < 1e-3
+
+
+def test_svd_feedback_cut_keeps_tracked_feedback_aligned():
+    """With feedback that tracks the forward factors, 'first' leaves B's
+    components in the old basis (a large alignment term right after the cut);
+    'svd' re-factors B like W, so B stays the forward weight's mirror."""
+    from ssa_tf import losses
+    from ssa_tf.layers import SVDDense
+
+    results = {}
+    for mode in ("first", "svd"):
+        layer = SVDDense(24, rank=16, feedback_init="forward", feedback_seed=3)
+        layer.build((None, 20))
+        rng = np.random.default_rng(0)
+        # a trained-looking layer: non-orthonormal factors, B = forward factors
+        for f, b in ((layer.U, layer.B_U), (layer.s, layer.B_s), (layer.V, layer.B_V)):
+            value = f.numpy() + 0.3 * rng.normal(size=f.shape).astype("float32")
+            f.assign(value)
+            b.assign(value)
+        B = layer.feedback_matrix()
+        layer.truncate(6, feedback=mode)
+        results[mode] = (float(losses.alignment_loss(layer)),
+                         np.linalg.norm(layer.feedback_matrix() - layer.merged_matrix()))
+    assert results["svd"][0] < 1e-6 and results["svd"][1] < 1e-4, results
+    assert results["first"][0] > 1.0, results  # measured ~20: stale components
+    with pytest.raises(ValueError, match="svd"):
+        layer.truncate(2, feedback="rotate")
