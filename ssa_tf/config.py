@@ -94,6 +94,8 @@ class RunConfig:
     keep_checkpoints: int = 2
     restart: bool = False
     skip_nonfinite_steps: int = 0
+    # every N steps: angle of each module's update to the BP gradient (0: off)
+    diagnostics_every: int = 0
     # distribution (ssa_tf.distribute); batch_size is the global batch
     strategy: str = "auto"
     logical_cpus: int = 1  # > 1: split the CPU into devices to try mirrored without GPUs
@@ -178,6 +180,8 @@ def validate(cfg: RunConfig) -> str | None:
         return f"--checkpoint_steps must be >= 0 (0: at epoch ends only), got {cfg.checkpoint_steps}"
     if cfg.keep_checkpoints < 2:
         return f"--keep_checkpoints must be >= 2, got {cfg.keep_checkpoints}"
+    if cfg.diagnostics_every < 0:
+        return f"--diagnostics_every must be >= 0 (0: off), got {cfg.diagnostics_every}"
     if cfg.skip_nonfinite_steps < 0:
         return f"--skip_nonfinite_steps must be >= 0, got {cfg.skip_nonfinite_steps}"
     problem = validate_distribution(cfg, os.environ.get("TF_CONFIG"))

@@ -59,21 +59,23 @@ def weight_metrics(model):
 class AlignmentMonitor(keras.callbacks.Callback):
     """Every ``every`` training steps, logs update angles (and SVD weight metrics).
 
-    Uses a fixed batch ``(x, y)`` so that values over time compare. Writes
-    ``alignment.csv`` (step, module, angle) and TensorBoard scalars
+    Uses a fixed batch ``(x, y)`` so that values over time compare. Steps are
+    the optimizer's (so a resumed run continues the count). Writes
+    ``alignment.csv`` (step, quantity, value) and TensorBoard scalars
     ``alignment/<module>`` into ``workdir``.
     """
 
     def __init__(self, x, y, every=100, workdir=None):
         super().__init__()
+        if every < 1:
+            raise ValueError(f"every must be >= 1, got {every}")
         self.x, self.y, self.every, self.workdir = x, y, int(every), workdir
         self.rows = []
-        self._step = 0
 
     def on_train_batch_end(self, batch, logs=None):
-        self._step += 1
-        if self._step % self.every == 0 or self._step == 1:
-            self.record(self._step)
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every == 0 or step == 1:
+            self.record(step)
 
     def record(self, step):
         if self.model.mode == "bp":

@@ -548,7 +548,7 @@ class EpochBackup(keras.callbacks.Callback):
             ranker.history = [(e, dict(r)) for e, r in saved]
         if self.timer is not None and hasattr(self.timer, "seconds"):
             self.timer.seconds[:0] = state["epoch_seconds"]
-        _trim_logs(callbacks, epoch)
+        _trim_logs(callbacks, epoch, int(model.optimizer.iterations.numpy()))
         self.resumed_from = epoch
         self.resumed_at = (epoch, step)
         return epoch, step
@@ -626,10 +626,14 @@ def _assign(variables, arrays, prefix):
         var.assign(saved[path])
 
 
-def _trim_logs(callbacks, epoch):
+def _trim_logs(callbacks, epoch, step=None):
     """Drop log rows of epochs after ``epoch`` (the dead run may have written some)
-    and make the CSV logger append to the rest."""
+    and make the CSV logger append to the rest; alignment rows after optimizer
+    step ``step``."""
     for c in callbacks:
+        if type(c).__name__ == "AlignmentMonitor" and c.workdir and step is not None:
+            _keep_rows(os.path.join(c.workdir, "alignment.csv"),
+                       lambda row: int(row["step"]) <= step)
         if isinstance(c, keras.callbacks.CSVLogger):
             _keep_rows(c.filename, lambda row: int(row["epoch"]) < epoch)
             c.append = True

@@ -150,7 +150,7 @@ def run_key(cfg) -> str:
     d = dataclasses.asdict(cfg)
     defaults = dataclasses.asdict(cfg_lib.RunConfig(mode=cfg.mode).resolved())
     ignored = ("workdir", "data_dir", "restart", "checkpoint_steps", "keep_checkpoints",
-               "skip_nonfinite_steps")  # where and how safely, not what is trained
+               "skip_nonfinite_steps", "diagnostics_every")  # not what is trained
     d = {k: v for k, v in d.items() if k not in ignored and k in defaults
          and (k == "mode" or json.dumps(v, default=list) != json.dumps(defaults[k], default=list))}
     return json.dumps(d, sort_keys=True, default=list)

@@ -20,9 +20,10 @@ from ssa_tf.config import RunConfig, UsageError
 LOCK_NAME = ".lock"
 # settings a resumed run may change: where things are, how long, how it is checkpointed
 RESUMABLE_CHANGES = {"epochs", "workdir", "data_dir", "manual_dir", "restart",
-                     "checkpoint_steps", "keep_checkpoints", "skip_nonfinite_steps"}
+                     "checkpoint_steps", "keep_checkpoints", "skip_nonfinite_steps",
+                     "diagnostics_every"}
 # what a run writes into its workdir; --restart removes these and nothing else
-RUN_OUTPUTS = ("backup", "tensorboard", "metrics.csv", "ranks.csv", "ranks.png",
+RUN_OUTPUTS = ("backup", "tensorboard", "metrics.csv", "ranks.csv", "ranks.png", "alignment.csv",
                "summary.json", "model.keras", "config.json")
 
 

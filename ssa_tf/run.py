@@ -122,6 +122,12 @@ def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
                  keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"),
                                              write_graph=False),
                  *extra_callbacks]
+    if cfg.diagnostics_every and cfg.mode != "bp":
+        from ssa_tf.diagnostics import AlignmentMonitor
+        # a fixed evaluation batch, so that the angles compare over training
+        x, y = next(iter(ds.test))
+        callbacks.append(AlignmentMonitor(np.asarray(x), np.asarray(y), cfg.diagnostics_every,
+                                          workdir=workdir if placement.chief else None))
     if cfg.rank_tau is not None and cfg.mode == "ssa":
         unknown = sorted(set(cfg.rank_exempt) - set(model.ranks()))
         if unknown:

@@ -74,6 +74,9 @@ flags.DEFINE_string("rank_feedback_cut", None, "how a cut treats the feedback fa
                     "components); default per mode")
 flags.DEFINE_integer("rank_warmup_steps", 0, "after each rank cut the rate ramps up linearly "
                      "over this many steps (0: off)")
+flags.DEFINE_integer("diagnostics_every", 0, "every N steps log each module's angle to the BP "
+                     "gradient and the SVD layers' forward/feedback metrics to "
+                     "alignment.csv and TensorBoard (0: off)")
 flags.DEFINE_integer("checkpoint_steps", 0, "also checkpoint every N steps (0: at epoch ends only)")
 flags.DEFINE_integer("keep_checkpoints", 2, "checkpoints kept in <workdir>/backup (>= 2)")
 flags.DEFINE_boolean("restart", False, "discard the workdir's previous run and start over "

@@ -67,7 +67,7 @@ def test_missing_tfds_dataset_fails_fast(tmp_path):
 def test_default_style_run_writes_the_workdir(tmp_path):
     workdir = tmp_path / "run"
     result = run_cli("--model=mlp", "--mode=ssa", "--epochs=2", "--rank_tau=0.95",
-                     "--rank_interval=1", "--rank_exempt=classifier",
+                     "--rank_interval=1", "--rank_exempt=classifier", "--diagnostics_every=25",
                      f"--workdir={workdir}")
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((workdir / "summary.json").read_text())
@@ -89,6 +89,13 @@ def test_default_style_run_writes_the_workdir(tmp_path):
     assert json.loads((workdir / "config.json").read_text())["model"] == "mlp"
     assert any((workdir / "tensorboard").rglob("events.out.tfevents*"))
     assert not list(workdir.glob("*.tmp*"))
+    # --diagnostics_every: module angles to BP at steps 1, 25, 50, ... (63 steps per epoch)
+    rows = [r.split(",") for r in (workdir / "alignment.csv").read_text().splitlines()[1:]]
+    steps = sorted({int(r[0]) for r in rows})
+    assert steps == [1, 25, 50, 75, 100, 125]
+    angles = [float(r[2]) for r in rows if r[1] in ("m0", "m1")]
+    assert len(angles) == 2 * len(steps) and all(0 <= a < 90 for a in angles)  # descends
+    assert any(r[1] == "norm_ratio:m0_dense" for r in rows)
 
 
 def test_preset_fills_in_only_what_was_not_given():

@@ -22,11 +22,23 @@ from ssa_tf.config import RunConfig, UsageError
 
 
 def test_lock_refuses_a_live_holder_and_clears_a_dead_one(tmp_path):
-    first = reliability.WorkdirLock(str(tmp_path)).acquire()
-    with pytest.raises(UsageError, match=f"in use by process {os.getpid()}"):
-        reliability.WorkdirLock(str(tmp_path)).acquire()
-    first.release()
+    with reliability.WorkdirLock(str(tmp_path)):
+        assert (tmp_path / ".lock").read_text().split()[1] == str(os.getpid())
+        # the same process may take it again (the CLI takes it before run.train does)
+        inner = reliability.WorkdirLock(str(tmp_path)).acquire()
+        inner.release()
+        assert (tmp_path / ".lock").exists()  # still the outer one's
     assert not (tmp_path / ".lock").exists()
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / ".lock").write_text(f"{socket.gethostname()} {holder.pid}\n")
+        with pytest.raises(UsageError, match=f"in use by process {holder.pid}"):
+            reliability.WorkdirLock(str(tmp_path)).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    (tmp_path / ".lock").unlink()
 
     # a lock left by a process that is gone (a kill -9) is taken over
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
