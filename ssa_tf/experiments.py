@@ -93,6 +93,16 @@ GRIDS = {
             "cuts-first-warmup100": dict(rank_feedback_cut="first", rank_warmup_steps=100),
             "cuts-svd-warmup100": dict(rank_feedback_cut="svd", rank_warmup_steps=100),
         }),
+    # issue 5's training length: one 50-epoch run per mode gives the gap after 5,
+    # 20 and 50 epochs (no decay, so epoch k of it is a k-epoch run); 10k images
+    # with augmentation, to fit the 2 cores
+    "length_smallconv": dict(
+        base=dict(_CIFAR, model="smallconv", epochs=50, max_train_examples=10000, augment=True),
+        variants={
+            "bp": dict(mode="bp"),
+            "dfa": dict(mode="dfa"),
+            "ssa": dict(mode="ssa"),
+        }),
     # resnet32 at the small budget of the routes grid: do the smallconv findings hold?
     "resnet32_small": dict(
         base=dict(_CIFAR, model="resnet32", epochs=3, max_train_examples=10000, augment=False),
