@@ -165,30 +165,31 @@ def validate(cfg: RunConfig) -> str | None:
         return f"--lr_decay_factor must be in (0, 1], got {cfg.lr_decay_factor}"
     if not 0 <= cfg.feedback_tracking <= 1:
         return f"--feedback_tracking must be in [0, 1], got {cfg.feedback_tracking}"
+    if cfg.rank_tau is not None and not 0 < cfg.rank_tau <= 1:
+        return f"--rank_tau must be in (0, 1], got {cfg.rank_tau}"
+    minimums = [("rank_warmup_steps", 0, ""), ("checkpoint_steps", 0, " (0: at epoch ends only)"),
+                ("keep_checkpoints", 2, ""), ("diagnostics_every", 0, " (0: off)"),
+                ("skip_nonfinite_steps", 0, "")]
     if cfg.rank_tau is not None:
-        if not 0 < cfg.rank_tau <= 1:
-            return f"--rank_tau must be in (0, 1], got {cfg.rank_tau}"
-        if cfg.rank_interval < 1:
-            return f"--rank_interval must be >= 1, got {cfg.rank_interval}"
-        if cfg.rank_start < 0:
-            return f"--rank_start must be >= 0, got {cfg.rank_start}"
-        if cfg.rank_min < 1:
-            return f"--rank_min must be >= 1, got {cfg.rank_min}"
-    if cfg.rank_warmup_steps < 0:
-        return f"--rank_warmup_steps must be >= 0, got {cfg.rank_warmup_steps}"
-    if cfg.checkpoint_steps < 0:
-        return f"--checkpoint_steps must be >= 0 (0: at epoch ends only), got {cfg.checkpoint_steps}"
-    if cfg.keep_checkpoints < 2:
-        return f"--keep_checkpoints must be >= 2, got {cfg.keep_checkpoints}"
-    if cfg.diagnostics_every < 0:
-        return f"--diagnostics_every must be >= 0 (0: off), got {cfg.diagnostics_every}"
-    if cfg.skip_nonfinite_steps < 0:
-        return f"--skip_nonfinite_steps must be >= 0, got {cfg.skip_nonfinite_steps}"
+        minimums = [("rank_interval", 1, ""), ("rank_start", 0, ""), ("rank_min", 1, ""),
+                    *minimums]
+    problem = check_minimums(cfg, minimums)
+    if problem:
+        return problem
     problem = validate_distribution(cfg, os.environ.get("TF_CONFIG"))
     if problem:
         return problem
     if cfg.alpha == cfg.beta == cfg.gamma == 0 and cfg.mode == "ssa":
         return "--alpha, --beta and --gamma are all 0: SSA would have nothing to learn from"
+    return None
+
+
+def check_minimums(obj, minimums):
+    """The first of ``(name, minimum, note)`` whose value on ``obj`` is below its minimum."""
+    for name, minimum, note in minimums:
+        value = getattr(obj, name)
+        if value < minimum:
+            return f"--{name} must be >= {minimum}{note}, got {value}"
     return None
 
 

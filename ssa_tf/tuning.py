@@ -123,12 +123,10 @@ def validate(cfg: SearchConfig) -> str | None:
     if cfg.run.seed < 1:
         # KerasTuner reads seed 0 as "no seed" and draws a random one
         return f"--seed must be >= 1, got {cfg.run.seed}"
-    if cfg.max_trials < 1:
-        return f"--max_trials must be >= 1, got {cfg.max_trials}"
-    if cfg.epochs_per_trial < 1:
-        return f"--epochs_per_trial must be >= 1, got {cfg.epochs_per_trial}"
-    if cfg.max_consecutive_failed_trials < 1:
-        return f"--max_consecutive_failed_trials must be >= 1, got {cfg.max_consecutive_failed_trials}"
+    problem = cfg_lib.check_minimums(cfg, [("max_trials", 1, ""), ("epochs_per_trial", 1, ""),
+                                           ("max_consecutive_failed_trials", 1, "")])
+    if problem:
+        return problem
     for name, (lo, hi) in cfg.ranges().items():
         if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
             return f"--{name}_range must be LOW,HIGH with LOW <= HIGH, got {lo:g},{hi:g}"
