@@ -87,6 +87,7 @@ class RunConfig:
     # how a cut treats the feedback factors: svd (re-factored like the forward
     # ones) or first (SPEC: keep the first r components); None: the default
     rank_feedback_cut: str | None = None
+    rank_final_cut: bool = False  # also cut after the last epoch
     # after each cut the rate ramps up linearly over this many steps (0: off)
     rank_warmup_steps: int = 0
     # reliability (ssa_tf.reliability): checkpoints every epoch and every N steps

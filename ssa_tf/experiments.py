@@ -66,7 +66,7 @@ GRIDS = {
             "lr1e-4": dict(learning_rate=1e-4),
             "norm-batch": dict(norm="batch"),
             "norm-none": dict(norm="none"),
-            "rank0.95": dict(rank_tau=0.95, rank_interval=1),
+            "rank0.95": dict(rank_tau=0.95, rank_interval=1, rank_final_cut=True),
         }),
     # towards the targets: all 45k augmented images (20 epochs did not fit
     # in one session on 2 cores next to everything else; --epochs overrides)
@@ -85,7 +85,8 @@ GRIDS = {
     # warm-up of the rate after each cut help?
     "rank_warmup": dict(
         base=dict(_CIFAR, model="smallconv", epochs=4, max_train_examples=10000, augment=False,
-                  mode="ssa", rank_tau=0.95, rank_start=0, rank_interval=1),
+                  mode="ssa", rank_tau=0.95, rank_start=0, rank_interval=1,
+                  rank_final_cut=True),  # the last epoch's val accuracy is the uncut one
         variants={
             "no-cuts": dict(rank_tau=None),
             "cuts-first": dict(rank_feedback_cut="first"),
@@ -147,16 +148,17 @@ def run_key(cfg) -> str:
     """
     if isinstance(cfg, dict):
         known = {f.name for f in dataclasses.fields(cfg_lib.RunConfig)}
-        # a record written before an option existed ran with SPEC's value of it
-        cfg = {**SPEC_SSA, **cfg}
+        # a record written before an option existed ran with SPEC's value of it;
+        # before rank_final_cut existed, a cut also followed the last epoch
+        cfg = {**SPEC_SSA, "rank_final_cut": True, **cfg}
         cfg = cfg_lib.RunConfig(**{k: (tuple(v) if isinstance(v, list) else v)
                                    for k, v in cfg.items() if k in known})
     # compare resolved settings, so that a run recorded before a default
     # changed keeps its key as long as what it ran is what the variant says
     cfg = cfg.resolved()
-    if cfg.rank_tau is None:  # no cuts: how they would treat feedback does not matter
+    if cfg.rank_tau is None:  # no cuts: how they would have been made does not matter
         cfg = dataclasses.replace(cfg, rank_feedback_cut=cfg_lib.RunConfig(
-            mode=cfg.mode).resolved().rank_feedback_cut)
+            mode=cfg.mode).resolved().rank_feedback_cut, rank_final_cut=False)
     d = dataclasses.asdict(cfg)
     defaults = dataclasses.asdict(cfg_lib.RunConfig(mode=cfg.mode).resolved())
     ignored = ("workdir", "data_dir", "restart", "checkpoint_steps", "keep_checkpoints",

@@ -136,7 +136,8 @@ def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
         callbacks.insert(1, RankPruning(cfg.rank_tau, cfg.rank_start, cfg.rank_interval,
                                         cfg.rank_min, cfg.rank_exempt, workdir=workdir,
                                         verbose=int(placement.chief),
-                                        feedback=cfg.resolved().rank_feedback_cut))
+                                        feedback=cfg.resolved().rank_feedback_cut,
+                                        final_cut=cfg.rank_final_cut))
     try:
         history = placement.fit(model, ds.train, validation, cfg.epochs, callbacks, verbose,
                                 timer)

@@ -72,6 +72,8 @@ flags.DEFINE_list("rank_exempt", [], "SVD layer names that keep their rank (e.g.
 flags.DEFINE_string("rank_feedback_cut", None, "how a cut treats the feedback factors: svd "
                     "(re-factored like the forward ones) or first (SPEC: their first r "
                     "components); default per mode")
+flags.DEFINE_boolean("rank_final_cut", False, "also cut after the last epoch (no training "
+                     "follows it: a smaller model at some accuracy)")
 flags.DEFINE_integer("rank_warmup_steps", 0, "after each rank cut the rate ramps up linearly "
                      "over this many steps (0: off)")
 flags.DEFINE_integer("diagnostics_every", 0, "every N steps log each module's angle to the BP "

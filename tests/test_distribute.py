@@ -184,7 +184,8 @@ def test_mirrored_two_logical_cpus_equals_one_device():
 
 TRAIN_ARGS = ["--dataset=mnist5k", "--max_train_examples=64", "--batch_size=32", "--model=mlp",
               "--mode=ssa", "--feedback=chain", "--feedback_init=forward", "--chain_gating",
-              "--feedback_tracking=0.1", "--rank_tau=0.9", "--rank_interval=1", "--epochs=2"]
+              "--feedback_tracking=0.1", "--rank_tau=0.9", "--rank_interval=1", "--rank_final_cut",
+              "--epochs=2"]
 
 
 def _free_ports(n):

@@ -28,7 +28,8 @@ def test_cuts_keep_tau_energy_are_monotone_and_bounded(digits, tmp_path):
     keras.utils.set_random_seed(1)
     model = build_model("mlp", (28, 28, 1), 10, mode="ssa")
     tau = 0.9
-    cb = RankPruning(tau=tau, start=0, interval=1, workdir=str(tmp_path), verbose=0)
+    cb = RankPruning(tau=tau, start=0, interval=1, workdir=str(tmp_path), verbose=0,
+                     final_cut=True)
     merged_before = {}
 
     class Snapshot(keras.callbacks.Callback):
