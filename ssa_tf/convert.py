@@ -349,7 +349,8 @@ class _Emitter:
             if self.form == "factored":
                 factored = True
             elif self.form == "auto":
-                factored = spec.factored_cost() < spec.merged_cost()
+                factored = factored_pays(spec.factored_cost(), spec.merged_cost(),
+                                         conv=not spec.dense)
         scale, shift = _bn_affine(bn) if bn is not None else (None, None)
         bias = spec.bias
         if scale is not None:
@@ -372,6 +373,21 @@ class _Emitter:
             record.note = f"{bn.name} folded"
         self.records.append(record)
         return y
+
+
+# onnxruntime (1.32, CPU) runs a factored convolution pair at about 2.1x the
+# time per multiply-add of one merged convolution (benchmarks/export_resnet32.md:
+# generic kernels for odd ranks, layout reorders), so "auto" factors a
+# convolution only where the pair does at most half the work; a Dense pair is
+# two matrix products of the usual speed and is factored wherever it does less.
+FACTORED_CONV_COST = 2.0
+
+
+def factored_pays(factored_macs, merged_macs, conv):
+    """Whether ``--form=auto`` emits the two-layer form for this layer."""
+    if factored_macs is None or merged_macs is None:
+        return False
+    return factored_macs * (FACTORED_CONV_COST if conv else 1.0) < merged_macs
 
 
 class _LinearSpec:
