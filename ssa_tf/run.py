@@ -99,6 +99,10 @@ def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
         _atomic_write_text(os.path.join(workdir, "config.json"),
                            json.dumps(dataclasses.asdict(cfg.resolved()), indent=2, default=list))
 
+    # TensorFlow combines each op seed with the global one: set it before the
+    # input pipeline is built, or a run's data order depends on what ran
+    # earlier in the process (an experiment grid's first run differed from the rest)
+    keras.utils.set_random_seed(cfg.seed)
     ds = data_lib.load(cfg.dataset, cfg.batch_size, data_dir=cfg.data_dir, seed=cfg.seed,
                        augment=cfg.augment, max_train_examples=cfg.max_train_examples,
                        validation_split=cfg.validation_split, label=cfg.label,
