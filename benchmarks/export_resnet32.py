@@ -27,6 +27,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,7 +37,8 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data_dir", os.path.join("..", "shared", "tfds"), "TFDS data_dir")
-flags.DEFINE_string("workroot", "/tmp/export_resnet32", "run folders and ONNX files go here")
+flags.DEFINE_string("workroot", os.path.join(tempfile.gettempdir(), "export_resnet32"),
+                    "run folders and ONNX files go here")
 flags.DEFINE_integer("epochs", 3, "training epochs of each run")
 flags.DEFINE_integer("max_train_examples", 10000, "training images")
 flags.DEFINE_integer("batch_size", 64, "training batch size")

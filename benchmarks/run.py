@@ -139,7 +139,7 @@ def train_run(store, suite, model, name, mode, align=False, **extra):
         "train_split": summary["train_split"], "seconds": round(time.time() - start, 1),
         "epoch_seconds": summary["epoch_seconds"], "params": summary["trainable_params"],
         "final_params": summary["final_trainable_params"], "ranks": summary["ranks"],
-        "workdir": cfg.workdir,
+        "workdir": os.path.relpath(cfg.workdir, FLAGS.workdir),  # below --workdir
         "alignment": [list(r) for r in monitor.rows] if monitor else [],
     }
     store.put(key, record)
@@ -244,7 +244,8 @@ def inference(store, suite, model, bp_run, cut_run):
     x = x.numpy().astype(np.float32)
     record, sessions = {}, {}
     for name, run in (("BP", bp_run), ("SSA (cuts)", cut_run)):
-        trained = export.load_run_model(os.path.join(run["workdir"], "model.keras"))
+        trained = export.load_run_model(os.path.join(FLAGS.workdir, run["workdir"],
+                                                     "model.keras"))
         merged, records = convert.merge(trained, "auto")
         proto = export.to_onnx(merged).SerializeToString()
         session = export.onnx_session(proto)
