@@ -111,6 +111,9 @@ GRIDS = {
             "bp": dict(mode="bp"),
             "dfa": dict(mode="dfa"),
             "ssa": dict(mode="ssa"),
+            # why SSA lags here: BP's rate, or the drifting orthogonality term?
+            "ssa-lr1e-3": dict(mode="ssa", learning_rate=1e-3),
+            "ssa-gamma0": dict(mode="ssa", gamma=0.0),
         }),
     "long_resnet32": dict(
         base=dict(_CIFAR, model="resnet32", epochs=20, augment=True),
