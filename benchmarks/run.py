@@ -398,7 +398,7 @@ def report(suite, store, out):
             params = f"{r['params']:,}" + (f" -> {r['final_params']:,}"
                                            if r["final_params"] != r["params"] else "")
             sec = statistics.mean(r["epoch_seconds"])
-            lines.append(f"| {name.upper() if name in MODES else 'SSA + cuts (tau 0.95 per epoch)'}"
+            lines.append(f"| {name.upper() if name in MODES else 'SSA + cuts (tau 0.95 after each epoch but the last)'}"
                          f" | {curve} | {r['test_accuracy']:.3f} | {sec:.0f} | {params} |")
         cut = runs["ssa + cuts"]
         if cut:
