@@ -99,35 +99,14 @@ def ensure_run(mode):
 # --------------------------------------------------------------------------
 
 def session(payload, threads, profile_prefix=None):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+    from ssa_tf.export import onnx_session
+    return onnx_session(payload, threads, profile_prefix)
 
 
 def interleaved_latency(sessions, x, runs):
-    """{name: (median ms, p25, p75)}; the order flips every round so neither goes first always."""
-    import numpy as np
-    from ssa_tf.export import run_onnx
-
-    for s in sessions.values():
-        for _ in range(3):
-            run_onnx(s, x)
-    names = list(sessions)
-    times = {n: [] for n in names}
-    for k in range(runs):
-        for n in (names if k % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            run_onnx(sessions[n], x)
-            times[n].append((time.perf_counter() - start) * 1e3)
-    return {n: tuple(float(v) for v in np.percentile(t, [50, 25, 75])) for n, t in times.items()}
+    """{name: (median ms, p25, p75)}, the models timed in turn (ssa_tf.export.latency_ms)."""
+    from ssa_tf.export import latency_ms
+    return latency_ms(sessions, x, runs)
 
 
 def profile_by_op(payloads, x, runs, prefix):

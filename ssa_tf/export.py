@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import shutil
-import statistics
 import tempfile
 import time
 
@@ -58,9 +57,19 @@ def to_onnx(model: keras.Model, opset: int = DEFAULT_OPSET):
     return proto
 
 
-def onnx_session(model_bytes: bytes) -> ort.InferenceSession:
+def onnx_session(model_bytes: bytes, threads: int | None = None,
+                 profile_prefix: str | None = None) -> ort.InferenceSession:
+    """A CPU session; ``threads`` fixes the intra-op threads (sequential execution),
+    so that models timed side by side get the same resources."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
 
 
@@ -121,22 +130,30 @@ def compare_logits(reference, candidate, what) -> dict:
     return {"max_abs_diff": diff, "top1_differ": flips, "examples": int(len(reference))}
 
 
-def median_latency_ms(sessions: dict, x, runs: int) -> dict:
-    """Median wall time (ms) of ``session.run`` on ``x``, per named session.
+def latency_ms(sessions: dict, x, runs: int) -> dict:
+    """{name: (median, p25, p75)} wall time (ms) of ``session.run`` on ``x``.
 
-    Sessions are timed in turn, run by run, so that load from other processes
-    on a shared machine falls on all of them alike.
+    Sessions are timed in turn, run by run, with the order reversed every
+    round, so that load from other processes on a shared machine falls on all
+    of them alike and none always goes first.
     """
-    times = {name: [] for name in sessions}
     for session in sessions.values():  # warm-up: first runs allocate
         for _ in range(2):
             run_onnx(session, x)
-    for _ in range(runs):
-        for name, session in sessions.items():
+    names = list(sessions)
+    times = {name: [] for name in names}
+    for k in range(runs):
+        for name in (names if k % 2 == 0 else names[::-1]):
             start = time.perf_counter()
-            run_onnx(session, x)
+            run_onnx(sessions[name], x)
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: tuple(float(v) for v in np.percentile(t, [50, 25, 75]))
+            for name, t in times.items()}
+
+
+def median_latency_ms(sessions: dict, x, runs: int) -> dict:
+    """Median wall time (ms) per named session (``latency_ms``)."""
+    return {name: q[0] for name, q in latency_ms(sessions, x, runs).items()}
 
 
 def count_params(model: keras.Model) -> int:
