@@ -31,17 +31,66 @@ def linear_feedback(step, x, kernels):
     return gated_feedback(step, x, kernels, None)[0]
 
 
-def gated_feedback(step, a, kernels, x):
+def norm_jacobian(step, a, x):
+    """The normalization layer ``step``'s Jacobian at its forward input ``x``, applied to ``a``.
+
+    Layer norm: its exact Jacobian, gamma/sigma (a - mean(a) - xhat mean(xhat a))
+    over the normalized axes. Batch norm: gamma/sigma a with the batch's sigma, as
+    in a local backward (statistics constant, SPEC section 4).
+    """
+    if isinstance(step, keras.layers.LayerNormalization):
+        axis = step.axis if isinstance(step.axis, (list, tuple)) else [step.axis]
+        axes = [d % len(x.shape) for d in axis]
+        mean = ops.mean(x, axis=axes, keepdims=True)
+        inv = ops.rsqrt(ops.var(x, axis=axes, keepdims=True) + step.epsilon)
+        xhat = (x - mean) * inv
+        out = (a - ops.mean(a, axis=axes, keepdims=True)
+               - xhat * ops.mean(xhat * a, axis=axes, keepdims=True)) * inv
+    else:  # batch norm, channels last
+        axes = list(range(len(x.shape) - 1))
+        out = a * ops.rsqrt(ops.var(x, axis=axes, keepdims=True) + step.epsilon)
+    if step.gamma is not None:
+        out = out * step.gamma
+    return out
+
+
+def batch_norm_forward(step, x):
+    """Batch norm of ``x`` with its own batch statistics, as in the training
+    forward pass, without touching the moving statistics."""
+    axes = list(range(len(x.shape) - 1))
+    mean, var = ops.mean(x, axis=axes), ops.var(x, axis=axes)
+    y = (x - mean) * ops.rsqrt(var + step.epsilon)
+    if step.gamma is not None:
+        y = y * step.gamma
+    if step.beta is not None:
+        y = y + step.beta
+    return y
+
+
+def gated_feedback(step, a, kernels, x, jacobians=True):
     """(feedback signal, forward value) after ``step``.
 
     With ``x`` (the forward input of ``step``) the ReLUs of the feedback
     network are gated by the forward pass's own: a' = 1[z > 0] a, as in
-    feedback alignment proper (Lillicrap et al. 2016); with ``x=None`` the
-    network is purely linear (SPEC's chain route).
+    feedback alignment proper (Lillicrap et al. 2016), and with
+    ``jacobians=True`` each normalization and max-pool applies its own
+    Jacobian at the forward input (``False``: normalizations pass the signal
+    unchanged and max-pools average, as in SPEC's linear network). With
+    ``x=None`` the network is purely linear (SPEC's chain route).
     """
     fwd = x is not None
     if step is None:
         return a, x
+    if fwd and jacobians:
+        if isinstance(step, keras.layers.LayerNormalization):
+            return norm_jacobian(step, a, x), step(x)
+        if isinstance(step, keras.layers.BatchNormalization):
+            return norm_jacobian(step, a, x), batch_norm_forward(step, x)
+        if isinstance(step, keras.layers.MaxPooling2D):
+            # the forward's own routing: each window passes its maximum's signal
+            with tf.autodiff.ForwardAccumulator(x, a) as acc:
+                y = step(x)
+            return acc.jvp(y), y
     if isinstance(step, keras.layers.Activation):
         if fwd:
             z = x
@@ -66,21 +115,21 @@ def gated_feedback(step, a, kernels, x):
         return step(a), (step(x) if fwd else x)
     if isinstance(step, Module):
         for sub in step.steps:
-            a, x = gated_feedback(sub, a, kernels, x)
+            a, x = gated_feedback(sub, a, kernels, x, jacobians)
         return a, x
     if isinstance(step, ResidualBlock):
-        b, y = gated_feedback(step.conv1, a, kernels, x)
-        b, y = gated_feedback(step.norm1, b, kernels, y)
+        b, y = gated_feedback(step.conv1, a, kernels, x, jacobians)
+        b, y = gated_feedback(step.norm1, b, kernels, y, jacobians)
         if fwd:
             b = b * ops.cast(y > 0, b.dtype)
             y = keras.activations.relu(y)
-        b, y = gated_feedback(step.conv2, b, kernels, y)
-        b, y = gated_feedback(step.norm2, b, kernels, y)
+        b, y = gated_feedback(step.conv2, b, kernels, y, jacobians)
+        b, y = gated_feedback(step.norm2, b, kernels, y, jacobians)
         if step.proj is None:
             sa, sx = a, x
         else:
-            sa, sx = gated_feedback(step.proj, a, kernels, x)
-            sa, sx = gated_feedback(step.proj_norm, sa, kernels, sx)
+            sa, sx = gated_feedback(step.proj, a, kernels, x, jacobians)
+            sa, sx = gated_feedback(step.proj_norm, sa, kernels, sx, jacobians)
         a = b + sa
         if fwd:
             z = y + sx
@@ -90,7 +139,7 @@ def gated_feedback(step, a, kernels, x):
     raise TypeError(f"no linear feedback for layer {step.name!r} of type {type(step).__name__}")
 
 
-def chain_signals(modules, outputs, error, kernels, gated=False):
+def chain_signals(modules, outputs, error, kernels, gated=False, jacobians=True):
     """delta_i = J_i^T e for every module but the last, each of module i's output shape.
 
     Zero probes p_i are added at every module boundary of the feedback
@@ -98,7 +147,8 @@ def chain_signals(modules, outputs, error, kernels, gated=False):
     J_i^T e, for all i in one backward pass. ``gated=True`` gates the
     feedback network's ReLUs with the forward pass's (recomputed from each
     module's forward input, in inference mode so batch statistics are not
-    updated twice).
+    updated twice); ``jacobians`` then says how normalizations and max-pools act
+    (``gated_feedback``).
     """
     probes = [tf.zeros_like(h) for h in outputs[:-1]]
     with tf.GradientTape() as tape:
@@ -106,9 +156,9 @@ def chain_signals(modules, outputs, error, kernels, gated=False):
         a = probes[0]
         for j, (m, p) in enumerate(zip(modules[1:-1], probes[1:]), start=1):
             x = ops.stop_gradient(outputs[j - 1]) if gated else None
-            a = gated_feedback(m, a, kernels, x)[0] + p
+            a = gated_feedback(m, a, kernels, x, jacobians)[0] + p
         x = ops.stop_gradient(outputs[-2]) if gated else None
-        logits = gated_feedback(modules[-1], a, kernels, x)[0]
+        logits = gated_feedback(modules[-1], a, kernels, x, jacobians)[0]
         score = ops.sum(logits * error)
     return tape.gradient(score, probes)
 

@@ -29,10 +29,11 @@ STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 # factors that track the forward ones, ReLU-gated. DFA is the standard DFA
 # baseline (the global route with fixed random feedback).
 SPEC_SSA = dict(feedback="global", feedback_init="random", chain_gating=False,
-                feedback_tracking=0.0, rank_feedback_cut="first")  # SPEC's choices
+                chain_jacobians=False, feedback_tracking=0.0,
+                rank_feedback_cut="first")  # SPEC's choices
 MODE_DEFAULTS = {
     "ssa": dict(feedback="chain", feedback_init="forward", chain_gating=True,
-                feedback_tracking=0.1, rank_feedback_cut="first"),
+                chain_jacobians=True, feedback_tracking=0.1, rank_feedback_cut="first"),
     "dfa": dict(SPEC_SSA),
     "bp": dict(SPEC_SSA),
 }
@@ -74,6 +75,9 @@ class RunConfig:
     feedback_init: str | None = None
     feedback_tracking: float | None = None
     chain_gating: bool | None = None
+    # gated chain: normalizations and max-pools apply their forward Jacobians
+    # (False: identity and average, SPEC's linear feedback network)
+    chain_jacobians: bool | None = None
     seed: int = 1
     workdir: str | None = None
     max_train_examples: int | None = None

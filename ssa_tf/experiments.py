@@ -103,6 +103,8 @@ GRIDS = {
             "bp": dict(mode="bp"),
             "dfa": dict(mode="dfa"),
             "ssa": dict(mode="ssa"),
+            # before normalizations and max-pools applied their Jacobians in the chain
+            "ssa-nojacobians": dict(mode="ssa", chain_jacobians=False),
         }),
     # resnet32 at the small budget of the routes grid: do the smallconv findings hold?
     "resnet32_small": dict(
@@ -114,6 +116,10 @@ GRIDS = {
             # why SSA lags here: BP's rate, or the drifting orthogonality term?
             "ssa-lr1e-3": dict(mode="ssa", learning_rate=1e-3),
             "ssa-gamma0": dict(mode="ssa", gamma=0.0),
+            # the cause: a chain whose layer norms were identities (SPEC's linear
+            # network) lost 27-77 degrees to BP over 15 residual blocks
+            "ssa-nojacobians": dict(mode="ssa", chain_jacobians=False),
+            "ssa-nojacobians-gamma0": dict(mode="ssa", chain_jacobians=False, gamma=0.0),
         }),
     "long_resnet32": dict(
         base=dict(_CIFAR, model="resnet32", epochs=20, augment=True),
@@ -229,14 +235,27 @@ def report(grid, out):
              f"Command: `python -m ssa_tf.experiments --grid={grid}`", "",
              "| variant | seed | accuracy per epoch | final | best | s/epoch | params (start -> end) |",
              "|---|---|---|---|---|---|---|"]
+    # a record is named by the variant it matches now; a default that changed
+    # since it ran leaves it under its old name, starred
+    names = {}
+    for name in GRIDS[grid]["variants"]:
+        for seed in {r["seed"] for r in results}:
+            names[run_key(variant_config(grid, name, None, seed))] = name
+    stale = False
     for r in results:
+        name = names.get(run_key(r["config"]))
+        if name is None:
+            name, stale = f"{r['name']}*", True
         curve = " ".join(f"{a:.3f}" for a in r["val_accuracy"])
         sec = sum(r["epoch_seconds"]) / max(len(r["epoch_seconds"]), 1)
         params = f"{r['trainable_params']:,}"
         if r["final_trainable_params"] != r["trainable_params"]:
             params += f" -> {r['final_trainable_params']:,}"
-        lines.append(f"| {r['name']} | {r['seed']} | {curve} | {r['final_accuracy']:.3f} | "
+        lines.append(f"| {name} | {r['seed']} | {curve} | {r['final_accuracy']:.3f} | "
                      f"{max(r['val_accuracy']):.3f} | {sec:.0f} | {params} |")
+    if stale:
+        lines += ["", "\\* ran under an earlier default: its settings no longer match the "
+                  "variant of that name (the record's config says what ran)."]
     ranked = [r for r in results if r["final_trainable_params"] != r["trainable_params"]]
     if ranked:
         lines += ["", "Final ranks of rank-cut runs:", ""]

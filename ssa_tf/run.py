@@ -67,7 +67,8 @@ def make_model(cfg: RunConfig, input_shape, num_classes) -> SSAModel:
                      alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma,
                      feedback_route=cfg.feedback, feedback_spatial=cfg.feedback_spatial,
                      feedback_init=cfg.feedback_init, feedback_tracking=cfg.feedback_tracking,
-                     chain_gating=cfg.chain_gating, seed=cfg.seed)
+                     chain_gating=cfg.chain_gating, chain_jacobians=cfg.chain_jacobians,
+                     seed=cfg.seed)
     return model
 
 

@@ -56,6 +56,10 @@ flags.DEFINE_float("feedback_tracking", None,
 flags.DEFINE_boolean("chain_gating", None,
                      "chain route: gate the feedback network's ReLUs with the forward pass's "
                      "(default: on for ssa)")
+flags.DEFINE_boolean("chain_jacobians", None,
+                     "gated chain route: normalizations and max-pools apply their Jacobians at "
+                     "the forward pass (off: identity and average pooling, as SPEC's linear "
+                     "network; default: on for ssa)")
 flags.DEFINE_integer("seed", 1, "random seed (>= 1)")
 flags.DEFINE_string("workdir", None, "output folder (default runs/<dataset>-<model>-<mode>-<time>)")
 flags.DEFINE_string("preset", "none", f"seed settings: {', '.join(cfg_lib.PRESETS)}")

@@ -34,7 +34,8 @@ class SSAModel(keras.Model):
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10, mode="ssa",
                  norm="layer", alpha=1.0, beta=0.01, gamma=0.1, ortho_lambda=0.0,
                  feedback_route=None, feedback_spatial="broadcast", feedback_init=None,
-                 feedback_tracking=None, chain_gating=None, seed=1, ranks=None, **kwargs):
+                 feedback_tracking=None, chain_gating=None, chain_jacobians=None, seed=1, ranks=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
@@ -45,6 +46,8 @@ class SSAModel(keras.Model):
         if feedback_tracking is None:
             feedback_tracking = defaults["feedback_tracking"]
         chain_gating = defaults["chain_gating"] if chain_gating is None else chain_gating
+        if chain_jacobians is None:
+            chain_jacobians = defaults["chain_jacobians"]
         if feedback_route not in feedback.ROUTES:
             raise ValueError(f"unknown feedback route {feedback_route!r}")
         if feedback_spatial not in feedback.SPATIAL:
@@ -65,6 +68,9 @@ class SSAModel(keras.Model):
         self.feedback_tracking = float(feedback_tracking)
         # chain route: gate the feedback network's ReLUs with the forward pass's
         self.chain_gating = bool(chain_gating)
+        # gated chain: normalizations and max-pools apply their Jacobians at the
+        # forward pass (False: identity and average pooling, SPEC's network)
+        self.chain_jacobians = bool(chain_jacobians)
         self.seed = int(seed)
         self.local_modules = build_modules(architecture, self.input_dims, self.num_classes, mode,
                                            norm, self.seed, feedback_init, ranks)
@@ -140,6 +146,7 @@ class SSAModel(keras.Model):
             "ortho_lambda": self.ortho_lambda, "feedback_route": self.feedback_route,
             "feedback_spatial": self.feedback_spatial, "feedback_init": self.feedback_init,
             "feedback_tracking": self.feedback_tracking, "chain_gating": self.chain_gating,
+            "chain_jacobians": self.chain_jacobians,
             "seed": self.seed, "ranks": self.ranks(),
         }
 
@@ -236,7 +243,7 @@ class SSAModel(keras.Model):
         if self.feedback_route != "chain":
             return None
         deltas = chain.chain_signals(self.local_modules, outputs, error, self.feedback_kernels,
-                                     gated=self.chain_gating)
+                                     gated=self.chain_gating, jacobians=self.chain_jacobians)
         # global-batch statistics, so that replicas rescale alike
         scale = global_std(error)
         return [ops.stop_gradient(d * scale / (global_std(d) + 1e-12)) for d in deltas]

@@ -46,7 +46,8 @@ OBJECTIVE = "val_accuracy"
 # (best.flags repeats them); mode is ssa, the coefficients are searched.
 RUN_FIELDS = ("dataset", "data_dir", "manual_dir", "label", "image_size", "validation_split",
               "max_train_examples", "augment", "model", "batch_size", "norm", "feedback",
-              "feedback_spatial", "feedback_init", "feedback_tracking", "chain_gating", "seed")
+              "feedback_spatial", "feedback_init", "feedback_tracking", "chain_gating",
+              "chain_jacobians", "seed")
 CSV_COLUMNS = ("trial", "alpha", "beta", "gamma", "lr", "val_accuracy", "epochs", "status",
                "seconds", "reason")
 _TRIAL_RECORD = "ssa_trial.json"  # our per-trial sidecar: seconds and epochs

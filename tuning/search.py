@@ -75,6 +75,9 @@ flags.DEFINE_float("feedback_tracking", _SSA["feedback_tracking"],
                    "SSA: after each step every B_X moves this fraction towards X (0: fixed, SPEC)")
 flags.DEFINE_boolean("chain_gating", _SSA["chain_gating"],
                      "chain route: gate the feedback network's ReLUs with the forward pass's")
+flags.DEFINE_boolean("chain_jacobians", _SSA["chain_jacobians"],
+                     "gated chain route: normalizations and max-pools apply their forward "
+                     "Jacobians (off: identity and average pooling, SPEC)")
 flags.DEFINE_integer("seed", 1, "seed of the search and of every trial's initialization (>= 1)")
 
 _SEARCH_FLAGS = ("tuner", "max_trials", "epochs_per_trial", "directory", "project_name",
