@@ -78,6 +78,7 @@ class RunConfig:
     # gated chain: normalizations and max-pools apply their forward Jacobians
     # (False: identity and average, SPEC's linear feedback network)
     chain_jacobians: bool | None = None
+    stiefel_retraction: bool = False  # SSA: QR-retract U and V after every step
     seed: int = 1
     workdir: str | None = None
     max_train_examples: int | None = None

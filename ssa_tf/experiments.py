@@ -121,6 +121,21 @@ GRIDS = {
             "ssa-nojacobians": dict(mode="ssa", chain_jacobians=False),
             "ssa-nojacobians-gamma0": dict(mode="ssa", chain_jacobians=False, gamma=0.0),
         }),
+    # the shipped recipe once the chain applies the norms' and max-pools'
+    # Jacobians: which knobs still matter (routes' budget)
+    "ssa_exact": dict(
+        base=dict(_CIFAR, model="smallconv", epochs=3, max_train_examples=10000, augment=False),
+        variants={
+            "bp": dict(mode="bp"),
+            "ssa": dict(mode="ssa"),
+            "ssa-nojacobians": dict(mode="ssa", chain_jacobians=False),
+            "ssa-stiefel": dict(mode="ssa", stiefel_retraction=True),
+            "ssa-lr1e-3": dict(mode="ssa", learning_rate=1e-3),
+            "ssa-stiefel-lr1e-3": dict(mode="ssa", stiefel_retraction=True, learning_rate=1e-3),
+            "ssa-notrack": dict(mode="ssa", feedback_tracking=0.0),
+            "ssa-norm-batch": dict(mode="ssa", norm="batch"),
+            "ssa-beta0-gamma0": dict(mode="ssa", beta=0.0, gamma=0.0),
+        }),
     "long_resnet32": dict(
         base=dict(_CIFAR, model="resnet32", epochs=20, augment=True),
         variants={

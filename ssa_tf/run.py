@@ -68,7 +68,7 @@ def make_model(cfg: RunConfig, input_shape, num_classes) -> SSAModel:
                      feedback_route=cfg.feedback, feedback_spatial=cfg.feedback_spatial,
                      feedback_init=cfg.feedback_init, feedback_tracking=cfg.feedback_tracking,
                      chain_gating=cfg.chain_gating, chain_jacobians=cfg.chain_jacobians,
-                     seed=cfg.seed)
+                     stiefel_retraction=cfg.stiefel_retraction, seed=cfg.seed)
     return model
 
 

@@ -60,6 +60,8 @@ flags.DEFINE_boolean("chain_jacobians", None,
                      "gated chain route: normalizations and max-pools apply their Jacobians at "
                      "the forward pass (off: identity and average pooling, as SPEC's linear "
                      "network; default: on for ssa)")
+flags.DEFINE_boolean("stiefel_retraction", False,
+                     "SSA: after every step retract U and V onto the Stiefel manifold (QR)")
 flags.DEFINE_integer("seed", 1, "random seed (>= 1)")
 flags.DEFINE_string("workdir", None, "output folder (default runs/<dataset>-<model>-<mode>-<time>)")
 flags.DEFINE_string("preset", "none", f"seed settings: {', '.join(cfg_lib.PRESETS)}")

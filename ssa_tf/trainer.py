@@ -34,8 +34,8 @@ class SSAModel(keras.Model):
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10, mode="ssa",
                  norm="layer", alpha=1.0, beta=0.01, gamma=0.1, ortho_lambda=0.0,
                  feedback_route=None, feedback_spatial="broadcast", feedback_init=None,
-                 feedback_tracking=None, chain_gating=None, chain_jacobians=None, seed=1, ranks=None,
-                 **kwargs):
+                 feedback_tracking=None, chain_gating=None, chain_jacobians=None, stiefel_retraction=False, seed=1,
+                 ranks=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
@@ -71,6 +71,9 @@ class SSAModel(keras.Model):
         # gated chain: normalizations and max-pools apply their Jacobians at the
         # forward pass (False: identity and average pooling, SPEC's network)
         self.chain_jacobians = bool(chain_jacobians)
+        # SSA: after each step U and V are retracted onto the Stiefel manifold
+        # (QR; SPEC section 4's option, off by default)
+        self.stiefel_retraction = bool(stiefel_retraction)
         self.seed = int(seed)
         self.local_modules = build_modules(architecture, self.input_dims, self.num_classes, mode,
                                            norm, self.seed, feedback_init, ranks)
@@ -147,6 +150,7 @@ class SSAModel(keras.Model):
             "feedback_spatial": self.feedback_spatial, "feedback_init": self.feedback_init,
             "feedback_tracking": self.feedback_tracking, "chain_gating": self.chain_gating,
             "chain_jacobians": self.chain_jacobians,
+            "stiefel_retraction": self.stiefel_retraction,
             "seed": self.seed, "ranks": self.ranks(),
         }
 
@@ -178,6 +182,10 @@ class SSAModel(keras.Model):
                 for layer in self.svd_layers():
                     for b, f in ((layer.B_U, layer.U), (layer.B_s, layer.s), (layer.B_V, layer.V)):
                         b.assign(b + eta * (f - b))
+            if self.stiefel_retraction and self.mode == "ssa":
+                for layer in self.svd_layers():
+                    for factor in (layer.U, layer.V):
+                        factor.assign(stiefel_retract(factor))
             # the logged loss is the network's CE, as in BP, so modes compare
             loss = self._compute_loss(x=x, y=y, y_pred=logits, training=True)
             for tracker, value in zip((self.ce_tracker, self.align_tracker, self.ortho_tracker),
@@ -308,6 +316,14 @@ class NonFiniteCounter(keras.metrics.Metric):
 
     def get_config(self):
         return {**super().get_config(), "modules": self.modules, "terms": self.terms}
+
+
+def stiefel_retract(X):
+    """The Q of X = QR with R's diagonal made positive: orthonormal columns,
+    each as close in direction to X's as Gram-Schmidt allows."""
+    q, r = tf.linalg.qr(X)
+    sign = tf.where(tf.linalg.diag_part(r) < 0, -1.0, 1.0)
+    return q * sign
 
 
 def global_std(t):

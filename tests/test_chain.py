@@ -1,6 +1,7 @@
 """Route `chain`: the error through the fixed linear feedback network."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from ssa_tf import chain, losses
@@ -82,25 +83,60 @@ def test_feedback_tracking_moves_b_towards_the_forward_factors():
                                rtol=1e-5, atol=1e-6)
 
 
-def test_gated_chain_with_forward_feedback_is_backprop_at_initialization():
-    # B = W0 and the forward ReLU gates: the chain's signal is the true
-    # gradient of the summed CE with respect to each module's output
-    model = SSAModel("smallconv", (8, 8, 3), 10, mode="dfa", feedback_route="chain",
-                     feedback_init="forward", chain_gating=True, norm="none")
-    x = tf.random.normal((4, 8, 8, 3))
-    y = tf.constant([0, 1, 2, 3])
+def _true_and_chain(model, x, y, **kwargs):
+    """(BP's gradient of the summed CE at each module output, the chain's signals)."""
     with tf.GradientTape() as tape:
         outs, h = [], x
         for m in model.local_modules:
-            h = m(h)
+            h = m(h, training=True)
             outs.append(h)
         ce = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(y, h, from_logits=True))
     true = tape.gradient(ce, outs[:-1])
     e = losses.output_error(outs[-1], y, 10)
-    gated = chain.chain_signals(model.local_modules, outs, e, model.feedback_kernels, gated=True)
-    # the only difference left: max pooling is linearized as average pooling,
-    # so compare the modules after the last max pool (m1's input onwards)
-    for d, t in zip(gated[2:], true[2:]):
+    return true, chain.chain_signals(model.local_modules, outs, e, model.feedback_kernels,
+                                     **kwargs)
+
+
+def _cosine(a, b):
+    a, b = tf.reshape(a, [-1]), tf.reshape(b, [-1])
+    return float(tf.reduce_sum(a * b) / (tf.norm(a) * tf.norm(b)))
+
+
+def test_gated_chain_with_forward_feedback_is_backprop_at_initialization():
+    # B = W0, the forward ReLU gates and max-pool routing: the chain's signal is
+    # the true gradient of the summed CE with respect to each module's output
+    model = SSAModel("smallconv", (8, 8, 3), 10, mode="dfa", feedback_route="chain",
+                     feedback_init="forward", chain_gating=True, norm="none")
+    x = tf.random.normal((4, 8, 8, 3))
+    y = tf.constant([0, 1, 2, 3])
+    true, gated = _true_and_chain(model, x, y, gated=True)
+    for d, t in zip(gated, true):
         np.testing.assert_allclose(d, t, rtol=1e-4, atol=1e-6)
-    linear = chain.chain_signals(model.local_modules, outs, e, model.feedback_kernels)
+    # SPEC's network averages where the forward max-pools: module 0's signal
+    # crosses m1's max pool and differs; module 2's does not
+    spec = _true_and_chain(model, x, y, gated=True, jacobians=False)[1]
+    assert float(tf.reduce_max(tf.abs(spec[0] - true[0]))) > 1e-3
+    np.testing.assert_allclose(spec[2], true[2], rtol=1e-4, atol=1e-6)
+    linear = _true_and_chain(model, x, y)[1]
     assert float(tf.reduce_max(tf.abs(linear[2] - true[2]))) > 1e-3  # ungated differs
+
+
+@pytest.mark.parametrize("norm", ["layer", "batch"])
+def test_gated_chain_is_backprop_through_normalized_residual_blocks(norm):
+    # SSA's own layers (B = W at init) in resnet32: 15 residual blocks with
+    # normalizations. With their Jacobians the signals are BP's (layer norm's
+    # exact one; batch norm's with the batch statistics constant, which is
+    # what a local backward through LocalBatchNorm computes); as identities
+    # (SPEC's linear network) they drift from BP with distance from the head.
+    model = SSAModel("resnet32", (8, 8, 3), 10, mode="ssa", norm=norm)
+    assert model.chain_jacobians and model.chain_gating
+    x = tf.random.normal((8, 8, 8, 3), seed=3)
+    y = tf.constant([0, 1, 2, 3, 4, 5, 6, 7])
+    true, gated = _true_and_chain(model, x, y, gated=True)
+    assert len(gated) == 15
+    for i, (d, t) in enumerate(zip(gated, true)):
+        assert _cosine(d, t) > 0.9999, i
+        assert abs(float(tf.norm(d) / tf.norm(t)) - 1) < 1e-3, i
+    spec = _true_and_chain(model, x, y, gated=True, jacobians=False)[1]
+    cos = [_cosine(d, t) for d, t in zip(spec, true)]
+    assert cos[0] < 0.9 and cos[0] < cos[-1], cos

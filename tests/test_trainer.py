@@ -34,6 +34,26 @@ def test_last_module_update_equals_bp_gradient(arch, shape):
         np.testing.assert_allclose(local[id(v)], g, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("retract", [False, True])
+def test_stiefel_retraction_keeps_u_and_v_orthonormal(retract):
+    model = build_model("smallconv", (16, 16, 3), 10, mode="ssa", gamma=0.0,
+                        learning_rate=1e-2, stiefel_retraction=retract)
+    x, y = batch((16, 16, 3), n=16)
+    layer = model.local_modules[1].output_layer
+    before = layer.U.numpy()
+    model.train_on_batch(x, y)
+    model.train_on_batch(x, y)
+    U, V = layer.U.numpy(), layer.V.numpy()
+    defect = max(np.abs(X.T @ X - np.eye(X.shape[1])).max() for X in (U, V))
+    if retract:
+        assert defect < 1e-4
+        # QR keeps each column's direction as far as Gram-Schmidt allows
+        col = before[:, 0] / np.linalg.norm(before[:, 0])
+        assert float(U[:, 0] @ col) > 0.9
+    else:
+        assert defect > 1e-3  # two rate-1e-2 steps leave the manifold
+
+
 def test_composite_loss_adds_eq7_and_eq14_to_the_ce_gradient():
     alpha, beta, gamma = 0.5, 0.3, 0.2
     model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", alpha=alpha, beta=beta, gamma=gamma)
