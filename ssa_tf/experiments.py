@@ -121,6 +121,16 @@ GRIDS = {
             "ssa-nojacobians": dict(mode="ssa", chain_jacobians=False),
             "ssa-nojacobians-gamma0": dict(mode="ssa", chain_jacobians=False, gamma=0.0),
         }),
+    # issue 5's training length on resnet32 (16 modules): a 45k-image SSA epoch
+    # takes ~25 min here, so the first 5,000 images with augmentation, 20 epochs
+    # at a constant rate (epoch k of it is a k-epoch run)
+    "length_resnet32": dict(
+        base=dict(_CIFAR, model="resnet32", epochs=20, max_train_examples=5000, augment=True),
+        variants={
+            "bp": dict(mode="bp"),
+            "dfa": dict(mode="dfa"),
+            "ssa": dict(mode="ssa"),
+        }),
     # the shipped recipe once the chain applies the norms' and max-pools'
     # Jacobians: which knobs still matter (routes' budget)
     "ssa_exact": dict(

@@ -63,6 +63,24 @@ def test_chain_signal_is_rescaled_to_the_error_std():
         assert abs(float(tf.math.reduce_std(s)) - float(tf.math.reduce_std(e))) < 1e-5
 
 
+def test_feedback_scale_does_not_change_the_chain_signals():
+    # issue 5 asks for the feedback's scale: on the chain route it is moot, since
+    # each signal is linear in every feedback layer and rescaled to the error's std
+    model = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa")
+    x = tf.random.normal((4, 16, 16, 3))
+    outs, h = [], x
+    for m in model.local_modules:
+        h = m(h, training=True)
+        outs.append(h)
+    e = losses.output_error(outs[-1], tf.constant([0, 1, 2, 3]), 10)
+    before = model.chain_signals(outs, e)
+    for k, layer in enumerate(model.svd_layers()):
+        layer.B_s.assign(layer.B_s * (0.1 if k % 2 else 7.0))
+    after = model.chain_signals(outs, e)
+    for a, b in zip(before, after):
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
 def test_feedback_tracking_moves_b_towards_the_forward_factors():
     x = tf.random.normal((16, 6, 6, 1))
     y = tf.constant(np.arange(16) % 10)
