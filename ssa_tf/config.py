@@ -79,6 +79,7 @@ class RunConfig:
     # (False: identity and average, SPEC's linear feedback network)
     chain_jacobians: bool | None = None
     stiefel_retraction: bool = False  # SSA: QR-retract U and V after every step
+    s_rate_scale: float = 1.0  # SSA: the singular values' rate, as a multiple of U's and V's
     seed: int = 1
     workdir: str | None = None
     max_train_examples: int | None = None
@@ -171,6 +172,10 @@ def validate(cfg: RunConfig) -> str | None:
         return f"--lr_decay_factor must be in (0, 1], got {cfg.lr_decay_factor}"
     if not 0 <= cfg.feedback_tracking <= 1:
         return f"--feedback_tracking must be in [0, 1], got {cfg.feedback_tracking}"
+    if not cfg.s_rate_scale > 0:
+        return f"--s_rate_scale must be > 0, got {cfg.s_rate_scale}"
+    if cfg.mode != "ssa" and (cfg.s_rate_scale != 1.0 or cfg.stiefel_retraction):
+        return "--s_rate_scale and --stiefel_retraction apply to --mode=ssa only"
     if cfg.rank_tau is not None and not 0 < cfg.rank_tau <= 1:
         return f"--rank_tau must be in (0, 1], got {cfg.rank_tau}"
     minimums = [("rank_warmup_steps", 0, ""), ("checkpoint_steps", 0, " (0: at epoch ends only)"),

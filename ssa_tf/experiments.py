@@ -145,6 +145,8 @@ GRIDS = {
             "ssa-notrack": dict(mode="ssa", feedback_tracking=0.0),
             "ssa-norm-batch": dict(mode="ssa", norm="batch"),
             "ssa-beta0-gamma0": dict(mode="ssa", beta=0.0, gamma=0.0),
+            "ssa-s-rate10": dict(mode="ssa", s_rate_scale=10.0),
+            "ssa-s-rate0.1": dict(mode="ssa", s_rate_scale=0.1),
         }),
     "long_resnet32": dict(
         base=dict(_CIFAR, model="resnet32", epochs=20, augment=True),

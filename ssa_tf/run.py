@@ -115,7 +115,7 @@ def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
     with placement.strategy.scope():  # model, optimizer, metrics, rank callback
         model = make_model(cfg, ds.input_shape, ds.num_classes)
         steps = -(-ds.train_examples // cfg.batch_size)
-        compile_model(model, learning_rate_schedule(cfg, steps))
+        compile_model(model, learning_rate_schedule(cfg, steps), s_rate_scale=cfg.s_rate_scale)
     trainable_params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
     timer = EpochTimer()

@@ -62,6 +62,9 @@ flags.DEFINE_boolean("chain_jacobians", None,
                      "network; default: on for ssa)")
 flags.DEFINE_boolean("stiefel_retraction", False,
                      "SSA: after every step retract U and V onto the Stiefel manifold (QR)")
+flags.DEFINE_float("s_rate_scale", 1.0,
+                   "SSA: Adam's rate for the singular values s as a multiple of the rate "
+                   "(U, V and everything else)")
 flags.DEFINE_integer("seed", 1, "random seed (>= 1)")
 flags.DEFINE_string("workdir", None, "output folder (default runs/<dataset>-<model>-<mode>-<time>)")
 flags.DEFINE_string("preset", "none", f"seed settings: {', '.join(cfg_lib.PRESETS)}")

@@ -337,17 +337,44 @@ def global_std(t):
     return tf.sqrt(tf.maximum(s2 / n - (s1 / n) ** 2, 0.0))
 
 
+@keras.saving.register_keras_serializable(package="ssa_tf")
+class FactorAdam(keras.optimizers.Adam):
+    """Adam whose rate for the singular values s is ``s_rate_scale`` times the
+    rate of everything else (issue 5: do U, V and s want different rates?)."""
+
+    def __init__(self, s_rate_scale=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.s_rate_scale = float(s_rate_scale)
+
+    def update_step(self, gradient, variable, learning_rate):
+        if is_singular_values(variable):
+            learning_rate = learning_rate * self.s_rate_scale
+        return super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "s_rate_scale": self.s_rate_scale}
+
+
+def is_singular_values(variable) -> bool:
+    """True for an SVD layer's trainable s (named "s"; U and V are "U" and "V")."""
+    return variable.name.split(":")[0].split("/")[-1] == "s"
+
+
 def build_model(architecture, input_shape, num_classes, mode="ssa", learning_rate=None,
-                jit_compile=False, **kwargs):
+                jit_compile=False, s_rate_scale=1.0, **kwargs):
     """An ``SSAModel`` compiled with Adam, sparse CE and accuracy."""
     model = SSAModel(architecture, input_shape, num_classes, mode=mode, **kwargs)
-    compile_model(model, learning_rate, jit_compile)
+    compile_model(model, learning_rate, jit_compile, s_rate_scale)
     return model
 
 
-def compile_model(model, learning_rate=None, jit_compile=False):
+def compile_model(model, learning_rate=None, jit_compile=False, s_rate_scale=1.0):
     lr = DEFAULT_LEARNING_RATE[model.mode] if learning_rate is None else learning_rate
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=lr),
+    if s_rate_scale == 1.0:
+        optimizer = keras.optimizers.Adam(learning_rate=lr)
+    else:
+        optimizer = FactorAdam(learning_rate=lr, s_rate_scale=s_rate_scale)
+    model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
                   jit_compile=jit_compile)

@@ -255,7 +255,8 @@ def keras_tuner_parts():
                       for name, bounds in self.ranges.items()}
             cfg = dataclasses.replace(self.run, **values)
             model = run_lib.make_model(cfg, self.input_shape, self.num_classes)
-            return compile_model(model, cfg.resolved_learning_rate())
+            return compile_model(model, cfg.resolved_learning_rate(),
+                                 s_rate_scale=cfg.s_rate_scale)
 
         def fit(self, hp, model, callbacks=(), **kwargs):
             # New pipelines for every trial: one reshuffles (and re-augments)

@@ -57,6 +57,8 @@ def files(folder):
     (["--strategy=multi_worker"], "needs TF_CONFIG"),
     (["--strategy=gpu"], "auto, one_device, mirrored, multi_worker"),
     (["--validation_split=1.5"], "--validation_split must be in [0, 1)"),
+    (["--s_rate_scale=0"], "--s_rate_scale must be > 0"),
+    (["--mode=bp", "--stiefel_retraction"], "apply to --mode=ssa only"),
 ])
 def test_train_out_of_range_flags(args, needle, tmp_path):
     start = time.perf_counter()

@@ -54,6 +54,22 @@ def test_stiefel_retraction_keeps_u_and_v_orthonormal(retract):
         assert defect > 1e-3  # two rate-1e-2 steps leave the manifold
 
 
+def test_s_rate_scale_scales_only_the_singular_values_steps():
+    # Adam's first step moves every coordinate by about the rate: s by 10x it
+    x, y = batch((16, 16, 3), n=16)
+    steps = {}
+    for scale in (1.0, 10.0):
+        model = build_model("smallconv", (16, 16, 3), 10, mode="ssa", learning_rate=1e-4,
+                            s_rate_scale=scale, seed=1)
+        layer = model.local_modules[1].output_layer
+        before = {n: getattr(layer, n).numpy() for n in ("U", "s", "V")}
+        model.train_on_batch(x, y)
+        steps[scale] = {n: np.abs(getattr(layer, n).numpy() - before[n]).max() for n in before}
+    assert steps[10.0]["s"] / steps[1.0]["s"] == pytest.approx(10.0, rel=1e-2)
+    for n in ("U", "V"):
+        assert steps[10.0][n] / steps[1.0][n] == pytest.approx(1.0, rel=1e-2)
+
+
 def test_composite_loss_adds_eq7_and_eq14_to_the_ce_gradient():
     alpha, beta, gamma = 0.5, 0.3, 0.2
     model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", alpha=alpha, beta=beta, gamma=gamma)
