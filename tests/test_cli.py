@@ -1,5 +1,6 @@
 """`python -m ssa_tf.train` through a real subprocess: bad flags and a real run."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -112,3 +113,22 @@ def test_preset_fills_in_only_what_was_not_given():
     assert cfg.dataset == "cifar10" and cfg.epochs == 3
     assert cfg.model == "resnet32" and cfg.batch_size == 128 and cfg.learning_rate == 1e-4
     assert cfg.lr_decay_epochs == (20, 40, 60)
+
+
+def test_feedback_flags_reach_the_model():
+    # --nochain_jacobians, --stiefel_retraction, --s_rate_scale: flags -> RunConfig -> model
+    from absl.testing import flagsaver
+    from ssa_tf import run, train
+    with flagsaver.flagsaver():
+        train.FLAGS(["prog", "--model=mlp", "--nochain_jacobians", "--stiefel_retraction",
+                     "--s_rate_scale=3"])
+        try:
+            cfg = train.config_from_flags()
+        finally:
+            train.FLAGS.unparse_flags()
+    assert cfg.chain_jacobians is False and cfg.stiefel_retraction and cfg.s_rate_scale == 3.0
+    model = run.make_model(cfg, (28, 28, 1), 10)
+    assert not model.chain_jacobians and model.stiefel_retraction
+    assert model.get_config()["chain_jacobians"] is False
+    default = run.make_model(dataclasses.replace(cfg, chain_jacobians=None), (28, 28, 1), 10)
+    assert default.chain_jacobians  # on for ssa
