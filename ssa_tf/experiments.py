@@ -120,6 +120,8 @@ GRIDS = {
             # network) lost 27-77 degrees to BP over 15 residual blocks
             "ssa-nojacobians": dict(mode="ssa", chain_jacobians=False),
             "ssa-nojacobians-gamma0": dict(mode="ssa", chain_jacobians=False, gamma=0.0),
+            # smallconv's best at 3 epochs (ssa_exact): retraction lets BP's rate train
+            "ssa-stiefel-lr1e-3": dict(mode="ssa", stiefel_retraction=True, learning_rate=1e-3),
         }),
     # issue 5's training length on resnet32 (16 modules): a 45k-image SSA epoch
     # takes ~25 min here, so the first 5,000 images with augmentation, 20 epochs
