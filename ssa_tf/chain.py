@@ -41,39 +41,34 @@ def linear_feedback(step, x, kernels):
 
 
 def norm_jacobian(step, a, x):
-    """The normalization layer ``step``'s Jacobian at its forward input ``x``, applied to ``a``.
+    """(the normalization ``step``'s Jacobian at its forward input ``x`` applied to
+    ``a``, the forward value ``step(x)``), from one computation of the statistics.
 
     Layer norm: its exact Jacobian, gamma/sigma (a - mean(a) - xhat mean(xhat a))
     over the normalized axes. Batch norm: gamma/sigma a with the batch's sigma, as
-    in a local backward (statistics constant, SPEC section 4).
+    in a local backward (statistics constant, SPEC section 4), and the forward
+    value with the batch's statistics, as in training, without touching the
+    moving ones.
     """
     if isinstance(step, keras.layers.LayerNormalization):
         axis = step.axis if isinstance(step.axis, (list, tuple)) else [step.axis]
         axes = [d % len(x.shape) for d in axis]
-        mean = ops.mean(x, axis=axes, keepdims=True)
-        inv = ops.rsqrt(ops.var(x, axis=axes, keepdims=True) + step.epsilon)
-        xhat = (x - mean) * inv
-        out = (a - ops.mean(a, axis=axes, keepdims=True)
-               - xhat * ops.mean(xhat * a, axis=axes, keepdims=True)) * inv
     else:  # batch norm, channels last
         axes = list(range(len(x.shape) - 1))
-        out = a * ops.rsqrt(ops.var(x, axis=axes, keepdims=True) + step.epsilon)
+    mean = ops.mean(x, axis=axes, keepdims=True)
+    inv = ops.rsqrt(ops.var(x, axis=axes, keepdims=True) + step.epsilon)
+    xhat = (x - mean) * inv
+    if isinstance(step, keras.layers.LayerNormalization):
+        out = (a - ops.mean(a, axis=axes, keepdims=True)
+               - xhat * ops.mean(xhat * a, axis=axes, keepdims=True)) * inv
+    else:
+        out = a * inv
+    y = xhat
     if step.gamma is not None:
-        out = out * step.gamma
-    return out
-
-
-def batch_norm_forward(step, x):
-    """Batch norm of ``x`` with its own batch statistics, as in the training
-    forward pass, without touching the moving statistics."""
-    axes = list(range(len(x.shape) - 1))
-    mean, var = ops.mean(x, axis=axes), ops.var(x, axis=axes)
-    y = (x - mean) * ops.rsqrt(var + step.epsilon)
-    if step.gamma is not None:
-        y = y * step.gamma
+        out, y = out * step.gamma, y * step.gamma
     if step.beta is not None:
         y = y + step.beta
-    return y
+    return out, y
 
 
 def gated_feedback(step, a, kernels, x, jacobians=True):
@@ -91,10 +86,8 @@ def gated_feedback(step, a, kernels, x, jacobians=True):
     if step is None:
         return a, x
     if fwd and jacobians:
-        if isinstance(step, keras.layers.LayerNormalization):
-            return norm_jacobian(step, a, x), step(x)
-        if isinstance(step, keras.layers.BatchNormalization):
-            return norm_jacobian(step, a, x), batch_norm_forward(step, x)
+        if isinstance(step, (keras.layers.LayerNormalization, keras.layers.BatchNormalization)):
+            return norm_jacobian(step, a, x)
         if isinstance(step, keras.layers.MaxPooling2D):
             # the forward's own routing: each window passes its maximum's signal
             with tf.autodiff.ForwardAccumulator(x, a) as acc:
