@@ -27,6 +27,8 @@ from ssa_tf.config import SPEC_SSA
 # CIFAR-10 from ../shared/tfds: train on its `train` split, report on its
 # `test` split (a validation split carved from the official training set).
 _CIFAR = dict(dataset="cifar10", batch_size=64)
+# each mode at its defaults: the baseline rows of a grid
+_MODES = {m: dict(mode=m) for m in ("bp", "dfa", "ssa")}
 
 GRIDS = {
     # error route x mode at a small budget (smallconv, 10k images, 3 epochs, no augmentation)
@@ -100,9 +102,7 @@ GRIDS = {
     "length_smallconv": dict(
         base=dict(_CIFAR, model="smallconv", epochs=50, max_train_examples=10000, augment=True),
         variants={
-            "bp": dict(mode="bp"),
-            "dfa": dict(mode="dfa"),
-            "ssa": dict(mode="ssa"),
+            **_MODES,
             # before normalizations and max-pools applied their Jacobians in the chain
             "ssa-nojacobians": dict(mode="ssa", chain_jacobians=False),
         }),
@@ -110,9 +110,7 @@ GRIDS = {
     "resnet32_small": dict(
         base=dict(_CIFAR, model="resnet32", epochs=3, max_train_examples=10000, augment=False),
         variants={
-            "bp": dict(mode="bp"),
-            "dfa": dict(mode="dfa"),
-            "ssa": dict(mode="ssa"),
+            **_MODES,
             # why SSA lags here: BP's rate, or the drifting orthogonality term?
             "ssa-lr1e-3": dict(mode="ssa", learning_rate=1e-3),
             "ssa-gamma0": dict(mode="ssa", gamma=0.0),
@@ -129,9 +127,7 @@ GRIDS = {
     "length_resnet32": dict(
         base=dict(_CIFAR, model="resnet32", epochs=20, max_train_examples=5000, augment=True),
         variants={
-            "bp": dict(mode="bp"),
-            "dfa": dict(mode="dfa"),
-            "ssa": dict(mode="ssa"),
+            **_MODES,
         }),
     # the shipped recipe once the chain applies the norms' and max-pools'
     # Jacobians: which knobs still matter (routes' budget)
@@ -153,9 +149,7 @@ GRIDS = {
     "long_resnet32": dict(
         base=dict(_CIFAR, model="resnet32", epochs=20, augment=True),
         variants={
-            "bp": dict(mode="bp"),
-            "dfa": dict(mode="dfa"),
-            "ssa": dict(mode="ssa"),
+            **_MODES,
             "ssa-spec": dict(SPEC_SSA, mode="ssa"),
         }),
 }

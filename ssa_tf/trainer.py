@@ -34,8 +34,8 @@ class SSAModel(keras.Model):
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10, mode="ssa",
                  norm="layer", alpha=1.0, beta=0.01, gamma=0.1, ortho_lambda=0.0,
                  feedback_route=None, feedback_spatial="broadcast", feedback_init=None,
-                 feedback_tracking=None, chain_gating=None, chain_jacobians=None, stiefel_retraction=False, seed=1,
-                 ranks=None, **kwargs):
+                 feedback_tracking=None, chain_gating=None, chain_jacobians=None,
+                 stiefel_retraction=False, seed=1, ranks=None, **kwargs):
         super().__init__(**kwargs)
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {', '.join(MODES)}")
