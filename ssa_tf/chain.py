@@ -95,10 +95,7 @@ def gated_feedback(step, a, kernels, x, jacobians=True):
             return acc.jvp(y), y
     if isinstance(step, keras.layers.Activation):
         if fwd:
-            z = x
-            x = step(z)
-            if step.activation is keras.activations.relu:
-                a = a * ops.cast(z > 0, a.dtype)
+            x, a = gate(step.activation, x, a)
         return a, x
     if isinstance(step, _IDENTITY):
         return a, (step(x) if fwd else x)
@@ -123,8 +120,7 @@ def gated_feedback(step, a, kernels, x, jacobians=True):
         b, y = gated_feedback(step.conv1, a, kernels, x, jacobians)
         b, y = gated_feedback(step.norm1, b, kernels, y, jacobians)
         if fwd:
-            b = b * ops.cast(y > 0, b.dtype)
-            y = keras.activations.relu(y)
+            y, b = gate(step.activation, y, b)
         b, y = gated_feedback(step.conv2, b, kernels, y, jacobians)
         b, y = gated_feedback(step.norm2, b, kernels, y, jacobians)
         if step.proj is None:
@@ -134,11 +130,18 @@ def gated_feedback(step, a, kernels, x, jacobians=True):
             sa, sx = gated_feedback(step.proj_norm, sa, kernels, sx, jacobians)
         a = b + sa
         if fwd:
-            z = y + sx
-            a = a * ops.cast(z > 0, a.dtype)
-            x = keras.activations.relu(z)
+            x, a = gate(step.activation, y + sx, a)
         return a, x
     raise TypeError(f"no linear feedback for layer {step.name!r} of type {type(step).__name__}")
+
+
+def gate(activation, z, a):
+    """(activation(z), activation'(z) a): the forward value and the gated signal."""
+    if activation is keras.activations.relu:
+        return activation(z), a * ops.cast(z > 0, a.dtype)
+    with tf.autodiff.ForwardAccumulator(z, a) as acc:
+        y = activation(z)
+    return y, acc.jvp(y)
 
 
 def chain_signals(modules, outputs, error, kernels, gated=False, jacobians=True):
@@ -170,6 +173,8 @@ def plain_feedback_kernels(modules, init, rng):
 
     ``init="forward"``: a copy of each layer's initial kernel; ``"random"``:
     an independent draw with the same scale (He for conv, Glorot for dense).
+    A zero-initialized kernel (the head, ``head_init="zero"``) has nothing to
+    copy and would silence every signal: it gets a draw too.
     """
     import numpy as np
 
@@ -178,7 +183,7 @@ def plain_feedback_kernels(modules, init, rng):
         for layer in m._flatten_layers(include_self=False, recursive=True):
             if isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D)):
                 k = ops.convert_to_numpy(layer.kernel)
-                if init == "random":
+                if init == "random" or not np.any(k):
                     if isinstance(layer, keras.layers.Conv2D):
                         fan_in = int(np.prod(k.shape[:-1]))
                         std = np.sqrt(2.0 / fan_in)

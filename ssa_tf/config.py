@@ -11,36 +11,21 @@ import dataclasses
 import json
 import os
 
-MODES = ("ssa", "dfa", "bp")
+from ssa_tf.methods import spec as methods
+
+MODES = methods.NAMES
 MODELS = ("mlp", "smallconv", "resnet32", "resnet18")
 DATASETS = ("mnist5k", "cifar10", "cifar100", "imagenet2012", "synthetic")
 LABELS = ("fine", "coarse")  # cifar100 only
 NORMS = ("layer", "batch", "none")
-FEEDBACK_ROUTES = ("global", "local", "chain")
-FEEDBACK_SPATIAL = ("broadcast", "full")
-FEEDBACK_INIT = ("random", "forward")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh")
+HEAD_INITS = ("glorot", "zero")
 PRESETS = ("none", "cifar100", "imagenet")
 RANK_FEEDBACK_CUTS = ("svd", "first")
 # auto: mirrored on more than one GPU, else one device (ssa_tf.distribute)
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
-
-# What each mode uses unless told otherwise. SSA's are the best measured
-# (benchmarks/ACCURACY.md): the chain route with forward-initialized feedback
-# factors that track the forward ones, ReLU-gated. DFA is the standard DFA
-# baseline (the global route with fixed random feedback).
-SPEC_SSA = dict(feedback="global", feedback_init="random", chain_gating=False,
-                chain_jacobians=False, feedback_tracking=0.0,
-                rank_feedback_cut="first")  # SPEC's choices
-MODE_DEFAULTS = {
-    "ssa": dict(feedback="chain", feedback_init="forward", chain_gating=True,
-                chain_jacobians=True, feedback_tracking=0.1, rank_feedback_cut="first"),
-    "dfa": dict(SPEC_SSA),
-    "bp": dict(SPEC_SSA),
-}
-
-# SVD factors need a smaller rate than dense weights (SPEC section 8: SSA
-# collapsed at 1e-3 and trained at 1e-4 to 3e-4).
-DEFAULT_LEARNING_RATE = {"ssa": 3e-4, "dfa": 1e-3, "bp": 1e-3}
+# the learning rule's options (ssa_tf.methods.spec); None: the rule's default
+METHOD_OPTIONS = methods.OPTIONS
 
 
 class UsageError(Exception):
@@ -62,24 +47,27 @@ class RunConfig:
     mode: str = "ssa"
     epochs: int = 3
     batch_size: int = 64
-    learning_rate: float | None = None  # None: the mode's default
+    learning_rate: float | None = None  # None: the rule's default
     lr_decay_epochs: tuple = ()  # multiply the rate by lr_decay_factor at these epochs
     lr_decay_factor: float = 0.1
-    alpha: float = 1.0
-    beta: float = 0.01
-    gamma: float = 0.1
     norm: str = "layer"  # the seed: layer norm suits SSA better than batch norm
-    # None: the mode's default (MODE_DEFAULTS)
+    # leaky ReLU keeps the error alive where a ReLU would block it; a zero head lets
+    # a local rule's first updates count (benchmarks/ACCURACY.md, the DFA tuning)
+    activation: str = "leaky_relu"
+    head_init: str = "zero"  # the classifier starts at zero (s = 0 in SVD form)
+    # the learning rule's options (ssa_tf.methods.spec), None: the rule's default;
+    # one a rule does not take is refused
+    alpha: float | None = None
+    beta: float | None = None
+    gamma: float | None = None
+    ortho_lambda: float | None = None
     feedback: str | None = None
-    feedback_spatial: str = "broadcast"
+    feedback_spatial: str | None = None
     feedback_init: str | None = None
-    feedback_tracking: float | None = None
-    chain_gating: bool | None = None
-    # gated chain: normalizations and max-pools apply their forward Jacobians
-    # (False: identity and average, SPEC's linear feedback network)
     chain_jacobians: bool | None = None
-    stiefel_retraction: bool = False  # SSA: QR-retract U and V after every step
-    s_rate_scale: float = 1.0  # SSA: the singular values' rate, as a multiple of U's and V's
+    feedback_tracking: float | None = None
+    stiefel_retraction: bool | None = None
+    s_rate_scale: float | None = None
     seed: int = 1
     workdir: str | None = None
     max_train_examples: int | None = None
@@ -92,7 +80,7 @@ class RunConfig:
     rank_exempt: tuple = ()
     # how a cut treats the feedback factors: svd (re-factored like the forward
     # ones) or first (SPEC: keep the first r components); None: the default
-    rank_feedback_cut: str | None = None
+    rank_feedback_cut: str = "first"
     rank_final_cut: bool = False  # also cut after the last epoch
     # after each cut the rate ramps up linearly over this many steps (0: off)
     rank_warmup_steps: int = 0
@@ -107,45 +95,75 @@ class RunConfig:
     strategy: str = "auto"
     logical_cpus: int = 1  # > 1: split the CPU into devices to try mirrored without GPUs
 
+    @property
+    def rule(self):
+        return methods.get(self.mode)
+
+    def method_options(self) -> dict:
+        """The rule's options as given (None: its default)."""
+        return {k: getattr(self, k) for k in METHOD_OPTIONS}
+
     def resolved(self) -> "RunConfig":
-        """A copy with every unset (None) option replaced by the mode's default."""
-        defaults = MODE_DEFAULTS.get(self.mode, MODE_DEFAULTS["bp"])
-        return dataclasses.replace(self, **{k: v for k, v in defaults.items()
-                                            if getattr(self, k) is None})
+        """A copy with the rule's options and rate filled in (options it does not
+        take stay None)."""
+        rule = self.rule
+        values = rule.resolve(self.method_options())
+        out = dataclasses.replace(self, **values)
+        if out.learning_rate is None:
+            out = dataclasses.replace(out, learning_rate=rule.learning_rate)
+        return out
 
     def resolved_learning_rate(self) -> float:
-        return DEFAULT_LEARNING_RATE[self.mode] if self.learning_rate is None else self.learning_rate
+        return self.rule.learning_rate if self.learning_rate is None else self.learning_rate
+
+    def card(self):
+        return self.rule.card(self.method_options())
+
+    def record(self) -> dict:
+        """What config.json holds: every setting resolved, and the rule's locality card."""
+        return {**dataclasses.asdict(self.resolved()), "card": self.card().as_dict()}
 
 
 # Seed section 2 / SPEC section 6. Flags given explicitly override these.
 PRESET_VALUES = {
     "none": {},
     "cifar100": dict(dataset="cifar100", model="resnet32", epochs=200, batch_size=128,
-                     learning_rate=1e-4, lr_decay_epochs=(20, 40, 60), alpha=1.0, beta=0.01,
-                     gamma=0.1, rank_tau=0.95, rank_start=0, rank_interval=10),
+                     learning_rate=1e-4, lr_decay_epochs=(20, 40, 60),
+                     rank_tau=0.95, rank_start=0, rank_interval=10),
     "imagenet": dict(dataset="imagenet2012", model="resnet18", epochs=200, batch_size=256,
-                     lr_decay_epochs=tuple(range(30, 200, 30)), alpha=1.0, beta=0.01, gamma=0.1,
+                     lr_decay_epochs=tuple(range(30, 200, 30)),
                      rank_tau=0.90, rank_start=20, rank_interval=10),
 }
-# the seed: 2e-4 for BP, 5e-4 for SSA on ImageNet
-IMAGENET_LEARNING_RATE = {"bp": 2e-4, "ssa": 5e-4, "dfa": 5e-4}
+# (alpha, beta, gamma) = (1, 0.01, 0.1) in both: the rules' defaults.
+# Preset fields a rule does not take (rank cuts of a rule without SVD factors) are skipped.
+RANK_FIELDS = ("rank_tau", "rank_start", "rank_interval")
+# the seed: 2e-4 for BP, 5e-4 for SSA on ImageNet (and for the other local rules)
+IMAGENET_LEARNING_RATE = {"bp": 2e-4, "svd-bp": 2e-4}
+IMAGENET_LOCAL_LEARNING_RATE = 5e-4
+
+
+def preset_values(preset, mode) -> dict:
+    """The preset's fields that apply to ``mode``."""
+    values = dict(PRESET_VALUES[preset])
+    if mode in MODES and not methods.get(mode).svd:
+        values = {k: v for k, v in values.items() if k not in RANK_FIELDS}
+    if preset == "imagenet":
+        values["learning_rate"] = IMAGENET_LEARNING_RATE.get(mode, IMAGENET_LOCAL_LEARNING_RATE)
+    return values
 
 
 def validate(cfg: RunConfig) -> str | None:
     """The first problem with ``cfg`` as one line, or None."""
-    if cfg.mode in MODES:
-        cfg = cfg.resolved()
     choices = [("dataset", DATASETS), ("label", LABELS), ("model", MODELS), ("mode", MODES),
-               ("norm", NORMS), ("feedback", FEEDBACK_ROUTES),
-               ("feedback_spatial", FEEDBACK_SPATIAL), ("feedback_init", FEEDBACK_INIT),
+               ("norm", NORMS), ("activation", ACTIVATIONS), ("head_init", HEAD_INITS),
                ("rank_feedback_cut", RANK_FEEDBACK_CUTS)]
     for name, valid in choices:
         value = getattr(cfg, name)
         if value not in valid:
             return f"--{name}={value!r} is not valid; choose from: {', '.join(valid)}"
-    for name in ("alpha", "beta", "gamma"):
-        if getattr(cfg, name) < 0:
-            return f"--{name} must be >= 0, got {getattr(cfg, name)}"
+    problem = validate_method(cfg)
+    if problem:
+        return problem
     if cfg.epochs < 1:
         return f"--epochs must be >= 1, got {cfg.epochs}"
     if cfg.batch_size < 1:
@@ -170,12 +188,6 @@ def validate(cfg: RunConfig) -> str | None:
             return f"--synthetic_classes must be >= 2, got {cfg.synthetic_classes}"
     if not 0 < cfg.lr_decay_factor <= 1:
         return f"--lr_decay_factor must be in (0, 1], got {cfg.lr_decay_factor}"
-    if not 0 <= cfg.feedback_tracking <= 1:
-        return f"--feedback_tracking must be in [0, 1], got {cfg.feedback_tracking}"
-    if not cfg.s_rate_scale > 0:
-        return f"--s_rate_scale must be > 0, got {cfg.s_rate_scale}"
-    if cfg.mode != "ssa" and (cfg.s_rate_scale != 1.0 or cfg.stiefel_retraction):
-        return "--s_rate_scale and --stiefel_retraction apply to --mode=ssa only"
     if cfg.rank_tau is not None and not 0 < cfg.rank_tau <= 1:
         return f"--rank_tau must be in (0, 1], got {cfg.rank_tau}"
     minimums = [("rank_warmup_steps", 0, ""), ("checkpoint_steps", 0, " (0: at epoch ends only)"),
@@ -190,8 +202,50 @@ def validate(cfg: RunConfig) -> str | None:
     problem = validate_distribution(cfg, os.environ.get("TF_CONFIG"))
     if problem:
         return problem
-    if cfg.alpha == cfg.beta == cfg.gamma == 0 and cfg.mode == "ssa":
-        return "--alpha, --beta and --gamma are all 0: SSA would have nothing to learn from"
+    if cfg.rank_tau is not None and not rank_cut_epochs(cfg):
+        return (f"--rank_tau={cfg.rank_tau} would never cut: the first cut comes after epoch "
+                f"{max(cfg.rank_start, cfg.rank_interval, 1)} and the run has "
+                f"--epochs={cfg.epochs} (lower --rank_interval or --rank_start, or add "
+                f"--rank_final_cut)")
+    return None
+
+
+def rank_cut_epochs(cfg: RunConfig) -> list:
+    """The epochs (from 1) after which the rank callback cuts (ssa_tf.rank.RankPruning)."""
+    last = cfg.epochs + (1 if cfg.rank_final_cut else 0)
+    return [e for e in range(1, last) if e >= max(cfg.rank_start, 1)
+            and (e - cfg.rank_start) % cfg.rank_interval == 0]
+
+
+def validate_method(cfg: RunConfig) -> str | None:
+    """Problems with the learning rule's options: values, and options it does not take."""
+    rule = cfg.rule
+    given = cfg.method_options()
+    for name in methods.inapplicable(cfg.mode, given):
+        takers = methods.accepting(name)
+        return (f"--{name} does not apply to --mode={cfg.mode} (it applies to "
+                f"--mode={'|'.join(takers)})")
+    o = rule.resolve(given)
+    for name, valid in rule.choices.items():
+        if o[name] not in valid:
+            return f"--{name}={o[name]!r} is not valid; choose from: {', '.join(valid)}"
+    for name in ("alpha", "beta", "gamma", "ortho_lambda"):
+        if name in o and o[name] < 0:
+            return f"--{name} must be >= 0, got {o[name]}"
+    if given["feedback_spatial"] is not None and o.get("feedback") != "global":
+        return (f"--feedback_spatial applies to the global route only, not "
+                f"--feedback={o.get('feedback')}")
+    if "feedback_tracking" in o and not 0 <= o["feedback_tracking"] <= 1:
+        return f"--feedback_tracking must be in [0, 1], got {o['feedback_tracking']}"
+    if "s_rate_scale" in o and not o["s_rate_scale"] > 0:
+        return f"--s_rate_scale must be > 0, got {o['s_rate_scale']}"
+    if rule.svd and o["alpha"] == o["beta"] == o["gamma"] == 0:
+        return "--alpha, --beta and --gamma are all 0: there would be nothing to learn from"
+    if not rule.svd:
+        if cfg.rank_tau is not None:
+            return (f"--rank_tau applies to rules that train SVD factors "
+                    f"(--mode={'|'.join(n for n, r in methods.RULES.items() if r.svd)}), "
+                    f"not --mode={cfg.mode}")
     return None
 
 

@@ -167,15 +167,19 @@ class _ToSSA:
         """The same architecture in ``ssa`` mode, its weights taken from ``model``."""
         from ssa_tf.trainer import SSAModel
 
-        if model.mode == "ssa":
-            raise ValueError(f"{model.name} is already in SVD form (mode 'ssa')")
+        if model.rule.svd:
+            raise ValueError(f"{model.name} is already in SVD form (mode {model.mode!r})")
         source = {l.name: l for l in _all_layers(model)}
         plain = [l for l in source.values() if isinstance(l, (keras.layers.Dense,
                                                               keras.layers.Conv2D))]
         # ranks first: the target builds its feedback from factors of these shapes
         made = {l.name: self.svd_layer(l) for l in plain}
-        config = {**model.get_config(), "mode": "ssa",
-                  "ranks": {name: new.rank for name, new in made.items()}}
+        # the rule's options that SSA takes too (a DFA source's route, say)
+        from ssa_tf.methods import spec as methods
+
+        options = {k: v for k, v in model.options.items() if k in methods.RULES["ssa"].options}
+        config = {k: v for k, v in model.get_config().items() if k not in model.options}
+        config.update(options, mode="ssa", ranks={name: new.rank for name, new in made.items()})
         target = SSAModel.from_config(config)
         for layer in _all_layers(target):
             if isinstance(layer, _SVDMixin):

@@ -78,11 +78,11 @@ class AlignmentMonitor(keras.callbacks.Callback):
             self.record(step)
 
     def record(self, step):
-        if self.model.mode == "bp":
-            return
+        if not self.model.rule.spec.local:
+            return  # end to end: the update is the BP gradient
         angles = update_angles(self.model, self.x, self.y)
         rows = [(step, m.name, a) for m, a in zip(self.model.local_modules, angles)]
-        if self.model.mode == "ssa":
+        if self.model.rule.svd:
             for name, (ang, ratio) in weight_metrics(self.model).items():
                 rows.append((step, f"W_vs_B:{name}", ang))
                 rows.append((step, f"norm_ratio:{name}", ratio))

@@ -28,6 +28,7 @@ def svd_factors(matrix: np.ndarray, rank: int | None = None):
 
 
 FEEDBACK_CUTS = ("svd", "first")  # how truncate cuts the feedback factors
+FORWARD_FORMS = ("auto", "factored", "merged")  # how SVDConv2D evaluates its convolution
 
 
 def exact_singular_values(U, s, V):
@@ -68,8 +69,11 @@ class _SVDMixin:
     """
 
     def _init_svd(self, rank, use_bias, kernel_initializer, feedback_seed,
-                  feedback_init, bias_initializer):
+                  feedback_init, bias_initializer, init_scale=1.0):
         self._requested_rank = None if rank is None else int(rank)
+        # the initial singular values are the drawn matrix's times init_scale
+        # (0: a zero layer whose U and V are the draw's singular vectors)
+        self.init_scale = float(init_scale)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
@@ -118,12 +122,14 @@ class _SVDMixin:
             kernel = np.asarray(self.kernel_initializer(self._kernel_shape), np.float64)
         fwd = svd_factors(self.matrix_from_kernel(kernel), r)
         if self.feedback_init == "forward":
-            fb = fwd
+            fb = fwd  # the drawn weight's factors (before init_scale)
         else:
             # an independent matrix drawn like the forward one, with its own seed
             init = self.kernel_initializer.__class__.from_config(
                 {**self.kernel_initializer.get_config(), "seed": self.feedback_seed})
             fb = svd_factors(self.matrix_from_kernel(np.asarray(init(self._kernel_shape))), r)
+        if self.init_scale != 1.0:
+            fwd = (fwd[0], fwd[1] * self.init_scale, fwd[2])
         self._make_factor_weights(r, (*fwd, *fb))
         if self.use_bias:
             self.bias = self.add_weight(name="bias", shape=(self._out_dim,),
@@ -221,6 +227,7 @@ class _SVDMixin:
             "bias_initializer": keras.initializers.serialize(self.bias_initializer),
             "feedback_seed": self.feedback_seed,
             "feedback_init": self.feedback_init,
+            "init_scale": self.init_scale,
         }
 
 
@@ -229,11 +236,12 @@ class SVDDense(_SVDMixin, keras.layers.Layer):
     """Dense layer z = ((x V) * s) U^T + b with W (units x in) = U diag(s) V^T."""
 
     def __init__(self, units, rank=None, use_bias=True, kernel_initializer="glorot_uniform",
-                 bias_initializer="zeros", feedback_seed=None, feedback_init="random", **kwargs):
+                 bias_initializer="zeros", feedback_seed=None, feedback_init="random",
+                 init_scale=1.0, **kwargs):
         super().__init__(**kwargs)
         self.units = int(units)
         self._init_svd(rank, use_bias, kernel_initializer, feedback_seed, feedback_init,
-                       bias_initializer)
+                       bias_initializer, init_scale)
         self._in_dim = None
 
     @property
@@ -299,12 +307,22 @@ class SVDConv2D(_SVDMixin, keras.layers.Layer):
     factored; the layer runs a vertical (kh x 1, C -> r) convolution then a
     horizontal (1 x kw, r -> N) convolution, each carrying one axis' stride
     and padding. At full rank it is the original convolution exactly.
+
+    ``forward="auto"`` computes the same function in whichever order costs
+    fewer multiply-adds: the two factored convolutions, or one convolution
+    with the kernel merged from the factors each step (gradients reach U, s
+    and V through the merge). At full rank the factored pair costs about
+    twice the plain convolution (r = 3C for a 3x3 kernel), so the merged
+    form wins until a cut brings the rank below about half.
     """
 
     def __init__(self, filters, kernel_size, strides=1, padding="same", rank=None, use_bias=True,
                  kernel_initializer="he_normal", bias_initializer="zeros", feedback_seed=None,
-                 feedback_init="random", **kwargs):
+                 feedback_init="random", init_scale=1.0, forward="auto", **kwargs):
         super().__init__(**kwargs)
+        if forward not in FORWARD_FORMS:
+            raise ValueError(f"forward must be one of {FORWARD_FORMS}, got {forward!r}")
+        self.forward = forward
         self.filters = int(filters)
         self.kernel_size = _pair(kernel_size)
         self.strides = _pair(strides)
@@ -312,7 +330,7 @@ class SVDConv2D(_SVDMixin, keras.layers.Layer):
         if self.padding not in ("same", "valid"):
             raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
         self._init_svd(rank, use_bias, kernel_initializer, feedback_seed, feedback_init,
-                       bias_initializer)
+                       bias_initializer, init_scale)
         self._channels = None
 
     @property
@@ -354,14 +372,38 @@ class SVDConv2D(_SVDMixin, keras.layers.Layer):
         return vertical, horizontal
 
     def call(self, x):
-        y = self._factored_conv(x, feedback=False)
+        y = self._conv(x, feedback=False)
         if self.bias is not None:
             y = y + self.bias
         return y
 
     def feedback_call(self, x):
         """The convolution whose kernel the feedback factors make (no bias)."""
-        return self._factored_conv(x, feedback=True)
+        return self._conv(x, feedback=True)
+
+    def uses_merged_forward(self) -> bool:
+        """True when one convolution with the merged kernel costs fewer multiply-adds
+        per output pixel than the factored pair (``forward="auto"``)."""
+        if self.forward != "auto":
+            return self.forward == "merged"
+        kh, kw = self.kernel_size
+        c, n, r, sw = self._channels, self.filters, self.rank, self.strides[1]
+        # the vertical convolution runs at every input column (stride sw apart)
+        return kh * kw * c * n < kh * c * r * sw + kw * r * n
+
+    def _conv(self, x, feedback):
+        if not self.uses_merged_forward():
+            return self._factored_conv(x, feedback)
+        return ops.conv(x, self.kernel_tensor(feedback), strides=self.strides,
+                        padding=self.padding)
+
+    def kernel_tensor(self, feedback=False):
+        """The (kh, kw, C, N) kernel made from the factors, differentiable in them."""
+        U, s, V = (self.B_U, self.B_s, self.B_V) if feedback else (self.U, self.s, self.V)
+        kh, kw = self.kernel_size
+        matrix = ops.matmul(U * s, ops.transpose(V))  # K'[(n, w), (c, h)]
+        kernel = ops.reshape(matrix, (self.filters, kw, self._channels, kh))
+        return ops.transpose(kernel, (3, 1, 2, 0))
 
     def _factored_conv(self, x, feedback):
         vertical, horizontal = self.sub_kernels(feedback)
@@ -376,7 +418,8 @@ class SVDConv2D(_SVDMixin, keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
-                "strides": self.strides, "padding": self.padding, **self._svd_config()}
+                "strides": self.strides, "padding": self.padding, "forward": self.forward,
+                **self._svd_config()}
 
     @classmethod
     def from_conv(cls, layer: keras.layers.Conv2D, rank=None, **kwargs):

@@ -1,9 +1,11 @@
 """One model builder for every mode: a network is a list of local modules.
 
-SSA, DFA and BP differ in how a module gets its error, not in how the network
-is built (STYLE.md). A ``LayerFactory`` makes SVD layers for ``ssa`` and
-plain Keras layers for ``dfa``/``bp``; the builders below only say which
-layers go into which module. The last module always holds the classifier.
+The learning rules differ in how a module gets its error, not in how the
+network is built (STYLE.md). A ``LayerFactory`` makes SVD layers for the
+rules that train SVD factors (``ssa``, ``svd-bp``, ``fa``, ...) and plain
+Keras layers for the others (``bp``, ``dfa``); the builders below only say
+which layers go into which module. The last module always holds the
+classifier.
 """
 
 from __future__ import annotations
@@ -14,34 +16,49 @@ from ssa_tf.layers import LocalBatchNorm, SVDConv2D, SVDDense
 
 MODELS = ("mlp", "smallconv", "resnet32", "resnet18")
 NORMS = ("layer", "batch", "none")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh")
+HEAD_INITS = ("glorot", "zero")
 
 
 class LayerFactory:
     """Makes the layers of one network consistently for a mode."""
 
-    def __init__(self, mode, norm, seed, feedback_init="random", ranks=None):
-        self.mode, self.norm, self.seed = mode, norm, int(seed)
+    def __init__(self, svd, local, norm, seed, feedback_init="random", ranks=None,
+                 activation="leaky_relu", head_init="zero"):
+        self.svd, self.local = bool(svd), bool(local)
+        self.norm, self.seed = norm, int(seed)
         self.feedback_init = feedback_init
         self.ranks = dict(ranks or {})
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; choose from {ACTIVATIONS}")
+        if head_init not in HEAD_INITS:
+            raise ValueError(f"unknown head_init {head_init!r}; choose from {HEAD_INITS}")
+        self.activation, self.head_init = activation, head_init
         self._count = 0
 
     def _next_seed(self):
         self._count += 1
         return self.seed * 10007 + self._count
 
-    def dense(self, units, name):
+    def dense(self, units, name, head=False):
         init = keras.initializers.GlorotUniform(seed=self._next_seed())
-        if self.mode == "ssa":
+        # a zero head (head_init="zero", Noekland 2016's DFA) lets the hidden
+        # modules' first updates count: a random head scrambles them until it aligns
+        zero = head and self.head_init == "zero"
+        if self.svd:
             return SVDDense(units, rank=self.ranks.get(name), kernel_initializer=init,
                             feedback_seed=self._next_seed() + 5003,
-                            feedback_init=self.feedback_init, name=name)
+                            feedback_init=self.feedback_init, init_scale=0.0 if zero else 1.0,
+                            name=name)
+        if zero:
+            init = keras.initializers.Zeros()
         return keras.layers.Dense(units, kernel_initializer=init, name=name)
 
     def conv(self, filters, kernel_size, strides, name, use_bias=None):
         init = keras.initializers.HeNormal(seed=self._next_seed())
         # a bias before a normalization layer is redundant
         use_bias = (self.norm == "none") if use_bias is None else use_bias
-        if self.mode == "ssa":
+        if self.svd:
             return SVDConv2D(filters, kernel_size, strides=strides, padding="same",
                              rank=self.ranks.get(name), use_bias=use_bias, kernel_initializer=init,
                              feedback_seed=self._next_seed() + 5003,
@@ -54,7 +71,7 @@ class LayerFactory:
             return keras.layers.LayerNormalization(axis=-1, name=name)
         if self.norm == "batch":
             # statistics are constants in a local backward (SPEC section 4)
-            return LocalBatchNorm(stop_stat_gradient=self.mode != "bp", name=name)
+            return LocalBatchNorm(stop_stat_gradient=self.local, name=name)
         return None
 
 
@@ -88,6 +105,7 @@ class ResidualBlock(keras.layers.Layer):
     def __init__(self, factory: LayerFactory, filters, strides, in_filters, name):
         super().__init__(name=name)
         f = factory
+        self.activation = keras.activations.get(f.activation)
         self.conv1 = f.conv(filters, 3, strides, f"{name}_conv1")
         self.norm1 = f.normalization(f"{name}_norm1")
         self.conv2 = f.conv(filters, 3, 1, f"{name}_conv2")
@@ -100,10 +118,10 @@ class ResidualBlock(keras.layers.Layer):
 
     def call(self, x, training=False):
         y = _apply(self.norm1, self.conv1(x), training)
-        y = keras.activations.relu(y)
+        y = self.activation(y)
         y = _apply(self.norm2, self.conv2(y), training)
         shortcut = x if self.proj is None else _apply(self.proj_norm, self.proj(x), training)
-        return keras.activations.relu(y + shortcut)
+        return self.activation(y + shortcut)
 
 
 def _apply(layer, x, training):
@@ -118,15 +136,16 @@ def _apply(layer, x, training):
 
 
 def _unit(factory, layer, name, pool=None):
-    """weight layer -> norm -> relu (-> pool), as one module."""
-    steps = [layer, factory.normalization(f"{name}_norm"), keras.layers.Activation("relu")]
+    """weight layer -> norm -> activation (-> pool), as one module."""
+    steps = [layer, factory.normalization(f"{name}_norm"),
+             keras.layers.Activation(factory.activation)]
     if pool is not None:
         steps.append(pool)
     return Module([s for s in steps if s is not None], output_layer=layer, name=name)
 
 
 def _head(factory, num_classes, name, pre=()):
-    fc = factory.dense(num_classes, "classifier")
+    fc = factory.dense(num_classes, "classifier", head=True)
     return Module([*pre, fc], output_layer=fc, name=name)
 
 
@@ -196,9 +215,11 @@ def resnet18(factory, input_shape, num_classes):
 BUILDERS = {"mlp": mlp, "smallconv": smallconv, "resnet32": resnet32, "resnet18": resnet18}
 
 
-def build_modules(name, input_shape, num_classes, mode="ssa", norm="layer", seed=1,
-                  feedback_init="random", ranks=None):
+def build_modules(name, input_shape, num_classes, svd=True, local=True, norm="layer", seed=1,
+                  feedback_init="random", ranks=None, activation="leaky_relu", head_init="zero"):
+    """The local modules of architecture ``name``: SVD layers if ``svd``; ``local``
+    rules hold batch statistics constant in their backward pass."""
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    factory = LayerFactory(mode, norm, seed, feedback_init, ranks)
+    factory = LayerFactory(svd, local, norm, seed, feedback_init, ranks, activation, head_init)
     return BUILDERS[name](factory, tuple(input_shape), num_classes)

@@ -171,11 +171,12 @@ def prepare_workdir(cfg: RunConfig, chief: bool = True) -> str:
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot resume: {saved_path} is unreadable ({e}); pass --restart "
                          "to start over") from None
-    mine = json.loads(json.dumps(dataclasses.asdict(cfg.resolved()), default=list))
+    mine = json.loads(json.dumps(cfg.record(), default=list))
+    # the card follows from the settings: a changed card is a changed flag, named below
     differ = [k for k in sorted(set(saved) | set(mine))
-              if k not in RESUMABLE_CHANGES and saved.get(k) != mine.get(k)]
+              if k not in RESUMABLE_CHANGES and k != "card" and saved.get(k) != mine.get(k)]
     if differ:
-        shown = ", ".join(f"--{k}={saved.get(k)!r} then, {mine.get(k)!r} now" for k in differ[:4])
+        shown = ", ".join(f"--{k}={saved.get(k)!r} then, {mine.get(k)!r} now" for k in differ)
         raise UsageError(f"workdir {workdir} holds an unfinished run with other settings "
                          f"({shown}); rerun with the same settings to resume it, pass "
                          "--restart to start over, or choose another --workdir")

@@ -53,7 +53,7 @@ def learning_rate_schedule(cfg: RunConfig, steps_per_epoch: int):
         boundaries = [int(e) * steps_per_epoch for e in cfg.lr_decay_epochs]
         values = [rate * cfg.lr_decay_factor ** k for k in range(len(boundaries) + 1)]
         rate = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    if cfg.rank_warmup_steps and cfg.rank_tau is not None and cfg.mode == "ssa":
+    if cfg.rank_warmup_steps and cfg.rank_tau is not None and cfg.rule.svd:
         cuts = [e * steps_per_epoch
                 for e in cut_epochs(cfg.epochs, cfg.rank_start, cfg.rank_interval)]
         rate = WarmupAfterCuts(rate, cuts, cfg.rank_warmup_steps)
@@ -61,15 +61,11 @@ def learning_rate_schedule(cfg: RunConfig, steps_per_epoch: int):
 
 
 def make_model(cfg: RunConfig, input_shape, num_classes) -> SSAModel:
-    cfg = cfg.resolved()
     keras.utils.set_random_seed(cfg.seed)
-    model = SSAModel(cfg.model, input_shape, num_classes, mode=cfg.mode, norm=cfg.norm,
-                     alpha=cfg.alpha, beta=cfg.beta, gamma=cfg.gamma,
-                     feedback_route=cfg.feedback, feedback_spatial=cfg.feedback_spatial,
-                     feedback_init=cfg.feedback_init, feedback_tracking=cfg.feedback_tracking,
-                     chain_gating=cfg.chain_gating, chain_jacobians=cfg.chain_jacobians,
-                     stiefel_retraction=cfg.stiefel_retraction, seed=cfg.seed)
-    return model
+    return SSAModel(cfg.model, input_shape, num_classes, mode=cfg.mode, norm=cfg.norm,
+                    activation=cfg.activation, head_init=cfg.head_init, seed=cfg.seed,
+                    **cfg.method_options())
+
 
 
 def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
@@ -98,7 +94,7 @@ def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
     os.makedirs(workdir, exist_ok=True)
     if state != "resume":
         _atomic_write_text(os.path.join(workdir, "config.json"),
-                           json.dumps(dataclasses.asdict(cfg.resolved()), indent=2, default=list))
+                           json.dumps(cfg.record(), indent=2, default=list))
 
     # TensorFlow combines each op seed with the global one: set it before the
     # input pipeline is built, or a run's data order depends on what ran
@@ -115,7 +111,7 @@ def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
     with placement.strategy.scope():  # model, optimizer, metrics, rank callback
         model = make_model(cfg, ds.input_shape, ds.num_classes)
         steps = -(-ds.train_examples // cfg.batch_size)
-        compile_model(model, learning_rate_schedule(cfg, steps), s_rate_scale=cfg.s_rate_scale)
+        compile_model(model, learning_rate_schedule(cfg, steps))
     trainable_params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
     timer = EpochTimer()
@@ -127,13 +123,13 @@ def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
                  keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"),
                                              write_graph=False),
                  *extra_callbacks]
-    if cfg.diagnostics_every and cfg.mode != "bp":
+    if cfg.diagnostics_every and cfg.rule.local:
         from ssa_tf.diagnostics import AlignmentMonitor
         # a fixed evaluation batch, so that the angles compare over training
         x, y = next(iter(ds.test))
         callbacks.append(AlignmentMonitor(np.asarray(x), np.asarray(y), cfg.diagnostics_every,
                                           workdir=workdir if placement.chief else None))
-    if cfg.rank_tau is not None and cfg.mode == "ssa":
+    if cfg.rank_tau is not None and cfg.rule.svd:
         unknown = sorted(set(cfg.rank_exempt) - set(model.ranks()))
         if unknown:
             raise UsageError(f"--rank_exempt names unknown SVD layers {unknown}; the model has: "
@@ -141,7 +137,7 @@ def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
         callbacks.insert(1, RankPruning(cfg.rank_tau, cfg.rank_start, cfg.rank_interval,
                                         cfg.rank_min, cfg.rank_exempt, workdir=workdir,
                                         verbose=int(placement.chief),
-                                        feedback=cfg.resolved().rank_feedback_cut,
+                                        feedback=cfg.rank_feedback_cut,
                                         final_cut=cfg.rank_final_cut))
     try:
         history = placement.fit(model, ds.train, validation, cfg.epochs, callbacks, verbose,
@@ -157,7 +153,8 @@ def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
     os.replace(tmp, os.path.join(workdir, "model.keras"))
 
     summary = {
-        "mode": cfg.mode, "model": cfg.model, "dataset": cfg.dataset, "epochs": cfg.epochs,
+        "mode": cfg.mode, "card": cfg.card().as_dict(),
+        "model": cfg.model, "dataset": cfg.dataset, "epochs": cfg.epochs,
         "batch_size": cfg.batch_size, "learning_rate": cfg.resolved_learning_rate(),
         "test_accuracy": float(test_acc), "test_loss": float(test_loss),
         "test_split": ds.test_split, "train_split": ds.train_split,

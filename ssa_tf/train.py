@@ -21,6 +21,7 @@ from absl import flags
 from ssa_tf import config as cfg_lib
 from ssa_tf.cli import usage_error
 from ssa_tf import cli
+from ssa_tf.methods import spec as methods
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dataset", "mnist5k", f"one of {', '.join(cfg_lib.DATASETS)}")
@@ -34,37 +35,41 @@ flags.DEFINE_integer("image_size", None, "imagenet2012: training/evaluation crop
 flags.DEFINE_list("synthetic_shape", ["32", "32", "3"], "synthetic: input shape")
 flags.DEFINE_integer("synthetic_classes", 10, "synthetic: number of classes")
 flags.DEFINE_string("model", "smallconv", f"one of {', '.join(cfg_lib.MODELS)}")
-flags.DEFINE_string("mode", "ssa", f"one of {', '.join(cfg_lib.MODES)}")
+flags.DEFINE_string("mode", "ssa", "learning rule: " + "; ".join(
+    f"{n}: {r.summary}" for n, r in methods.RULES.items()))
 flags.DEFINE_integer("epochs", 3, "training epochs")
 flags.DEFINE_integer("batch_size", 64, "global batch size")
-flags.DEFINE_float("learning_rate", None, "Adam rate; default per mode: "
-                   + ", ".join(f"{k} {v:g}" for k, v in cfg_lib.DEFAULT_LEARNING_RATE.items()))
-flags.DEFINE_float("alpha", 1.0, "weight of the CE (task) term")
-flags.DEFINE_float("beta", 0.01, "weight of the alignment term")
-flags.DEFINE_float("gamma", 0.1, "weight of the orthogonality term")
+flags.DEFINE_float("learning_rate", None, "Adam rate; default per rule: "
+                   + ", ".join(f"{n} {r.learning_rate:g}" for n, r in methods.RULES.items()))
 flags.DEFINE_string("norm", "layer", f"one of {', '.join(cfg_lib.NORMS)}")
-flags.DEFINE_string("feedback", None, f"error route: {', '.join(cfg_lib.FEEDBACK_ROUTES)} "
-                    "(default: ssa chain, dfa global)")
-flags.DEFINE_string("feedback_spatial", "broadcast",
-                    f"global route on feature maps: {', '.join(cfg_lib.FEEDBACK_SPATIAL)}")
+flags.DEFINE_string("activation", "leaky_relu", f"one of {', '.join(cfg_lib.ACTIVATIONS)}")
+flags.DEFINE_string("head_init", "zero", "the classifier's initial weight: zero (SVD form: "
+                    "s = 0), or glorot")
+# the learning rule's options; unset: the rule's default; one it does not take is refused
+flags.DEFINE_float("alpha", None, "weight of the CE (task) term (default 1)")
+flags.DEFINE_float("beta", None, "SVD rules: weight of the alignment term (default 0.01)")
+flags.DEFINE_float("gamma", None, "SVD rules: weight of the orthogonality term (default 0.1)")
+flags.DEFINE_float("ortho_lambda", None, "SVD rules: Frobenius penalty lambda of eq. 19 "
+                   "(default 0)")
+flags.DEFINE_string("feedback", None, f"dfa, ssa: error route, {', '.join(methods.ROUTES)} "
+                    f"(default: dfa {methods.RULES['dfa'].options['feedback']}, "
+                    f"ssa {methods.RULES['ssa'].options['feedback']})")
+flags.DEFINE_string("feedback_spatial", None,
+                    f"global route on feature maps: {', '.join(methods.SPATIAL)} (default full)")
 flags.DEFINE_string("feedback_init", None,
-                    f"feedback weights: {', '.join(cfg_lib.FEEDBACK_INIT)} "
-                    "(default: ssa forward, dfa random)")
-flags.DEFINE_float("feedback_tracking", None,
-                   "SSA: after each step every B_X moves this fraction towards X "
-                   "(0: fixed, as SPEC; default 0.1)")
-flags.DEFINE_boolean("chain_gating", None,
-                     "chain route: gate the feedback network's ReLUs with the forward pass's "
-                     "(default: on for ssa)")
+                    f"feedback weights: {', '.join(methods.FEEDBACK_INIT)} (random: an "
+                    "independent draw; forward: a one-time copy of the initial weight)")
 flags.DEFINE_boolean("chain_jacobians", None,
-                     "gated chain route: normalizations and max-pools apply their Jacobians at "
-                     "the forward pass (off: identity and average pooling, as SPEC's linear "
-                     "network; default: on for ssa)")
-flags.DEFINE_boolean("stiefel_retraction", False,
-                     "SSA: after every step retract U and V onto the Stiefel manifold (QR)")
-flags.DEFINE_float("s_rate_scale", 1.0,
-                   "SSA: Adam's rate for the singular values s as a multiple of the rate "
-                   "(U, V and everything else)")
+                     "fa, bp-lagged-copy: normalizations and max-pools apply their Jacobians "
+                     "at the forward pass (default on)")
+flags.DEFINE_float("feedback_tracking", None,
+                   "bp-lagged-copy: after each step every B_X moves this fraction towards X "
+                   "(default 0.1)")
+flags.DEFINE_boolean("stiefel_retraction", None,
+                     "SVD rules: after every step retract U and V onto the Stiefel manifold (QR)")
+flags.DEFINE_float("s_rate_scale", None,
+                   "SVD rules: Adam's rate for the singular values s as a multiple of the rate "
+                   "(U, V and everything else; default 1)")
 flags.DEFINE_integer("seed", 1, "random seed (>= 1)")
 flags.DEFINE_string("workdir", None, "output folder (default runs/<dataset>-<model>-<mode>-<time>)")
 flags.DEFINE_string("preset", "none", f"seed settings: {', '.join(cfg_lib.PRESETS)}")
@@ -78,9 +83,9 @@ flags.DEFINE_integer("rank_start", 0, "first cut after epoch max(rank_start, ran
 flags.DEFINE_integer("rank_interval", 10, "epochs between rank cuts")
 flags.DEFINE_integer("rank_min", 1, "no layer is cut below this rank")
 flags.DEFINE_list("rank_exempt", [], "SVD layer names that keep their rank (e.g. m0_conv,classifier)")
-flags.DEFINE_string("rank_feedback_cut", None, "how a cut treats the feedback factors: svd "
+flags.DEFINE_string("rank_feedback_cut", "first", "how a cut treats the feedback factors: svd "
                     "(re-factored like the forward ones) or first (SPEC: their first r "
-                    "components); default per mode")
+                    "components)")
 flags.DEFINE_boolean("rank_final_cut", False, "also cut after the last epoch (no training "
                      "follows it: a smaller model at some accuracy)")
 flags.DEFINE_integer("rank_warmup_steps", 0, "after each rank cut the rate ramps up linearly "
@@ -118,11 +123,9 @@ def config_from_flags() -> cfg_lib.RunConfig:
     except ValueError:
         raise ValueError(f"--synthetic_shape must be integers, got {FLAGS.synthetic_shape}")
     # a preset fills in what the user did not say explicitly
-    for name, value in cfg_lib.PRESET_VALUES[FLAGS.preset].items():
+    for name, value in cfg_lib.preset_values(FLAGS.preset, values["mode"]).items():
         if not FLAGS[name].present:
             values[name] = value
-    if FLAGS.preset == "imagenet" and not FLAGS["learning_rate"].present:
-        values["learning_rate"] = cfg_lib.IMAGENET_LEARNING_RATE[values["mode"]]
     cfg = cfg_lib.RunConfig(**values)
     if cfg.workdir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -168,6 +171,7 @@ def main(argv):
     except data_lib.DataError as e:
         usage_error(str(e))
 
+    print(cfg.card().line(), flush=True)
     problem = writable_problem(cfg.workdir)
     if problem:
         usage_error(problem)

@@ -45,9 +45,8 @@ OBJECTIVE = "val_accuracy"
 # The tuned run's settings, as flags of both tuning/search.py and ssa_tf.train
 # (best.flags repeats them); mode is ssa, the coefficients are searched.
 RUN_FIELDS = ("dataset", "data_dir", "manual_dir", "label", "image_size", "validation_split",
-              "max_train_examples", "augment", "model", "batch_size", "norm", "feedback",
-              "feedback_spatial", "feedback_init", "feedback_tracking", "chain_gating",
-              "chain_jacobians", "seed")
+              "max_train_examples", "augment", "model", "batch_size", "norm", "activation",
+              "head_init", "feedback", "feedback_spatial", "feedback_init", "seed")
 CSV_COLUMNS = ("trial", "alpha", "beta", "gamma", "lr", "val_accuracy", "epochs", "status",
                "seconds", "reason")
 _TRIAL_RECORD = "ssa_trial.json"  # our per-trial sidecar: seconds and epochs
@@ -255,8 +254,7 @@ def keras_tuner_parts():
                       for name, bounds in self.ranges.items()}
             cfg = dataclasses.replace(self.run, **values)
             model = run_lib.make_model(cfg, self.input_shape, self.num_classes)
-            return compile_model(model, cfg.resolved_learning_rate(),
-                                 s_rate_scale=cfg.s_rate_scale)
+            return compile_model(model, cfg.resolved_learning_rate())
 
         def fit(self, hp, model, callbacks=(), **kwargs):
             # New pipelines for every trial: one reshuffles (and re-augments)
@@ -431,9 +429,9 @@ def trial_rows(project: str, states: list[dict], cfg: SearchConfig) -> list[dict
             epochs = values.get("tuner/epochs", cfg.epochs_per_trial)
         rows.append({
             "trial": state["trial_id"],
-            "alpha": values.get("alpha", cfg.run.alpha),
-            "beta": values.get("beta", cfg.run.beta),
-            "gamma": values.get("gamma", cfg.run.gamma),
+            "alpha": values.get("alpha", cfg.run.resolved().alpha),
+            "beta": values.get("beta", cfg.run.resolved().beta),
+            "gamma": values.get("gamma", cfg.run.resolved().gamma),
             "lr": values.get("learning_rate", cfg.run.resolved_learning_rate()),
             "val_accuracy": float(score) if status == "COMPLETED" and score is not None else None,
             "epochs": epochs,

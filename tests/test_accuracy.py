@@ -1,10 +1,8 @@
-"""SSA with its default settings learns a convolutional network where DFA does not.
+"""The rules at their defaults learn a convolutional network from real digits.
 
 smallconv, 2 epochs (126 steps of 64) on the 4,000 embedded MNIST digits.
-Measured with the defaults of 2026-12-01 (the chain applying the norms' and
-max-pools' Jacobians) by ``python -m benchmarks.accuracy_margin --seeds=1,2,3``:
-SSA 0.930 / 0.931 / 0.899, DFA 0.317 / 0.213 / 0.305 on seeds 1, 2, 3, a
-margin of at least 0.59. The test asserts about half of that.
+Measured by ``python -m benchmarks.accuracy_margin --seeds=1,2,3``; the
+numbers are in benchmarks/ACCURACY.md. The test runs seed 2.
 """
 
 import keras
@@ -21,7 +19,7 @@ def accuracy(mode, seed=2):
     return model.evaluate(spec.test, verbose=0, return_dict=True)["accuracy"]
 
 
-def test_ssa_defaults_beat_dfa_clearly_on_a_conv_net():
-    ssa, dfa = accuracy("ssa"), accuracy("dfa")
-    assert ssa > 0.8, ssa
-    assert ssa - dfa > 0.28, (ssa, dfa)
+def test_dfa_is_a_credible_baseline():
+    # full-map feedback, leaky ReLU and a zero head (issue 14): measured
+    # 0.919 / 0.923 / 0.915 on seeds 1-3 (the former defaults: 0.21-0.35)
+    assert accuracy("dfa") > 0.88

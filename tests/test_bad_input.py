@@ -58,7 +58,7 @@ def files(folder):
     (["--strategy=gpu"], "auto, one_device, mirrored, multi_worker"),
     (["--validation_split=1.5"], "--validation_split must be in [0, 1)"),
     (["--s_rate_scale=0"], "--s_rate_scale must be > 0"),
-    (["--mode=bp", "--stiefel_retraction"], "apply to --mode=ssa only"),
+    (["--mode=bp", "--stiefel_retraction"], "--stiefel_retraction does not apply to --mode=bp"),
 ])
 def test_train_out_of_range_flags(args, needle, tmp_path):
     start = time.perf_counter()

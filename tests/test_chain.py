@@ -8,8 +8,12 @@ from ssa_tf import chain, losses
 from ssa_tf.trainer import SSAModel
 
 
+def signals(model, outs, e):
+    return model.rule.route.signals(model, outs, e)
+
+
 def test_chain_signals_are_the_linear_networks_jacobian_transpose():
-    model = SSAModel("mlp", (5, 5, 1), 10, mode="dfa", feedback_route="chain", norm="none")
+    model = SSAModel("mlp", (5, 5, 1), 10, mode="dfa", feedback="chain", norm="none")
     k = model.feedback_kernels
     K0, K1, K2 = k["m0_dense"], k["m1_dense"], k["classifier"]
     x = tf.random.normal((4, 5, 5, 1))
@@ -25,18 +29,18 @@ def test_chain_signals_are_the_linear_networks_jacobian_transpose():
 
 
 def test_forward_init_feedback_copies_the_initial_weights():
-    dfa = SSAModel("smallconv", (16, 16, 3), 10, mode="dfa", feedback_route="chain",
+    dfa = SSAModel("smallconv", (16, 16, 3), 10, mode="dfa", feedback="chain",
                    feedback_init="forward")
     conv = dfa.local_modules[1].output_layer
     np.testing.assert_array_equal(dfa.feedback_kernels[conv.name].numpy(), conv.kernel.numpy())
-    ssa = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", feedback_route="chain",
+    ssa = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", feedback="chain",
                    feedback_init="forward")
     layer = ssa.local_modules[1].output_layer
     np.testing.assert_allclose(layer.feedback_matrix(), layer.merged_matrix(), atol=1e-5)
 
 
 def test_svd_feedback_conv_uses_the_feedback_kernel():
-    model = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", feedback_route="chain")
+    model = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", feedback="chain")
     layer = model.local_modules[1].output_layer  # 3x3, 32 -> 64
     kernel = layer.kernel_from_matrix(layer.feedback_matrix()).astype(np.float32)
     x = tf.random.normal((2, 8, 8, 32))
@@ -49,16 +53,16 @@ def test_svd_feedback_conv_uses_the_feedback_kernel():
 
 
 def test_chain_signal_is_rescaled_to_the_error_std():
-    model = SSAModel("resnet32", (8, 8, 3), 10, mode="ssa", feedback_route="chain")
+    model = SSAModel("resnet32", (8, 8, 3), 10, mode="ssa", feedback="chain")
     x = tf.random.normal((4, 8, 8, 3))
     outs, h = [], x
     for m in model.local_modules:
         h = m(h)
         outs.append(h)
     e = losses.output_error(outs[-1], tf.constant([0, 1, 2, 3]), 10)
-    signals = model.chain_signals(outs, e)
-    assert len(signals) == 15
-    for s, o in zip(signals, outs):
+    deltas = signals(model, outs, e)
+    assert len(deltas) == 15
+    for s, o in zip(deltas, outs):
         assert s.shape == o.shape
         assert abs(float(tf.math.reduce_std(s)) - float(tf.math.reduce_std(e))) < 1e-5
 
@@ -66,28 +70,26 @@ def test_chain_signal_is_rescaled_to_the_error_std():
 def test_feedback_scale_does_not_change_the_chain_signals():
     # issue 5 asks for the feedback's scale: on the chain route it is moot, since
     # each signal is linear in every feedback layer and rescaled to the error's std
-    model = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa")
+    model = SSAModel("smallconv", (16, 16, 3), 10, mode="fa")
     x = tf.random.normal((4, 16, 16, 3))
     outs, h = [], x
     for m in model.local_modules:
         h = m(h, training=True)
         outs.append(h)
     e = losses.output_error(outs[-1], tf.constant([0, 1, 2, 3]), 10)
-    before = model.chain_signals(outs, e)
+    before = signals(model, outs, e)
     for k, layer in enumerate(model.svd_layers()):
         layer.B_s.assign(layer.B_s * (0.1 if k % 2 else 7.0))
-    after = model.chain_signals(outs, e)
+    after = signals(model, outs, e)
     for a, b in zip(before, after):
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5)
 
 
-def test_feedback_tracking_moves_b_towards_the_forward_factors():
+def test_lagged_copy_moves_b_towards_the_forward_factors_and_fa_does_not():
     x = tf.random.normal((16, 6, 6, 1))
     y = tf.constant(np.arange(16) % 10)
-    fixed = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback_route="chain",
-                     feedback_tracking=0.0)
-    moving = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback_route="chain",
-                      feedback_tracking=0.25)
+    fixed = SSAModel("mlp", (6, 6, 1), 10, mode="fa")
+    moving = SSAModel("mlp", (6, 6, 1), 10, mode="bp-lagged-copy", feedback_tracking=0.25)
     for model in (fixed, moving):
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     layer_f, layer_m = fixed.svd_layers()[0], moving.svd_layers()[0]
@@ -123,8 +125,8 @@ def _cosine(a, b):
 def test_gated_chain_with_forward_feedback_is_backprop_at_initialization():
     # B = W0, the forward ReLU gates and max-pool routing: the chain's signal is
     # the true gradient of the summed CE with respect to each module's output
-    model = SSAModel("smallconv", (8, 8, 3), 10, mode="dfa", feedback_route="chain",
-                     feedback_init="forward", chain_gating=True, norm="none")
+    model = SSAModel("smallconv", (8, 8, 3), 10, mode="dfa", feedback="chain",
+                     feedback_init="forward", norm="none")
     x = tf.random.normal((4, 8, 8, 3))
     y = tf.constant([0, 1, 2, 3])
     true, gated = _true_and_chain(model, x, y, gated=True)
@@ -146,8 +148,8 @@ def test_gated_chain_is_backprop_through_normalized_residual_blocks(norm):
     # exact one; batch norm's with the batch statistics constant, which is
     # what a local backward through LocalBatchNorm computes); as identities
     # (SPEC's linear network) they drift from BP with distance from the head.
-    model = SSAModel("resnet32", (8, 8, 3), 10, mode="ssa", norm=norm)
-    assert model.chain_jacobians and model.chain_gating
+    model = SSAModel("resnet32", (8, 8, 3), 10, mode="fa", norm=norm)
+    assert model.options["chain_jacobians"] and model.rule.route.gated
     x = tf.random.normal((8, 8, 8, 3), seed=3)
     y = tf.constant([0, 1, 2, 3, 4, 5, 6, 7])
     true, gated = _true_and_chain(model, x, y, gated=True)

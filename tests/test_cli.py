@@ -21,7 +21,14 @@ def run_cli(*args, timeout=300):
 @pytest.mark.parametrize("args,needle", [
     (["--model=vgg99"], "mlp, smallconv, resnet32, resnet18"),
     (["--dataset=imagenet"], "mnist5k, cifar10, cifar100"),
-    (["--mode=hebbian"], "ssa, dfa, bp"),
+    (["--mode=hebbian"], "bp, svd-bp, dfa, ssa, fa, bp-lagged-copy"),
+    # an option the rule does not take is refused, naming the rules that take it
+    (["--mode=bp", "--feedback=chain"], "--feedback does not apply to --mode=bp"),
+    (["--mode=bp", "--beta=0.5"], "--beta does not apply to --mode=bp"),
+    (["--mode=dfa", "--rank_tau=0.9"], "--rank_tau applies to rules that train SVD factors"),
+    (["--mode=ssa", "--feedback_tracking=0.1"], "applies to --mode=bp-lagged-copy"),
+    (["--feedback=local", "--feedback_spatial=full"], "applies to the global route only"),
+    (["--rank_tau=0.9", "--epochs=3"], "would never cut"),
     (["--norm=group"], "layer, batch, none"),
     (["--feedback=chainsaw"], "global, local, chain"),
     (["--beta=-0.1"], "--beta must be >= 0"),
@@ -48,7 +55,7 @@ def test_bad_flags_exit_2_with_one_line_before_tensorflow(args, needle, tmp_path
 
 
 def test_unknown_exempt_layer_is_a_usage_error(tmp_path):
-    result = run_cli("--model=mlp", "--rank_tau=0.9", "--rank_exempt=conv9",
+    result = run_cli("--model=mlp", "--rank_tau=0.9", "--rank_interval=1", "--rank_exempt=conv9",
                      f"--workdir={tmp_path / 'w'}")
     assert result.returncode == 2
     line = result.stderr.strip().splitlines()[-1]
@@ -96,7 +103,9 @@ def test_default_style_run_writes_the_workdir(tmp_path):
     steps = sorted({int(r[0]) for r in rows})
     assert steps == [1, 25, 50, 75, 100, 125]
     angles = [float(r[2]) for r in rows if r[1] in ("m0", "m1")]
-    assert len(angles) == 2 * len(steps) and all(0 <= a < 90 for a in angles)  # descends
+    # the direct rule's hidden updates point within 90 degrees of BP's on average
+    # once training has started (SPEC section 7); measured 49-57
+    assert len(angles) == 2 * len(steps) and sum(angles[2:]) / len(angles[2:]) < 90
     assert any(r[1] == "norm_ratio:m0_dense" for r in rows)
 
 
@@ -115,20 +124,20 @@ def test_preset_fills_in_only_what_was_not_given():
     assert cfg.lr_decay_epochs == (20, 40, 60)
 
 
-def test_feedback_flags_reach_the_model():
+def test_rule_flags_reach_the_model():
     # --nochain_jacobians, --stiefel_retraction, --s_rate_scale: flags -> RunConfig -> model
     from absl.testing import flagsaver
     from ssa_tf import run, train
     with flagsaver.flagsaver():
-        train.FLAGS(["prog", "--model=mlp", "--nochain_jacobians", "--stiefel_retraction",
-                     "--s_rate_scale=3"])
+        train.FLAGS(["prog", "--model=mlp", "--mode=fa", "--nochain_jacobians",
+                     "--stiefel_retraction", "--s_rate_scale=3"])
         try:
             cfg = train.config_from_flags()
         finally:
             train.FLAGS.unparse_flags()
     assert cfg.chain_jacobians is False and cfg.stiefel_retraction and cfg.s_rate_scale == 3.0
     model = run.make_model(cfg, (28, 28, 1), 10)
-    assert not model.chain_jacobians and model.stiefel_retraction
+    assert not model.options["chain_jacobians"] and model.options["stiefel_retraction"]
     assert model.get_config()["chain_jacobians"] is False
     default = run.make_model(dataclasses.replace(cfg, chain_jacobians=None), (28, 28, 1), 10)
-    assert default.chain_jacobians  # on for ssa
+    assert default.options["chain_jacobians"]  # on for fa

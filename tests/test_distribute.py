@@ -141,15 +141,12 @@ MIRRORED_SCRIPT = textwrap.dedent("""
                    for u, v in zip(a.trainable_variables, b.trainable_variables))
 
     one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
-    chain = dict(feedback_route="chain", feedback_init="forward", chain_gating=True,
-                 feedback_tracking=0.1)
-    spec = dict(feedback_route="global", feedback_init="random", chain_gating=False,
-                feedback_tracking=0.0)  # SPEC section 3
     cases = {  # name: (mode, model options, mirrored run compiled with XLA)
         "bp_jit_requested": ("bp", {}, True),
-        "ssa_global": ("ssa", spec, False),
-        "ssa_chain": ("ssa", chain, False),
-        "dfa": ("dfa", spec, False),
+        "ssa_global": ("ssa", dict(feedback="global"), False),
+        "ssa_chain": ("ssa", dict(feedback="chain", feedback_init="forward"), False),
+        "lagged_copy": ("bp-lagged-copy", {}, False),  # a gated chain and a feedback update
+        "dfa": ("dfa", {}, False),
     }
     results = {}
     for name, (mode, kw, jit) in cases.items():
@@ -183,8 +180,7 @@ def test_mirrored_two_logical_cpus_equals_one_device():
 # --------------------------------------------------------------------------
 
 TRAIN_ARGS = ["--dataset=mnist5k", "--max_train_examples=64", "--batch_size=32", "--model=mlp",
-              "--mode=ssa", "--feedback=chain", "--feedback_init=forward", "--chain_gating",
-              "--feedback_tracking=0.1", "--rank_tau=0.9", "--rank_interval=1", "--rank_final_cut",
+              "--mode=bp-lagged-copy", "--rank_tau=0.9", "--rank_interval=1", "--rank_final_cut",
               "--epochs=2"]
 
 

@@ -13,6 +13,9 @@ EXPECTED = {
     ("smallconv", (32, 32, 3), 10): {"ssa": 671506, "dfa": 362282, "bp": 362282, "modules": 5},
     ("resnet32", (32, 32, 3), 10): {"ssa": 920930, "dfa": 466906, "bp": 466906, "modules": 16},
 }
+# every rule builds one of the two networks: SVD layers or ordinary ones
+PARAMETRIZATION = {"ssa": "ssa", "svd-bp": "ssa", "fa": "ssa", "bp-lagged-copy": "ssa",
+                   "dfa": "dfa", "bp": "bp"}
 
 
 def trainable(model):
@@ -20,11 +23,11 @@ def trainable(model):
 
 
 @pytest.mark.parametrize("key", list(EXPECTED))
-@pytest.mark.parametrize("mode", ["ssa", "dfa", "bp"])
+@pytest.mark.parametrize("mode", list(PARAMETRIZATION))
 def test_parameter_counts(key, mode):
     arch, shape, classes = key
     model = SSAModel(arch, shape, classes, mode=mode)
-    assert trainable(model) == EXPECTED[key][mode]
+    assert trainable(model) == EXPECTED[key][PARAMETRIZATION[mode]]
     assert len(model.local_modules) == EXPECTED[key]["modules"]
     out = model(np.zeros((2, *shape), np.float32))
     assert tuple(out.shape) == (2, classes)
@@ -45,11 +48,11 @@ def test_models_accept_other_shapes_and_classes():
 
 
 def test_feedback_matrices_shapes():
-    model = SSAModel("smallconv", (32, 32, 3), 10, mode="ssa", feedback_route="global",
+    model = SSAModel("smallconv", (32, 32, 3), 10, mode="ssa", feedback="global",
                      feedback_spatial="full")
     shapes = [tuple(v.shape) for v in model.feedback_matrices]
     # conv maps 16x16x32, 8x8x64, 2x2x128 sent to every unit; fc512 plain
     assert shapes == [(16 * 16 * 32, 10), (8 * 8 * 64, 10), (2 * 2 * 128, 10), (512, 10)]
-    model = SSAModel("smallconv", (32, 32, 3), 10, mode="ssa", feedback_route="local")
+    model = SSAModel("smallconv", (32, 32, 3), 10, mode="ssa", feedback="local")
     assert [tuple(v.shape) for v in model.feedback_matrices] == [
         (4 * 32, 10), (4 * 64, 10), (4 * 128, 10), (512, 10)]

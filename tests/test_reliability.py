@@ -133,7 +133,7 @@ def _poisoned_fit(mode, skip, poison_step, steps=6):
     return error, finite, moved, guard.skipped
 
 
-@pytest.mark.parametrize("mode,where", [("ssa", "module 0 (m0)"), ("bp", "network (BP)")])
+@pytest.mark.parametrize("mode,where", [("ssa", "module 0 (m0)"), ("bp", "network (bp)")])
 def test_divergence_stops_naming_module_and_term(mode, where):
     error, finite, moved, _ = _poisoned_fit(mode, skip=0, poison_step=2)
     assert error is not None and where in error and "step 3" in error, error

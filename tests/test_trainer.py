@@ -85,11 +85,13 @@ def test_composite_loss_adds_eq7_and_eq14_to_the_ce_gradient():
                                rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode", ["ssa", "dfa"])
-@pytest.mark.parametrize("route", ["global", "local", "chain"])
-def test_no_gradient_crosses_a_module_boundary(mode, route):
-    model = SSAModel("smallconv", (16, 16, 3), 10, mode=mode, feedback_route=route,
-                     norm="batch")
+@pytest.mark.parametrize("mode,options", [
+    ("ssa", dict(feedback="global")), ("ssa", dict(feedback="local")),
+    ("ssa", dict(feedback="chain")), ("dfa", dict(feedback="global")),
+    ("dfa", dict(feedback="local")), ("dfa", dict(feedback="chain")), ("fa", {})])
+def test_no_gradient_crosses_a_module_boundary(mode, options):
+    model = SSAModel("smallconv", (16, 16, 3), 10, mode=mode, norm="batch", **options)
+    rule = model.rule
     x, y = batch((16, 16, 3))
     x = tf.constant(x)
     with tf.GradientTape(persistent=True) as tape:
@@ -99,8 +101,9 @@ def test_no_gradient_crosses_a_module_boundary(mode, route):
             h = m(tf.stop_gradient(h), training=True)
             outs.append(h)
         error = tf.stop_gradient(losses.output_error(outs[-1], y, 10))
-        signals = model.chain_signals(outs, error)
-        module_losses = [model.module_loss(i, o, error, y, signals)[0] for i, o in enumerate(outs)]
+        signals = rule.route.signals(model, outs, error)
+        module_losses = [rule.module_loss(model, i, o, error, y, signals)[0]
+                         for i, o in enumerate(outs)]
     n = len(model.local_modules)
     for i in range(n):
         assert tape.gradient(module_losses[i], x) is None
@@ -113,22 +116,37 @@ def test_no_gradient_crosses_a_module_boundary(mode, route):
                 assert all(g is None for g in grads), (i, j)
 
 
-def test_update_of_a_module_ignores_later_modules_given_the_same_error():
-    model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback_route="global")
-    x, y = batch((6, 6, 1))
+def _module_updates(model, x, y, error):
+    grads = model.local_gradients(tf.constant(x), tf.constant(y), error=error)[0]
+    return {id(v): g.numpy() for g, v in grads}
+
+
+@pytest.mark.parametrize("mode,options,direct", [
+    ("ssa", {}, True), ("ssa", dict(feedback="chain", feedback_init="forward"), True),
+    ("ssa", dict(feedback="local"), True), ("dfa", {}, True),
+    ("dfa", dict(feedback="chain"), True),
+    ("fa", {}, False), ("bp-lagged-copy", {}, False)])
+def test_a_direct_rules_update_ignores_the_later_modules_weights(mode, options, direct):
+    # SPEC section 3a: with the output error e held fixed, module i's update is
+    # a fixed function of e and its own forward pass. Changing the forward
+    # weights of the modules after it changes nothing for a direct rule; for
+    # feedback alignment (gated by the later modules' forward pass) it does.
+    model = SSAModel("smallconv", (16, 16, 3), 10, mode=mode, **options)
+    x, y = batch((16, 16, 3))
     error = tf.constant(np.random.default_rng(3).standard_normal((8, 10)), tf.float32)
-
-    def grad_of_module0():
-        with tf.GradientTape() as tape:
-            h = model.local_modules[0](x, training=True)
-            loss = model.module_loss(0, h, error, y)[0]
-        return [g.numpy() for g in tape.gradient(loss, model.local_modules[0].trainable_variables)]
-
-    before = grad_of_module0()
-    for v in model.local_modules[1].trainable_variables + model.local_modules[2].trainable_variables:
-        v.assign(v + 0.5)
-    for a, b in zip(before, grad_of_module0()):
-        np.testing.assert_array_equal(a, b)
+    i = 1
+    mine = [id(v) for v in model.local_modules[i].trainable_variables]
+    before = _module_updates(model, x, y, error)
+    for m in model.local_modules[i + 1:-1]:
+        for v in m.trainable_variables:
+            v.assign(v * 1.5 + 0.1)
+    after = _module_updates(model, x, y, error)
+    changed = max(float(np.max(np.abs(before[k] - after[k]))) for k in mine)
+    assert model.card().direct == direct
+    if direct:
+        assert changed == 0.0
+    else:
+        assert changed > 1e-6
 
 
 def test_global_broadcast_surrogate_gradient_is_the_dfa_signal():
@@ -145,7 +163,7 @@ def test_global_broadcast_surrogate_gradient_is_the_dfa_signal():
 
 
 def test_ssa_feedback_lies_in_the_span_of_the_feedback_factors():
-    model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback_route="global")
+    model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback="global")
     layer = model.local_modules[0].output_layer
     basis = layer.B_U.numpy()  # (256, 36): the error arrives in its 36-dim span
     D = model.feedback_matrices[0].numpy()
@@ -158,7 +176,7 @@ def test_ssa_feedback_lies_in_the_span_of_the_feedback_factors():
 
 
 def test_batch_norm_statistics_are_constant_only_in_local_modes():
-    for mode, stop in [("ssa", True), ("dfa", True), ("bp", False)]:
+    for mode, stop in [("ssa", True), ("dfa", True), ("bp", False), ("svd-bp", False)]:
         model = SSAModel("smallconv", (16, 16, 3), 10, mode=mode, norm="batch")
         bns = [l for m in model.local_modules for l in m.steps if isinstance(l, LocalBatchNorm)]
         assert len(bns) == 4 and all(b.stop_stat_gradient == stop for b in bns)

@@ -26,6 +26,7 @@ from absl import flags
 
 from ssa_tf import config as cfg_lib
 from ssa_tf.cli import usage_error
+from ssa_tf.methods import spec as methods
 from ssa_tf import cli
 from ssa_tf import tuning
 
@@ -61,23 +62,16 @@ flags.DEFINE_boolean("augment", True, "CIFAR: random crop after 4-pixel padding 
 flags.DEFINE_string("model", "smallconv", f"one of {', '.join(cfg_lib.MODELS)}")
 flags.DEFINE_integer("batch_size", 64, "global batch size")
 flags.DEFINE_float("learning_rate", None,
-                   f"Adam rate when not searched (default {cfg_lib.DEFAULT_LEARNING_RATE['ssa']:g})")
+                   f"Adam rate when not searched (default {methods.RULES['ssa'].learning_rate:g})")
 flags.DEFINE_string("norm", "layer", f"one of {', '.join(cfg_lib.NORMS)}")
-# SSA's defaults, as in python -m ssa_tf.train (config.MODE_DEFAULTS)
-_SSA = cfg_lib.MODE_DEFAULTS["ssa"]
-flags.DEFINE_string("feedback", _SSA["feedback"],
-                    f"error route: {', '.join(cfg_lib.FEEDBACK_ROUTES)}")
-flags.DEFINE_string("feedback_spatial", "broadcast",
-                    f"global route on feature maps: {', '.join(cfg_lib.FEEDBACK_SPATIAL)}")
-flags.DEFINE_string("feedback_init", _SSA["feedback_init"],
-                    f"SSA feedback factors: {', '.join(cfg_lib.FEEDBACK_INIT)}")
-flags.DEFINE_float("feedback_tracking", _SSA["feedback_tracking"],
-                   "SSA: after each step every B_X moves this fraction towards X (0: fixed, SPEC)")
-flags.DEFINE_boolean("chain_gating", _SSA["chain_gating"],
-                     "chain route: gate the feedback network's ReLUs with the forward pass's")
-flags.DEFINE_boolean("chain_jacobians", _SSA["chain_jacobians"],
-                     "gated chain route: normalizations and max-pools apply their forward "
-                     "Jacobians (off: identity and average pooling, SPEC)")
+flags.DEFINE_string("activation", "leaky_relu", f"one of {', '.join(cfg_lib.ACTIVATIONS)}")
+flags.DEFINE_string("head_init", "zero", f"one of {', '.join(cfg_lib.HEAD_INITS)}")
+# SSA's options, as in python -m ssa_tf.train (unset: SSA's defaults)
+flags.DEFINE_string("feedback", None, f"error route: {', '.join(methods.ROUTES)}")
+flags.DEFINE_string("feedback_spatial", None,
+                    f"global route on feature maps: {', '.join(methods.SPATIAL)}")
+flags.DEFINE_string("feedback_init", None,
+                    f"SSA feedback factors: {', '.join(methods.FEEDBACK_INIT)}")
 flags.DEFINE_integer("seed", 1, "seed of the search and of every trial's initialization (>= 1)")
 
 _SEARCH_FLAGS = ("tuner", "max_trials", "epochs_per_trial", "directory", "project_name",

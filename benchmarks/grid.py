@@ -1,0 +1,234 @@
+"""Experiment grids on real data: several seeds per variant, resumable, tabled and plotted.
+
+    python -m benchmarks.grid --grid=rules_smallconv --data_dir=DIR
+    python -m benchmarks.grid --grid=rules_smallconv --report_only
+
+A grid (``benchmarks/grids.py``) is a base configuration, named variants and
+seeds. Every run validates on a split carved from train (``validation_split``)
+and evaluates the test split once, at its end; a variant is judged by the
+validation numbers. A finished run appends one JSON line to
+``benchmarks/results/<grid>.jsonl``; rerunning skips every (variant, seed)
+already there and resumes a run that was interrupted (its workdir's
+checkpoints). The report is ``benchmarks/<grid>.md``: per variant its rule's
+locality card, mean and spread over seeds of the last epoch's and the best
+epoch's validation accuracy, the test accuracy and seconds per epoch; and
+``benchmarks/<grid>.png``: mean validation curves with a min-max band.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import time
+
+from absl import flags
+
+from benchmarks.grids import GRIDS
+from ssa_tf import cli
+from ssa_tf import config as cfg_lib
+from ssa_tf.cli import usage_error
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# settings that do not change what is trained
+_IGNORED = ("workdir", "data_dir", "manual_dir", "restart", "checkpoint_steps",
+            "keep_checkpoints", "skip_nonfinite_steps", "diagnostics_every", "seed")
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("grid", None, f"one of {', '.join(GRIDS)}")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared dataset "
+                    "(default: TFDS's own, ~/tensorflow_datasets)")
+flags.DEFINE_string("out", HERE, "folder for results/<grid>.jsonl, <grid>.md and <grid>.png")
+flags.DEFINE_string("workdir", os.path.join("runs", "grids"), "folder of the runs' workdirs")
+flags.DEFINE_list("only", [], "run only these variants")
+flags.DEFINE_list("seeds", [], "override the grid's seeds")
+flags.DEFINE_boolean("report_only", False, "write the table and plot from finished runs")
+
+
+def variant_config(grid, name, seed, data_dir=None) -> cfg_lib.RunConfig:
+    spec = GRIDS[grid]
+    return cfg_lib.RunConfig(**{**spec["base"], **spec["variants"][name], "seed": seed,
+                                "data_dir": data_dir})
+
+
+def run_key(cfg: cfg_lib.RunConfig) -> str:
+    """Canonical JSON of what a run trains (resolved settings, paths and seed left out)."""
+    d = {k: v for k, v in dataclasses.asdict(cfg.resolved()).items() if k not in _IGNORED}
+    return json.dumps(d, sort_keys=True, default=list)
+
+
+def load_results(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
+    from ssa_tf import run
+
+    spec = GRIDS[grid]
+    path = os.path.join(out, "results", f"{grid}.jsonl")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    done = {(r["key"], r["seed"]) for r in load_results(path)}
+    seeds = [int(s) for s in seeds] or list(spec["seeds"])
+    todo = [(n, s) for n in spec["variants"] if not only or n in only for s in seeds]
+    for k, (name, seed) in enumerate(todo):
+        cfg = variant_config(grid, name, seed, data_dir)
+        key = run_key(cfg)
+        tag = f"[{k + 1}/{len(todo)}] {name} seed {seed}"
+        if (key, seed) in done:
+            print(f"{tag}: done already", flush=True)
+            continue
+        cfg.workdir = os.path.join(workdir, grid, f"{name}-s{seed}")
+        if os.path.exists(os.path.join(cfg.workdir, "summary.json")):
+            cfg.restart = True  # finished but never recorded (killed between the two)
+        print(f"{tag}: {cfg.mode} {cfg.model}, {cfg.epochs} epochs ({cfg.card().line()})",
+              flush=True)
+        start = time.time()
+        summary = run.train(cfg, verbose=2)
+        history = summary["history"]
+        record = {
+            "grid": grid, "name": name, "key": key, "seed": seed, "mode": cfg.mode,
+            "card": summary["card"],
+            "config": {k: v for k, v in dataclasses.asdict(cfg.resolved()).items()
+                       if k not in ("workdir", "data_dir")},
+            "val_accuracy": history["val_accuracy"], "train_accuracy": history["accuracy"],
+            "test_accuracy": summary["test_accuracy"], "splits": {
+                "train": summary["train_split"], "validation": summary["validation_split"],
+                "test": summary["test_split"]},
+            "seconds": round(time.time() - start, 1), "epoch_seconds": summary["epoch_seconds"],
+            "trainable_params": summary["trainable_params"],
+            "final_trainable_params": summary["final_trainable_params"],
+            "ranks": summary["ranks"], "resumed_from_epoch": summary["resumed_from_epoch"],
+        }
+        with open(path, "a") as f:  # one whole line per finished run
+            f.write(json.dumps(record) + "\n")
+        print(f"    {name} seed {seed}: validation {record['val_accuracy'][-1]:.4f} "
+              f"in {record['seconds']:.0f} s", flush=True)
+    return report(grid, out)
+
+
+def _mean_sd(values):
+    if not values:
+        return "", 0.0
+    m = statistics.fmean(values)
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{m:.3f} ± {sd:.3f}", m
+
+
+def summarize(grid, results):
+    """One row per variant (grid order) over the seeds that ran its current settings."""
+    spec = GRIDS[grid]
+    rows = []
+    for name in spec["variants"]:
+        key = run_key(variant_config(grid, name, 1))
+        runs = [r for r in results if r["key"] == key]
+        if not runs:
+            continue
+        last = [r["val_accuracy"][-1] for r in runs]
+        best = [max(r["val_accuracy"]) for r in runs]
+        test = [r["test_accuracy"] for r in runs]
+        secs = [s for r in runs for s in r["epoch_seconds"]]
+        rows.append(dict(name=name, mode=runs[0]["mode"], card=runs[0]["card"], runs=runs,
+                         seeds=sorted(r["seed"] for r in runs), last=_mean_sd(last),
+                         best=_mean_sd(best), test=_mean_sd(test),
+                         sec=statistics.median(secs) if secs else 0.0))
+    return rows
+
+
+def report(grid, out):
+    results = load_results(os.path.join(out, "results", f"{grid}.jsonl"))
+    spec = GRIDS[grid]
+    rows = summarize(grid, results)
+    if not rows:
+        print(f"no finished runs for grid {grid!r}")
+        return []
+    splits = rows[0]["runs"][0]["splits"]
+    base = spec["base"]
+    lines = [f"# Grid `{grid}`", "", spec["caption"], "",
+             f"Command: `python -m benchmarks.grid --grid={grid} --data_dir=DIR`; base "
+             f"settings `{json.dumps(base)}`. Trained on `{splits['train']}`, validated on "
+             f"`{splits['validation']}` (carved from train; every choice is made on it), "
+             f"tested once at the end on `{splits['test']}`. Mean ± standard deviation over "
+             "the seeds.", "",
+             "| variant | rule | sequential | transport | held | seeds | validation, last epoch "
+             "| validation, best epoch | test | s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        card = r["card"]
+        held = "all" if card["held_activations"] == "all modules" else "one"
+        lines.append(f"| {r['name']} | {r['mode']} | {'yes' if card['sequential'] else 'no'} | "
+                     f"{card['weight_transport']} | {held} | "
+                     f"{','.join(map(str, r['seeds']))} | {r['last'][0]} | {r['best'][0]} | "
+                     f"{r['test'][0]} | {r['sec']:.0f} |")
+    notes = spec.get("notes")
+    if notes:
+        lines += ["", notes]
+    md = os.path.join(out, f"{grid}.md")
+    _write(md, "\n".join(lines) + "\n")
+    _plot(rows, os.path.join(out, f"{grid}.png"), grid)
+    print("\n".join(lines))
+    return rows
+
+
+def _plot(rows, path, grid):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for r in rows:
+        n = min(len(run["val_accuracy"]) for run in r["runs"])
+        curves = np.array([run["val_accuracy"][:n] for run in r["runs"]])
+        epochs = np.arange(1, n + 1)
+        style = {"bp": ":", "svd-bp": ":", "dfa": "--"}.get(r["mode"], "-")
+        line, = ax.plot(epochs, curves.mean(0), style, marker="o", ms=3,
+                        label=f"{r['name']} ({len(r['runs'])} seeds)")
+        ax.fill_between(epochs, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy (split carved from train)")
+    ax.set_title(f"grid {grid}: mean over seeds, band min-max")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
+def main(argv):
+    if len(argv) > 1:
+        usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.grid not in GRIDS:
+        usage_error(f"--grid={FLAGS.grid!r} is not valid; choose from: {', '.join(GRIDS)}")
+    unknown = set(FLAGS.only) - set(GRIDS[FLAGS.grid]["variants"])
+    if unknown:
+        usage_error(f"--only names unknown variants {sorted(unknown)}")
+    if FLAGS.report_only:
+        report(FLAGS.grid, FLAGS.out)
+        return
+    from ssa_tf import data as data_lib
+
+    base = GRIDS[FLAGS.grid]["base"]
+    try:
+        data_lib.check_available(base["dataset"], FLAGS.data_dir)
+    except data_lib.DataError as e:
+        usage_error(str(e))
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    run_grid(FLAGS.grid, FLAGS.data_dir, FLAGS.out, FLAGS.workdir, FLAGS.only, FLAGS.seeds)
+
+
+if __name__ == "__main__":
+    cli.run(main)

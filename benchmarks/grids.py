@@ -1,0 +1,87 @@
+"""The experiment grids of ``python -m benchmarks.grid``: base settings, variants, seeds.
+
+Every grid validates on the last 10% of the training split (``validation_split``)
+and tests once at the end. CIFAR-10 from a TFDS ``data_dir``: with the standard
+``tfds build cifar10`` (50,000 / 10,000) the splits are train[:45000] to
+train, train[45000:] to validate and the official test set; the data folder
+prepared for this project has 45,000 / 5,000 (its ``test`` split is 5,000
+held-out training images), so there it is train[:40500], train[40500:] and
+those 5,000. Each report names the splits it used.
+"""
+
+from __future__ import annotations
+
+_CIFAR = dict(dataset="cifar10", batch_size=64, validation_split=0.1)
+SEEDS = (1, 2, 3)
+
+# every rule at its defaults
+RULES = {"bp": dict(mode="bp"), "svd-bp": dict(mode="svd-bp"), "dfa": dict(mode="dfa"),
+         "ssa": dict(mode="ssa"), "fa": dict(mode="fa"),
+         "bp-lagged-copy": dict(mode="bp-lagged-copy")}
+
+GRIDS = {
+    # issue 14: a credible DFA. smallconv at a small budget; what the defaults are made of
+    "dfa_tuning": dict(
+        caption="DFA's defaults, one knob at a time from them (smallconv, first 10,000 "
+                "training images, 5 epochs, no augmentation).",
+        base=dict(_CIFAR, model="smallconv", epochs=5, max_train_examples=10000,
+                  augment=False, mode="dfa"),
+        seeds=SEEDS,
+        variants={
+            "dfa (defaults)": {},
+            "broadcast feedback": dict(feedback_spatial="broadcast"),
+            "glorot head": dict(head_init="glorot"),
+            "relu": dict(activation="relu"),
+            "relu, glorot head, broadcast (the former DFA)": dict(
+                activation="relu", head_init="glorot", feedback_spatial="broadcast"),
+            "lr 3e-4": dict(learning_rate=3e-4),
+            "lr 2e-3": dict(learning_rate=2e-3),
+            "batch norm": dict(norm="batch"),
+            "chain route (random kernels)": dict(feedback="chain"),
+            "bp (reference)": dict(mode="bp"),
+        }),
+    # issues 14 and 16: which direct SSA rule, at the same small budget
+    "ssa_direct": dict(
+        caption="Direct, transport-free SSA rules (smallconv, first 10,000 training images, "
+                "5 epochs, no augmentation); the tuned DFA and BP beside them.",
+        base=dict(_CIFAR, model="smallconv", epochs=5, max_train_examples=10000,
+                  augment=False),
+        seeds=SEEDS,
+        variants={
+            "bp": dict(mode="bp"),
+            "dfa": dict(mode="dfa"),
+            "ssa (defaults)": dict(mode="ssa"),
+            "ssa, seed's terms (beta 0.01, gamma 0.1)": dict(mode="ssa", beta=0.01, gamma=0.1),
+            "ssa, no terms": dict(mode="ssa", beta=0.0, gamma=0.0),
+            "ssa, random feedback factors": dict(mode="ssa", feedback_init="random"),
+            "ssa, broadcast": dict(mode="ssa", feedback_spatial="broadcast"),
+            "ssa, chain route": dict(mode="ssa", feedback="chain"),
+            "ssa, local route": dict(mode="ssa", feedback="local"),
+            "ssa, Stiefel retraction": dict(mode="ssa", stiefel_retraction=True),
+            "ssa, lr 1e-3": dict(mode="ssa", learning_rate=1e-3),
+            "svd-bp": dict(mode="svd-bp"),
+        }),
+    # the headline: every rule at its defaults, 20 epochs with augmentation
+    "rules_smallconv": dict(
+        caption="Every rule at its defaults: smallconv, first 10,000 training images with "
+                "the seed's augmentation, 20 epochs at a constant rate, batch 64.",
+        base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
+                  augment=True),
+        seeds=SEEDS,
+        variants=dict(RULES)),
+    # the training length: epoch k of a constant-rate run is a k-epoch run
+    "length_smallconv": dict(
+        caption="BP, DFA and SSA over 50 epochs (smallconv, first 10,000 training images "
+                "with augmentation, constant rate).",
+        base=dict(_CIFAR, model="smallconv", epochs=50, max_train_examples=10000,
+                  augment=True),
+        seeds=SEEDS,
+        variants={k: RULES[k] for k in ("bp", "dfa", "ssa")}),
+    # 16 local modules
+    "rules_resnet32": dict(
+        caption="resnet32 (16 local modules): first 5,000 training images with augmentation, "
+                "20 epochs at a constant rate, batch 64.",
+        base=dict(_CIFAR, model="resnet32", epochs=20, max_train_examples=5000, augment=True),
+        seeds=SEEDS,
+        variants={k: RULES[k] for k in ("bp", "dfa", "ssa")}),
+}

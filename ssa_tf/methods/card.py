@@ -1,0 +1,62 @@
+"""Locality cards: what a learning rule computes, said in three answers.
+
+A rule is what it computes, not what it is called. Every rule carries a card,
+printed at start-up, stored in ``config.json`` and ``summary.json`` and shown
+as columns in every results table:
+
+* **sequential**: does module i's signal need a pass through the modules after
+  it, with their current weights or activations? (BP and feedback alignment:
+  yes. DFA, SSA's direct routes and local read-outs: no; a *fixed* linear
+  feedback network is a fixed matrix from the output error to module i.)
+* **weight transport**: does the feedback path ever read the forward weights?
+  ``never``; ``once at construction`` (feedback factors copied from each
+  layer's initial weight, fixed afterwards); ``continuously`` (BP's backward
+  pass uses W^T; a lagging copy of W is the same thing, late).
+* **held activations**: what the implementation keeps in memory for one
+  step: ``all modules`` (every module's activations until the error is known)
+  or ``one module at a time`` (plus the module outputs, for a recompute).
+
+No TensorFlow import: the CLI prints the card before TensorFlow starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+TRANSPORT = ("never", "once at construction", "continuously")
+HELD = ("all modules", "one module at a time")
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalityCard:
+    rule: str
+    sequential: bool
+    weight_transport: str
+    held_activations: str
+    error: str  # how a non-final module gets its error, in a few words
+
+    def __post_init__(self):
+        if self.weight_transport not in TRANSPORT:
+            raise ValueError(f"weight_transport must be one of {TRANSPORT}")
+        if self.held_activations not in HELD:
+            raise ValueError(f"held_activations must be one of {HELD}")
+
+    @property
+    def direct(self) -> bool:
+        """Direct and transport-free after construction: SPEC section 3a's test."""
+        return not self.sequential and self.weight_transport != "continuously"
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def line(self) -> str:
+        return (f"rule {self.rule}: sequential {'yes' if self.sequential else 'no'}, "
+                f"weight transport {self.weight_transport}, held activations "
+                f"{self.held_activations}; error: {self.error}")
+
+    # the three columns of a results table
+    COLUMNS = ("sequential", "transport", "held")
+
+    def columns(self) -> tuple:
+        return ("yes" if self.sequential else "no", self.weight_transport,
+                "all" if self.held_activations == "all modules" else "one")

@@ -1,0 +1,143 @@
+"""How the output error reaches a non-final module (SPEC section 3): the routes.
+
+A route builds its fixed feedback state once (as non-trainable weights of the
+model) and turns module i's output h_i into the CE part of its local loss:
+
+* ``GlobalRoute`` (DFA): the surrogate mean_b <stop_grad(delta_i), h_i> with
+  delta_i = e D_i^T, broadcast over a feature map's positions or sent to every
+  unit (``spatial="full"``, Noekland 2016);
+* ``LocalRoute``: the module's own cross-entropy through a fixed read-out of
+  its pooled output; needs no global forward;
+* ``ChainRoute``: delta_i = J_i^T e through a fixed linear copy of the later
+  modules (their feedback weights). Ungated, that copy does not depend on the
+  forward pass: a fixed matrix from e to module i (direct). ``gated=True``
+  linearizes it at the forward pass instead: feedback alignment, sequential.
+
+SSA builds D_i and Q_i from the feedback factors of the module's output layer
+(so the error arrives in their span); DFA draws them Gaussian.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import keras
+from keras import ops
+import tensorflow as tf
+
+from ssa_tf import chain, feedback
+
+# the largest full-map feedback (all modules' D_i together) a model may hold
+MAX_FULL_MAP_ENTRIES = 64 * 1024 ** 2  # 256 MiB of float32
+
+
+class Route:
+    name = ""
+    needs_error = True  # False: the module's loss needs no output error
+
+    def build(self, model, rng):
+        """Create the route's fixed state on ``model`` (``model.add_weight``)."""
+
+    def signals(self, model, outputs, error):
+        """Per-module signals computed from all outputs at once (or None)."""
+        return None
+
+    def ce_term(self, model, i, h, error, y, signals):
+        raise NotImplementedError
+
+
+class GlobalRoute(Route):
+    name = "global"
+
+    def __init__(self, spatial="full"):
+        if spatial not in feedback.SPATIAL:
+            raise ValueError(f"unknown feedback_spatial {spatial!r}")
+        self.spatial = spatial
+
+    def build(self, model, rng):
+        model.feedback_matrices = []
+        shapes = model.module_output_shapes
+        entries = sum(int(np.prod(s)) * model.num_classes for s in shapes[:-1])
+        if self.spatial == "full" and entries > MAX_FULL_MAP_ENTRIES:
+            raise ValueError(f"full-map feedback for {model.architecture} at input "
+                             f"{model.input_dims} needs {entries:,} entries (more than "
+                             f"{MAX_FULL_MAP_ENTRIES:,}); use feedback_spatial=broadcast")
+        for i, (m, shape) in enumerate(zip(model.local_modules[:-1], shapes[:-1])):
+            mat = _projection(model, m, self.name, self.spatial, shape, rng)
+            model.feedback_matrices.append(_fixed(model, f"feedback_{i}", mat))
+
+    def ce_term(self, model, i, h, error, y, signals):
+        return feedback.ce_term("global", self.spatial, h, model.feedback_matrices[i], error, y)
+
+
+class LocalRoute(Route):
+    name = "local"
+    needs_error = False
+
+    def build(self, model, rng):
+        model.feedback_matrices = []
+        for i, (m, shape) in enumerate(zip(model.local_modules[:-1],
+                                           model.module_output_shapes[:-1])):
+            mat = _projection(model, m, self.name, "broadcast", shape, rng)
+            model.feedback_matrices.append(_fixed(model, f"feedback_{i}", mat))
+
+    def ce_term(self, model, i, h, error, y, signals):
+        return feedback.ce_term("local", None, h, model.feedback_matrices[i], error, y)
+
+
+class ChainRoute(Route):
+    name = "chain"
+
+    def __init__(self, gated=False, jacobians=True):
+        self.gated, self.jacobians = bool(gated), bool(jacobians)
+
+    def build(self, model, rng):
+        # SVD layers carry their feedback factors; plain layers get a fixed kernel
+        model.feedback_kernels = {}
+        init = model.rule.options.get("feedback_init", "random")
+        for name, k in chain.plain_feedback_kernels(model.local_modules, init, rng).items():
+            model.feedback_kernels[name] = _fixed(model, f"feedback_kernel_{name}", k)
+
+    def signals(self, model, outputs, error):
+        """Each module's J_i^T e, rescaled to the std of e: the linear chain's gain
+        differs from module to module (SPEC section 3)."""
+        deltas = chain.chain_signals(model.local_modules, outputs, error, model.feedback_kernels,
+                                     gated=self.gated, jacobians=self.jacobians)
+        scale = global_std(error)  # global-batch statistics, so that replicas rescale alike
+        return [ops.stop_gradient(d * scale / (global_std(d) + 1e-12)) for d in deltas]
+
+    def ce_term(self, model, i, h, error, y, signals):
+        # surrogate whose gradient at h is delta_i / batch
+        return ops.mean(ops.sum(ops.reshape(signals[i] * h, (ops.shape(h)[0], -1)), axis=-1))
+
+
+def make_route(options) -> Route:
+    route = options.get("feedback", "chain")
+    if route == "global":
+        return GlobalRoute(options.get("feedback_spatial", "full"))
+    if route == "local":
+        return LocalRoute()
+    if route == "chain":
+        return ChainRoute(gated=False)
+    raise ValueError(f"unknown feedback route {route!r}")
+
+
+def _projection(model, module, route, spatial, shape, rng):
+    positions, channels, std = feedback.feedback_shape(route, spatial, shape, model.num_classes)
+    structured = module.output_layer if model.rule.spec.svd else None
+    return feedback.projection_matrix(channels, positions, model.num_classes, std, rng, structured)
+
+
+def _fixed(model, name, value):
+    return model.add_weight(name=name, shape=value.shape, trainable=False,
+                            initializer=keras.initializers.Constant(value))
+
+
+def global_std(t):
+    """Standard deviation of ``t`` over the global batch (all replicas)."""
+    t = tf.cast(t, tf.float32)
+    stats = tf.stack([tf.cast(tf.size(t), tf.float32), tf.reduce_sum(t), tf.reduce_sum(t * t)])
+    ctx = tf.distribute.get_replica_context()
+    if ctx is not None and ctx.num_replicas_in_sync > 1:
+        stats = ctx.all_reduce(tf.distribute.ReduceOp.SUM, stats)
+    n, s1, s2 = stats[0], stats[1], stats[2]
+    return tf.sqrt(tf.maximum(s2 / n - (s1 / n) ** 2, 0.0))

@@ -1,0 +1,236 @@
+"""The learning rules as strategy objects: how each module gets its update.
+
+The model (``ssa_tf.trainer.SSAModel``) builds the network and applies one
+optimizer step; the rule says how the gradients of that step are computed
+and what happens after it. The rules differ in what they compute, and their
+locality cards (``card.py``) say so:
+
+* ``BP``: the true gradient, end to end; ``SVDBP``: the same through the
+  SVD-factored network, with SSA's alignment and orthogonality terms;
+* ``Local`` rules train each module on its own loss, its input
+  stop-gradiented: ``DFA`` (ordinary layers) and ``SSA`` (SVD layers, the
+  composite loss alpha CE + beta L_align + gamma L_ortho) with a direct
+  route; ``FA`` (the gated chain: feedback alignment, sequential) and
+  ``LaggedCopyBP`` (FA whose feedback factors chase the forward ones: backprop
+  with a lagging weight copy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from keras import ops
+import tensorflow as tf
+
+from ssa_tf import losses
+from ssa_tf.layers import svd_layers
+from ssa_tf.methods import spec as spec_lib
+from ssa_tf.methods.routes import ChainRoute, LocalRoute, make_route
+
+TERMS = ("CE term", "alignment term", "orthogonality term", "gradient")
+
+
+class LearningRule:
+    """Base: options, card, and the steps every rule shares."""
+
+    end_to_end = False
+
+    def __init__(self, name, options=None):
+        self.spec = spec_lib.get(name)
+        self.name = name
+        bad = spec_lib.inapplicable(name, dict(options or {}))
+        if bad:
+            raise ValueError(f"rule {name!r} does not take {', '.join(bad)}")
+        self.options = self.spec.resolve(dict(options or {}))
+
+    @property
+    def svd(self) -> bool:
+        return self.spec.svd
+
+    def card(self):
+        return self.spec.card(self.options)
+
+    def build(self, model):
+        """Create the rule's fixed feedback state on ``model`` (after its layers)."""
+
+    def gradients(self, model, x, y, error=None):
+        """(list of (grad, var), logits, (CE, align, ortho) terms, (modules, 4) bad flags).
+
+        ``error`` replaces the output error e for the non-final modules (tests
+        use it to hold e fixed)."""
+        raise NotImplementedError
+
+    def after_step(self, model):
+        if self.options.get("stiefel_retraction"):
+            for layer in model.svd_layers():
+                for factor in (layer.U, layer.V):
+                    factor.assign(stiefel_retract(factor))
+
+    def module_names(self, model):
+        return [f"{i} ({m.name})" for i, m in enumerate(model.local_modules)]
+
+    def factor_terms(self, layers):
+        """(L_align, L_ortho) summed over ``layers`` (0 for rules without them)."""
+        if not self.svd or not layers:
+            return 0.0, 0.0
+        lam = self.options.get("ortho_lambda", 0.0)
+        return (sum(losses.alignment_loss(l) for l in layers),
+                sum(losses.orthogonality_loss(l, lam) for l in layers))
+
+    def weighted(self, ce, align, ortho):
+        o = self.options
+        loss = o.get("alpha", 1.0) * ce
+        if self.svd:
+            loss = loss + o["beta"] * align + o["gamma"] * ortho
+        return loss
+
+
+class BP(LearningRule):
+    """Backpropagation through the whole network (one module)."""
+
+    end_to_end = True
+
+    def module_names(self, model):
+        return [f"network ({self.name})"]
+
+    def gradients(self, model, x, y, error=None):
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            logits = model(x, training=True)
+            # Keras's compiled loss, already divided by the replica count
+            ce = model._compute_loss(x=x, y=y, y_pred=logits, training=True)
+            align, ortho = self.factor_terms(model.svd_layers())
+            loss = self.weighted(ce, align / replicas, ortho / replicas)
+        variables = model.trainable_variables
+        grads = tape.gradient(loss, variables)
+        terms = (ce * replicas, align, ortho)
+        bad = tf.stack([[*(nonfinite(t) for t in terms), nonfinite(*grads)]])
+        return list(zip(grads, variables)), logits, terms, bad
+
+
+class Local(LearningRule):
+    """Each module learns from its own loss; nothing crosses a module boundary."""
+
+    def __init__(self, name, options=None):
+        super().__init__(name, options)
+        self.route = self.make_route()
+
+    def make_route(self):
+        return make_route(self.options)
+
+    def build(self, model):
+        self.route.build(model, np.random.default_rng(model.seed + 7919))
+
+    def gradients(self, model, x, y, error=None):
+        if not self.route.needs_error:
+            return self._one_module_at_a_time(model, x, y)
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        tapes, outputs = [], []
+        h = x
+        for m in model.local_modules:
+            tape = tf.GradientTape()
+            with tape:
+                h = m(ops.stop_gradient(h), training=True)
+            tapes.append(tape)
+            outputs.append(h)
+        logits = outputs[-1]
+        if error is None:
+            error = losses.output_error(logits, y, model.num_classes)
+        error = ops.stop_gradient(error)
+        signals = self.route.signals(model, outputs, error)
+        results = []
+        for i, (tape, h) in enumerate(zip(tapes, outputs)):
+            with tape:  # re-entering continues recording on module i's tape
+                results.append(self._module_step(model, i, tape, h, error, y, signals, replicas))
+        return self._collect(results, logits)
+
+    def _one_module_at_a_time(self, model, x, y):
+        """The local route: module i's gradient right after its forward, so that only
+        one module's activations are held at once."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        results, h = [], x
+        deps = []
+        for i, m in enumerate(model.local_modules):
+            with tf.control_dependencies(deps):  # keep the graph in module order
+                with tf.GradientTape() as tape:
+                    h = m(ops.stop_gradient(h), training=True)
+                    results.append(self._module_step(model, i, tape, h, None, y, None, replicas))
+            deps = [g for g, _ in results[-1][0] if g is not None]
+        return self._collect(results, h)
+
+    def _module_step(self, model, i, tape, h, error, y, signals, replicas):
+        loss, terms = self.module_loss(model, i, h, error, y, signals)
+        # each replica holds a copy of the terms; the optimizer sums replicas'
+        # gradients, so divide to get the global mean
+        variables = model.local_modules[i].trainable_variables
+        grads = tape.gradient(loss / replicas, variables)
+        bad = tf.stack([*(nonfinite(t) for t in terms), nonfinite(*grads)])
+        return list(zip(grads, variables)), terms, bad
+
+    @staticmethod
+    def _collect(results, logits):
+        grads_and_vars = [gv for r in results for gv in r[0]]
+        sums = [sum(r[1][k] for r in results) for k in range(3)]
+        return grads_and_vars, logits, sums, tf.stack([r[2] for r in results])
+
+    def module_loss(self, model, i, h, error, y, signals=None):
+        """L_i = alpha CE_i (+ beta L_align,i + gamma L_ortho,i) for module i's output h.
+
+        The last module (the classifier head) learns from the true CE."""
+        if i == len(model.local_modules) - 1:
+            ce = losses.cross_entropy(h, y)
+        else:
+            ce = self.route.ce_term(model, i, h, error, y, signals)
+        align, ortho = self.factor_terms(svd_layers(model.local_modules[i]))
+        return self.weighted(ce, align, ortho), (ce, align, ortho)
+
+
+class FA(Local):
+    """Feedback alignment through the fixed feedback factors, gated by the forward pass."""
+
+    def make_route(self):
+        return ChainRoute(gated=True, jacobians=self.options["chain_jacobians"])
+
+
+class LaggedCopyBP(FA):
+    """FA whose feedback factors move towards the forward ones after every step:
+    B <- B + eta (X - B). It reads the forward weights continuously: backprop
+    through a lagging copy of them (the former SSA default)."""
+
+    def after_step(self, model):
+        eta = self.options["feedback_tracking"]
+        if eta:
+            for layer in model.svd_layers():
+                for b, f in ((layer.B_U, layer.U), (layer.B_s, layer.s), (layer.B_V, layer.V)):
+                    b.assign(b + eta * (f - b))
+        super().after_step(model)
+
+
+CLASSES = {"bp": BP, "svd-bp": BP, "dfa": Local, "ssa": Local, "fa": FA,
+           "bp-lagged-copy": LaggedCopyBP}
+assert set(CLASSES) == set(spec_lib.NAMES)
+
+
+def make(name, options=None) -> LearningRule:
+    if name not in CLASSES:
+        raise ValueError(f"unknown learning rule {name!r}; choose from {', '.join(CLASSES)}")
+    return CLASSES[name](name, options)
+
+
+def nonfinite(*tensors):
+    """1.0 when any element of ``tensors`` is NaN or Inf, else 0.0."""
+    flags = [tf.reduce_any(tf.logical_not(tf.math.is_finite(tf.cast(t, tf.float32))))
+             for t in tensors if t is not None]
+    if not flags:
+        return tf.constant(0.0)
+    return tf.cast(tf.reduce_any(tf.stack(flags)), tf.float32)
+
+
+def stiefel_retract(X):
+    """The Q of X = QR with R's diagonal made positive: orthonormal columns,
+    each as close in direction to X's as Gram-Schmidt allows."""
+    q, r = tf.linalg.qr(X)
+    sign = tf.where(tf.linalg.diag_part(r) < 0, -1.0, 1.0)
+    return q * sign
+
+
+__all__ = ["BP", "FA", "LaggedCopyBP", "LearningRule", "Local", "LocalRoute", "TERMS", "make"]
