@@ -6,7 +6,7 @@ Issue 6's deployment benchmark. Trains (or reuses, when the workdir already
 holds a finished run's summary.json) two ResNet-32 runs on the real CIFAR-10
 with ``python -m ssa_tf.train``: one with BP, one with SSA and rank cuts
 (--rank_tau after every --rank_interval epochs). Both are exported through the
-project's own path (``ssa_tf.export.export_run``, what export/to_onnx.py
+project's own path (``ssa_tf.export.deploy.export_run``, what export/to_onnx.py
 runs: merge, tf2onnx from_function, opset 17, dynamic batch, parity check
 against the trained model). Then, in one process and interleaved run by run
 so that load from other jobs on the machine falls on all models alike, it
@@ -99,19 +99,19 @@ def ensure_run(mode):
 # --------------------------------------------------------------------------
 
 def session(payload, threads, profile_prefix=None):
-    from ssa_tf.export import onnx_session
+    from ssa_tf.export.deploy import onnx_session
     return onnx_session(payload, threads, profile_prefix)
 
 
 def interleaved_latency(sessions, x, runs):
-    """{name: (median ms, p25, p75)}, the models timed in turn (ssa_tf.export.latency_ms)."""
-    from ssa_tf.export import latency_ms
+    """{name: (median ms, p25, p75)}, the models timed in turn (ssa_tf.export.deploy.latency_ms)."""
+    from ssa_tf.export.deploy import latency_ms
     return latency_ms(sessions, x, runs)
 
 
 def profile_by_op(payloads, x, runs, prefix):
     """{name: (ms per run by op type, {node: (op, ms per run)})}, the models run in turn."""
-    from ssa_tf.export import run_onnx
+    from ssa_tf.export.deploy import run_onnx
 
     sessions = {n: session(p, FLAGS.threads, f"{prefix}_{n}") for n, p in payloads.items()}
     for s in sessions.values():
@@ -141,7 +141,7 @@ def profile_by_op(payloads, x, runs, prefix):
 def onnx_accuracy(sessions, test):
     """Top-1 accuracy of each session on the whole test pipeline, batch by batch in turn."""
     import numpy as np
-    from ssa_tf.export import run_onnx
+    from ssa_tf.export.deploy import run_onnx
 
     correct = {n: 0 for n in sessions}
     total = 0
@@ -173,9 +173,10 @@ def main(argv):
     import onnxruntime as ort
     import tensorflow as tf
 
-    from ssa_tf import convert, export
+    from ssa_tf.export import convert
+    from ssa_tf.export import deploy as export
     from ssa_tf import data as data_lib
-    from ssa_tf.export_config import ExportConfig
+    from ssa_tf.export.config import ExportConfig
 
     # ---- export through the project's own path (parity checked inside) ----
     results, payloads = {}, {}

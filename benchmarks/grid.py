@@ -17,11 +17,9 @@ epoch's validation accuracy, the test accuracy and seconds per epoch; and
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import statistics
-import sys
 import time
 
 from absl import flags
@@ -49,13 +47,13 @@ flags.DEFINE_boolean("report_only", False, "write the table and plot from finish
 
 def variant_config(grid, name, seed, data_dir=None) -> cfg_lib.RunConfig:
     spec = GRIDS[grid]
-    return cfg_lib.RunConfig(**{**spec["base"], **spec["variants"][name], "seed": seed,
-                                "data_dir": data_dir})
+    return cfg_lib.RunConfig.from_flat({**spec["base"], **spec["variants"][name], "seed": seed,
+                                        "data_dir": data_dir})
 
 
 def run_key(cfg: cfg_lib.RunConfig) -> str:
     """Canonical JSON of what a run trains (resolved settings, paths and seed left out)."""
-    d = {k: v for k, v in dataclasses.asdict(cfg.resolved()).items() if k not in _IGNORED}
+    d = {k: v for k, v in cfg.resolved().flat().items() if k not in _IGNORED}
     return json.dumps(d, sort_keys=True, default=list)
 
 
@@ -67,7 +65,7 @@ def load_results(path):
 
 
 def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
-    from ssa_tf import run
+    from ssa_tf.training import run
 
     spec = GRIDS[grid]
     path = os.path.join(out, "results", f"{grid}.jsonl")
@@ -82,18 +80,18 @@ def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
         if (key, seed) in done:
             print(f"{tag}: done already", flush=True)
             continue
-        cfg.workdir = os.path.join(workdir, grid, f"{name}-s{seed}")
-        if os.path.exists(os.path.join(cfg.workdir, "summary.json")):
-            cfg.restart = True  # finished but never recorded (killed between the two)
-        print(f"{tag}: {cfg.mode} {cfg.model}, {cfg.epochs} epochs ({cfg.card().line()})",
-              flush=True)
+        cfg.runtime.workdir = os.path.join(workdir, grid, f"{name}-s{seed}")
+        if os.path.exists(os.path.join(cfg.runtime.workdir, "summary.json")):
+            cfg.runtime.restart = True  # finished but never recorded (killed between the two)
+        print(f"{tag}: {cfg.method.mode} {cfg.model.model}, {cfg.train.epochs} epochs "
+              f"({cfg.card().line()})", flush=True)
         start = time.time()
         summary = run.train(cfg, verbose=2)
         history = summary["history"]
         record = {
-            "grid": grid, "name": name, "key": key, "seed": seed, "mode": cfg.mode,
+            "grid": grid, "name": name, "key": key, "seed": seed, "mode": cfg.method.mode,
             "card": summary["card"],
-            "config": {k: v for k, v in dataclasses.asdict(cfg.resolved()).items()
+            "config": {k: v for k, v in cfg.resolved().flat().items()
                        if k not in ("workdir", "data_dir")},
             "val_accuracy": history["val_accuracy"], "train_accuracy": history["accuracy"],
             "test_accuracy": summary["test_accuracy"], "splits": {
@@ -227,7 +225,12 @@ def main(argv):
     except data_lib.DataError as e:
         usage_error(str(e))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    run_grid(FLAGS.grid, FLAGS.data_dir, FLAGS.out, FLAGS.workdir, FLAGS.only, FLAGS.seeds)
+    from ssa_tf.training.run import InputError
+
+    try:
+        run_grid(FLAGS.grid, FLAGS.data_dir, FLAGS.out, FLAGS.workdir, FLAGS.only, FLAGS.seeds)
+    except (data_lib.DataError, cfg_lib.UsageError, InputError) as e:
+        usage_error(str(e))
 
 
 if __name__ == "__main__":

@@ -52,8 +52,8 @@ def main(argv):
     import tensorflow as tf
 
     from ssa_tf import data
-    from ssa_tf.rank import apply_cut
-    from ssa_tf.trainer import build_model
+    from ssa_tf.training.rank import apply_cut
+    from ssa_tf.training.model import build_model
 
     ds = data.load("cifar10", FLAGS.batch_size, data_dir=FLAGS.data_dir,
                    max_train_examples=FLAGS.max_train_examples)

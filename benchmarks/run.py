@@ -116,7 +116,7 @@ def train_run(store, suite, model, name, mode, align=False, **extra):
         print(f"  {key}: done before, reused", flush=True)
         return store.get(key)
     from ssa_tf import run, data
-    from ssa_tf.diagnostics import AlignmentMonitor
+    from ssa_tf.training.diagnostics import AlignmentMonitor
 
     cfg = run_config(suite, model, mode, **extra)
     cfg.workdir = os.path.join(FLAGS.workdir, suite, model, name.replace(" ", "").replace(",", "_"))
@@ -159,7 +159,7 @@ def speed(store, suite, model, cut_ranks):
     import numpy as np
     import keras
     from ssa_tf import data
-    from ssa_tf.trainer import SSAModel, compile_model
+    from ssa_tf.training.model import SSAModel, compile_model
 
     s = SUITES[suite]
     ds = data.load("cifar10", 64, data_dir=FLAGS.data_dir, max_train_examples=64 * 8,

@@ -11,7 +11,7 @@ prediction is the same; otherwise the exit status is 1 and nothing is left
 behind. A user mistake (flag, path, unreadable model, unsupported layer,
 missing dataset) ends with one line on stderr and exit status 2.
 
-Flags and wiring only; the logic lives in ssa_tf.convert / ssa_tf.export.
+Flags and wiring only; the logic lives in ssa_tf.export (merge, deploy).
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import contextlib
 import os
 import sys
 
+# the flags are checked before TensorFlow starts (ssa_tf/__init__.py)
+os.environ.setdefault("SSA_TF_DEFER_KERAS", "1")
 # run as `python export/to_onnx.py` from a clone without installing ssa_tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags, logging  # noqa: E402
 
-from ssa_tf import export_config as cfg_lib  # noqa: E402  (no TensorFlow import)
+from ssa_tf.export import config as cfg_lib  # noqa: E402  (no TensorFlow import)
 from ssa_tf.cli import usage_error  # noqa: E402
 from ssa_tf import cli  # noqa: E402
 
@@ -39,6 +41,25 @@ flags.DEFINE_string("form", "auto", "per SVD layer: auto (fewer multiply-adds), 
                     "(one layer) or factored (two stacked layers)")
 flags.DEFINE_integer("latency_runs", 50, "timed onnxruntime runs per batch size")
 flags.DEFINE_integer("verify_batch", 64, "evaluation examples compared with the SSA model")
+
+HELP = f"""Deploy a trained SSA model: merge its SVD layers, export ONNX (and a SavedModel).
+
+usage: python export/to_onnx.py --workdir=RUN --output=model.onnx [flags]
+
+  --workdir=DIR        a finished training run (model.keras, config.json)
+  --output=FILE        the ONNX file to write
+  --saved_model=DIR    also write a TensorFlow SavedModel to this new folder
+  --opset=N            ONNX opset, {cfg_lib.OPSETS.start}..{cfg_lib.OPSETS.stop - 1} ({cfg_lib.DEFAULT_OPSET})
+  --form=NAME          per SVD layer: auto (fewer multiply-adds), merged (one layer) or
+                       factored (two stacked layers)
+  --latency_runs=N     timed onnxruntime runs per batch size (50)
+  --verify_batch=N     evaluation examples compared with the SSA model (64)
+  --flagfile=FILE      read flags from FILE
+
+The export is checked with onnxruntime against the SSA model on the run's
+evaluation data; files are written only if every logit agrees within 1e-4 and
+every top-1 prediction is the same. Exit status: 0 written, 1 the check
+failed (nothing written), 2 a mistake in what was asked (one line)."""
 
 
 
@@ -72,7 +93,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # SavedModel export logs every step at INFO
     try:
         with _quiet_stderr():
-            from ssa_tf import export
+            from ssa_tf.export import deploy as export
     except ImportError as e:
         usage_error(f"{e}; the export needs tf2onnx, onnx and onnxruntime "
                      "(pip install -e '.[export]')")
@@ -90,4 +111,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, help_text=HELP)

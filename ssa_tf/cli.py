@@ -1,17 +1,95 @@
-"""What every command-line entry point shares: one line and exit status 2 for
-a user's mistake, and absl flag parsing that never dumps usage or a traceback.
+"""What every command-line entry point shares: one line and exit status 2 for a user's
+mistake, a short ``--help`` that exits 0, and absl flag parsing that never dumps a
+usage text or a traceback.
 
-    from ssa_tf.cli import usage_error, run
-    run(main)   # instead of absl.app.run(main)
+    from ssa_tf import cli
+    cli.run(main, help_text=HELP)   # instead of absl.app.run(main)
 
 No TensorFlow import: the CLIs check their flags before TensorFlow starts.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 
 from absl import app, flags
+
+HELP_FLAGS = ("-h", "--help", "-help", "--helpshort", "--helpfull", "-?")
+
+
+# --------------------------------------------------------------------------
+# The run's settings as flags: a handful daily, --set for any other field.
+# --------------------------------------------------------------------------
+
+def _run_flags():
+    from ssa_tf import config as cfg_lib
+    from ssa_tf.config import presets
+
+    d = cfg_lib.RunConfig()
+    return {  # flag: (SECTION.FIELD, metavar, help)
+        "dataset": ("data.dataset", "NAME", f"{', '.join(cfg_lib.DATASETS)} ({d.data.dataset})"),
+        "data_dir": ("data.data_dir", "DIR", "TFDS data_dir holding the prepared dataset"),
+        "model": ("model.model", "NAME", f"{', '.join(cfg_lib.MODELS)} ({d.model.model})"),
+        "mode": ("method.mode", "RULE", f"learning rule: {', '.join(cfg_lib.MODES)} "
+                 f"({d.method.mode})"),
+        "epochs": ("train.epochs", "N", f"training epochs ({d.train.epochs})"),
+        "batch_size": ("train.batch_size", "N", f"global batch size ({d.train.batch_size})"),
+        "learning_rate": ("train.learning_rate", "R", "Adam rate (default: the rule's)"),
+        "workdir": ("runtime.workdir", "DIR", "output folder (default "
+                    "runs/<dataset>-<model>-<mode>-<time>)"),
+        "seed": ("seed", "N", f"random seed ({d.seed})"),
+        "preset": (None, "NAME|FILE", f"{', '.join(presets.NAMES)}, or your .py; flags given win"),
+    }
+
+
+RUN_FLAGS = _run_flags()
+
+
+def define_run_flags(names):
+    """The daily flags ``names`` (of RUN_FLAGS), and --set SECTION.FIELD=VALUE."""
+    for name in names:
+        flags.DEFINE_string(name, None, RUN_FLAGS[name][2])
+    flags.DEFINE_multi_string("set", [], "SECTION.FIELD=VALUE for any setting (repeatable)")
+
+
+def run_flags_help(names):
+    """One line per daily flag, for a --help text."""
+    return "\n".join(f"  {'--' + n + '=' + RUN_FLAGS[n][1]:<21}{RUN_FLAGS[n][2]}" for n in names)
+
+
+def run_config_from_flags(names, extra=()):
+    """The run's settings: defaults < preset < the daily flags given < ``extra`` < --set.
+
+    ValueError (one line) for a malformed value."""
+    from ssa_tf import config as cfg_lib
+    from ssa_tf.config import presets
+
+    values = {n: flags.FLAGS[n].value for n in names}
+    mode = values.get("mode") or cfg_lib.RunConfig().method.mode
+    cfg = cfg_lib.RunConfig()
+    if values.get("preset"):
+        preset = presets.load(values["preset"]).values(mode)
+        cfg = cfg.with_overrides(f"{k}={_text(v)}" for k, v in preset.items())
+    for name in names:
+        field = RUN_FLAGS[name][0]
+        if field is not None and values[name] is not None:
+            try:
+                cfg = cfg.with_overrides([f"{field}={values[name]}"])
+            except ValueError as e:
+                raise ValueError(f"--{name}={values[name]}: {str(e).rsplit(': ', 1)[-1]}") \
+                    from None
+    return cfg.with_overrides([*extra, *flags.FLAGS.set])
+
+
+def default_workdir(cfg):
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{cfg.data.dataset}-{cfg.model.model}-{cfg.method.mode}-{stamp}")
+
+
+def _text(value):
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
 
 
 def usage_error(message):
@@ -33,5 +111,13 @@ def parse_flags(argv):
         usage_error(f"cannot read a --flagfile: {e.strerror or e}")
 
 
-def run(main):
+def run(main, help_text=None):
+    """absl's ``app.run`` with our parser; ``--help`` prints ``help_text`` and exits 0."""
+    if help_text and any(a in HELP_FLAGS for a in sys.argv[1:]):
+        try:
+            print(help_text)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `... --help | head`
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     app.run(main, flags_parser=parse_flags)

@@ -16,3 +16,39 @@ TFDS_DIR = os.environ.get("SSA_TF_TFDS_DIR", os.path.join(REPO, "..", "shared", 
 
 def cifar10_available():
     return os.path.isdir(os.path.join(TFDS_DIR, "cifar10"))
+
+
+# --------------------------------------------------------------------------
+# The command lines through a real process (test_cli.py, test_bad_input.py, ...).
+# --------------------------------------------------------------------------
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+CLIS = {
+    "train": [sys.executable, "-m", "ssa_tf.train"],
+    "search": [sys.executable, os.path.join("tuning", "search.py")],
+    "export": [sys.executable, os.path.join("export", "to_onnx.py")],
+}
+
+
+def run_cli(cli, *args, timeout=120, env=None, **kwargs):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
+    return subprocess.run([*CLIS[cli], *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def one_line(result, status=2):
+    """The one ``error:`` line, last on stderr (TensorFlow, once started, may log
+    a notice or two before it; never a traceback)."""
+    assert result.returncode == status, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    errors = [l for l in lines if l.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    return errors[0]
+
+
+def files(folder):
+    """Every path under ``folder``, relative, sorted ([] if it does not exist)."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []

@@ -8,7 +8,7 @@ numbers are in benchmarks/ACCURACY.md. The test runs seed 2.
 import keras
 
 from ssa_tf import data
-from ssa_tf.trainer import build_model
+from ssa_tf.training.model import build_model
 
 
 def accuracy(mode, seed=2):

@@ -1,10 +1,12 @@
-"""Bad input through the real command lines: one line, the right status, nothing
-half-written. (More cases of each CLI live in test_cli.py, test_tuning.py and
-test_export.py; BUILD.md, "Exit codes", counts them all.)"""
+"""Bad input through the real command lines: one line, the right status, nothing left
+behind that was not there. (The checks behind the flag messages are unit-tested in
+test_config.py; BUILD.md, "Exit codes", lists every status.)"""
 
 import errno
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,87 +14,15 @@ import time
 
 import pytest
 
-from conftest import REPO
+from conftest import TFDS_DIR, cifar10_available, files, one_line
+from conftest import run_cli as run
 
-CLIS = {
-    "train": [sys.executable, "-m", "ssa_tf.train"],
-    "search": [sys.executable, os.path.join("tuning", "search.py")],
-    "export": [sys.executable, os.path.join("export", "to_onnx.py")],
-}
-
-
-def run(cli, *args, timeout=120, env=None):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
-    return subprocess.run([*CLIS[cli], *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def one_line(result, status=2):
-    """The one ``error:`` line, last on stderr (TensorFlow, once started, may log
-    a notice or two before it; never a traceback)."""
-    assert result.returncode == status, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    errors = [l for l in lines if l.startswith("error:")]
-    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    return errors[0]
-
-
-def files(folder):
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+MNIST_TINY = ["--model=mlp", "--set=data.max_train_examples=128"]
 
 
 # --------------------------------------------------------------------------
-# Flags and files every CLI reads: checked before TensorFlow starts.
+# Data that cannot be read.
 # --------------------------------------------------------------------------
-
-@pytest.mark.parametrize("args,needle", [
-    (["--rank_warmup_steps=-1"], "--rank_warmup_steps must be >= 0"),
-    (["--checkpoint_steps=-5"], "--checkpoint_steps must be >= 0"),
-    (["--keep_checkpoints=1"], "--keep_checkpoints must be >= 2"),
-    (["--skip_nonfinite_steps=-1"], "--skip_nonfinite_steps must be >= 0"),
-    (["--alpha=-1"], "--alpha must be >= 0"),
-    (["--rank_tau=0"], "--rank_tau must be in (0, 1]"),
-    (["--strategy=mirrored", "--logical_cpus=3"], "must be a multiple of --logical_cpus=3"),
-    (["--strategy=multi_worker"], "needs TF_CONFIG"),
-    (["--strategy=gpu"], "auto, one_device, mirrored, multi_worker"),
-    (["--validation_split=1.5"], "--validation_split must be in [0, 1)"),
-    (["--s_rate_scale=0"], "--s_rate_scale must be > 0"),
-    (["--mode=bp", "--stiefel_retraction"], "--stiefel_retraction does not apply to --mode=bp"),
-])
-def test_train_out_of_range_flags(args, needle, tmp_path):
-    start = time.perf_counter()
-    line = one_line(run("train", *args, f"--workdir={tmp_path / 'w'}", timeout=60,
-                        env={"TF_CONFIG": ""}))
-    assert needle in line
-    assert not (tmp_path / "w").exists()
-    assert time.perf_counter() - start < 15  # TensorFlow never started
-
-
-@pytest.mark.parametrize("cli", sorted(CLIS))
-@pytest.mark.parametrize("content,needle", [
-    (None, "Unable to open flagfile"),
-    (b"\x00\xff\xfe binary\n", "not a text file of flags"),
-    (b"--no_such_flag_anywhere=3\n", "no_such_flag_anywhere"),
-])
-def test_missing_or_corrupt_flagfile(cli, content, needle, tmp_path):
-    path = tmp_path / "run.flags"
-    if content is not None:
-        path.write_bytes(content)
-    before = files(tmp_path)
-    line = one_line(run(cli, f"--flagfile={path}", timeout=60))
-    assert needle in line
-    assert files(tmp_path) == before
-
-
-def test_unknown_flag_lists_the_valid_ones_in_every_cli():
-    for cli, valid in (("train", "mlp, smallconv"), ("search", "random, bayesian, hyperband"),
-                       ("export", "auto, merged, factored")):
-        flag = {"train": "--model=x", "search": "--tuner=x", "export": "--form=x"}[cli]
-        extra = ["--output=x.onnx", "--workdir=no/such/run"] if cli == "export" else []
-        line = one_line(run(cli, flag, *extra, timeout=60))
-        assert valid in line, (cli, line)
-
 
 def test_dataset_dir_that_is_a_file(tmp_path):
     not_a_dir = tmp_path / "tfds"
@@ -101,6 +31,36 @@ def test_dataset_dir_that_is_a_file(tmp_path):
                         f"--workdir={tmp_path / 'w'}", timeout=60))
     assert "cifar10" in line and str(not_a_dir) in line
     assert not (tmp_path / "w").exists()
+
+
+def _copy_cifar10(tmp_path, version="3.0.2"):
+    if not cifar10_available():
+        pytest.skip(f"the prepared CIFAR-10 is not at {TFDS_DIR} (SSA_TF_TFDS_DIR)")
+    target = tmp_path / "tfds" / "cifar10" / version
+    shutil.copytree(os.path.join(TFDS_DIR, "cifar10", "3.0.2"), target)
+    return tmp_path / "tfds", target
+
+
+def test_data_prepared_by_another_tfds_version_fails_fast(tmp_path):
+    data_dir, _ = _copy_cifar10(tmp_path, version="9.9.9")
+    start = time.perf_counter()
+    line = one_line(run("train", "--dataset=cifar10", f"--data_dir={data_dir}",
+                        f"--workdir={tmp_path / 'w'}", timeout=60))
+    assert "version 9.9.9" in line and "reads version 3.0.2" in line and "tfds build" in line
+    assert time.perf_counter() - start < 10  # before TensorFlow
+    assert not (tmp_path / "w").exists()
+
+
+def test_truncated_tfrecord_is_one_line_and_leaves_nothing(tmp_path):
+    data_dir, folder = _copy_cifar10(tmp_path)
+    shard = folder / "cifar10-train.tfrecord-00000-of-00001"
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    workdir = tmp_path / "w"
+    line = one_line(run("train", "--dataset=cifar10", f"--data_dir={data_dir}",
+                        f"--workdir={workdir}", timeout=300))
+    assert "cannot be read" in line and "tfds build cifar10" in line
+    assert not workdir.exists()
 
 
 # --------------------------------------------------------------------------
@@ -117,13 +77,15 @@ def _immutable(folder):
     return ["chattr", "-i", str(folder)]
 
 
-def test_read_only_workdir(tmp_path):
+def test_read_only_workdir_and_search_directory(tmp_path):
     folder = tmp_path / "ro"
     folder.mkdir()
     undo = _immutable(folder)
     try:
         line = one_line(run("train", f"--workdir={folder / 'run'}", timeout=60))
         assert "not writable" in line and str(folder) in line
+        line = one_line(run("search", f"--directory={folder / 'searches'}", timeout=60))
+        assert "cannot write in" in line and str(folder) in line
         assert list(folder.iterdir()) == []
     finally:
         subprocess.run(undo, check=True)
@@ -133,12 +95,11 @@ def test_disk_full_during_the_run_is_reported_as_such(tmp_path, monkeypatch, cap
     """A full disk cannot be made on demand here; the run raises what a full
     disk raises and the CLI must say so in one line (in process)."""
     from absl.testing import flagsaver
-    from ssa_tf import run as run_lib
     from ssa_tf import train
+    from ssa_tf.training import run as run_lib
 
     def full(cfg):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC),
-                      str(tmp_path / "w" / "backup"))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "w" / "backup"))
 
     monkeypatch.setattr(run_lib, "train", full)
     with flagsaver.flagsaver():
@@ -151,6 +112,7 @@ def test_disk_full_during_the_run_is_reported_as_such(tmp_path, monkeypatch, cap
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "backup" in err[0]
+    assert not (tmp_path / "w").exists()  # created by the run, removed with nothing in it
 
 
 def test_workdir_in_use_by_a_live_run(tmp_path):
@@ -171,8 +133,7 @@ def test_workdir_in_use_by_a_live_run(tmp_path):
 def finished(tmp_path_factory):
     """A finished tiny run (its checkpoints removed at the end, as always)."""
     workdir = tmp_path_factory.mktemp("finished") / "w"
-    result = run("train", "--model=mlp", "--epochs=1", "--max_train_examples=128",
-                 f"--workdir={workdir}", timeout=300)
+    result = run("train", *MNIST_TINY, "--epochs=1", f"--workdir={workdir}", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not (workdir / "backup").exists() and not (workdir / ".lock").exists()
     return workdir
@@ -180,8 +141,8 @@ def finished(tmp_path_factory):
 
 def test_finished_workdir_needs_restart(finished):
     before = {p: p.stat().st_mtime_ns for p in finished.rglob("*")}
-    line = one_line(run("train", "--model=mlp", "--epochs=1", "--max_train_examples=128",
-                        f"--workdir={finished}", timeout=120))
+    line = one_line(run("train", *MNIST_TINY, "--epochs=1", f"--workdir={finished}",
+                        timeout=120))
     assert "finished run" in line and "--restart" in line
     assert {p: p.stat().st_mtime_ns for p in finished.rglob("*")} == before
 
@@ -200,15 +161,16 @@ def _unfinished(finished, tmp_path, state="{}"):
 
 def test_resuming_with_other_settings_names_them(finished, tmp_path):
     workdir = _unfinished(finished, tmp_path)
-    line = one_line(run("train", "--model=mlp", "--epochs=1", "--max_train_examples=128",
-                        "--beta=0.5", f"--workdir={workdir}", timeout=120))
-    assert "--beta=0.01 then, 0.5 now" in line and "--restart" in line
+    line = one_line(run("train", *MNIST_TINY, "--epochs=1", "--set=method.beta=0.5",
+                        "--set=model.norm=none", f"--workdir={workdir}", timeout=120))
+    assert "method.beta=0.01 then, 0.5 now" in line and "model.norm='layer' then" in line
+    assert "--restart" in line
 
 
 def test_corrupt_checkpoint_is_one_line(finished, tmp_path):
     workdir = _unfinished(finished, tmp_path)
-    line = one_line(run("train", "--model=mlp", "--epochs=2", "--max_train_examples=128",
-                        f"--workdir={workdir}", timeout=300))
+    line = one_line(run("train", *MNIST_TINY, "--epochs=2", f"--workdir={workdir}",
+                        timeout=300))
     assert "epoch-1 is unreadable" in line and "--restart" in line
     assert not (workdir / ".lock").exists()
     assert not list(workdir.rglob("*.tmp*"))
@@ -217,8 +179,8 @@ def test_corrupt_checkpoint_is_one_line(finished, tmp_path):
 def test_restart_trains_again_from_scratch(finished, tmp_path):
     workdir = _unfinished(finished, tmp_path)
     (workdir / "mine.txt").write_text("kept")
-    result = run("train", "--model=mlp", "--epochs=1", "--max_train_examples=128", "--restart",
-                 f"--workdir={workdir}", timeout=300)
+    result = run("train", *MNIST_TINY, "--epochs=1", "--restart", f"--workdir={workdir}",
+                 timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["resumed_from_epoch"] == 0 and len(summary["epoch_seconds"]) == 1
@@ -229,9 +191,9 @@ def test_restart_trains_again_from_scratch(finished, tmp_path):
 def test_diverging_run_exits_3_and_keeps_its_checkpoint(tmp_path):
     """A rate of 1e6 makes SSA's local losses non-finite within the second epoch."""
     workdir = tmp_path / "w"
-    result = run("train", "--model=mlp", "--epochs=3", "--max_train_examples=256",
-                 "--learning_rate=1e6", "--checkpoint_steps=2", f"--workdir={workdir}",
-                 timeout=300)
+    result = run("train", "--model=mlp", "--epochs=3", "--set=data.max_train_examples=256",
+                 "--learning_rate=1e6", "--set=runtime.checkpoint_steps=2",
+                 f"--workdir={workdir}", timeout=300)
     line = one_line(result, status=3)
     assert line.startswith("error: training diverged: non-finite value in module ")
     assert "term" in line or "gradient" in line
@@ -240,3 +202,26 @@ def test_diverging_run_exits_3_and_keeps_its_checkpoint(tmp_path):
     if "last good checkpoint" in line:
         assert list((workdir / "backup" / "local").glob("epoch-*/state.json"))
     assert not (workdir / ".lock").exists()
+
+
+def test_ctrl_c_exits_130_with_the_resume_hint_and_the_run_resumes(tmp_path):
+    workdir = tmp_path / "w"
+    args = [*MNIST_TINY[:1], "--epochs=4", "--set=data.max_train_examples=1024",
+            "--set=runtime.checkpoint_steps=4", f"--workdir={workdir}"]
+    from conftest import CLIS, REPO
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    proc = subprocess.Popen([*CLIS["train"], *args], cwd=REPO, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not list(workdir.glob("backup/local/epoch-*/state.json")) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    lines = err.strip().splitlines()
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and len([l for l in lines if "interrupted" in l]) == 1
+    assert "resumes from its checkpoint (epoch " in lines[-1]
+    again = run("train", *args, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["resumed_from_epoch"] + summary["resumed_from_step"] > 0

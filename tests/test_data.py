@@ -15,7 +15,10 @@ import tensorflow as tf
 
 from conftest import REPO, TFDS_DIR, cifar10_available
 from ssa_tf import data
-from ssa_tf.data_bench import mock_prepared
+from ssa_tf.data.cifar import CIFAR_MEAN, CIFAR_STD
+from ssa_tf.data.core import TFDS_PACKAGE, TFDS_VERSIONS
+from ssa_tf.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ssa_tf.data.mock import mock_prepared
 
 
 def batches(ds):
@@ -54,14 +57,14 @@ def test_embedded_split_is_fixed_and_stratified():
 
 
 def test_validation_is_carved_from_the_end_of_train():
-    assert data._carve(4000, 0.0, None) == ((0, 4000), None)
-    assert data._carve(4000, 0.1, None) == ((0, 3600), (3600, 4000))
+    assert data.carve(4000, 0.0, None) == ((0, 4000), None)
+    assert data.carve(4000, 0.1, None) == ((0, 3600), (3600, 4000))
     # max_train_examples trims what is left for training, never the validation part
-    assert data._carve(4000, 0.1, 1000) == ((0, 1000), (3600, 4000))
-    assert data._slice_name("train", (0, 3600), 4000) == "train[:3600]"
-    assert data._slice_name("train", (3600, 4000), 4000) == "train[3600:]"
+    assert data.carve(4000, 0.1, 1000) == ((0, 1000), (3600, 4000))
+    assert data.slice_name("train", (0, 3600), 4000) == "train[:3600]"
+    assert data.slice_name("train", (3600, 4000), 4000) == "train[3600:]"
     with pytest.raises(data.DataError, match="validation_split=0.0001"):
-        data._carve(4000, 0.0001, None)
+        data.carve(4000, 0.0001, None)
 
     spec = data.load("mnist5k", 500, validation_split=0.1)
     assert (spec.train_examples, spec.validation_examples, spec.test_examples) == (3600, 400, 1000)
@@ -100,7 +103,7 @@ def mock_cifar100(tmp_path):
 
 
 def test_cifar100_pipeline_on_mock_data(mock_cifar100):
-    mean, std = np.array(data._CIFAR_MEAN["cifar100"]), np.array(data._CIFAR_STD["cifar100"])
+    mean, std = np.array(CIFAR_MEAN["cifar100"]), np.array(CIFAR_STD["cifar100"])
     lo, hi = (0 - mean) / std, (255 - mean) / std
     spec = data.load("cifar100", 64, data_dir=mock_cifar100, seed=3)
     assert spec.input_shape == (32, 32, 3) and spec.num_classes == 100
@@ -138,7 +141,7 @@ def test_cifar100_coarse_labels(mock_cifar100):
 # --------------------------------------------------------------------------
 
 def test_imagenet_pipeline_on_mock_data(tmp_path):
-    mean, std = np.array(data._IMAGENET_MEAN), np.array(data._IMAGENET_STD)
+    mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
     with mock_prepared("imagenet2012", str(tmp_path), {"train": 24, "validation": 24}):
         spec = data.load("imagenet2012", 24, data_dir=str(tmp_path), image_size=32)
         plain = data.load("imagenet2012", 24, data_dir=str(tmp_path), image_size=32, augment=False)
@@ -169,7 +172,7 @@ def test_imagenet_evaluation_is_short_side_256_then_center_224():
     jpeg = tf.io.encode_jpeg(image, quality=100)
     decoded = tf.io.decode_jpeg(jpeg).numpy().astype(np.float32) / 255
     out = data.imagenet_eval_image(jpeg, 224).numpy()
-    expected = (decoded[16:240, 80:304] - data._IMAGENET_MEAN) / data._IMAGENET_STD
+    expected = (decoded[16:240, 80:304] - IMAGENET_MEAN) / IMAGENET_STD
     np.testing.assert_allclose(out, expected, atol=1e-4)
     # another size keeps the 256/224 ratio and stays exactly image_size square
     assert data.imagenet_eval_image(jpeg, 32).shape == (32, 32, 3)
@@ -217,7 +220,7 @@ def test_cifar10_from_the_prepared_folder():
     xa, ya = next(iter(aug.train))
     np.testing.assert_array_equal(yp.numpy(), ya.numpy())  # same shuffle order
     assert float(np.abs(xp.numpy() - xa.numpy()).mean()) > 0.05
-    black = (0 - np.array(data._CIFAR_MEAN["cifar10"])) / np.array(data._CIFAR_STD["cifar10"])
+    black = (0 - np.array(CIFAR_MEAN["cifar10"])) / np.array(CIFAR_STD["cifar10"])
     assert zero_padded(xa.numpy(), black).mean() > 0.8
 
 
@@ -321,8 +324,9 @@ def test_cli_prepares_imagenet_from_the_tars_and_trains(tmp_path):
                {f"ILSVRC2012_val_{i:08d}.JPEG": _jpeg(40, 30, 100 + i) for i in range(1, 5)})
     workdir = tmp_path / "run"
     result = run_cli("--dataset=imagenet2012", f"--data_dir={tmp_path / 'tfds'}",
-                     f"--manual_dir={manual}", "--image_size=16", "--model=mlp", "--mode=ssa",
-                     "--epochs=1", "--batch_size=4", "--validation_split=0.25",
+                     f"--set=data.manual_dir={manual}", "--set=data.image_size=16", "--model=mlp",
+                     "--mode=ssa", "--epochs=1", "--batch_size=4",
+                     "--set=data.validation_split=0.25",
                      f"--workdir={workdir}", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((workdir / "summary.json").read_text())
@@ -331,3 +335,11 @@ def test_cli_prepares_imagenet_from_the_tars_and_trains(tmp_path):
     assert summary["test_split"] == "imagenet2012:validation"
     assert 0 <= summary["test_accuracy"] <= 1 and "val_accuracy" in summary["history"]
     assert (tmp_path / "tfds" / "imagenet2012").is_dir()
+
+
+def test_the_versions_checked_before_tensorflow_are_the_ones_tfds_reads():
+    import tensorflow_datasets as tfds
+
+    assert tfds.__version__ == TFDS_PACKAGE
+    for name, version in TFDS_VERSIONS.items():
+        assert str(tfds.builder_cls(name).VERSION) == version

@@ -1,4 +1,4 @@
-"""Distributed training equals one device (ssa_tf.distribute); CPU only, bounded.
+"""Distributed training equals one device (ssa_tf.training.loop); CPU only, bounded.
 
 MirroredStrategy runs on 2 logical CPU devices in a subprocess (the device
 split is process-wide and must precede TensorFlow's start). Multi-worker runs
@@ -30,7 +30,6 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from ssa_tf import config as cfg_lib
 
 RTOL = 1e-5
 
@@ -51,55 +50,25 @@ def _deterministic_env(**extra):
 
 
 # --------------------------------------------------------------------------
-# Flags: checked before TensorFlow starts.
+# Settings: the unit checks are in test_config.py; these need a process.
 # --------------------------------------------------------------------------
 
-def _cfg(**kw):
-    return cfg_lib.RunConfig(**kw)
-
-
-@pytest.mark.parametrize("kw,tf_config,needle", [
-    (dict(strategy="tpu"), None, "auto, one_device, mirrored, multi_worker"),
-    (dict(strategy="mirrored", logical_cpus=0), None, "--logical_cpus must be >= 1"),
-    (dict(strategy="auto", logical_cpus=2), None, "applies to --strategy=mirrored only"),
-    (dict(strategy="mirrored", logical_cpus=3, batch_size=64), None, "multiple of --logical_cpus=3"),
-    (dict(strategy="multi_worker"), None, "needs TF_CONFIG"),
-    (dict(strategy="multi_worker"), "{not json", "TF_CONFIG must be JSON"),
-    (dict(strategy="multi_worker"), '{"cluster": {"worker": ["a:1"]}, "task": {"type": "ps"}}',
-     "TF_CONFIG must be JSON"),
-    (dict(strategy="multi_worker", batch_size=63),
-     '{"cluster": {"worker": ["a:1", "b:2"]}, "task": {"type": "worker", "index": 1}}',
-     "multiple of the 2 workers"),
-])
-def test_distribution_flags_are_validated(kw, tf_config, needle):
-    problem = cfg_lib.validate_distribution(_cfg(**kw), tf_config)
-    assert problem and needle in problem, problem
-
-
-def test_good_distribution_flags_pass():
-    two = '{"cluster": {"chief": ["a:1"], "worker": ["b:2"]}, "task": {"type": "chief", "index": 0}}'
-    assert cfg_lib.validate_distribution(_cfg(strategy="multi_worker", batch_size=64), two) is None
-    assert cfg_lib.validate_distribution(_cfg(strategy="mirrored", logical_cpus=2), None) is None
-    assert cfg_lib.tf_config_workers(two) == 2
-
-
-@pytest.mark.parametrize("args,needle", [
-    (["--strategy=multi_worker", "--workdir=w"], "needs TF_CONFIG"),
-    (["--strategy=mirrored", "--logical_cpus=3", "--batch_size=64"], "multiple of --logical_cpus"),
-])
-def test_cli_distribution_mistakes_exit_2_before_tensorflow(args, needle, tmp_path):
+def test_cli_distribution_mistakes_exit_2_before_tensorflow(tmp_path):
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "ssa_tf.train", *args], cwd=tmp_path,
-                            env=_env(PYTHONPATH=REPO), capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "ssa_tf.train",
+                             "--set=runtime.strategy=mirrored", "--set=runtime.logical_cpus=3"],
+                            cwd=tmp_path, env=_env(PYTHONPATH=REPO), capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], result.stderr
+    assert len(lines) == 1 and "multiple of runtime.logical_cpus=3" in lines[0], result.stderr
     assert time.perf_counter() - start < 10
 
 
 def test_multi_worker_needs_an_explicit_workdir(tmp_path):
     tf_config = '{"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}}'
-    result = subprocess.run([sys.executable, "-m", "ssa_tf.train", "--strategy=multi_worker"],
+    result = subprocess.run([sys.executable, "-m", "ssa_tf.train",
+                             "--set=runtime.strategy=multi_worker"],
                             cwd=tmp_path, env=_env(PYTHONPATH=REPO, TF_CONFIG=tf_config),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "--workdir" in result.stderr, result.stderr
@@ -111,10 +80,10 @@ def test_multi_worker_needs_an_explicit_workdir(tmp_path):
 
 MIRRORED_SCRIPT = textwrap.dedent("""
     import json, sys
-    from ssa_tf import distribute
-    placement = distribute.setup("mirrored", logical_cpus=2, batch_size=16, log=print)
+    from ssa_tf.training import loop
+    placement = loop.setup("mirrored", logical_cpus=2, batch_size=16, log=print)
     import numpy as np, keras, tensorflow as tf
-    from ssa_tf.trainer import SSAModel
+    from ssa_tf.training.model import SSAModel
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((64, 8, 8, 3)).astype("float32")
@@ -179,9 +148,9 @@ def test_mirrored_two_logical_cpus_equals_one_device():
 # MultiWorkerMirroredStrategy: two workers, a kill, a restart.
 # --------------------------------------------------------------------------
 
-TRAIN_ARGS = ["--dataset=mnist5k", "--max_train_examples=64", "--batch_size=32", "--model=mlp",
-              "--mode=bp-lagged-copy", "--rank_tau=0.9", "--rank_interval=1", "--rank_final_cut",
-              "--epochs=2"]
+TRAIN_ARGS = ["--dataset=mnist5k", "--batch_size=32", "--model=mlp", "--mode=bp-lagged-copy",
+              "--epochs=2", "--set=data.max_train_examples=64", "--set=rank.tau=0.9",
+              "--set=rank.interval=1", "--set=rank.final_cut=true"]
 
 
 def _free_ports(n):
@@ -212,7 +181,7 @@ class Workers:
             log = self.tmp_path / f"{tag}-worker{i}.log"
             with open(log, "w") as out:
                 self.procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "ssa_tf.train", "--strategy=multi_worker",
+                    [sys.executable, "-m", "ssa_tf.train", "--set=runtime.strategy=multi_worker",
                      f"--workdir={workdir}", *TRAIN_ARGS],
                     cwd=REPO, env=_deterministic_env(TF_CONFIG=tf_config, TMPDIR=str(tmpdir)),
                     stdout=out,
@@ -241,7 +210,7 @@ class Workers:
 
 def _weights(workdir):
     import keras
-    import ssa_tf.trainer  # noqa: F401  (registers SSAModel)
+    import ssa_tf.training.model  # noqa: F401  (registers SSAModel)
 
     model = keras.models.load_model(os.path.join(workdir, "model.keras"))
     return model.ranks(), {v.path: v.numpy() for v in model.weights}
@@ -259,7 +228,8 @@ def test_multi_worker_resumes_after_a_kill_and_equals_one_device(tmp_path):
     ref = tmp_path / "one_device"
     workdir = tmp_path / "multi"
     reference = subprocess.Popen(
-        [sys.executable, "-m", "ssa_tf.train", "--strategy=one_device", f"--workdir={ref}",
+        [sys.executable, "-m", "ssa_tf.train", "--set=runtime.strategy=one_device",
+         f"--workdir={ref}",
          *TRAIN_ARGS], cwd=REPO, env=_deterministic_env(), stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "one_device.log", "w"))
     workers = Workers(tmp_path)

@@ -29,10 +29,12 @@ for _module in ("onnx", "onnxruntime", "tf2onnx"):
 import keras  # noqa: E402
 
 from conftest import REPO  # noqa: E402
-from ssa_tf import convert, export  # noqa: E402
-from ssa_tf.export_config import ExportConfig, UsageError  # noqa: E402
-from ssa_tf.layers import SVDConv2D, SVDDense  # noqa: E402
-from ssa_tf.trainer import SSAModel  # noqa: E402
+from ssa_tf.export import config as export_config  # noqa: E402
+from ssa_tf.export import convert, merge as merge_lib  # noqa: E402
+from ssa_tf.export import deploy as export  # noqa: E402
+from ssa_tf.export.config import ExportConfig, UsageError  # noqa: E402
+from ssa_tf.nn import SVDConv2D, SVDDense  # noqa: E402
+from ssa_tf.training.model import SSAModel  # noqa: E402
 
 SCRIPT = os.path.join(REPO, "export", "to_onnx.py")
 ATOL = 1e-5  # round trips on O(1) outputs: float32 rounding only
@@ -251,12 +253,12 @@ def test_truncated_merge_matches_ssa_model(name, request):
     ranks = model.ranks()
     assert {r.name: r.rank for r in records} == ranks
     # factored only where it takes fewer multiply-adds, counted on the layers (a
-    # convolution: at most half, convert.FACTORED_CONV_COST)
+    # convolution: at most half, merge_lib.FACTORED_CONV_COST)
     for record in records:
         merged_macs = _macs(merged["merged"], record.name)
         factored_macs = _macs(merged["factored"], record.name)
         conv = record.kind != "dense"
-        weight = convert.FACTORED_CONV_COST if conv else 1.0
+        weight = merge_lib.FACTORED_CONV_COST if conv else 1.0
         assert record.form == ("factored" if factored_macs * weight < merged_macs
                                else "merged"), record
         if record.form == "factored":
@@ -387,28 +389,39 @@ def _bad_workdirs(base, workdir):
     ("bad_opset", "--opset must be in 13..18"),
     ("missing_folder", "does not exist"),
     ("saved_model_exists", "already exists"),
-    ("stray", "unexpected arguments"),
+    ("unfinished", "is unfinished (its last checkpoint: epoch 1)"),
 ])
-def test_script_user_mistakes_exit_2_before_tensorflow(case, needle, workdir, tmp_path):
+def test_export_mistakes_are_one_line_and_touch_nothing(case, needle, workdir, tmp_path):
     dirs = _bad_workdirs(tmp_path, workdir)
-    out = f"--output={tmp_path / 'm.onnx'}"
-    args = {
-        "no_model": [f"--workdir={dirs['empty']}", out],
-        "no_workdir": [f"--workdir={tmp_path / 'nope'}", out],
-        "no_output": [f"--workdir={workdir}"],
-        "bad_form": [f"--workdir={workdir}", out, "--form=lowrank"],
-        "bad_opset": [f"--workdir={workdir}", out, "--opset=99"],
-        "missing_folder": [f"--workdir={workdir}", f"--output={tmp_path / 'no' / 'm.onnx'}"],
-        "saved_model_exists": [f"--workdir={workdir}", out, f"--saved_model={dirs['full']}"],
-        "stray": [f"--workdir={workdir}", out, "extra"],
+    out = str(tmp_path / "m.onnx")
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "backup" / "local" / "epoch-1").mkdir(parents=True)
+    (unfinished / "backup" / "local" / "epoch-1" / "state.json").write_text("{}")
+    (unfinished / "config.json").write_text(json.dumps({"dataset": "mnist5k"}))
+    kw = {
+        "no_model": dict(workdir=str(dirs["empty"]), output=out),
+        "no_workdir": dict(workdir=str(tmp_path / "nope"), output=out),
+        "no_output": dict(workdir=str(workdir), output=None),
+        "bad_form": dict(workdir=str(workdir), output=out, form="lowrank"),
+        "bad_opset": dict(workdir=str(workdir), output=out, opset=99),
+        "missing_folder": dict(workdir=str(workdir), output=str(tmp_path / "no" / "m.onnx")),
+        "saved_model_exists": dict(workdir=str(workdir), output=out,
+                                   saved_model=str(dirs["full"])),
+        "unfinished": dict(workdir=str(unfinished), output=out),
     }[case]
-    before = sorted(p.name for p in tmp_path.iterdir())
-    result = run_script(*args, timeout=60)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    problem = export_config.validate(ExportConfig(**kw))
+    assert problem and needle in problem and "\n" not in problem, problem
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_script_mistake_exits_2_with_one_line_before_tensorflow(workdir, tmp_path):
+    result = run_script(f"--workdir={workdir}", f"--output={tmp_path / 'm.onnx'}",
+                        "--form=lowrank", timeout=60)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0], result.stderr
-    assert "tensorflow" not in result.stdout.lower()
-    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written
+    assert len(lines) == 1 and "auto, merged, factored" in lines[0], result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_script_read_only_output_folder(workdir, tmp_path):

@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from ssa_tf.layers import (LocalBatchNorm, SVDConv2D, SVDDense, energy_rank,
+from ssa_tf.nn import (LocalBatchNorm, SVDConv2D, SVDDense, energy_rank,
                            exact_singular_values, svd_factors)
 
 ATOL = 2e-5
@@ -439,7 +439,7 @@ def test_conv_config_round_trip_at_reduced_rank():
 
 
 def test_ssa_model_save_load_after_truncation(tmp_path):
-    from ssa_tf.trainer import build_model
+    from ssa_tf.training.model import build_model
 
     model = build_model("smallconv", (16, 16, 3), 10, mode="ssa")
     layers = {l.name: l for l in model.svd_layers()}

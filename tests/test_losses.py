@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 from keras import ops
 
-from ssa_tf.layers import SVDConv2D, SVDDense
-from ssa_tf.losses import alignment_loss, cross_entropy, orthogonality_loss, output_error
+from ssa_tf.nn import SVDConv2D, SVDDense
+from ssa_tf.methods.losses import alignment_loss, cross_entropy, orthogonality_loss, output_error
 
 
 def np_(v):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ssa_tf.trainer import SSAModel
+from ssa_tf.training.model import SSAModel
 
 # trainable parameters at full rank. BP and DFA share the plain architecture;
 # SSA at full rank stores U, s, V, which for a square matrix is about twice

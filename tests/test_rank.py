@@ -6,8 +6,8 @@ import keras
 import tensorflow as tf
 
 from ssa_tf import data
-from ssa_tf.rank import PRESETS, RankPruning, apply_cut
-from ssa_tf.trainer import build_model
+from ssa_tf.training.rank import PRESETS, RankPruning, apply_cut
+from ssa_tf.training.model import build_model
 
 
 @pytest.fixture(scope="module")
@@ -126,8 +126,8 @@ def test_svd_feedback_cut_keeps_tracked_feedback_aligned():
     """With feedback that tracks the forward factors, 'first' leaves B's
     components in the old basis (a large alignment term right after the cut);
     'svd' re-factors B like W, so B stays the forward weight's mirror."""
-    from ssa_tf import losses
-    from ssa_tf.layers import SVDDense
+    from ssa_tf.methods import losses
+    from ssa_tf.nn import SVDDense
 
     results = {}
     for mode in ("first", "svd"):

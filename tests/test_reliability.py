@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from ssa_tf import reliability
 from ssa_tf.config import RunConfig, UsageError
+from ssa_tf.training import callbacks
+from ssa_tf.training import workdir as reliability
 
 # --------------------------------------------------------------------------
 # The lock.
@@ -59,10 +60,8 @@ def test_lock_refuses_a_live_holder_and_clears_a_dead_one(tmp_path):
 # --------------------------------------------------------------------------
 
 def _unfinished_run(tmp_path, **kw):
-    cfg = RunConfig(workdir=str(tmp_path), **kw)
-    import dataclasses
-    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(cfg.resolved()),
-                                                     default=list))
+    cfg = RunConfig.from_flat({"workdir": str(tmp_path), **kw})
+    (tmp_path / "config.json").write_text(json.dumps(cfg.record(), default=list))
     ckpt = tmp_path / "backup" / "local" / "epoch-1"
     ckpt.mkdir(parents=True)
     (ckpt / "state.json").write_text("{}")
@@ -72,18 +71,16 @@ def _unfinished_run(tmp_path, **kw):
 
 
 def test_prepare_workdir_resumes_refuses_and_restarts(tmp_path):
-    import dataclasses
     cfg = _unfinished_run(tmp_path, model="mlp", epochs=2)
     assert reliability.prepare_workdir(cfg) == "resume"
     # longer training, other checkpointing: still the same run
-    assert reliability.prepare_workdir(dataclasses.replace(cfg, epochs=5,
-                                                           checkpoint_steps=7)) == "resume"
-    with pytest.raises(UsageError, match=r"--beta=0.01 then, 0.5 now.*--restart"):
-        reliability.prepare_workdir(dataclasses.replace(cfg, beta=0.5))
+    assert reliability.prepare_workdir(cfg.replace(epochs=5, checkpoint_steps=7)) == "resume"
+    with pytest.raises(UsageError, match=r"method.beta=0.01 then, 0.5 now.*--restart"):
+        reliability.prepare_workdir(cfg.replace(beta=0.5))
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(UsageError, match="finished run"):
         reliability.prepare_workdir(cfg)
-    assert reliability.prepare_workdir(dataclasses.replace(cfg, restart=True)) == "restart"
+    assert reliability.prepare_workdir(cfg.replace(restart=True)) == "restart"
     # the run's outputs are gone, the user's own file is not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 
@@ -94,7 +91,7 @@ def test_prepare_workdir_resumes_refuses_and_restarts(tmp_path):
 
 def test_warmup_after_cuts_composes_with_decay_and_serializes():
     import keras
-    from ssa_tf.rank import WarmupAfterCuts, cut_epochs
+    from ssa_tf.training.rank import WarmupAfterCuts, cut_epochs
 
     assert cut_epochs(30, start=0, interval=10) == [10, 20]  # none after the last epoch
     assert cut_epochs(40, start=20, interval=10) == [20, 30]
@@ -113,7 +110,7 @@ def test_warmup_after_cuts_composes_with_decay_and_serializes():
 
 def _poisoned_fit(mode, skip, poison_step, steps=6):
     import tensorflow as tf
-    from ssa_tf.trainer import build_model
+    from ssa_tf.training.model import build_model
 
     model = build_model("mlp", (8, 8, 1), 4, mode=mode)
     rng = np.random.default_rng(1)
@@ -121,12 +118,12 @@ def _poisoned_fit(mode, skip, poison_step, steps=6):
     y = rng.integers(0, 4, size=16 * steps)
     x[16 * poison_step] = np.nan  # one batch holds a NaN image
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
-    guard = reliability.divergence_guard(model, skip=skip, log=lambda *a: None)
+    guard = callbacks.divergence_guard(model, skip=skip, log=lambda *a: None)
     before = [v.numpy().copy() for v in model.trainable_variables]
     try:
         model.fit(ds, epochs=1, verbose=0, callbacks=[guard])
         error = None
-    except reliability.Diverged as e:
+    except callbacks.Diverged as e:
         error = str(e)
     finite = all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
     moved = any(not np.array_equal(a, v.numpy()) for a, v in zip(before, model.trainable_variables))
@@ -151,9 +148,10 @@ def test_skip_nonfinite_steps_skips_then_trains_on():
 # --------------------------------------------------------------------------
 
 EPOCHS, STEPS_PER_EPOCH = 2, 12
-RESUME_ARGS = ["--model=mlp", "--mode=ssa", f"--epochs={EPOCHS}", "--max_train_examples=384",
-               "--batch_size=32", "--checkpoint_steps=3", "--rank_tau=0.95",
-               "--rank_interval=1", "--seed=3"]
+RESUME_ARGS = ["--model=mlp", "--mode=ssa", f"--epochs={EPOCHS}", "--batch_size=32",
+               "--seed=3", "--set=data.max_train_examples=384", "--set=runtime.checkpoint_steps=3",
+               "--set=rank.tau=0.95", "--set=rank.interval=1",
+               "--set=runtime.diagnostics_every=5"]
 STEPS = EPOCHS * STEPS_PER_EPOCH
 
 
@@ -181,7 +179,7 @@ def _checkpoints(workdir):
 
 def _weights(workdir):
     import keras
-    import ssa_tf.trainer  # noqa: F401  (registers the classes)
+    import ssa_tf.training.model  # noqa: F401  (registers the classes)
     model = keras.models.load_model(workdir / "model.keras")
     return {v.path: v.numpy() for v in model.weights}
 

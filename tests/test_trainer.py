@@ -5,9 +5,10 @@ import pytest
 import keras
 import tensorflow as tf
 
-from ssa_tf import data, feedback, losses
-from ssa_tf.layers import LocalBatchNorm
-from ssa_tf.trainer import SSAModel, build_model
+from ssa_tf import data
+from ssa_tf.methods import feedback, losses
+from ssa_tf.nn import LocalBatchNorm
+from ssa_tf.training.model import SSAModel, build_model
 
 
 def batch(shape, n=8, classes=10, seed=0):

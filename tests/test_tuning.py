@@ -16,16 +16,16 @@ import pytest
 
 from conftest import REPO
 from ssa_tf import config as cfg_lib
-from ssa_tf import tuning
+from ssa_tf.tuning import report, search, settings
 
 SEARCH_CLI = os.path.join(REPO, "tuning", "search.py")
 
 
 def small_search(directory, **kwargs):
-    run = cfg_lib.RunConfig(model="mlp", max_train_examples=200, validation_split=0.1)
+    run = cfg_lib.RunConfig().with_overrides(["model.model=mlp", "data.max_train_examples=200"])
     values = dict(run=run, directory=str(directory), project_name="s", max_trials=2,
                   epochs_per_trial=1)
-    return tuning.SearchConfig(**{**values, **kwargs})
+    return settings.SearchConfig(**{**values, **kwargs})
 
 
 def read_rows(project):
@@ -36,7 +36,7 @@ def read_rows(project):
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     cfg = small_search(tmp_path_factory.mktemp("tuning"))
-    summary = tuning.run_search(cfg, verbose=0)
+    summary = search.run_search(cfg, verbose=0)
     return cfg, summary
 
 
@@ -49,7 +49,7 @@ def test_two_trials_give_results_plot_and_flags(searched):
     cfg, summary = searched
     rows = read_rows(cfg.project)
     assert [r["trial"] for r in rows] == ["0", "1"]
-    assert list(rows[0]) == list(tuning.CSV_COLUMNS)
+    assert list(rows[0]) == list(settings.CSV_COLUMNS)
     for r in rows:
         assert r["status"] == "COMPLETED" and r["reason"] == ""
         assert 0 < float(r["val_accuracy"]) <= 1  # measured 0.20 and 0.25 (chance 0.10)
@@ -82,10 +82,13 @@ def test_best_flags_reproduce_the_best_trial_in_train(searched):
         finally:
             train.FLAGS.unparse_flags()
     assert cfg_lib.validate(run) is None
-    assert (run.alpha, run.beta, run.gamma, run.learning_rate) == (
+    m = run.method
+    assert (m.alpha, m.beta, m.gamma, run.train.learning_rate) == (
         best["alpha"], best["beta"], best["gamma"], best["lr"])  # exact: repr round-trips
-    assert (run.mode, run.model, run.dataset, run.seed, run.epochs) == ("ssa", "mlp", "mnist5k", 1, 1)
-    assert run.validation_split == 0.1  # train validates on the same held-out part
+    assert (m.mode, run.model.model, run.data.dataset, run.seed, run.train.epochs) == (
+        "ssa", "mlp", "mnist5k", 1, 1)
+    # train validates on the same held-out part, after the same training examples
+    assert run.data.validation_split == 0.1 and run.data.max_train_examples == 200
 
 
 FITS = []  # one entry per model.fit across trials (callbacks are deep-copied per trial)
@@ -114,13 +117,13 @@ def test_failed_trial_is_recorded_and_interrupted_search_resumes(searched, tmp_p
     FITS.clear()
     with pytest.raises(KeyboardInterrupt):
         # trial 2 diverges (recorded, the search goes on), trial 3 is interrupted
-        tuning.run_search(cfg, callbacks=[Script({1: "diverge", 2: "interrupt"})], verbose=0)
+        search.run_search(cfg, callbacks=[Script({1: "diverge", 2: "interrupt"})], verbose=0)
     assert len(FITS) == 2
     with open(f"{cfg.project}/trial_3/trial.json") as f:
         interrupted = json.load(f)["hyperparameters"]["values"]
 
     FITS.clear()
-    summary = tuning.run_search(cfg, callbacks=[Script({})], verbose=0)
+    summary = search.run_search(cfg, callbacks=[Script({})], verbose=0)
     assert len(FITS) == 1  # only the interrupted trial ran again
     rows = read_rows(cfg.project)
     assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
@@ -136,7 +139,7 @@ def test_failed_trial_is_recorded_and_interrupted_search_resumes(searched, tmp_p
 def test_resuming_with_other_settings_is_a_usage_error(searched):
     cfg = small_search(searched[0].directory, beta_range=(1e-3, 1e-1))
     with pytest.raises(cfg_lib.UsageError, match=r"beta_range.*another --project_name"):
-        tuning.run_search(cfg, verbose=0)
+        search.run_search(cfg, verbose=0)
 
 
 # --------------------------------------------------------------------------
@@ -170,8 +173,9 @@ def run_cli(args, env, cwd):
     (["--seed=0"], "--seed must be >= 1"),
     (["--max_trials=0"], "--max_trials must be >= 1"),
     (["--epochs_per_trial=two"], "--epochs_per_trial"),
-    (["--validation_split=0"], "--validation_split must be > 0"),
-    (["--validation_split=1"], "--validation_split must be in [0, 1)"),
+    (["--set=data.validation_split=0"], "data.validation_split must be > 0"),
+    (["--set=data.validation_split=1"], "data.validation_split must be in [0, 1)"),
+    (["--set=method.feedback_tracking=0.1"], "does not apply to --mode=ssa"),
     (["--dataset=cifar10", "--data_dir=/nonexistent"], "tfds build cifar10"),
     (["--report_only"], "no search in"),
     (["stray"], "unexpected arguments"),
@@ -208,8 +212,8 @@ def test_sensitivity_plot_marks_failed_trials(tmp_path):
          "epochs": 1, "status": "FAILED", "seconds": 1.0, "reason": "Diverged: loss nan"},
     ]
     path = str(tmp_path / "s.png")
-    tuning.plot_sensitivity(rows, cfg, path, rows[0])  # four panels, lr on a log axis
+    report.plot_sensitivity(rows, cfg, path, rows[0])  # four panels, lr on a log axis
     with open(path, "rb") as f:
         assert f.read(4) == b"\x89PNG"
-    assert tuning._reason("Traceback ...\nkeras_tuner.src.errors.FailedTrialError: x: y") == \
+    assert report.reason("Traceback ...\nkeras_tuner.src.errors.FailedTrialError: x: y") == \
         "FailedTrialError: x: y"

@@ -1,15 +1,15 @@
 """Search SSA's loss weights alpha, beta, gamma with KerasTuner; draw the sensitivity plot.
 
     python tuning/search.py                                    # embedded MNIST, smallconv, 10 trials
-    python tuning/search.py --dataset=cifar10 --data_dir=../shared/tfds --model=smallconv \\
-        --tuner=bayesian --max_trials=20 --epochs_per_trial=3
+    python tuning/search.py --dataset=cifar10 --data_dir=DIR --model=smallconv \\
+        --tuner=bayesian --max_trials=20 --epochs_per_trial=3 --set data.max_train_examples=10000
     python tuning/search.py --dataset=cifar10 ... --report_only  # results.csv, plot, best.flags
 
 Rerunning the same command resumes the search in --directory/--project_name.
 Outputs there: results.csv (one row per trial), sensitivity.png, best.flags
 (`python -m ssa_tf.train --flagfile=.../best.flags` trains the best
 configuration). The objective is the validation accuracy on a part held out
-of the training split, never the test split.
+of the training split (data.validation_split), never the test split.
 
 Flags and wiring only; the logic lives in ssa_tf.tuning. Every flag is
 checked before TensorFlow is imported: a mistake ends with one line on stderr
@@ -22,74 +22,69 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import flags
+# the flags are checked before TensorFlow starts (ssa_tf/__init__.py)
+os.environ.setdefault("SSA_TF_DEFER_KERAS", "1")
+# run as `python tuning/search.py` from a clone without installing ssa_tf
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from ssa_tf import config as cfg_lib
-from ssa_tf.cli import usage_error
-from ssa_tf.methods import spec as methods
-from ssa_tf import cli
-from ssa_tf import tuning
+from absl import flags  # noqa: E402
+
+from ssa_tf import cli  # noqa: E402
+from ssa_tf import config as cfg_lib  # noqa: E402
+from ssa_tf.cli import usage_error  # noqa: E402
+from ssa_tf.tuning import settings  # noqa: E402
 
 FLAGS = flags.FLAGS
-# search
-flags.DEFINE_string("tuner", "random", f"one of {', '.join(tuning.TUNERS)}")
+RUN = ("dataset", "data_dir", "model", "batch_size", "learning_rate", "seed", "preset")
+cli.define_run_flags(RUN)
+flags.DEFINE_string("tuner", "random", f"one of {', '.join(settings.TUNERS)}")
 flags.DEFINE_integer("max_trials", 10, "number of trials (a rerun with more adds trials)")
 flags.DEFINE_integer("epochs_per_trial", 3, "epochs per trial (hyperband: the most any trial gets)")
 flags.DEFINE_string("directory", os.path.join("runs", "tuning"), "folder holding the searches")
-flags.DEFINE_string("project_name", None, "the search's folder name (default <dataset>-<model>-<tuner>)")
-flags.DEFINE_list("alpha_range", list(map(str, tuning.DEFAULT_RANGES["alpha"])),
-                  "LOW,HIGH of alpha (CE weight), uniform; LOW=HIGH fixes it")
-flags.DEFINE_list("beta_range", list(map(str, tuning.DEFAULT_RANGES["beta"])),
-                  "LOW,HIGH of beta (alignment weight), log-uniform; LOW=HIGH fixes it")
-flags.DEFINE_list("gamma_range", list(map(str, tuning.DEFAULT_RANGES["gamma"])),
-                  "LOW,HIGH of gamma (orthogonality weight), log-uniform; LOW=HIGH fixes it")
+flags.DEFINE_string("project_name", None, "the search's folder (default <dataset>-<model>-<tuner>)")
+for _name, _scale in (("alpha", "uniform"), ("beta", "log-uniform"), ("gamma", "log-uniform")):
+    flags.DEFINE_list(f"{_name}_range", list(map(str, settings.DEFAULT_RANGES[_name])),
+                      f"LOW,HIGH of {_name}, {_scale}; LOW=HIGH fixes it")
 flags.DEFINE_list("learning_rate_range", [], "LOW,HIGH to search the Adam rate too, log-uniform "
-                  "(default: fixed at --learning_rate or the SSA default)")
-flags.DEFINE_string("strategy", "one_device", f"one of {', '.join(tuning.STRATEGIES)}")
-flags.DEFINE_integer("max_consecutive_failed_trials", 3, "stop after this many failed trials in a row")
-flags.DEFINE_boolean("report_only", False, "write results.csv, sensitivity.png, best.flags and stop")
-# the run being tuned: as python -m ssa_tf.train (tuning.RUN_FIELDS)
-flags.DEFINE_string("dataset", "mnist5k", f"one of {', '.join(cfg_lib.DATASETS)}")
-flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared dataset")
-flags.DEFINE_string("manual_dir", None, "imagenet2012: folder holding the ILSVRC2012_img_*.tar files")
-flags.DEFINE_string("label", "fine", "cifar100 labels: fine (100 classes) or coarse (20)")
-flags.DEFINE_integer("image_size", None, "imagenet2012: training/evaluation crop (default 224)")
-flags.DEFINE_float("validation_split", 0.1, "fraction of train held out to score the trials (> 0; "
-                   "the test split is never used)")
-flags.DEFINE_integer("max_train_examples", None, "train on only the first N examples of what the "
-                     "validation split leaves")
-flags.DEFINE_boolean("augment", True, "CIFAR: random crop after 4-pixel padding and flip")
-flags.DEFINE_string("model", "smallconv", f"one of {', '.join(cfg_lib.MODELS)}")
-flags.DEFINE_integer("batch_size", 64, "global batch size")
-flags.DEFINE_float("learning_rate", None,
-                   f"Adam rate when not searched (default {methods.RULES['ssa'].learning_rate:g})")
-flags.DEFINE_string("norm", "layer", f"one of {', '.join(cfg_lib.NORMS)}")
-flags.DEFINE_string("activation", "leaky_relu", f"one of {', '.join(cfg_lib.ACTIVATIONS)}")
-flags.DEFINE_string("head_init", "zero", f"one of {', '.join(cfg_lib.HEAD_INITS)}")
-# SSA's options, as in python -m ssa_tf.train (unset: SSA's defaults)
-flags.DEFINE_string("feedback", None, f"error route: {', '.join(methods.ROUTES)}")
-flags.DEFINE_string("feedback_spatial", None,
-                    f"global route on feature maps: {', '.join(methods.SPATIAL)}")
-flags.DEFINE_string("feedback_init", None,
-                    f"SSA feedback factors: {', '.join(methods.FEEDBACK_INIT)}")
-flags.DEFINE_integer("seed", 1, "seed of the search and of every trial's initialization (>= 1)")
+                  "(default: fixed at --learning_rate or SSA's)")
+flags.DEFINE_string("strategy", "one_device", f"one of {', '.join(settings.STRATEGIES)}")
+flags.DEFINE_integer("max_consecutive_failed_trials", 3, "stop after this many failed trials")
+flags.DEFINE_boolean("report_only", False, "write results.csv, sensitivity.png, best.flags, stop")
 
 _SEARCH_FLAGS = ("tuner", "max_trials", "epochs_per_trial", "directory", "project_name",
                  "strategy", "max_consecutive_failed_trials")
+HELP = f"""Search SSA's loss weights (alpha, beta, gamma) with KerasTuner.
+
+usage: python tuning/search.py [flags] [--set SECTION.FIELD=VALUE ...]
+
+the run being tuned (as python -m ssa_tf.train; --mode is ssa):
+{cli.run_flags_help(RUN)}
+  --set S.F=VALUE      any other setting of the run, e.g. --set data.max_train_examples=10000
+
+the search:
+  --tuner=NAME         {', '.join(settings.TUNERS)} (random)
+  --max_trials=N       trials (10; a rerun with more adds trials)
+  --epochs_per_trial=N epochs per trial (3; hyperband: the most any trial gets)
+  --alpha_range=LO,HI  (0.1,2, uniform); --beta_range (1e-4,1) and --gamma_range (1e-3,10),
+                       log-uniform; --learning_rate_range to search the rate too
+  --directory=DIR      folder of the searches (runs/tuning); --project_name=NAME its subfolder
+  --strategy=NAME      one_device or mirrored; --max_consecutive_failed_trials=N (3)
+  --report_only        rewrite results.csv, sensitivity.png and best.flags, then stop
+  --flagfile=FILE      read flags from FILE
+
+Trials are scored on data.validation_split (0.1) carved from train, never on the
+test split. Exit status: 0 done, 1 no trial completed, 2 a mistake (one line)."""
 
 
-def config_from_flags() -> tuning.SearchConfig:
-    run = cfg_lib.RunConfig(mode="ssa", learning_rate=FLAGS.learning_rate,
-                            **{name: FLAGS[name].value for name in tuning.RUN_FIELDS})
-    ranges = {f"{name}_range": tuning.parse_range(name, FLAGS[f"{name}_range"].value)
+def config_from_flags() -> settings.SearchConfig:
+    run = cli.run_config_from_flags(RUN, ["method.mode=ssa"])
+    ranges = {f"{name}_range": settings.parse_range(name, FLAGS[f"{name}_range"].value)
               for name in ("alpha", "beta", "gamma", "learning_rate")}
     for name in ("alpha", "beta", "gamma"):
         if ranges[f"{name}_range"] is None:
             raise ValueError(f"--{name}_range must be two numbers LOW,HIGH")
-    return tuning.SearchConfig(run=run, **ranges,
-                               **{name: FLAGS[name].value for name in _SEARCH_FLAGS})
-
-
+    return settings.SearchConfig(run=run, **ranges,
+                                 **{name: FLAGS[name].value for name in _SEARCH_FLAGS})
 
 
 def main(argv):
@@ -99,30 +94,35 @@ def main(argv):
         cfg = config_from_flags()
     except ValueError as e:
         usage_error(str(e))
-    problem = tuning.validate(cfg)
+    problem = settings.validate(cfg)
     if problem:
         usage_error(problem)
 
+    from ssa_tf.tuning import report
     if FLAGS.report_only:
         if not os.path.exists(os.path.join(cfg.project, "search.json")):
             usage_error(f"no search in {cfg.project}; run it first (same flags, no --report_only)")
-        summary = tuning.report(cfg.project)
+        summary = report.report(cfg.project)
     else:
         # the data must be there too (a file-system check; data imports TensorFlow lazily)
         from ssa_tf import data as data_lib
 
         try:
-            data_lib.check_available(cfg.run.dataset, cfg.run.data_dir, cfg.run.manual_dir)
-            tuning.check_resumable(cfg)
+            data_lib.check_available(cfg.run.data.dataset, cfg.run.data.data_dir,
+                                     cfg.run.data.manual_dir)
+            settings.check_resumable(cfg)
+            settings.check_writable(cfg)
         except (data_lib.DataError, cfg_lib.UsageError) as e:
             usage_error(str(e))
         # TensorFlow starts only now, after the flags and the data are known to be good.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        from ssa_tf.tuning import search
+
         try:
-            summary = tuning.run_search(cfg)
+            summary = search.run_search(cfg)
         except (data_lib.DataError, cfg_lib.UsageError) as e:
             usage_error(str(e))
-        except tuning.SearchFailed as e:
+        except search.SearchFailed as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
     if summary["best"] is None:
@@ -130,7 +130,5 @@ def main(argv):
         sys.exit(1)
 
 
-
-
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, help_text=HELP)

@@ -24,7 +24,7 @@ import keras
 from keras import ops
 import tensorflow as tf
 
-from ssa_tf import chain, feedback
+from ssa_tf.methods import chain, feedback
 
 # the largest full-map feedback (all modules' D_i together) a model may hold
 MAX_FULL_MAP_ENTRIES = 64 * 1024 ** 2  # 256 MiB of float32

@@ -21,8 +21,8 @@ import numpy as np
 from keras import ops
 import tensorflow as tf
 
-from ssa_tf import losses
-from ssa_tf.layers import svd_layers
+from ssa_tf.methods import losses
+from ssa_tf.nn import svd_layers
 from ssa_tf.methods import spec as spec_lib
 from ssa_tf.methods.routes import ChainRoute, LocalRoute, make_route
 

@@ -107,8 +107,8 @@ RULES = {
         1e-3, {"feedback": ROUTES, "feedback_spatial": SPATIAL, "feedback_init": FEEDBACK_INIT}),
     "ssa": RuleSpec(
         "ssa", True, "SVD-space alignment: direct, transport-free local learning of SVD factors",
-        dict(alpha=1.0, feedback="global", feedback_spatial="full", feedback_init="random",
-             **_FACTOR_OPTIONS),
+        dict(_FACTOR_OPTIONS, alpha=1.0, feedback="chain", feedback_spatial="full",
+             feedback_init="forward", gamma=0.0),
         3e-4, {"feedback": ROUTES, "feedback_spatial": SPATIAL, "feedback_init": FEEDBACK_INIT}),
     "fa": RuleSpec(
         "fa", True, "feedback alignment through the SVD feedback factors (sequential)",

@@ -14,6 +14,7 @@ import tempfile
 import zipfile
 
 from ssa_tf.config import DATASETS, UsageError
+from ssa_tf.training.workdir import last_checkpoint
 
 FORMS = ("auto", "merged", "factored")
 # tf2onnx 1.17 knows opsets up to 18; below 13 common ops (Split, Squeeze,
@@ -61,6 +62,11 @@ def validate(cfg: ExportConfig) -> str | None:
     if not os.path.isdir(cfg.workdir):
         return f"--workdir {cfg.workdir!r} is not a folder"
     if not os.path.isfile(cfg.model_path):
+        where = last_checkpoint(cfg.workdir)
+        if where is not None:
+            return (f"the run in --workdir {cfg.workdir!r} is unfinished (its last checkpoint: "
+                    f"{where}); run its training command again to resume and finish it, then "
+                    "export")
         return (f"no model in --workdir {cfg.workdir!r} (expected {MODEL_FILE}; a finished "
                 "`python -m ssa_tf.train --workdir=...` run writes it)")
     if not zipfile.is_zipfile(cfg.model_path):  # Keras would call a truncated file "not found"

@@ -27,10 +27,10 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
-import ssa_tf.trainer  # noqa: F401  registers SSAModel and its layers for load_model
-from ssa_tf import convert
+import ssa_tf.training.model  # noqa: F401  registers SSAModel and its layers for load_model
+from ssa_tf.export import convert
 from ssa_tf import data as data_lib
-from ssa_tf.export_config import DEFAULT_OPSET, ExportConfig, UsageError
+from ssa_tf.export.config import DEFAULT_OPSET, ExportConfig, UsageError
 
 # SPEC section 7: the export changes the logits by float32 rounding only
 LOGIT_ATOL = 1e-4

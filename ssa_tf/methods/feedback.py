@@ -22,7 +22,7 @@ import math
 import numpy as np
 from keras import ops
 
-from ssa_tf import losses
+from ssa_tf.methods import losses
 
 ROUTES = ("global", "local", "chain")
 SPATIAL = ("broadcast", "full")

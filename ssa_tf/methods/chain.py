@@ -25,8 +25,8 @@ import keras
 from keras import ops
 import tensorflow as tf
 
-from ssa_tf.layers import SVDConv2D, SVDDense
-from ssa_tf.models import Module, ResidualBlock
+from ssa_tf.nn import SVDConv2D, SVDDense
+from ssa_tf.nn import Module, ResidualBlock
 
 _IDENTITY = (keras.layers.LayerNormalization, keras.layers.BatchNormalization,
              keras.layers.Activation)

@@ -3,7 +3,7 @@
 Each layer owns its forward factors (``U``, ``s``, ``V``, trainable), a set of
 fixed feedback factors of the same shapes (``B_U``, ``B_s``, ``B_V``), knows
 how to merge them back into an ordinary kernel and how to re-factor itself
-exactly at a lower rank (SPEC sections 2 and 5). The trainer and the rank
+exactly at a lower rank (``ssa_tf.nn.svd``). The trainer and the rank
 callback only call these methods; they never touch the variables directly.
 """
 
@@ -13,226 +13,13 @@ import numpy as np
 import keras
 from keras import ops
 
+from ssa_tf.nn.svd import FORWARD_FORMS, SVDLayer
+
 _PACKAGE = "ssa_tf"
 
 
-# --------------------------------------------------------------------------
-# Factor algebra shared by both layer types (NumPy, float64 for exactness).
-# --------------------------------------------------------------------------
-
-def svd_factors(matrix: np.ndarray, rank: int | None = None):
-    """Return (U, s, V) of ``matrix`` (m x n) truncated to ``rank`` columns."""
-    u, s, vt = np.linalg.svd(np.asarray(matrix, np.float64), full_matrices=False)
-    r = s.shape[0] if rank is None else int(rank)
-    return u[:, :r], s[:r], vt[:r].T
-
-
-FEEDBACK_CUTS = ("svd", "first")  # how truncate cuts the feedback factors
-FORWARD_FORMS = ("auto", "factored", "merged")  # how SVDConv2D evaluates its convolution
-
-
-def exact_singular_values(U, s, V):
-    """Exact SVD of U diag(s) V^T without forming it (SPEC section 5).
-
-    Trained U and V are only near-orthonormal, so s is not the spectrum of the
-    layer. QR of U and V reduces the problem to the SVD of an r x r core.
-    Returns (U', s', V') with orthonormal U', V' and s' sorted descending.
-    """
-    U = np.asarray(U, np.float64)
-    V = np.asarray(V, np.float64)
-    s = np.asarray(s, np.float64)
-    qu, ru = np.linalg.qr(U)
-    qv, rv = np.linalg.qr(V)
-    core = (ru * s[None, :]) @ rv.T
-    a, sig, bt = np.linalg.svd(core)
-    return qu @ a, sig, qv @ bt.T
-
-
-def energy_rank(singular_values, tau: float) -> int:
-    """Smallest r with sum_{j<=r} s_j^2 >= tau * sum_j s_j^2 (at least 1)."""
-    e = np.asarray(singular_values, np.float64) ** 2
-    cum = np.cumsum(e)
-    if cum[-1] <= 0:
-        return 1
-    # compare against the cumulative sum's own total: e.sum() can differ from
-    # cum[-1] by rounding, which would wrongly cut (or overflow) at tau = 1
-    r = int(np.searchsorted(cum, tau * cum[-1])) + 1
-    return min(max(1, r), len(e))
-
-
-class _SVDMixin:
-    """State and maths common to SVDDense and SVDConv2D.
-
-    Subclasses define ``_matrix_shape`` (m, n) of the layer's matrix view,
-    ``kernel_from_matrix`` / ``matrix_from_kernel`` (Keras kernel layout) and
-    the forward computation.
-    """
-
-    def _init_svd(self, rank, use_bias, kernel_initializer, feedback_seed,
-                  feedback_init, bias_initializer, init_scale=1.0):
-        self._requested_rank = None if rank is None else int(rank)
-        # the initial singular values are the drawn matrix's times init_scale
-        # (0: a zero layer whose U and V are the draw's singular vectors)
-        self.init_scale = float(init_scale)
-        self.use_bias = bool(use_bias)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.feedback_seed = feedback_seed
-        if feedback_init not in ("random", "forward"):
-            raise ValueError(f"feedback_init must be 'random' or 'forward', got {feedback_init!r}")
-        self.feedback_init = feedback_init
-        self._initial_kernel = None  # set by from_dense/from_conv
-
-    # -- variables ---------------------------------------------------------
-    @property
-    def full_rank(self) -> int:
-        m, n = self._matrix_shape
-        return min(m, n)
-
-    @property
-    def rank(self) -> int:
-        if self.built:
-            return int(self.s.shape[0])
-        return self._requested_rank or self.full_rank
-
-    def _make_factor_weights(self, r: int, values=None):
-        m, n = self._matrix_shape
-        zeros = keras.initializers.Zeros()
-        self.U = self.add_weight(name="U", shape=(m, r), initializer=zeros)
-        self.s = self.add_weight(name="s", shape=(r,), initializer=zeros)
-        self.V = self.add_weight(name="V", shape=(n, r), initializer=zeros)
-        self.B_U = self.add_weight(name="B_U", shape=(m, r), initializer=zeros, trainable=False)
-        self.B_s = self.add_weight(name="B_s", shape=(r,), initializer=zeros, trainable=False)
-        self.B_V = self.add_weight(name="B_V", shape=(n, r), initializer=zeros, trainable=False)
-        if values is not None:
-            for var, val in zip(self.factor_variables(), values):
-                var.assign(np.asarray(val, np.float32))
-
-    def factor_variables(self):
-        return [self.U, self.s, self.V, self.B_U, self.B_s, self.B_V]
-
-    def _build_factors(self):
-        m, n = self._matrix_shape
-        r = self.rank
-        if not 1 <= r <= self.full_rank:
-            raise ValueError(f"{self.name}: rank {r} outside [1, {self.full_rank}]")
-        if self._initial_kernel is not None:
-            kernel = np.asarray(self._initial_kernel, np.float64)
-        else:
-            kernel = np.asarray(self.kernel_initializer(self._kernel_shape), np.float64)
-        fwd = svd_factors(self.matrix_from_kernel(kernel), r)
-        if self.feedback_init == "forward":
-            fb = fwd  # the drawn weight's factors (before init_scale)
-        else:
-            # an independent matrix drawn like the forward one, with its own seed
-            init = self.kernel_initializer.__class__.from_config(
-                {**self.kernel_initializer.get_config(), "seed": self.feedback_seed})
-            fb = svd_factors(self.matrix_from_kernel(np.asarray(init(self._kernel_shape))), r)
-        if self.init_scale != 1.0:
-            fwd = (fwd[0], fwd[1] * self.init_scale, fwd[2])
-        self._make_factor_weights(r, (*fwd, *fb))
-        if self.use_bias:
-            self.bias = self.add_weight(name="bias", shape=(self._out_dim,),
-                                        initializer=self.bias_initializer)
-        else:
-            self.bias = None
-
-    # -- the layer's maths -------------------------------------------------
-    def merged_matrix(self) -> np.ndarray:
-        U, s, V = (np.asarray(ops.convert_to_numpy(v), np.float64) for v in (self.U, self.s, self.V))
-        return (U * s) @ V.T
-
-    def merged_kernel(self) -> np.ndarray:
-        """The kernel in Keras layout that this layer computes (float32)."""
-        return self.kernel_from_matrix(self.merged_matrix()).astype(np.float32)
-
-    def feedback_matrix(self) -> np.ndarray:
-        B_U, B_s, B_V = (np.asarray(ops.convert_to_numpy(v), np.float64)
-                         for v in (self.B_U, self.B_s, self.B_V))
-        return (B_U * B_s) @ B_V.T
-
-    def spectrum(self) -> np.ndarray:
-        """Exact singular values of the current weight, descending."""
-        return exact_singular_values(*(ops.convert_to_numpy(v) for v in (self.U, self.s, self.V)))[1]
-
-    def truncate(self, rank: int, feedback: str = "first") -> dict:
-        """Re-factor exactly and cut to ``rank`` (SPEC section 5).
-
-        The forward weight becomes the best rank-``rank`` approximation of the
-        current weight (Eckart-Young). The feedback factors:
-
-        - ``"first"`` (SPEC): keep their first ``rank`` components. The forward
-          factors are now in a new basis (the exact SVD's), so component i of
-          B no longer matches component i of the forward factors;
-        - ``"svd"``: re-factored the same way, B becomes its own best rank-r
-          approximation in its exact SVD basis, each component's sign matched
-          to the forward one (flipping u_i and v_i together leaves B
-          unchanged). When B tracks the forward weight, the two bases then
-          agree and the alignment term stays as small as before the cut.
-
-        Variables are recreated at the new shapes, so the caller must rebuild
-        its optimizer and retrace its step. Returns a record with old/new rank
-        and retained energy.
-        """
-        if feedback not in FEEDBACK_CUTS:
-            raise ValueError(f"feedback must be one of {FEEDBACK_CUTS}, got {feedback!r}")
-        old = self.rank
-        rank = int(rank)
-        if not 1 <= rank <= old:
-            raise ValueError(f"{self.name}: cannot truncate rank {old} to {rank}")
-        U, sig, V = exact_singular_values(*(ops.convert_to_numpy(v) for v in (self.U, self.s, self.V)))
-        energy = float((sig[:rank] ** 2).sum() / max((sig ** 2).sum(), 1e-30))
-        if feedback == "first":
-            fb = [np.asarray(ops.convert_to_numpy(v))[..., :rank]
-                  for v in (self.B_U, self.B_s, self.B_V)]
-        else:
-            bu, bs, bv = exact_singular_values(
-                *(ops.convert_to_numpy(v) for v in (self.B_U, self.B_s, self.B_V)))
-            bu, bs, bv = bu[:, :rank], bs[:rank], bv[:, :rank]
-            flip = np.where(np.sum(bu * U[:, :rank], axis=0) < 0, -1.0, 1.0)
-            fb = [bu * flip, bs, bv * flip]
-        values = (U[:, :rank], sig[:rank], V[:, :rank], *fb)
-        # Keras locks a built layer's state; shapes change, so unlock,
-        # untrack the old variables and create new ones in the same order.
-        tracker = self._tracker
-        tracker.unlock()
-        try:
-            for var in self.factor_variables():
-                self._untrack_variable(var)
-            bias = self.bias
-            if bias is not None:
-                self._untrack_variable(bias)
-            self._make_factor_weights(rank, values)
-            if bias is not None:  # keep the variable order U, s, V, B_*, bias
-                self._track_variable(bias)
-        finally:
-            tracker.lock()
-        self._requested_rank = rank
-        return {"layer": self.name, "old_rank": old, "new_rank": rank, "energy": energy}
-
-    def _scaled_factors(self, feedback=False):
-        """U * sqrt|s| * sign(s) and V * sqrt|s|: each half of the spectrum.
-
-        ``feedback=True`` does the same for the fixed factors B_U, B_s, B_V.
-        """
-        U, s, V = (self.B_U, self.B_s, self.B_V) if feedback else (self.U, self.s, self.V)
-        root = ops.sqrt(ops.abs(s))
-        return U * (root * ops.sign(s)), V * root
-
-    def _svd_config(self):
-        return {
-            "rank": self.rank,
-            "use_bias": self.use_bias,
-            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-            "feedback_seed": self.feedback_seed,
-            "feedback_init": self.feedback_init,
-            "init_scale": self.init_scale,
-        }
-
-
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class SVDDense(_SVDMixin, keras.layers.Layer):
+class SVDDense(SVDLayer, keras.layers.Layer):
     """Dense layer z = ((x V) * s) U^T + b with W (units x in) = U diag(s) V^T."""
 
     def __init__(self, units, rank=None, use_bias=True, kernel_initializer="glorot_uniform",
@@ -300,7 +87,7 @@ class SVDDense(_SVDMixin, keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
-class SVDConv2D(_SVDMixin, keras.layers.Layer):
+class SVDConv2D(SVDLayer, keras.layers.Layer):
     """2-D convolution in spatial-SVD form (SPEC section 2), channels last.
 
     The kernel K (kh, kw, C, N) is viewed as K'[(n, w), (c, h)] and
@@ -481,9 +268,9 @@ class LocalBatchNorm(keras.layers.BatchNormalization):
 def svd_layers(layer) -> list:
     """All SVD layers inside ``layer`` (itself included), in build order."""
     found = []
-    if isinstance(layer, _SVDMixin):
+    if isinstance(layer, SVDLayer):
         found.append(layer)
     for sub in getattr(layer, "_flatten_layers", lambda **_: [])(include_self=False, recursive=True):
-        if isinstance(sub, _SVDMixin):
+        if isinstance(sub, SVDLayer):
             found.append(sub)
     return found

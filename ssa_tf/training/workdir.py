@@ -1,21 +1,21 @@
-"""Runs that survive: the workdir lock, resume or restart, the divergence guard.
+"""A run's workdir: the lock, and resume or restart.
 
     with WorkdirLock(workdir):            # a second run on the same workdir refuses
         prepare_workdir(cfg)              # resume check, or --restart's clean slate
-        ... fit with DivergenceGuard(model, skip=N) ...
 
-No TensorFlow import at module level except in the guard, which needs Keras.
+No TensorFlow import: the CLI takes the lock and checks resumability before
+TensorFlow starts.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
 import socket
 
-from ssa_tf.config import RunConfig, UsageError
+from ssa_tf.config import RunConfig, UsageError, flag
+from ssa_tf.config.schema import FLAT_TO_PATH
 
 LOCK_NAME = ".lock"
 # settings a resumed run may change: where things are, how long, how it is checkpointed
@@ -25,10 +25,6 @@ RESUMABLE_CHANGES = {"epochs", "workdir", "data_dir", "manual_dir", "restart",
 # what a run writes into its workdir; --restart removes these and nothing else
 RUN_OUTPUTS = ("backup", "tensorboard", "metrics.csv", "ranks.csv", "ranks.png", "alignment.csv",
                "summary.json", "model.keras", "config.json")
-
-
-class Diverged(RuntimeError):
-    """A local loss or gradient became NaN or Inf (exit status 3)."""
 
 
 # --------------------------------------------------------------------------
@@ -147,17 +143,12 @@ def prepare_workdir(cfg: RunConfig, chief: bool = True) -> str:
       saved ``config.json`` (except those in RESUMABLE_CHANGES); refuse with
       the differing settings otherwise.
     """
-    workdir = cfg.workdir
+    workdir = cfg.runtime.workdir
     if not os.path.isdir(workdir):
         return "new"
-    if cfg.restart:
+    if cfg.runtime.restart:
         if chief:
-            for name in RUN_OUTPUTS:
-                path = os.path.join(workdir, name)
-                if os.path.isdir(path):
-                    shutil.rmtree(path)
-                elif os.path.exists(path):
-                    os.remove(path)
+            remove_outputs(workdir)
         return "restart"
     if os.path.exists(os.path.join(workdir, "summary.json")):
         raise UsageError(f"workdir {workdir} holds a finished run (summary.json); pass "
@@ -176,57 +167,36 @@ def prepare_workdir(cfg: RunConfig, chief: bool = True) -> str:
     differ = [k for k in sorted(set(saved) | set(mine))
               if k not in RESUMABLE_CHANGES and k != "card" and saved.get(k) != mine.get(k)]
     if differ:
-        shown = ", ".join(f"--{k}={saved.get(k)!r} then, {mine.get(k)!r} now" for k in differ)
+        shown = ", ".join(f"{flag(FLAT_TO_PATH.get(k, k))}={saved.get(k)!r} then, "
+                          f"{mine.get(k)!r} now" for k in differ)
         raise UsageError(f"workdir {workdir} holds an unfinished run with other settings "
                          f"({shown}); rerun with the same settings to resume it, pass "
                          "--restart to start over, or choose another --workdir")
     return "resume"
 
 
-# --------------------------------------------------------------------------
-# The divergence guard.
-# --------------------------------------------------------------------------
+def last_checkpoint(workdir):
+    """'epoch N' or 'epoch N, step S' of the newest checkpoint in ``workdir``, or None."""
+    backup = os.path.join(workdir, "backup")
+    found = []
+    for root, _, files in os.walk(backup):
+        if "state.json" in files:
+            parts = os.path.basename(root).split("-")
+            try:
+                found.append((int(parts[1]), int(parts[3]) if len(parts) == 4 else 0))
+            except (IndexError, ValueError):
+                continue
+    if not found:
+        return None
+    epoch, step = max(found)
+    return f"epoch {epoch}" + (f", step {step} of the next" if step else "")
 
-def divergence_guard(model, skip=0, log=print):
-    """A Keras callback that stops training at the first non-finite step
-    (or after ``skip`` of them) with ``Diverged`` naming the module and term.
 
-    It reads the model's ``nonfinite`` counter (``SSAModel``: per module and
-    term, the steps whose value was NaN or Inf, summed over replicas). A bad
-    step never reaches the weights: the trainer applies a zero update
-    instead (SSAModel.train_step).
-    """
-    import keras
-    import numpy as np
-
-    class DivergenceGuard(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.skipped = 0
-            self._seen = None
-            self._epoch = 1
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._seen = None  # the counter is reset with the other metrics
-            self._epoch = epoch + 1
-
-        def on_train_batch_end(self, batch, logs=None):
-            counts = np.asarray(self.model.nonfinite_tracker.result())
-            seen = self._seen if self._seen is not None else np.zeros_like(counts)
-            new = counts - seen
-            self._seen = counts
-            if not new.any():
-                return
-            module, term = np.unravel_index(int(np.argmax(new > 0)), new.shape)
-            where = (f"module {self.model.module_names()[module]} "
-                     f"({self.model.NONFINITE_TERMS[term]})")
-            self.skipped += 1
-            if self.skipped <= skip:
-                log(f"\nwarning: non-finite value in {where} at step {batch + 1}: step skipped "
-                    f"({self.skipped} of {skip} allowed)")
-                return
-            raise Diverged(f"training diverged: non-finite value in {where} at epoch "
-                           f"{self._epoch} step {batch + 1}"
-                           + (f", after {skip} skipped steps" if skip else ""))
-
-    return DivergenceGuard()
+def remove_outputs(workdir):
+    """Remove what a run writes into ``workdir`` (RUN_OUTPUTS), and nothing else."""
+    for name in RUN_OUTPUTS:
+        path = os.path.join(workdir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.exists(path):
+            os.remove(path)

@@ -25,7 +25,8 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from ssa_tf.layers import energy_rank
+from ssa_tf.nn import energy_rank
+from ssa_tf.training.csvlog import keep_rows
 
 # seed section 2 / SPEC section 6
 PRESETS = {
@@ -46,18 +47,30 @@ def cut_model(model, tau, min_rank=1, exempt=(), feedback="first"):
     Returns (records, pairs): one record per layer (old/new rank, retained
     energy) and the (new variable, old variable) pairs of re-factored layers.
     """
-    records, pairs = [], []
+    targets = {}
     for layer in model.svd_layers():
-        if layer.name in exempt:
-            continue
-        r = energy_rank(layer.spectrum(), tau)
-        r = min(layer.rank, max(r, min_rank))
+        if layer.name not in exempt:
+            r = energy_rank(layer.spectrum(), tau)
+            targets[layer.name] = min(layer.rank, max(r, min_rank))
+    return truncate_layers(model, targets, feedback)
+
+
+def truncate_layers(model, targets, feedback="first"):
+    """Cut the SVD layers named in ``targets`` to their target rank (no rank grows).
+
+    Returns (records, pairs) as ``cut_model`` does."""
+    records, pairs = [], []
+    layers = {l.name: l for l in model.svd_layers()}
+    for name, r in targets.items():
+        layer = layers[name]
+        if r > layer.rank:
+            raise ValueError(f"{name} is at rank {layer.rank}; it cannot grow to {r}")
         if r < layer.rank:
             old = (layer.U, layer.s, layer.V)
-            records.append(layer.truncate(r, feedback))
+            records.append(layer.truncate(int(r), feedback))
             pairs.extend(zip((layer.U, layer.s, layer.V), old))
         else:
-            records.append({"layer": layer.name, "old_rank": layer.rank, "new_rank": layer.rank,
+            records.append({"layer": name, "old_rank": layer.rank, "new_rank": layer.rank,
                             "energy": 1.0})
     return records, pairs
 
@@ -100,8 +113,17 @@ def retrace(model):
 
 def apply_cut(model, tau, min_rank=1, exempt=(), feedback="first"):
     """Cut, rebuild the optimizer and retrace, in the model's strategy scope."""
+    return _applied(model, lambda: cut_model(model, tau, min_rank, exempt, feedback))
+
+
+def apply_ranks(model, ranks, feedback="first"):
+    """Cut the model to the given ranks (a checkpoint's), as ``apply_cut`` would."""
+    return _applied(model, lambda: truncate_layers(model, dict(ranks or {}), feedback))
+
+
+def _applied(model, cut):
     with model.distribute_strategy.scope():
-        records, pairs = cut_model(model, tau, min_rank, exempt, feedback)
+        records, pairs = cut()
         if pairs:
             model.optimizer = rebuild_optimizer(model, pairs)
             retrace(model)
@@ -158,6 +180,12 @@ class RankPruning(keras.callbacks.Callback):
             self.cuts.append(records)
             self._log(records, epoch + 1, before, after)
         self.history.append((epoch + 1, self.model.ranks()))
+
+    def resume_at(self, epoch, step):
+        """After a restore: drop ranks.csv rows of cuts after ``epoch``."""
+        if self.workdir:
+            keep_rows(os.path.join(self.workdir, "ranks.csv"),
+                      lambda row: int(row["epoch"]) <= epoch)
 
     def on_train_end(self, logs=None):
         if self.workdir and len(self.history) > 1:

@@ -13,10 +13,9 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from ssa_tf.layers import svd_layers
 from ssa_tf.methods import rules
 from ssa_tf.methods import spec as method_spec
-from ssa_tf.models import build_modules
+from ssa_tf.nn import build_modules, svd_layers
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
@@ -203,6 +202,15 @@ class FactorAdam(keras.optimizers.Adam):
 def is_singular_values(variable) -> bool:
     """True for an SVD layer's trainable s (named "s"; U and V are "U" and "V")."""
     return variable.name.split(":")[0].split("/")[-1] == "s"
+
+
+def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
+    """The (uncompiled) model of a ``RunConfig``, its weights drawn from ``cfg.seed``."""
+    keras.utils.set_random_seed(cfg.seed)
+    m = cfg.model
+    return SSAModel(m.model, input_shape, num_classes, mode=cfg.method.mode, norm=m.norm,
+                    activation=m.activation, head_init=m.head_init, seed=cfg.seed,
+                    **cfg.method.options())
 
 
 def build_model(architecture, input_shape, num_classes, mode="ssa", learning_rate=None,

@@ -18,7 +18,8 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from ssa_tf import losses
+from ssa_tf.methods import losses
+from ssa_tf.training.csvlog import keep_rows
 
 
 def _angle(a, b):
@@ -71,6 +72,12 @@ class AlignmentMonitor(keras.callbacks.Callback):
             raise ValueError(f"every must be >= 1, got {every}")
         self.x, self.y, self.every, self.workdir = x, y, int(every), workdir
         self.rows = []
+
+    def resume_at(self, epoch, step):
+        """After a restore: drop alignment.csv rows after optimizer step ``step``."""
+        if self.workdir:
+            keep_rows(os.path.join(self.workdir, "alignment.csv"),
+                      lambda row: int(row["step"]) <= step)
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())

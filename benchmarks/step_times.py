@@ -1,0 +1,70 @@
+"""Median training-step time under a strategy, on synthetic data.
+
+    python -m benchmarks.step_times --strategy=mirrored --logical_cpus=2 --model=smallconv
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import keras
+
+from ssa_tf.config import STRATEGIES
+
+
+class _StepTimer(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def step_times(strategy="one_device", logical_cpus=1, model="smallconv", mode="ssa",
+               batch_size=64, shape=(32, 32, 3), steps=30, warmup=5):
+    """Seconds of each of ``steps`` training steps on synthetic data, after ``warmup``."""
+    from ssa_tf import data as data_lib
+    from ssa_tf.config import RunConfig
+    from ssa_tf.training.loop import setup
+    from ssa_tf.training.model import compile_model, model_from_config
+
+    placement = setup(strategy, logical_cpus, batch_size=batch_size)
+    cfg = RunConfig(model=model, mode=mode, batch_size=batch_size)
+    spec = data_lib.load("synthetic", batch_size, max_train_examples=(steps + warmup) * batch_size,
+                         synthetic_shape=shape)
+    with placement.strategy.scope():
+        net = model_from_config(cfg, spec.input_shape, spec.num_classes)
+        compile_model(net)
+    timer = _StepTimer()
+    placement.fit(net, spec.train, epochs=1, callbacks=[timer], verbose=0)
+    return timer.seconds[warmup:]
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="median training step time under a strategy")
+    parser.add_argument("--strategy", default="one_device", choices=STRATEGIES)
+    parser.add_argument("--logical_cpus", type=int, default=1)
+    parser.add_argument("--model", default="smallconv")
+    parser.add_argument("--mode", default="ssa")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--shape", default="32,32,3")
+    parser.add_argument("--steps", type=int, default=30)
+    args = parser.parse_args(argv)
+    seconds = step_times(args.strategy, args.logical_cpus, args.model, args.mode, args.batch_size,
+                         tuple(int(d) for d in args.shape.split(",")), args.steps)
+    ms = np.asarray(seconds) * 1000
+    print(json.dumps({**vars(args), "median_ms": round(float(np.median(ms)), 1),
+                      "min_ms": round(float(ms.min()), 1),
+                      "p90_ms": round(float(np.percentile(ms, 90)), 1)}))
+
+
+if __name__ == "__main__":
+    main()

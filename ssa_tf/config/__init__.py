@@ -1,0 +1,29 @@
+"""A run's configuration: typed sections, presets and validation, with no TensorFlow import.
+
+``python -m ssa_tf.train``, ``tuning/search.py`` and the benchmarks share it:
+
+    from ssa_tf.config import RunConfig, validate
+    cfg = RunConfig().with_overrides(["data.dataset=cifar10", "method.beta=0"])
+    problem = validate(cfg)   # one line, or None
+
+Every check runs before TensorFlow starts, so a user's mistake costs a
+fraction of a second and ends with one line and exit status 2.
+"""
+
+from ssa_tf.config.choices import (ACTIVATIONS, DATASETS, HEAD_INITS, LABELS, MODELS, MODES,
+                                   NORMS, RANK_FEEDBACK_CUTS, STRATEGIES)
+from ssa_tf.config.schema import (FIELD_HELP, SECTIONS, DataConfig, MethodConfig, ModelConfig,
+                                  RankConfig, RunConfig, RuntimeConfig, TrainConfig)
+from ssa_tf.config.validate import (check_minimums, flag, rank_cut_epochs, tf_config_workers,
+                                    validate, validate_distribution, validate_method)
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for, found after start-up (exit status 2)."""
+
+
+__all__ = ["ACTIVATIONS", "DATASETS", "DataConfig", "FIELD_HELP", "HEAD_INITS", "LABELS",
+           "MODELS", "MODES", "MethodConfig", "ModelConfig", "NORMS", "RANK_FEEDBACK_CUTS",
+           "RankConfig", "RunConfig", "RuntimeConfig", "SECTIONS", "STRATEGIES", "TrainConfig",
+           "UsageError", "check_minimums", "flag", "rank_cut_epochs", "tf_config_workers",
+           "validate", "validate_distribution", "validate_method"]

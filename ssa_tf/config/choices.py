@@ -1,0 +1,14 @@
+"""The names a run's settings choose from (no TensorFlow)."""
+
+from ssa_tf.methods import spec as methods
+
+MODES = methods.NAMES
+MODELS = ("mlp", "smallconv", "resnet32", "resnet18")
+DATASETS = ("mnist5k", "cifar10", "cifar100", "imagenet2012", "synthetic")
+LABELS = ("fine", "coarse")  # cifar100 only
+NORMS = ("layer", "batch", "none")
+ACTIVATIONS = ("relu", "leaky_relu", "tanh")
+HEAD_INITS = ("zero", "glorot")
+RANK_FEEDBACK_CUTS = ("svd", "first")
+# auto: mirrored on more than one GPU, else one device (ssa_tf.training.strategies)
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")

@@ -1,0 +1,26 @@
+"""The seed's ImageNet setting (supplementary section 2): resnet18 at 224, 200 epochs.
+
+    python -m ssa_tf.train --preset=imagenet --data_dir=DIR --set data.manual_dir=TARS
+
+Adam at 2e-4 for BP and 5e-4 for the local rules, x0.1 every 30 epochs, batch
+256, random-resized crop, flip and color jitter; rules with SVD factors cut
+after epoch 20 and every 10 epochs after it, to 90% of the energy. The
+global route's feedback is a channel broadcast here: full-map feedback at
+224x224 would need a 1000 x 200,704 matrix for the stem alone. Expected
+result: not measured here (no ImageNet, no GPU on this project's machine).
+"""
+
+
+def values(mode: str) -> dict:
+    from ssa_tf.methods import spec
+
+    rule = spec.RULES.get(mode)
+    out = {"data.dataset": "imagenet2012", "model.model": "resnet18", "train.epochs": 200,
+           "train.batch_size": 256, "train.lr_decay_epochs": tuple(range(30, 200, 30)),
+           "train.learning_rate": 5e-4 if rule is None or rule.local else 2e-4,
+           "model.norm": "batch"}
+    if rule is not None and "feedback_spatial" in rule.options:
+        out["method.feedback_spatial"] = "broadcast"
+    if rule is not None and rule.svd:
+        out.update({"rank.tau": 0.90, "rank.start": 20, "rank.interval": 10})
+    return out

@@ -1,0 +1,243 @@
+"""One typed configuration for a run, in sections: data / model / method / train / rank / runtime.
+
+    cfg = RunConfig()                               # the defaults
+    cfg = cfg.with_overrides(["method.beta=0", "rank.tau=0.9"])  # --set SECTION.FIELD=VALUE
+    cfg.method.beta, cfg.rank.tau                   # typed access
+    cfg.flat()                                      # {"beta": 0.0, "rank_tau": 0.9, ...}
+
+``flat()`` is the canonical record (``config.json``, experiment keys, the
+resume check): every field under one name, the names the project's records
+have always used. No TensorFlow import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+from ssa_tf.methods import spec as methods
+
+
+@dataclasses.dataclass
+class DataConfig:
+    dataset: str = "mnist5k"
+    data_dir: str | None = None
+    manual_dir: str | None = None  # imagenet2012: the ILSVRC2012_img_*.tar files
+    label: str = "fine"  # cifar100: fine (100 classes) or coarse (20)
+    # the last fraction of train, held out to validate on (every choice is made on
+    # it); the test split is evaluated once, at the end. 0: no validation at all
+    validation_split: float = 0.1
+    image_size: int | None = None  # imagenet2012 crop; None: 224
+    synthetic_shape: tuple = (32, 32, 3)
+    synthetic_classes: int = 10
+    max_train_examples: int | None = None  # train on the first N of what validation leaves
+    augment: bool = True
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    model: str = "smallconv"
+    norm: str = "layer"  # the seed: layer norm suits SSA better than batch norm
+    # leaky ReLU keeps the error alive where a ReLU would block it; a zero head lets
+    # a local rule's first updates count (benchmarks/ACCURACY.md, the DFA tuning)
+    activation: str = "leaky_relu"
+    head_init: str = "zero"  # the classifier starts at zero (s = 0 in SVD form)
+
+
+@dataclasses.dataclass
+class MethodConfig:
+    """The learning rule and its options (ssa_tf.methods.spec); None: the rule's default."""
+    mode: str = "ssa"
+    alpha: float | None = None
+    beta: float | None = None
+    gamma: float | None = None
+    ortho_lambda: float | None = None
+    feedback: str | None = None
+    feedback_spatial: str | None = None
+    feedback_init: str | None = None
+    chain_jacobians: bool | None = None
+    feedback_tracking: float | None = None
+    stiefel_retraction: bool | None = None
+    s_rate_scale: float | None = None
+
+    def options(self) -> dict:
+        return {k: getattr(self, k) for k in methods.OPTIONS}
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 64  # the global batch
+    learning_rate: float | None = None  # None: the rule's default
+    lr_decay_epochs: tuple = ()  # multiply the rate by lr_decay_factor at these epochs
+    lr_decay_factor: float = 0.1
+
+
+@dataclasses.dataclass
+class RankConfig:
+    """Rank cuts during training (rules with SVD factors): off while tau is None."""
+    tau: float | None = None
+    start: int = 0
+    interval: int = 10
+    min: int = 1
+    exempt: tuple = ()
+    feedback_cut: str = "first"  # svd: re-factor the feedback factors too; first: SPEC's cut
+    final_cut: bool = False  # also cut after the last epoch
+    warmup_steps: int = 0  # after each cut the rate ramps up over this many steps
+
+
+@dataclasses.dataclass
+class RuntimeConfig:
+    workdir: str | None = None
+    restart: bool = False
+    checkpoint_steps: int = 0  # also checkpoint every N steps (0: at epoch ends only)
+    keep_checkpoints: int = 2
+    skip_nonfinite_steps: int = 0
+    diagnostics_every: int = 0  # every N steps: each module's angle to the BP gradient
+    strategy: str = "auto"  # auto: mirrored on more than one GPU, else one device
+    logical_cpus: int = 1  # > 1: split the CPU into devices to try mirrored without GPUs
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,
+            "train": TrainConfig, "rank": RankConfig, "runtime": RuntimeConfig}
+
+
+def _flat_name(section, field):
+    return f"rank_{field}" if section == "rank" else field
+
+
+@dataclasses.dataclass
+class RunConfig:
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    method: MethodConfig = dataclasses.field(default_factory=MethodConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    rank: RankConfig = dataclasses.field(default_factory=RankConfig)
+    runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+    seed: int = 1
+
+    # -- the flat record ------------------------------------------------------
+    def flat(self) -> dict:
+        out = {}
+        for section in SECTIONS:
+            for f in dataclasses.fields(getattr(self, section)):
+                out[_flat_name(section, f.name)] = getattr(getattr(self, section), f.name)
+        out["seed"] = self.seed
+        return out
+
+    @classmethod
+    def from_flat(cls, values: dict) -> "RunConfig":
+        """A config from flat names (``flat()``'s); unknown names are a ValueError."""
+        values = dict(values)
+        sections = {}
+        for section, klass in SECTIONS.items():
+            kw = {}
+            for f in dataclasses.fields(klass):
+                name = _flat_name(section, f.name)
+                if name in values:
+                    kw[f.name] = values.pop(name)
+            sections[section] = klass(**kw)
+        seed = values.pop("seed", 1)
+        if values:
+            raise ValueError(f"unknown settings: {', '.join(sorted(values))}")
+        return cls(**sections, seed=seed)
+
+    def replace(self, **flat_values) -> "RunConfig":
+        """A copy with the given flat settings changed."""
+        return RunConfig.from_flat({**self.flat(), **flat_values})
+
+    # -- overrides: --set SECTION.FIELD=VALUE ---------------------------------
+    def with_overrides(self, assignments) -> "RunConfig":
+        """A copy with each ``SECTION.FIELD=VALUE`` applied in order (ValueError if malformed)."""
+        cfg = RunConfig.from_flat(self.flat())
+        for text in assignments:
+            path, sep, raw = text.partition("=")
+            if not sep:
+                raise ValueError(f"--set {text!r}: expected SECTION.FIELD=VALUE")
+            cfg.set(path.strip(), raw.strip())
+        return cfg
+
+    def set(self, path, raw):
+        """Set the field at ``path`` ("rank.tau", or "seed") from its text ``raw``."""
+        if path == "seed":
+            self.seed = _parse(path, raw, int)
+            return
+        section, _, field = path.partition(".")
+        if section not in SECTIONS:
+            raise ValueError(f"--set {path}: unknown section {section!r}; sections: "
+                             f"{', '.join(SECTIONS)}")
+        hints = typing.get_type_hints(SECTIONS[section])
+        if field not in hints:
+            names = ", ".join(f.name for f in dataclasses.fields(SECTIONS[section]))
+            raise ValueError(f"--set {path}: {section} has no field {field!r}; its fields: "
+                             f"{names}")
+        setattr(getattr(self, section), field, _parse(path, raw, hints[field]))
+
+    # -- the learning rule ----------------------------------------------------
+    @property
+    def rule(self):
+        return methods.get(self.method.mode)
+
+    def resolved(self) -> "RunConfig":
+        """A copy with the rule's options and rate filled in (options the rule does
+        not take stay None)."""
+        rule = self.rule
+        values = rule.resolve(self.method.options())
+        flat = {**self.flat(), **values}
+        if flat["learning_rate"] is None:
+            flat["learning_rate"] = rule.learning_rate
+        return RunConfig.from_flat(flat)
+
+    def learning_rate(self) -> float:
+        return self.rule.learning_rate if self.train.learning_rate is None \
+            else self.train.learning_rate
+
+    def card(self):
+        return self.rule.card(self.method.options())
+
+    def record(self) -> dict:
+        """What config.json holds: every setting resolved, and the rule's locality card."""
+        return {**self.resolved().flat(), "card": self.card().as_dict()}
+
+
+FIELD_HELP = {section: [f.name for f in dataclasses.fields(klass)]
+              for section, klass in SECTIONS.items()}
+# flat name -> SECTION.FIELD, to name a setting the way a user sets it
+FLAT_TO_PATH = {_flat_name(section, f.name): f"{section}.{f.name}"
+                for section, klass in SECTIONS.items() for f in dataclasses.fields(klass)}
+
+
+def _parse(path, raw, hint):
+    """``raw`` (text) as the type ``hint`` says: int, float, bool, str, tuple, or None."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    kind = args[0] if args else hint
+    if optional and raw.lower() in ("none", "null", ""):
+        return None
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind is tuple:
+            items = [p.strip() for p in raw.strip("()[]").split(",") if p.strip()]
+            return tuple(_number_or_text(p) for p in items)
+        return raw
+    except ValueError:
+        name = getattr(kind, "__name__", str(kind))
+        raise ValueError(f"--set {path}={raw}: expected {name}") from None
+
+
+def _number_or_text(text):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text

@@ -1,0 +1,273 @@
+"""Out of SVD form: ``merge`` turns an SSA model into ordinary Keras layers.
+
+Every SVD layer's factors become plain Keras layers, one merged
+``Dense``/``Conv2D`` or, where it takes fewer multiply-adds, two stacked ones
+(``V`` then ``U``; the vertical then the horizontal convolution). Feedback
+factors and everything training-only are dropped; a batch norm that
+directly follows a weight layer is folded into it. The result is an ordinary
+functional Keras model that loads without ``ssa_tf``.
+
+Returns the new model and one ``LayerRecord`` per weight layer.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+from ssa_tf.export.config import FORMS
+from ssa_tf.export.graph import (BATCH_NORMS, PASS_THROUGH, TRAINING_ONLY, activation_name,
+                                 UnsupportedLayerError, clone_call, costs, has_input, is_weight,
+                                 layer_record, rewrite)
+from ssa_tf.nn import Module, ResidualBlock, SVDDense, SVDLayer
+
+
+def merge(model, form="auto"):
+    """Return (plain functional Keras model computing what ``model`` computes, records).
+
+    ``form``: "auto" picks, per SVD layer, whichever of one merged layer or
+    two stacked factor layers takes fewer multiply-adds for the model's input
+    size (a tie goes to merged); "merged" and "factored" force one form for
+    every SVD layer. Plain ``Dense``/``Conv2D`` layers (DFA/BP models) stay
+    one layer. Batch norms fold into a directly preceding weight layer; the
+    result is for inference. Raises UnsupportedLayerError for a layer it
+    cannot express with stock Keras layers.
+    """
+    if form not in FORMS:
+        raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+    from ssa_tf.training.model import SSAModel
+
+    emitter = _Emitter(form)
+    if isinstance(model, SSAModel):
+        inputs = keras.Input(shape=model.input_dims, name="input")
+        x = inputs
+        for module in model.local_modules:
+            x = emitter.sequence([module], x)
+        merged = keras.Model(inputs, x, name=f"{model.name}_merged")
+    else:
+        merged = rewrite(model, emitter.handle, fold=emitter.can_fold, inference=True)
+    return merged, emitter.records
+
+
+class _Emitter:
+    """Emits plain Keras layers for SSA layers on symbolic tensors."""
+
+    def __init__(self, form):
+        self.form = form
+        self.records = []
+        self.absorbed = set()  # ids of batch norms folded into a weight layer
+
+    # -- traversals ---------------------------------------------------------------
+    def sequence(self, steps, x):
+        """Layers applied in order (a Module's steps), folding weight -> batch norm."""
+        i = 0
+        while i < len(steps):
+            step = steps[i]
+            after = steps[i + 1] if i + 1 < len(steps) else None
+            if self.can_fold(step, after):
+                x = self.weight(step, x, bn=after)
+                i += 2
+                continue
+            x = self.layer(step, x)
+            i += 1
+        return x
+
+    def layer(self, layer, x):
+        if layer is None:
+            return x
+        if isinstance(layer, Module):
+            return self.sequence(layer.steps, x)
+        if isinstance(layer, ResidualBlock):
+            return self.residual(layer, x)
+        if is_weight(layer):
+            return self.weight(layer, x)
+        if type(layer) in BATCH_NORMS:
+            return self.batch_norm(layer, x)
+        if type(layer) in TRAINING_ONLY:
+            return x
+        if type(layer) in PASS_THROUGH:
+            return clone_call(layer, (x,), {})
+        raise UnsupportedLayerError(_unsupported_message(layer))
+
+    def residual(self, block, x):
+        """conv1-norm1-relu-conv2-norm2 (+ shortcut) -relu, as in models.ResidualBlock."""
+        name = block.name
+        y = self.sequence([block.conv1, block.norm1], x)
+        y = keras.layers.Activation("relu", name=f"{name}_relu1")(y)
+        y = self.sequence([block.conv2, block.norm2], y)
+        shortcut = x if block.proj is None else self.sequence([block.proj, block.proj_norm], x)
+        y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
+        return keras.layers.Activation("relu", name=f"{name}_relu2")(y)
+
+    def handle(self, layer, args, kwargs):
+        """clone_model's call_function for graph models."""
+        if id(layer) in self.absorbed:
+            return args[0]  # this batch norm lives in the weight layer before it
+        if isinstance(layer, keras.Model):
+            return rewrite(layer, self.handle, fold=self.can_fold, inference=True)(*args)
+        if is_weight(layer):
+            return self.weight(layer, args[0], bn=kwargs.get("_fold"))
+        if type(layer) in (keras.layers.Add, keras.layers.Concatenate):
+            return clone_call(layer, args, {})
+        return self.layer(layer, args[0])
+
+    # -- layers ----------------------------------------------------------------------
+    @staticmethod
+    def can_fold(layer, after):
+        """Whether batch norm ``after`` can be folded into weight layer ``layer``."""
+        if type(after) not in BATCH_NORMS or not is_weight(layer):
+            return False
+        if activation_name(layer) != "linear":
+            return False
+        if getattr(layer, "data_format", "channels_last") != "channels_last":
+            return False
+        ndim = len(after.input.shape) if has_input(after) else None
+        return after.axis == -1 or (ndim is not None and after.axis == ndim - 1)
+
+    def batch_norm(self, bn, x):
+        """A batch norm with nothing to fold into: stock BatchNormalization, same weights."""
+        config = {k: v for k, v in bn.get_config().items() if k != "stop_stat_gradient"}
+        new = keras.layers.BatchNormalization.from_config(config)
+        y = new(x)
+        new.set_weights(bn.get_weights())
+        return y
+
+    def weight(self, layer, x, bn=None):
+        spec = _LinearSpec(layer, x.shape)
+        if bn is not None:
+            self.absorbed.add(id(bn))
+        factored = False
+        if spec.svd:
+            if self.form == "factored":
+                factored = True
+            elif self.form == "auto":
+                factored = factored_pays(spec.factored_cost(), spec.merged_cost(),
+                                         conv=not spec.dense)
+        scale, shift = _bn_affine(bn) if bn is not None else (None, None)
+        bias = spec.bias
+        if scale is not None:
+            bias = (0.0 if bias is None else bias) * scale + shift
+        if factored:
+            first, second = spec.factor_kernels()
+            if scale is not None:
+                second = second * scale
+            y = _emit(spec.first_layer(), x, [first])
+            y = _emit(spec.second_layer(bias is not None), y,
+                      [second] + ([bias] if bias is not None else []))
+        else:
+            kernel = spec.merged_kernel()
+            if scale is not None:
+                kernel = kernel * scale
+            y = _emit(spec.merged_layer(bias is not None), x,
+                      [kernel] + ([bias] if bias is not None else []))
+        record = layer_record(layer, "factored" if factored else "merged", in_shape=x.shape)
+        if bn is not None:
+            record.note = f"{bn.name} folded"
+        self.records.append(record)
+        return y
+
+
+# onnxruntime (1.32, CPU) runs a factored convolution pair at about 2.1x the
+# time per multiply-add of one merged convolution (benchmarks/export_resnet32.md:
+# generic kernels for odd ranks, layout reorders), so "auto" factors a
+# convolution only where the pair does at most half the work; a Dense pair is
+# two matrix products of the usual speed and is factored wherever it does less.
+FACTORED_CONV_COST = 2.0
+
+
+def factored_pays(factored_macs, merged_macs, conv):
+    """Whether ``--form=auto`` emits the two-layer form for this layer."""
+    if factored_macs is None or merged_macs is None:
+        return False
+    return factored_macs * (FACTORED_CONV_COST if conv else 1.0) < merged_macs
+
+
+class _LinearSpec:
+    """The numbers of one weight layer (SVD or plain) that merge needs, in float64."""
+
+    def __init__(self, layer, in_shape):
+        self.layer = layer
+        self.svd = isinstance(layer, SVDLayer)
+        self.dense = isinstance(layer, (SVDDense, keras.layers.Dense))
+        self.in_shape = tuple(in_shape)
+        self.name = layer.name
+        if self.svd:
+            self.bias = None if layer.bias is None else _np64(layer.bias)
+        else:
+            self.bias = _np64(layer.bias) if layer.use_bias else None
+
+    def merged_kernel(self):
+        if self.svd:
+            return self.layer.kernel_from_matrix(self.layer.merged_matrix())
+        return _np64(self.layer.kernel)
+
+    def factor_kernels(self):
+        """(first, second) kernels of the two stacked layers, Keras layout."""
+        layer = self.layer
+        if self.dense:  # z = ((x V) * s) U^T, as SVDDense computes it
+            U, s, V = (_np64(v) for v in (layer.U, layer.s, layer.V))
+            return V * s, U.T
+        vertical, horizontal = layer.sub_kernels()
+        return _np64(vertical), _np64(horizontal)
+
+    # -- costs (multiply-adds per example; None where the input size is unknown) --
+    def merged_cost(self):
+        return costs(self.layer, self.in_shape)[0]
+
+    def factored_cost(self):
+        return costs(self.layer, self.in_shape)[1]
+
+    # -- the plain layers -------------------------------------------------------
+    def merged_layer(self, use_bias):
+        layer = self.layer
+        if not self.svd:
+            config = {**layer.get_config(), "use_bias": use_bias}
+            config.pop("lora_rank", None)
+            config.pop("lora_alpha", None)
+            return type(layer).from_config(config)
+        if self.dense:
+            return keras.layers.Dense(layer.units, use_bias=use_bias, name=self.name)
+        return keras.layers.Conv2D(layer.filters, layer.kernel_size, strides=layer.strides,
+                                   padding=layer.padding, use_bias=use_bias, name=self.name)
+
+    def first_layer(self):
+        layer = self.layer
+        if self.dense:
+            return keras.layers.Dense(layer.rank, use_bias=False, name=f"{self.name}_V")
+        kh, _ = layer.kernel_size
+        return keras.layers.Conv2D(layer.rank, (kh, 1), strides=(layer.strides[0], 1),
+                                   padding=layer.padding, use_bias=False, name=f"{self.name}_V")
+
+    def second_layer(self, use_bias):
+        layer = self.layer
+        if self.dense:
+            return keras.layers.Dense(layer.units, use_bias=use_bias, name=f"{self.name}_U")
+        _, kw = layer.kernel_size
+        return keras.layers.Conv2D(layer.filters, (1, kw), strides=(1, layer.strides[1]),
+                                   padding=layer.padding, use_bias=use_bias, name=f"{self.name}_U")
+
+
+def _bn_affine(bn):
+    """(scale, shift) with bn(x) = x * scale + shift at inference, per channel, float64."""
+    mean, var = _np64(bn.moving_mean), _np64(bn.moving_variance)
+    gamma = _np64(bn.gamma) if bn.scale else np.ones_like(mean)
+    beta = _np64(bn.beta) if bn.center else np.zeros_like(mean)
+    scale = gamma / np.sqrt(var + bn.epsilon)
+    return scale, beta - mean * scale
+
+
+def _emit(layer, x, weights):
+    y = layer(x)
+    layer.set_weights([np.asarray(w, np.float32) for w in weights])
+    return y
+
+
+def _np64(v):
+    return np.asarray(ops.convert_to_numpy(v), np.float64)
+
+
+def _unsupported_message(layer):
+    return (f"layer {layer.name!r} of type {type(layer).__name__} cannot be merged into plain "
+            "Keras layers (supported: Dense, Conv2D, their SVD forms, batch and layer norm, "
+            "activations, pooling, flatten/reshape, add/concatenate, dropout)")

@@ -1,0 +1,1 @@
+"""KerasTuner searches of SSA's loss weights: ``settings`` (no TensorFlow), ``search``, ``report``."""

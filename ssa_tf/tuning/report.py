@@ -1,0 +1,202 @@
+"""The coefficient search's report: results.csv, sensitivity.png, best.flags (no TensorFlow)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+from ssa_tf.tuning.settings import (CSV_COLUMNS, LOG_SAMPLED, RUN_FIELDS, SEED_COEFFICIENTS,
+                                    TRIAL_RECORD, SearchConfig)
+
+# --------------------------------------------------------------------------
+# Report: results.csv, sensitivity.png, best.flags (no TensorFlow).
+# --------------------------------------------------------------------------
+
+def load_trial_states(project: str) -> list[dict]:
+    """KerasTuner's saved trials (``trial_*/trial.json``) of a search."""
+    states = []
+    for name in sorted(os.listdir(project)):
+        path = os.path.join(project, name, "trial.json")
+        if name.startswith("trial_") and os.path.exists(path):
+            with open(path) as f:
+                states.append(json.load(f))
+    return states
+
+
+def trial_rows(project: str, states: list[dict], cfg: SearchConfig) -> list[dict]:
+    """One dict per trial with the ``CSV_COLUMNS``, in trial order."""
+    rows = []
+    # ids are zero-padded to the digits of max_trials, which a resumed search may raise
+    for state in sorted(states, key=lambda s: int(s["trial_id"])):
+        values = state["hyperparameters"]["values"]
+        record_path = os.path.join(project, f"trial_{state['trial_id']}", TRIAL_RECORD)
+        record = {}
+        if os.path.exists(record_path):
+            with open(record_path) as f:
+                record = json.load(f)
+        status = state["status"]
+        score = state.get("score")
+        epochs = record.get("epochs")
+        if epochs is None and status == "COMPLETED":
+            epochs = values.get("tuner/epochs", cfg.epochs_per_trial)
+        rows.append({
+            "trial": state["trial_id"],
+            "alpha": values.get("alpha", cfg.run.resolved().method.alpha),
+            "beta": values.get("beta", cfg.run.resolved().method.beta),
+            "gamma": values.get("gamma", cfg.run.resolved().method.gamma),
+            "lr": values.get("learning_rate", cfg.run.learning_rate()),
+            "val_accuracy": float(score) if status == "COMPLETED" and score is not None else None,
+            "epochs": epochs,
+            "status": status,
+            "seconds": record.get("seconds"),
+            "reason": reason(state.get("message")) if status != "COMPLETED" else "",
+        })
+    return rows
+
+
+def reason(message) -> str:
+    """The last line of a trial's traceback, without the exception's module path."""
+    lines = [l.strip() for l in (message or "").strip().splitlines() if l.strip()]
+    if not lines:
+        return ""
+    head, sep, tail = lines[-1].partition(": ")
+    return f"{head.rsplit('.', 1)[-1]}{sep}{tail}"
+
+
+def report(project: str, states: list[dict] | None = None):
+    """Write results.csv, sensitivity.png and best.flags of ``project``; print the best trial.
+
+    ``states`` default to the trials saved on disk (``--report_only``).
+    Returns {"rows", "best" (a row or None), "paths"}.
+    """
+    with open(os.path.join(project, "search.json")) as f:
+        saved = json.load(f)
+    cfg = SearchConfig.from_json(saved["config"])
+    if states is None:
+        states = load_trial_states(project)
+    rows = trial_rows(project, states, cfg)
+    paths = {"csv": os.path.join(project, "results.csv"),
+             "plot": os.path.join(project, "sensitivity.png"),
+             "flags": os.path.join(project, "best.flags")}
+    _write_csv(paths["csv"], rows)
+    done = [r for r in rows if r["val_accuracy"] is not None]
+    best = max(done, key=lambda r: r["val_accuracy"]) if done else None
+    plot_sensitivity(rows, cfg, paths["plot"], best)
+    failed = sum(r["status"] == "FAILED" for r in rows)
+    print(f"{len(rows)} trials in {project}: {len(done)} completed, {failed} failed, "
+          f"{len(rows) - len(done) - failed} unfinished")
+    for r in rows:
+        if r["status"] == "FAILED":
+            print(f"  trial {r['trial']} failed: {r['reason']}")
+    if best is None:
+        if os.path.exists(paths["flags"]):
+            os.remove(paths["flags"])
+        print("no completed trial; no best configuration")
+        return {"rows": rows, "best": None, "paths": paths}
+    text = best_flags(cfg, best, len(rows), saved)
+    _write_text(paths["flags"], text)
+    print(f"best: trial {best['trial']}, val_accuracy {best['val_accuracy']:.4f} after "
+          f"{best['epochs']} epochs, alpha={best['alpha']:.4g} beta={best['beta']:.4g} "
+          f"gamma={best['gamma']:.4g} lr={best['lr']:.4g}")
+    print(f"train it: python -m ssa_tf.train --flagfile={paths['flags']} --workdir=runs/best")
+    return {"rows": rows, "best": best, "paths": paths}
+
+
+def best_flags(cfg: SearchConfig, best: dict, n_trials: int, splits: dict) -> str:
+    """A flags file for ``python -m ssa_tf.train --flagfile=``: the best trial's run.
+
+    It holds the tuned run's settings (``RUN_FIELDS``, the same validation
+    split and training examples included), the trial's epochs and its exact
+    coefficients and rate.
+    """
+    run = cfg.run
+    lines = [
+        f"# Best of {n_trials} trials of the coefficient search {cfg.project}:",
+        f"# val_accuracy {best['val_accuracy']:.4f} (trial {best['trial']}, {best['epochs']} epochs; "
+        f"trained on {splits['train_split']}, scored on {splits['validation_split']}).",
+        "# Flags after --flagfile win, e.g.:",
+        "#   python -m ssa_tf.train --flagfile=THIS_FILE --epochs=30 --workdir=runs/best",
+    ]
+    lines.append("--mode=ssa")
+    for path in RUN_FIELDS:
+        section, _, field = path.rpartition(".")
+        value = getattr(getattr(run, section), field) if section else getattr(run, field)
+        if value is not None:
+            lines.append(f"--set={path}={value}")
+    lines.append(f"--epochs={best['epochs']}")
+    # repr: the exact float, so the file reproduces the trial bit for bit
+    lines += [f"--set=method.{name}={float(best[name])!r}" for name in ("alpha", "beta", "gamma")]
+    lines.append(f"--learning_rate={float(best['lr'])!r}")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sensitivity(rows, cfg: SearchConfig, path, best=None):
+    """Validation accuracy against each coefficient, one panel each (seed Figure 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(cfg.ranges())
+    columns = {"learning_rate": "lr"}
+    done = [r for r in rows if r["val_accuracy"] is not None]
+    failed = [r for r in rows if r["status"] == "FAILED"]
+    epochs = sorted({r["epochs"] or 0 for r in done})
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), sharey=True,
+                             squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, name in zip(axes[0], names):
+        col = columns.get(name, name)
+        for k, e in enumerate(epochs):
+            pts = [r for r in done if (r["epochs"] or 0) == e]
+            color = cmap(k / max(len(epochs) - 1, 1)) if len(epochs) > 1 else "tab:blue"
+            ax.scatter([r[col] for r in pts], [r["val_accuracy"] for r in pts], s=28,
+                       color=color, label=f"{e} epoch{'s' * (e != 1)}" if len(epochs) > 1 else "trial")
+        if failed:
+            # diverged or crashed trials sit at zero: where the range breaks training
+            ax.scatter([r[col] for r in failed], [0.0] * len(failed), marker="x", color="tab:red",
+                       label="failed")
+        if best is not None:
+            ax.scatter([best[col]], [best["val_accuracy"]], marker="*", s=180, color="tab:orange",
+                       edgecolor="k", zorder=3, label="best")
+        if name in SEED_COEFFICIENTS:
+            ax.axvline(SEED_COEFFICIENTS[name], ls="--", color="gray", lw=1, label="seed value")
+        if name in LOG_SAMPLED:
+            ax.set_xscale("log")
+        lo, hi = cfg.ranges()[name]
+        if lo < hi:
+            pad = (hi / lo) ** 0.05 if name in LOG_SAMPLED else 0.05 * (hi - lo)
+            ax.set_xlim(*((lo / pad, hi * pad) if name in LOG_SAMPLED else (lo - pad, hi + pad)))
+        ax.set_xlabel(name)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation accuracy")
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"SSA loss-weight sensitivity: {cfg.run.model.model} on {cfg.run.data.dataset}, "
+                 f"{len(done)} of {len(rows)} trials completed", fontsize=10)
+    fig.tight_layout()
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def _write_csv(path, rows):
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if r[k] is None else r[k]) for k in CSV_COLUMNS})
+    os.replace(tmp, path)
+
+
+def _write_text(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path, obj):
+    _write_text(path, json.dumps(obj, indent=2))

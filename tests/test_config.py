@@ -1,0 +1,198 @@
+"""The run's configuration: typed sections, --set overrides, presets and every validation,
+in process (no TensorFlow needed; test_cli.py shows the same checks through a process)."""
+
+import json
+
+import pytest
+from absl.testing import flagsaver
+
+from ssa_tf import config as cfg_lib
+from ssa_tf.config import RunConfig, presets, validate
+
+
+def problem(*assignments, tf_config=None):
+    return validate(RunConfig().with_overrides(assignments), tf_config)
+
+
+def test_flat_record_round_trips_and_keeps_the_historic_names():
+    cfg = RunConfig().with_overrides(["rank.tau=0.9", "method.beta=0", "data.augment=false",
+                                      "train.lr_decay_epochs=20,40", "seed=3"])
+    flat = cfg.flat()
+    assert flat["rank_tau"] == 0.9 and flat["beta"] == 0.0 and flat["augment"] is False
+    assert flat["lr_decay_epochs"] == (20, 40) and flat["seed"] == 3
+    assert RunConfig.from_flat(flat) == cfg
+    assert cfg.rank.tau == 0.9 and cfg.train.lr_decay_epochs == (20, 40)
+    with pytest.raises(ValueError, match="unknown settings: nonsense"):
+        RunConfig.from_flat({"nonsense": 1})
+
+
+@pytest.mark.parametrize("assignment,needle", [
+    ("rank.tau", "expected SECTION.FIELD=VALUE"),
+    ("ranks.tau=1", "unknown section 'ranks'"),
+    ("rank.taus=1", "rank has no field 'taus'; its fields: tau, start"),
+    ("train.epochs=three", "--set train.epochs=three: expected int"),
+    ("data.augment=maybe", "expected bool"),
+])
+def test_malformed_overrides_say_what_is_wrong(assignment, needle):
+    with pytest.raises(ValueError, match=needle):
+        RunConfig().with_overrides([assignment])
+
+
+@pytest.mark.parametrize("assignments,needle", [
+    (["model.model=vgg99"], "--model='vgg99' is not valid; choose from: mlp, smallconv"),
+    (["data.dataset=imagenet"], "mnist5k, cifar10, cifar100"),
+    (["method.mode=hebbian"], "bp, svd-bp, dfa, ssa, fa, bp-lagged-copy"),
+    (["model.norm=group"], "layer, batch, none"),
+    (["model.activation=gelu"], "relu, leaky_relu, tanh"),
+    (["method.feedback=chainsaw"], "global, local, chain"),
+    (["method.beta=-0.1"], "method.beta must be >= 0"),
+    (["method.alpha=-1"], "method.alpha must be >= 0"),
+    (["train.batch_size=0"], "--batch_size must be >= 1"),
+    (["train.epochs=0"], "--epochs must be >= 1"),
+    (["train.learning_rate=0"], "--learning_rate must be > 0"),
+    (["rank.tau=1.5"], "rank.tau must be in (0, 1]"),
+    (["rank.tau=0.9", "rank.interval=0"], "rank.interval must be >= 1"),
+    (["rank.warmup_steps=-1"], "rank.warmup_steps must be >= 0"),
+    (["runtime.checkpoint_steps=-5"], "runtime.checkpoint_steps must be >= 0"),
+    (["runtime.keep_checkpoints=1"], "runtime.keep_checkpoints must be >= 2"),
+    (["runtime.skip_nonfinite_steps=-1"], "must be >= 0"),
+    (["data.validation_split=1.5"], "data.validation_split must be in [0, 1)"),
+    (["data.label=coarse"], "applies to cifar100 only"),
+    (["method.mode=fa", "method.s_rate_scale=0"], "method.s_rate_scale must be > 0"),
+    (["runtime.strategy=gpu"], "auto, one_device, mirrored, multi_worker"),
+    (["runtime.strategy=mirrored", "runtime.logical_cpus=3"], "multiple of"),
+    (["runtime.strategy=multi_worker"], "needs TF_CONFIG"),
+    (["runtime.logical_cpus=2"], "applies to runtime.strategy=mirrored only"),
+    # issue 18: an option the rule does not take is refused, naming who takes it
+    (["method.mode=bp", "method.feedback=chain"], "method.feedback does not apply to --mode=bp"),
+    (["method.mode=bp", "method.beta=0.5"], "method.beta does not apply to --mode=bp"),
+    (["method.mode=bp", "method.stiefel_retraction=true"], "does not apply to --mode=bp"),
+    (["method.mode=dfa", "rank.tau=0.9", "rank.interval=1"], "rank.tau applies to rules that"),
+    (["method.feedback_tracking=0.1"], "applies to --mode=bp-lagged-copy"),
+    (["method.feedback=local", "method.feedback_spatial=full"], "global route only"),
+    (["method.alpha=0", "method.beta=0", "method.gamma=0"], "nothing to learn from"),
+    # a rank schedule that would never cut (fewer epochs than the interval)
+    (["rank.tau=0.9", "train.epochs=3"], "would never cut"),
+])
+def test_each_mistake_is_one_line(assignments, needle):
+    line = problem(*assignments)
+    assert line is not None and needle in line and "\n" not in line, line
+
+
+def test_valid_settings_pass():
+    assert problem() is None
+    assert problem("rank.tau=0.9", "rank.interval=1", "train.epochs=2") is None
+    assert problem("rank.tau=0.9", "train.epochs=1", "rank.interval=1",
+                   "rank.final_cut=true") is None
+    assert problem("method.mode=bp-lagged-copy", "method.feedback_tracking=0.2") is None
+    tf_config = json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
+                            "task": {"type": "worker", "index": 0}})
+    assert problem("runtime.strategy=multi_worker", tf_config=tf_config) is None
+    assert "multiple of the 2 workers" in problem(
+        "runtime.strategy=multi_worker", "train.batch_size=63", tf_config=tf_config)
+
+
+def test_resolved_fills_in_the_rules_defaults_only():
+    ssa = RunConfig().resolved()
+    assert ssa.method.beta is not None and ssa.train.learning_rate == 3e-4
+    assert ssa.method.feedback_tracking is None  # not one of SSA's options
+    bp = RunConfig().with_overrides(["method.mode=bp"]).resolved()
+    assert bp.method.beta is None and bp.train.learning_rate == 1e-3
+
+
+def test_cards_say_what_each_rule_computes():
+    card = RunConfig().card()
+    assert card.direct and not card.sequential and card.weight_transport != "continuously"
+    fa = RunConfig().with_overrides(["method.mode=fa"]).card()
+    assert fa.sequential and not fa.direct
+    lagged = RunConfig().with_overrides(["method.mode=bp-lagged-copy"]).card()
+    assert lagged.weight_transport == "continuously" and not lagged.direct
+    local = RunConfig().with_overrides(["method.feedback=local"]).card()
+    assert local.held_activations == "one module at a time"
+    assert RunConfig().record()["card"]["rule"] == "ssa"
+
+
+def test_presets_fill_in_under_the_flags_given(tmp_path):
+    from ssa_tf import train
+    with flagsaver.flagsaver():
+        train.FLAGS(["prog", "--preset=cifar100", "--dataset=cifar10", "--epochs=3"])
+        try:
+            cfg = train.config_from_flags()
+        finally:
+            train.FLAGS.unparse_flags()
+    assert cfg.data.dataset == "cifar10" and cfg.train.epochs == 3
+    assert cfg.model.model == "resnet32" and cfg.train.batch_size == 128
+    assert cfg.train.learning_rate == 1e-4 and cfg.train.lr_decay_epochs == (20, 40, 60)
+    assert cfg.rank.tau == 0.95
+    # a rule without SVD factors gets no rank schedule; ImageNet's rates follow the rule
+    assert "rank.tau" not in presets.load("cifar100").values("bp")
+    assert presets.load("imagenet").values("bp")["train.learning_rate"] == 2e-4
+    assert presets.load("imagenet").values("ssa")["train.learning_rate"] == 5e-4
+    mine = tmp_path / "mine.py"
+    mine.write_text("def values(mode):\n    return {'train.epochs': 7}\n")
+    assert presets.load(str(mine)).values("ssa") == {"train.epochs": 7}
+    for bad, needle in ((tmp_path / "none.py", "no such file"), ("mnist", "is not valid")):
+        with pytest.raises(ValueError, match=needle):
+            presets.load(str(bad))
+    (tmp_path / "broken.py").write_text("def values(:\n")
+    with pytest.raises(ValueError, match="SyntaxError"):
+        presets.load(str(tmp_path / "broken.py"))
+
+
+def test_daily_flags_and_set_reach_the_config_and_the_model():
+    from ssa_tf import train
+    from ssa_tf.training.model import model_from_config
+    with flagsaver.flagsaver():
+        train.FLAGS(["prog", "--model=mlp", "--mode=fa", "--set=method.chain_jacobians=false",
+                     "--set", "method.stiefel_retraction=true", "--set=method.s_rate_scale=3",
+                     "--seed=4"])
+        try:
+            cfg = train.config_from_flags()
+        finally:
+            train.FLAGS.unparse_flags()
+    assert cfg.method.chain_jacobians is False and cfg.method.stiefel_retraction
+    assert cfg.method.s_rate_scale == 3.0 and cfg.seed == 4 and cfg.runtime.workdir
+    model = model_from_config(cfg, (28, 28, 1), 10)
+    assert not model.options["chain_jacobians"] and model.options["stiefel_retraction"]
+    assert model.get_config()["chain_jacobians"] is False
+    default = model_from_config(cfg.replace(chain_jacobians=None), (28, 28, 1), 10)
+    assert default.options["chain_jacobians"]  # on for fa
+
+
+def test_a_daily_flag_with_a_bad_value_names_the_flag():
+    from ssa_tf import train
+    with flagsaver.flagsaver():
+        train.FLAGS(["prog", "--epochs=three"])
+        try:
+            with pytest.raises(ValueError, match="--epochs=three: expected int"):
+                train.config_from_flags()
+        finally:
+            train.FLAGS.unparse_flags()
+
+
+def test_help_fits_a_screen():
+    from ssa_tf import train
+    lines = train.HELP.splitlines()
+    assert len(lines) <= 40 and max(map(len, lines)) <= 84
+    for flag in ("--dataset", "--mode", "--set", "--flagfile", "--preset", "--restart"):
+        assert flag in train.HELP
+    for section in cfg_lib.SECTIONS:
+        assert f"  {section}: " in train.HELP
+
+
+def test_resume_with_other_settings_names_every_changed_setting(tmp_path):
+    from ssa_tf.training.workdir import prepare_workdir
+    cfg = RunConfig().with_overrides([f"runtime.workdir={tmp_path}"])
+    (tmp_path / "config.json").write_text(json.dumps(cfg.record(), default=list))
+    (tmp_path / "backup" / "local" / "epoch-1").mkdir(parents=True)
+    (tmp_path / "backup" / "local" / "epoch-1" / "state.json").write_text("{}")
+    assert prepare_workdir(cfg.with_overrides(["train.epochs=9"])) == "resume"
+    changed = cfg.with_overrides(["method.beta=0.5", "model.activation=tanh",
+                                  "data.max_train_examples=100", "rank.min=2", "seed=5"])
+    with pytest.raises(cfg_lib.UsageError) as e:
+        prepare_workdir(changed)
+    message = str(e.value)
+    for needle in ("method.beta=0.01 then, 0.5 now", "model.activation='leaky_relu' then",
+                   "data.max_train_examples=None then, 100 now", "rank.min=1 then, 2 now",
+                   "--seed=1 then, 5 now", "--restart"):
+        assert needle in message, message
