@@ -43,23 +43,28 @@ GRIDS = {
     # issues 14 and 16: which direct SSA rule, at the same small budget
     "ssa_direct": dict(
         caption="Direct, transport-free SSA rules (smallconv, first 10,000 training images, "
-                "5 epochs, no augmentation); the tuned DFA and BP beside them.",
+                "5 epochs, no augmentation); the tuned DFA, BP and the variants beside them.",
         base=dict(_CIFAR, model="smallconv", epochs=5, max_train_examples=10000,
                   augment=False),
         seeds=SEEDS,
         variants={
             "bp": dict(mode="bp"),
-            "dfa": dict(mode="dfa"),
-            "ssa (defaults)": dict(mode="ssa"),
-            "ssa, seed's terms (beta 0.01, gamma 0.1)": dict(mode="ssa", beta=0.01, gamma=0.1),
-            "ssa, no terms": dict(mode="ssa", beta=0.0, gamma=0.0),
-            "ssa, random feedback factors": dict(mode="ssa", feedback_init="random"),
-            "ssa, broadcast": dict(mode="ssa", feedback_spatial="broadcast"),
-            "ssa, chain route": dict(mode="ssa", feedback="chain"),
-            "ssa, local route": dict(mode="ssa", feedback="local"),
-            "ssa, Stiefel retraction": dict(mode="ssa", stiefel_retraction=True),
-            "ssa, lr 1e-3": dict(mode="ssa", learning_rate=1e-3),
             "svd-bp": dict(mode="svd-bp"),
+            "dfa": dict(mode="dfa"),
+            "plain layers, local route, trained read-out": dict(
+                mode="dfa", feedback="local", readout_grid=4, readout_trained=True),
+            "ssa (defaults: chain)": dict(mode="ssa"),
+            "ssa, chain, seed's terms (gamma 0.1)": dict(mode="ssa", gamma=0.1),
+            "ssa, chain, no terms": dict(mode="ssa", beta=0.0),
+            "ssa, chain, lr 1e-3": dict(mode="ssa", learning_rate=1e-3),
+            "ssa, global full-map, no terms": dict(mode="ssa", feedback="global", beta=0.0),
+            "ssa, local, fixed read-out": dict(mode="ssa", feedback="local", readout_grid=4),
+            "ssa, local, trained read-out": dict(mode="ssa", feedback="local", readout_grid=4,
+                                                 readout_trained=True),
+            "ssa, local, trained read-out, lr 1e-3": dict(
+                mode="ssa", feedback="local", readout_grid=4, readout_trained=True,
+                learning_rate=1e-3),
+            "fa": dict(mode="fa"),
         }),
     # the headline: every rule at its defaults, 20 epochs with augmentation
     "rules_smallconv": dict(

@@ -223,3 +223,28 @@ def test_each_mode_learns_real_digits_and_reloads_exactly(mode, floor, digits, t
     x = next(iter(digits.test))[0]
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
     assert loaded.ranks() == model.ranks() and loaded.mode == mode
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_local_read_out_is_fixed_or_trained_on_the_modules_own_ce(trained):
+    model = build_model("smallconv", (16, 16, 3), 10, mode="ssa", feedback="local",
+                        readout_grid=4, readout_trained=trained)
+    # the 8x8 and 4x4 maps are pooled to 4x4, the 2x2 one stays 2x2
+    assert [tuple(v.shape) for v in model.feedback_matrices] == [
+        (16 * 32, 10), (16 * 64, 10), (4 * 128, 10), (512, 10)]
+    x, y = batch((16, 16, 3), n=16)
+    before = [v.numpy().copy() for v in model.feedback_matrices]
+    model.train_on_batch(x, y)
+    moved = [float(np.abs(v.numpy() - b).max()) for v, b in zip(model.feedback_matrices, before)]
+    assert all(m > 0 for m in moved) if trained else all(m == 0 for m in moved)
+    assert model.card().held_activations == "one module at a time"
+
+
+def test_pool_to_grid_is_adaptive_average_pooling():
+    h = tf.reshape(tf.range(2 * 5 * 4 * 1, dtype=tf.float32), (2, 5, 4, 1))
+    out = feedback.pool_to_grid(h, 2, 2).numpy()
+    x = h.numpy()
+    # rows [0, 3) and [2, 5), columns [0, 2) and [2, 4), as adaptive_avg_pool2d
+    expected = [x[:, 0:3, 0:2].mean((1, 2)), x[:, 0:3, 2:4].mean((1, 2)),
+                x[:, 2:5, 0:2].mean((1, 2)), x[:, 2:5, 2:4].mean((1, 2))]
+    np.testing.assert_allclose(out, np.stack(expected, axis=1), rtol=1e-6)

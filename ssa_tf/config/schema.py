@@ -59,6 +59,8 @@ class MethodConfig:
     feedback_tracking: float | None = None
     stiefel_retraction: bool | None = None
     s_rate_scale: float | None = None
+    readout_grid: int | None = None
+    readout_trained: bool | None = None
 
     def options(self) -> dict:
         return {k: getattr(self, k) for k in methods.OPTIONS}

@@ -114,6 +114,12 @@ def validate_method(cfg: RunConfig) -> str | None:
     if given["feedback_spatial"] is not None and o.get("feedback") != "global":
         return (f"method.feedback_spatial applies to the global route only, not "
                 f"method.feedback={o.get('feedback')}")
+    for name in ("readout_grid", "readout_trained"):
+        if given[name] is not None and o.get("feedback") != "local":
+            return (f"method.{name} applies to the local route only, not "
+                    f"method.feedback={o.get('feedback')}")
+    if "readout_grid" in o and o["readout_grid"] < 1:
+        return f"method.readout_grid must be >= 1, got {o['readout_grid']}"
     if "feedback_tracking" in o and not 0 <= o["feedback_tracking"] <= 1:
         return f"method.feedback_tracking must be in [0, 1], got {o['feedback_tracking']}"
     if "s_rate_scale" in o and not o["s_rate_scale"] > 0:

@@ -7,7 +7,9 @@ the CE term of its local loss:
 * route ``global`` (DFA): the surrogate mean_b <stop_grad(delta_i), h_i>,
   delta_i = e D_i^T, broadcast over positions (``spatial="broadcast"``) or
   sent to every unit of the map (``spatial="full"``);
-* route ``local``: the true CE of fixed read-out logits pool2x2(h_i) Q_i.
+* route ``local``: the true CE of read-out logits pool(h_i) Q_i, the map
+  average-pooled to a small grid (2x2 by default; LLS pools the first layer
+  to 4x4); Q_i fixed, or trained on that CE alone (``readout_trained``).
 
 SSA builds each matrix from the feedback factors of the module's output layer
 (D_i = Bbar_U diag(B_s) R_i, R_i fixed random); DFA uses a plain Gaussian.
@@ -57,13 +59,19 @@ def projection_matrix(out_channels, positions, num_classes, std, rng, layer=None
     return mat.astype(np.float32)
 
 
-def feedback_shape(route, spatial, out_shape, num_classes):
+def readout_grid(out_shape, grid):
+    """(rows, columns) a local read-out pools a feature map of ``out_shape`` to."""
+    return min(int(grid), int(out_shape[0])), min(int(grid), int(out_shape[1]))
+
+
+def feedback_shape(route, spatial, out_shape, num_classes, grid=2):
     """(positions, channels, std) of module i's matrix for an output of ``out_shape`` (no batch)."""
     channels = int(out_shape[-1])
     if len(out_shape) == 1:
         positions = 1
     elif route == "local":
-        positions = 4  # average-pooled to a 2x2 grid
+        gh, gw = readout_grid(out_shape, grid)
+        positions = gh * gw  # average-pooled to a grid
     elif spatial == "full":
         positions = int(np.prod(out_shape[:-1]))
     else:
@@ -75,7 +83,7 @@ def feedback_shape(route, spatial, out_shape, num_classes):
     return positions, channels, std
 
 
-def ce_term(route, spatial, h, matrix, error, labels):
+def ce_term(route, spatial, h, matrix, error, labels, grid=2):
     """The CE part of a (non-final) module's local loss; see module docstring."""
     if route == "global":
         if len(h.shape) == 4 and spatial == "broadcast":
@@ -87,18 +95,20 @@ def ce_term(route, spatial, h, matrix, error, labels):
         return ops.mean(ops.sum(delta * feat, axis=-1))
     # route == "local"
     if len(h.shape) == 4:
-        h = pool_to_2x2(h)
+        h = pool_to_grid(h, *readout_grid(h.shape[1:], grid))
     feat = ops.reshape(h, (ops.shape(h)[0], -1))
     return losses.cross_entropy(ops.matmul(feat, matrix), labels)
 
 
-def pool_to_2x2(h):
-    """Average-pool a feature map to a 2x2 grid (by quadrants)."""
+def pool_to_grid(h, rows, cols):
+    """Average-pool a feature map (B, H, W, C) to a (rows x cols) grid, adaptively (the
+    cells of PyTorch's adaptive_avg_pool2d: [floor(i H / n), ceil((i + 1) H / n))).
+    Returns (B, rows * cols, C), cells in row-major order."""
     H, W = h.shape[1], h.shape[2]
-    hh, hw = max(H // 2, 1), max(W // 2, 1)
-    rows = [h[:, :hh], h[:, hh:]] if H > 1 else [h, h]
-    cells = []
-    for r in rows:
-        cols = [r[:, :, :hw], r[:, :, hw:]] if W > 1 else [r, r]
-        cells.extend(ops.mean(c, axis=(1, 2)) for c in cols)
-    return ops.stack(cells, axis=1)  # (B, 4, C)
+
+    def bounds(n, size):
+        return [(i * size // n, -(-(i + 1) * size // n)) for i in range(n)]
+
+    cells = [ops.mean(h[:, r0:r1, c0:c1], axis=(1, 2))
+             for r0, r1 in bounds(rows, H) for c0, c1 in bounds(cols, W)]
+    return ops.stack(cells, axis=1)

@@ -34,6 +34,10 @@ class Route:
     name = ""
     needs_error = True  # False: the module's loss needs no output error
 
+    def extra_variables(self, model, i):
+        """Variables of the route's that module i trains with its own (none: fixed)."""
+        return []
+
     def build(self, model, rng):
         """Create the route's fixed state on ``model`` (``model.add_weight``)."""
 
@@ -70,18 +74,32 @@ class GlobalRoute(Route):
 
 
 class LocalRoute(Route):
+    """Each module's own CE through a read-out of its pooled output. ``trained``: the
+    read-out learns from that CE too (a linear probe trained alongside the module,
+    as Noekland & Eidnes 2019's prediction loss); else it stays fixed (LLS, SPEC)."""
+
     name = "local"
     needs_error = False
+
+    def __init__(self, grid=2, trained=False):
+        self.grid, self.trained = int(grid), bool(trained)
 
     def build(self, model, rng):
         model.feedback_matrices = []
         for i, (m, shape) in enumerate(zip(model.local_modules[:-1],
                                            model.module_output_shapes[:-1])):
-            mat = _projection(model, m, self.name, "broadcast", shape, rng)
-            model.feedback_matrices.append(_fixed(model, f"feedback_{i}", mat))
+            mat = _projection(model, m, self.name, "broadcast", shape, rng, self.grid)
+            model.feedback_matrices.append(_fixed(model, f"feedback_{i}", mat, self.trained))
+
+    def extra_variables(self, model, i):
+        """The read-out module i trains with its own parameters (none when fixed)."""
+        if self.trained and i < len(model.feedback_matrices):
+            return [model.feedback_matrices[i]]
+        return []
 
     def ce_term(self, model, i, h, error, y, signals):
-        return feedback.ce_term("local", None, h, model.feedback_matrices[i], error, y)
+        return feedback.ce_term("local", None, h, model.feedback_matrices[i], error, y,
+                                self.grid)
 
 
 class ChainRoute(Route):
@@ -115,20 +133,21 @@ def make_route(options) -> Route:
     if route == "global":
         return GlobalRoute(options.get("feedback_spatial", "full"))
     if route == "local":
-        return LocalRoute()
+        return LocalRoute(options.get("readout_grid", 2), options.get("readout_trained", False))
     if route == "chain":
         return ChainRoute(gated=False)
     raise ValueError(f"unknown feedback route {route!r}")
 
 
-def _projection(model, module, route, spatial, shape, rng):
-    positions, channels, std = feedback.feedback_shape(route, spatial, shape, model.num_classes)
+def _projection(model, module, route, spatial, shape, rng, grid=2):
+    positions, channels, std = feedback.feedback_shape(route, spatial, shape, model.num_classes,
+                                                       grid)
     structured = module.output_layer if model.rule.spec.svd else None
     return feedback.projection_matrix(channels, positions, model.num_classes, std, rng, structured)
 
 
-def _fixed(model, name, value):
-    return model.add_weight(name=name, shape=value.shape, trainable=False,
+def _fixed(model, name, value, trainable=False):
+    return model.add_weight(name=name, shape=value.shape, trainable=trainable,
                             initializer=keras.initializers.Constant(value))
 
 

@@ -161,7 +161,8 @@ class Local(LearningRule):
         loss, terms = self.module_loss(model, i, h, error, y, signals)
         # each replica holds a copy of the terms; the optimizer sums replicas'
         # gradients, so divide to get the global mean
-        variables = model.local_modules[i].trainable_variables
+        variables = model.local_modules[i].trainable_variables + \
+            self.route.extra_variables(model, i)
         grads = tape.gradient(loss / replicas, variables)
         bad = tf.stack([*(nonfinite(t) for t in terms), nonfinite(*grads)])
         return list(zip(grads, variables)), terms, bad

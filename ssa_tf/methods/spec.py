@@ -26,6 +26,8 @@ FEEDBACK_INIT = ("random", "forward")
 #                     Jacobians at the forward pass
 #   feedback_tracking lagging copy: after every step B <- B + eta (W - B)
 #   beta, gamma       weights of the alignment and orthogonality terms
+#   readout_grid      local route: the grid a feature map is average-pooled to
+#   readout_trained   local route: the read-out learns from the module's CE too
 #   stiefel_retraction, s_rate_scale   SVD factors: QR retraction, s's own rate
 _FACTOR_OPTIONS = dict(beta=0.01, gamma=0.1, ortho_lambda=0.0, stiefel_retraction=False,
                        s_rate_scale=1.0)
@@ -74,6 +76,9 @@ def _route_error(o):
         return (f"e = softmax(z) - onehot(y) through a fixed matrix per module "
                 f"({o['feedback_spatial']})")
     if route == "local":
+        if o.get("readout_trained"):
+            return ("the module's own cross-entropy through a read-out trained on it (reads "
+                    "the module's output and the label; no global forward)")
         return "the module's own cross-entropy through a fixed read-out (no global forward)"
     return "e through a fixed, ungated linear copy of the later modules (a fixed matrix)"
 
@@ -103,12 +108,13 @@ RULES = {
         {"feedback_init": FEEDBACK_INIT}),
     "dfa": RuleSpec(
         "dfa", False, "direct feedback alignment: fixed random feedback, ordinary layers",
-        dict(alpha=1.0, feedback="global", feedback_spatial="full", feedback_init="random"),
+        dict(alpha=1.0, feedback="global", feedback_spatial="full", feedback_init="random",
+             readout_grid=2, readout_trained=False),
         1e-3, {"feedback": ROUTES, "feedback_spatial": SPATIAL, "feedback_init": FEEDBACK_INIT}),
     "ssa": RuleSpec(
         "ssa", True, "SVD-space alignment: direct, transport-free local learning of SVD factors",
         dict(_FACTOR_OPTIONS, alpha=1.0, feedback="chain", feedback_spatial="full",
-             feedback_init="forward", gamma=0.0),
+             feedback_init="forward", gamma=0.0, readout_grid=2, readout_trained=False),
         3e-4, {"feedback": ROUTES, "feedback_spatial": SPATIAL, "feedback_init": FEEDBACK_INIT}),
     "fa": RuleSpec(
         "fa", True, "feedback alignment through the SVD feedback factors (sequential)",
