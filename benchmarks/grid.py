@@ -30,9 +30,10 @@ from ssa_tf import config as cfg_lib
 from ssa_tf.cli import usage_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# settings that do not change what is trained
+# settings that do not change what is trained (recompute: the same gradients,
+# another order of work)
 _IGNORED = ("workdir", "data_dir", "manual_dir", "restart", "checkpoint_steps",
-            "keep_checkpoints", "skip_nonfinite_steps", "diagnostics_every", "seed")
+            "keep_checkpoints", "skip_nonfinite_steps", "diagnostics_every", "seed", "recompute")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("grid", None, f"one of {', '.join(GRIDS)}")

@@ -66,6 +66,27 @@ GRIDS = {
                 learning_rate=1e-3),
             "fa": dict(mode="fa"),
         }),
+    # the parametrization alone: backprop through the SVD factors (svd-bp), one knob
+    # at a time, against BP through ordinary layers
+    "svd_param": dict(
+        caption="The SVD parametrization under backprop (svd-bp) and under SSA's local "
+                "route with a trained read-out, one setting at a time (smallconv, first "
+                "10,000 training images, 5 epochs, no augmentation).",
+        base=dict(_CIFAR, model="smallconv", epochs=5, max_train_examples=10000,
+                  augment=False),
+        seeds=SEEDS,
+        variants={
+            "svd-bp, gamma 0": dict(mode="svd-bp", gamma=0.0),
+            "svd-bp, no terms": dict(mode="svd-bp", beta=0.0, gamma=0.0),
+            "svd-bp, no terms, lr 1e-3": dict(mode="svd-bp", beta=0.0, gamma=0.0,
+                                              learning_rate=1e-3),
+            "svd-bp, no terms, lr 1e-4": dict(mode="svd-bp", beta=0.0, gamma=0.0,
+                                              learning_rate=1e-4),
+            "svd-bp, no terms, s rate x10": dict(mode="svd-bp", beta=0.0, gamma=0.0,
+                                                 s_rate_scale=10.0),
+            "svd-bp, no terms, Stiefel retraction": dict(mode="svd-bp", beta=0.0, gamma=0.0,
+                                                         stiefel_retraction=True),
+        }),
     # the headline: every rule at its defaults, 20 epochs with augmentation
     "rules_smallconv": dict(
         caption="Every rule at its defaults: smallconv, first 10,000 training images with "

@@ -162,3 +162,29 @@ def test_gated_chain_is_backprop_through_normalized_residual_blocks(norm):
     spec = _true_and_chain(model, x, y, gated=True, jacobians=False)[1]
     cos = [_cosine(d, t) for d, t in zip(spec, true)]
     assert cos[0] < 0.9 and cos[0] < cos[-1], cos
+
+
+def test_the_ungated_chain_is_a_fixed_matrix_kept_in_step_with_rank_cuts():
+    # computed once from K unit errors, J_i^T e equals the pass through the feedback
+    # network; after a rank cut (new feedback factors) it is recomputed
+    from ssa_tf.methods.routes import global_std
+    from ssa_tf.training.model import build_model
+    from ssa_tf.training.rank import apply_cut
+
+    model = build_model("resnet32", (8, 8, 3), 10, mode="ssa")
+    x = tf.random.normal((4, 8, 8, 3), seed=1)
+    outs, h = [], x
+    for m in model.local_modules:
+        h = m(h)
+        outs.append(h)
+    e = losses.output_error(h + tf.random.normal(h.shape, seed=2), tf.constant([0, 1, 2, 3]), 10)
+
+    def through_the_network():
+        deltas = chain.chain_signals(model.local_modules, outs, e, model.feedback_kernels)
+        return [d * global_std(e) / (global_std(d) + 1e-12) for d in deltas]
+
+    for _ in range(2):
+        for a, b in zip(signals(model, outs, e), through_the_network()):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # float32 sums, other order
+        apply_cut(model, 0.5)
+    assert len(model.rule.route.matrices) == 15

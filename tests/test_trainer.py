@@ -248,3 +248,22 @@ def test_pool_to_grid_is_adaptive_average_pooling():
     expected = [x[:, 0:3, 0:2].mean((1, 2)), x[:, 0:3, 2:4].mean((1, 2)),
                 x[:, 2:5, 0:2].mean((1, 2)), x[:, 2:5, 2:4].mean((1, 2))]
     np.testing.assert_allclose(out, np.stack(expected, axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("feedback", ["chain", "global"])
+def test_recompute_gives_the_same_step_and_updates_batch_statistics_once(feedback):
+    # the memory-saving replay (one module's activations at a time) computes the
+    # same gradients, and the replayed batch norms leave their moving statistics alone
+    x, y = batch((16, 16, 3), n=16)
+    results = {}
+    for recompute in (False, True):
+        model = build_model("smallconv", (16, 16, 3), 10, mode="ssa", feedback=feedback,
+                            norm="batch", recompute=recompute, seed=4)
+        grads = [g.numpy() for g, _ in model.local_gradients(tf.constant(x), tf.constant(y))[0]]
+        bn = next(l for l in model._flatten_layers() if isinstance(l, LocalBatchNorm))
+        model.train_on_batch(x, y)
+        results[recompute] = grads, bn.moving_mean.numpy(), model.card().held_activations
+    for a, b in zip(results[False][0], results[True][0]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(results[False][1], results[True][1], rtol=1e-6, atol=1e-7)
+    assert results[True][2] == "one module at a time" and results[False][2] == "all modules"

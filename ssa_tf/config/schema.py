@@ -61,6 +61,7 @@ class MethodConfig:
     s_rate_scale: float | None = None
     readout_grid: int | None = None
     readout_trained: bool | None = None
+    recompute: bool | None = None
 
     def options(self) -> dict:
         return {k: getattr(self, k) for k in methods.OPTIONS}

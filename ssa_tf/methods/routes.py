@@ -32,7 +32,11 @@ MAX_FULL_MAP_ENTRIES = 64 * 1024 ** 2  # 256 MiB of float32
 
 class Route:
     name = ""
+
+    def refresh(self, model):
+        """Recompute what the route derives from the feedback weights (after a rank cut)."""
     needs_error = True  # False: the module's loss needs no output error
+    direct = True  # the signals are a fixed function of e (no later module's activations)
 
     def extra_variables(self, model, i):
         """Variables of the route's that module i trains with its own (none: fixed)."""
@@ -107,6 +111,7 @@ class ChainRoute(Route):
 
     def __init__(self, gated=False, jacobians=True):
         self.gated, self.jacobians = bool(gated), bool(jacobians)
+        self.direct = not self.gated
 
     def build(self, model, rng):
         # SVD layers carry their feedback factors; plain layers get a fixed kernel
@@ -114,12 +119,39 @@ class ChainRoute(Route):
         init = model.rule.options.get("feedback_init", "random")
         for name, k in chain.plain_feedback_kernels(model.local_modules, init, rng).items():
             model.feedback_kernels[name] = _fixed(model, f"feedback_kernel_{name}", k)
+        # Ungated, the chain is a fixed linear map from e (K numbers) to each module's
+        # output: its matrices J_i^T, computed once (one pass of K unit errors) instead
+        # of a backward pass through the feedback network every step. They follow
+        # the feedback factors: a rank cut recomputes them (``refresh``).
+        self.matrices = []
+        shapes = model.module_output_shapes[:-1]
+        if not self.gated and sum(int(np.prod(s)) for s in shapes) * model.num_classes \
+                <= MAX_FULL_MAP_ENTRIES:
+            self.matrices = [_fixed(model, f"chain_matrix_{i}", np.zeros((model.num_classes,
+                                                                          *s), np.float32))
+                             for i, s in enumerate(shapes)]
+            self.refresh(model)
+
+    def refresh(self, model):
+        """Recompute the ungated chain's fixed matrices from the feedback weights."""
+        if not self.matrices:
+            return
+        k = model.num_classes
+        outputs = [tf.zeros((k, *s)) for s in model.module_output_shapes]
+        deltas = chain.chain_signals(model.local_modules, outputs, tf.eye(k),
+                                     model.feedback_kernels)
+        for var, d in zip(self.matrices, deltas):
+            var.assign(d)
 
     def signals(self, model, outputs, error):
         """Each module's J_i^T e, rescaled to the std of e: the linear chain's gain
         differs from module to module (SPEC section 3)."""
-        deltas = chain.chain_signals(model.local_modules, outputs, error, model.feedback_kernels,
-                                     gated=self.gated, jacobians=self.jacobians)
+        if self.matrices:
+            deltas = [ops.tensordot(error, m, axes=1) for m in self.matrices]
+        else:
+            deltas = chain.chain_signals(model.local_modules, outputs, error,
+                                         model.feedback_kernels, gated=self.gated,
+                                         jacobians=self.jacobians)
         scale = global_std(error)  # global-batch statistics, so that replicas rescale alike
         return [ops.stop_gradient(d * scale / (global_std(d) + 1e-12)) for d in deltas]
 

@@ -22,7 +22,7 @@ from keras import ops
 import tensorflow as tf
 
 from ssa_tf.methods import losses
-from ssa_tf.nn import svd_layers
+from ssa_tf.nn import replaying, svd_layers
 from ssa_tf.methods import spec as spec_lib
 from ssa_tf.methods.routes import ChainRoute, LocalRoute, make_route
 
@@ -123,6 +123,8 @@ class Local(LearningRule):
     def gradients(self, model, x, y, error=None):
         if not self.route.needs_error:
             return self._one_module_at_a_time(model, x, y)
+        if self.recomputes:
+            return self._recomputed(model, x, y, error)
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         tapes, outputs = [], []
         h = x
@@ -141,6 +143,40 @@ class Local(LearningRule):
         for i, (tape, h) in enumerate(zip(tapes, outputs)):
             with tape:  # re-entering continues recording on module i's tape
                 results.append(self._module_step(model, i, tape, h, error, y, signals, replicas))
+        return self._collect(results, logits)
+
+    @property
+    def recomputes(self) -> bool:
+        """The route's signals need only e (not the later modules' activations): the
+        forward pass keeps just each module's input, and each module's forward is
+        replayed under its own tape once the signals are known."""
+        return bool(self.options.get("recompute")) and self.route.direct
+
+    def _recomputed(self, model, x, y, error):
+        """One module's activations at a time: a forward pass that keeps only the module
+        boundaries, the output error and every module's signal from it, then each
+        module's forward replayed under its own tape, its gradient taken and its
+        activations released before the next (the order enforced in the graph)."""
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        outputs, h = [], x
+        for m in model.local_modules:
+            h = ops.stop_gradient(m(h, training=True))
+            outputs.append(h)
+        logits = outputs[-1]
+        if error is None:
+            error = losses.output_error(logits, y, model.num_classes)
+        error = ops.stop_gradient(error)
+        signals = self.route.signals(model, outputs, error)
+        inputs = [x, *outputs[:-1]]
+        results, deps = [], [logits]
+        with replaying(model.local_modules):
+            for i, m in enumerate(model.local_modules):
+                with tf.control_dependencies(deps):
+                    with tf.GradientTape() as tape:
+                        h = m(tf.identity(inputs[i]), training=True)
+                        results.append(self._module_step(model, i, tape, h, error, y, signals,
+                                                         replicas))
+                deps = [g for g, _ in results[-1][0] if g is not None]
         return self._collect(results, logits)
 
     def _one_module_at_a_time(self, model, x, y):

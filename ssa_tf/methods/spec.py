@@ -26,6 +26,9 @@ FEEDBACK_INIT = ("random", "forward")
 #                     Jacobians at the forward pass
 #   feedback_tracking lagging copy: after every step B <- B + eta (W - B)
 #   beta, gamma       weights of the alignment and orthogonality terms
+#   recompute         direct routes: keep only the module boundaries in the forward
+#                     pass and replay each module's forward under its own tape
+#                     (one module's activations held at a time, one more forward)
 #   readout_grid      local route: the grid a feature map is average-pooled to
 #   readout_trained   local route: the read-out learns from the module's CE too
 #   stiefel_retraction, s_rate_scale   SVD factors: QR retraction, s's own rate
@@ -64,7 +67,8 @@ def _transport(options):
 def _direct_card(rule, route_error):
     def card(o):
         route = o["feedback"]
-        held = "one module at a time" if route == "local" else "all modules"
+        held = ("one module at a time" if route == "local" or o.get("recompute")
+                else "all modules")
         return LocalityCard(rule, False, _transport(o) if route == "chain" or rule == "ssa"
                             else "never", held, route_error(o))
     return card
@@ -109,12 +113,13 @@ RULES = {
     "dfa": RuleSpec(
         "dfa", False, "direct feedback alignment: fixed random feedback, ordinary layers",
         dict(alpha=1.0, feedback="global", feedback_spatial="full", feedback_init="random",
-             readout_grid=2, readout_trained=False),
+             readout_grid=2, readout_trained=False, recompute=True),
         1e-3, {"feedback": ROUTES, "feedback_spatial": SPATIAL, "feedback_init": FEEDBACK_INIT}),
     "ssa": RuleSpec(
         "ssa", True, "SVD-space alignment: direct, transport-free local learning of SVD factors",
         dict(_FACTOR_OPTIONS, alpha=1.0, feedback="chain", feedback_spatial="full",
-             feedback_init="forward", gamma=0.0, readout_grid=2, readout_trained=False),
+             feedback_init="forward", gamma=0.0, readout_grid=2, readout_trained=False,
+             recompute=True),
         3e-4, {"feedback": ROUTES, "feedback_spatial": SPATIAL, "feedback_init": FEEDBACK_INIT}),
     "fa": RuleSpec(
         "fa", True, "feedback alignment through the SVD feedback factors (sequential)",

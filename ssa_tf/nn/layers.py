@@ -9,6 +9,8 @@ callback only call these methods; they never touch the variables directly.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import keras
 from keras import ops
@@ -254,6 +256,21 @@ class LocalBatchNorm(keras.layers.BatchNormalization):
     def __init__(self, stop_stat_gradient=True, **kwargs):
         super().__init__(**kwargs)
         self.stop_stat_gradient = bool(stop_stat_gradient)
+        # True while a learning rule recomputes a forward pass it already ran (a
+        # memory-saving replay): normalize with the batch statistics, as then,
+        # but do not update the moving ones a second time
+        self.replaying = False
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable and self.replaying):
+            return super().call(inputs, training=training, mask=mask)
+        x = ops.cast(inputs, "float32")
+        mean, variance = self._moments(x, mask)
+        gamma = ops.cast(self.gamma, x.dtype) if self.scale else None
+        beta = ops.cast(self.beta, x.dtype) if self.center else None
+        out = ops.batch_normalization(x=x, mean=mean, variance=variance, axis=self.axis,
+                                      offset=beta, scale=gamma, epsilon=self.epsilon)
+        return ops.cast(out, self.compute_dtype)
 
     def _moments(self, inputs, mask):
         mean, variance = super()._moments(inputs, mask)
@@ -274,3 +291,18 @@ def svd_layers(layer) -> list:
         if isinstance(sub, SVDLayer):
             found.append(sub)
     return found
+
+
+@contextlib.contextmanager
+def replaying(modules):
+    """While inside, the batch norms of ``modules`` leave their moving statistics alone
+    (a recomputed forward pass must not update them twice)."""
+    norms = [l for m in modules for l in m._flatten_layers(include_self=True, recursive=True)
+             if isinstance(l, LocalBatchNorm)]
+    for n in norms:
+        n.replaying = True
+    try:
+        yield
+    finally:
+        for n in norms:
+            n.replaying = False

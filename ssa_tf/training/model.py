@@ -84,6 +84,12 @@ class SSAModel(keras.Model):
     def card(self):
         return self.rule.card()
 
+    def feedback_changed(self):
+        """The feedback factors changed (a rank cut): the rule refreshes what it derives."""
+        route = getattr(self.rule, "route", None)
+        if route is not None:
+            route.refresh(self)
+
     def svd_layers(self):
         return [l for m in self.local_modules for l in svd_layers(m)]
 

@@ -126,6 +126,7 @@ def _applied(model, cut):
         records, pairs = cut()
         if pairs:
             model.optimizer = rebuild_optimizer(model, pairs)
+            model.feedback_changed()
             retrace(model)
     return records
 
