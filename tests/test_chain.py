@@ -97,7 +97,7 @@ def test_lagged_copy_moves_b_towards_the_forward_factors_and_fa_does_not():
     b0 = layer_m.B_U.numpy().copy()
     fixed.train_on_batch(x, y)
     moving.train_on_batch(x, y)
-    np.testing.assert_array_equal(layer_f.B_U.numpy(), b_fixed)  # SPEC: never changes
+    np.testing.assert_array_equal(layer_f.B_U.numpy(), b_fixed)  # fixed: never changes
     # B_U <- B_U + eta (U - B_U), with U after the optimizer step
     np.testing.assert_allclose(layer_m.B_U.numpy(), b0 + 0.25 * (layer_m.U.numpy() - b0),
                                rtol=1e-5, atol=1e-6)
@@ -133,7 +133,7 @@ def test_gated_chain_with_forward_feedback_is_backprop_at_initialization():
     true, gated = _true_and_chain(model, x, y, gated=True)
     for d, t in zip(gated, true):
         np.testing.assert_allclose(d, t, rtol=1e-4, atol=1e-6)
-    # SPEC's network averages where the forward max-pools: module 0's signal
+    # the linear network of algorithm §3 averages where the forward max-pools: module 0's signal
     # crosses m1's max pool and differs; module 2's does not
     spec = _true_and_chain(model, x, y, gated=True, jacobians=False)[1]
     assert float(tf.reduce_max(tf.abs(spec[0] - true[0]))) > 1e-3
@@ -148,7 +148,7 @@ def test_gated_chain_is_backprop_through_normalized_residual_blocks(norm):
     # normalizations. With their Jacobians the signals are BP's (layer norm's
     # exact one; batch norm's with the batch statistics constant, which is
     # what a local backward through LocalBatchNorm computes); as identities
-    # (SPEC's linear network) they drift from BP with distance from the head.
+    # (the linear network of algorithm §3) they drift from BP with distance from the head.
     model = SSAModel("resnet32", (8, 8, 3), 10, mode="fa", norm=norm, head_init="glorot")
     assert model.options["chain_jacobians"] and model.rule.route.gated
     x = tf.random.normal((8, 8, 8, 3), seed=3)

@@ -107,6 +107,6 @@ def test_default_style_run_writes_the_workdir(tmp_path):
     angles = [float(r[2]) for r in rows if r[1] in ("m0", "m1")]
     # the direct rule's hidden updates are what they are: well away from BP's (not
     # near 0, as a rule that copies the forward weights would make them), and
-    # within 90 degrees on average once training has started (SPEC section 7)
+    # within 90 degrees on average once training has started (BUILD.md, algorithm §7)
     assert len(angles) == 2 * len(steps) and 20 < sum(angles[2:]) / len(angles[2:]) < 90
     assert any(r[1] == "norm_ratio:m0_dense" for r in rows)

@@ -1,6 +1,6 @@
 """Conversion into and out of SVD form, ONNX/SavedModel export and the deploy script.
 
-Issue 6 and SPEC section 7 ("merging the truncated factors into plain
+Issue 6 and BUILD.md, algorithm §7 ("merging the truncated factors into plain
 Dense/Conv2D layers changes the outputs by float32 rounding only; the ONNX
 export matches Keras"). References are the original Keras models and SSA
 models themselves; multiply-add counts are recomputed from the exported

@@ -1,6 +1,6 @@
 """Numerical tests of the SVD layers, rank reduction and LocalBatchNorm.
 
-SPEC sections 2, 5 and 7. Every reference value is computed independently with
+BUILD.md, algorithm §2, §5 and §7. Every reference value is computed independently with
 NumPy (float64) or with the stock Keras layer; the library's own helpers are
 only used as the object under test.
 """
@@ -29,7 +29,7 @@ def np_(v):
 
 
 def conv_matrix(kernel):
-    """K'[(n, w), (c, h)] = K[h, w, c, n] (SPEC section 2), written from the spec."""
+    """K'[(n, w), (c, h)] = K[h, w, c, n] (BUILD.md, algorithm §2), written from BUILD.md, algorithm §2."""
     kh, kw, c, n = kernel.shape
     out = np.empty((n * kw, c * kh), np.float64)
     for ni in range(n):
@@ -172,7 +172,7 @@ def test_conv_matrix_layout_matches_spec():
 # --------------------------------------------------------------------------
 
 def _check_truncation(layer, r, rng):
-    """Truncate to r and check everything SPEC section 5 promises."""
+    """Truncate to r and check everything BUILD.md, algorithm §5 promises."""
     m, n = layer.U.shape[0], layer.V.shape[0]
     before = factor_matrix(layer)
     old_fb = [np_(v) for v in (layer.B_U, layer.B_s, layer.B_V)]
@@ -281,7 +281,7 @@ def test_truncate_twice_and_rank_never_increases():
 
 
 def test_truncate_change_bounded_by_discarded_energy():
-    # SPEC 7: the function changes by no more than the discarded energy:
+    # algorithm §7: the function changes by no more than the discarded energy:
     # ||W - W_r||_F^2 = (1 - energy) ||W||_F^2
     rng = np.random.default_rng(7)
     layer = SVDDense.from_dense(make_dense(rng, 10, 12))

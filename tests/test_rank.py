@@ -1,4 +1,4 @@
-"""Rank reduction during training: SPEC section 5 properties, for real shapes."""
+"""Rank reduction during training: BUILD.md, algorithm §5 properties, for real shapes."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""The local-loss trainer: SPEC section 7 properties and real training."""
+"""The local-loss trainer: BUILD.md, algorithm §7 properties and real training."""
 
 import numpy as np
 import pytest
@@ -128,7 +128,7 @@ def _module_updates(model, x, y, error):
     ("dfa", dict(feedback="chain"), True),
     ("fa", {}, False), ("bp-lagged-copy", {}, False)])
 def test_a_direct_rules_update_ignores_the_later_modules_weights(mode, options, direct):
-    # SPEC section 3a: with the output error e held fixed, module i's update is
+    # BUILD.md, algorithm §3a: with the output error e held fixed, module i's update is
     # a fixed function of e and its own forward pass. Changing the forward
     # weights of the modules after it changes nothing for a direct rule; for
     # feedback alignment (gated by the later modules' forward pass) it does.

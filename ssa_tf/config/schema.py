@@ -84,7 +84,7 @@ class RankConfig:
     interval: int = 10
     min: int = 1
     exempt: tuple = ()
-    feedback_cut: str = "first"  # svd: re-factor the feedback factors too; first: SPEC's cut
+    feedback_cut: str = "first"  # svd: re-factor the feedback factors too; first: the seed's cut
     final_cut: bool = False  # also cut after the last epoch
     warmup_steps: int = 0  # after each cut the rate ramps up over this many steps
 

@@ -35,7 +35,7 @@ def load_cifar(builder, batch_size, seed, augment, max_train_examples, validatio
         return (tf.cast(image, tf.float32) - mean) / std, label_
 
     def augment_fn(example, seeds):
-        # seed section 2: random 32x32 crop after 4-pixel zero padding of the raw
+        # supplementary §2: random 32x32 crop after 4-pixel zero padding of the raw
         # image (black border, as torchvision's RandomCrop(32, padding=4)), flip
         image, label_ = example
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seeds, 2))

@@ -32,7 +32,7 @@ from ssa_tf.export import convert
 from ssa_tf import data as data_lib
 from ssa_tf.export.config import DEFAULT_OPSET, ExportConfig, UsageError
 
-# SPEC section 7: the export changes the logits by float32 rounding only
+# BUILD.md, algorithm §7: the export changes the logits by float32 rounding only
 LOGIT_ATOL = 1e-4
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "logits", "batch"
 

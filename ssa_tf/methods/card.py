@@ -43,7 +43,7 @@ class LocalityCard:
 
     @property
     def direct(self) -> bool:
-        """Direct and transport-free after construction: SPEC section 3a's test."""
+        """Direct and transport-free after construction: BUILD.md, algorithm §3a's test."""
         return not self.sequential and self.weight_transport != "continuously"
 
     def as_dict(self) -> dict:

@@ -1,4 +1,4 @@
-"""Route ``chain`` (SPEC section 3): the output error through a fixed linear network.
+"""Route ``chain`` (BUILD.md, algorithm §3): the output error through a fixed linear network.
 
 The feedback network is the forward network with every weight replaced by
 its fixed feedback weight (an SVD layer's B = B_U diag(B_s) B_V^T; a plain
@@ -46,7 +46,7 @@ def norm_jacobian(step, a, x):
 
     Layer norm: its exact Jacobian, gamma/sigma (a - mean(a) - xhat mean(xhat a))
     over the normalized axes. Batch norm: gamma/sigma a with the batch's sigma, as
-    in a local backward (statistics constant, SPEC section 4), and the forward
+    in a local backward (statistics constant, BUILD.md, algorithm §4), and the forward
     value with the batch's statistics, as in training, without touching the
     moving ones.
     """
@@ -79,8 +79,8 @@ def gated_feedback(step, a, kernels, x, jacobians=True):
     feedback alignment proper (Lillicrap et al. 2016), and with
     ``jacobians=True`` each normalization and max-pool applies its own
     Jacobian at the forward input (``False``: normalizations pass the signal
-    unchanged and max-pools average, as in SPEC's linear network). With
-    ``x=None`` the network is purely linear (SPEC's chain route).
+    unchanged and max-pools average, as in the linear network of algorithm §3). With
+    ``x=None`` the network is purely linear (the chain route of algorithm §3).
     """
     fwd = x is not None
     if step is None:

@@ -1,4 +1,4 @@
-"""The terms of SSA's composite local loss (SPEC section 4, seed eq. 1-19).
+"""The terms of SSA's composite local loss (BUILD.md, algorithm §4, supplementary eq. 1-19).
 
 Each function returns a scalar for one SVD layer; the trainer sums them over
 a module's layers and weights them with alpha, beta, gamma.

@@ -1,4 +1,4 @@
-"""How the output error reaches a non-final module (SPEC section 3): the routes.
+"""How the output error reaches a non-final module (BUILD.md, algorithm §3): the routes.
 
 A route builds its fixed feedback state once (as non-trainable weights of the
 model) and turns module i's output h_i into the CE part of its local loss:
@@ -80,7 +80,7 @@ class GlobalRoute(Route):
 class LocalRoute(Route):
     """Each module's own CE through a read-out of its pooled output. ``trained``: the
     read-out learns from that CE too (a linear probe trained alongside the module,
-    as Noekland & Eidnes 2019's prediction loss); else it stays fixed (LLS, SPEC)."""
+    as Noekland & Eidnes 2019's prediction loss); else it stays fixed ((LLS))."""
 
     name = "local"
     needs_error = False
@@ -145,7 +145,7 @@ class ChainRoute(Route):
 
     def signals(self, model, outputs, error):
         """Each module's J_i^T e, rescaled to the std of e: the linear chain's gain
-        differs from module to module (SPEC section 3)."""
+        differs from module to module (BUILD.md, algorithm §3)."""
         if self.matrices:
             deltas = [ops.tensordot(error, m, axes=1) for m in self.matrices]
         else:

@@ -17,7 +17,7 @@ SPATIAL = ("broadcast", "full")
 FEEDBACK_INIT = ("random", "forward")
 
 # What the options mean (``--help`` and the errors name them):
-#   feedback          how a non-final module gets its error (SPEC section 3)
+#   feedback          how a non-final module gets its error (BUILD.md, algorithm §3)
 #   feedback_spatial  global route on a feature map: one error per channel
 #                     (broadcast) or per unit (full, Noekland 2016)
 #   feedback_init     feedback factors (or kernels): an independent random draw,

@@ -90,7 +90,7 @@ class SVDDense(SVDLayer, keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SVDConv2D(SVDLayer, keras.layers.Layer):
-    """2-D convolution in spatial-SVD form (SPEC section 2), channels last.
+    """2-D convolution in spatial-SVD form (BUILD.md, algorithm §2), channels last.
 
     The kernel K (kh, kw, C, N) is viewed as K'[(n, w), (c, h)] and
     factored; the layer runs a vertical (kh x 1, C -> r) convolution then a
@@ -248,7 +248,7 @@ def _conv_len(n, k, s, padding):
 class LocalBatchNorm(keras.layers.BatchNormalization):
     """Batch norm whose batch statistics are constants in the backward pass.
 
-    SPEC section 4 / seed section 2: batch norm acts in the forward pass only;
+    BUILD.md, algorithm §4 / supplementary §2: batch norm acts in the forward pass only;
     a module's local gradient does not flow through the batch mean and
     variance. With ``stop_stat_gradient=False`` it is ordinary batch norm (BP).
     """

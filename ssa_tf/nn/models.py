@@ -70,7 +70,7 @@ class LayerFactory:
         if self.norm == "layer":
             return keras.layers.LayerNormalization(axis=-1, name=name)
         if self.norm == "batch":
-            # statistics are constants in a local backward (SPEC section 4)
+            # statistics are constants in a local backward (BUILD.md, algorithm §4)
             return LocalBatchNorm(stop_stat_gradient=self.local, name=name)
         return None
 
@@ -99,7 +99,7 @@ class ResidualBlock(keras.layers.Layer):
     """Basic ResNet block: conv-norm-relu-conv-norm (+ shortcut) -relu.
 
     Inside a module ordinary backprop is allowed, so the whole block is one
-    local module (seed section 2: a "fundamental layer").
+    local module (supplementary §2: a "fundamental layer").
     """
 
     def __init__(self, factory: LayerFactory, filters, strides, in_filters, name):

@@ -3,7 +3,7 @@
 ``SVDLayer`` (mixed into ``SVDDense`` and ``SVDConv2D``) creates the forward
 factors and the fixed feedback factors of the same shapes, merges them back
 into a kernel, computes the exact spectrum of a trained layer and re-factors
-it at a lower rank (SPEC sections 2 and 5).
+it at a lower rank (BUILD.md, algorithm §2 and §5).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ FORWARD_FORMS = ("auto", "factored", "merged")  # how SVDConv2D evaluates its co
 
 
 def exact_singular_values(U, s, V):
-    """Exact SVD of U diag(s) V^T without forming it (SPEC section 5).
+    """Exact SVD of U diag(s) V^T without forming it (BUILD.md, algorithm §5).
 
     Trained U and V are only near-orthonormal, so s is not the spectrum of the
     layer. QR of U and V reduces the problem to the SVD of an r x r core.
@@ -152,12 +152,12 @@ class SVDLayer:
         return exact_singular_values(*(ops.convert_to_numpy(v) for v in (self.U, self.s, self.V)))[1]
 
     def truncate(self, rank: int, feedback: str = "first") -> dict:
-        """Re-factor exactly and cut to ``rank`` (SPEC section 5).
+        """Re-factor exactly and cut to ``rank`` (BUILD.md, algorithm §5).
 
         The forward weight becomes the best rank-``rank`` approximation of the
         current weight (Eckart-Young). The feedback factors:
 
-        - ``"first"`` (SPEC): keep their first ``rank`` components. The forward
+        - ``"first"`` (the default): keep their first ``rank`` components. The forward
           factors are now in a new basis (the exact SVD's), so component i of
           B no longer matches component i of the forward factors;
         - ``"svd"``: re-factored the same way, B becomes its own best rank-r

@@ -3,7 +3,7 @@
 The rule (``ssa_tf.methods.rules``) computes every module's gradient: end to
 end for ``bp``/``svd-bp``; module by module for the local rules, each module
 under its own ``GradientTape`` with its input stop-gradiented, from its local
-loss alpha CE_i + beta L_align,i + gamma L_ortho,i (SPEC sections 3-4). The
+loss alpha CE_i + beta L_align,i + gamma L_ortho,i (BUILD.md, algorithm §3-§4). The
 model applies them with one optimizer step and keeps the logs.
 """
 

@@ -1,4 +1,4 @@
-"""Rank reduction during training (SPEC section 5): the ``RankPruning`` callback.
+"""Rank reduction during training (BUILD.md, algorithm §5): the ``RankPruning`` callback.
 
 Every ``interval`` epochs from epoch ``start`` each SVD layer is re-factored
 exactly and cut to the smallest rank keeping a fraction ``tau`` of its energy.
@@ -28,7 +28,7 @@ import tensorflow as tf
 from ssa_tf.nn import energy_rank
 from ssa_tf.training.csvlog import keep_rows
 
-# seed section 2 / SPEC section 6
+# supplementary §2 / BUILD.md, algorithm §6
 PRESETS = {
     "cifar100": dict(tau=0.95, start=0, interval=10),
     "imagenet": dict(tau=0.90, start=20, interval=10),
