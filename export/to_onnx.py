@@ -41,6 +41,8 @@ flags.DEFINE_string("form", "auto", "per SVD layer: auto (fewer multiply-adds), 
                     "(one layer) or factored (two stacked layers)")
 flags.DEFINE_integer("latency_runs", 50, "timed onnxruntime runs per batch size")
 flags.DEFINE_integer("verify_batch", 64, "evaluation examples compared with the SSA model")
+flags.DEFINE_string("input", "raw", "what the export takes: raw (pixels 0-255; the training "
+                    "normalization folded in) or normalized (the pipeline's tensors)")
 
 HELP = f"""Deploy a trained SSA model: merge its SVD layers, export ONNX (and a SavedModel).
 
@@ -54,6 +56,8 @@ usage: python export/to_onnx.py --workdir=RUN --output=model.onnx [flags]
                        factored (two stacked layers)
   --latency_runs=N     timed onnxruntime runs per batch size (50)
   --verify_batch=N     evaluation examples compared with the SSA model (64)
+  --input=raw          raw: pixels 0-255 in (the training normalization folded in, the
+                       default); normalized: the training pipeline's tensors
   --flagfile=FILE      read flags from FILE
 
 The export is checked with onnxruntime against the SSA model on the run's
@@ -83,7 +87,8 @@ def main(argv):
         usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
     cfg = cfg_lib.ExportConfig(workdir=FLAGS.workdir, output=FLAGS.output,
                                saved_model=FLAGS.saved_model, opset=FLAGS.opset, form=FLAGS.form,
-                               latency_runs=FLAGS.latency_runs, verify_batch=FLAGS.verify_batch)
+                               latency_runs=FLAGS.latency_runs, verify_batch=FLAGS.verify_batch,
+                               input=FLAGS.input)
     problem = cfg_lib.validate(cfg)
     if problem:
         usage_error(problem)

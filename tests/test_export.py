@@ -343,11 +343,31 @@ def test_script_exports_verifies_and_reports(workdir, tmp_path):
     text = result.stdout
     assert "m1_dense" in text and "factored" in text and "dense (all merged)" in text
     assert "top-1 identical" in text and "mnist5k:test" in text
-    # the file on disk is the verified one
+    # raw pixels in: the training normalization is folded into the export, and said
+    assert "input: raw pixels in [0, 255], (batch, 28, 28, 1) float32" in text
+    import onnx
+    proto = onnx.load_from_string(out.read_bytes())
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["ssa_tf.input.values"] == "raw pixels in [0, 255]"
+    assert meta["ssa_tf.dataset"] == "mnist5k" and meta["ssa_tf.classes"] == "10"
+    assert "33.3285" in meta["ssa_tf.input.normalization"]
+    # the file on disk is the verified one: real digits as pixels, against the SSA
+    # model fed what its training pipeline fed it
+    from ssa_tf import data
+    pixels = data.embedded_arrays()[2][:16] * 78.5655 + 33.3285
+    assert pixels.min() >= -1e-3 and pixels.max() <= 255.001
     session = export.onnx_session(out.read_bytes())
     model = keras.models.load_model(workdir / "model.keras")
-    x = _rng_batch((28, 28, 1), 3)
-    np.testing.assert_allclose(export.run_onnx(session, x), model(x), atol=1e-4)
+    normalized = data.embedded_arrays()[2][:16]
+    np.testing.assert_allclose(export.run_onnx(session, pixels.astype(np.float32)),
+                               model(normalized), atol=1e-4)
+    # --input=normalized keeps the old contract
+    out2 = tmp_path / "normalized.onnx"
+    again = run_script(f"--workdir={workdir}", f"--output={out2}", "--input=normalized",
+                       "--latency_runs=1")
+    assert again.returncode == 0, again.stderr
+    np.testing.assert_allclose(export.run_onnx(export.onnx_session(out2.read_bytes()),
+                                               normalized), model(normalized), atol=1e-4)
 
 
 def test_export_run_leaves_nothing_when_parity_fails(workdir, tmp_path, monkeypatch):

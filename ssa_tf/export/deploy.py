@@ -179,6 +179,7 @@ class ExportResult:
     dataset_split: str
     output: str
     saved_model: str | None
+    input_spec: dict  # what the exported model takes (also in the ONNX metadata)
 
 
 def load_run_model(path: str) -> keras.Model:
@@ -194,7 +195,7 @@ _LOAD_FIXED = ("name", "batch_size", "augment", "max_train_examples", "validatio
 
 
 def evaluation_batch(cfg: ExportConfig, input_shape):
-    """(x, split) from the test split of the dataset in the run's config.json."""
+    """(x, split, dataset) from the test split of the dataset in the run's config.json."""
     try:
         with open(cfg.config_path) as f:
             run_config = json.load(f)
@@ -216,7 +217,39 @@ def evaluation_batch(cfg: ExportConfig, input_shape):
     if tuple(x.shape[1:]) != tuple(input_shape):
         raise UsageError(f"dataset {dataset!r} has inputs {tuple(x.shape[1:])}, the model expects "
                          f"{tuple(input_shape)}")
-    return x, ds.test_split
+    return x, ds.test_split, dataset
+
+
+def input_spec(dataset, input_shape, form):
+    """What the exported model takes, for the report and the ONNX metadata, and the
+    (mean, std) folded into it (None: it takes the normalized tensors)."""
+    stats = data_lib.input_normalization(dataset) if form == "raw" else None
+    shape = f"(batch, {', '.join(map(str, input_shape))})"
+    if stats is None:
+        what = ("the training pipeline's normalized tensors" if form == "normalized"
+                else "standard-normal tensors (synthetic data)")
+        return {"shape": shape, "dtype": "float32", "values": what}, None
+    mean, std = stats
+    resize = (f", resized and center-cropped to {input_shape[0]}x{input_shape[1]}"
+              if dataset == "imagenet2012" else "")
+    spec = {"shape": shape, "dtype": "float32", "layout": "channels last (NHWC)",
+            "values": f"raw pixels in [0, 255]{resize}",
+            "normalization": f"folded in: (x - {list(map(float, mean))}) / "
+                             f"{list(map(float, std))}"}
+    return spec, stats
+
+
+def with_input_normalization(model, stats):
+    """``model`` behind a fixed per-channel (x - mean) / std, or ``model`` itself."""
+    if stats is None:
+        return model
+    mean, std = (np.asarray(v, np.float64) for v in stats)
+    inputs = keras.Input(tuple(model.inputs[0].shape[1:]), name="pixels")
+    # x / std - mean / std: constants of the graph (a Normalization layer's tensors
+    # would reach tf2onnx as extra graph inputs)
+    norm = keras.layers.Rescaling(scale=(1.0 / std).tolist(), offset=(-mean / std).tolist(),
+                                  name="input_normalization")
+    return keras.Model(inputs, model(norm(inputs)), name=f"{model.name}_raw_pixels")
 
 
 def export_run(cfg: ExportConfig, log=print) -> ExportResult:
@@ -232,11 +265,22 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
     except convert.UnsupportedLayerError as e:
         raise UsageError(str(e)) from e
     input_shape = tuple(merged.inputs[0].shape[1:])
-    x, split = evaluation_batch(cfg, input_shape)
+    x, split, dataset = evaluation_batch(cfg, input_shape)
     reference = np.asarray(model(x, training=False))
+    spec, stats = input_spec(dataset, input_shape, cfg.input)
+    if stats is not None:  # the check feeds the exports what a deployer would: raw pixels
+        merged, dense = with_input_normalization(merged, stats), with_input_normalization(
+            dense, stats)
+        x = (x * np.asarray(stats[1], np.float32) + np.asarray(stats[0], np.float32))
+    log(f"input: {spec['values']}, {spec['shape']} {spec['dtype']}")
 
     log(f"converting to ONNX (opset {cfg.opset}, form {cfg.form})")
-    proto = to_onnx(merged, cfg.opset).SerializeToString()
+    onnx_model = to_onnx(merged, cfg.opset)
+    for key, value in {**spec, "dataset": dataset, "classes": str(reference.shape[-1])}.items():
+        entry = onnx_model.metadata_props.add()
+        entry.key, entry.value = f"ssa_tf.input.{key}" if key not in ("dataset", "classes") \
+            else f"ssa_tf.{key}", str(value)
+    proto = onnx_model.SerializeToString()
     session = onnx_session(proto)
     onnx_check = compare_logits(reference, run_onnx(session, x), "the ONNX model")
     same_form = all(r.form == "merged" for r in records)
@@ -278,7 +322,7 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
             shutil.rmtree(staged, ignore_errors=True)
     return ExportResult(records, cfg.form, cfg.opset, count_params(merged), count_params(dense),
                         len(proto), len(dense_proto), latency, onnx_check, saved_check, split,
-                        cfg.output, cfg.saved_model)
+                        cfg.output, cfg.saved_model, spec)
 
 
 def format_result(result: ExportResult) -> str:
@@ -295,7 +339,11 @@ def format_result(result: ExportResult) -> str:
         lines.append("  ".join(c.rjust(w) if i else c.ljust(w)
                                for i, (c, w) in enumerate(zip(row, widths))))
     check = result.onnx_check
-    lines += ["", f"onnxruntime vs SSA model on {check['examples']} examples of "
+    spec = result.input_spec
+    lines += ["", f"input: {spec['values']}, {spec['shape']} {spec['dtype']}"
+              + (f", {spec['layout']}; normalization {spec['normalization']}"
+                 if "normalization" in spec else "") + " (also in the ONNX metadata)"]
+    lines += [f"onnxruntime vs SSA model on {check['examples']} examples of "
               f"{result.dataset_split}: max |logit difference| {check['max_abs_diff']:.2e}, "
               f"top-1 identical (opset {result.opset})"]
     if result.saved_model_check:
