@@ -16,7 +16,6 @@ Flags and wiring only; the logic lives in ssa_tf.export (merge, deploy).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -68,20 +67,6 @@ failed (nothing written), 2 a mistake in what was asked (one line)."""
 
 
 
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence C++ start-up chatter (oneDNN, absl) that TF_CPP_MIN_LOG_LEVEL does not."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
 def main(argv):
     if len(argv) > 1:
         usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -94,10 +79,10 @@ def main(argv):
         usage_error(problem)
 
     # TensorFlow starts only now, after the flags and paths are known to be good.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.set_verbosity(logging.WARNING)  # SavedModel export logs every step at INFO
+    cli.import_tensorflow()
     try:
-        with _quiet_stderr():
+        with cli.quiet_stderr():
             from ssa_tf.export import deploy as export
     except ImportError as e:
         usage_error(f"{e}; the export needs tf2onnx, onnx and onnxruntime "

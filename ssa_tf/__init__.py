@@ -20,4 +20,10 @@ import sys as _sys
 __version__ = "0.2.0"
 
 if _sys.argv[:1] != ["-m"] and _os.environ.get("SSA_TF_DEFER_KERAS") != "1":
-    import ssa_tf.training.model  # noqa: F401  (registers SSAModel and the SVD layers)
+    try:
+        import ssa_tf.training.model  # noqa: F401  (registers SSAModel and the SVD layers)
+    except ModuleNotFoundError as _e:
+        if _e.name != "tensorflow":
+            raise
+        raise ImportError("ssa-tf needs TensorFlow: pip install -e '.[cpu]' (or '.[gpu]' for "
+                          "NVIDIA GPUs)") from _e

@@ -10,6 +10,7 @@ No TensorFlow import: the CLIs check their flags before TensorFlow starts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -90,6 +91,36 @@ def default_workdir(cfg):
 
 def _text(value):
     return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Silence file descriptor 2 (C++ start-up chatter that no log level reaches)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def import_tensorflow():
+    """Import TensorFlow without its start-up lines: TensorFlow 2.21 prints its oneDNN
+    and absl notices twice, before absl's logging starts, whatever TF_CPP_MIN_LOG_LEVEL
+    says. A failed import still raises (its message is in the exception)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    try:
+        with quiet_stderr():
+            import tensorflow
+    except ImportError as e:
+        usage_error(f"TensorFlow cannot be imported ({e}); install it with "
+                    "pip install -e '.[cpu]' (or '.[gpu]' for NVIDIA GPUs)")
+    return tensorflow
 
 
 def usage_error(message):

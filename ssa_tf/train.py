@@ -125,7 +125,7 @@ def main(argv):
 
 def _train(cfg, data_lib, workdir_lib, existed):
     # TensorFlow starts only now, after the settings are known to be good.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    cli.import_tensorflow()
     from ssa_tf.training import strategies
 
     # before anything else touches a device
@@ -139,8 +139,11 @@ def _train(cfg, data_lib, workdir_lib, existed):
         print(f"error: {message}", file=sys.stderr)
         sys.exit(status)
 
+    progress = cfg.runtime.progress
+    if progress == "auto":
+        progress = "bar" if sys.stdout.isatty() else "epoch"
     try:
-        summary = run.train(cfg)
+        summary = run.train(cfg, verbose={"bar": 1, "epoch": 2, "none": 0}[progress])
     except (data_lib.DataError, cfg_lib.UsageError, checkpoints.CheckpointError) as e:
         fail(str(e))
     except callbacks.Diverged as e:

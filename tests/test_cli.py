@@ -3,11 +3,14 @@ line on stderr, nothing written, TensorFlow never started), and one real run.
 The checks behind each message are unit-tested in test_config.py."""
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
 
-from conftest import CLIS, files, one_line
+from conftest import CLIS, REPO, files, one_line
 from conftest import run_cli as run
 
 
@@ -76,6 +79,10 @@ def test_default_style_run_writes_the_workdir(tmp_path):
                  "--set=runtime.diagnostics_every=25", f"--workdir={workdir}", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("rule ssa: sequential no, weight transport")
+    # not a terminal: one plain line per epoch, no progress bar, no start-up chatter
+    assert "Epoch 2/2" in result.stdout and "\x1b[" not in result.stdout
+    assert len(result.stdout) < 2000, len(result.stdout)
+    assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr
     summary = json.loads((workdir / "summary.json").read_text())
     for key in ("mode", "card", "model", "dataset", "epochs", "test_accuracy", "test_loss",
                 "trainable_params", "ranks", "epoch_seconds", "validation_split"):
@@ -110,3 +117,11 @@ def test_default_style_run_writes_the_workdir(tmp_path):
     # within 90 degrees on average once training has started (BUILD.md, algorithm §7)
     assert len(angles) == 2 * len(steps) and 20 < sum(angles[2:]) / len(angles[2:]) < 90
     assert any(r[1] == "norm_ratio:m0_dense" for r in rows)
+    # import ssa_tf is enough for Keras to load the run's model
+    code = ("import sys, ssa_tf, keras; m = keras.saving.load_model(sys.argv[1]); "
+            "print(m.mode, sorted(m.ranks().values())[0])")
+    loaded = subprocess.run([sys.executable, "-c", code, str(workdir / "model.keras")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.split()[0] == "ssa"

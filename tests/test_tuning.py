@@ -45,10 +45,11 @@ def copy_search(cfg, tmp_path, **kwargs):
     return small_search(tmp_path, **kwargs)
 
 
-def test_two_trials_give_results_plot_and_flags(searched):
+def test_two_trials_give_results_plot_and_a_winner_only_outside_the_noise(searched):
     cfg, summary = searched
     rows = read_rows(cfg.project)
-    assert [r["trial"] for r in rows] == ["0", "1"]
+    # numbered as KerasTuner's "Running Trial #N"; its folders are trial_<id>
+    assert [r["trial"] for r in rows] == ["1", "2"] and [r["trial_id"] for r in rows] == ["0", "1"]
     assert list(rows[0]) == list(settings.CSV_COLUMNS)
     for r in rows:
         assert r["status"] == "COMPLETED" and r["reason"] == ""
@@ -59,24 +60,55 @@ def test_two_trials_give_results_plot_and_flags(searched):
     assert rows[0]["beta"] != rows[1]["beta"]
     with open(cfg.project + "/sensitivity.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    best = summary["best"]
-    assert best["val_accuracy"] == max(float(r["val_accuracy"]) for r in rows)
+    top = summary["top"]
+    assert top["val_accuracy"] == max(float(r["val_accuracy"]) for r in rows)
     # trials are scored on a part held out of train, never on the test split
     with open(cfg.project + "/search.json") as f:
         splits = json.load(f)
     assert (splits["train_split"], splits["validation_split"]) == (
         "mnist5k:train[:200]", "mnist5k:train[3600:]")
+    assert splits["validation_examples"] == 400
+    gap = abs(float(rows[0]["val_accuracy"]) - float(rows[1]["val_accuracy"]))
+    band = report.noise_band(top["val_accuracy"], 400)
+    # a winner is named (and best.flags written) only outside the noise band
+    assert (summary["best"] is not None) == (gap > band)
+    assert os.path.exists(cfg.project + "/best.flags") == (gap > band)
 
 
-def test_best_flags_reproduce_the_best_trial_in_train(searched):
+def test_the_noise_band_decides_whether_there_is_a_winner(tmp_path):
+    assert report.noise_band(0.5, 400) == pytest.approx(0.0707, abs=1e-4)
+    cfg = small_search(tmp_path)
+    os.makedirs(cfg.project)
+    with open(os.path.join(cfg.project, "search.json"), "w") as f:
+        json.dump({"config": cfg.to_json(), "train_split": "t", "validation_split": "v",
+                   "validation_examples": 400}, f)
+
+    def state(i, score):
+        return {"trial_id": str(i), "status": "COMPLETED", "score": score,
+                "hyperparameters": {"values": {"alpha": 1.0, "beta": 0.01 * (i + 1),
+                                               "gamma": 0.1}}}
+
+    tied = report.report(cfg.project, [state(0, 0.50), state(1, 0.53), state(2, 0.20)])
+    assert tied["best"] is None and tied["top"]["trial"] == 2
+    assert not os.path.exists(os.path.join(cfg.project, "best.flags"))
+    clear = report.report(cfg.project, [state(0, 0.50), state(1, 0.62)])
+    assert clear["best"]["trial"] == 2
+    assert os.path.exists(os.path.join(cfg.project, "best.flags"))
+
+
+def test_best_flags_reproduce_the_trial_in_train(searched, tmp_path):
     from absl.testing import flagsaver
 
     from ssa_tf import train
 
     cfg, summary = searched
-    best = summary["best"]
+    top = summary["top"]
+    with open(cfg.project + "/search.json") as f:
+        splits = json.load(f)
+    path = tmp_path / "best.flags"
+    path.write_text(report.best_flags(cfg, top, 2, splits))
     with flagsaver.flagsaver():
-        train.FLAGS(["prog", f"--flagfile={cfg.project}/best.flags"])
+        train.FLAGS(["prog", f"--flagfile={path}"])
         try:
             run = train.config_from_flags()
         finally:
@@ -84,7 +116,7 @@ def test_best_flags_reproduce_the_best_trial_in_train(searched):
     assert cfg_lib.validate(run) is None
     m = run.method
     assert (m.alpha, m.beta, m.gamma, run.train.learning_rate) == (
-        best["alpha"], best["beta"], best["gamma"], best["lr"])  # exact: repr round-trips
+        top["alpha"], top["beta"], top["gamma"], top["lr"])  # exact: repr round-trips
     assert (m.mode, run.model.model, run.data.dataset, run.seed, run.train.epochs) == (
         "ssa", "mlp", "mnist5k", 1, 1)
     # train validates on the same held-out part, after the same training examples
@@ -126,14 +158,14 @@ def test_failed_trial_is_recorded_and_interrupted_search_resumes(searched, tmp_p
     summary = search.run_search(cfg, callbacks=[Script({})], verbose=0)
     assert len(FITS) == 1  # only the interrupted trial ran again
     rows = read_rows(cfg.project)
-    assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
+    assert [r["trial"] for r in rows] == ["1", "2", "3", "4"]
     assert rows[:2] == before  # finished trials kept as they were, seconds included
     failed = rows[2]
     assert failed["status"] == "FAILED" and failed["val_accuracy"] == ""
     assert "Diverged" in failed["reason"] and "nan" in failed["reason"].lower()
     assert rows[3]["status"] == "COMPLETED"
     assert float(rows[3]["alpha"]) == interrupted["alpha"]
-    assert summary["best"]["trial"] != "2"
+    assert summary["top"]["trial"] != 3
 
 
 def test_resuming_with_other_settings_is_a_usage_error(searched):
@@ -192,14 +224,15 @@ def test_bad_flags_exit_2_with_one_line_before_tensorflow(args, needle, no_tenso
 def test_report_only_rewrites_the_report_without_tensorflow(searched, no_tensorflow_env, tmp_path):
     cfg = copy_search(searched[0], tmp_path)
     for name in ("results.csv", "sensitivity.png", "best.flags"):
-        os.remove(f"{cfg.project}/{name}")
+        if os.path.exists(f"{cfg.project}/{name}"):
+            os.remove(f"{cfg.project}/{name}")
     result = run_cli([f"--directory={tmp_path}", "--project_name=s", "--report_only"],
                      no_tensorflow_env, tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "best: trial" in result.stdout and "--flagfile=" in result.stdout
+    assert "best: trial #" in result.stdout or "no winner: 2 trials" in result.stdout
     assert read_rows(cfg.project) == read_rows(searched[0].project)
-    with open(f"{cfg.project}/best.flags") as f, open(f"{searched[0].project}/best.flags") as g:
-        assert f.read().splitlines()[1:] == g.read().splitlines()[1:]  # line 0 names the folder
+    assert os.path.exists(f"{cfg.project}/best.flags") == os.path.exists(
+        f"{searched[0].project}/best.flags")
     assert os.path.getsize(f"{cfg.project}/sensitivity.png") > 0
 
 

@@ -115,7 +115,7 @@ def main(argv):
         except (data_lib.DataError, cfg_lib.UsageError) as e:
             usage_error(str(e))
         # TensorFlow starts only now, after the flags and the data are known to be good.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        cli.import_tensorflow()
         from ssa_tf.tuning import search
 
         try:
@@ -125,7 +125,7 @@ def main(argv):
         except search.SearchFailed as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
-    if summary["best"] is None:
+    if summary.get("top") is None:
         print(f"error: no trial completed; reasons in {summary['paths']['csv']}", file=sys.stderr)
         sys.exit(1)
 

@@ -99,6 +99,9 @@ class RuntimeConfig:
     diagnostics_every: int = 0  # every N steps: each module's angle to the BP gradient
     strategy: str = "auto"  # auto: mirrored on more than one GPU, else one device
     logical_cpus: int = 1  # > 1: split the CPU into devices to try mirrored without GPUs
+    # bar: Keras's progress bar; epoch: one line per epoch; none: silent;
+    # auto: the bar on a terminal, one line per epoch in a log file
+    progress: str = "auto"
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from ssa_tf.config.choices import (ACTIVATIONS, DATASETS, HEAD_INITS, LABELS, MODELS, MODES,
-                                   NORMS, RANK_FEEDBACK_CUTS, STRATEGIES)
+                                   NORMS, PROGRESS, RANK_FEEDBACK_CUTS, STRATEGIES)
 from ssa_tf.config.schema import RunConfig
 from ssa_tf.methods import spec as methods
 
@@ -22,7 +22,8 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
                ("model.model", m.model, MODELS), ("method.mode", cfg.method.mode, MODES),
                ("model.norm", m.norm, NORMS), ("model.activation", m.activation, ACTIVATIONS),
                ("model.head_init", m.head_init, HEAD_INITS),
-               ("rank.feedback_cut", r.feedback_cut, RANK_FEEDBACK_CUTS)]
+               ("rank.feedback_cut", r.feedback_cut, RANK_FEEDBACK_CUTS),
+               ("runtime.progress", rt.progress, PROGRESS)]
     for name, value, valid in choices:
         if value not in valid:
             return f"{flag(name)}={value!r} is not valid; choose from: {', '.join(valid)}"

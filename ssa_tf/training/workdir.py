@@ -19,7 +19,8 @@ from ssa_tf.config.schema import FLAT_TO_PATH
 
 LOCK_NAME = ".lock"
 # settings a resumed run may change: where things are, how long, how it is checkpointed
-RESUMABLE_CHANGES = {"epochs", "workdir", "data_dir", "manual_dir", "restart",
+RESUMABLE_CHANGES = {"epochs", "workdir", "data_dir", "manual_dir", "restart", "progress",
+                     "recompute",
                      "checkpoint_steps", "keep_checkpoints", "skip_nonfinite_steps",
                      "diagnostics_every"}
 # what a run writes into its workdir; --restart removes these and nothing else

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 
 from ssa_tf.tuning.settings import (CSV_COLUMNS, LOG_SAMPLED, RUN_FIELDS, SEED_COEFFICIENTS,
@@ -41,7 +42,7 @@ def trial_rows(project: str, states: list[dict], cfg: SearchConfig) -> list[dict
         if epochs is None and status == "COMPLETED":
             epochs = values.get("tuner/epochs", cfg.epochs_per_trial)
         rows.append({
-            "trial": state["trial_id"],
+            "trial": int(state["trial_id"]) + 1, "trial_id": state["trial_id"],
             "alpha": values.get("alpha", cfg.run.resolved().method.alpha),
             "beta": values.get("beta", cfg.run.resolved().method.beta),
             "gamma": values.get("gamma", cfg.run.resolved().method.gamma),
@@ -80,27 +81,51 @@ def report(project: str, states: list[dict] | None = None):
              "plot": os.path.join(project, "sensitivity.png"),
              "flags": os.path.join(project, "best.flags")}
     _write_csv(paths["csv"], rows)
-    done = [r for r in rows if r["val_accuracy"] is not None]
-    best = max(done, key=lambda r: r["val_accuracy"]) if done else None
-    plot_sensitivity(rows, cfg, paths["plot"], best)
+    done = sorted((r for r in rows if r["val_accuracy"] is not None),
+                  key=lambda r: r["val_accuracy"], reverse=True)
+    top = done[0] if done else None
+    band = noise_band(top["val_accuracy"], saved.get("validation_examples")) if top else None
+    # a winner only outside the noise of the validation split (a sampling error of the
+    # difference of two accuracies, about 95%): inside it the ranking is a coin toss
+    winner = top if top and (len(done) == 1 or band is None
+                             or top["val_accuracy"] - done[1]["val_accuracy"] > band) else None
+    plot_sensitivity(rows, cfg, paths["plot"], top)
     failed = sum(r["status"] == "FAILED" for r in rows)
     print(f"{len(rows)} trials in {project}: {len(done)} completed, {failed} failed, "
           f"{len(rows) - len(done) - failed} unfinished")
     for r in rows:
         if r["status"] == "FAILED":
-            print(f"  trial {r['trial']} failed: {r['reason']}")
-    if best is None:
+            print(f"  trial #{r['trial']} (trial_{r['trial_id']}) failed: {r['reason']}")
+    if top is None:
+        print("no completed trial; no best configuration")
+    elif winner is None:
+        tied = [f"#{r['trial']}" for r in done if top["val_accuracy"] - r["val_accuracy"] <= band]
+        print(f"no winner: {len(tied)} trials ({', '.join(tied)}) lie "
+              f"within {band:.4f} of the highest, {top['val_accuracy']:.4f} (trial "
+              f"#{top['trial']}): the noise band of {saved['validation_examples']} validation "
+              "examples. Widen the validation split, train longer or narrow the ranges; "
+              "no best.flags written")
+    if winner is None:
         if os.path.exists(paths["flags"]):
             os.remove(paths["flags"])
-        print("no completed trial; no best configuration")
-        return {"rows": rows, "best": None, "paths": paths}
-    text = best_flags(cfg, best, len(rows), saved)
-    _write_text(paths["flags"], text)
-    print(f"best: trial {best['trial']}, val_accuracy {best['val_accuracy']:.4f} after "
-          f"{best['epochs']} epochs, alpha={best['alpha']:.4g} beta={best['beta']:.4g} "
-          f"gamma={best['gamma']:.4g} lr={best['lr']:.4g}")
+        return {"rows": rows, "best": None, "top": top, "band": band, "paths": paths}
+    _write_text(paths["flags"], best_flags(cfg, winner, len(rows), saved))
+    runner = (f", {winner['val_accuracy'] - done[1]['val_accuracy']:.4f} above the next "
+              f"(noise band {band:.4f})") if len(done) > 1 and band is not None else ""
+    print(f"best: trial #{winner['trial']} (trial_{winner['trial_id']}), val_accuracy "
+          f"{winner['val_accuracy']:.4f} after {winner['epochs']} epochs{runner}, "
+          f"alpha={winner['alpha']:.4g} beta={winner['beta']:.4g} gamma={winner['gamma']:.4g} "
+          f"lr={winner['lr']:.4g}")
     print(f"train it: python -m ssa_tf.train --flagfile={paths['flags']} --workdir=runs/best")
-    return {"rows": rows, "best": best, "paths": paths}
+    return {"rows": rows, "best": winner, "top": top, "band": band, "paths": paths}
+
+
+def noise_band(accuracy, examples):
+    """Twice the standard error of the difference of two accuracies near ``accuracy``
+    measured on ``examples`` validation examples (None when the count is unknown)."""
+    if not examples:
+        return None
+    return 2.0 * math.sqrt(2.0 * accuracy * (1.0 - accuracy) / examples)
 
 
 def best_flags(cfg: SearchConfig, best: dict, n_trials: int, splits: dict) -> str:
@@ -113,7 +138,8 @@ def best_flags(cfg: SearchConfig, best: dict, n_trials: int, splits: dict) -> st
     run = cfg.run
     lines = [
         f"# Best of {n_trials} trials of the coefficient search {cfg.project}:",
-        f"# val_accuracy {best['val_accuracy']:.4f} (trial {best['trial']}, {best['epochs']} epochs; "
+        f"# val_accuracy {best['val_accuracy']:.4f} (trial #{best['trial']}, {best['epochs']} "
+        "epochs; "
         f"trained on {splits['train_split']}, scored on {splits['validation_split']}).",
         "# Flags after --flagfile win, e.g.:",
         "#   python -m ssa_tf.train --flagfile=THIS_FILE --epochs=30 --workdir=runs/best",

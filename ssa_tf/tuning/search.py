@@ -207,7 +207,8 @@ def run_search(cfg: SearchConfig, callbacks=(), verbose=2) -> dict:
     os.makedirs(cfg.project, exist_ok=True)
     write_json(os.path.join(cfg.project, "search.json"),
                 {"config": cfg.to_json(), "train_split": data.train_split,
-                 "validation_split": data.validation_split})
+                 "validation_split": data.validation_split,
+                 "validation_examples": data.validation_examples})
 
     strategy = None
     if cfg.strategy == "mirrored":

@@ -29,8 +29,9 @@ RUN_FIELDS = ("data.dataset", "data.data_dir", "data.manual_dir", "data.label",
               "data.augment", "model.model", "model.norm", "model.activation", "model.head_init",
               "method.feedback", "method.feedback_spatial", "method.feedback_init",
               "train.batch_size", "seed")
-CSV_COLUMNS = ("trial", "alpha", "beta", "gamma", "lr", "val_accuracy", "epochs", "status",
-               "seconds", "reason")
+# "trial" is KerasTuner's "Running Trial #N" (from 1), "trial_id" its folder's trial_<id>
+CSV_COLUMNS = ("trial", "trial_id", "alpha", "beta", "gamma", "lr", "val_accuracy", "epochs",
+               "status", "seconds", "reason")
 TRIAL_RECORD = "ssa_trial.json"  # our per-trial sidecar: seconds and epochs
 
 
