@@ -20,10 +20,11 @@ RULES = {"bp": dict(mode="bp"), "svd-bp": dict(mode="svd-bp"), "dfa": dict(mode=
          "bp-lagged-copy": dict(mode="bp-lagged-copy")}
 
 GRIDS = {
-    # issue 14: a credible DFA. smallconv at a small budget; what the defaults are made of
+    # issue 14: a credible DFA (and BP's rate). smallconv at a small budget; what the
+    # defaults are made of
     "dfa_tuning": dict(
-        caption="DFA's defaults, one knob at a time from them (smallconv, first 10,000 "
-                "training images, 5 epochs, no augmentation).",
+        caption="DFA's defaults, one knob at a time from them, and BP's rate (smallconv, "
+                "first 10,000 training images, 5 epochs, no augmentation).",
         base=dict(_CIFAR, model="smallconv", epochs=5, max_train_examples=10000,
                   augment=False, mode="dfa"),
         seeds=SEEDS,
@@ -39,6 +40,8 @@ GRIDS = {
             "batch norm": dict(norm="batch"),
             "chain route (random kernels)": dict(feedback="chain"),
             "bp (reference)": dict(mode="bp"),
+            "bp, lr 3e-4": dict(mode="bp", learning_rate=3e-4),
+            "bp, lr 3e-3": dict(mode="bp", learning_rate=3e-3),
         }),
     # issues 14 and 16: which direct SSA rule, at the same small budget
     "ssa_direct": dict(

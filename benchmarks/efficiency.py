@@ -1,0 +1,223 @@
+"""Step time, training memory, parameters and multiply-adds of every rule, side by side.
+
+    python -m benchmarks.efficiency                       # smallconv and resnet32, batch 64
+    python -m benchmarks.efficiency --models=resnet32 --xla --out=benchmarks/EFFICIENCY.md
+
+One table per model, one row per rule (the defaults of each, then SSA's
+variants). Ratios are to BP in the same run:
+
+- step time: median milliseconds of a training step on one batch already in
+  memory, all rules timed in one process in turn (``--repeats`` rounds of
+  ``--steps`` steps, the order rotated every round), so a noisy shared
+  machine slows them alike;
+- peak memory: what TensorFlow's allocator holds at its peak during a step,
+  above what it held before (weights, optimizer state): one child process per
+  rule, with ``TF_CPU_ALLOCATOR_USE_BFC=true`` so that the CPU allocator keeps
+  the statistics;
+- parameters: trainable; MACs: multiply-adds of the training forward pass per
+  example (an SVD convolution runs the factored pair or the merged kernel,
+  whichever is cheaper, ``SVDConv2D.uses_merged_forward``).
+
+SSA's rows at lower ranks cut every SVD layer to a fraction of its full rank
+(``--rank_fractions``) to show what a rank cut buys; what a trained model's
+energy cut keeps is in ``benchmarks/EXPORT.md`` (``benchmarks.export_frontier``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+from absl import flags
+
+from ssa_tf import cli
+from ssa_tf.cli import usage_error
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+SHAPE = (32, 32, 3)
+# (row name, rule options)
+ROWS = [
+    ("bp", dict(mode="bp")),
+    ("svd-bp", dict(mode="svd-bp")),
+    ("dfa", dict(mode="dfa")),
+    ("ssa", dict(mode="ssa")),
+    ("ssa, all activations held", dict(mode="ssa", recompute=False)),
+    ("ssa, local route", dict(mode="ssa", feedback="local")),
+    ("fa", dict(mode="fa")),
+]
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["smallconv", "resnet32"], "architectures")
+flags.DEFINE_integer("batch", 64, "batch size")
+flags.DEFINE_integer("repeats", 5, "rounds of timing")
+flags.DEFINE_integer("steps", 5, "steps per rule and round")
+flags.DEFINE_list("rank_fractions", ["0.5", "0.25"], "SSA also at these fractions of full rank")
+flags.DEFINE_boolean("xla", False, "also time BP and SSA compiled with XLA (jit_compile)")
+flags.DEFINE_string("out", None, "also write the tables to this Markdown file")
+flags.DEFINE_string("child", None, "internal: measure one rule's memory (JSON spec)")
+
+
+def build(model_name, options, fraction=None, jit=False):
+    import keras
+
+    from ssa_tf.training.model import build_model
+
+    keras.utils.set_random_seed(1)
+    model = build_model(model_name, SHAPE, 10, jit_compile=jit, **options)
+    if fraction is not None:
+        from ssa_tf.training.rank import apply_ranks
+
+        apply_ranks(model, {l.name: max(1, int(l.full_rank * fraction)) for l in model.svd_layers()})
+    return model
+
+
+def batch(n):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, *SHAPE)).astype("float32"), rng.integers(0, 10, n)
+
+
+def training_macs(model):
+    """Multiply-adds per example of the training forward pass (weight layers only)."""
+    import keras
+
+    from ssa_tf.export.graph import costs
+    from ssa_tf.nn import SVDConv2D, SVDLayer
+
+    total = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D, SVDLayer)):
+            continue
+        # the input shape the layer was built for (batch 1, SSAModel._build_all)
+        in_shape = next(iter(layer._build_shapes_dict.values()))
+        merged, factored = costs(layer, (None, *in_shape[1:]))
+        if isinstance(layer, SVDConv2D):
+            total += merged if layer.uses_merged_forward() else factored
+        elif isinstance(layer, SVDLayer):  # SVDDense runs its factors
+            total += factored
+        else:
+            total += merged
+    return int(total)
+
+
+def time_rules(model_name, rows):
+    """{row: median ms per step}, the rules timed in turn in this process."""
+    x, y = batch(FLAGS.batch)
+    models = {}
+    for name, spec in rows:
+        models[name] = build(model_name, spec["options"], spec.get("fraction"), spec.get("jit"))
+        for _ in range(2):  # trace and warm up
+            models[name].train_on_batch(x, y)
+    times = {name: [] for name in models}
+    names = list(models)
+    for r in range(FLAGS.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            for _ in range(FLAGS.steps):
+                models[name].train_on_batch(x, y)
+            times[name].append((time.perf_counter() - start) / FLAGS.steps * 1000)
+    facts = {}
+    for name, model in models.items():
+        facts[name] = dict(ms=statistics.median(times[name]),
+                           params=int(sum(v.numpy().size for v in model.trainable_variables)),
+                           macs=training_macs(model), card=model.card().columns())
+    return facts
+
+
+def memory_child(spec):
+    import tensorflow as tf
+
+    model = build(spec["model"], spec["options"], spec.get("fraction"))
+    x, y = batch(FLAGS.batch)
+    model.train_on_batch(x, y)
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    base = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+    print("MEMORY " + json.dumps({"peak_mb": (peak - base) / 2 ** 20}))
+
+
+def measure_memory(model_name, spec):
+    child = {"model": model_name, "options": spec["options"], "fraction": spec.get("fraction")}
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-m", "benchmarks.efficiency",
+                          f"--batch={FLAGS.batch}", f"--child={json.dumps(child)}"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("MEMORY ")), None)
+    if out.returncode or line is None:
+        raise RuntimeError(f"memory of {model_name} {spec}: {out.stderr[-1500:]}")
+    return json.loads(line[len("MEMORY "):])["peak_mb"]
+
+
+def rows_for():
+    rows = [(name, {"options": options}) for name, options in ROWS]
+    for f in (float(v) for v in FLAGS.rank_fractions):
+        rows.append((f"ssa, ranks at {f:.0%} of full", {"options": dict(mode="ssa"),
+                                                        "fraction": f}))
+    if FLAGS.xla:
+        rows += [("bp, XLA", {"options": dict(mode="bp"), "jit": True}),
+                 ("ssa, XLA", {"options": dict(mode="ssa"), "jit": True})]
+    return rows
+
+
+def table(model_name, rows, facts, memory):
+    bp, bp_mem = facts["bp"], memory["bp"]
+    lines = [f"### {model_name}, batch {FLAGS.batch}", "",
+             "| rule | sequential | transport | held | ms/step | vs BP | peak MB | vs BP | "
+             "params | MACs/example |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, _ in rows:
+        f = facts[name]
+        mem = memory.get(name)
+        mem_cells = (f"{mem:.0f} | {mem / bp_mem:.2f}x" if mem is not None else "| ")
+        lines.append(f"| {name} | {' | '.join(f['card'])} | {f['ms']:.0f} | "
+                     f"{f['ms'] / bp['ms']:.2f}x | {mem_cells} | {f['params']:,} | "
+                     f"{f['macs'] / 1e6:.1f}M |")
+    return lines
+
+
+def main(argv):
+    if len(argv) > 1:
+        usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.child:
+        memory_child(json.loads(FLAGS.child))
+        return
+    try:
+        fractions = [float(v) for v in FLAGS.rank_fractions]
+    except ValueError:
+        usage_error(f"--rank_fractions must be numbers, got {','.join(FLAGS.rank_fractions)}")
+    if any(not 0 < f <= 1 for f in fractions):
+        usage_error("--rank_fractions must be in (0, 1]")
+    cli.import_tensorflow()
+    rows = rows_for()
+    stamp = (f"Command: `python -m benchmarks.efficiency {' '.join(sys.argv[1:])}`; "
+             f"{os.cpu_count()} CPU cores ({platform.machine()}), {datetime.date.today()}.")
+    out = [stamp, ""]
+    for model_name in FLAGS.models:
+        print(f"{model_name}: timing {len(rows)} rules in turn ...", flush=True)
+        facts = time_rules(model_name, rows)
+        memory = {}
+        for name, spec in rows:
+            if not spec.get("jit"):
+                print(f"{model_name}: peak memory of {name} ...", flush=True)
+                memory[name] = measure_memory(model_name, spec)
+        out += table(model_name, rows, facts, memory) + [""]
+        print("\n".join(out[-len(rows) - 5:]), flush=True)
+    if FLAGS.out:
+        with open(FLAGS.out + ".tmp", "w") as f:
+            f.write("\n".join(out) + "\n")
+        os.replace(FLAGS.out + ".tmp", FLAGS.out)
+
+
+if __name__ == "__main__":
+    cli.run(main)
