@@ -106,6 +106,15 @@ GRIDS = {
                   augment=True),
         seeds=SEEDS,
         variants={k: RULES[k] for k in ("bp", "dfa", "ssa")}),
+    # issue 17: the accuracy/size frontier of rank cuts (repeated: every 4 epochs)
+    "rank_frontier": dict(
+        caption="SSA with rank cuts every 4 epochs (after epochs 4, 8, 12 and 16) at energy "
+                "fraction tau, as rules_smallconv otherwise (smallconv, first 10,000 training "
+                "images with augmentation, 20 epochs); the test accuracy is the cut model's.",
+        base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
+                  augment=True, mode="ssa", rank_start=0, rank_interval=4),
+        seeds=SEEDS,
+        variants={f"tau {t}": dict(rank_tau=t) for t in (0.95, 0.9, 0.8, 0.7)}),
     # 16 local modules
     "rules_resnet32": dict(
         caption="resnet32 (16 local modules): first 5,000 training images with augmentation, "

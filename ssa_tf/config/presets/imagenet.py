@@ -17,8 +17,7 @@ def values(mode: str) -> dict:
     rule = spec.RULES.get(mode)
     out = {"data.dataset": "imagenet2012", "model.model": "resnet18", "train.epochs": 200,
            "train.batch_size": 256, "train.lr_decay_epochs": tuple(range(30, 200, 30)),
-           "train.learning_rate": 5e-4 if rule is None or rule.local else 2e-4,
-           "model.norm": "batch"}
+           "train.learning_rate": 5e-4 if rule is None or rule.local else 2e-4}
     if rule is not None and "feedback_spatial" in rule.options:
         out["method.feedback_spatial"] = "broadcast"
     if rule is not None and rule.svd:
