@@ -56,17 +56,22 @@ GRIDS = {
             "dfa": dict(mode="dfa"),
             "plain layers, local route, trained read-out": dict(
                 mode="dfa", feedback="local", readout_grid=4, readout_trained=True),
-            "ssa (defaults: chain)": dict(mode="ssa"),
-            "ssa, chain, seed's terms (gamma 0.1)": dict(mode="ssa", gamma=0.1),
-            "ssa, chain, no terms": dict(mode="ssa", beta=0.0),
-            "ssa, chain, lr 1e-3": dict(mode="ssa", learning_rate=1e-3),
-            "ssa, global full-map, no terms": dict(mode="ssa", feedback="global", beta=0.0),
-            "ssa, local, fixed read-out": dict(mode="ssa", feedback="local", readout_grid=4),
-            "ssa, local, trained read-out": dict(mode="ssa", feedback="local", readout_grid=4,
-                                                 readout_trained=True),
-            "ssa, local, trained read-out, lr 1e-3": dict(
+            "ssa (defaults: chain, lr 1e-3)": dict(mode="ssa"),
+            "ssa, chain, lr 3e-4 (the first default)": dict(mode="ssa", learning_rate=3e-4),
+            "ssa, chain, lr 3e-4, seed's terms (gamma 0.1)": dict(
+                mode="ssa", gamma=0.1, learning_rate=3e-4),
+            "ssa, chain, lr 3e-4, no terms": dict(mode="ssa", beta=0.0, learning_rate=3e-4),
+            "ssa, global full-map, lr 3e-4, no terms": dict(
+                mode="ssa", feedback="global", beta=0.0, learning_rate=3e-4),
+            "ssa, local, lr 3e-4, fixed read-out": dict(
+                mode="ssa", feedback="local", readout_grid=4, learning_rate=3e-4),
+            "ssa, local, lr 3e-4, trained read-out": dict(
                 mode="ssa", feedback="local", readout_grid=4, readout_trained=True,
-                learning_rate=1e-3),
+                learning_rate=3e-4),
+            "ssa, local, trained read-out": dict(
+                mode="ssa", feedback="local", readout_grid=4, readout_trained=True),
+            "svd-bp, lr 1e-3": dict(mode="svd-bp", learning_rate=1e-3),
+            "bp-lagged-copy": dict(mode="bp-lagged-copy"),
             "fa": dict(mode="fa"),
         }),
     # the parametrization alone: backprop through the SVD factors (svd-bp), one knob

@@ -94,7 +94,7 @@ def test_valid_settings_pass():
 
 def test_resolved_fills_in_the_rules_defaults_only():
     ssa = RunConfig().resolved()
-    assert ssa.method.beta is not None and ssa.train.learning_rate == 3e-4
+    assert ssa.method.beta is not None and ssa.train.learning_rate == 1e-3
     assert ssa.method.feedback_tracking is None  # not one of SSA's options
     bp = RunConfig().with_overrides(["method.mode=bp"]).resolved()
     assert bp.method.beta is None and bp.train.learning_rate == 1e-3

@@ -120,7 +120,7 @@ RULES = {
         dict(_FACTOR_OPTIONS, alpha=1.0, feedback="chain", feedback_spatial="full",
              feedback_init="forward", gamma=0.0, readout_grid=2, readout_trained=False,
              recompute=True),
-        3e-4, {"feedback": ROUTES, "feedback_spatial": SPATIAL, "feedback_init": FEEDBACK_INIT}),
+        1e-3, {"feedback": ROUTES, "feedback_spatial": SPATIAL, "feedback_init": FEEDBACK_INIT}),
     "fa": RuleSpec(
         "fa", True, "feedback alignment through the SVD feedback factors (sequential)",
         dict(alpha=1.0, feedback_init="forward", chain_jacobians=True, **_FACTOR_OPTIONS),
