@@ -2,8 +2,8 @@
 
     python -m benchmarks.data_bench --dataset=cifar10 --data_dir=../shared/tfds --model=resnet32
     python -m benchmarks.data_bench --dataset=imagenet2012 --mock --model=resnet18 --train_steps=3
-    python -m benchmarks.data_bench --dataset=synthetic --synthetic_shape=224,224,3 \
-        --synthetic_classes=1000 --model=resnet18
+    python -m benchmarks.data_bench --dataset=synthetic --set data.synthetic_shape=224,224,3 \
+        --set data.synthetic_classes=1000 --model=resnet18
 
 The pipeline is timed by iterating ``spec.train`` with nothing else running;
 a split small enough to be cached gets one full cold pass (reading and

@@ -16,7 +16,10 @@ variants). Ratios are to BP in the same run:
   the statistics;
 - parameters: trainable; MACs: multiply-adds of the training forward pass per
   example (an SVD convolution runs the factored pair or the merged kernel,
-  whichever is cheaper, ``SVDConv2D.uses_merged_forward``).
+  whichever is cheaper, ``SVDConv2D.uses_merged_forward``);
+- inference: median milliseconds of one batch through the deployable model
+  (``ssa_tf.export.merge``: SVD layers merged or factored, whichever has fewer
+  multiply-adds; the feedback dropped), timed in the same rounds.
 
 SSA's rows at lower ranks cut every SVD layer to a fraction of its full rank
 (``--rank_fractions``) to show what a rank cut buys; what a trained model's
@@ -110,13 +113,22 @@ def training_macs(model):
 
 def time_rules(model_name, rows):
     """{row: median ms per step}, the rules timed in turn in this process."""
+    import tensorflow as tf
+
+    from ssa_tf.export.merge import merge
+
     x, y = batch(FLAGS.batch)
-    models = {}
+    models, deployed = {}, {}
     for name, spec in rows:
         models[name] = build(model_name, spec["options"], spec.get("fraction"), spec.get("jit"))
         for _ in range(2):  # trace and warm up
             models[name].train_on_batch(x, y)
+        if not spec.get("jit"):
+            plain = merge(models[name])[0]
+            deployed[name] = tf.function(lambda t, m=plain: m(t, training=False))
+            deployed[name](x)
     times = {name: [] for name in models}
+    infer = {name: [] for name in deployed}
     names = list(models)
     for r in range(FLAGS.repeats):
         order = names[r % len(names):] + names[:r % len(names)]
@@ -125,9 +137,15 @@ def time_rules(model_name, rows):
             for _ in range(FLAGS.steps):
                 models[name].train_on_batch(x, y)
             times[name].append((time.perf_counter() - start) / FLAGS.steps * 1000)
+            if name in deployed:
+                start = time.perf_counter()
+                for _ in range(FLAGS.steps):
+                    deployed[name](x).numpy()
+                infer[name].append((time.perf_counter() - start) / FLAGS.steps * 1000)
     facts = {}
     for name, model in models.items():
         facts[name] = dict(ms=statistics.median(times[name]),
+                           infer_ms=statistics.median(infer[name]) if name in infer else None,
                            params=int(sum(v.numpy().size for v in model.trainable_variables)),
                            macs=training_macs(model), card=model.card().columns())
     return facts
@@ -174,15 +192,18 @@ def table(model_name, rows, facts, memory):
     bp, bp_mem = facts["bp"], memory["bp"]
     lines = [f"### {model_name}, batch {FLAGS.batch}", "",
              "| rule | sequential | transport | held | ms/step | vs BP | peak MB | vs BP | "
-             "params | MACs/example |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "params | vs BP | MACs/example | vs BP | inference ms | vs BP |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, _ in rows:
         f = facts[name]
         mem = memory.get(name)
         mem_cells = (f"{mem:.0f} | {mem / bp_mem:.2f}x" if mem is not None else "| ")
+        infer = (f"{f['infer_ms']:.1f} | {f['infer_ms'] / bp['infer_ms']:.2f}x"
+                 if f["infer_ms"] is not None else "| ")
         lines.append(f"| {name} | {' | '.join(f['card'])} | {f['ms']:.0f} | "
                      f"{f['ms'] / bp['ms']:.2f}x | {mem_cells} | {f['params']:,} | "
-                     f"{f['macs'] / 1e6:.1f}M |")
+                     f"{f['params'] / bp['params']:.2f}x | {f['macs'] / 1e6:.1f}M | "
+                     f"{f['macs'] / bp['macs']:.2f}x | {infer} |")
     return lines
 
 

@@ -33,7 +33,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # settings that do not change what is trained (recompute: the same gradients,
 # another order of work)
 _IGNORED = ("workdir", "data_dir", "manual_dir", "restart", "checkpoint_steps",
-            "keep_checkpoints", "skip_nonfinite_steps", "diagnostics_every", "seed", "recompute")
+            "keep_checkpoints", "skip_nonfinite_steps", "diagnostics_every", "seed", "recompute",
+            "progress")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("grid", None, f"one of {', '.join(GRIDS)}")
@@ -41,7 +42,8 @@ flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared datase
                     "(default: TFDS's own, ~/tensorflow_datasets)")
 flags.DEFINE_string("out", HERE, "folder for results/<grid>.jsonl, <grid>.md and <grid>.png")
 flags.DEFINE_string("workdir", os.path.join("runs", "grids"), "folder of the runs' workdirs")
-flags.DEFINE_list("only", [], "run only these variants")
+flags.DEFINE_multi_string("only", [], "run only this variant (repeat the flag for more; "
+                          "variant names may hold commas)")
 flags.DEFINE_list("seeds", [], "override the grid's seeds")
 flags.DEFINE_boolean("report_only", False, "write the table and plot from finished runs")
 

@@ -168,9 +168,10 @@ class _Emitter:
         return y
 
 
-# onnxruntime (1.32, CPU) runs a factored convolution pair at about 2.1x the
-# time per multiply-add of one merged convolution (benchmarks/export_resnet32.md:
-# generic kernels for odd ranks, layout reorders), so "auto" factors a
+# onnxruntime (1.32, CPU) ran a factored convolution pair at about 2.1x the
+# time per multiply-add of one merged convolution (an op profile of a resnet32
+# export, 2026-12-01, in the history: generic kernels for odd ranks, layout
+# reorders), so "auto" factors a
 # convolution only where the pair does at most half the work; a Dense pair is
 # two matrix products of the usual speed and is factored wherever it does less.
 FACTORED_CONV_COST = 2.0

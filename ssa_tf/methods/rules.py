@@ -1,6 +1,6 @@
 """The learning rules as strategy objects: how each module gets its update.
 
-The model (``ssa_tf.trainer.SSAModel``) builds the network and applies one
+The model (``ssa_tf.training.model.SSAModel``) builds the network and applies one
 optimizer step; the rule says how the gradients of that step are computed
 and what happens after it. The rules differ in what they compute, and their
 locality cards (``card.py``) say so:

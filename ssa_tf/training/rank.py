@@ -139,7 +139,7 @@ class RankPruning(keras.callbacks.Callback):
     after epochs 10, 20, ...; ``start=20`` after 20, 30, ... Layers named in
     ``exempt`` keep their rank; none drops below ``min_rank``. No cut follows
     the last epoch unless ``final_cut``: with no training after it, it costs
-    accuracy (1 to 4 points measured in the rank_warmup grid) and buys only a
+    accuracy (1 to 4 points in a withdrawn grid of the former rule) and buys only a
     smaller export, which the exporter's own energy cut gives as well.
 
     Writes ``ranks.csv`` (one row per layer and cut) and TensorBoard scalars
