@@ -39,7 +39,7 @@ import time
 
 from absl import flags
 
-from ssa_tf import cli
+from ssa_tf import cli, files
 from ssa_tf.cli import usage_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -235,9 +235,7 @@ def main(argv):
         out += table(model_name, rows, facts, memory) + [""]
         print("\n".join(out[-len(rows) - 5:]), flush=True)
     if FLAGS.out:
-        with open(FLAGS.out + ".tmp", "w") as f:
-            f.write("\n".join(out) + "\n")
-        os.replace(FLAGS.out + ".tmp", FLAGS.out)
+        files.write_text(FLAGS.out, "\n".join(out) + "\n")
 
 
 if __name__ == "__main__":

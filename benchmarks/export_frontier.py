@@ -26,7 +26,7 @@ import tempfile
 
 from absl import flags
 
-from ssa_tf import cli
+from ssa_tf import cli, files
 from ssa_tf.cli import usage_error
 
 FLAGS = flags.FLAGS
@@ -123,9 +123,7 @@ def main(argv):
                      f"{mean(group, 'test'):.3f} | {drop} |")
     print("\n".join(lines))
     if FLAGS.out:
-        with open(FLAGS.out + ".tmp", "w") as f:
-            f.write("\n".join(lines) + "\n")
-        os.replace(FLAGS.out + ".tmp", FLAGS.out)
+        files.write_text(FLAGS.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,10 +24,12 @@ import time
 
 from absl import flags
 
-from benchmarks.grids import GRIDS
-from ssa_tf import cli
-from ssa_tf import config as cfg_lib
-from ssa_tf.cli import usage_error
+# the flags are checked before TensorFlow starts (run_grid imports it)
+os.environ.setdefault("SSA_TF_DEFER_KERAS", "1")
+from benchmarks.grids import GRIDS  # noqa: E402
+from ssa_tf import cli, files  # noqa: E402
+from ssa_tf import config as cfg_lib  # noqa: E402
+from ssa_tf.cli import usage_error  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # settings that do not change what is trained (recompute: the same gradients,
@@ -69,10 +71,10 @@ def load_results(path):
 
 def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
     from ssa_tf.training import run
+    from ssa_tf.training import workdir as workdir_lib
 
     spec = GRIDS[grid]
     path = os.path.join(out, "results", f"{grid}.jsonl")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
     done = {(r["key"], r["seed"]) for r in load_results(path)}
     seeds = [int(s) for s in seeds] or list(spec["seeds"])
     todo = [(n, s) for n in spec["variants"] if not only or n in only for s in seeds]
@@ -89,7 +91,17 @@ def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
         print(f"{tag}: {cfg.method.mode} {cfg.model.model}, {cfg.train.epochs} epochs "
               f"({cfg.card().line()})", flush=True)
         start = time.time()
-        summary = run.train(cfg, verbose=2)
+        new = [d for d in (workdir, os.path.join(workdir, grid), cfg.runtime.workdir)
+               if not os.path.isdir(d)]
+        try:
+            summary = run.train(cfg, verbose=2)
+        except BaseException:
+            # a run that failed before its first checkpoint leaves nothing behind
+            workdir_lib.clean_failed_run(cfg.runtime.workdir, cfg.runtime.workdir not in new)
+            for d in reversed(new[:-1]):
+                if os.path.isdir(d) and not os.listdir(d):
+                    os.rmdir(d)
+            raise
         history = summary["history"]
         record = {
             "grid": grid, "name": name, "key": key, "seed": seed, "mode": cfg.method.mode,
@@ -105,6 +117,7 @@ def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
             "final_trainable_params": summary["final_trainable_params"],
             "ranks": summary["ranks"], "resumed_from_epoch": summary["resumed_from_epoch"],
         }
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "a") as f:  # one whole line per finished run
             f.write(json.dumps(record) + "\n")
         print(f"    {name} seed {seed}: validation {record['val_accuracy'][-1]:.4f} "
@@ -169,7 +182,7 @@ def report(grid, out):
     if notes:
         lines += ["", notes]
     md = os.path.join(out, f"{grid}.md")
-    _write(md, "\n".join(lines) + "\n")
+    files.write_text(md, "\n".join(lines) + "\n")
     _plot(rows, os.path.join(out, f"{grid}.png"), grid)
     print("\n".join(lines))
     return rows
@@ -197,16 +210,7 @@ def _plot(rows, path, grid):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
+    files.save_figure(fig, path)
 
 
 def main(argv):
@@ -236,5 +240,21 @@ def main(argv):
         usage_error(str(e))
 
 
+HELP = f"""Run an experiment grid (variants x seeds) on real data, then table and plot it.
+
+usage: python -m benchmarks.grid --grid=NAME --data_dir=DIR [flags]
+
+  --grid=NAME        {', '.join(GRIDS)}
+  --data_dir=DIR     TFDS data_dir holding the prepared dataset (TFDS's default if unset)
+  --only=VARIANT     run only this variant (repeat the flag; names may hold commas)
+  --seeds=1,2        override the grid's seeds
+  --workdir=DIR      folder of the runs' workdirs (runs/grids)
+  --out=DIR          folder of results/<grid>.jsonl, <grid>.md and <grid>.png (benchmarks)
+  --report_only      write the table and plot from the finished runs, train nothing
+  --flagfile=FILE    read flags from FILE
+
+A rerun skips every finished (variant, seed) and resumes an interrupted one.
+Exit status: 0 done, 2 a mistake in what was asked (one line)."""
+
 if __name__ == "__main__":
-    cli.run(main)
+    cli.run(main, help_text=HELP)

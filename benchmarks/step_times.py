@@ -6,24 +6,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
-import keras
 
 from ssa_tf.config import STRATEGIES
-
-
-class _StepTimer(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.seconds = []
-
-    def on_train_batch_begin(self, batch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
+from ssa_tf.training.callbacks import StepTimer
 
 
 def step_times(strategy="one_device", logical_cpus=1, model="smallconv", mode="ssa",
@@ -42,7 +29,7 @@ def step_times(strategy="one_device", logical_cpus=1, model="smallconv", mode="s
     with placement.strategy.scope():
         net = model_from_config(cfg, spec.input_shape, spec.num_classes)
         compile_model(net)
-    timer = _StepTimer()
+    timer = StepTimer()
     placement.fit(net, spec.train, epochs=1, callbacks=[timer], verbose=0)
     return timer.seconds[warmup:]
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import sys
 import textwrap
 
@@ -114,7 +113,7 @@ def main(argv):
             workdir_lib.prepare_workdir(cfg)
     except cfg_lib.UsageError as e:
         lock.release()
-        _clean_new_workdir(workdir, existed)
+        workdir_lib.remove_new_workdir(workdir, existed)
         usage_error(str(e))
     print(cfg.card().line(), flush=True)
     try:
@@ -125,7 +124,12 @@ def main(argv):
 
 def _train(cfg, data_lib, workdir_lib, existed):
     # TensorFlow starts only now, after the settings are known to be good.
-    cli.import_tensorflow()
+    try:
+        cli.import_tensorflow()
+    except KeyboardInterrupt:
+        workdir_lib.clean_failed_run(cfg.runtime.workdir, existed)
+        print("error: interrupted before the run started; nothing was kept", file=sys.stderr)
+        sys.exit(130)
     from ssa_tf.training import strategies
 
     # before anything else touches a device
@@ -135,7 +139,7 @@ def _train(cfg, data_lib, workdir_lib, existed):
     workdir = cfg.runtime.workdir
 
     def fail(message, status=2):
-        lock_free_cleanup(workdir, existed, workdir_lib)
+        workdir_lib.clean_failed_run(workdir, existed)
         print(f"error: {message}", file=sys.stderr)
         sys.exit(status)
 
@@ -166,22 +170,6 @@ def _train(cfg, data_lib, workdir_lib, existed):
     print(f"{cfg.method.mode} {cfg.model.model} on {cfg.data.dataset}: test accuracy "
           f"{summary['test_accuracy']:.4f} ({summary['test_split']}), "
           f"{sum(summary['epoch_seconds']):.1f} s training; outputs in {workdir}")
-
-
-def lock_free_cleanup(workdir, existed, workdir_lib):
-    """A run that failed before its first checkpoint leaves nothing behind."""
-    if workdir_lib.last_checkpoint(workdir) is None:
-        workdir_lib.remove_outputs(workdir)
-        _clean_new_workdir(workdir, existed)
-
-
-def _clean_new_workdir(workdir, existed):
-    """Remove the workdir if this run created it and left nothing of the user's in it."""
-    if existed or not os.path.isdir(workdir):
-        return
-    leftovers = [n for n in os.listdir(workdir) if n != ".lock"]
-    if not leftovers:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def run_main():

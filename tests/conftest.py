@@ -14,6 +14,15 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TFDS_DIR = os.environ.get("SSA_TF_TFDS_DIR", os.path.join(REPO, "..", "shared", "tfds"))
 
 
+def require_export():
+    """Skip the calling test module where the export extra is not installed."""
+    import pytest
+
+    for module in ("onnx", "onnxruntime", "tf2onnx"):
+        pytest.importorskip(module, reason="export needs tf2onnx, onnx and onnxruntime "
+                            "(pip install -e '.[cpu,export]'; the pins are in pyproject.toml)")
+
+
 def cifar10_available():
     return os.path.isdir(os.path.join(TFDS_DIR, "cifar10"))
 

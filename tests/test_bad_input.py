@@ -91,25 +91,31 @@ def test_read_only_workdir_and_search_directory(tmp_path):
         subprocess.run(undo, check=True)
 
 
-def test_disk_full_during_the_run_is_reported_as_such(tmp_path, monkeypatch, capsys):
-    """A full disk cannot be made on demand here; the run raises what a full
-    disk raises and the CLI must say so in one line (in process)."""
+def _train_in_process(monkeypatch, workdir, fake_train):
+    """``python -m ssa_tf.train --model=mlp --workdir=W`` in this process, with
+    ``run.train`` replaced by ``fake_train``; returns the exit status."""
     from absl.testing import flagsaver
     from ssa_tf import train
     from ssa_tf.training import run as run_lib
 
-    def full(cfg, **kwargs):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "w" / "backup"))
-
-    monkeypatch.setattr(run_lib, "train", full)
+    monkeypatch.setattr(run_lib, "train", fake_train)
     with flagsaver.flagsaver():
-        train.FLAGS(["prog", "--model=mlp", f"--workdir={tmp_path / 'w'}"])
+        train.FLAGS(["prog", "--model=mlp", f"--workdir={workdir}"])
         try:
             with pytest.raises(SystemExit) as exit_:
                 train.main(["prog"])
         finally:
             train.FLAGS.unparse_flags()
-    assert exit_.value.code == 2
+    return exit_.value.code
+
+
+def test_disk_full_during_the_run_is_reported_as_such(tmp_path, monkeypatch, capsys):
+    """A full disk cannot be made on demand here; the run raises what a full
+    disk raises and the CLI must say so in one line (in process)."""
+    def full(cfg, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "w" / "backup"))
+
+    assert _train_in_process(monkeypatch, tmp_path / "w", full) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "No space left on device" in err[0] and "backup" in err[0]
     assert not (tmp_path / "w").exists()  # created by the run, removed with nothing in it
@@ -225,3 +231,90 @@ def test_ctrl_c_exits_130_with_the_resume_hint_and_the_run_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["resumed_from_epoch"] + summary["resumed_from_step"] > 0
+
+
+# --------------------------------------------------------------------------
+# Issue 18, items 1 and 3: a clone without the data, a folder of another version,
+# through the grid CLI and through train's default workdir (runs/...).
+# --------------------------------------------------------------------------
+
+def _in(cwd, module, *args, timeout=60):
+    """``python -m module args`` run from ``cwd`` (the repository on PYTHONPATH)."""
+    from conftest import REPO
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": REPO}
+    if "KERAS_HOME" in env:  # a relative KERAS_HOME=.keras would land in cwd
+        env["KERAS_HOME"] = os.path.abspath(env["KERAS_HOME"])
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _other_version(tmp_path):
+    """A data_dir whose cifar10 was prepared by another tensorflow-datasets version."""
+    folder = tmp_path / "tfds" / "cifar10" / "9.9.9"
+    folder.mkdir(parents=True)
+    (folder / "dataset_info.json").write_text("{}")
+    return tmp_path / "tfds"
+
+
+@pytest.mark.parametrize("case", ["empty", "other_version"])
+def test_grid_without_its_data_is_one_line_and_leaves_nothing(case, tmp_path):
+    data_dir = tmp_path / "tfds"
+    if case == "empty":
+        data_dir.mkdir()
+    else:
+        _other_version(tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    before = files(tmp_path)
+    start = time.perf_counter()
+    line = one_line(_in(cwd, "benchmarks.grid", "--grid=rules_smallconv",
+                        f"--data_dir={data_dir}", f"--out={tmp_path / 'out'}",
+                        f"--workdir={tmp_path / 'runs'}"))
+    assert "cifar10" in line and "tfds build cifar10" in line and str(data_dir) in line
+    assert ("version 9.9.9" in line) == (case == "other_version")
+    assert time.perf_counter() - start < 15  # before any run starts
+    assert files(tmp_path) == before  # no results/, no workdir, no config.json
+
+
+def test_retries_on_data_of_another_version_leave_nothing_under_runs(tmp_path):
+    data_dir = _other_version(tmp_path)
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    for _ in range(2):  # each retry used to leave another runs/<...>/config.json
+        start = time.perf_counter()
+        line = one_line(_in(cwd, "ssa_tf.train", "--dataset=cifar10", f"--data_dir={data_dir}"))
+        assert "version 9.9.9" in line and "reads version 3.0.2" in line
+        assert time.perf_counter() - start < 10
+    assert files(cwd) == []
+
+
+def test_ctrl_c_before_the_first_checkpoint_exits_130_and_leaves_nothing(tmp_path,
+                                                                         monkeypatch, capsys):
+    """Ctrl-C while the data loads or the first epoch runs: nothing to resume, so
+    nothing is kept (in process: the interrupt is raised where training would run)."""
+    def interrupted(cfg, **kwargs):
+        os.makedirs(tmp_path / "w" / "tensorboard", exist_ok=True)  # what a run writes first
+        (tmp_path / "w" / "config.json").write_text("{}")
+        (tmp_path / "w" / "metrics.csv").write_text("")
+        raise KeyboardInterrupt
+
+    assert _train_in_process(monkeypatch, tmp_path / "w", interrupted) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: interrupted before the first checkpoint; nothing was kept"]
+    assert files(tmp_path) == []  # the workdir this run created is gone
+
+
+def test_data_unreadable_only_past_the_first_batch_leaves_nothing(tmp_path):
+    """The truncated half of the shard holds only the validation part (train[40500:]):
+    the run starts, writes config.json, metrics.csv and TensorBoard files, and fails
+    at the first validation; it must still end in one line and take them away."""
+    data_dir, folder = _copy_cifar10(tmp_path)
+    shard = folder / "cifar10-train.tfrecord-00000-of-00001"
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    workdir = tmp_path / "w"
+    line = one_line(run("train", "--dataset=cifar10", f"--data_dir={data_dir}", "--model=mlp",
+                        "--epochs=1", "--set=data.max_train_examples=1000",
+                        f"--workdir={workdir}", timeout=300))
+    assert "cannot be read" in line and "tfds build cifar10" in line
+    assert not workdir.exists()

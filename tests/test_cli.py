@@ -125,3 +125,125 @@ def test_default_style_run_writes_the_workdir(tmp_path):
                             env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
     assert loaded.returncode == 0, loaded.stderr[-2000:]
     assert loaded.stdout.split()[0] == "ssa"
+
+
+# --------------------------------------------------------------------------
+# Issue 18: what a new user hit, through the real command line.
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,needle", [
+    (["--mode=bp", "--set=method.feedback=chain"], "method.feedback does not apply to --mode=bp"),
+    (["--mode=dfa", "--set=rank.tau=0.9", "--set=rank.interval=1"],
+     "rank.tau applies to rules that"),
+    (["--set=runtime.progress=loud"], "choose from: auto, bar, epoch, none"),
+])
+def test_settings_that_do_not_apply_are_refused_in_one_line(args, needle, tmp_path):
+    start = time.perf_counter()
+    line = one_line(run("train", *args, f"--workdir={tmp_path / 'w'}", timeout=60))
+    assert needle in line
+    assert files(tmp_path) == []  # nothing written
+    assert time.perf_counter() - start < 10  # TensorFlow was never imported
+
+
+def test_without_a_validation_split_nothing_is_validated_on_test(tmp_path):
+    """validation_split=0 (asked for) validates on nothing: no val_* metric and no
+    best epoch drawn from the test split, which is evaluated once, at the end."""
+    workdir = tmp_path / "w"
+    result = run("train", "--model=mlp", "--epochs=2", "--set=data.max_train_examples=128",
+                 "--set=data.validation_split=0", f"--workdir={workdir}", timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["validation_split"] is None and summary["test_split"] == "mnist5k:test"
+    assert summary["train_split"] == "mnist5k:train[:128]"
+    assert not any(k.startswith("val_") for k in summary["history"])
+    # Keras's CSVLogger adds val_* columns of its own; nothing fills them
+    import csv
+    with open(workdir / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and "ce_surrogate" in rows[0] and "ce_term" not in rows[0]
+    assert {v for r in rows for k, v in r.items() if k.startswith("val_")} <= {"NA"}
+    # off a terminal: plain lines, one per epoch, no bar redraws
+    assert "\x1b[" not in result.stdout and "\r" not in result.stdout
+    assert result.stdout.count("Epoch ") == 2 and len(result.stdout) < 2000, result.stdout
+    # TensorFlow's start-up lines (printed twice by TF 2.21) are silenced
+    assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr
+
+
+def test_import_ssa_tf_alone_lets_keras_load_a_saved_model(tmp_path):
+    from ssa_tf.training.model import build_model
+
+    path = tmp_path / "model.keras"
+    build_model("mlp", (8, 8, 1), 10, mode="ssa").save(path)
+    code = ("import sys, ssa_tf, keras; m = keras.saving.load_model(sys.argv[1]); "
+            "print(type(m).__name__, m.mode)")
+    loaded = subprocess.run([sys.executable, "-c", code, str(path)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.split() == ["SSAModel", "ssa"]
+
+
+def test_tensorflow_comes_from_exactly_one_extra_cpu_or_gpu():
+    """tensorflow-cpu and tensorflow[and-cuda] install the same package and overwrote
+    each other: neither is a base dependency, each extra brings one, and the GPU
+    install is a documented command."""
+    import re
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+
+    def tensorflows(requirements):
+        return [r for r in requirements if re.match(r"tensorflow(-cpu)?(\[|=|$)", r)]
+
+    extras = project["optional-dependencies"]
+    assert tensorflows(project["dependencies"]) == []
+    assert tensorflows(extras["cpu"]) == ["tensorflow-cpu==2.21.0"]
+    assert tensorflows(extras["gpu"]) == ["tensorflow[and-cuda]==2.21.0"]
+    assert tensorflows(extras["dev"]) == ["tensorflow-cpu==2.21.0"]
+    with open(os.path.join(REPO, "BUILD.md")) as f:
+        assert ".[gpu]" in f.read()  # BUILD.md, "Set-up"
+    # without TensorFlow, the error says which extra to install
+    with open(os.path.join(REPO, "ssa_tf", "__init__.py")) as f:
+        assert "pip install -e '.[cpu]' (or '.[gpu]'" in f.read()
+
+
+@pytest.mark.parametrize("cli", sorted(CLIS))
+def test_help_cites_no_document_outside_the_repository(cli):
+    """Issue 18, item 1: SPEC.md is not in a clone; --help must not send a user there."""
+    result = run(cli, "--help", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "SPEC" not in result.stdout
+    for doc in ("README.md", "BUILD.md"):
+        if doc in result.stdout:
+            assert os.path.isfile(os.path.join(REPO, doc))
+
+
+def test_a_grid_report_names_its_splits_in_the_caption(tmp_path):
+    """Issue 18, item 1: every results table says which images it was trained,
+    validated and tested on (here as on a standard `tfds build cifar10`)."""
+    code = r"""
+import json, os, sys
+from benchmarks import grid
+out = sys.argv[1]
+os.makedirs(os.path.join(out, "results"))
+cfg = grid.variant_config("rules_smallconv", "bp", 1)
+record = {"key": grid.run_key(cfg), "seed": 1, "mode": "bp",
+          "card": {"sequential": True, "weight_transport": "continuously",
+                   "held_activations": "all modules"},
+          "val_accuracy": [0.4, 0.5], "test_accuracy": 0.49, "epoch_seconds": [3.0, 3.0],
+          "splits": {"train": "cifar10:train[:10000]", "validation": "cifar10:train[45000:]",
+                     "test": "cifar10:test"}}
+with open(os.path.join(out, "results", "rules_smallconv.jsonl"), "w") as f:
+    f.write(json.dumps(record) + "\n")
+grid.report("rules_smallconv", out)
+"""
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "SSA_TF_DEFER_KERAS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    text = (tmp_path / "rules_smallconv.md").read_text()
+    caption = text.split("| variant |")[0]
+    assert "Trained on `cifar10:train[:10000]`, validated on `cifar10:train[45000:]`" in caption
+    assert "tested once at the end on `cifar10:test`" in caption
+    assert (tmp_path / "rules_smallconv.png").read_bytes()[:4] == b"\x89PNG"

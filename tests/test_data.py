@@ -343,3 +343,57 @@ def test_the_versions_checked_before_tensorflow_are_the_ones_tfds_reads():
     assert tfds.__version__ == TFDS_PACKAGE
     for name, version in TFDS_VERSIONS.items():
         assert str(tfds.builder_cls(name).VERSION) == version
+
+
+# --------------------------------------------------------------------------
+# A standard `tfds build cifar10` (50,000 / 10,000), mocked: what a user's clone reads.
+# --------------------------------------------------------------------------
+
+def test_standard_tfds_cifar10_validates_on_train_45000_and_tests_on_the_official_test(
+        tmp_path):
+    """Issue 18, items 1 and 2: on the layout `tfds build cifar10` makes, a run with the
+    default settings trains on train[:45000], validates on train[45000:] (carved from
+    train) and takes its final number from the official 10,000-image test split."""
+    from ssa_tf import config as cfg_lib
+    from ssa_tf.training import run
+
+    # each split's examples carry their own label, so a pipeline shows where it reads
+    labels = {"train[:45000]": 3, "train[45000:]": 5, "test": 7}
+    asked = []
+
+    def as_dataset(self, split, decoders=None, read_config=None, shuffle_files=False):
+        asked.append(str(split))
+        label = tf.constant(labels[str(split)], tf.int64)
+        return tf.data.Dataset.range(8).map(lambda i: {
+            "image": tf.fill((32, 32, 3), tf.cast(i, tf.uint8)), "label": label,
+            "id": tf.strings.as_string(i)})
+
+    data_dir = str(tmp_path / "tfds")
+    with mock_prepared("cifar10", data_dir, {"train": 50000, "test": 10000},
+                       as_dataset_fn=as_dataset):
+        data.check_available("cifar10", data_dir)  # what the CLI checks before TensorFlow
+        cfg = cfg_lib.RunConfig().with_overrides([
+            "data.dataset=cifar10", f"data.data_dir={data_dir}", "model.model=mlp",
+            "train.epochs=1", "train.batch_size=4", f"runtime.workdir={tmp_path / 'w'}"])
+        assert cfg.data.validation_split == 0.1  # the default, not asked for
+        assert cfg_lib.validate(cfg) is None
+        spec = run.load_data(cfg)
+        assert (spec.train_split, spec.validation_split, spec.test_split) == (
+            "cifar10:train[:45000]", "cifar10:train[45000:]", "cifar10:test")
+        assert (spec.train_examples, spec.validation_examples, spec.test_examples) == (
+            45000, 5000, 10000)
+        assert set(batches(spec.train)[1].tolist()) == {3}
+        assert set(batches(spec.validation)[1].tolist()) == {5}  # never the test split
+        xe, ye = batches(spec.test)
+        assert set(ye.tolist()) == {7}
+        # the normalization an export folds in (raw pixels in) is the pipeline's own
+        mean, std = (np.array(v, np.float32) for v in data.input_normalization("cifar10"))
+        pixels = np.arange(8, dtype=np.float32)[:, None, None, None]  # image i is all i
+        np.testing.assert_allclose(xe, np.broadcast_to((pixels - mean) / std, xe.shape),
+                                   atol=1e-5)
+        summary = run.train(cfg, verbose=0)
+    assert sorted(set(asked)) == sorted(labels)
+    assert summary["train_split"] == "cifar10:train[:45000]"
+    assert summary["validation_split"] == "cifar10:train[45000:]"
+    assert summary["test_split"] == "cifar10:test"
+    assert "val_accuracy" in summary["history"]

@@ -75,23 +75,29 @@ def test_two_trials_give_results_plot_and_a_winner_only_outside_the_noise(search
     assert os.path.exists(cfg.project + "/best.flags") == (gap > band)
 
 
-def test_the_noise_band_decides_whether_there_is_a_winner(tmp_path):
-    assert report.noise_band(0.5, 400) == pytest.approx(0.0707, abs=1e-4)
+def _reported_search(tmp_path):
+    """A search folder with its search.json and no trials run: for report() alone."""
     cfg = small_search(tmp_path)
     os.makedirs(cfg.project)
     with open(os.path.join(cfg.project, "search.json"), "w") as f:
         json.dump({"config": cfg.to_json(), "train_split": "t", "validation_split": "v",
                    "validation_examples": 400}, f)
+    return cfg
 
-    def state(i, score):
-        return {"trial_id": str(i), "status": "COMPLETED", "score": score,
-                "hyperparameters": {"values": {"alpha": 1.0, "beta": 0.01 * (i + 1),
-                                               "gamma": 0.1}}}
 
-    tied = report.report(cfg.project, [state(0, 0.50), state(1, 0.53), state(2, 0.20)])
+def _trial(i, score):
+    return {"trial_id": str(i), "status": "COMPLETED", "score": score,
+            "hyperparameters": {"values": {"alpha": 1.0, "beta": 0.01 * (i + 1), "gamma": 0.1}}}
+
+
+def test_the_noise_band_decides_whether_there_is_a_winner(tmp_path):
+    assert report.noise_band(0.5, 400) == pytest.approx(0.0707, abs=1e-4)
+    cfg = _reported_search(tmp_path)
+
+    tied = report.report(cfg.project, [_trial(0, 0.50), _trial(1, 0.53), _trial(2, 0.20)])
     assert tied["best"] is None and tied["top"]["trial"] == 2
     assert not os.path.exists(os.path.join(cfg.project, "best.flags"))
-    clear = report.report(cfg.project, [state(0, 0.50), state(1, 0.62)])
+    clear = report.report(cfg.project, [_trial(0, 0.50), _trial(1, 0.62)])
     assert clear["best"]["trial"] == 2
     assert os.path.exists(os.path.join(cfg.project, "best.flags"))
 
@@ -250,3 +256,18 @@ def test_sensitivity_plot_marks_failed_trials(tmp_path):
         assert f.read(4) == b"\x89PNG"
     assert report.reason("Traceback ...\nkeras_tuner.src.errors.FailedTrialError: x: y") == \
         "FailedTrialError: x: y"
+
+
+def test_the_report_prints_the_noise_band_and_the_tied_trials(tmp_path, capsys):
+    """Issue 18, item 6: the search says how wide its noise is, names the trials
+    (numbered as KerasTuner's 'Running Trial #N') tied inside it, and calls no winner."""
+    cfg = _reported_search(tmp_path)
+
+    report.report(cfg.project, [_trial(0, 0.50), _trial(1, 0.53), _trial(2, 0.20)])
+    out = capsys.readouterr().out
+    assert "no winner: 2 trials (#2, #1) lie within 0.0706 of the highest, 0.5300 (trial #2)" \
+        in out and "400 validation examples" in out and "no best.flags written" in out
+    assert "best:" not in out
+    report.report(cfg.project, [_trial(0, 0.50), _trial(1, 0.62)])
+    out = capsys.readouterr().out
+    assert "best: trial #2 (trial_1)" in out and "0.1200 above the next (noise band 0.0686)" in out

@@ -134,16 +134,20 @@ class Local(LearningRule):
                 h = m(ops.stop_gradient(h), training=True)
             tapes.append(tape)
             outputs.append(h)
-        logits = outputs[-1]
-        if error is None:
-            error = losses.output_error(logits, y, model.num_classes)
-        error = ops.stop_gradient(error)
-        signals = self.route.signals(model, outputs, error)
+        logits, error, signals = self._error_and_signals(model, outputs, y, error)
         results = []
         for i, (tape, h) in enumerate(zip(tapes, outputs)):
             with tape:  # re-entering continues recording on module i's tape
                 results.append(self._module_step(model, i, tape, h, error, y, signals, replicas))
         return self._collect(results, logits)
+
+    def _error_and_signals(self, model, outputs, y, error=None):
+        """The logits, the output error e (given, or from them) and every module's signal."""
+        logits = outputs[-1]
+        if error is None:
+            error = losses.output_error(logits, y, model.num_classes)
+        error = ops.stop_gradient(error)
+        return logits, error, self.route.signals(model, outputs, error)
 
     @property
     def recomputes(self) -> bool:
@@ -162,11 +166,7 @@ class Local(LearningRule):
         for m in model.local_modules:
             h = ops.stop_gradient(m(h, training=True))
             outputs.append(h)
-        logits = outputs[-1]
-        if error is None:
-            error = losses.output_error(logits, y, model.num_classes)
-        error = ops.stop_gradient(error)
-        signals = self.route.signals(model, outputs, error)
+        logits, error, signals = self._error_and_signals(model, outputs, y, error)
         inputs = [x, *outputs[:-1]]
         results, deps = [], [logits]
         with replaying(model.local_modules):

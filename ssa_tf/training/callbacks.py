@@ -16,18 +16,30 @@ class Diverged(RuntimeError):
     """A local loss or gradient became NaN or Inf (exit status 3)."""
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Wall-clock seconds of each training epoch (evaluation excluded)."""
-
+class _Timer(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.seconds = []
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def _begin(self, *args, **kwargs):
         self._start = time.perf_counter()
 
-    def on_epoch_end(self, epoch, logs=None):
+    def _end(self, *args, **kwargs):
         self.seconds.append(time.perf_counter() - self._start)
+
+
+class EpochTimer(_Timer):
+    """Wall-clock seconds of each training epoch (evaluation excluded)."""
+
+    on_epoch_begin = _Timer._begin
+    on_epoch_end = _Timer._end
+
+
+class StepTimer(_Timer):
+    """Wall-clock seconds of each training step."""
+
+    on_train_batch_begin = _Timer._begin
+    on_train_batch_end = _Timer._end
 
 
 def divergence_guard(model, skip=0, log=print):

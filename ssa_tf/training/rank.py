@@ -25,6 +25,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+from ssa_tf import files
 from ssa_tf.nn import energy_rank
 from ssa_tf.training.csvlog import keep_rows
 
@@ -240,10 +241,7 @@ def plot_ranks(history, path):
     if len(layers) <= 20:
         ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    files.save_figure(fig, path)
 
 
 def cut_epochs(epochs, start, interval):

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssa_tf import data as data_lib
+from ssa_tf import files
 from ssa_tf.config import RunConfig, UsageError
 from ssa_tf.training import callbacks as callbacks_lib
 from ssa_tf.training import checkpoints, loop, workdir as workdir_lib
@@ -26,13 +27,6 @@ from ssa_tf.training.rank import RankPruning, WarmupAfterCuts, cut_epochs
 
 class InputError(Exception):
     """The data could not be read (a corrupt or truncated file): the user's input (exit 2)."""
-
-
-def _atomic_write_text(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def learning_rate_schedule(cfg: RunConfig, steps_per_epoch: int):
@@ -98,7 +92,7 @@ def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
     next(iter(ds.train))  # a corrupt file fails here, before anything is written
     os.makedirs(workdir, exist_ok=True)
     if state != "resume":
-        _atomic_write_text(os.path.join(workdir, "config.json"),
+        files.write_text(os.path.join(workdir, "config.json"),
                            json.dumps(cfg.record(), indent=2, default=list))
     with placement.strategy.scope():  # model, optimizer, metrics, rank callback
         model = model_from_config(cfg, ds.input_shape, ds.num_classes)
@@ -136,7 +130,7 @@ def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
         "resumed_from_epoch": placement.resumed_from,
         "resumed_from_step": placement.resumed_at[1],
     }
-    _atomic_write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
+    files.write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     placement.close()
     return summary
 

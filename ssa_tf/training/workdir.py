@@ -201,3 +201,19 @@ def remove_outputs(workdir):
             shutil.rmtree(path, ignore_errors=True)
         elif os.path.exists(path):
             os.remove(path)
+
+
+def clean_failed_run(workdir, existed):
+    """A run that failed before its first checkpoint leaves nothing behind."""
+    if last_checkpoint(workdir) is None:
+        remove_outputs(workdir)
+        remove_new_workdir(workdir, existed)
+
+
+def remove_new_workdir(workdir, existed):
+    """Remove the workdir if this run created it and left nothing of the user's in it."""
+    if existed or not os.path.isdir(workdir):
+        return
+    leftovers = [n for n in os.listdir(workdir) if n != ".lock"]
+    if not leftovers:
+        shutil.rmtree(workdir, ignore_errors=True)

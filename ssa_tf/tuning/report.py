@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+from ssa_tf import files
 from ssa_tf.tuning.settings import (CSV_COLUMNS, LOG_SAMPLED, RUN_FIELDS, SEED_COEFFICIENTS,
                                     TRIAL_RECORD, SearchConfig)
 
@@ -109,7 +110,7 @@ def report(project: str, states: list[dict] | None = None):
         if os.path.exists(paths["flags"]):
             os.remove(paths["flags"])
         return {"rows": rows, "best": None, "top": top, "band": band, "paths": paths}
-    _write_text(paths["flags"], best_flags(cfg, winner, len(rows), saved))
+    files.write_text(paths["flags"], best_flags(cfg, winner, len(rows), saved))
     runner = (f", {winner['val_accuracy'] - done[1]['val_accuracy']:.4f} above the next "
               f"(noise band {band:.4f})") if len(done) > 1 and band is not None else ""
     print(f"best: trial #{winner['trial']} (trial_{winner['trial_id']}), val_accuracy "
@@ -201,10 +202,7 @@ def plot_sensitivity(rows, cfg: SearchConfig, path, best=None):
     fig.suptitle(f"SSA loss-weight sensitivity: {cfg.run.model.model} on {cfg.run.data.dataset}, "
                  f"{len(done)} of {len(rows)} trials completed", fontsize=10)
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    files.save_figure(fig, path)
 
 
 def _write_csv(path, rows):
@@ -217,12 +215,5 @@ def _write_csv(path, rows):
     os.replace(tmp, path)
 
 
-def _write_text(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def write_json(path, obj):
-    _write_text(path, json.dumps(obj, indent=2))
+    files.write_text(path, json.dumps(obj, indent=2))
