@@ -19,6 +19,7 @@ flags.DEFINE_list("modes", ["dfa", "ssa"], "rules to run")
 flags.DEFINE_enum("dataset", "mnist5k", ["mnist5k", "cifar10"], "the test's data "
                   "(cifar10: from SSA_TF_TFDS_DIR, default ../shared/tfds)")
 flags.DEFINE_integer("epochs", None, "epochs (default: the test's)")
+flags.DEFINE_float("learning_rate", None, "every rule at this rate (default: each rule's)")
 flags.DEFINE_integer("max_train_examples", None, "cifar10: training images (default: the test's)")
 
 
@@ -33,7 +34,8 @@ def main(argv):
     for seed in (int(s) for s in FLAGS.seeds):
         budget = {k: v for k, v in (("epochs", FLAGS.epochs),
                                    ("max_train_examples", FLAGS.max_train_examples)) if v}
-        row = {m: accuracy(m, seed, FLAGS.dataset, **budget) for m in FLAGS.modes}
+        row = {m: accuracy(m, seed, FLAGS.dataset, FLAGS.learning_rate, **budget)
+               for m in FLAGS.modes}
         for m, a in row.items():
             table[m].append(a)
         print(f"seed {seed}: " + "  ".join(f"{m} {a:.3f}" for m, a in row.items()), flush=True)

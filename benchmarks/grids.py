@@ -23,19 +23,19 @@ GRIDS = {
     # issue 14: a credible DFA (and BP's rate). smallconv at a small budget; what the
     # defaults are made of
     "dfa_tuning": dict(
-        caption="DFA's defaults, one knob at a time from them, and BP's rate (smallconv, "
-                "first 10,000 training images, 5 epochs, no augmentation).",
+        caption="DFA's first defaults (lr 1e-3), one knob at a time from them, and BP's "
+                "rate (smallconv, first 10,000 training images, 5 epochs, no augmentation).",
         base=dict(_CIFAR, model="smallconv", epochs=5, max_train_examples=10000,
-                  augment=False, mode="dfa"),
+                  augment=False, mode="dfa", learning_rate=1e-3),
         seeds=SEEDS,
         variants={
-            "dfa (defaults)": {},
+            "dfa, lr 1e-3 (the first defaults)": {},
             "broadcast feedback": dict(feedback_spatial="broadcast"),
             "glorot head": dict(head_init="glorot"),
             "relu": dict(activation="relu"),
             "relu, glorot head, broadcast (the former DFA)": dict(
                 activation="relu", head_init="glorot", feedback_spatial="broadcast"),
-            "lr 3e-4": dict(learning_rate=3e-4),
+            "lr 3e-4 (the default since)": dict(learning_rate=3e-4),
             "lr 2e-3": dict(learning_rate=2e-3),
             "batch norm": dict(norm="batch"),
             "chain route (random kernels)": dict(feedback="chain"),
@@ -53,9 +53,11 @@ GRIDS = {
         variants={
             "bp": dict(mode="bp"),
             "svd-bp": dict(mode="svd-bp"),
-            "dfa": dict(mode="dfa"),
-            "plain layers, local route, trained read-out": dict(
-                mode="dfa", feedback="local", readout_grid=4, readout_trained=True),
+            "dfa (defaults: lr 3e-4)": dict(mode="dfa"),
+            "dfa, lr 1e-3 (the first default)": dict(mode="dfa", learning_rate=1e-3),
+            "plain layers, local route, trained read-out, lr 1e-3": dict(
+                mode="dfa", feedback="local", readout_grid=4, readout_trained=True,
+                learning_rate=1e-3),
             "ssa (defaults: chain, lr 1e-3)": dict(mode="ssa"),
             "ssa, chain, lr 3e-4 (the first default)": dict(mode="ssa", learning_rate=3e-4),
             "ssa, chain, lr 3e-4, seed's terms (gamma 0.1)": dict(
@@ -102,7 +104,8 @@ GRIDS = {
         base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
                   augment=True),
         seeds=SEEDS,
-        variants=dict(RULES)),
+        variants={**RULES, "dfa, lr 1e-3 (the first default)": dict(mode="dfa",
+                                                                    learning_rate=1e-3)}),
     # the training length: epoch k of a constant-rate run is a k-epoch run
     "length_smallconv": dict(
         caption="BP, DFA and SSA over 50 epochs (smallconv, first 10,000 training images "

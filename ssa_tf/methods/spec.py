@@ -114,7 +114,7 @@ RULES = {
         "dfa", False, "direct feedback alignment: fixed random feedback, ordinary layers",
         dict(alpha=1.0, feedback="global", feedback_spatial="full", feedback_init="random",
              readout_grid=2, readout_trained=False, recompute=True),
-        1e-3, {"feedback": ROUTES, "feedback_spatial": SPATIAL, "feedback_init": FEEDBACK_INIT}),
+        3e-4, {"feedback": ROUTES, "feedback_spatial": SPATIAL, "feedback_init": FEEDBACK_INIT}),
     "ssa": RuleSpec(
         "ssa", True, "SVD-space alignment: direct, transport-free local learning of SVD factors",
         dict(_FACTOR_OPTIONS, alpha=1.0, feedback="chain", feedback_spatial="full",
