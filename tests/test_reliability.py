@@ -229,3 +229,16 @@ def test_kill_9_then_resume_equals_the_uninterrupted_run(tmp_path):
     # deterministic ops, the same data order and restored optimizer/metric state:
     # bit-identical weights
     assert all(d == 0.0 for d, _ in results), results
+
+
+def test_a_checkpoint_of_another_model_is_a_one_line_error_naming_restart():
+    """A backup written by another version (other variable names or shapes) is the
+    user's input: CheckpointError (exit 2, one line), not a traceback."""
+    import keras
+    from ssa_tf.training import checkpoints
+
+    var = keras.Variable(np.zeros((2, 3), "float32"), name="w")
+    with pytest.raises(checkpoints.CheckpointError, match="--restart"):
+        checkpoints._assign({"a/w": var}, {"optimizer/a/other": np.zeros((2, 3))}, "optimizer/")
+    with pytest.raises(checkpoints.CheckpointError, match=r"shape \(3, 2\) there"):
+        checkpoints._assign({"a/w": var}, {"optimizer/a/w": np.zeros((3, 2))}, "optimizer/")

@@ -194,12 +194,15 @@ def agree_on_checkpoint(strategy, mine):
 def _assign(variables, arrays, prefix):
     saved = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
     if set(saved) != set(variables):
-        raise RuntimeError(f"backup and model differ in {prefix[:-1]} variables: "
-                           f"{sorted(set(saved) ^ set(variables))[:6]}")
+        raise CheckpointError(f"the checkpoint does not fit this model (its {prefix[:-1]} "
+                              f"variables differ: {sorted(set(saved) ^ set(variables))[:3]}; "
+                              "written by another version of ssa-tf?); pass --restart to start "
+                              "over")
     for path, var in variables.items():
         if tuple(var.shape) != saved[path].shape:
-            raise RuntimeError(f"backup has {path} at shape {saved[path].shape}, "
-                               f"the model {tuple(var.shape)}")
+            raise CheckpointError(f"the checkpoint does not fit this model ({path} has shape "
+                                  f"{saved[path].shape} there, {tuple(var.shape)} here); pass "
+                                  "--restart to start over")
         var.assign(saved[path])
 
 
