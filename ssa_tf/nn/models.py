@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keras
 
-from ssa_tf.nn import LocalBatchNorm, SVDConv2D, SVDDense
+from ssa_tf.nn.layers import LocalBatchNorm, SVDConv2D, SVDDense
 
 MODELS = ("mlp", "smallconv", "resnet32", "resnet18")
 NORMS = ("layer", "batch", "none")
