@@ -5,6 +5,7 @@ test_config.py; BUILD.md, "Exit codes", lists every status.)"""
 import errno
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -212,12 +213,15 @@ def test_diverging_run_exits_3_and_keeps_its_checkpoint(tmp_path):
 
 def test_ctrl_c_exits_130_with_the_resume_hint_and_the_run_resumes(tmp_path):
     workdir = tmp_path / "w"
-    args = [*MNIST_TINY[:1], "--epochs=2", "--set=data.max_train_examples=512",
+    # a run far too long to end before the signal (on an idle machine a short one
+    # finished between its first checkpoint and the SIGINT); it resumes with fewer
+    # epochs, a change a resume allows
+    args = [*MNIST_TINY[:1], "--set=data.max_train_examples=512",
             "--set=runtime.checkpoint_steps=2", f"--workdir={workdir}"]
     from conftest import CLIS, REPO
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    proc = subprocess.Popen([*CLIS["train"], *args], cwd=REPO, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*CLIS["train"], *args, "--epochs=1000"], cwd=REPO, env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     while not list(workdir.glob("backup/local/epoch-*/state.json")) and time.time() < deadline:
         time.sleep(0.2)
@@ -227,7 +231,8 @@ def test_ctrl_c_exits_130_with_the_resume_hint_and_the_run_resumes(tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "Traceback" not in err and len([l for l in lines if "interrupted" in l]) == 1
     assert "resumes from its checkpoint (epoch " in lines[-1]
-    again = run("train", *args, timeout=300)
+    done = int(re.search(r"checkpoint \(epoch (\d+)", lines[-1]).group(1))
+    again = run("train", *args, f"--epochs={done + 1}", timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["resumed_from_epoch"] + summary["resumed_from_step"] > 0
