@@ -220,8 +220,8 @@ def test_ctrl_c_exits_130_with_the_resume_hint_and_the_run_resumes(tmp_path):
             "--set=runtime.checkpoint_steps=2", f"--workdir={workdir}"]
     from conftest import CLIS, REPO
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    # a pytest-xdist worker ignores SIGINT and a child would inherit that: the
-    # child gets the default disposition, as a process started from a shell has
+    # the child gets SIGINT's default disposition explicitly, as a process started
+    # from a shell has (once, under pytest-xdist, a child ignored its SIGINT)
     proc = subprocess.Popen([*CLIS["train"], *args, "--epochs=1000"], cwd=REPO, env=env,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
