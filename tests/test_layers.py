@@ -243,16 +243,24 @@ def test_conv_truncate_is_best_rank_r(orthonormal, kernel_size, strides, padding
         perturb(layer, rng)
     r = 2
     _, after = _check_truncation(layer, r, rng)
+    assert_conv_computes(layer, after, conv, kernel_size, strides, padding, rng)
+    # the sub-convolutions really run at rank r (cheaper, not masked)
     kh, kw = kernel_size
-    kernel = conv_kernel(after, kh, kw, c, n)
+    vertical, horizontal = layer.sub_kernels()
+    assert tuple(vertical.shape) == (kh, 1, c, r)
+    assert tuple(horizontal.shape) == (1, kw, r, n)
+
+
+def assert_conv_computes(layer, matrix, conv, kernel_size, strides, padding, rng):
+    """``layer``'s merged kernel is ``matrix`` laid out as a kernel, and its forward
+    pass is that kernel's convolution with ``conv``'s bias (NumPy reference)."""
+    kh, kw = kernel_size
+    c, n = (int(d) for d in conv.kernel.shape[2:])
+    kernel = conv_kernel(matrix, kh, kw, c, n)
     np.testing.assert_allclose(layer.merged_kernel(), kernel, rtol=RTOL, atol=ATOL)
     x = rng.standard_normal((2, 9, 11, c)).astype(np.float32)
     want = reference_conv(x, kernel, np_(conv.bias), _pair(strides), padding)
     np.testing.assert_allclose(np_(layer(x)), want, rtol=RTOL, atol=ATOL)
-    # the sub-convolutions really run at rank r (cheaper, not masked)
-    vertical, horizontal = layer.sub_kernels()
-    assert tuple(vertical.shape) == (kh, 1, c, r)
-    assert tuple(horizontal.shape) == (1, kw, r, n)
 
 
 def _pair(v):

@@ -12,8 +12,8 @@ import keras
 import tensorflow as tf
 
 from ssa_tf.nn import LocalBatchNorm, SVDConv2D, SVDDense
-from test_layers import (ATOL, RTOL, _pair, best_rank, conv_kernel, factor_matrix, make_conv,
-                         make_dense, np_, perturb, reference_conv)
+from test_layers import (ATOL, RTOL, assert_conv_computes, best_rank, factor_matrix, make_conv,
+                         make_dense, np_, perturb)
 
 
 # --------------------------------------------------------------------------
@@ -34,12 +34,7 @@ def test_conv_negative_singular_values(kernel_size, strides, padding):
     layer.s.assign(s.astype(np.float32))
     assert (np_(layer.s) < 0).any()
     M = factor_matrix(layer)
-    kh, kw = kernel_size
-    kernel = conv_kernel(M, kh, kw, c, n)
-    np.testing.assert_allclose(layer.merged_kernel(), kernel, rtol=RTOL, atol=ATOL)
-    x = rng.standard_normal((2, 9, 11, c)).astype(np.float32)
-    want = reference_conv(x, kernel, np_(conv.bias), _pair(strides), padding)
-    np.testing.assert_allclose(np_(layer(x)), want, rtol=RTOL, atol=ATOL)
+    assert_conv_computes(layer, M, conv, kernel_size, strides, padding, rng)
     # and truncation of a signed spectrum is still Eckart-Young
     layer.truncate(3)
     np.testing.assert_allclose(factor_matrix(layer), best_rank(M, 3), atol=1e-5)
