@@ -98,8 +98,8 @@ def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
         except BaseException:
             # a run that failed before its first checkpoint leaves nothing behind
             workdir_lib.clean_failed_run(cfg.runtime.workdir, cfg.runtime.workdir not in new)
-            for d in reversed(new[:-1]):
-                if os.path.isdir(d) and not os.listdir(d):
+            for d in (os.path.join(workdir, grid), workdir):  # the parents this run made
+                if d in new and os.path.isdir(d) and not os.listdir(d):
                     os.rmdir(d)
             raise
         history = summary["history"]
