@@ -123,6 +123,17 @@ GRIDS = {
                   augment=True, mode="ssa", rank_start=0, rank_interval=4),
         seeds=SEEDS,
         variants={f"tau {t}": dict(rank_tau=t) for t in (0.95, 0.9, 0.8, 0.7)}),
+    # the repeated cuts of rank_frontier collapse every layer to a few components (each cut
+    # keeps tau of the energy left by the last, and a direct rule's dense-layer updates have
+    # rank <= the number of classes); one cut halfway is the schedule the frontier asks for
+    "rank_once": dict(
+        caption="SSA cut once, after epoch 10 of 20, at energy fraction tau, as "
+                "rank_frontier otherwise (smallconv, first 10,000 training images with "
+                "augmentation); the test accuracy is the cut model's.",
+        base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
+                  augment=True, mode="ssa", rank_start=10, rank_interval=20),
+        seeds=SEEDS,
+        variants={f"tau {t}": dict(rank_tau=t) for t in (0.95, 0.9, 0.8, 0.7)}),
     # 16 local modules
     "rules_resnet32": dict(
         caption="resnet32 (16 local modules): first 5,000 training images with augmentation, "
