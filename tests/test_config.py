@@ -44,6 +44,7 @@ def test_malformed_overrides_say_what_is_wrong(assignment, needle):
     (["method.mode=hebbian"], "bp, svd-bp, dfa, ssa, fa, bp-lagged-copy"),
     (["model.norm=group"], "layer, batch, none"),
     (["model.activation=gelu"], "relu, leaky_relu, tanh"),
+    (["model.conv_factorization=diagonal"], "conv_factorization='diagonal' is not valid; choose from: spatial, channel"),
     (["method.feedback=chainsaw"], "global, local, chain"),
     (["method.beta=-0.1"], "method.beta must be >= 0"),
     (["method.alpha=-1"], "method.alpha must be >= 0"),

@@ -9,6 +9,7 @@ LABELS = ("fine", "coarse")  # cifar100 only
 NORMS = ("layer", "batch", "none")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 HEAD_INITS = ("zero", "glorot")
+CONV_FACTORIZATIONS = ("spatial", "channel")  # ssa_tf.nn.svd.CONV_FACTORIZATIONS
 RANK_FEEDBACK_CUTS = ("svd", "first")
 # auto: mirrored on more than one GPU, else one device (ssa_tf.training.strategies)
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")

@@ -42,6 +42,9 @@ class ModelConfig:
     # a local rule's first updates count (benchmarks/ACCURACY.md, the DFA tuning)
     activation: str = "leaky_relu"
     head_init: str = "zero"  # the classifier starts at zero (s = 0 in SVD form)
+    # how an SVD convolution views its kernel (BUILD.md, algorithm §2): spatial, the seed's
+    # (kh x 1 then 1 x kw); channel (kh x kw to rank r, then 1x1): cheaper at every rank
+    conv_factorization: str = "spatial"
 
 
 @dataclasses.dataclass

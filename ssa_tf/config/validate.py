@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 
-from ssa_tf.config.choices import (ACTIVATIONS, DATASETS, HEAD_INITS, LABELS, MODELS, MODES,
-                                   NORMS, PROGRESS, RANK_FEEDBACK_CUTS, STRATEGIES)
+from ssa_tf.config.choices import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, HEAD_INITS, LABELS,
+                                   MODELS, MODES, NORMS, PROGRESS, RANK_FEEDBACK_CUTS, STRATEGIES)
 from ssa_tf.config.schema import RunConfig
 from ssa_tf.methods import spec as methods
 
@@ -22,6 +22,7 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
                ("model.model", m.model, MODELS), ("method.mode", cfg.method.mode, MODES),
                ("model.norm", m.norm, NORMS), ("model.activation", m.activation, ACTIVATIONS),
                ("model.head_init", m.head_init, HEAD_INITS),
+               ("model.conv_factorization", m.conv_factorization, CONV_FACTORIZATIONS),
                ("rank.feedback_cut", r.feedback_cut, RANK_FEEDBACK_CUTS),
                ("runtime.progress", rt.progress, PROGRESS)]
     for name, value, valid in choices:

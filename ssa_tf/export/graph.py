@@ -55,7 +55,7 @@ class LayerRecord:
     """What happened to one weight layer.
 
     ``shape`` is the (m, n) matrix view of BUILD.md, algorithm §2 (a convolution's
-    K' is (N*kw) x (C*kh)); ``params`` and ``macs`` (multiply-adds per
+    K' is (N*kw) x (C*kh), or N x (kh*kw*C) in channel factorization); ``params`` and ``macs`` (multiply-adds per
     example) are for the form chosen, ``dense_*`` for one merged layer.
     ``form`` is "svd" or "kept" for ``to_ssa``, "merged" or "factored" for
     ``merge``.
@@ -99,6 +99,8 @@ def costs(layer, in_shape):
     ho = conv_len(h, (kh - 1) * dil[0] + 1, sh, padding)
     wo = conv_len(w, (kw - 1) * dil[1] + 1, sw, padding)
     merged = ho * wo * m * n  # a grouped kernel's n already counts C / groups
+    if getattr(layer, "factorization", "spatial") == "channel":  # kh x kw to r, then 1x1
+        return merged, ho * wo * r * (m + n)
     channels, filters = n // kh, m // kw
     factored = ho * w * channels * kh * r + ho * wo * r * kw * filters
     return merged, factored

@@ -236,6 +236,10 @@ class _LinearSpec:
         layer = self.layer
         if self.dense:
             return keras.layers.Dense(layer.rank, use_bias=False, name=f"{self.name}_V")
+        if layer.factorization == "channel":
+            return keras.layers.Conv2D(layer.rank, layer.kernel_size, strides=layer.strides,
+                                       padding=layer.padding, use_bias=False,
+                                       name=f"{self.name}_V")
         kh, _ = layer.kernel_size
         return keras.layers.Conv2D(layer.rank, (kh, 1), strides=(layer.strides[0], 1),
                                    padding=layer.padding, use_bias=False, name=f"{self.name}_V")
@@ -244,6 +248,9 @@ class _LinearSpec:
         layer = self.layer
         if self.dense:
             return keras.layers.Dense(layer.units, use_bias=use_bias, name=f"{self.name}_U")
+        if layer.factorization == "channel":
+            return keras.layers.Conv2D(layer.filters, 1, use_bias=use_bias,
+                                       name=f"{self.name}_U")
         _, kw = layer.kernel_size
         return keras.layers.Conv2D(layer.filters, (1, kw), strides=(1, layer.strides[1]),
                                    padding=layer.padding, use_bias=use_bias, name=f"{self.name}_U")

@@ -15,7 +15,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from ssa_tf.nn.svd import FORWARD_FORMS, SVDLayer
+from ssa_tf.nn.svd import CONV_FACTORIZATIONS, FORWARD_FORMS, SVDLayer
 
 _PACKAGE = "ssa_tf"
 
@@ -90,12 +90,23 @@ class SVDDense(SVDLayer, keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SVDConv2D(SVDLayer, keras.layers.Layer):
-    """2-D convolution in spatial-SVD form (BUILD.md, algorithm §2), channels last.
+    """2-D convolution in SVD form (BUILD.md, algorithm §2), channels last.
 
-    The kernel K (kh, kw, C, N) is viewed as K'[(n, w), (c, h)] and
-    factored; the layer runs a vertical (kh x 1, C -> r) convolution then a
-    horizontal (1 x kw, r -> N) convolution, each carrying one axis' stride
-    and padding. At full rank it is the original convolution exactly.
+    ``factorization="spatial"`` (the seed's): the kernel K (kh, kw, C, N) is
+    viewed as K'[(n, w), (c, h)] and factored; the layer runs a vertical
+    (kh x 1, C -> r) convolution then a horizontal (1 x kw, r -> N)
+    convolution, each carrying one axis' stride and padding. Full rank is
+    min(N kw, C kh) (3C for a 3x3 kernel with C = N).
+
+    ``factorization="channel"``: K is viewed as K'[n, (h, w, c)], an
+    N x (kh kw C) matrix; the factored layer is a (kh x kw, C -> r)
+    convolution with the stride and padding, then a 1x1 (r -> N) one. Full
+    rank is min(N, kh kw C) (N for a 3x3 kernel), so a full-rank layer has
+    about 1.1x, not 2x, the plain convolution's weights, and the factored
+    pair does fewer multiply-adds than the plain kernel below about 90% of
+    full rank instead of 50%.
+
+    Either way, at full rank it is the original convolution exactly.
 
     ``forward="auto"`` computes the same function in whichever order costs
     fewer multiply-adds: the two factored convolutions, or one convolution
@@ -107,11 +118,16 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
 
     def __init__(self, filters, kernel_size, strides=1, padding="same", rank=None, use_bias=True,
                  kernel_initializer="he_normal", bias_initializer="zeros", feedback_seed=None,
-                 feedback_init="random", init_scale=1.0, forward="auto", **kwargs):
+                 feedback_init="random", init_scale=1.0, forward="auto",
+                 factorization="spatial", **kwargs):
         super().__init__(**kwargs)
         if forward not in FORWARD_FORMS:
             raise ValueError(f"forward must be one of {FORWARD_FORMS}, got {forward!r}")
+        if factorization not in CONV_FACTORIZATIONS:
+            raise ValueError(f"factorization must be one of {CONV_FACTORIZATIONS}, "
+                             f"got {factorization!r}")
         self.forward = forward
+        self.factorization = factorization
         self.filters = int(filters)
         self.kernel_size = _pair(kernel_size)
         self.strides = _pair(strides)
@@ -129,6 +145,8 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
     @property
     def _matrix_shape(self):
         kh, kw = self.kernel_size
+        if self.factorization == "channel":
+            return (self.filters, kh * kw * self._channels)
         return (self.filters * kw, self._channels * kh)
 
     @property
@@ -137,12 +155,16 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
 
     def matrix_from_kernel(self, kernel):
         kh, kw, c, n = np.shape(kernel)
+        if self.factorization == "channel":  # K'[n, (h, w, c)] = kernel[h, w, c, n]
+            return np.transpose(kernel, (3, 0, 1, 2)).reshape(n, kh * kw * c)
         # K'[(n, w), (c, h)] = kernel[h, w, c, n]
         return np.transpose(kernel, (3, 1, 2, 0)).reshape(n * kw, c * kh)
 
     def kernel_from_matrix(self, matrix):
         kh, kw = self.kernel_size
         n, c = self.filters, self._channels
+        if self.factorization == "channel":
+            return np.transpose(np.asarray(matrix).reshape(n, kh, kw, c), (1, 2, 3, 0))
         return np.transpose(np.asarray(matrix).reshape(n, kw, c, kh), (3, 1, 2, 0))
 
     def build(self, input_shape):
@@ -150,10 +172,15 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
         self._build_factors()
 
     def sub_kernels(self, feedback=False):
-        """(vertical (kh,1,C,r), horizontal (1,kw,r,N)) kernels of the two convolutions."""
+        """The kernels of the two convolutions: spatial, (vertical (kh,1,C,r),
+        horizontal (1,kw,r,N)); channel, ((kh,kw,C,r), 1x1 (1,1,r,N))."""
         kh, kw = self.kernel_size
         r = self.rank
         us, vs = self._scaled_factors(feedback)
+        if self.factorization == "channel":
+            first = ops.reshape(vs, (kh, kw, self._channels, r))
+            second = ops.reshape(ops.transpose(us), (1, 1, r, self.filters))
+            return first, second
         vertical = ops.transpose(ops.reshape(vs, (self._channels, kh, r)), (1, 0, 2))
         vertical = ops.expand_dims(vertical, 1)  # (kh, 1, C, r)
         horizontal = ops.transpose(ops.reshape(us, (self.filters, kw, r)), (1, 2, 0))
@@ -177,8 +204,12 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
             return self.forward == "merged"
         kh, kw = self.kernel_size
         c, n, r, sw = self._channels, self.filters, self.rank, self.strides[1]
-        # the vertical convolution runs at every input column (stride sw apart)
-        return kh * kw * c * n < kh * c * r * sw + kw * r * n
+        if self.factorization == "channel":
+            return kh * kw * c * n <= kh * kw * c * r + r * n
+        # the vertical convolution runs at every input column (stride sw apart); at equal
+        # cost one convolution beats two (50% of full rank: 1.48x BP's step factored,
+        # benchmarks/EFFICIENCY.md)
+        return kh * kw * c * n <= kh * c * r * sw + kw * r * n
 
     def _conv(self, x, feedback):
         if not self.uses_merged_forward():
@@ -190,11 +221,19 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
         """The (kh, kw, C, N) kernel made from the factors, differentiable in them."""
         U, s, V = (self.B_U, self.B_s, self.B_V) if feedback else (self.U, self.s, self.V)
         kh, kw = self.kernel_size
-        matrix = ops.matmul(U * s, ops.transpose(V))  # K'[(n, w), (c, h)]
+        matrix = ops.matmul(U * s, ops.transpose(V))
+        if self.factorization == "channel":  # K'[n, (h, w, c)]
+            kernel = ops.reshape(matrix, (self.filters, kh, kw, self._channels))
+            return ops.transpose(kernel, (1, 2, 3, 0))
+        # K'[(n, w), (c, h)]
         kernel = ops.reshape(matrix, (self.filters, kw, self._channels, kh))
         return ops.transpose(kernel, (3, 1, 2, 0))
 
     def _factored_conv(self, x, feedback):
+        if self.factorization == "channel":
+            first, second = self.sub_kernels(feedback)
+            y = ops.conv(x, first, strides=self.strides, padding=self.padding)
+            return ops.conv(y, second, strides=1, padding="valid")
         vertical, horizontal = self.sub_kernels(feedback)
         sh, sw = self.strides
         y = ops.conv(x, vertical, strides=(sh, 1), padding=self.padding)
@@ -208,6 +247,7 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "kernel_size": self.kernel_size,
                 "strides": self.strides, "padding": self.padding, "forward": self.forward,
+                "factorization": self.factorization,
                 **self._svd_config()}
 
     @classmethod

@@ -24,8 +24,9 @@ class LayerFactory:
     """Makes the layers of one network consistently for a mode."""
 
     def __init__(self, svd, local, norm, seed, feedback_init="random", ranks=None,
-                 activation="leaky_relu", head_init="zero"):
+                 activation="leaky_relu", head_init="zero", conv_factorization="spatial"):
         self.svd, self.local = bool(svd), bool(local)
+        self.conv_factorization = conv_factorization
         self.norm, self.seed = norm, int(seed)
         self.feedback_init = feedback_init
         self.ranks = dict(ranks or {})
@@ -62,7 +63,8 @@ class LayerFactory:
             return SVDConv2D(filters, kernel_size, strides=strides, padding="same",
                              rank=self.ranks.get(name), use_bias=use_bias, kernel_initializer=init,
                              feedback_seed=self._next_seed() + 5003,
-                             feedback_init=self.feedback_init, name=name)
+                             feedback_init=self.feedback_init,
+                             factorization=self.conv_factorization, name=name)
         return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding="same",
                                    use_bias=use_bias, kernel_initializer=init, name=name)
 
@@ -216,10 +218,12 @@ BUILDERS = {"mlp": mlp, "smallconv": smallconv, "resnet32": resnet32, "resnet18"
 
 
 def build_modules(name, input_shape, num_classes, svd=True, local=True, norm="layer", seed=1,
-                  feedback_init="random", ranks=None, activation="leaky_relu", head_init="zero"):
+                  feedback_init="random", ranks=None, activation="leaky_relu", head_init="zero",
+                  conv_factorization="spatial"):
     """The local modules of architecture ``name``: SVD layers if ``svd``; ``local``
     rules hold batch statistics constant in their backward pass."""
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
-    factory = LayerFactory(svd, local, norm, seed, feedback_init, ranks, activation, head_init)
+    factory = LayerFactory(svd, local, norm, seed, feedback_init, ranks, activation, head_init,
+                           conv_factorization)
     return BUILDERS[name](factory, tuple(input_shape), num_classes)

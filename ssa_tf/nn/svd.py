@@ -25,6 +25,8 @@ def svd_factors(matrix: np.ndarray, rank: int | None = None):
 
 FEEDBACK_CUTS = ("svd", "first")  # how truncate cuts the feedback factors
 FORWARD_FORMS = ("auto", "factored", "merged")  # how SVDConv2D evaluates its convolution
+# how SVDConv2D views its kernel as a matrix (BUILD.md, algorithm §2)
+CONV_FACTORIZATIONS = ("spatial", "channel")
 
 
 def exact_singular_values(U, s, V):

@@ -31,7 +31,7 @@ class SSAModel(keras.Model):
 
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10, mode="ssa",
                  norm="layer", activation="leaky_relu", head_init="zero", seed=1, ranks=None,
-                 **kwargs):
+                 conv_factorization="spatial", **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in method_spec.OPTIONS}
         super().__init__(**kwargs)
         self.rule = rules.make(mode, given)
@@ -40,12 +40,13 @@ class SSAModel(keras.Model):
         self.num_classes = int(num_classes)
         self.mode = mode
         self.norm, self.activation, self.head_init = norm, activation, head_init
+        self.conv_factorization = conv_factorization
         self.seed = int(seed)
         self.local_modules = build_modules(
             architecture, self.input_dims, self.num_classes, svd=self.rule.svd,
             local=not self.rule.end_to_end, norm=norm, seed=self.seed,
             feedback_init=self.rule.options.get("feedback_init", "random"), ranks=ranks,
-            activation=activation, head_init=head_init)
+            activation=activation, head_init=head_init, conv_factorization=conv_factorization)
         # Build every sublayer now: the optimizer must see all variables
         # before it is built ("Unknown variable" otherwise).
         self._build_all()
@@ -108,6 +109,7 @@ class SSAModel(keras.Model):
             "architecture": self.architecture, "input_shape": self.input_dims,
             "num_classes": self.num_classes, "mode": self.mode, "norm": self.norm,
             "activation": self.activation, "head_init": self.head_init,
+            "conv_factorization": self.conv_factorization,
             "seed": self.seed, "ranks": self.ranks(), **self.rule.options,
         }
 
@@ -216,6 +218,7 @@ def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
     m = cfg.model
     return SSAModel(m.model, input_shape, num_classes, mode=cfg.method.mode, norm=m.norm,
                     activation=m.activation, head_init=m.head_init, seed=cfg.seed,
+                    conv_factorization=m.conv_factorization,
                     **cfg.method.options())
 
 

@@ -27,6 +27,7 @@ OBJECTIVE = "val_accuracy"
 RUN_FIELDS = ("data.dataset", "data.data_dir", "data.manual_dir", "data.label",
               "data.image_size", "data.validation_split", "data.max_train_examples",
               "data.augment", "model.model", "model.norm", "model.activation", "model.head_init",
+              "model.conv_factorization",
               "method.feedback", "method.feedback_spatial", "method.feedback_init",
               "train.batch_size", "seed")
 # "trial" is KerasTuner's "Running Trial #N" (from 1), "trial_id" its folder's trial_<id>
