@@ -18,12 +18,16 @@ variants). Ratios are to BP in the same run:
   example (an SVD convolution runs the factored pair or the merged kernel,
   whichever is cheaper, ``SVDConv2D.uses_merged_forward``);
 - inference: median milliseconds of one batch through the deployable model
-  (``ssa_tf.export.merge``: SVD layers merged or factored, whichever has fewer
-  multiply-adds; the feedback dropped), timed in the same rounds.
+  (``ssa_tf.export.merge``, form auto: SVD layers merged or factored, the
+  feedback dropped), in Keras timed in the same rounds, and exported to ONNX
+  (``ssa_tf.export.deploy.to_onnx``) in onnxruntime, every export timed in
+  turn in one process, 2 threads each (``--onnx``, needs the ``export`` extra).
 
 SSA's rows at lower ranks cut every SVD layer to a fraction of its full rank
 (``--rank_fractions``) to show what a rank cut buys; what a trained model's
 energy cut keeps is in ``benchmarks/EXPORT.md`` (``benchmarks.export_frontier``).
+``--channel`` adds SSA with channel-factorized convolutions
+(``model.conv_factorization=channel``) at full rank and the same fractions.
 """
 
 from __future__ import annotations
@@ -63,6 +67,9 @@ flags.DEFINE_integer("repeats", 5, "rounds of timing")
 flags.DEFINE_integer("steps", 5, "steps per rule and round")
 flags.DEFINE_list("rank_fractions", ["0.5", "0.25"], "SSA also at these fractions of full rank")
 flags.DEFINE_boolean("xla", False, "also time BP and SSA compiled with XLA (jit_compile)")
+flags.DEFINE_boolean("channel", True, "also SSA with channel-factorized convolutions")
+flags.DEFINE_boolean("onnx", True, "also time the deployable models in onnxruntime")
+flags.DEFINE_integer("onnx_runs", 30, "timed onnxruntime runs per export")
 flags.DEFINE_string("out", None, "also write the tables to this Markdown file")
 flags.DEFINE_string("child", None, "internal: measure one rule's memory (JSON spec)")
 
@@ -127,6 +134,7 @@ def time_rules(model_name, rows):
             plain = merge(models[name])[0]
             deployed[name] = tf.function(lambda t, m=plain: m(t, training=False))
             deployed[name](x)
+            deployed[name].keras_model = plain
     times = {name: [] for name in models}
     infer = {name: [] for name in deployed}
     names = list(models)
@@ -142,13 +150,25 @@ def time_rules(model_name, rows):
                 for _ in range(FLAGS.steps):
                     deployed[name](x).numpy()
                 infer[name].append((time.perf_counter() - start) / FLAGS.steps * 1000)
+    onnx_ms = onnx_latency(deployed, x) if FLAGS.onnx else {}
     facts = {}
     for name, model in models.items():
         facts[name] = dict(ms=statistics.median(times[name]),
                            infer_ms=statistics.median(infer[name]) if name in infer else None,
+                           onnx_ms=onnx_ms.get(name),
                            params=int(sum(v.numpy().size for v in model.trainable_variables)),
                            macs=training_macs(model), card=model.card().columns())
     return facts
+
+
+def onnx_latency(deployed, x):
+    """{row: median ms of one batch in onnxruntime}, every export timed in turn."""
+    from ssa_tf.export.deploy import median_latency_ms, onnx_session, to_onnx
+
+    sessions = {}
+    for name, fn in deployed.items():
+        sessions[name] = onnx_session(to_onnx(fn.keras_model).SerializeToString(), threads=2)
+    return median_latency_ms(sessions, x.numpy() if hasattr(x, "numpy") else x, FLAGS.onnx_runs)
 
 
 def memory_child(spec):
@@ -182,6 +202,12 @@ def rows_for():
     for f in (float(v) for v in FLAGS.rank_fractions):
         rows.append((f"ssa, ranks at {f:.0%} of full", {"options": dict(mode="ssa"),
                                                         "fraction": f}))
+    if FLAGS.channel:
+        channel = dict(mode="ssa", conv_factorization="channel")
+        rows.append(("ssa, channel factorization", {"options": channel}))
+        for f in (float(v) for v in FLAGS.rank_fractions):
+            rows.append((f"ssa, channel, ranks at {f:.0%} of full",
+                         {"options": channel, "fraction": f}))
     if FLAGS.xla:
         rows += [("bp, XLA", {"options": dict(mode="bp"), "jit": True}),
                  ("ssa, XLA", {"options": dict(mode="ssa"), "jit": True})]
@@ -192,14 +218,16 @@ def table(model_name, rows, facts, memory):
     bp, bp_mem = facts["bp"], memory["bp"]
     lines = [f"### {model_name}, batch {FLAGS.batch}", "",
              "| rule | sequential | transport | held | ms/step | vs BP | peak MB | vs BP | "
-             "params | vs BP | MACs/example | vs BP | inference ms | vs BP |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "params | vs BP | MACs/example | vs BP | Keras ms | vs BP | onnxruntime ms | vs BP |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, _ in rows:
         f = facts[name]
         mem = memory.get(name)
         mem_cells = (f"{mem:.0f} | {mem / bp_mem:.2f}x" if mem is not None else "| ")
         infer = (f"{f['infer_ms']:.1f} | {f['infer_ms'] / bp['infer_ms']:.2f}x"
                  if f["infer_ms"] is not None else "| ")
+        infer += (f" | {f['onnx_ms']:.1f} | {f['onnx_ms'] / bp['onnx_ms']:.2f}x"
+                  if f.get("onnx_ms") is not None and bp.get("onnx_ms") else " | | ")
         lines.append(f"| {name} | {' | '.join(f['card'])} | {f['ms']:.0f} | "
                      f"{f['ms'] / bp['ms']:.2f}x | {mem_cells} | {f['params']:,} | "
                      f"{f['params'] / bp['params']:.2f}x | {f['macs'] / 1e6:.1f}M | "
@@ -219,6 +247,13 @@ def main(argv):
         usage_error(f"--rank_fractions must be numbers, got {','.join(FLAGS.rank_fractions)}")
     if any(not 0 < f <= 1 for f in fractions):
         usage_error("--rank_fractions must be in (0, 1]")
+    if FLAGS.onnx:
+        try:
+            import onnxruntime  # noqa: F401
+            import tf2onnx  # noqa: F401
+        except ImportError as e:
+            usage_error(f"--onnx needs the export extra (pip install -e '.[export]'): {e}; "
+                        "or pass --noonnx")
     cli.import_tensorflow()
     rows = rows_for()
     stamp = (f"Command: `python -m benchmarks.efficiency {' '.join(sys.argv[1:])}`; "

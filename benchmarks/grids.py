@@ -59,6 +59,9 @@ GRIDS = {
                 mode="dfa", feedback="local", readout_grid=4, readout_trained=True,
                 learning_rate=1e-3),
             "ssa (defaults: chain, lr 1e-3)": dict(mode="ssa"),
+            # issue 17: the convolutions' other matrix view, cheaper at every rank
+            "ssa, channel factorization": dict(mode="ssa", conv_factorization="channel"),
+            "svd-bp, channel factorization": dict(mode="svd-bp", conv_factorization="channel"),
             "ssa, chain, lr 3e-4 (the first default)": dict(mode="ssa", learning_rate=3e-4),
             "ssa, chain, lr 3e-4, seed's terms (gamma 0.1)": dict(
                 mode="ssa", gamma=0.1, learning_rate=3e-4),
