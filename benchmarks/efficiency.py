@@ -33,6 +33,7 @@ energy cut keeps is in ``benchmarks/EXPORT.md`` (``benchmarks.export_frontier``)
 from __future__ import annotations
 
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -248,11 +249,9 @@ def main(argv):
     if any(not 0 < f <= 1 for f in fractions):
         usage_error("--rank_fractions must be in (0, 1]")
     if FLAGS.onnx:
-        try:
-            import onnxruntime  # noqa: F401
-            import tf2onnx  # noqa: F401
-        except ImportError as e:
-            usage_error(f"--onnx needs the export extra (pip install -e '.[export]'): {e}; "
+        missing = [m for m in ("onnxruntime", "tf2onnx") if importlib.util.find_spec(m) is None]
+        if missing:
+            usage_error(f"--onnx needs {' and '.join(missing)} (pip install -e '.[export]'), "
                         "or pass --noonnx")
     cli.import_tensorflow()
     rows = rows_for()
