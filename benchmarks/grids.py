@@ -136,7 +136,20 @@ GRIDS = {
         base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
                   augment=True, mode="ssa", rank_start=10, rank_interval=20),
         seeds=SEEDS,
-        variants={f"tau {t}": dict(rank_tau=t) for t in (0.95, 0.9, 0.8, 0.7)}),
+        variants={**{f"tau {t}": dict(rank_tau=t) for t in (0.95, 0.9, 0.8, 0.7)},
+                  **{f"channel, tau {t}": dict(rank_tau=t, conv_factorization="channel")
+                     for t in (0.9, 0.8)},
+                  "channel, no cut": dict(rank_tau=None, conv_factorization="channel")}),
+    # a cut at tau 0.95 changes the weight by sqrt(0.05) = 22% (Frobenius) at once: many
+    # small cuts instead, as gradual magnitude pruning does (Zhu & Gupta 2017)
+    "rank_gradual": dict(
+        caption="SSA cut after every epoch from epoch 2 at energy fraction tau (18 small "
+                "cuts), as rank_frontier otherwise (smallconv, first 10,000 training images "
+                "with augmentation, 20 epochs); the test accuracy is the cut model's.",
+        base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
+                  augment=True, mode="ssa", rank_start=2, rank_interval=1),
+        seeds=SEEDS,
+        variants={f"tau {t}": dict(rank_tau=t) for t in (0.99, 0.98)}),
     # 16 local modules
     "rules_resnet32": dict(
         caption="resnet32 (16 local modules): first 5,000 training images with augmentation, "
