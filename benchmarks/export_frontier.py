@@ -2,9 +2,10 @@
 
     python -m benchmarks.export_frontier --runs=runs/grids --out=benchmarks/EXPORT.md
 
-Reads finished runs of the grids ``rank_frontier`` (SSA with rank cuts at
-several tau) and ``rules_smallconv`` (the uncut SSA and BP at the same
-budget) from their workdirs (``<runs>/<grid>/<variant>-s<seed>``), exports each
+Reads finished runs of the grids ``rules_smallconv`` (the uncut SSA and BP),
+``rank_frontier`` (SSA cut every 4 epochs at several tau), ``rank_once`` (one
+cut after epoch 10, both convolution views) and ``rank_gradual`` (a small cut
+after every epoch), all at the same budget, from their workdirs (``<runs>/<grid>/<variant>-s<seed>``), exports each
 with ``export/to_onnx.py``'s own code (merge, form auto, tf2onnx, the parity
 check with onnxruntime on raw pixels) and reports per model: parameters and
 multiply-adds of the export, onnxruntime latency at batch 64 (the exports
@@ -34,9 +35,21 @@ flags.DEFINE_string("runs", os.path.join("runs", "grids"), "folder of the grids'
 flags.DEFINE_integer("latency_runs", 100, "timed onnxruntime runs per export")
 flags.DEFINE_integer("threads", 2, "onnxruntime intra-op threads per session")
 flags.DEFINE_string("out", None, "also write the table to this Markdown file")
+flags.DEFINE_integer("profile_runs", 10, "profiled onnxruntime runs per export (0: none)")
 
-GROUPS = [("BP (dense)", "rules_smallconv", "bp"), ("SSA, no cuts", "rules_smallconv", "ssa")] + [
-    (f"SSA, tau {t}", "rank_frontier", f"tau {t}") for t in (0.95, 0.9, 0.8, 0.7)]
+UNCUT, UNCUT_CHANNEL = "SSA, no cuts", "SSA channel view, no cuts"
+# (label, grid, variant, the uncut model it is compared with)
+GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
+           (UNCUT, "rules_smallconv", "ssa", UNCUT),
+           (UNCUT_CHANNEL, "rank_once", "channel, no cut", UNCUT_CHANNEL)]
+          + [(f"SSA, cut every 4 epochs, tau {t}", "rank_frontier", f"tau {t}", UNCUT)
+             for t in (0.95, 0.9, 0.8, 0.7)]
+          + [(f"SSA, one cut, tau {t}", "rank_once", f"tau {t}", UNCUT)
+             for t in (0.95, 0.9, 0.8, 0.7)]
+          + [(f"SSA channel view, one cut, tau {t}", "rank_once", f"channel, tau {t}",
+              UNCUT_CHANNEL) for t in (0.9, 0.8)]
+          + [(f"SSA, cut every epoch, tau {t}", "rank_gradual", f"tau {t}", UNCUT)
+             for t in (0.99, 0.98)])
 
 
 def finished(runs, grid, variant):
@@ -63,6 +76,32 @@ def export(workdir, tmp):
     return payload, result.records, result.params, macs, summary
 
 
+# the weight layers' ops; the rest is normalization, activations, pooling, layout
+WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def weight_share(payload, x, tmp):
+    """Fraction of onnxruntime's kernel time spent in the weight layers' ops."""
+    import collections
+
+    from ssa_tf.export.deploy import onnx_session, run_onnx
+
+    session = onnx_session(payload, threads=FLAGS.threads,
+                           profile_prefix=os.path.join(tmp, "profile"))
+    for _ in range(FLAGS.profile_runs):
+        run_onnx(session, x)
+    path = session.end_profiling()
+    with open(path) as f:
+        events = json.load(f)
+    os.remove(path)
+    by_op = collections.Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            by_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(by_op.values())
+    return sum(v for k, v in by_op.items() if k in WEIGHT_OPS) / total if total else None
+
+
 def main(argv):
     if len(argv) > 1:
         usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -74,21 +113,23 @@ def main(argv):
     from ssa_tf.export.deploy import latency_ms, onnx_session
 
     rows, sessions = [], {}
+    x = np.random.default_rng(0).uniform(0, 255, (64, 32, 32, 3)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
-        for label, grid, variant in GROUPS:
+        for label, grid, variant, _ in GROUPS:
             for seed, workdir in finished(FLAGS.runs, grid, variant).items():
                 print(f"exporting {label}, seed {seed} ...", flush=True)
                 payload, records, params, macs, summary = export(workdir, tmp)
                 key = f"{label} s{seed}"
                 sessions[key] = onnx_session(payload, threads=FLAGS.threads)
                 ranks = [r.rank / r.full_rank for r in records if r.full_rank]
+                share = weight_share(payload, x, tmp) if FLAGS.profile_runs else None
                 rows.append(dict(key=key, label=label, seed=seed, params=params, macs=macs,
-                                 bytes=len(payload), ranks=ranks,
+                                 bytes=len(payload), ranks=ranks, share=share,
                                  val=summary["history"]["val_accuracy"][-1],
                                  test=summary["test_accuracy"]))
     if not rows:
-        usage_error(f"no finished runs of rules_smallconv or rank_frontier under {FLAGS.runs}")
-    x = np.random.default_rng(0).uniform(0, 255, (64, 32, 32, 3)).astype(np.float32)
+        usage_error(f"no finished runs of rules_smallconv, rank_frontier, rank_once or "
+                    f"rank_gradual under {FLAGS.runs}")
     print(f"timing {len(sessions)} exports in turn ...", flush=True)
     lat = {k: v[0] for k, v in latency_ms(sessions, x, FLAGS.latency_runs).items()}
     by_label = {}
@@ -96,30 +137,40 @@ def main(argv):
         r["ms"] = lat[r["key"]]
         by_label.setdefault(r["label"], []).append(r)
     bp = by_label.get("BP (dense)")
-    uncut = by_label.get("SSA, no cuts")
 
     def mean(group, field):
         return statistics.fmean(r[field] for r in group)
+
+    def share(group):
+        values = [r["share"] for r in group if r["share"] is not None]
+        return f"{statistics.fmean(values):.0%}" if values else "-"
 
     lines = [f"Command: `python -m benchmarks.export_frontier {' '.join(sys.argv[1:])}`; "
              f"{os.cpu_count()} CPU cores ({platform.machine()}), {datetime.date.today()}; "
              f"onnxruntime at batch 64, {FLAGS.threads} threads, median of "
              f"{FLAGS.latency_runs} runs, exports timed in turn.", "",
              "| export | seeds | mean rank (% of full) | params | vs BP | MACs/example | vs BP "
-             "| ms, batch 64 | vs BP | validation | test | test vs uncut SSA |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for label, _, _ in GROUPS:
+             "| ms, batch 64 | vs BP | Conv/Gemm share of time | validation | test "
+             "| test vs its uncut model |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, _, _, reference in GROUPS:
         group = by_label.get(label)
+        uncut = by_label.get(reference) if reference else None
         if not group:
             continue
         rank = statistics.fmean(statistics.fmean(r["ranks"]) for r in group) * 100
         ratio = (lambda f: f"{mean(group, f) / mean(bp, f):.2f}x") if bp else (lambda f: "")
-        drop = (f"{(mean(group, 'test') - mean(uncut, 'test')) * 100:+.1f} points"
-                if uncut else "")
+        # against the uncut model of the same seeds (a seed's data order and draw)
+        base = {r["seed"]: r["test"] for r in uncut or ()}
+        pairs = [r["test"] - base[r["seed"]] for r in group if r["seed"] in base]
+        drop = (f"{statistics.fmean(pairs) * 100:+.1f} points (seeds "
+                f"{','.join(str(r['seed']) for r in group if r['seed'] in base)})"
+                if pairs and reference != label else "")
         lines.append(f"| {label} | {','.join(str(r['seed']) for r in group)} | {rank:.0f} | "
                      f"{mean(group, 'params'):,.0f} | {ratio('params')} | "
                      f"{mean(group, 'macs') / 1e6:.1f}M | {ratio('macs')} | "
-                     f"{mean(group, 'ms'):.1f} | {ratio('ms')} | {mean(group, 'val'):.3f} | "
+                     f"{mean(group, 'ms'):.1f} | {ratio('ms')} | {share(group)} | "
+                     f"{mean(group, 'val'):.3f} | "
                      f"{mean(group, 'test'):.3f} | {drop} |")
     print("\n".join(lines))
     if FLAGS.out:
