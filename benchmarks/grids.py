@@ -125,7 +125,9 @@ GRIDS = {
         base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
                   augment=True, mode="ssa", rank_start=0, rank_interval=4),
         seeds=SEEDS,
-        variants={f"tau {t}": dict(rank_tau=t) for t in (0.95, 0.9, 0.8, 0.7)}),
+        variants={**{f"tau {t}": dict(rank_tau=t, rank_keep_ends=False)
+                     for t in (0.95, 0.9, 0.8, 0.7)},
+                  **{f"tau {t}, ends kept": dict(rank_tau=t) for t in (0.95, 0.9, 0.8)}}),
     # the repeated cuts of rank_frontier collapse every layer to a few components (each cut
     # keeps tau of the energy left by the last, and a direct rule's dense-layer updates have
     # rank <= the number of classes); one cut halfway is the schedule the frontier asks for
@@ -136,9 +138,11 @@ GRIDS = {
         base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
                   augment=True, mode="ssa", rank_start=10, rank_interval=20),
         seeds=SEEDS,
-        variants={**{f"tau {t}": dict(rank_tau=t) for t in (0.95, 0.9, 0.8, 0.7)},
-                  **{f"channel, tau {t}": dict(rank_tau=t, conv_factorization="channel")
-                     for t in (0.9, 0.8)},
+        variants={**{f"tau {t}": dict(rank_tau=t, rank_keep_ends=False)
+                     for t in (0.95, 0.9, 0.8, 0.7)},
+                  **{f"channel, tau {t}": dict(rank_tau=t, conv_factorization="channel",
+                                               rank_keep_ends=False) for t in (0.9, 0.8)},
+                  **{f"tau {t}, ends kept": dict(rank_tau=t) for t in (0.95, 0.9, 0.8, 0.7)},
                   "channel, no cut": dict(rank_tau=None, conv_factorization="channel")}),
     # a cut at tau 0.95 changes the weight by sqrt(0.05) = 22% (Frobenius) at once: many
     # small cuts instead, as gradual magnitude pruning does (Zhu & Gupta 2017)
@@ -149,7 +153,7 @@ GRIDS = {
         base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
                   augment=True, mode="ssa", rank_start=2, rank_interval=1),
         seeds=SEEDS,
-        variants={f"tau {t}": dict(rank_tau=t) for t in (0.99, 0.98)}),
+        variants={f"tau {t}": dict(rank_tau=t, rank_keep_ends=False) for t in (0.99, 0.98)}),
     # 16 local modules
     "rules_resnet32": dict(
         caption="resnet32 (16 local modules): first 5,000 training images with augmentation, "

@@ -94,10 +94,12 @@ def test_default_style_run_writes_the_workdir(tmp_path):
     assert summary["test_accuracy"] > 0.6  # chance is 0.10
     ranks = summary["ranks"]
     assert set(ranks) == {"m0_dense", "m1_dense", "classifier"}
-    assert ranks["classifier"] == 10 and 1 <= ranks["m0_dense"] < 256
+    # rank.keep_ends (the default): the first layer and the classifier keep full rank
+    assert ranks["classifier"] == 10 and ranks["m0_dense"] == 256
+    assert 1 <= ranks["m1_dense"] < 256
     assert summary["final_trainable_params"] < summary["trainable_params"]
-    # one cut (after epoch 1; none after the last epoch), two layers
-    assert (workdir / "ranks.csv").read_text().count("\n") == 1 + 1 * 2
+    # one cut (after epoch 1; none after the last epoch), one layer
+    assert (workdir / "ranks.csv").read_text().count("\n") == 1 + 1 * 1
     assert (workdir / "ranks.png").read_bytes()[:4] == b"\x89PNG"
     rows = (workdir / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and "align_term" in rows[0] and "val_accuracy" in rows[0]

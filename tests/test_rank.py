@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 
 from ssa_tf import data
-from ssa_tf.training.rank import PRESETS, RankPruning, apply_cut
+from ssa_tf.training.rank import PRESETS, RankPruning, apply_cut, end_layers
 from ssa_tf.training.model import build_model
 
 
@@ -147,3 +147,19 @@ def test_svd_feedback_cut_keeps_tracked_feedback_aligned():
     assert results["first"][0] > 1.0, results  # measured ~20: stale components
     with pytest.raises(ValueError, match="svd"):
         layer.truncate(2, feedback="rotate")
+
+
+@pytest.mark.parametrize("keep_ends", [True, False])
+def test_keep_ends_spares_the_input_layer_and_the_classifier(keep_ends):
+    # rank.keep_ends: the seed cuts every layer (False); by default the first SVD layer
+    # and the classifier keep full rank, the layers between are cut
+    keras.utils.set_random_seed(1)
+    model = build_model("smallconv", (16, 16, 3), 10, mode="ssa")
+    assert end_layers(model) == ("m0_conv", "classifier")
+    full = model.ranks()
+    apply_cut(model, 0.5, exempt=end_layers(model) if keep_ends else ())
+    cut = model.ranks()
+    for name in ("m1_conv", "m2_conv", "m3_dense"):
+        assert cut[name] < full[name]
+    for name in ("m0_conv", "classifier"):
+        assert (cut[name] == full[name]) == keep_ends

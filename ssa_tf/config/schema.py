@@ -87,6 +87,10 @@ class RankConfig:
     interval: int = 10
     min: int = 1
     exempt: tuple = ()
+    # the first SVD layer (it reads the pixels) and the classifier keep full rank: cutting
+    # the first conv of smallconv from 9 to 8 cost 8 points of validation at once, and the
+    # two hold 0.3% of its parameters (benchmarks/EXPORT.md); False: every layer (the seed's)
+    keep_ends: bool = True
     feedback_cut: str = "first"  # svd: re-factor the feedback factors too; first: the seed's cut
     final_cut: bool = False  # also cut after the last epoch
     warmup_steps: int = 0  # after each cut the rate ramps up over this many steps

@@ -42,6 +42,12 @@ def _trainable_count(model):
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
+def end_layers(model):
+    """Names of the first SVD layer (it reads the input) and the last (the classifier)."""
+    layers = model.svd_layers()
+    return tuple(dict.fromkeys((layers[0].name, layers[-1].name))) if layers else ()
+
+
 def cut_model(model, tau, min_rank=1, exempt=(), feedback="first"):
     """Cut every non-exempt SVD layer of ``model`` to its energy rank.
 
