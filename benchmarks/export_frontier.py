@@ -44,7 +44,11 @@ GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
            (UNCUT_CHANNEL, "rank_once", "channel, no cut", UNCUT_CHANNEL)]
           + [(f"SSA, cut every 4 epochs, tau {t}", "rank_frontier", f"tau {t}", UNCUT)
              for t in (0.95, 0.9, 0.8, 0.7)]
+          + [(f"SSA, cut every 4 epochs, tau {t}, ends kept", "rank_frontier",
+              f"tau {t}, ends kept", UNCUT) for t in (0.95, 0.9, 0.8)]
           + [(f"SSA, one cut, tau {t}", "rank_once", f"tau {t}", UNCUT)
+             for t in (0.95, 0.9, 0.8, 0.7)]
+          + [(f"SSA, one cut, tau {t}, ends kept", "rank_once", f"tau {t}, ends kept", UNCUT)
              for t in (0.95, 0.9, 0.8, 0.7)]
           + [(f"SSA channel view, one cut, tau {t}", "rank_once", f"channel, tau {t}",
               UNCUT_CHANNEL) for t in (0.9, 0.8)]
