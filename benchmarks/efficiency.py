@@ -169,7 +169,7 @@ def onnx_latency(deployed, x):
     sessions = {}
     for name, fn in deployed.items():
         sessions[name] = onnx_session(to_onnx(fn.keras_model).SerializeToString(), threads=2)
-    return median_latency_ms(sessions, x.numpy() if hasattr(x, "numpy") else x, FLAGS.onnx_runs)
+    return median_latency_ms(sessions, x, FLAGS.onnx_runs)
 
 
 def memory_child(spec):

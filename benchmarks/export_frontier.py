@@ -5,7 +5,8 @@
 Reads finished runs of the grids ``rules_smallconv`` (the uncut SSA and BP),
 ``rank_frontier`` (SSA cut every 4 epochs at several tau), ``rank_once`` (one
 cut after epoch 10, both convolution views) and ``rank_gradual`` (a small cut
-after every epoch), all at the same budget, from their workdirs (``<runs>/<grid>/<variant>-s<seed>``), exports each
+after every epoch), all at the same budget, from their workdirs
+(``<runs>/<grid>/<variant>-s<seed>``), exports each
 with ``export/to_onnx.py``'s own code (merge, form auto, tf2onnx, the parity
 check with onnxruntime on raw pixels) and reports per model: parameters and
 multiply-adds of the export, onnxruntime latency at batch 64 (the exports

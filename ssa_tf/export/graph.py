@@ -55,7 +55,8 @@ class LayerRecord:
     """What happened to one weight layer.
 
     ``shape`` is the (m, n) matrix view of BUILD.md, algorithm §2 (a convolution's
-    K' is (N*kw) x (C*kh), or N x (kh*kw*C) in channel factorization); ``params`` and ``macs`` (multiply-adds per
+    K' is (N*kw) x (C*kh), or N x (kh*kw*C) in channel factorization);
+    ``params`` and ``macs`` (multiply-adds per
     example) are for the form chosen, ``dense_*`` for one merged layer.
     ``form`` is "svd" or "kept" for ``to_ssa``, "merged" or "factored" for
     ``merge``.

@@ -144,7 +144,10 @@ class RankPruning(keras.callbacks.Callback):
     Cuts at the end of epoch e (counting from 1) when e >= start, e >= 1 and
     (e - start) is a multiple of ``interval``: ``start=0, interval=10`` cuts
     after epochs 10, 20, ...; ``start=20`` after 20, 30, ... Layers named in
-    ``exempt`` keep their rank; none drops below ``min_rank``. No cut follows
+    ``exempt`` keep their rank, and with ``keep_ends`` so do the first SVD
+    layer and the classifier (``end_layers``; ``rank.keep_ends``, on by default
+    in a run, off here: the seed cuts every layer); none drops below
+    ``min_rank``. No cut follows
     the last epoch unless ``final_cut``: with no training after it, it costs
     accuracy (1 to 4 points in a withdrawn grid of the former rule) and buys only a
     smaller export, which the exporter's own energy cut gives as well.
@@ -155,7 +158,7 @@ class RankPruning(keras.callbacks.Callback):
     """
 
     def __init__(self, tau=0.95, start=0, interval=10, min_rank=1, exempt=(), workdir=None,
-                 verbose=1, feedback="first", final_cut=False):
+                 verbose=1, feedback="first", final_cut=False, keep_ends=False):
         super().__init__()
         if not 0 < tau <= 1:
             raise ValueError(f"tau must be in (0, 1], got {tau}")
@@ -163,6 +166,7 @@ class RankPruning(keras.callbacks.Callback):
             raise ValueError("interval and min_rank must be >= 1 and start >= 0")
         self.tau, self.start, self.interval = float(tau), int(start), int(interval)
         self.min_rank, self.exempt = int(min_rank), tuple(exempt)
+        self.keep_ends = bool(keep_ends)
         self.workdir, self.verbose = workdir, verbose
         self.feedback = feedback  # how feedback factors are cut (SVDLayer.truncate)
         self.final_cut = bool(final_cut)
@@ -181,7 +185,8 @@ class RankPruning(keras.callbacks.Callback):
         last = epoch + 1 >= self.params.get("epochs", float("inf"))
         if self.due(epoch) and (self.final_cut or not last):
             before = _trainable_count(self.model)
-            records = apply_cut(self.model, self.tau, self.min_rank, self.exempt, self.feedback)
+            exempt = self.exempt + (end_layers(self.model) if self.keep_ends else ())
+            records = apply_cut(self.model, self.tau, self.min_rank, exempt, self.feedback)
             after = _trainable_count(self.model)
             for r in records:
                 r.update(epoch=epoch + 1, params_before=before, params_after=after)

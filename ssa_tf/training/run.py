@@ -22,7 +22,7 @@ from ssa_tf.config import RunConfig, UsageError
 from ssa_tf.training import callbacks as callbacks_lib
 from ssa_tf.training import checkpoints, loop, workdir as workdir_lib
 from ssa_tf.training.model import compile_model, model_from_config
-from ssa_tf.training.rank import RankPruning, WarmupAfterCuts, cut_epochs, end_layers
+from ssa_tf.training.rank import RankPruning, WarmupAfterCuts, cut_epochs
 
 
 class InputError(Exception):
@@ -157,10 +157,10 @@ def _callbacks(cfg, model, ds, placement, workdir, state, timer, extra):
         if unknown:
             raise UsageError(f"rank.exempt names unknown SVD layers {unknown}; the model has: "
                              f"{', '.join(model.ranks())}")
-        exempt = tuple(r.exempt) + (end_layers(model) if r.keep_ends else ())
-        callbacks.insert(1, RankPruning(r.tau, r.start, r.interval, r.min, exempt,
+        callbacks.insert(1, RankPruning(r.tau, r.start, r.interval, r.min, r.exempt,
                                         workdir=workdir, verbose=int(placement.chief),
-                                        feedback=r.feedback_cut, final_cut=r.final_cut))
+                                        feedback=r.feedback_cut, final_cut=r.final_cut,
+                                        keep_ends=r.keep_ends))
     return callbacks
 
 
