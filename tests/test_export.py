@@ -59,7 +59,8 @@ def _rng_batch(shape, n=6, seed=0):
 @pytest.fixture(scope="module")
 def smallconv():
     keras.utils.set_random_seed(3)
-    model = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", norm="batch", seed=3)
+    model = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", norm="batch", seed=3,
+                     head_init="glorot")  # a zero head would make every logit 0
     layers = {l.name: l for l in model.svd_layers()}
     for name, rank in {"m0_conv": 2, "m2_conv": 40, "m3_dense": 16}.items():
         layers[name].truncate(rank)
@@ -70,7 +71,8 @@ def smallconv():
 @pytest.fixture(scope="module")
 def resnet32():
     keras.utils.set_random_seed(4)
-    model = SSAModel("resnet32", (8, 8, 3), 10, mode="ssa", norm="batch", seed=4)
+    model = SSAModel("resnet32", (8, 8, 3), 10, mode="ssa", norm="batch", seed=4,
+                     head_init="glorot")
     layers = {l.name: l for l in model.svd_layers()}
     # s1b0_conv1 (3x3, stride 2, 16 -> 32) at rank 28: r (m + n) < m n per
     # output pixel, but its vertical half runs at the input width, so merged
@@ -85,7 +87,8 @@ def resnet32():
 @pytest.fixture(scope="module")
 def mlp():
     keras.utils.set_random_seed(5)
-    model = SSAModel("mlp", (8, 8, 1), 10, mode="ssa", norm="layer", seed=5)
+    model = SSAModel("mlp", (8, 8, 1), 10, mode="ssa", norm="layer", seed=5,
+                     head_init="glorot")
     {l.name: l for l in model.svd_layers()}["m1_dense"].truncate(8)
     return model
 

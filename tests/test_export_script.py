@@ -31,7 +31,8 @@ def workdir(tmp_path_factory):
     """A finished run: an SSA mlp on the embedded MNIST sample, one layer cut to rank 8."""
     path = tmp_path_factory.mktemp("run")
     keras.utils.set_random_seed(6)
-    model = SSAModel("mlp", (28, 28, 1), 10, mode="ssa", norm="layer", seed=6)
+    model = SSAModel("mlp", (28, 28, 1), 10, mode="ssa", norm="layer", seed=6,
+                     head_init="glorot")  # a zero head would make every logit 0
     {l.name: l for l in model.svd_layers()}["m1_dense"].truncate(8)
     model.save(path / "model.keras")
     (path / "config.json").write_text(json.dumps({"dataset": "mnist5k", "data_dir": None}))

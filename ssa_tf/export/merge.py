@@ -91,14 +91,16 @@ class _Emitter:
         raise UnsupportedLayerError(_unsupported_message(layer))
 
     def residual(self, block, x):
-        """conv1-norm1-relu-conv2-norm2 (+ shortcut) -relu, as in models.ResidualBlock."""
+        """conv1-norm1-act-conv2-norm2 (+ shortcut) -act, as in models.ResidualBlock."""
         name = block.name
+        # the block's own activation (leaky_relu by default), not always relu
+        act = keras.activations.serialize(block.activation)
         y = self.sequence([block.conv1, block.norm1], x)
-        y = keras.layers.Activation("relu", name=f"{name}_relu1")(y)
+        y = keras.layers.Activation(act, name=f"{name}_act1")(y)
         y = self.sequence([block.conv2, block.norm2], y)
         shortcut = x if block.proj is None else self.sequence([block.proj, block.proj_norm], x)
         y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
-        return keras.layers.Activation("relu", name=f"{name}_relu2")(y)
+        return keras.layers.Activation(act, name=f"{name}_act2")(y)
 
     def handle(self, layer, args, kwargs):
         """clone_model's call_function for graph models."""
