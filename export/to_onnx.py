@@ -42,6 +42,8 @@ flags.DEFINE_integer("latency_runs", 50, "timed onnxruntime runs per batch size"
 flags.DEFINE_integer("verify_batch", 64, "evaluation examples compared with the SSA model")
 flags.DEFINE_string("input", "raw", "what the export takes: raw (pixels 0-255; the training "
                     "normalization folded in) or normalized (the pipeline's tensors)")
+flags.DEFINE_boolean("fold_norms", True, "fold each layer norm's channel mean into the weight "
+                     "layer before it (--nofold_norms: tf2onnx's graph as it comes)")
 
 HELP = f"""Deploy a trained SSA model: merge its SVD layers, export ONNX (and a SavedModel).
 
@@ -57,6 +59,9 @@ usage: python export/to_onnx.py --workdir=RUN --output=model.onnx [flags]
   --verify_batch=N     evaluation examples compared with the SSA model (64)
   --input=raw          raw: pixels 0-255 in (the training normalization folded in, the
                        default); normalized: the training pipeline's tensors
+  --nofold_norms       keep tf2onnx's layer norms as they come (by default each norm's
+                       channel mean is folded into the weight layer before it: the same
+                       function in fewer passes, about 0.8x the latency of smallconv)
   --flagfile=FILE      read flags from FILE
 
 The export is checked with onnxruntime against the SSA model on the run's
@@ -73,7 +78,7 @@ def main(argv):
     cfg = cfg_lib.ExportConfig(workdir=FLAGS.workdir, output=FLAGS.output,
                                saved_model=FLAGS.saved_model, opset=FLAGS.opset, form=FLAGS.form,
                                latency_runs=FLAGS.latency_runs, verify_batch=FLAGS.verify_batch,
-                               input=FLAGS.input)
+                               input=FLAGS.input, fold_norms=FLAGS.fold_norms)
     problem = cfg_lib.validate(cfg)
     if problem:
         usage_error(problem)

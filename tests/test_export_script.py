@@ -64,6 +64,10 @@ def test_script_exports_verifies_and_reports(workdir, tmp_path):
     assert meta["ssa_tf.input.values"] == "raw pixels in [0, 255]"
     assert meta["ssa_tf.dataset"] == "mnist5k" and meta["ssa_tf.classes"] == "10"
     assert "33.3285" in meta["ssa_tf.input.normalization"]
+    # both layer norms lost their mean path to the dense layers before them, and it is said
+    assert meta["ssa_tf.layer_norms_folded"] == "2 of 2"
+    assert "layer norms with their mean folded into the weight layer before them: 2 of 2" in text
+    assert sum(n.op_type == "ReduceMean" for n in proto.graph.node) == 2
     # the file on disk is the verified one: real digits as pixels, against the SSA
     # model fed what its training pipeline fed it
     from ssa_tf import data
@@ -74,11 +78,15 @@ def test_script_exports_verifies_and_reports(workdir, tmp_path):
     normalized = data.embedded_arrays()[2][:16]
     np.testing.assert_allclose(export.run_onnx(session, pixels.astype(np.float32)),
                                model(normalized), atol=1e-4)
-    # --input=normalized keeps the old contract
+    # --input=normalized keeps the old contract; --nofold_norms keeps tf2onnx's norms
     out2 = tmp_path / "normalized.onnx"
     again = run_script(f"--workdir={workdir}", f"--output={out2}", "--input=normalized",
-                       "--latency_runs=1")
+                       "--latency_runs=1", "--nofold_norms")
     assert again.returncode == 0, again.stderr
+    plain = onnx.load_from_string(out2.read_bytes())
+    assert "ssa_tf.layer_norms_folded" not in {p.key for p in plain.metadata_props}
+    assert sum(n.op_type == "ReduceMean" for n in plain.graph.node) == 4
+    assert "layer norms with their mean folded" not in again.stdout
     np.testing.assert_allclose(export.run_onnx(export.onnx_session(out2.read_bytes()),
                                                normalized), model(normalized), atol=1e-4)
 

@@ -38,6 +38,7 @@ class ExportConfig:
     latency_runs: int = 50  # timed runs per (model, batch) for the median latency
     verify_batch: int = 64  # evaluation examples compared between SSA and ONNX
     input: str = "raw"
+    fold_norms: bool = True  # onnx_norms: each layer norm's mean folded into its weight layer
 
     @property
     def model_path(self):

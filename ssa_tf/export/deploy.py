@@ -31,10 +31,12 @@ import ssa_tf.training.model  # noqa: F401  registers SSAModel and its layers fo
 from ssa_tf.export import convert
 from ssa_tf import data as data_lib
 from ssa_tf.export.config import DEFAULT_OPSET, ExportConfig, UsageError
+from ssa_tf.export.onnx_norms import fold_layer_norm_means
 
 # BUILD.md, algorithm §7: the export changes the logits by float32 rounding only
 LOGIT_ATOL = 1e-4
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "logits", "batch"
+NORMS_FOLDED_KEY = "ssa_tf.layer_norms_folded"
 
 
 class ParityError(Exception):
@@ -45,8 +47,14 @@ class ParityError(Exception):
 # Formats
 # --------------------------------------------------------------------------
 
-def to_onnx(model: keras.Model, opset: int = DEFAULT_OPSET):
-    """ONNX ModelProto of a single-input Keras model; input "input", output "logits"."""
+def to_onnx(model: keras.Model, opset: int = DEFAULT_OPSET, fold_norms: bool = True):
+    """ONNX ModelProto of a single-input Keras model; input "input", output "logits".
+
+    ``fold_norms``: fold each layer norm's channel mean into the weight layer
+    before it (``onnx_norms``; the same function, fewer passes over the
+    activations). The metadata entry ``ssa_tf.layer_norms_folded`` says how
+    many of the graph's layer norms were folded ("4 of 4").
+    """
     tf2onnx.logging.set_level(logging.ERROR)
     shape = tuple(model.inputs[0].shape[1:])
     spec = tf.TensorSpec((None, *shape), tf.float32, name=INPUT_NAME)
@@ -54,7 +62,16 @@ def to_onnx(model: keras.Model, opset: int = DEFAULT_OPSET):
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=int(opset))
     for value in (*proto.graph.input, *proto.graph.output):  # tf2onnx names it unk__N
         value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
+    if fold_norms:
+        folded, found = fold_layer_norm_means(proto)
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = NORMS_FOLDED_KEY, f"{folded} of {found}"
     return proto
+
+
+def norms_folded(proto) -> str | None:
+    """What ``to_onnx`` recorded in ``ssa_tf.layer_norms_folded`` ("3 of 4"), or None."""
+    return next((e.value for e in proto.metadata_props if e.key == NORMS_FOLDED_KEY), None)
 
 
 def onnx_session(model_bytes: bytes, threads: int | None = None,
@@ -180,6 +197,7 @@ class ExportResult:
     output: str
     saved_model: str | None
     input_spec: dict  # what the exported model takes (also in the ONNX metadata)
+    norms_folded: str | None = None  # "4 of 4": layer norms whose mean went into a weight layer
 
 
 def load_run_model(path: str) -> keras.Model:
@@ -275,7 +293,7 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
     log(f"input: {spec['values']}, {spec['shape']} {spec['dtype']}")
 
     log(f"converting to ONNX (opset {cfg.opset}, form {cfg.form})")
-    onnx_model = to_onnx(merged, cfg.opset)
+    onnx_model = to_onnx(merged, cfg.opset, cfg.fold_norms)
     for key, value in {**spec, "dataset": dataset, "classes": str(reference.shape[-1])}.items():
         entry = onnx_model.metadata_props.add()
         entry.key, entry.value = f"ssa_tf.input.{key}" if key not in ("dataset", "classes") \
@@ -284,7 +302,8 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
     session = onnx_session(proto)
     onnx_check = compare_logits(reference, run_onnx(session, x), "the ONNX model")
     same_form = all(r.form == "merged" for r in records)
-    dense_proto = proto if same_form else to_onnx(dense, cfg.opset).SerializeToString()
+    dense_proto = proto if same_form else to_onnx(dense, cfg.opset,
+                                                  cfg.fold_norms).SerializeToString()
     dense_session = session if same_form else onnx_session(dense_proto)
     # the dense export is a reference point, but a wrong one would mislead
     compare_logits(reference, run_onnx(dense_session, x), "the dense ONNX model")
@@ -322,7 +341,7 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
             shutil.rmtree(staged, ignore_errors=True)
     return ExportResult(records, cfg.form, cfg.opset, count_params(merged), count_params(dense),
                         len(proto), len(dense_proto), latency, onnx_check, saved_check, split,
-                        cfg.output, cfg.saved_model, spec)
+                        cfg.output, cfg.saved_model, spec, norms_folded(onnx_model))
 
 
 def format_result(result: ExportResult) -> str:
@@ -346,6 +365,9 @@ def format_result(result: ExportResult) -> str:
     lines += [f"onnxruntime vs SSA model on {check['examples']} examples of "
               f"{result.dataset_split}: max |logit difference| {check['max_abs_diff']:.2e}, "
               f"top-1 identical (opset {result.opset})"]
+    if result.norms_folded is not None:
+        lines.append(f"layer norms with their mean folded into the weight layer before them: "
+                     f"{result.norms_folded}")
     if result.saved_model_check:
         s = result.saved_model_check
         lines.append(f"SavedModel vs SSA model: max |logit difference| {s['max_abs_diff']:.2e}")
