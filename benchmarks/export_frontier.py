@@ -1,8 +1,15 @@
 """The accuracy/size frontier of rank cuts: exported SSA models against BP's dense export.
 
-    python -m benchmarks.export_frontier --runs=runs/grids --out=benchmarks/EXPORT.md
+    python -m benchmarks.export_frontier --out=benchmarks/EXPORT.md
+    python -m benchmarks.export_frontier --source=runs --runs=runs/grids
 
-Reads finished runs of the grids ``rules_smallconv`` (the uncut SSA and BP),
+By default (``--source=results``) it needs no trained model: the accuracies
+are the ones the grids recorded (``benchmarks/results/<grid>.jsonl``, every
+seed), and each record's architecture is rebuilt at the ranks the run ended
+with and exported the same way (merge, form auto, the input normalization,
+tf2onnx, the layer norms folded). Parameters, multiply-adds and latency depend
+on the ranks and the form only, not on the weights. ``--source=runs`` instead
+reads finished runs of the grids ``rules_smallconv`` (the uncut SSA and BP),
 ``rank_frontier`` (SSA cut every 4 epochs at several tau), ``rank_once`` (one
 cut after epoch 10, both convolution views) and ``rank_gradual`` (a small cut
 after every epoch), all at the same budget, from their workdirs
@@ -32,7 +39,12 @@ from ssa_tf import cli, files
 from ssa_tf.cli import usage_error
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("runs", os.path.join("runs", "grids"), "folder of the grids' workdirs")
+flags.DEFINE_enum("source", "results", ["results", "runs"], "results: the grids' recorded "
+                  "results and ranks (no model needed); runs: export the finished runs' models")
+flags.DEFINE_string("results", os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"),
+                    "folder of the grids' <grid>.jsonl (--source=results)")
+flags.DEFINE_string("runs", os.path.join("runs", "grids"), "folder of the grids' workdirs "
+                    "(--source=runs)")
 flags.DEFINE_integer("latency_runs", 100, "timed onnxruntime runs per export")
 flags.DEFINE_integer("threads", 2, "onnxruntime intra-op threads per session")
 flags.DEFINE_string("out", None, "also write the table to this Markdown file")
@@ -81,6 +93,45 @@ def export(workdir, tmp):
     return payload, result.records, result.params, macs, summary
 
 
+def recorded(grid, variant):
+    """The grid's recorded results of one variant, by seed (the last record of a seed)."""
+    path = os.path.join(FLAGS.results, f"{grid}.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    return {r["seed"]: r for r in records if r["name"] == variant}
+
+
+# CIFAR-10's per-channel pixel statistics; the normalization is one Rescaling op either way
+_PIXEL_STATS = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
+
+
+def export_recorded(record):
+    """(ONNX bytes, records, params, MACs per example) of a record's architecture at its ranks."""
+    import keras
+
+    from ssa_tf.export import convert
+    from ssa_tf.export.deploy import count_params, to_onnx, with_input_normalization
+    from ssa_tf.training.model import SSAModel
+
+    c = record["config"]
+    keras.utils.set_random_seed(int(record["seed"]))
+    model = SSAModel(c["model"], (32, 32, 3), 10, mode=c["mode"], norm=c["norm"],
+                     activation=c["activation"], head_init="glorot", seed=int(record["seed"]),
+                     conv_factorization=c.get("conv_factorization", "spatial"))
+    layers = {layer.name: layer for layer in model.svd_layers()}
+    if set(record["ranks"]) - set(layers):
+        raise ValueError(f"{record['name']}: ranks of unknown layers "
+                         f"{sorted(set(record['ranks']) - set(layers))}")
+    for name, rank in record["ranks"].items():
+        if rank < layers[name].rank:
+            layers[name].truncate(int(rank))
+    merged, records = convert.merge(model, "auto")
+    payload = to_onnx(with_input_normalization(merged, _PIXEL_STATS)).SerializeToString()
+    return payload, records, count_params(merged), sum(r.macs or 0 for r in records)
+
+
 # the weight layers' ops; the rest is normalization, activations, pooling, layout
 WEIGHT_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -110,8 +161,10 @@ def weight_share(payload, x, tmp):
 def main(argv):
     if len(argv) > 1:
         usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-    if not os.path.isdir(FLAGS.runs):
+    if FLAGS.source == "runs" and not os.path.isdir(FLAGS.runs):
         usage_error(f"--runs={FLAGS.runs} is not a folder (the grids' --workdir)")
+    if FLAGS.source == "results" and not os.path.isdir(FLAGS.results):
+        usage_error(f"--results={FLAGS.results} is not a folder (the grids' results/)")
     cli.import_tensorflow()
     import numpy as np
 
@@ -121,20 +174,30 @@ def main(argv):
     x = np.random.default_rng(0).uniform(0, 255, (64, 32, 32, 3)).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         for label, grid, variant, _ in GROUPS:
-            for seed, workdir in finished(FLAGS.runs, grid, variant).items():
+            if FLAGS.source == "runs":
+                found = finished(FLAGS.runs, grid, variant)
+            else:
+                found = recorded(grid, variant)
+            for seed, source in sorted(found.items()):
                 print(f"exporting {label}, seed {seed} ...", flush=True)
-                payload, records, params, macs, summary = export(workdir, tmp)
+                if FLAGS.source == "runs":
+                    payload, records, params, macs, summary = export(source, tmp)
+                    val = summary["history"]["val_accuracy"][-1]
+                    test = summary["test_accuracy"]
+                else:
+                    payload, records, params, macs = export_recorded(source)
+                    val, test = source["val_accuracy"][-1], source["test_accuracy"]
                 key = f"{label} s{seed}"
                 sessions[key] = onnx_session(payload, threads=FLAGS.threads)
                 ranks = [r.rank / r.full_rank for r in records if r.full_rank]
                 share = weight_share(payload, x, tmp) if FLAGS.profile_runs else None
                 rows.append(dict(key=key, label=label, seed=seed, params=params, macs=macs,
                                  bytes=len(payload), ranks=ranks, share=share,
-                                 val=summary["history"]["val_accuracy"][-1],
-                                 test=summary["test_accuracy"]))
+                                 val=val, test=test))
     if not rows:
+        where = FLAGS.runs if FLAGS.source == "runs" else FLAGS.results
         usage_error(f"no finished runs of rules_smallconv, rank_frontier, rank_once or "
-                    f"rank_gradual under {FLAGS.runs}")
+                    f"rank_gradual under {where}")
     print(f"timing {len(sessions)} exports in turn ...", flush=True)
     lat = {k: v[0] for k, v in latency_ms(sessions, x, FLAGS.latency_runs).items()}
     by_label = {}
@@ -150,7 +213,10 @@ def main(argv):
         values = [r["share"] for r in group if r["share"] is not None]
         return f"{statistics.fmean(values):.0%}" if values else "-"
 
+    what = ("the recorded results, each architecture rebuilt at its final ranks"
+            if FLAGS.source == "results" else "the finished runs' models")
     lines = [f"Command: `python -m benchmarks.export_frontier {' '.join(sys.argv[1:])}`; "
+             f"from {what}; "
              f"{os.cpu_count()} CPU cores ({platform.machine()}), {datetime.date.today()}; "
              f"onnxruntime at batch 64, {FLAGS.threads} threads, median of "
              f"{FLAGS.latency_runs} runs, exports timed in turn.", "",
