@@ -53,7 +53,8 @@ def to_onnx(model: keras.Model, opset: int = DEFAULT_OPSET, fold_norms: bool = T
     ``fold_norms``: fold each layer norm's channel mean into the weight layer
     before it (``onnx_norms``; the same function, fewer passes over the
     activations). The metadata entry ``ssa_tf.layer_norms_folded`` says how
-    many of the graph's layer norms were folded ("4 of 4").
+    many of the layer norms it recognized (tf2onnx's pattern for Keras's
+    layer norm with scale and centre) were folded ("4 of 4").
     """
     tf2onnx.logging.set_level(logging.ERROR)
     shape = tuple(model.inputs[0].shape[1:])
