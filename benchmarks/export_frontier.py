@@ -65,6 +65,8 @@ GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
              for t in (0.95, 0.9, 0.8, 0.7)]
           + [(f"SSA channel view, one cut, tau {t}", "rank_once", f"channel, tau {t}",
               UNCUT_CHANNEL) for t in (0.9, 0.8)]
+          + [(f"SSA channel view, one cut, tau {t}, ends kept", "rank_once",
+              f"channel, tau {t}, ends kept", UNCUT_CHANNEL) for t in (0.8, 0.7)]
           + [(f"SSA, cut every epoch, tau {t}", "rank_gradual", f"tau {t}", UNCUT)
              for t in (0.99, 0.98)])
 
