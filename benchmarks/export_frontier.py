@@ -105,33 +105,19 @@ def recorded(grid, variant):
     return {r["seed"]: r for r in records if r["name"] == variant}
 
 
-# CIFAR-10's per-channel pixel statistics; the normalization is one Rescaling op either way
-_PIXEL_STATS = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
-
-
 def export_recorded(record):
     """(ONNX bytes, records, params, MACs per example) of a record's architecture at its ranks."""
-    import keras
-
-    from ssa_tf.export import convert
-    from ssa_tf.export.deploy import count_params, to_onnx, with_input_normalization
-    from ssa_tf.training.model import SSAModel
+    from benchmarks import rebuild
 
     c = record["config"]
-    keras.utils.set_random_seed(int(record["seed"]))
-    model = SSAModel(c["model"], (32, 32, 3), 10, mode=c["mode"], norm=c["norm"],
-                     activation=c["activation"], head_init="glorot", seed=int(record["seed"]),
-                     conv_factorization=c.get("conv_factorization", "spatial"))
-    layers = {layer.name: layer for layer in model.svd_layers()}
-    if set(record["ranks"]) - set(layers):
-        raise ValueError(f"{record['name']}: ranks of unknown layers "
-                         f"{sorted(set(record['ranks']) - set(layers))}")
-    for name, rank in record["ranks"].items():
-        if rank < layers[name].rank:
-            layers[name].truncate(int(rank))
-    merged, records = convert.merge(model, "auto")
-    payload = to_onnx(with_input_normalization(merged, _PIXEL_STATS)).SerializeToString()
-    return payload, records, count_params(merged), sum(r.macs or 0 for r in records)
+    if c["dataset"] != "cifar10" or c.get("image_size"):
+        raise ValueError(f"{record['name']}: rebuilt exports are of 32x32 CIFAR-10 models, "
+                         f"not {c['dataset']} at image size {c.get('image_size')}")
+    model = rebuild.model_at_ranks(c["model"], c["mode"], record["ranks"], record["seed"],
+                                   norm=c["norm"], activation=c["activation"],
+                                   conv_factorization=c.get("conv_factorization", "spatial"))
+    proto, records, params = rebuild.export_onnx(model)
+    return proto.SerializeToString(), records, params, sum(r.macs or 0 for r in records)
 
 
 # the weight layers' ops; the rest is normalization, activations, pooling, layout

@@ -4,7 +4,7 @@
 
 Builds smallconv (BP, and SSA at the ranks its tau 0.9 and 0.7 one-cut runs
 ended with, ends kept) and resnet32 (BP), merges them as the export does
-(form auto, raw-pixel input), converts each twice with
+(``benchmarks.rebuild``: form auto, raw-pixel input), converts each twice with
 ``ssa_tf.export.deploy.to_onnx`` (``fold_norms`` on and off) and times all
 the sessions in turn in one process (2 threads each, the order reversed every
 round), at batch 64 and 1. Prints each export's folded / unfolded latency
@@ -21,27 +21,12 @@ from ssa_tf import cli
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("runs", 40, "timed runs per export at batch 64 (5x as many at batch 1)")
 
-# CIFAR-10's per-channel pixel statistics (one Rescaling op in every export)
-PIXEL_STATS = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
 CASES = {"smallconv BP": ("smallconv", "bp", {}),
          "smallconv SSA, tau 0.9 cut": ("smallconv", "ssa",
                                         {"m1_conv": 50, "m2_conv": 102, "m3_dense": 127}),
          "smallconv SSA, tau 0.7 cut": ("smallconv", "ssa",
                                         {"m1_conv": 22, "m2_conv": 45, "m3_dense": 11}),
          "resnet32 BP": ("resnet32", "bp", {})}
-
-
-def build(architecture, mode, ranks):
-    import keras
-
-    from ssa_tf.training.model import SSAModel
-
-    keras.utils.set_random_seed(1)
-    model = SSAModel(architecture, (32, 32, 3), 10, mode=mode, norm="layer", head_init="glorot")
-    layers = {layer.name: layer for layer in model.svd_layers()}
-    for name, rank in ranks.items():
-        layers[name].truncate(rank)
-    return model
 
 
 def main(argv):
@@ -52,17 +37,16 @@ def main(argv):
     cli.import_tensorflow()
     import numpy as np
 
-    from ssa_tf.export import convert
-    from ssa_tf.export.deploy import latency_ms, onnx_session, to_onnx, with_input_normalization
+    from benchmarks import rebuild
+    from ssa_tf.export.deploy import latency_ms, onnx_session
 
     sessions = {}
-    for tag, case in CASES.items():
+    for tag, (architecture, mode, ranks) in CASES.items():
         print(f"exporting {tag} ...", flush=True)
-        merged, _ = convert.merge(build(*case), "auto")
-        merged = with_input_normalization(merged, PIXEL_STATS)
+        model = rebuild.model_at_ranks(architecture, mode, ranks, norm="layer")
         for fold in (True, False):
-            payload = to_onnx(merged, fold_norms=fold).SerializeToString()
-            sessions[(tag, fold)] = onnx_session(payload, threads=2)
+            proto, _, _ = rebuild.export_onnx(model, fold_norms=fold)
+            sessions[(tag, fold)] = onnx_session(proto.SerializeToString(), threads=2)
     for batch, runs in ((64, FLAGS.runs), (1, 5 * FLAGS.runs)):
         x = np.random.default_rng(0).uniform(0, 255, (batch, 32, 32, 3)).astype(np.float32)
         lat = latency_ms(sessions, x, runs)

@@ -27,7 +27,7 @@ from onnx import helper, numpy_helper
 
 def fold_layer_norm_means(model) -> tuple[int, int]:
     graph = model.graph
-    view = _GraphView(graph)
+    view = _GraphView(model)
     found = folded = 0
     for node in list(graph.node):
         match = _match(view, node)
@@ -45,9 +45,9 @@ def fold_layer_norm_means(model) -> tuple[int, int]:
 class _GraphView:
     """Producers, consumers and initializers of a graph, and pending edits."""
 
-    def __init__(self, graph):
-        self.graph = graph
-        inferred = onnx.shape_inference.infer_shapes(onnx.helper.make_model(graph)).graph
+    def __init__(self, model):
+        graph = self.graph = model.graph
+        inferred = onnx.shape_inference.infer_shapes(model).graph  # a new model: ranks only
         self.rank = {v.name: len(v.type.tensor_type.shape.dim)
                      for v in (*inferred.value_info, *inferred.input, *inferred.output)
                      if v.type.tensor_type.HasField("shape")}
