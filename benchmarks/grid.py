@@ -58,7 +58,8 @@ def variant_config(grid, name, seed, data_dir=None) -> cfg_lib.RunConfig:
 
 # settings added after runs were recorded: at these values a run trains what it trained
 # before the setting existed, so they stay out of its key (the recorded runs still count)
-_LATER_DEFAULTS = {"conv_factorization": "spatial", "rank_keep_ends": False}
+_LATER_DEFAULTS = {"conv_factorization": "spatial", "rank_keep_ends": False,
+                   "rank_energy": "weights"}
 
 
 def run_key(cfg: cfg_lib.RunConfig) -> str:
@@ -67,6 +68,8 @@ def run_key(cfg: cfg_lib.RunConfig) -> str:
          if k not in _IGNORED and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
     if d.get("rank_tau") is None:  # no cuts: which layers a cut would spare is moot
         d.pop("rank_keep_ends", None)
+    if d.get("rank_energy", "weights") == "weights":  # only an outputs cut reads batches
+        d.pop("rank_energy_batches", None)
     return json.dumps(d, sort_keys=True, default=list)
 
 

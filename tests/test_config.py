@@ -55,6 +55,9 @@ def test_malformed_overrides_say_what_is_wrong(assignment, needle):
     (["rank.tau=1.5"], "rank.tau must be in (0, 1]"),
     (["rank.tau=0.9", "rank.interval=0"], "rank.interval must be >= 1"),
     (["rank.warmup_steps=-1"], "rank.warmup_steps must be >= 0"),
+    (["rank.energy=activations"], "rank.energy='activations' is not valid; choose from: weights, "
+                                  "outputs"),
+    (["rank.tau=0.9", "rank.energy_batches=0"], "rank.energy_batches must be >= 1"),
     (["runtime.checkpoint_steps=-5"], "runtime.checkpoint_steps must be >= 0"),
     (["runtime.keep_checkpoints=1"], "runtime.keep_checkpoints must be >= 2"),
     (["runtime.skip_nonfinite_steps=-1"], "must be >= 0"),

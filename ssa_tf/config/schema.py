@@ -92,6 +92,10 @@ class RankConfig:
     # two hold 0.3% of its parameters (benchmarks/EXPORT.md); False: every layer (the seed's)
     keep_ends: bool = True
     feedback_cut: str = "first"  # svd: re-factor the feedback factors too; first: the seed's cut
+    # what tau is a fraction of: the weight's singular-value energy (the seed's) or each
+    # layer's output energy on energy_batches training batches (that cut keeps the outputs)
+    energy: str = "weights"
+    energy_batches: int = 8
     final_cut: bool = False  # also cut after the last epoch
     warmup_steps: int = 0  # after each cut the rate ramps up over this many steps
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 
 from ssa_tf.config.choices import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, HEAD_INITS, LABELS,
-                                   MODELS, MODES, NORMS, PROGRESS, RANK_FEEDBACK_CUTS, STRATEGIES)
+                                   MODELS, MODES, NORMS, PROGRESS, RANK_ENERGIES, RANK_FEEDBACK_CUTS,
+                                   STRATEGIES)
 from ssa_tf.config.schema import RunConfig
 from ssa_tf.methods import spec as methods
 
@@ -24,6 +25,7 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
                ("model.head_init", m.head_init, HEAD_INITS),
                ("model.conv_factorization", m.conv_factorization, CONV_FACTORIZATIONS),
                ("rank.feedback_cut", r.feedback_cut, RANK_FEEDBACK_CUTS),
+               ("rank.energy", r.energy, RANK_ENERGIES),
                ("runtime.progress", rt.progress, PROGRESS)]
     for name, value, valid in choices:
         if value not in valid:
@@ -67,7 +69,8 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
                 ("seed", cfg.seed, 0, "")]
     if r.tau is not None:
         minimums = [("rank.interval", r.interval, 1, ""), ("rank.start", r.start, 0, ""),
-                    ("rank.min", r.min, 1, ""), *minimums]
+                    ("rank.min", r.min, 1, ""), ("rank.energy_batches", r.energy_batches, 1, ""),
+                    *minimums]
     problem = check_minimums(minimums)
     if problem:
         return problem

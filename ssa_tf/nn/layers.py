@@ -13,6 +13,7 @@ import contextlib
 
 import numpy as np
 import keras
+import tensorflow as tf
 from keras import ops
 
 from ssa_tf.nn.svd import CONV_FACTORIZATIONS, FORWARD_FORMS, SVDLayer
@@ -57,7 +58,12 @@ class SVDDense(SVDLayer, keras.layers.Layer):
         self._in_dim = int(input_shape[-1])
         self._build_factors()
 
+    def matrix_inputs(self, x) -> np.ndarray:
+        """The rows the layer's matrix multiplies: ``x`` as (examples, in)."""
+        return np.asarray(ops.convert_to_numpy(x)).reshape(-1, self._in_dim)
+
     def call(self, x):
+        self._record_input(x)
         z = ops.matmul(ops.matmul(x, self.V) * self.s, ops.transpose(self.U))
         if self.bias is not None:
             z = z + self.bias
@@ -187,7 +193,30 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
         horizontal = ops.expand_dims(horizontal, 0)  # (1, kw, r, N)
         return vertical, horizontal
 
+    def matrix_inputs(self, x) -> np.ndarray:
+        """The rows the layer's matrix multiplies, one per position (float64).
+
+        Channel view: the (kh, kw, C) patch under every output pixel, ordered
+        (h, w, c) as the matrix's columns. Spatial view: the (kh, 1, C)
+        vertical patch under every pixel the vertical convolution computes,
+        ordered (c, h). The spatial view's rows of (n, w) each meet one
+        column's patch, so E||(K - K') x||^2 from these rows leaves out the
+        cross terms between the kw columns of one output pixel.
+        """
+        kh, kw = self.kernel_size
+        sh, sw = self.strides
+        c = self._channels
+        x = tf.convert_to_tensor(ops.convert_to_numpy(x), tf.float32)
+        padding = self.padding.upper()
+        if self.factorization == "channel":
+            p = tf.image.extract_patches(x, [1, kh, kw, 1], [1, sh, sw, 1], [1, 1, 1, 1], padding)
+            return np.asarray(p, np.float64).reshape(-1, kh * kw * c)
+        p = tf.image.extract_patches(x, [1, kh, 1, 1], [1, sh, 1, 1], [1, 1, 1, 1], padding)
+        p = np.asarray(p, np.float64).reshape(-1, kh, c)
+        return np.transpose(p, (0, 2, 1)).reshape(-1, c * kh)
+
     def call(self, x):
+        self._record_input(x)
         y = self._conv(x, feedback=False)
         if self.bias is not None:
             y = y + self.bias

@@ -24,6 +24,9 @@ def svd_factors(matrix: np.ndarray, rank: int | None = None):
 
 
 FEEDBACK_CUTS = ("svd", "first")  # how truncate cuts the feedback factors
+# what a rank cut keeps a fraction tau of (training.rank, BUILD.md algorithm §5): the energy
+# of the weight's singular values (the seed's), or of the layer's outputs on training inputs
+CUT_ENERGIES = ("weights", "outputs")
 FORWARD_FORMS = ("auto", "factored", "merged")  # how SVDConv2D evaluates its convolution
 # how SVDConv2D views its kernel as a matrix (BUILD.md, algorithm §2)
 CONV_FACTORIZATIONS = ("spatial", "channel")
@@ -46,6 +49,35 @@ def exact_singular_values(U, s, V):
     return qu @ a, sig, qv @ bt.T
 
 
+def output_cut(matrix, input_cov, rank: int):
+    """Best rank-``rank`` approximation of ``matrix`` (m x n) for inputs of second moment
+    ``input_cov`` (n x n, E[x x^T]): the X minimizing E||(matrix - X) x||^2.
+
+    With G = matrix C matrix^T (the outputs' second moment) and P its top-``rank``
+    eigenvectors, X = P P^T matrix: the weight projected on the output
+    directions that carry the most energy on these inputs. Needs no inverse of
+    C, so dead inputs do no harm. Returns (U, s, V, energy): X's exact factors
+    and the fraction of output energy it keeps.
+    """
+    M = np.asarray(matrix, np.float64)
+    gram = M @ np.asarray(input_cov, np.float64) @ M.T
+    eig, vecs = np.linalg.eigh((gram + gram.T) / 2)
+    eig, vecs = np.clip(eig[::-1], 0, None), vecs[:, ::-1]
+    r = int(rank)
+    p = vecs[:, :r]
+    a, sig, bt = np.linalg.svd(p.T @ M, full_matrices=False)
+    energy = float(eig[:r].sum() / max(eig.sum(), 1e-30))
+    return p @ a, sig, bt.T, energy
+
+
+def output_spectrum(matrix, input_cov) -> np.ndarray:
+    """Square roots of the eigenvalues of matrix C matrix^T, descending: the
+    output-energy analogue of the singular values (``energy_rank`` takes either)."""
+    M = np.asarray(matrix, np.float64)
+    gram = M @ np.asarray(input_cov, np.float64) @ M.T
+    return np.sqrt(np.clip(np.linalg.eigvalsh((gram + gram.T) / 2)[::-1], 0, None))
+
+
 def energy_rank(singular_values, tau: float) -> int:
     """Smallest r with sum_{j<=r} s_j^2 >= tau * sum_j s_j^2 (at least 1)."""
     e = np.asarray(singular_values, np.float64) ** 2
@@ -65,6 +97,13 @@ class SVDLayer:
     ``kernel_from_matrix`` / ``matrix_from_kernel`` (Keras kernel layout) and
     the forward computation.
     """
+
+    # set by training.rank.input_covariances while it records what the layer multiplies
+    _input_hook = None
+
+    def _record_input(self, x):
+        if self._input_hook is not None:
+            self._input_hook(self, x)
 
     def _init_svd(self, rank, use_bias, kernel_initializer, feedback_seed,
                   feedback_init, bias_initializer, init_scale=1.0):
@@ -153,11 +192,18 @@ class SVDLayer:
         """Exact singular values of the current weight, descending."""
         return exact_singular_values(*(ops.convert_to_numpy(v) for v in (self.U, self.s, self.V)))[1]
 
-    def truncate(self, rank: int, feedback: str = "first") -> dict:
+    def output_spectrum(self, input_cov) -> np.ndarray:
+        """The output-energy spectrum on inputs of second moment ``input_cov`` (``output_cut``)."""
+        return output_spectrum(self.merged_matrix(), input_cov)
+
+    def truncate(self, rank: int, feedback: str = "first", input_cov=None) -> dict:
         """Re-factor exactly and cut to ``rank`` (BUILD.md, algorithm §5).
 
         The forward weight becomes the best rank-``rank`` approximation of the
-        current weight (Eckart-Young). The feedback factors:
+        current weight (Eckart-Young), or with ``input_cov`` (the second moment
+        of what the layer's matrix multiplies, ``matrix_inputs``) the one that
+        best keeps the layer's outputs on those inputs (``output_cut``); the
+        recorded energy is then the fraction of output energy kept. The feedback factors:
 
         - ``"first"`` (the default): keep their first ``rank`` components. The forward
           factors are now in a new basis (the exact SVD's), so component i of
@@ -178,8 +224,12 @@ class SVDLayer:
         rank = int(rank)
         if not 1 <= rank <= old:
             raise ValueError(f"{self.name}: cannot truncate rank {old} to {rank}")
-        U, sig, V = exact_singular_values(*(ops.convert_to_numpy(v) for v in (self.U, self.s, self.V)))
-        energy = float((sig[:rank] ** 2).sum() / max((sig ** 2).sum(), 1e-30))
+        if input_cov is None:
+            U, sig, V = exact_singular_values(
+                *(ops.convert_to_numpy(v) for v in (self.U, self.s, self.V)))
+            energy = float((sig[:rank] ** 2).sum() / max((sig ** 2).sum(), 1e-30))
+        else:
+            U, sig, V, energy = output_cut(self.merged_matrix(), input_cov, rank)
         if feedback == "first":
             fb = [np.asarray(ops.convert_to_numpy(v))[..., :rank]
                   for v in (self.B_U, self.B_s, self.B_V)]

@@ -27,6 +27,7 @@ import tensorflow as tf
 
 from ssa_tf import files
 from ssa_tf.nn import energy_rank
+from ssa_tf.nn.svd import CUT_ENERGIES
 from ssa_tf.training.csvlog import keep_rows
 
 # supplementary §2 / BUILD.md, algorithm §6
@@ -48,24 +49,64 @@ def end_layers(model):
     return tuple(dict.fromkeys((layers[0].name, layers[-1].name))) if layers else ()
 
 
-def cut_model(model, tau, min_rank=1, exempt=(), feedback="first"):
+def input_covariances(model, batches, names=None) -> dict:
+    """Second moment E[x x^T] of the rows each SVD layer's matrix multiplies
+    (``matrix_inputs``), over the inputs of ``batches`` (arrays, or (x, y, ...)
+    tuples) run through ``model`` in inference mode. ``names``: only these layers.
+
+    Each layer sees what the trained network feeds it, so the statistics
+    stay local to the layer: no error or weight of another layer enters them.
+    """
+    layers = [l for l in model.svd_layers() if names is None or l.name in names]
+    sums, counts = {}, {}
+
+    def hook(layer, x):
+        rows = layer.matrix_inputs(x)
+        sums[layer.name] = sums.get(layer.name, 0.0) + rows.T @ rows
+        counts[layer.name] = counts.get(layer.name, 0) + rows.shape[0]
+
+    for layer in layers:
+        layer._input_hook = hook
+    try:
+        seen = 0
+        for batch in batches:
+            x = batch[0] if isinstance(batch, (tuple, list)) else batch
+            model(x, training=False)
+            seen += 1
+    finally:
+        for layer in layers:
+            layer._input_hook = None
+    if not seen:
+        raise ValueError("input_covariances needs at least one batch")
+    return {name: sums[name] / counts[name] for name in sums}
+
+
+def cut_model(model, tau, min_rank=1, exempt=(), feedback="first", covariances=None):
     """Cut every non-exempt SVD layer of ``model`` to its energy rank.
 
+    With ``covariances`` (``input_covariances``, one per layer) the energy is
+    the layer's output energy on those inputs and the cut keeps those outputs
+    best (``SVDLayer.truncate``); without, it is the weight's (the seed's).
     Returns (records, pairs): one record per layer (old/new rank, retained
     energy) and the (new variable, old variable) pairs of re-factored layers.
     """
     targets = {}
     for layer in model.svd_layers():
         if layer.name not in exempt:
-            r = energy_rank(layer.spectrum(), tau)
+            if covariances is None:
+                spectrum = layer.spectrum()
+            else:
+                spectrum = layer.output_spectrum(covariances[layer.name])
+            r = energy_rank(spectrum, tau)
             targets[layer.name] = min(layer.rank, max(r, min_rank))
-    return truncate_layers(model, targets, feedback)
+    return truncate_layers(model, targets, feedback, covariances)
 
 
-def truncate_layers(model, targets, feedback="first"):
+def truncate_layers(model, targets, feedback="first", covariances=None):
     """Cut the SVD layers named in ``targets`` to their target rank (no rank grows).
 
     Returns (records, pairs) as ``cut_model`` does."""
+    covariances = covariances or {}
     records, pairs = [], []
     layers = {l.name: l for l in model.svd_layers()}
     for name, r in targets.items():
@@ -74,7 +115,7 @@ def truncate_layers(model, targets, feedback="first"):
             raise ValueError(f"{name} is at rank {layer.rank}; it cannot grow to {r}")
         if r < layer.rank:
             old = (layer.U, layer.s, layer.V)
-            records.append(layer.truncate(int(r), feedback))
+            records.append(layer.truncate(int(r), feedback, covariances.get(name)))
             pairs.extend(zip((layer.U, layer.s, layer.V), old))
         else:
             records.append({"layer": name, "old_rank": layer.rank, "new_rank": layer.rank,
@@ -118,9 +159,10 @@ def retrace(model):
     model.make_predict_function(force=True)
 
 
-def apply_cut(model, tau, min_rank=1, exempt=(), feedback="first"):
+def apply_cut(model, tau, min_rank=1, exempt=(), feedback="first", covariances=None):
     """Cut, rebuild the optimizer and retrace, in the model's strategy scope."""
-    return _applied(model, lambda: cut_model(model, tau, min_rank, exempt, feedback))
+    return _applied(model, lambda: cut_model(model, tau, min_rank, exempt, feedback,
+                                             covariances))
 
 
 def apply_ranks(model, ranks, feedback="first"):
@@ -152,14 +194,25 @@ class RankPruning(keras.callbacks.Callback):
     accuracy (1 to 4 points in a withdrawn grid of the former rule) and buys only a
     smaller export, which the exporter's own energy cut gives as well.
 
+    ``energy="outputs"`` measures each layer's energy on its outputs instead of
+    its weight: ``energy_batches`` batches of ``data`` (the training set) run
+    through the model at each cut, and each layer keeps the rank-r weight
+    that best keeps its outputs on them (``input_covariances``, ``cut_model``).
+
     Writes ``ranks.csv`` (one row per layer and cut) and TensorBoard scalars
     ``rank/<layer>`` into ``workdir``, and at the end of training a PNG of
     rank per layer over epochs.
     """
 
     def __init__(self, tau=0.95, start=0, interval=10, min_rank=1, exempt=(), workdir=None,
-                 verbose=1, feedback="first", final_cut=False, keep_ends=False):
+                 verbose=1, feedback="first", final_cut=False, keep_ends=False,
+                 energy="weights", data=None, energy_batches=8):
         super().__init__()
+        if energy not in CUT_ENERGIES:
+            raise ValueError(f"energy must be one of {CUT_ENERGIES}, got {energy!r}")
+        if energy == "outputs" and (data is None or energy_batches < 1):
+            raise ValueError("energy='outputs' needs data and energy_batches >= 1")
+        self.energy, self.data, self.energy_batches = energy, data, int(energy_batches)
         if not 0 < tau <= 1:
             raise ValueError(f"tau must be in (0, 1], got {tau}")
         if interval < 1 or start < 0 or min_rank < 1:
@@ -186,7 +239,13 @@ class RankPruning(keras.callbacks.Callback):
         if self.due(epoch) and (self.final_cut or not last):
             before = _trainable_count(self.model)
             exempt = self.exempt + (end_layers(self.model) if self.keep_ends else ())
-            records = apply_cut(self.model, self.tau, self.min_rank, exempt, self.feedback)
+            covariances = None
+            if self.energy == "outputs":
+                names = [l.name for l in self.model.svd_layers() if l.name not in exempt]
+                covariances = input_covariances(
+                    self.model, self.data.take(self.energy_batches), names)
+            records = apply_cut(self.model, self.tau, self.min_rank, exempt, self.feedback,
+                                covariances)
             after = _trainable_count(self.model)
             for r in records:
                 r.update(epoch=epoch + 1, params_before=before, params_after=after)
@@ -207,7 +266,8 @@ class RankPruning(keras.callbacks.Callback):
     def _log(self, records, epoch, before, after):
         if self.verbose:
             changed = [r for r in records if r["new_rank"] < r["old_rank"]]
-            print(f"\nrank cut after epoch {epoch} (tau={self.tau}): {len(changed)} of "
+            print(f"\nrank cut after epoch {epoch} (tau={self.tau} of the {self.energy}' "
+                  f"energy): {len(changed)} of "
                   f"{len(records)} layers cut, trainable parameters {before} -> {after}")
             for r in changed:
                 print(f"  {r['layer']}: {r['old_rank']} -> {r['new_rank']} "

@@ -160,7 +160,8 @@ def _callbacks(cfg, model, ds, placement, workdir, state, timer, extra):
         callbacks.insert(1, RankPruning(r.tau, r.start, r.interval, r.min, r.exempt,
                                         workdir=workdir, verbose=int(placement.chief),
                                         feedback=r.feedback_cut, final_cut=r.final_cut,
-                                        keep_ends=r.keep_ends))
+                                        keep_ends=r.keep_ends, energy=r.energy,
+                                        data=ds.train, energy_batches=r.energy_batches))
     return callbacks
 
 
