@@ -68,7 +68,9 @@ GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
           + [(f"SSA channel view, one cut, tau {t}, ends kept", "rank_once",
               f"channel, tau {t}, ends kept", UNCUT_CHANNEL) for t in (0.8, 0.7)]
           + [(f"SSA, one cut, tau {t} of the outputs' energy, ends kept", "rank_once",
-              f"outputs, tau {t}, ends kept", UNCUT) for t in (0.99, 0.98, 0.95, 0.9, 0.8)]
+              f"outputs, tau {t}, ends kept", UNCUT) for t in (0.99, 0.98)]
+          + [(f"SSA, one cut of the dense layer only, tau {t}", "rank_once", f"dense only, tau {t}",
+              UNCUT) for t in (0.7, 0.5)]
           + [(f"SSA, cut every epoch, tau {t}", "rank_gradual", f"tau {t}", UNCUT)
              for t in (0.99, 0.98)])
 
