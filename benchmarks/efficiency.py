@@ -28,6 +28,11 @@ SSA's rows at lower ranks cut every SVD layer to a fraction of its full rank
 energy cut keeps is in ``benchmarks/EXPORT.md`` (``benchmarks.export_frontier``).
 ``--channel`` adds SSA with channel-factorized convolutions
 (``model.conv_factorization=channel``) at full rank and the same fractions.
+
+``--rows=profile`` asks where the direct SSA step's time goes: BP and SSA
+with one piece removed per row (the layer norms, the recompute forward, the
+global forward), and the channel view cut to each of ``--rank_fractions``
+with and without its norms; ``--nomemory`` skips the memory children.
 """
 
 from __future__ import annotations
@@ -61,7 +66,21 @@ ROWS = [
     ("fa", dict(mode="fa")),
 ]
 
+# where the direct SSA step's time goes: each row removes one piece of it (or of BP's)
+PROFILE_ROWS = [
+    ("bp", dict(mode="bp")),
+    ("bp, no layer norms", dict(mode="bp", norm="none")),
+    ("ssa", dict(mode="ssa")),
+    ("ssa, no recompute (all activations held)", dict(mode="ssa", recompute=False)),
+    ("ssa, no global forward (local route)", dict(mode="ssa", feedback="local")),
+    ("ssa, no layer norms", dict(mode="ssa", norm="none")),
+    ("ssa, no layer norms, no recompute", dict(mode="ssa", norm="none", recompute=False)),
+]
+
 FLAGS = flags.FLAGS
+flags.DEFINE_enum("rows", "rules", ["rules", "profile"], "rules: every rule and the rank cuts; "
+                  "profile: BP and SSA with one piece of the step removed per row")
+flags.DEFINE_boolean("memory", True, "also measure each row's peak training memory")
 flags.DEFINE_list("models", ["smallconv", "resnet32"], "architectures")
 flags.DEFINE_integer("batch", 64, "batch size")
 flags.DEFINE_integer("repeats", 5, "rounds of timing")
@@ -199,6 +218,14 @@ def measure_memory(model_name, spec):
 
 
 def rows_for():
+    if FLAGS.rows == "profile":  # and the cut channel view with and without its norms
+        rows = [(name, {"options": options}) for name, options in PROFILE_ROWS]
+        for f in (float(v) for v in FLAGS.rank_fractions):
+            for label, extra in (("", {}), (", no layer norms", dict(norm="none"))):
+                rows.append((f"ssa, channel, ranks at {f:.0%} of full{label}",
+                             {"options": dict(mode="ssa", conv_factorization="channel", **extra),
+                              "fraction": f}))
+        return rows
     rows = [(name, {"options": options}) for name, options in ROWS]
     for f in (float(v) for v in FLAGS.rank_fractions):
         rows.append((f"ssa, ranks at {f:.0%} of full", {"options": dict(mode="ssa"),
@@ -216,7 +243,7 @@ def rows_for():
 
 
 def table(model_name, rows, facts, memory):
-    bp, bp_mem = facts["bp"], memory["bp"]
+    bp, bp_mem = facts["bp"], memory.get("bp")
     lines = [f"### {model_name}, batch {FLAGS.batch}", "",
              "| rule | sequential | transport | held | ms/step | vs BP | peak MB | vs BP | "
              "params | vs BP | MACs/example | vs BP | Keras ms | vs BP | onnxruntime ms | vs BP |",
@@ -224,7 +251,7 @@ def table(model_name, rows, facts, memory):
     for name, _ in rows:
         f = facts[name]
         mem = memory.get(name)
-        mem_cells = (f"{mem:.0f} | {mem / bp_mem:.2f}x" if mem is not None else "| ")
+        mem_cells = (f"{mem:.0f} | {mem / bp_mem:.2f}x" if mem is not None and bp_mem else "| ")
         infer = (f"{f['infer_ms']:.1f} | {f['infer_ms'] / bp['infer_ms']:.2f}x"
                  if f["infer_ms"] is not None else "| ")
         infer += (f" | {f['onnx_ms']:.1f} | {f['onnx_ms'] / bp['onnx_ms']:.2f}x"
@@ -263,7 +290,7 @@ def main(argv):
         facts = time_rules(model_name, rows)
         memory = {}
         for name, spec in rows:
-            if not spec.get("jit"):
+            if FLAGS.memory and not spec.get("jit"):
                 print(f"{model_name}: peak memory of {name} ...", flush=True)
                 memory[name] = measure_memory(model_name, spec)
         out += table(model_name, rows, facts, memory) + [""]
