@@ -94,9 +94,12 @@ _CARDS = {
                                      "the true gradient through the SVD-factored network"),
     "dfa": _direct_card("dfa", _route_error),
     "ssa": _direct_card("ssa", _route_error),
+    # with chain_jacobians each later normalization applies its current gain (gamma)
+    # to the signal every step: a continuous read of those forward weights
     "fa": lambda o: LocalityCard(
-        "fa", True, _transport(o), "all modules",
-        "e back through the fixed feedback factors, gated by the later modules' forward pass"),
+        "fa", True, "continuously" if o["chain_jacobians"] else _transport(o), "all modules",
+        "e back through the fixed feedback factors, gated by the later modules' forward pass"
+        + (" and scaled by their current norm gains" if o["chain_jacobians"] else "")),
     "bp-lagged-copy": lambda o: LocalityCard(
         "bp-lagged-copy", True, "continuously", "all modules",
         f"backprop through a copy of the forward weights that lags them (eta "
