@@ -19,6 +19,43 @@ RULES = {"bp": dict(mode="bp"), "svd-bp": dict(mode="svd-bp"), "dfa": dict(mode=
          "ssa": dict(mode="ssa"), "fa": dict(mode="fa"),
          "bp-lagged-copy": dict(mode="bp-lagged-copy")}
 
+
+# SSA's settings before issue 30 (the seed's head of Noekland's DFA, the seed's beta)
+_OLD_SSA = dict(head_init="zero", beta=0.01, gamma=0.0, learning_rate=1e-3)
+# the candidate recipe of issue 30 (a glorot head, no alignment term)
+_NEW_SSA = dict(head_init="glorot", beta=0.0, gamma=0.0, learning_rate=1e-3)
+
+
+def _recipe_variants(long=False):
+    """issue 30's rows. ``long``: only what the 20-epoch budget compares."""
+    rows = {
+        "bp, zero head": dict(mode="bp", head_init="zero", learning_rate=1e-3),
+        "bp, glorot head": dict(mode="bp", head_init="glorot", learning_rate=1e-3),
+        "dfa (tuned: lr 3e-4), zero head": dict(mode="dfa", head_init="zero",
+                                                learning_rate=3e-4),
+        "ssa, old default (zero head, beta 0.01, lr 1e-3)": dict(mode="ssa", **_OLD_SSA),
+        "svd-bp, as the old ssa (zero head, beta 0.01, gamma 0, lr 1e-3)": dict(
+            mode="svd-bp", **_OLD_SSA),
+        "ssa, glorot head, beta 0": dict(mode="ssa", **_NEW_SSA),
+        "svd-bp, glorot head, beta 0, gamma 0 (as that ssa)": dict(
+            mode="svd-bp", **_NEW_SSA),
+    }
+    if long:
+        return rows
+    return {
+        **rows,
+        "dfa (tuned: lr 3e-4), glorot head": dict(mode="dfa", head_init="glorot",
+                                                  learning_rate=3e-4),
+        "ssa, glorot head": dict(mode="ssa", **{**_OLD_SSA, "head_init": "glorot"}),
+        "ssa, beta 0": dict(mode="ssa", **{**_OLD_SSA, "beta": 0.0}),
+        "ssa, lr 3e-4": dict(mode="ssa", **{**_OLD_SSA, "learning_rate": 3e-4}),
+        "ssa, glorot head, beta 0, lr 3e-4": dict(mode="ssa", **{**_NEW_SSA,
+                                                                "learning_rate": 3e-4}),
+        "svd-bp, glorot head, beta 0, gamma 0, lr 3e-4": dict(mode="svd-bp", **{**_NEW_SSA,
+                                                                 "learning_rate": 3e-4}),
+    }
+
+
 GRIDS = {
     # issue 14: a credible DFA (and BP's rate). smallconv at a small budget; what the
     # defaults are made of
@@ -100,6 +137,24 @@ GRIDS = {
             "svd-bp, no terms, Stiefel retraction": dict(mode="svd-bp", beta=0.0, gamma=0.0,
                                                          stiefel_retraction=True),
         }),
+    # issue 30: controls that differ in one thing, and SSA's own recipe re-chosen. Every
+    # setting is spelled out, so a row means the same thing whatever the defaults become.
+    # Runs recorded by another grid with the same settings count here too (run keys).
+    "recipe_5ep": dict(
+        caption="Fair controls and SSA's recipe, one setting at a time (smallconv, first "
+                "10,000 training images, 5 epochs, no augmentation). svd-bp rows carry the "
+                "head, loss terms and rate of the SSA row they control for.",
+        base=dict(_CIFAR, model="smallconv", epochs=5, max_train_examples=10000,
+                  augment=False),
+        seeds=SEEDS,
+        variants=_recipe_variants()),
+    "recipe_20ep": dict(
+        caption="Fair controls and SSA's recipe at the longer budget (smallconv, first 10,000 "
+                "training images with the seed's augmentation, 20 epochs, constant rate).",
+        base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
+                  augment=True),
+        seeds=SEEDS,
+        variants=_recipe_variants(long=True)),
     # the headline: every rule at its defaults, 20 epochs with augmentation
     "rules_smallconv": dict(
         caption="Every rule at its defaults: smallconv, first 10,000 training images with "
@@ -123,7 +178,7 @@ GRIDS = {
                 "fraction tau, as rules_smallconv otherwise (smallconv, first 10,000 training "
                 "images with augmentation, 20 epochs); the test accuracy is the cut model's.",
         base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
-                  augment=True, mode="ssa", rank_start=0, rank_interval=4),
+                  augment=True, mode="ssa", rank_feedback_cut="first", rank_start=0, rank_interval=4),
         seeds=SEEDS,
         variants={**{f"tau {t}": dict(rank_tau=t, rank_keep_ends=False)
                      for t in (0.95, 0.9, 0.8, 0.7)},
@@ -136,7 +191,7 @@ GRIDS = {
                 "rank_frontier otherwise (smallconv, first 10,000 training images with "
                 "augmentation); the test accuracy is the cut model's.",
         base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
-                  augment=True, mode="ssa", rank_start=10, rank_interval=20),
+                  augment=True, mode="ssa", rank_feedback_cut="first", rank_start=10, rank_interval=20),
         seeds=SEEDS,
         variants={**{f"tau {t}": dict(rank_tau=t, rank_keep_ends=False)
                      for t in (0.95, 0.9, 0.8, 0.7)},
@@ -160,7 +215,7 @@ GRIDS = {
                 "cuts), as rank_frontier otherwise (smallconv, first 10,000 training images "
                 "with augmentation, 20 epochs); the test accuracy is the cut model's.",
         base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
-                  augment=True, mode="ssa", rank_start=2, rank_interval=1),
+                  augment=True, mode="ssa", rank_feedback_cut="first", rank_start=2, rank_interval=1),
         seeds=SEEDS,
         variants={f"tau {t}": dict(rank_tau=t, rank_keep_ends=False) for t in (0.99, 0.98)}),
     # 16 local modules

@@ -63,6 +63,8 @@ WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQU
 
 def writable_problem(workdir):
     """One line if ``workdir`` cannot be created or written into, else None (creates it)."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        return f"--workdir={workdir} is a file, not a folder; name a folder (new or existing)"
     try:
         os.makedirs(workdir, exist_ok=True)
         probe = os.path.join(workdir, f".write-test-{os.getpid()}")

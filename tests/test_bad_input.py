@@ -92,6 +92,17 @@ def test_read_only_workdir_and_search_directory(tmp_path):
         subprocess.run(undo, check=True)
 
 
+def test_a_workdir_that_is_a_file_is_named_as_a_file(tmp_path):
+    from ssa_tf.train import writable_problem
+
+    path = tmp_path / "notes.txt"
+    path.write_text("mine")
+    line = writable_problem(str(path))
+    assert line == f"--workdir={path} is a file, not a folder; name a folder (new or existing)"
+    assert path.read_text() == "mine"
+    assert writable_problem(str(tmp_path / "new")) is None
+
+
 def _train_in_process(monkeypatch, workdir, fake_train):
     """``python -m ssa_tf.train --model=mlp --workdir=W`` in this process, with
     ``run.train`` replaced by ``fake_train``; returns the exit status."""

@@ -265,6 +265,8 @@ def test_imagenet_without_tars_names_the_missing_files(tmp_path):
     for tar in data.IMAGENET_TARS:
         assert str(manual / tar) in message
     assert f"`tfds build imagenet2012 --data_dir={tmp_path} --manual_dir={manual}`" in message
+    # the setting as this project's command line spells it (--manual_dir is tfds's flag)
+    assert "--set data.manual_dir=DIR" in message and "point --manual_dir" not in message
     (manual / "ILSVRC2012_img_val.tar").write_bytes(b"")
     with pytest.raises(data.DataError) as e:
         data.load("imagenet2012", 32, data_dir=str(tmp_path), manual_dir=str(manual))

@@ -171,14 +171,16 @@ def test_conv_matrix_layout_matches_spec():
 # --------------------------------------------------------------------------
 
 def _check_truncation(layer, r, rng):
-    """Truncate to r and check everything BUILD.md, algorithm §5 promises."""
+    """Truncate to r with the seed's exact re-factoring (``feedback="first"``) and check
+    everything BUILD.md, algorithm §5 promises. (The default slot cut keeps the trained
+    factors instead: tests/test_cut_register.py.)"""
     m, n = layer.U.shape[0], layer.V.shape[0]
     before = factor_matrix(layer)
     old_fb = [np_(v) for v in (layer.B_U, layer.B_s, layer.B_V)]
     old_rank = layer.rank
     n_weights = len(layer.weights)
 
-    record = layer.truncate(r)
+    record = layer.truncate(r, "first")
 
     assert layer.rank == r
     assert record["old_rank"] == old_rank and record["new_rank"] == r
@@ -272,8 +274,8 @@ def test_truncate_twice_and_rank_never_increases():
     layer = SVDDense.from_dense(make_dense(rng, 8, 6))
     perturb(layer, rng)
     first = factor_matrix(layer)
-    layer.truncate(4)
-    layer.truncate(2)
+    layer.truncate(4, "first")
+    layer.truncate(2, "first")
     np.testing.assert_allclose(factor_matrix(layer), best_rank(first, 2), atol=1e-5)
     with pytest.raises(ValueError):
         layer.truncate(3)
@@ -282,7 +284,7 @@ def test_truncate_twice_and_rank_never_increases():
     assert layer.rank == 2
     # truncating to the current rank is exact (only re-factoring)
     before = factor_matrix(layer)
-    rec = layer.truncate(2)
+    rec = layer.truncate(2, "first")
     np.testing.assert_allclose(factor_matrix(layer), before, atol=1e-5)
     assert rec["energy"] == pytest.approx(1.0, abs=1e-9)
 

@@ -10,7 +10,7 @@ NORMS = ("layer", "batch", "none")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 HEAD_INITS = ("zero", "glorot")
 CONV_FACTORIZATIONS = ("spatial", "channel")  # ssa_tf.nn.svd.CONV_FACTORIZATIONS
-RANK_FEEDBACK_CUTS = ("svd", "first")
+RANK_FEEDBACK_CUTS = ("slots", "svd", "first")
 RANK_ENERGIES = ("weights", "outputs")  # ssa_tf.nn.svd.CUT_ENERGIES
 # auto: mirrored on more than one GPU, else one device (ssa_tf.training.strategies)
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")

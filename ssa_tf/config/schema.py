@@ -91,7 +91,11 @@ class RankConfig:
     # the first conv of smallconv from 9 to 8 cost 8 points of validation at once, and the
     # two hold 0.3% of its parameters (benchmarks/EXPORT.md); False: every layer (the seed's)
     keep_ends: bool = True
-    feedback_cut: str = "first"  # svd: re-factor the feedback factors too; first: the seed's cut
+    # slots: no re-factoring, the kept components keep their slots and B its columns at
+    # them (issue 30: the alignment term stays continuous); first: the seed's exact
+    # re-factoring with B's first r columns; svd: B re-factored the same way. None:
+    # slots, or first for energy=outputs (that cut re-factors by construction)
+    feedback_cut: str | None = None
     # what tau is a fraction of: the weight's singular-value energy (the seed's) or each
     # layer's output energy on energy_batches training batches (that cut keeps the outputs)
     energy: str = "weights"

@@ -28,8 +28,11 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
                ("rank.energy", r.energy, RANK_ENERGIES),
                ("runtime.progress", rt.progress, PROGRESS)]
     for name, value, valid in choices:
-        if value not in valid:
+        if value not in valid and not (name == "rank.feedback_cut" and value is None):
             return f"{flag(name)}={value!r} is not valid; choose from: {', '.join(valid)}"
+    if r.feedback_cut == "slots" and r.energy == "outputs":
+        return (f"{flag('rank.feedback_cut')}=slots keeps each layer's own components and "
+                f"{flag('rank.energy')}=outputs re-factors them; choose first or svd")
     problem = validate_method(cfg)
     if problem:
         return problem

@@ -149,7 +149,8 @@ def not_prepared_message(name, data_dir, manual_dir=None):
     return (f"dataset 'imagenet2012' is not prepared in data_dir {data_dir!r} and cannot be "
             f"prepared: missing {', '.join(os.path.join(manual_dir, f) for f in missing)}; "
             f"download them from https://image-net.org/download-images (registration "
-            f"required) into {manual_dir} (or point --manual_dir at the folder holding them), "
+            f"required) into {manual_dir} (or point --set data.manual_dir=DIR at the folder "
+            f"holding them), "
             f"then run `tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual_dir}`, "
             f"or run this command again to prepare it on first use (hours)")
 

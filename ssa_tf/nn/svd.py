@@ -23,7 +23,7 @@ def svd_factors(matrix: np.ndarray, rank: int | None = None):
     return u[:, :r], s[:r], vt[:r].T
 
 
-FEEDBACK_CUTS = ("svd", "first")  # how truncate cuts the feedback factors
+FEEDBACK_CUTS = ("slots", "svd", "first")  # how truncate cuts the feedback factors
 # what a rank cut keeps a fraction tau of (training.rank, BUILD.md algorithm §5): the energy
 # of the weight's singular values (the seed's), or of the layer's outputs on training inputs
 CUT_ENERGIES = ("weights", "outputs")
@@ -47,6 +47,37 @@ def exact_singular_values(U, s, V):
     core = (ru * s[None, :]) @ rv.T
     a, sig, bt = np.linalg.svd(core)
     return qu @ a, sig, qv @ bt.T
+
+
+def slot_order(U, s, V):
+    """The components by decreasing energy s_k^2 ||u_k||^2 ||v_k||^2 (ties: lower slot first)."""
+    weight = s ** 2 * np.sum(U ** 2, axis=0) * np.sum(V ** 2, axis=0)
+    return np.argsort(-weight, kind="stable")
+
+
+def slot_spectrum(U, s, V):
+    """A spectrum whose energy rank is the slot cut's: the r-th value squared is the weight
+    energy the r-th component of ``slot_order`` adds, so that ``energy_rank(spectrum, tau)``
+    is the smallest r whose slot cut keeps 1 - ||W - W_cut||^2 / ||W||^2 >= tau. Unlike
+    singular values it need not decrease (the components are not orthogonal)."""
+    order = slot_order(U, s, V)
+    Us, Vs, ss = U[:, order], V[:, order], s[order]
+    gram = (Us.T @ Us) * (Vs.T @ Vs) * np.outer(ss, ss)  # <s_j u_j v_j^T, s_k u_k v_k^T>
+    # dropped[r] = ||W - W_r||^2 = the sum of gram over the components after the first r
+    suffix = np.cumsum(np.cumsum(gram[::-1, ::-1], axis=0), axis=1)[::-1, ::-1]
+    dropped = np.append(np.diag(suffix), 0.0)
+    return np.sqrt(np.maximum(-np.diff(dropped), 0.0))
+
+
+def slot_cut(U, s, V, rank):
+    """Keep the ``rank`` components of largest s_k^2 ||u_k||^2 ||v_k||^2, in their slots:
+    (U, s, V, slots, energy) with energy = 1 - ||W - W_cut||_F^2 / ||W||_F^2."""
+    keep = np.sort(slot_order(U, s, V)[:rank])
+    drop = np.setdiff1d(np.arange(len(s)), keep)
+    total = float(np.sum(exact_singular_values(U, s, V)[1] ** 2))
+    lost = float(np.sum(exact_singular_values(U[:, drop], s[drop], V[:, drop])[1] ** 2)) \
+        if len(drop) else 0.0
+    return U[:, keep], s[keep], V[:, keep], keep, 1.0 - lost / max(total, 1e-30)
 
 
 def output_cut(matrix, input_cov, rank: int):
@@ -192,11 +223,16 @@ class SVDLayer:
         """Exact singular values of the current weight, descending."""
         return exact_singular_values(*(ops.convert_to_numpy(v) for v in (self.U, self.s, self.V)))[1]
 
+    def slot_spectrum(self) -> np.ndarray:
+        """The spectrum whose energy rank is the slot cut's (``slot_spectrum``)."""
+        return slot_spectrum(*(np.asarray(ops.convert_to_numpy(v), np.float64)
+                               for v in (self.U, self.s, self.V)))
+
     def output_spectrum(self, input_cov) -> np.ndarray:
         """The output-energy spectrum on inputs of second moment ``input_cov`` (``output_cut``)."""
         return output_spectrum(self.merged_matrix(), input_cov)
 
-    def truncate(self, rank: int, feedback: str = "first", input_cov=None) -> dict:
+    def truncate(self, rank: int, feedback: str | None = None, input_cov=None) -> dict:
         """Re-factor exactly and cut to ``rank`` (BUILD.md, algorithm §5).
 
         The forward weight becomes the best rank-``rank`` approximation of the
@@ -205,9 +241,10 @@ class SVDLayer:
         best keeps the layer's outputs on those inputs (``output_cut``); the
         recorded energy is then the fraction of output energy kept. The feedback factors:
 
-        - ``"first"`` (the default): keep their first ``rank`` components. The forward
-          factors are now in a new basis (the exact SVD's), so component i of
-          B no longer matches component i of the forward factors;
+        - ``"first"`` (the seed's; the default with ``input_cov``): keep B's first ``rank`` components. The forward
+          factors are now in a new basis (the exact SVD's: order by singular value,
+          arbitrary signs), so component i of B no longer matches component i of
+          the forward factors;
         - ``"svd"``: re-factored the same way, B becomes its own best rank-r
           approximation in its exact SVD basis, each component's sign matched
           to the forward one (flipping u_i and v_i together leaves B
@@ -218,28 +255,39 @@ class SVDLayer:
         its optimizer and retrace its step. Returns a record with old/new rank
         and retained energy.
         """
+        if feedback is None:  # the default: slots, or first for an output-energy cut
+            feedback = "slots" if input_cov is None else "first"
         if feedback not in FEEDBACK_CUTS:
             raise ValueError(f"feedback must be one of {FEEDBACK_CUTS}, got {feedback!r}")
         old = self.rank
         rank = int(rank)
         if not 1 <= rank <= old:
             raise ValueError(f"{self.name}: cannot truncate rank {old} to {rank}")
-        if input_cov is None:
-            U, sig, V = exact_singular_values(
-                *(ops.convert_to_numpy(v) for v in (self.U, self.s, self.V)))
-            energy = float((sig[:rank] ** 2).sum() / max((sig ** 2).sum(), 1e-30))
+        current = [np.asarray(ops.convert_to_numpy(v), np.float64)
+                   for v in (self.U, self.s, self.V)]
+        feedback_now = [np.asarray(ops.convert_to_numpy(v))
+                        for v in (self.B_U, self.B_s, self.B_V)]
+        if feedback == "slots":
+            if input_cov is not None:
+                raise ValueError("feedback cut 'slots' keeps the layer's own components; an "
+                                 "output-energy cut re-factors them (use 'first' or 'svd')")
+            U, sig, V, keep, energy = slot_cut(*current, rank)
+            fb = [f[..., keep] for f in feedback_now]
         else:
-            U, sig, V, energy = output_cut(self.merged_matrix(), input_cov, rank)
-        if feedback == "first":
-            fb = [np.asarray(ops.convert_to_numpy(v))[..., :rank]
-                  for v in (self.B_U, self.B_s, self.B_V)]
-        else:
-            bu, bs, bv = exact_singular_values(
-                *(ops.convert_to_numpy(v) for v in (self.B_U, self.B_s, self.B_V)))
-            bu, bs, bv = bu[:, :rank], bs[:rank], bv[:, :rank]
-            flip = np.where(np.sum(bu * U[:, :rank], axis=0) < 0, -1.0, 1.0)
-            fb = [bu * flip, bs, bv * flip]
-        values = (U[:, :rank], sig[:rank], V[:, :rank], *fb)
+            if input_cov is None:
+                U, sig, V = exact_singular_values(*current)
+                energy = float((sig[:rank] ** 2).sum() / max((sig ** 2).sum(), 1e-30))
+            else:
+                U, sig, V, energy = output_cut(self.merged_matrix(), input_cov, rank)
+            U, sig, V = U[:, :rank], sig[:rank], V[:, :rank]
+            if feedback == "first":
+                fb = [f[..., :rank] for f in feedback_now]
+            else:
+                bu, bs, bv = exact_singular_values(*feedback_now)
+                bu, bs, bv = bu[:, :rank], bs[:rank], bv[:, :rank]
+                flip = np.where(np.sum(bu * U, axis=0) < 0, -1.0, 1.0)
+                fb = [bu * flip, bs, bv * flip]
+        values = (U, sig, V, *fb)
         # Keras locks a built layer's state; shapes change, so unlock,
         # untrack the old variables and create new ones in the same order.
         tracker = self._tracker

@@ -81,7 +81,7 @@ def input_covariances(model, batches, names=None) -> dict:
     return {name: sums[name] / counts[name] for name in sums}
 
 
-def cut_model(model, tau, min_rank=1, exempt=(), feedback="first", covariances=None):
+def cut_model(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None):
     """Cut every non-exempt SVD layer of ``model`` to its energy rank.
 
     With ``covariances`` (``input_covariances``, one per layer) the energy is
@@ -90,10 +90,13 @@ def cut_model(model, tau, min_rank=1, exempt=(), feedback="first", covariances=N
     Returns (records, pairs): one record per layer (old/new rank, retained
     energy) and the (new variable, old variable) pairs of re-factored layers.
     """
+    feedback = resolve_feedback_cut(feedback, covariances)
     targets = {}
     for layer in model.svd_layers():
         if layer.name not in exempt:
-            if covariances is None:
+            if covariances is None and feedback == "slots":
+                spectrum = layer.slot_spectrum()  # the energy the slot cut really keeps
+            elif covariances is None:
                 spectrum = layer.spectrum()
             else:
                 spectrum = layer.output_spectrum(covariances[layer.name])
@@ -102,10 +105,20 @@ def cut_model(model, tau, min_rank=1, exempt=(), feedback="first", covariances=N
     return truncate_layers(model, targets, feedback, covariances)
 
 
-def truncate_layers(model, targets, feedback="first", covariances=None):
+def resolve_feedback_cut(feedback, covariances=None):
+    """``rank.feedback_cut``'s default: "slots" for the weight-energy cut (the factors keep
+    their slots and B stays in register, issue 30), "first" for the output-energy cut
+    (which re-factors the weight by construction)."""
+    if feedback is not None:
+        return feedback
+    return "slots" if not covariances else "first"
+
+
+def truncate_layers(model, targets, feedback=None, covariances=None):
     """Cut the SVD layers named in ``targets`` to their target rank (no rank grows).
 
     Returns (records, pairs) as ``cut_model`` does."""
+    feedback = resolve_feedback_cut(feedback, covariances)
     covariances = covariances or {}
     records, pairs = [], []
     layers = {l.name: l for l in model.svd_layers()}
@@ -159,13 +172,13 @@ def retrace(model):
     model.make_predict_function(force=True)
 
 
-def apply_cut(model, tau, min_rank=1, exempt=(), feedback="first", covariances=None):
+def apply_cut(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None):
     """Cut, rebuild the optimizer and retrace, in the model's strategy scope."""
     return _applied(model, lambda: cut_model(model, tau, min_rank, exempt, feedback,
                                              covariances))
 
 
-def apply_ranks(model, ranks, feedback="first"):
+def apply_ranks(model, ranks, feedback=None):
     """Cut the model to the given ranks (a checkpoint's), as ``apply_cut`` would."""
     return _applied(model, lambda: truncate_layers(model, dict(ranks or {}), feedback))
 
@@ -205,7 +218,7 @@ class RankPruning(keras.callbacks.Callback):
     """
 
     def __init__(self, tau=0.95, start=0, interval=10, min_rank=1, exempt=(), workdir=None,
-                 verbose=1, feedback="first", final_cut=False, keep_ends=False,
+                 verbose=1, feedback=None, final_cut=False, keep_ends=False,
                  energy="weights", data=None, energy_batches=8):
         super().__init__()
         if energy not in CUT_ENERGIES:
