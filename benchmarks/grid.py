@@ -80,13 +80,30 @@ def load_results(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+def load_all_results(out, grid):
+    """Every recorded run under ``out``/results, this grid's first: a run is what it
+    trains (its key), so a run another grid recorded with the same settings and seed
+    counts here too. One record per (key, seed)."""
+    folder = os.path.join(out, "results")
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    own = f"{grid}.jsonl"
+    records, seen = [], set()
+    for name in sorted(names, key=lambda n: n != own):
+        if name.endswith(".jsonl"):
+            for r in load_results(os.path.join(folder, name)):
+                if (r["key"], r["seed"]) not in seen:
+                    seen.add((r["key"], r["seed"]))
+                    records.append(r)
+    return records
+
+
 def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
     from ssa_tf.training import run
     from ssa_tf.training import workdir as workdir_lib
 
     spec = GRIDS[grid]
     path = os.path.join(out, "results", f"{grid}.jsonl")
-    done = {(r["key"], r["seed"]) for r in load_results(path)}
+    done = {(r["key"], r["seed"]) for r in load_all_results(out, grid)}
     seeds = [int(s) for s in seeds] or list(spec["seeds"])
     todo = [(n, s) for n in spec["variants"] if not only or n in only for s in seeds]
     for k, (name, seed) in enumerate(todo):
@@ -165,7 +182,7 @@ def summarize(grid, results):
 
 
 def report(grid, out):
-    results = load_results(os.path.join(out, "results", f"{grid}.jsonl"))
+    results = load_all_results(out, grid)
     spec = GRIDS[grid]
     rows = summarize(grid, results)
     if not rows:
