@@ -151,4 +151,18 @@ def run(main, help_text=None):
         except BrokenPipeError:  # `... --help | head`
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
-    app.run(main, flags_parser=parse_flags)
+    app.run(_quiet_logs(main), flags_parser=parse_flags)
+
+
+def _quiet_logs(main):
+    """``main`` with absl's log at WARNING unless --verbosity says otherwise: TensorFlow
+    Datasets logs eight INFO lines (which files it reads, how it builds the pipeline)
+    in every run, and a user's terminal wants the run's own lines."""
+    def wrapped(argv):
+        from absl import logging as absl_logging
+
+        if not flags.FLAGS["verbosity"].present:
+            absl_logging.set_verbosity(absl_logging.WARNING)
+        return main(argv)
+
+    return wrapped

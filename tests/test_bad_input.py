@@ -58,9 +58,13 @@ def test_truncated_tfrecord_is_one_line_and_leaves_nothing(tmp_path):
     with open(shard, "r+b") as f:
         f.truncate(shard.stat().st_size // 2)
     workdir = tmp_path / "w"
-    line = one_line(run("train", "--dataset=cifar10", f"--data_dir={data_dir}",
-                        f"--workdir={workdir}", timeout=300))
+    result = run("train", "--dataset=cifar10", f"--data_dir={data_dir}", f"--workdir={workdir}",
+                 timeout=300)
+    line = one_line(result)
     assert "cannot be read" in line and "tfds build cifar10" in line
+    assert "{{" not in line and "function_node" not in line  # no TensorFlow internals
+    # no third-party INFO lines (TensorFlow Datasets logged 8) before the one error line
+    assert not [l for l in result.stderr.splitlines() if l[:1] == "I" and l[1:5].isdigit()]
     assert not workdir.exists()
 
 

@@ -73,12 +73,23 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
         if "record" not in str(e).lower() and "corrupt" not in str(e).lower():
             raise
-        first = str(e).strip().splitlines()[0][:300]
+        first = plain_error(e)
         raise InputError(f"the data of {cfg.data.dataset} in {cfg.data.data_dir} cannot be read "
                          f"({first}); prepare it again with `tfds build {cfg.data.dataset}`") \
             from None
     finally:
         lock.release()
+
+
+def plain_error(e) -> str:
+    """A TensorFlow error's own words on one line, without the graph's internals
+    ({{function_node ...}}, [[{{node ...}}]], [Op:...])."""
+    import re
+
+    text = getattr(e, "message", None) or str(e)
+    text = re.sub(r"\[\[\{\{.*?\}\}\]\]|\{\{.*?\}\}|\[Op:[^\]]*\]", "", text)
+    text = " ".join(text.split())
+    return text[:300]
 
 
 def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
