@@ -102,8 +102,12 @@ def test_default_style_run_writes_the_workdir(tmp_path):
     assert (workdir / "ranks.csv").read_text().count("\n") == 1 + 1 * 1
     assert (workdir / "ranks.png").read_bytes()[:4] == b"\x89PNG"
     rows = (workdir / "metrics.csv").read_text().strip().splitlines()
-    assert len(rows) == 3 and "align_term" in rows[0] and "val_accuracy" in rows[0]
-    assert "ce_surrogate" in rows[0]
+    assert len(rows) == 3 and "val_accuracy" in rows[0]
+    # the local terms under what they are, only those whose weight is not zero
+    assert "feedback_dot_output" in rows[0] and "ce_surrogate" not in rows[0]
+    beta = json.loads((workdir / "config.json").read_text())["beta"]
+    assert ("align_term" in rows[0]) == (beta > 0)
+    assert "ortho_term" not in rows[0]  # gamma 0
     assert (workdir / "model.keras").stat().st_size > 0
     config = json.loads((workdir / "config.json").read_text())
     assert config["model"] == "mlp" and config["card"]["rule"] == "ssa"
@@ -162,7 +166,7 @@ def test_without_a_validation_split_nothing_is_validated_on_test(tmp_path):
     import csv
     with open(workdir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 and "ce_surrogate" in rows[0] and "ce_term" not in rows[0]
+    assert len(rows) == 2 and "feedback_dot_output" in rows[0] and "ce_term" not in rows[0]
     assert {v for r in rows for k, v in r.items() if k.startswith("val_")} <= {"NA"}
     # off a terminal: plain lines, one per epoch, no bar redraws
     assert "\x1b[" not in result.stdout and "\r" not in result.stdout

@@ -53,12 +53,15 @@ class SSAModel(keras.Model):
         # steps with a NaN or Inf, per module and term (reliability.divergence_guard)
         self.nonfinite_tracker = NonFiniteCounter(len(self.module_names()),
                                                   len(self.NONFINITE_TERMS))
+        # the local-loss terms, logged under what they are and only when they count
+        # (issue 26: a negative "ce_surrogate" and an ortho term growing at gamma 0
+        # puzzled a new user); README, "What the logs mean"
         if not self.rule.end_to_end:
-            # a surrogate inner product <delta_i, h_i> summed over modules: it
-            # can be negative, it is no cross-entropy
-            self.ce_tracker = keras.metrics.Mean(name="ce_surrogate")
-        if self.rule.svd:
+            self.ce_tracker = keras.metrics.Mean(name=local_signal_metric(self.rule))
+        o = self.rule.options
+        if self.rule.svd and o.get("beta"):
             self.align_tracker = keras.metrics.Mean(name="align_term")
+        if self.rule.svd and (o.get("gamma") or o.get("ortho_lambda")):
             self.ortho_tracker = keras.metrics.Mean(name="ortho_term")
 
     # -- construction ---------------------------------------------------------
@@ -157,8 +160,17 @@ class SSAModel(keras.Model):
         return self.rule.gradients(self, x, y, error)
 
 
+def local_signal_metric(rule) -> str:
+    """The logged name of the hidden modules' CE part: the mean inner product of each
+    module's feedback signal with its output, summed over modules (its gradient is the
+    update; its value can be negative and is no loss), or, for the local route, the
+    read-outs' own cross-entropy."""
+    route = getattr(rule, "route", None)
+    return "readout_ce" if route is not None and not route.needs_error else "feedback_dot_output"
+
+
 # logged during training only (SSAModel.test_step drops them from val_*)
-TRAINING_ONLY_METRICS = ("ce_surrogate", "align_term", "ortho_term")
+TRAINING_ONLY_METRICS = ("feedback_dot_output", "readout_ce", "align_term", "ortho_term")
 
 
 def _zero_if(bad, grads):
