@@ -163,3 +163,30 @@ def test_keep_ends_spares_the_input_layer_and_the_classifier(keep_ends):
         assert cut[name] < full[name]
     for name in ("m0_conv", "classifier"):
         assert (cut[name] == full[name]) == keep_ends
+
+
+def test_ranks_png_has_one_titled_panel_per_layer_and_integer_epochs():
+    # issue 26: 34 lines in one plot, no legend, ticks at 0.25, 0.5, ...
+    from ssa_tf.training.rank import rank_figure
+
+    layers = [f"block{i}" for i in range(34)]
+    history = [(e, {n: max(1, 64 - 3 * e - i % 5) for i, n in enumerate(layers)})
+               for e in range(3)]
+    fig = rank_figure(history)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(panels) == 34
+    assert [ax.get_title().split(":")[0] for ax in panels] == layers
+    for ax in panels:
+        ticks = [t for t in ax.get_xticks() if 0 <= t <= 2]
+        assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_a_cut_report_prints_after_its_epochs_own_line(digits, capsys):
+    keras.utils.set_random_seed(1)
+    model = build_model("mlp", (28, 28, 1), 10, mode="ssa")
+    cb = RankPruning(tau=0.9, start=1, interval=1, verbose=1)
+    model.fit(digits.train.take(3), epochs=2, verbose=2, callbacks=[cb])
+    out = capsys.readouterr().out
+    first_line = out.index("accuracy:")  # epoch 1's own metrics line
+    report = out.index("rank cut after epoch 1")
+    assert first_line < report < out.index("Epoch 2/2")

@@ -238,6 +238,7 @@ class RankPruning(keras.callbacks.Callback):
         self.final_cut = bool(final_cut)
         self.history = []  # (epoch, {layer: rank}) after every epoch
         self.cuts = []
+        self._report = []  # the last cut's lines, printed after that epoch's own line
 
     def due(self, epoch):
         done = epoch + 1
@@ -266,6 +267,16 @@ class RankPruning(keras.callbacks.Callback):
             self._log(records, epoch + 1, before, after)
         self.history.append((epoch + 1, self.model.ranks()))
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._print_report()
+
+    def _print_report(self):
+        """The last cut's report, once Keras has printed that epoch's own line (its progress
+        logger runs after this callback at an epoch's end, before it at the next start)."""
+        for line in self._report:
+            print(line)
+        self._report = []
+
     def resume_at(self, epoch, step):
         """After a restore: drop ranks.csv rows of cuts after ``epoch``."""
         if self.workdir:
@@ -273,18 +284,19 @@ class RankPruning(keras.callbacks.Callback):
                       lambda row: int(row["epoch"]) <= epoch)
 
     def on_train_end(self, logs=None):
+        self._print_report()
         if self.workdir and len(self.history) > 1:
             plot_ranks(self.history, os.path.join(self.workdir, "ranks.png"))
 
     def _log(self, records, epoch, before, after):
         if self.verbose:
             changed = [r for r in records if r["new_rank"] < r["old_rank"]]
-            print(f"\nrank cut after epoch {epoch} (tau={self.tau} of the {self.energy}' "
-                  f"energy): {len(changed)} of "
-                  f"{len(records)} layers cut, trainable parameters {before} -> {after}")
-            for r in changed:
-                print(f"  {r['layer']}: {r['old_rank']} -> {r['new_rank']} "
-                      f"(energy kept {r['energy']:.4f})")
+            self._report = [
+                f"rank cut after epoch {epoch} (tau={self.tau} of the {self.energy}' "
+                f"energy): {len(changed)} of {len(records)} layers cut, trainable parameters "
+                f"{before} -> {after}",
+                *(f"  {r['layer']}: {r['old_rank']} -> {r['new_rank']} (energy kept "
+                  f"{r['energy']:.4f})" for r in changed)]
         if not self.workdir:
             return
         os.makedirs(self.workdir, exist_ok=True)
@@ -306,68 +318,37 @@ class RankPruning(keras.callbacks.Callback):
 
 
 def plot_ranks(history, path):
-    """Rank per layer over epochs, one line per layer, written atomically as PNG."""
+    """Rank per layer over epochs, one small panel per layer (its name above it), written
+    atomically as PNG."""
+    files.save_figure(rank_figure(history), path)
+
+
+def rank_figure(history):
+    """The figure of ``plot_ranks``: a panel per layer, integer epoch ticks."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [e for e, _ in history]
     layers = list(history[0][1])
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for name in layers:
-        ax.step(epochs, [ranks.get(name, np.nan) for _, ranks in history], where="post",
-                label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("rank")
-    ax.set_yscale("log")
-    ax.set_title("SVD rank per layer")
-    if len(layers) <= 20:
-        ax.legend(fontsize=7, ncol=2)
+    cols = min(len(layers), 4)
+    rows = -(-len(layers) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows + 0.6), squeeze=False)
+    for ax, name in zip(axes.flat, layers):
+        ranks = [r.get(name, np.nan) for _, r in history]
+        ax.step(epochs, ranks, where="post", color="C0")
+        ax.set_title(f"{name}: {ranks[0]} -> {ranks[-1]}", fontsize=8)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(0, max(ranks[0], 1) * 1.05)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(layers):]:
+        ax.set_visible(False)
+    fig.supxlabel("epoch", fontsize=9)
+    fig.supylabel("rank", fontsize=9)
+    fig.suptitle("SVD rank per layer (title: first -> last)", fontsize=10)
     fig.tight_layout()
-    files.save_figure(fig, path)
-
-
-def cut_epochs(epochs, start, interval):
-    """The epochs (counting from 1) after which ``RankPruning`` cuts, training still ahead."""
-    return [e for e in range(1, epochs) if e >= max(start, 1) and (e - start) % interval == 0]
-
-
-@keras.saving.register_keras_serializable(package="ssa_tf")
-class WarmupAfterCuts(keras.optimizers.schedules.LearningRateSchedule):
-    """``base`` (a rate or a schedule), ramped up linearly over ``warmup_steps``
-    steps after each of ``cut_steps``: the k-th step after a cut (k = 1..W)
-    runs at k/W of the base rate.
-
-    Stateless (the cut steps are known in advance from the rank schedule), so
-    it composes with the epoch-wise decays and a resumed run continues it
-    exactly.
-    """
-
-    def __init__(self, base, cut_steps, warmup_steps):
-        self.base = base
-        self.cut_steps = sorted(int(c) for c in cut_steps)
-        self.warmup_steps = int(warmup_steps)
-
-    def __call__(self, step):
-        rate = self.base(step) if callable(self.base) else self.base
-        if not self.cut_steps or self.warmup_steps < 1:
-            return rate
-        step = tf.cast(step, tf.float32)
-        cuts = tf.constant(self.cut_steps, tf.float32)
-        last = tf.reduce_max(tf.where(cuts <= step, cuts, -1e12))
-        factor = tf.minimum(1.0, (step - last + 1.0) / float(self.warmup_steps))
-        return tf.cast(rate, tf.float32) * factor
-
-    def get_config(self):
-        base = self.base
-        if isinstance(base, keras.optimizers.schedules.LearningRateSchedule):
-            base = keras.optimizers.schedules.serialize(base)
-        return {"base": base, "cut_steps": self.cut_steps, "warmup_steps": self.warmup_steps}
-
-    @classmethod
-    def from_config(cls, config):
-        base = config["base"]
-        if isinstance(base, dict):
-            base = keras.optimizers.schedules.deserialize(base)
-        return cls(base, config["cut_steps"], config["warmup_steps"])
+    return fig
