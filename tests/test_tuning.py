@@ -251,7 +251,7 @@ def test_sensitivity_plot_marks_failed_trials(tmp_path):
          "epochs": 1, "status": "FAILED", "seconds": 1.0, "reason": "Diverged: loss nan"},
     ]
     path = str(tmp_path / "s.png")
-    report.plot_sensitivity(rows, cfg, path, rows[0])  # four panels, lr on a log axis
+    report.plot_sensitivity(rows, cfg, path, rows[0], 0.05, rows[0])  # four panels, lr log
     with open(path, "rb") as f:
         assert f.read(4) == b"\x89PNG"
     assert report.reason("Traceback ...\nkeras_tuner.src.errors.FailedTrialError: x: y") == \
@@ -271,3 +271,24 @@ def test_the_report_prints_the_noise_band_and_the_tied_trials(tmp_path, capsys):
     report.report(cfg.project, [_trial(0, 0.50), _trial(1, 0.62)])
     out = capsys.readouterr().out
     assert "best: trial #2 (trial_1)" in out and "0.1200 above the next (noise band 0.0686)" in out
+
+
+def test_the_sensitivity_plot_says_what_the_verdict_says(tmp_path):
+    """Issue 26, item 3: the plot starred a best trial when the search called no winner,
+    showed no band, and drew gamma's "seed value" at 0.1 where SSA's default is 0."""
+    cfg = small_search(tmp_path)
+    rows = [{"trial": k + 1, "alpha": 1.0, "beta": b, "gamma": g, "lr": 1e-3,
+             "val_accuracy": acc, "epochs": 1, "status": "COMPLETED", "seconds": 1.0,
+             "reason": ""} for k, (b, g, acc) in enumerate([(0.01, 0.1, 0.50), (0.1, 1.0, 0.52),
+                                                             (0.5, 5.0, 0.20)])]
+    top = rows[1]
+    tied_fig = report.sensitivity_figure(rows, cfg, top, 0.07, winner=None)
+    labels = {t.get_text() for t in tied_fig.axes[0].get_legend().get_texts()}
+    assert "winner" not in labels and "tied with the highest (no winner)" in labels
+    assert "noise band under the highest" in labels and "seed value" not in labels
+    assert "no winner: 2 trials" in tied_fig._suptitle.get_text()
+    gamma = [ax for ax in tied_fig.axes if ax.get_xlabel().startswith("gamma")][0]
+    assert gamma.get_xlabel() == "gamma (default 0: off the log axis)"  # SSA's default
+    won = report.sensitivity_figure(rows, cfg, top, 0.01, winner=top)
+    labels = {t.get_text() for t in won.axes[0].get_legend().get_texts()}
+    assert "winner" in labels and "winner: trial #2" in won._suptitle.get_text()

@@ -90,7 +90,7 @@ def report(project: str, states: list[dict] | None = None):
     # difference of two accuracies, about 95%): inside it the ranking is a coin toss
     winner = top if top and (len(done) == 1 or band is None
                              or top["val_accuracy"] - done[1]["val_accuracy"] > band) else None
-    plot_sensitivity(rows, cfg, paths["plot"], top)
+    plot_sensitivity(rows, cfg, paths["plot"], top, band, winner)
     failed = sum(r["status"] == "FAILED" for r in rows)
     print(f"{len(rows)} trials in {project}: {len(done)} completed, {failed} failed, "
           f"{len(rows) - len(done) - failed} unfinished")
@@ -158,8 +158,17 @@ def best_flags(cfg: SearchConfig, best: dict, n_trials: int, splits: dict) -> st
     return "\n".join(lines) + "\n"
 
 
-def plot_sensitivity(rows, cfg: SearchConfig, path, best=None):
+def plot_sensitivity(rows, cfg: SearchConfig, path, top=None, band=None, winner=None):
     """Validation accuracy against each coefficient, one panel each (seed Figure 1)."""
+    files.save_figure(sensitivity_figure(rows, cfg, top, band, winner), path)
+
+
+def sensitivity_figure(rows, cfg: SearchConfig, top=None, band=None, winner=None):
+    """The figure of ``plot_sensitivity``. It says what the search's verdict says: a star
+    only on a ``winner`` (above the others by more than the noise ``band``); without
+    one, the trials tied with the highest (``top``) ringed, and the band shaded. The
+    dashed line is the run's own default (what an unsearched run uses), the dotted one
+    the paper's value."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -169,12 +178,20 @@ def plot_sensitivity(rows, cfg: SearchConfig, path, best=None):
     columns = {"learning_rate": "lr"}
     done = [r for r in rows if r["val_accuracy"] is not None]
     failed = [r for r in rows if r["status"] == "FAILED"]
+    tied = [r for r in done if top is not None and band is not None
+            and top["val_accuracy"] - r["val_accuracy"] <= band] if winner is None else []
+    resolved = cfg.run.resolved()
+    defaults = {"alpha": resolved.method.alpha, "beta": resolved.method.beta,
+                "gamma": resolved.method.gamma, "learning_rate": cfg.run.learning_rate()}
     epochs = sorted({r["epochs"] or 0 for r in done})
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), sharey=True,
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.8), sharey=True,
                              squeeze=False)
     cmap = plt.get_cmap("viridis")
     for ax, name in zip(axes[0], names):
         col = columns.get(name, name)
+        if top is not None and band is not None:
+            ax.axhspan(top["val_accuracy"] - band, top["val_accuracy"], color="tab:orange",
+                       alpha=0.15, label="noise band under the highest")
         for k, e in enumerate(epochs):
             pts = [r for r in done if (r["epochs"] or 0) == e]
             color = cmap(k / max(len(epochs) - 1, 1)) if len(epochs) > 1 else "tab:blue"
@@ -184,25 +201,42 @@ def plot_sensitivity(rows, cfg: SearchConfig, path, best=None):
             # diverged or crashed trials sit at zero: where the range breaks training
             ax.scatter([r[col] for r in failed], [0.0] * len(failed), marker="x", color="tab:red",
                        label="failed")
-        if best is not None:
-            ax.scatter([best[col]], [best["val_accuracy"]], marker="*", s=180, color="tab:orange",
-                       edgecolor="k", zorder=3, label="best")
-        if name in SEED_COEFFICIENTS:
-            ax.axvline(SEED_COEFFICIENTS[name], ls="--", color="gray", lw=1, label="seed value")
+        if winner is not None:
+            ax.scatter([winner[col]], [winner["val_accuracy"]], marker="*", s=180,
+                       color="tab:orange", edgecolor="k", zorder=3, label="winner")
+        elif tied:
+            ax.scatter([r[col] for r in tied], [r["val_accuracy"] for r in tied], s=110,
+                       facecolors="none", edgecolors="tab:orange", linewidths=1.5, zorder=3,
+                       label="tied with the highest (no winner)")
+        label = name
+        value = defaults.get(name)
+        if value is not None and (value > 0 or name not in LOG_SAMPLED):
+            ax.axvline(value, ls="--", color="gray", lw=1, label="this run's default")
+        elif value is not None:
+            label = f"{name} (default {value:g}: off the log axis)"
+        paper = SEED_COEFFICIENTS.get(name)
+        if paper is not None and paper != value:
+            ax.axvline(paper, ls=":", color="k", lw=1, label="the paper's value")
         if name in LOG_SAMPLED:
             ax.set_xscale("log")
         lo, hi = cfg.ranges()[name]
         if lo < hi:
             pad = (hi / lo) ** 0.05 if name in LOG_SAMPLED else 0.05 * (hi - lo)
             ax.set_xlim(*((lo / pad, hi * pad) if name in LOG_SAMPLED else (lo - pad, hi + pad)))
-        ax.set_xlabel(name)
+        ax.set_xlabel(label)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation accuracy")
     axes[0][0].legend(fontsize=7)
+    if winner is not None:
+        verdict = f"winner: trial #{winner['trial']}"
+    elif top is not None:
+        verdict = f"no winner: {len(tied) or 'all'} trials within the noise band of the highest"
+    else:
+        verdict = "no completed trial"
     fig.suptitle(f"SSA loss-weight sensitivity: {cfg.run.model.model} on {cfg.run.data.dataset}, "
-                 f"{len(done)} of {len(rows)} trials completed", fontsize=10)
+                 f"{len(done)} of {len(rows)} trials completed; {verdict}", fontsize=10)
     fig.tight_layout()
-    files.save_figure(fig, path)
+    return fig
 
 
 def _write_csv(path, rows):
