@@ -31,6 +31,7 @@ def accuracy(mode, seed=2, dataset="mnist5k", learning_rate=None, **budget):
         epochs, scored = budget["epochs"], "validation"
     keras.utils.set_random_seed(seed)
     model = build_model("smallconv", spec.input_shape, spec.num_classes, mode=mode, seed=seed,
+                        input_stats=spec.input_stats,
                         learning_rate=learning_rate)
     model.fit(spec.train, epochs=epochs, verbose=0)
     return model.evaluate(getattr(spec, scored), verbose=0, return_dict=True)["accuracy"]

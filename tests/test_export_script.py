@@ -69,13 +69,13 @@ def test_script_exports_verifies_and_reports(workdir, tmp_path):
     assert "layer norms with their mean folded into the weight layer before them: 2 of 2" in text
     assert sum(n.op_type == "ReduceMean" for n in proto.graph.node) == 2
     # the file on disk is the verified one: real digits as pixels, against the SSA
-    # model fed what its training pipeline fed it
+    # model (saved before the input contract) fed the normalized tensors it trained on
     from ssa_tf import data
-    pixels = data.embedded_arrays()[2][:16] * 78.5655 + 33.3285
-    assert pixels.min() >= -1e-3 and pixels.max() <= 255.001
+    pixels = data.embedded_arrays()[2][:16]
+    assert pixels.min() >= 0 and pixels.max() <= 255 and pixels.max() > 200
     session = export.onnx_session(out.read_bytes())
     model = keras.models.load_model(workdir / "model.keras")
-    normalized = data.embedded_arrays()[2][:16]
+    normalized = (pixels - 33.3285) / 78.5655
     np.testing.assert_allclose(export.run_onnx(session, pixels.astype(np.float32)),
                                model(normalized), atol=1e-4)
     # --input=normalized keeps the old contract; --nofold_norms keeps tf2onnx's norms
@@ -89,6 +89,36 @@ def test_script_exports_verifies_and_reports(workdir, tmp_path):
     assert "layer norms with their mean folded" not in again.stdout
     np.testing.assert_allclose(export.run_onnx(export.onnx_session(out2.read_bytes()),
                                                normalized), model(normalized), atol=1e-4)
+
+
+def test_model_keras_and_its_onnx_take_the_same_raw_pixels(tmp_path):
+    """Issue 26, item 1: one input contract. A run's model.keras normalizes its own input,
+    so it and its ONNX export agree on the same raw 0-255 pixels (top-1 and logits)."""
+    from ssa_tf import data
+
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    keras.utils.set_random_seed(7)
+    model = SSAModel("smallconv", (28, 28, 1), 10, mode="ssa", seed=7, head_init="glorot",
+                     input_stats=data.input_normalization("mnist5k"))
+    model.save(workdir / "model.keras")
+    (workdir / "config.json").write_text(json.dumps({"dataset": "mnist5k", "data_dir": None}))
+    out = tmp_path / "model.onnx"
+    result = run_script(f"--workdir={workdir}", f"--output={out}", "--latency_runs=1")
+    assert result.returncode == 0, result.stderr
+    assert "normalization inside the model (as in model.keras)" in result.stdout
+    pixels = data.embedded_arrays()[2][:64].astype(np.float32)  # raw, 0-255
+    loaded = keras.models.load_model(workdir / "model.keras")
+    keras_logits = np.asarray(loaded.predict(pixels, verbose=0))
+    onnx_logits = export.run_onnx(export.onnx_session(out.read_bytes()), pixels)
+    assert np.max(np.abs(keras_logits - onnx_logits)) < 1e-4
+    np.testing.assert_array_equal(keras_logits.argmax(1), onnx_logits.argmax(1))
+    assert keras_logits.std() > 0.1  # real, distinct logits (a glorot head)
+    # a model that normalizes itself has one contract: raw pixels
+    again = run_script(f"--workdir={workdir}", f"--output={tmp_path / 'n.onnx'}",
+                       "--input=normalized", "--latency_runs=1")
+    assert again.returncode == 2 and "normalizes them itself" in again.stderr
+    assert not (tmp_path / "n.onnx").exists()
 
 
 def test_export_run_leaves_nothing_when_parity_fails(workdir, tmp_path, monkeypatch):

@@ -82,7 +82,7 @@ def test_outputs_energy_needs_fewer_ranks_on_pixels_and_trains_on(digits):
     batches = [b[0] for b in digits.train.take(4)]
     ranks = {}
     for energy in ("weights", "outputs"):
-        model = build_model("mlp", (28, 28, 1), 10, mode="ssa")
+        model = build_model("mlp", (28, 28, 1), 10, mode="ssa", input_stats=digits.input_stats)
         model.fit(digits.train, epochs=1, verbose=0)
         covs = input_covariances(model, batches) if energy == "outputs" else None
         records = apply_cut(model, 0.9, covariances=covs)
@@ -90,7 +90,7 @@ def test_outputs_energy_needs_fewer_ranks_on_pixels_and_trains_on(digits):
         assert all(r["energy"] >= 0.9 - 1e-9 for r in records)
     assert ranks["outputs"]["m0_dense"] < 0.5 * ranks["weights"]["m0_dense"]
     # the callback: the same cut inside fit, and training goes on at the new shapes
-    model = build_model("mlp", (28, 28, 1), 10, mode="ssa")
+    model = build_model("mlp", (28, 28, 1), 10, mode="ssa", input_stats=digits.input_stats)
     cb = RankPruning(tau=0.9, interval=1, verbose=0, energy="outputs", data=digits.train,
                      energy_batches=4)
     hist = model.fit(digits.train, epochs=2, verbose=0, callbacks=[cb])

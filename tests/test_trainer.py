@@ -213,7 +213,7 @@ def test_each_mode_learns_real_digits_and_reloads_exactly(mode, floor, digits, t
     # mlp, 3 epochs on the 4,000 embedded MNIST digits (chance: 0.10);
     # measured here: BP 0.94, DFA 0.92, SSA 0.87
     keras.utils.set_random_seed(1)
-    model = build_model("mlp", (28, 28, 1), 10, mode=mode)
+    model = build_model("mlp", (28, 28, 1), 10, mode=mode, input_stats=digits.input_stats)
     model.fit(digits.train, epochs=3, verbose=0)
     acc = model.evaluate(digits.test, verbose=0, return_dict=True)["accuracy"]
     assert acc > floor, f"{mode} reached only {acc:.3f}"
@@ -223,6 +223,7 @@ def test_each_mode_learns_real_digits_and_reloads_exactly(mode, floor, digits, t
     x = next(iter(digits.test))[0]
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
     assert loaded.ranks() == model.ranks() and loaded.mode == mode
+    assert loaded.input_stats == digits.input_stats  # raw pixels in, after a reload too
 
 
 @pytest.mark.parametrize("trained", [False, True])

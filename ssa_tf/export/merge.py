@@ -42,12 +42,23 @@ def merge(model, form="auto"):
     if isinstance(model, SSAModel):
         inputs = keras.Input(shape=model.input_dims, name="input")
         x = inputs
+        if model.input_stats is not None:  # raw pixels in, as the model takes them
+            x = input_rescaling(model.input_stats)(x)
         for module in model.local_modules:
             x = emitter.sequence([module], x)
         merged = keras.Model(inputs, x, name=f"{model.name}_merged")
     else:
         merged = rewrite(model, emitter.handle, fold=emitter.can_fold, inference=True)
     return merged, emitter.records
+
+
+def input_rescaling(stats):
+    """(x - mean) / std per channel as one stock layer: x / std - mean / std, whose
+    constants live in the graph (a Normalization layer's tensors would reach tf2onnx
+    as extra graph inputs)."""
+    mean, std = (np.asarray(v, np.float64) for v in stats)
+    return keras.layers.Rescaling(scale=(1.0 / std).tolist(), offset=(-mean / std).tolist(),
+                                  name="input_normalization")
 
 
 class _Emitter:

@@ -121,6 +121,7 @@ class Local(LearningRule):
         self.route.build(model, np.random.default_rng(model.seed + 7919))
 
     def gradients(self, model, x, y, error=None):
+        x = model.normalize_input(x)  # raw pixels in (the model's input contract)
         if not self.route.needs_error:
             return self._one_module_at_a_time(model, x, y)
         if self.recomputes:

@@ -31,7 +31,7 @@ class SSAModel(keras.Model):
 
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10, mode="ssa",
                  norm="layer", activation="leaky_relu", head_init="zero", seed=1, ranks=None,
-                 conv_factorization="spatial", **kwargs):
+                 conv_factorization="spatial", input_stats=None, **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in method_spec.OPTIONS}
         super().__init__(**kwargs)
         self.rule = rules.make(mode, given)
@@ -41,6 +41,10 @@ class SSAModel(keras.Model):
         self.mode = mode
         self.norm, self.activation, self.head_init = norm, activation, head_init
         self.conv_factorization = conv_factorization
+        # the one input contract (issue 26): raw pixels in, (x - mean) / std as the first
+        # operation of every forward pass; None (models saved before it): normalized in
+        self.input_stats = None if input_stats is None else tuple(
+            tuple(float(v) for v in part) for part in input_stats)
         self.seed = int(seed)
         self.local_modules = build_modules(
             architecture, self.input_dims, self.num_classes, svd=self.rule.svd,
@@ -65,6 +69,21 @@ class SSAModel(keras.Model):
             self.ortho_tracker = keras.metrics.Mean(name="ortho_term")
 
     # -- construction ---------------------------------------------------------
+    def normalize_input(self, x):
+        """(x - mean) / std per channel with ``input_stats`` (raw pixels in), else x."""
+        if self.input_stats is None:
+            return x
+        mean, std = (tf.constant(v, tf.float32) for v in self.input_stats)
+        return (tf.cast(x, tf.float32) - mean) / std
+
+    def input_description(self) -> dict:
+        """What the model takes, for summary.json and the README's contract."""
+        if self.input_stats is None:
+            return {"values": "normalized tensors (a model saved before the input contract)"}
+        mean, std = self.input_stats
+        return {"values": "raw pixels in [0, 255], channels last",
+                "normalization": f"inside the model: (x - {list(mean)}) / {list(std)}"}
+
     def _build_all(self):
         x = ops.zeros((1, *self.input_dims))
         shapes = []
@@ -112,12 +131,13 @@ class SSAModel(keras.Model):
             "architecture": self.architecture, "input_shape": self.input_dims,
             "num_classes": self.num_classes, "mode": self.mode, "norm": self.norm,
             "activation": self.activation, "head_init": self.head_init,
-            "conv_factorization": self.conv_factorization,
+            "conv_factorization": self.conv_factorization, "input_stats": self.input_stats,
             "seed": self.seed, "ranks": self.ranks(), **self.rule.options,
         }
 
     # -- forward --------------------------------------------------------------
     def call(self, x, training=False):
+        x = self.normalize_input(x)
         for m in self.local_modules:
             x = m(x, training=training)
         return x
@@ -226,11 +246,14 @@ def is_singular_values(variable) -> bool:
 
 def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
     """The (uncompiled) model of a ``RunConfig``, its weights drawn from ``cfg.seed``."""
+    from ssa_tf import data as data_lib
+
     keras.utils.set_random_seed(cfg.seed)
     m = cfg.model
     return SSAModel(m.model, input_shape, num_classes, mode=cfg.method.mode, norm=m.norm,
                     activation=m.activation, head_init=m.head_init, seed=cfg.seed,
                     conv_factorization=m.conv_factorization,
+                    input_stats=data_lib.input_normalization(cfg.data.dataset),
                     **cfg.method.options())
 
 

@@ -126,6 +126,8 @@ def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
     os.replace(tmp, os.path.join(workdir, "model.keras"))
     summary = {
         "mode": cfg.method.mode, "card": cfg.card().as_dict(), "model": cfg.model.model,
+        # what model.keras (and its exports) take: raw pixels, normalized inside
+        "input": model.input_description(),
         "dataset": cfg.data.dataset, "epochs": cfg.train.epochs,
         "batch_size": cfg.train.batch_size, "learning_rate": cfg.learning_rate(),
         "test_accuracy": float(final["accuracy"]), "test_loss": float(final["loss"]),
