@@ -58,16 +58,18 @@ def variant_config(grid, name, seed, data_dir=None) -> cfg_lib.RunConfig:
 
 # settings added after runs were recorded: at these values a run trains what it trained
 # before the setting existed, so they stay out of its key (the recorded runs still count)
-_LATER_DEFAULTS = {"conv_factorization": "spatial", "rank_keep_ends": False,
-                   "rank_energy": "weights"}
+_LATER_DEFAULTS = {"conv_factorization": ("spatial",), "rank_keep_ends": (False,),
+                   "rank_energy": ("weights",), "align_form": (None, "factors")}
 
 
 def run_key(cfg: cfg_lib.RunConfig) -> str:
     """Canonical JSON of what a run trains (resolved settings, paths and seed left out)."""
     d = {k: v for k, v in cfg.resolved().flat().items()
-         if k not in _IGNORED and not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
+         if k not in _IGNORED and not (k in _LATER_DEFAULTS and v in _LATER_DEFAULTS[k])}
     if d.get("rank_tau") is None:  # no cuts: which layers a cut would spare is moot
         d.pop("rank_keep_ends", None)
+        # ... and so is how it would cut the feedback: the value runs were recorded with
+        d["rank_feedback_cut"] = "first"
     if d.get("rank_energy", "weights") == "weights":  # only an outputs cut reads batches
         d.pop("rank_energy_batches", None)
     return json.dumps(d, sort_keys=True, default=list)

@@ -53,6 +53,13 @@ def _recipe_variants(long=False):
                                                                 "learning_rate": 3e-4}),
         "svd-bp, glorot head, beta 0, gamma 0, lr 3e-4": dict(mode="svd-bp", **{**_NEW_SSA,
                                                                  "learning_rate": 3e-4}),
+        "svd-bp, glorot head (as that ssa: beta 0.01, gamma 0)": dict(
+            mode="svd-bp", **{**_OLD_SSA, "head_init": "glorot"}),
+        # an alignment of directions only (1 - cos^2 per singular vector): no pull back
+        # towards the initial weight's values
+        **{f"ssa, glorot head, cosine alignment, beta {b:g}": dict(
+            mode="ssa", align_form="cosine", **{**_OLD_SSA, "head_init": "glorot", "beta": b})
+           for b in (0.01, 0.1)},
     }
 
 

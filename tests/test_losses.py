@@ -72,6 +72,27 @@ def test_alignment_loss_zero_when_aligned():
     assert float(alignment_loss(layer)) > 0.1
 
 
+def test_cosine_alignment_sees_directions_only():
+    # issue 30: an alignment that does not decay the weight towards its initial value
+    rng = np.random.default_rng(2)
+    layer = SVDDense(6, feedback_init="forward")
+    layer.build((None, 4))
+    assert float(alignment_loss(layer, "cosine")) == pytest.approx(0.0, abs=1e-6)
+    # flipping a pair of columns' signs, rescaling them or changing s: still aligned
+    flip = np.array([-1.0, 2.5, 1.0, -0.3])
+    layer.U.assign(np_(layer.U) * flip)
+    layer.V.assign(np_(layer.V) * np.abs(flip))
+    layer.s.assign(np_(layer.s) * 7.0)
+    assert float(alignment_loss(layer, "cosine")) == pytest.approx(0.0, abs=1e-6)
+    assert float(alignment_loss(layer, "factors")) > 1.0  # eq. 5 pulls all of it back
+    _randomize(layer, rng)
+    with tf.GradientTape() as tape:
+        loss = alignment_loss(layer, "cosine")
+    g_s = tape.gradient(loss, layer.s)
+    assert 0.1 < float(loss) <= 2 * 4  # at most 1 per singular vector
+    assert g_s is None  # s is left alone
+
+
 @pytest.mark.parametrize("lam", [0.0, 0.3])
 @pytest.mark.parametrize("make", [_dense_layer, _conv_layer])
 def test_orthogonality_loss_value_and_gradient(make, lam):

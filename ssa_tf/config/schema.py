@@ -53,6 +53,7 @@ class MethodConfig:
     mode: str = "ssa"
     alpha: float | None = None
     beta: float | None = None
+    align_form: str | None = None  # factors (eq. 5) or cosine (directions only)
     gamma: float | None = None
     ortho_lambda: float | None = None
     feedback: str | None = None

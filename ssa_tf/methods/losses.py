@@ -9,7 +9,34 @@ from __future__ import annotations
 from keras import ops
 
 
-def alignment_loss(layer):
+ALIGN_FORMS = ("factors", "cosine")
+
+
+def cosine_alignment_loss(layer):
+    """sum_j (1 - cos^2(u_j, B_U,j)) + (1 - cos^2(v_j, B_V,j)): each singular vector's
+    direction towards its feedback column's line [choice beyond the seed, issue 30].
+
+    Unlike eq. 5 it is blind to scale and sign (a column and its negative are equally
+    aligned) and leaves s alone, so it does not pull the weight back towards the
+    feedback factors' values (with feedback from the initial weight: towards the
+    initial weight) the way ||X - B_X||^2 does; it pulls only the directions."""
+    def term(X, B):
+        dot = ops.sum(X * B, axis=0)
+        norms = ops.sum(ops.square(X), axis=0) * ops.sum(ops.square(B), axis=0)
+        return ops.sum(1.0 - ops.square(dot) / (norms + 1e-12))
+
+    return term(layer.U, layer.B_U) + term(layer.V, layer.B_V)
+
+
+def alignment_loss(layer, form="factors"):
+    """The alignment term of ``form``: eq. 5 (``factors``, the seed's) or
+    ``cosine_alignment_loss``."""
+    if form == "cosine":
+        return cosine_alignment_loss(layer)
+    return factor_alignment_loss(layer)
+
+
+def factor_alignment_loss(layer):
     """||U - B_U||_F^2 + ||s - B_s||^2 + ||V - B_V||_F^2 (eq. 5); gradient 2 (X - B_X) (eq. 7)."""
     return (ops.sum(ops.square(layer.U - layer.B_U))
             + ops.sum(ops.square(layer.s - layer.B_s))

@@ -73,7 +73,8 @@ class LearningRule:
         if not self.svd or not layers:
             return 0.0, 0.0
         lam = self.options.get("ortho_lambda", 0.0)
-        return (sum(losses.alignment_loss(l) for l in layers),
+        form = self.options.get("align_form", "factors")
+        return (sum(losses.alignment_loss(l, form) for l in layers),
                 sum(losses.orthogonality_loss(l, lam) for l in layers))
 
     def weighted(self, ce, align, ortho):

@@ -26,6 +26,8 @@ FEEDBACK_INIT = ("random", "forward")
 #                     Jacobians at the forward pass
 #   feedback_tracking lagging copy: after every step B <- B + eta (W - B)
 #   beta, gamma       weights of the alignment and orthogonality terms
+#   align_form        the alignment term: factors (eq. 5, ||X - B_X||^2) or cosine
+#                     (1 - cos^2 per singular vector: direction only)
 #   recompute         direct routes: keep only the module boundaries in the forward
 #                     pass and replay each module's forward under its own tape
 #                     (one module's activations held at a time, one more forward)
@@ -33,7 +35,8 @@ FEEDBACK_INIT = ("random", "forward")
 #   readout_trained   local route: the read-out learns from the module's CE too
 #   stiefel_retraction, s_rate_scale   SVD factors: QR retraction, s's own rate
 _FACTOR_OPTIONS = dict(beta=0.01, gamma=0.1, ortho_lambda=0.0, stiefel_retraction=False,
-                       s_rate_scale=1.0)
+                       s_rate_scale=1.0, align_form="factors")
+ALIGN_FORMS = ("factors", "cosine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +115,7 @@ RULES = {
         "svd-bp", True, "backpropagation through the SVD-factored network, with SSA's "
         "alignment and orthogonality terms (the control for the parametrization)",
         dict(alpha=1.0, feedback_init="forward", **_FACTOR_OPTIONS), 3e-4,
-        {"feedback_init": FEEDBACK_INIT}),
+        {"feedback_init": FEEDBACK_INIT, "align_form": ALIGN_FORMS}),
     "dfa": RuleSpec(
         "dfa", False, "direct feedback alignment: fixed random feedback, ordinary layers",
         dict(alpha=1.0, feedback="global", feedback_spatial="full", feedback_init="random",
@@ -123,17 +126,18 @@ RULES = {
         dict(_FACTOR_OPTIONS, alpha=1.0, feedback="chain", feedback_spatial="full",
              feedback_init="forward", gamma=0.0, readout_grid=2, readout_trained=False,
              recompute=True),
-        1e-3, {"feedback": ROUTES, "feedback_spatial": SPATIAL, "feedback_init": FEEDBACK_INIT}),
+        1e-3, {"feedback": ROUTES, "feedback_spatial": SPATIAL, "feedback_init": FEEDBACK_INIT,
+               "align_form": ALIGN_FORMS}),
     "fa": RuleSpec(
         "fa", True, "feedback alignment through the SVD feedback factors (sequential)",
         dict(alpha=1.0, feedback_init="forward", chain_jacobians=True, **_FACTOR_OPTIONS),
-        3e-4, {"feedback_init": FEEDBACK_INIT}),
+        3e-4, {"feedback_init": FEEDBACK_INIT, "align_form": ALIGN_FORMS}),
     "bp-lagged-copy": RuleSpec(
         "bp-lagged-copy", True, "backprop with a lagging copy of the weights in the feedback "
         "path (the former SSA default; not SSA)",
         dict(alpha=1.0, feedback_init="forward", chain_jacobians=True, feedback_tracking=0.1,
              **_FACTOR_OPTIONS),
-        3e-4, {"feedback_init": FEEDBACK_INIT}),
+        3e-4, {"feedback_init": FEEDBACK_INIT, "align_form": ALIGN_FORMS}),
 }
 NAMES = tuple(RULES)
 END_TO_END = ("bp", "svd-bp")
