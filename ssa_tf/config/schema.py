@@ -41,7 +41,9 @@ class ModelConfig:
     # leaky ReLU keeps the error alive where a ReLU would block it; a zero head lets
     # a local rule's first updates count (benchmarks/ACCURACY.md, the DFA tuning)
     activation: str = "leaky_relu"
-    head_init: str = "zero"  # the classifier starts at zero (s = 0 in SVD form)
+    # the classifier's initial weights: glorot or zero (s = 0 in SVD form); None: the
+    # rule's (zero for dfa, glorot for the others: issue 30)
+    head_init: str | None = None
     # how an SVD convolution views its kernel (BUILD.md, algorithm §2): spatial, the seed's
     # (kh x 1 then 1 x kw); channel (kh x kw to rank r, then 1x1): cheaper at every rank
     conv_factorization: str = "spatial"
@@ -208,6 +210,8 @@ class RunConfig:
         flat = {**self.flat(), **values}
         if flat["learning_rate"] is None:
             flat["learning_rate"] = rule.learning_rate
+        if flat["head_init"] is None:
+            flat["head_init"] = rule.head_init
         return RunConfig.from_flat(flat)
 
     def learning_rate(self) -> float:

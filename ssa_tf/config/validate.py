@@ -28,7 +28,8 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
                ("rank.energy", r.energy, RANK_ENERGIES),
                ("runtime.progress", rt.progress, PROGRESS)]
     for name, value, valid in choices:
-        if value not in valid and not (name == "rank.feedback_cut" and value is None):
+        if value not in valid and not (name in ("rank.feedback_cut", "model.head_init")
+                                       and value is None):
             return f"{flag(name)}={value!r} is not valid; choose from: {', '.join(valid)}"
     if r.feedback_cut == "slots" and r.energy == "outputs":
         return (f"{flag('rank.feedback_cut')}=slots keeps each layer's own components and "

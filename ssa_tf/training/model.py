@@ -30,11 +30,12 @@ class SSAModel(keras.Model):
     """
 
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10, mode="ssa",
-                 norm="layer", activation="leaky_relu", head_init="zero", seed=1, ranks=None,
+                 norm="layer", activation="leaky_relu", head_init=None, seed=1, ranks=None,
                  conv_factorization="spatial", input_stats=None, **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in method_spec.OPTIONS}
         super().__init__(**kwargs)
         self.rule = rules.make(mode, given)
+        head_init = head_init or self.rule.spec.head_init  # None: the rule's
         self.architecture = architecture
         self.input_dims = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)

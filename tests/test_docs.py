@@ -1,0 +1,35 @@
+"""What the README promises a new user, held against the code (issue 26)."""
+
+import os
+from conftest import REPO
+
+README = open(os.path.join(REPO, "README.md")).read()
+
+
+def test_the_readme_says_when_the_first_cut_comes():
+    from ssa_tf.config import RunConfig
+    from ssa_tf.training.rank import cut_epochs
+
+    r = RunConfig().rank
+    first = cut_epochs(100, r.start, r.interval)[0]
+    row = next(l for l in README.splitlines() if l.startswith("| `rank.start`"))
+    assert f"the first cut comes after epoch {first}" in row
+    assert f"at least {first + 1} epochs" in row
+    # and the short run it names really cuts after epoch 1
+    assert "`--epochs=2 --set rank.tau=0.9 --set rank.interval=1` cuts after epoch 1" in row
+    assert cut_epochs(2, r.start, 1) == [1]
+
+
+def test_the_readme_explains_the_skipped_tests_and_the_logged_terms():
+    assert "SSA_TF_TFDS_DIR" in README and "skipped" in README
+    for metric in ("feedback_dot_output", "readout_ce", "align_term", "ortho_term"):
+        assert f"`{metric}`" in README, metric
+
+
+def test_both_presets_adjust_the_rate_at_cuts():
+    from ssa_tf.config import presets
+
+    for name in ("cifar100", "imagenet"):
+        values = presets.load(name).values("ssa")
+        assert values["rank.warmup_steps"] > 0 and values["rank.tau"] is not None
+        assert "rank.warmup_steps" not in presets.load(name).values("bp")  # no cuts, no ramp
