@@ -54,8 +54,8 @@ def _recipe_variants(long=False):
         "ssa, lr 3e-4": dict(mode="ssa", **{**_OLD_SSA, "learning_rate": 3e-4}),
         "ssa, glorot head, beta 0, lr 3e-4": dict(mode="ssa", **{**_NEW_SSA,
                                                                 "learning_rate": 3e-4}),
-        "svd-bp, glorot head, beta 0, gamma 0, lr 3e-4": dict(mode="svd-bp", **{**_NEW_SSA,
-                                                                 "learning_rate": 3e-4}),
+        "svd-bp, glorot head (as that ssa), lr 3e-4": dict(
+            mode="svd-bp", **{**_OLD_SSA, "head_init": "glorot", "learning_rate": 3e-4}),
         "svd-bp, glorot head (as that ssa: beta 0.01, gamma 0)": dict(
             mode="svd-bp", **{**_OLD_SSA, "head_init": "glorot"}),
         # an alignment of directions only (1 - cos^2 per singular vector): no pull back
@@ -187,7 +187,8 @@ GRIDS = {
                                    ("slots", ", warm-up", 157))},
             **{f"every 4 epochs, {c}{w}": dict(rank_start=0, rank_interval=4,
                                                rank_feedback_cut=c, rank_warmup_steps=steps)
-               for c, w, steps in (("first", "", 0), ("slots", ", warm-up", 157))},
+               for c, w, steps in (("first", "", 0), ("slots", "", 0),
+                                   ("slots", ", warm-up", 157))},
         }),
     # the headline: every rule at its defaults, 20 epochs with augmentation
     "rules_smallconv": dict(
