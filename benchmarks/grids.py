@@ -13,6 +13,9 @@ from __future__ import annotations
 
 _CIFAR = dict(dataset="cifar10", batch_size=64, validation_split=0.1)
 SEEDS = (1, 2, 3)
+# smallconv on the first 10,000 training images: 5 epochs without augmentation, or 20 with
+_SHORT = dict(_CIFAR, model="smallconv", epochs=5, max_train_examples=10000, augment=False)
+_LONG = dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000, augment=True)
 
 # every rule at its defaults
 RULES = {"bp": dict(mode="bp"), "svd-bp": dict(mode="svd-bp"), "dfa": dict(mode="dfa"),
@@ -94,8 +97,7 @@ GRIDS = {
     "ssa_direct": dict(
         caption="Direct, transport-free SSA rules (smallconv, first 10,000 training images, "
                 "5 epochs, no augmentation); the tuned DFA, BP and the variants beside them.",
-        base=dict(_CIFAR, model="smallconv", epochs=5, max_train_examples=10000,
-                  augment=False),
+        base=dict(_SHORT),
         seeds=SEEDS,
         variants={
             "bp": dict(mode="bp"),
@@ -132,8 +134,7 @@ GRIDS = {
         caption="The SVD parametrization under backprop (svd-bp) and under SSA's local "
                 "route with a trained read-out, one setting at a time (smallconv, first "
                 "10,000 training images, 5 epochs, no augmentation).",
-        base=dict(_CIFAR, model="smallconv", epochs=5, max_train_examples=10000,
-                  augment=False),
+        base=dict(_SHORT),
         seeds=SEEDS,
         variants={
             "svd-bp, gamma 0": dict(mode="svd-bp", gamma=0.0),
@@ -154,15 +155,13 @@ GRIDS = {
         caption="Fair controls and SSA's recipe, one setting at a time (smallconv, first "
                 "10,000 training images, 5 epochs, no augmentation). svd-bp rows carry the "
                 "head, loss terms and rate of the SSA row they control for.",
-        base=dict(_CIFAR, model="smallconv", epochs=5, max_train_examples=10000,
-                  augment=False),
+        base=dict(_SHORT),
         seeds=SEEDS,
         variants=_recipe_variants()),
     "recipe_20ep": dict(
         caption="Fair controls and SSA's recipe at the longer budget (smallconv, first 10,000 "
                 "training images with the seed's augmentation, 20 epochs, constant rate).",
-        base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
-                  augment=True),
+        base=dict(_LONG),
         seeds=SEEDS,
         variants=_recipe_variants(long=True)),
     # issue 30: cuts that keep the feedback in register (rank.feedback_cut=slots) and the
@@ -175,8 +174,7 @@ GRIDS = {
                 "cut that keeps the feedback in register, with and without a one-epoch rate "
                 "warm-up after each cut (smallconv, first 10,000 training images with "
                 "augmentation, 20 epochs); the test accuracy is the cut model's.",
-        base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
-                  augment=True, mode="ssa", **{**_OLD_SSA, "head_init": "glorot"},
+        base=dict(_LONG, mode="ssa", **{**_OLD_SSA, "head_init": "glorot"},
                   rank_tau=0.9, rank_keep_ends=True),
         seeds=SEEDS,
         variants={
@@ -194,8 +192,7 @@ GRIDS = {
     "rules_smallconv": dict(
         caption="Every rule at its defaults: smallconv, first 10,000 training images with "
                 "the seed's augmentation, 20 epochs at a constant rate, batch 64.",
-        base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
-                  augment=True),
+        base=dict(_LONG),
         seeds=SEEDS,
         variants={**RULES, "dfa, lr 1e-3 (the first default)": dict(mode="dfa",
                                                                     learning_rate=1e-3)}),
@@ -212,8 +209,7 @@ GRIDS = {
         caption="SSA with rank cuts every 4 epochs (after epochs 4, 8, 12 and 16) at energy "
                 "fraction tau, as rules_smallconv otherwise (smallconv, first 10,000 training "
                 "images with augmentation, 20 epochs); the test accuracy is the cut model's.",
-        base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
-                  augment=True, mode="ssa", rank_feedback_cut="first", rank_start=0, rank_interval=4),
+        base=dict(_LONG, mode="ssa", rank_feedback_cut="first", rank_start=0, rank_interval=4),
         seeds=SEEDS,
         variants={**{f"tau {t}": dict(rank_tau=t, rank_keep_ends=False)
                      for t in (0.95, 0.9, 0.8, 0.7)},
@@ -225,8 +221,7 @@ GRIDS = {
         caption="SSA cut once, after epoch 10 of 20, at energy fraction tau, as "
                 "rank_frontier otherwise (smallconv, first 10,000 training images with "
                 "augmentation); the test accuracy is the cut model's.",
-        base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
-                  augment=True, mode="ssa", rank_feedback_cut="first", rank_start=10, rank_interval=20),
+        base=dict(_LONG, mode="ssa", rank_feedback_cut="first", rank_start=10, rank_interval=20),
         seeds=SEEDS,
         variants={**{f"tau {t}": dict(rank_tau=t, rank_keep_ends=False)
                      for t in (0.95, 0.9, 0.8, 0.7)},
@@ -249,8 +244,7 @@ GRIDS = {
         caption="SSA cut after every epoch from epoch 2 at energy fraction tau (18 small "
                 "cuts), as rank_frontier otherwise (smallconv, first 10,000 training images "
                 "with augmentation, 20 epochs); the test accuracy is the cut model's.",
-        base=dict(_CIFAR, model="smallconv", epochs=20, max_train_examples=10000,
-                  augment=True, mode="ssa", rank_feedback_cut="first", rank_start=2, rank_interval=1),
+        base=dict(_LONG, mode="ssa", rank_feedback_cut="first", rank_start=2, rank_interval=1),
         seeds=SEEDS,
         variants={f"tau {t}": dict(rank_tau=t, rank_keep_ends=False) for t in (0.99, 0.98)}),
     # 16 local modules
@@ -261,3 +255,25 @@ GRIDS = {
         seeds=SEEDS,
         variants={k: RULES[k] for k in ("bp", "dfa", "ssa")}),
 }
+
+
+# The grids before issue 30 ran under the defaults of their day: a zero classifier head
+# for every rule, and for svd-bp, fa and bp-lagged-copy the seed's gamma 0.1 (svd-bp at
+# lr 3e-4). Their variants keep those settings, so each row still names what it trained.
+_BEFORE_30 = {"svd-bp": dict(gamma=0.1, learning_rate=3e-4), "fa": dict(gamma=0.1),
+              "bp-lagged-copy": dict(gamma=0.1)}
+
+
+def _as_recorded(spec):
+    mode = spec["base"].get("mode")
+    spec["variants"] = {name: {"head_init": "zero",
+                               **{k: v for k, v in _BEFORE_30.get(var.get("mode", mode),
+                                                                  {}).items()
+                                  if k not in spec["base"]},
+                               **var}
+                        for name, var in spec["variants"].items()}
+
+
+for _name in ("dfa_tuning", "ssa_direct", "svd_param", "rules_smallconv", "length_smallconv",
+              "rank_frontier", "rank_once", "rank_gradual", "rules_resnet32"):
+    _as_recorded(GRIDS[_name])
