@@ -82,7 +82,7 @@ def table(results, steps, tau, data_dir):
              f"{tau:g} (the first layer and the classifier kept, rank.keep_ends); the same "
              "trained weights cut in each mode.", "",
              "| rank.feedback_cut | layer | rank | alignment before | after | U columns "
-             "against B_U after | weight change ||W - W_cut|| / ||W|| |",
+             "against B_U after | relative weight change |",
              "|---|---|---|---|---|---|---|"]
     for mode, rows in results.items():
         for layer, r0, r1, a0, a1, against, change in rows:
