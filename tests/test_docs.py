@@ -33,3 +33,30 @@ def test_both_presets_adjust_the_rate_at_cuts():
         values = presets.load(name).values("ssa")
         assert values["rank.warmup_steps"] > 0 and values["rank.tau"] is not None
         assert "rank.warmup_steps" not in presets.load(name).values("bp")  # no cuts, no ramp
+
+
+def test_the_readme_says_its_words_before_using_them():
+    # issue 26, item 11: "the seed's", routes and cards met a newcomer unexplained
+    words = README.index("Words used below")
+    for term in ("*rule*", "*card*", "*module*", "*the seed*"):
+        assert README.index(term) > words
+    assert words < README.index("the seed's") and words < README.index("card")
+    assert README.index("In plain words") < README.index("## Quick start")
+
+
+def test_third_party_deprecation_notices_stay_out_of_the_test_summary(tmp_path):
+    # issue 26, item 7: 4,201 warnings (Keras, TensorFlow, tf2onnx notices) in the summary
+    import subprocess
+    import sys
+
+    test = tmp_path / "test_notice.py"
+    test.write_text(
+        "import warnings\n\n\ndef test_notice():\n"
+        "    warnings.warn_explicit('old', DeprecationWarning, 'core.py', 1,\n"
+        "                           module='keras.src.backend.tensorflow.core')\n"
+        "    warnings.warn_explicit('mine', UserWarning, 'x.py', 1, module='ssa_tf.x')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-c",
+         os.path.join(REPO, "pyproject.toml"), "--rootdir", str(tmp_path), str(test)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert "1 passed, 1 warning" in result.stdout, result.stdout  # only our own notice
