@@ -45,6 +45,9 @@ def _recipe_variants(long=False):
     }
     if long:
         return {**rows,
+                # DFA's better rate at this length (rules_smallconv)
+                "dfa, lr 1e-3, zero head": dict(mode="dfa", head_init="zero",
+                                                learning_rate=1e-3),
                 "ssa, glorot head": dict(mode="ssa", **{**_OLD_SSA, "head_init": "glorot"}),
                 "svd-bp, glorot head (as that ssa: beta 0.01, gamma 0)": dict(
                     mode="svd-bp", **{**_OLD_SSA, "head_init": "glorot"})}
