@@ -50,7 +50,11 @@ def _recipe_variants(long=False):
                                                 learning_rate=1e-3),
                 "ssa, glorot head": dict(mode="ssa", **{**_OLD_SSA, "head_init": "glorot"}),
                 "svd-bp, glorot head (as that ssa: beta 0.01, gamma 0)": dict(
-                    mode="svd-bp", **{**_OLD_SSA, "head_init": "glorot"})}
+                    mode="svd-bp", **{**_OLD_SSA, "head_init": "glorot"}),
+                # svd-bp's rate chosen at SSA's terms on recipe_5ep's validation split
+                "svd-bp, glorot head (as that ssa), lr 3e-4": dict(
+                    mode="svd-bp", **{**_OLD_SSA, "head_init": "glorot",
+                                      "learning_rate": 3e-4})}
     return {
         **rows,
         "dfa (tuned: lr 3e-4), glorot head": dict(mode="dfa", head_init="glorot",
