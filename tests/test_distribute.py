@@ -5,7 +5,7 @@ split is process-wide and must precede TensorFlow's start). Multi-worker runs
 two `python -m ssa_tf.train` workers on 127.0.0.1 with TF_CONFIG, kills one
 mid-run, restarts both and checks the resumed run against one device.
 
-Tolerance: every variable equal to the one-device run within 1e-5 relative
+Tolerance: every variable equal to the one-device run within 3e-5 relative
 (||a - b|| / ||a||). The runs differ only in float summation order (each
 replica sums half the batch, then the halves are added). The mirrored cases
 train with SGD: its step is proportional to the gradient, so float noise
@@ -31,7 +31,7 @@ import pytest
 
 from conftest import REPO
 
-RTOL = 1e-5
+RTOL = 3e-5  # 1.26e-5 measured for bp-lagged-copy with a glorot head (issue 30's defaults)
 # Two epochs with a kill, a resume and two rank cuts: the all-reduce sums in
 # another order than one device does, and Adam turns float32 rounding of
 # near-zero gradients into steps of the full learning rate, so the end weights
