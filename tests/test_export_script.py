@@ -99,7 +99,7 @@ def test_model_keras_and_its_onnx_take_the_same_raw_pixels(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     keras.utils.set_random_seed(7)
-    model = SSAModel("smallconv", (28, 28, 1), 10, mode="ssa", seed=7, head_init="glorot",
+    model = SSAModel("mlp", (28, 28, 1), 10, mode="ssa", seed=7, head_init="glorot",
                      input_stats=data.input_normalization("mnist5k"))
     model.save(workdir / "model.keras")
     (workdir / "config.json").write_text(json.dumps({"dataset": "mnist5k", "data_dir": None}))
