@@ -81,10 +81,10 @@ def test_the_alignment_term_is_continuous_across_a_slot_cut_only():
 
 def test_the_default_cut_is_slots_for_weights_and_first_for_outputs():
     from ssa_tf.config import RunConfig, validate
-    from ssa_tf.training.rank import resolve_feedback_cut
+    from ssa_tf.nn.svd import resolve_feedback_cut
 
     assert resolve_feedback_cut(None) == "slots"
-    assert resolve_feedback_cut(None, {"layer": np.eye(2)}) == "first"
+    assert resolve_feedback_cut(None, np.eye(2)) == "first"
     assert resolve_feedback_cut("svd") == "svd"
     cfg = RunConfig().with_overrides(["rank.tau=0.9", "rank.energy=outputs",
                                       "rank.feedback_cut=slots"])

@@ -27,7 +27,7 @@ SHUFFLE_BUFFER = 10_000
 
 
 def imagenet_train_image(jpeg, seeds, image_size):
-    """Random-resized crop (area 8-100%, aspect 3/4-4/3), flip, color jitter, normalize.
+    """Random-resized crop (area 8-100%, aspect 3/4-4/3), flip, color jitter; raw pixels out.
 
     The crop is chosen from the JPEG header and decoded alone, so only the
     kept pixels are ever decoded.
@@ -67,7 +67,7 @@ def color_jitter(image, seed, strength=IMAGENET_JITTER):
 
 
 def imagenet_eval_image(jpeg, image_size):
-    """Resize the short side to 256/224 * image_size, center-crop image_size, normalize."""
+    """Resize the short side to 256/224 * image_size, center-crop image_size (raw pixels)."""
     import tensorflow as tf
 
     image = tf.io.decode_jpeg(jpeg, channels=3)
@@ -77,16 +77,8 @@ def imagenet_eval_image(jpeg, image_size):
     new_hw = tf.maximum(new_hw, image_size)  # rounding must not leave a side short of the crop
     image = tf.image.resize(image, new_hw, antialias=True)
     top, left = (new_hw[0] - image_size) // 2, (new_hw[1] - image_size) // 2
-    image = tf.image.crop_to_bounding_box(image, top, left, image_size, image_size) / 255.0
-    return image * 255.0  # raw pixel scale; the model normalizes
-
-
-def imagenet_normalize(image):
-    import tensorflow as tf
-
-    mean = tf.constant(IMAGENET_MEAN, tf.float32)
-    std = tf.constant(IMAGENET_STD, tf.float32)
-    return (image - mean) / std
+    # raw pixels; the model normalizes them
+    return tf.image.crop_to_bounding_box(image, top, left, image_size, image_size)
 
 
 def load_imagenet(builder, batch_size, seed, augment, max_train_examples, validation_split,

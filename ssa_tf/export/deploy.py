@@ -248,25 +248,18 @@ def input_spec(dataset, input_shape, form):
         what = ("the training pipeline's normalized tensors" if form == "normalized"
                 else "standard-normal tensors (synthetic data)")
         return {"shape": shape, "dtype": "float32", "values": what}, None
-    mean, std = stats
-    resize = (f", resized and center-cropped to {input_shape[0]}x{input_shape[1]}"
-              if dataset == "imagenet2012" else "")
-    spec = {"shape": shape, "dtype": "float32", "layout": "channels last (NHWC)",
-            "values": f"raw pixels in [0, 255]{resize}",
-            "normalization": f"folded in: (x - {list(map(float, mean))}) / "
-                             f"{list(map(float, std))}"}
-    return spec, stats
+    return raw_pixels_spec(dataset, input_shape, stats, "folded in"), stats
 
 
-def own_input_spec(dataset, input_shape, stats):
-    """What an export of a model with its own ``input_stats`` takes (raw pixels)."""
+def raw_pixels_spec(dataset, input_shape, stats, where):
+    """What an export that takes raw pixels takes; ``where`` the normalization is."""
     mean, std = stats
     resize = (f", resized and center-cropped to {input_shape[0]}x{input_shape[1]}"
               if dataset == "imagenet2012" else "")
     return {"shape": f"(batch, {', '.join(map(str, input_shape))})", "dtype": "float32",
             "layout": "channels last (NHWC)", "values": f"raw pixels in [0, 255]{resize}",
-            "normalization": f"inside the model (as in model.keras): (x - "
-                             f"{list(map(float, mean))}) / {list(map(float, std))}"}
+            "normalization": f"{where}: (x - {list(map(float, mean))}) / "
+                             f"{list(map(float, std))}"}
 
 
 def with_input_normalization(model, stats):
@@ -302,7 +295,7 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
                              f"--input={cfg.input} applies only to models saved before that "
                              f"(their config has no input_stats)")
         reference = np.asarray(model(x, training=False))
-        spec = own_input_spec(dataset, input_shape, own)
+        spec = raw_pixels_spec(dataset, input_shape, own, "inside the model (as in model.keras)")
     else:  # saved before the input contract: it takes normalized tensors
         data_stats = data_lib.input_normalization(dataset)
         normalized = x if data_stats is None else (

@@ -9,9 +9,6 @@ from __future__ import annotations
 from keras import ops
 
 
-ALIGN_FORMS = ("factors", "cosine")
-
-
 def cosine_alignment_loss(layer):
     """sum_j (1 - cos^2(u_j, B_U,j)) + (1 - cos^2(v_j, B_V,j)): each singular vector's
     direction towards its feedback column's line [choice beyond the seed, issue 30].

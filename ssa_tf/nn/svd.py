@@ -49,6 +49,16 @@ def exact_singular_values(U, s, V):
     return qu @ a, sig, qv @ bt.T
 
 
+def resolve_feedback_cut(feedback, input_cov=None):
+    """``feedback`` (a ``FEEDBACK_CUTS`` name), or the default when None: "slots" for the
+    weight-energy cut (the factors keep their slots and B stays in register, issue 30),
+    "first" for an output-energy cut (``input_cov`` given), which re-factors by
+    construction."""
+    if feedback is not None:
+        return feedback
+    return "slots" if input_cov is None else "first"
+
+
 def slot_order(U, s, V):
     """The components by decreasing energy s_k^2 ||u_k||^2 ||v_k||^2 (ties: lower slot first)."""
     weight = s ** 2 * np.sum(U ** 2, axis=0) * np.sum(V ** 2, axis=0)
@@ -255,8 +265,7 @@ class SVDLayer:
         its optimizer and retrace its step. Returns a record with old/new rank
         and retained energy.
         """
-        if feedback is None:  # the default: slots, or first for an output-energy cut
-            feedback = "slots" if input_cov is None else "first"
+        feedback = resolve_feedback_cut(feedback, input_cov)
         if feedback not in FEEDBACK_CUTS:
             raise ValueError(f"feedback must be one of {FEEDBACK_CUTS}, got {feedback!r}")
         old = self.rank

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from ssa_tf import files
 from ssa_tf.nn import energy_rank
-from ssa_tf.nn.svd import CUT_ENERGIES
+from ssa_tf.nn.svd import CUT_ENERGIES, resolve_feedback_cut
 from ssa_tf.training.csvlog import keep_rows
 
 # supplementary §2 / BUILD.md, algorithm §6
@@ -90,7 +90,7 @@ def cut_model(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None
     Returns (records, pairs): one record per layer (old/new rank, retained
     energy) and the (new variable, old variable) pairs of re-factored layers.
     """
-    feedback = resolve_feedback_cut(feedback, covariances)
+    feedback = resolve_feedback_cut(feedback, covariances or None)
     targets = {}
     for layer in model.svd_layers():
         if layer.name not in exempt:
@@ -105,20 +105,11 @@ def cut_model(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None
     return truncate_layers(model, targets, feedback, covariances)
 
 
-def resolve_feedback_cut(feedback, covariances=None):
-    """``rank.feedback_cut``'s default: "slots" for the weight-energy cut (the factors keep
-    their slots and B stays in register, issue 30), "first" for the output-energy cut
-    (which re-factors the weight by construction)."""
-    if feedback is not None:
-        return feedback
-    return "slots" if not covariances else "first"
-
-
 def truncate_layers(model, targets, feedback=None, covariances=None):
     """Cut the SVD layers named in ``targets`` to their target rank (no rank grows).
 
     Returns (records, pairs) as ``cut_model`` does."""
-    feedback = resolve_feedback_cut(feedback, covariances)
+    feedback = resolve_feedback_cut(feedback, covariances or None)
     covariances = covariances or {}
     records, pairs = [], []
     layers = {l.name: l for l in model.svd_layers()}
