@@ -24,12 +24,11 @@ import time
 
 from absl import flags
 
-# the flags are checked before TensorFlow starts (run_grid imports it)
-os.environ.setdefault("SSA_TF_DEFER_KERAS", "1")
-from benchmarks.grids import GRIDS  # noqa: E402
-from ssa_tf import cli, files  # noqa: E402
-from ssa_tf import config as cfg_lib  # noqa: E402
-from ssa_tf.cli import usage_error  # noqa: E402
+from benchmarks.grids import GRIDS
+from ssa_tf import cli, errors, files, preflight
+from ssa_tf import config as cfg_lib
+from ssa_tf.cli import usage_error
+from ssa_tf.methods import registry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # settings that do not change what is trained (recompute: the same gradients,
@@ -230,7 +229,7 @@ def _plot(rows, path, grid):
         n = min(len(run["val_accuracy"]) for run in r["runs"])
         curves = np.array([run["val_accuracy"][:n] for run in r["runs"]])
         epochs = np.arange(1, n + 1)
-        style = {"bp": ":", "svd-bp": ":", "dfa": "--"}.get(r["mode"], "-")
+        style = _line_style(r["mode"])
         line, = ax.plot(epochs, curves.mean(0), style, marker="o", ms=3,
                         label=f"{r['name']} ({len(r['runs'])} seeds)")
         ax.fill_between(epochs, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
@@ -241,6 +240,14 @@ def _plot(rows, path, grid):
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     files.save_figure(fig, path)
+
+
+def _line_style(mode):
+    """Dotted for end-to-end rules, dashed for ordinary-layer local rules, solid for the rest."""
+    spec = registry.RULES.get(mode)
+    if spec is None or spec.svd and not spec.end_to_end:
+        return "-"
+    return ":" if spec.end_to_end else "--"
 
 
 def main(argv):
@@ -254,20 +261,17 @@ def main(argv):
     if FLAGS.report_only:
         report(FLAGS.grid, FLAGS.out)
         return
-    from ssa_tf import data as data_lib
-
     base = GRIDS[FLAGS.grid]["base"]
     try:
-        data_lib.check_available(base["dataset"], FLAGS.data_dir)
-    except data_lib.DataError as e:
-        usage_error(str(e))
+        preflight.check_data(cfg_lib.RunConfig().with_overrides(
+            [f"data.dataset={base['dataset']}", f"data.data_dir={FLAGS.data_dir or ''}"]))
+    except errors.Error as e:
+        cli.fail(e)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from ssa_tf.training.run import InputError
-
     try:
         run_grid(FLAGS.grid, FLAGS.data_dir, FLAGS.out, FLAGS.workdir, FLAGS.only, FLAGS.seeds)
-    except (data_lib.DataError, cfg_lib.UsageError, InputError) as e:
-        usage_error(str(e))
+    except errors.Error as e:
+        cli.fail(e)
 
 
 HELP = f"""Run an experiment grid (variants x seeds) on real data, then table and plot it.

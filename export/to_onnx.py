@@ -19,8 +19,6 @@ from __future__ import annotations
 import os
 import sys
 
-# the flags are checked before TensorFlow starts (ssa_tf/__init__.py)
-os.environ.setdefault("SSA_TF_DEFER_KERAS", "1")
 # run as `python export/to_onnx.py` from a clone without installing ssa_tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

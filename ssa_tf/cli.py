@@ -123,6 +123,13 @@ def import_tensorflow():
     return tensorflow
 
 
+def fail(error):
+    """Print ``error: <error>`` (an ``ssa_tf.errors.Error``) on stderr and exit with its
+    status."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(error.status)
+
+
 def usage_error(message):
     """Print ``error: <message>`` on stderr and exit with status 2."""
     print(f"error: {message}", file=sys.stderr)

@@ -18,7 +18,7 @@ import textwrap
 
 from absl import flags
 
-from ssa_tf import cli
+from ssa_tf import cli, errors, preflight
 from ssa_tf import config as cfg_lib
 from ssa_tf.cli import usage_error
 
@@ -61,21 +61,6 @@ def config_from_flags() -> cfg_lib.RunConfig:
 WRITE_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT}
 
 
-def writable_problem(workdir):
-    """One line if ``workdir`` cannot be created or written into, else None (creates it)."""
-    if os.path.exists(workdir) and not os.path.isdir(workdir):
-        return f"--workdir={workdir} is a file, not a folder; name a folder (new or existing)"
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        return f"--workdir={workdir} is not writable: {e.strerror or e}"
-    return None
-
-
 def main(argv):
     if len(argv) > 1:
         usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -83,79 +68,59 @@ def main(argv):
         cfg = config_from_flags()
     except ValueError as e:
         usage_error(str(e))
-    problem = cfg_lib.validate(cfg, os.environ.get("TF_CONFIG"))
-    if problem:
-        usage_error(problem)
-    multi_worker = cfg.runtime.strategy == "multi_worker"
-    if multi_worker and FLAGS.workdir is None and not any(
-            s.startswith("runtime.workdir=") for s in FLAGS.set):
-        # a restarted worker group finds its backups there
-        usage_error("runtime.strategy=multi_worker needs an explicit --workdir, the same on "
-                    "every run")
+    workdir_given = FLAGS.workdir is not None or any(
+        s.startswith("runtime.workdir=") for s in FLAGS.set)
+    execute(cfg, os.environ.get("TF_CONFIG"), workdir_given)
 
-    # the data must be there too (a file-system check; data imports TensorFlow lazily)
-    from ssa_tf import data as data_lib
-    try:
-        data_lib.check_available(cfg.data.dataset, cfg.data.data_dir, cfg.data.manual_dir)
-    except data_lib.DataError as e:
-        usage_error(str(e))
 
-    workdir = cfg.runtime.workdir
-    existed = os.path.isdir(workdir)
-    problem = writable_problem(workdir)
-    if problem:
-        usage_error(problem)
-    # the workdir's lock, and resume or restart, also before TensorFlow starts
-    # (multi-worker: the chief does it in the run, the workers share the flag)
-    from ssa_tf.training import workdir as workdir_lib
-    lock = workdir_lib.WorkdirLock(workdir)
+def execute(cfg, tf_config=None, workdir_given=True):
+    """The run of ``cfg`` as the command line makes it: the pre-flight (before TensorFlow
+    starts), the card, the run, one line at the end; every failure one line and its exit
+    status (``ssa_tf.errors``)."""
     try:
-        if not multi_worker:
-            lock.acquire()
-            workdir_lib.prepare_workdir(cfg)
-    except cfg_lib.UsageError as e:
-        lock.release()
-        workdir_lib.remove_new_workdir(workdir, existed)
+        flight = preflight.check(cfg, tf_config, workdir_given)
+    except errors.Error as e:
         usage_error(str(e))
     print(cfg.card().line(), flush=True)
     try:
-        _train(cfg, data_lib, workdir_lib, existed)
+        summary = _train(cfg, flight)
     finally:
-        lock.release()
+        flight.release()
+    print(f"{cfg.method.mode} {cfg.model.model} on {cfg.data.dataset}: test accuracy "
+          f"{summary['test_accuracy']:.4f} ({summary['test_split']}), "
+          f"{sum(summary['epoch_seconds']):.1f} s training; outputs in {cfg.runtime.workdir}")
 
 
-def _train(cfg, data_lib, workdir_lib, existed):
+def _train(cfg, flight):
+    def fail(message, status=2, clean=True):
+        if clean:
+            flight.clean_failed_run()
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(status)
+
     # TensorFlow starts only now, after the settings are known to be good.
     try:
         cli.import_tensorflow()
     except KeyboardInterrupt:
-        workdir_lib.clean_failed_run(cfg.runtime.workdir, existed)
-        print("error: interrupted before the run started; nothing was kept", file=sys.stderr)
-        sys.exit(130)
+        fail("interrupted before the run started; nothing was kept", 130)
     from ssa_tf.training import strategies
 
     # before anything else touches a device
     strategies.configure_logical_cpus(cfg.runtime.logical_cpus)
-    from ssa_tf.training import callbacks, checkpoints, run
+    from ssa_tf.training import run
 
     workdir = cfg.runtime.workdir
-
-    def fail(message, status=2):
-        workdir_lib.clean_failed_run(workdir, existed)
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(status)
-
     progress = cfg.runtime.progress
     if progress == "auto":
         progress = "bar" if sys.stdout.isatty() else "epoch"
     try:
-        summary = run.train(cfg, verbose={"bar": 1, "epoch": 2, "none": 0}[progress])
-    except (data_lib.DataError, cfg_lib.UsageError, checkpoints.CheckpointError) as e:
-        fail(str(e))
-    except callbacks.Diverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
+        return run.train(cfg, verbose={"bar": 1, "epoch": 2, "none": 0}[progress],
+                         flight=flight)
+    except errors.Error as e:
+        fail(str(e), e.status, e.cleans_up)
     except KeyboardInterrupt:
+        from ssa_tf.training import workdir as workdir_lib
+
         where = workdir_lib.last_checkpoint(workdir)
         if where is None:
             fail("interrupted before the first checkpoint; nothing was kept", 130)
@@ -167,11 +132,6 @@ def _train(cfg, data_lib, workdir_lib, existed):
             raise
         fail(f"cannot write the run's outputs in {workdir}: {e.strerror or e}"
              + (f" ({e.filename})" if e.filename else ""))
-    except run.InputError as e:
-        fail(str(e))
-    print(f"{cfg.method.mode} {cfg.model.model} on {cfg.data.dataset}: test accuracy "
-          f"{summary['test_accuracy']:.4f} ({summary['test_split']}), "
-          f"{sum(summary['epoch_seconds']):.1f} s training; outputs in {workdir}")
 
 
 def run_main():

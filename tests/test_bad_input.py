@@ -97,7 +97,7 @@ def test_read_only_workdir_and_search_directory(tmp_path):
 
 
 def test_a_workdir_that_is_a_file_is_named_as_a_file(tmp_path):
-    from ssa_tf.train import writable_problem
+    from ssa_tf.preflight import writable_problem
 
     path = tmp_path / "notes.txt"
     path.write_text("mine")

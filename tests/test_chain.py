@@ -14,7 +14,7 @@ def signals(model, outs, e):
 
 def test_chain_signals_are_the_linear_networks_jacobian_transpose():
     model = SSAModel("mlp", (5, 5, 1), 10, mode="dfa", feedback="chain", norm="none")
-    k = model.feedback_kernels
+    k = model.rule.route.kernels
     K0, K1, K2 = k["m0_dense"], k["m1_dense"], k["classifier"]
     x = tf.random.normal((4, 5, 5, 1))
     outs, h = [], x
@@ -32,7 +32,7 @@ def test_forward_init_feedback_copies_the_initial_weights():
     dfa = SSAModel("smallconv", (16, 16, 3), 10, mode="dfa", feedback="chain",
                    feedback_init="forward")
     conv = dfa.local_modules[1].output_layer
-    np.testing.assert_array_equal(dfa.feedback_kernels[conv.name].numpy(), conv.kernel.numpy())
+    np.testing.assert_array_equal(dfa.rule.route.kernels[conv.name].numpy(), conv.kernel.numpy())
     ssa = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", feedback="chain",
                    feedback_init="forward")
     layer = ssa.local_modules[1].output_layer
@@ -113,7 +113,7 @@ def _true_and_chain(model, x, y, **kwargs):
         ce = tf.reduce_sum(tf.keras.losses.sparse_categorical_crossentropy(y, h, from_logits=True))
     true = tape.gradient(ce, outs[:-1])
     e = losses.output_error(outs[-1], y, 10)
-    return true, chain.chain_signals(model.local_modules, outs, e, model.feedback_kernels,
+    return true, chain.chain_signals(model.local_modules, outs, e, model.rule.route.kernels,
                                      **kwargs)
 
 
@@ -180,7 +180,7 @@ def test_the_ungated_chain_is_a_fixed_matrix_kept_in_step_with_rank_cuts():
     e = losses.output_error(h + tf.random.normal(h.shape, seed=2), tf.constant([0, 1, 2, 3]), 10)
 
     def through_the_network():
-        deltas = chain.chain_signals(model.local_modules, outs, e, model.feedback_kernels)
+        deltas = chain.chain_signals(model.local_modules, outs, e, model.rule.route.kernels)
         return [d * global_std(e) / (global_std(d) + 1e-12) for d in deltas]
 
     for _ in range(2):

@@ -123,8 +123,8 @@ def test_default_style_run_writes_the_workdir(tmp_path):
     # within 90 degrees on average once training has started (BUILD.md, algorithm §7)
     assert len(angles) == 2 * len(steps) and 20 < sum(angles[2:]) / len(angles[2:]) < 90
     assert any(r[1] == "norm_ratio:m0_dense" for r in rows)
-    # import ssa_tf is enough for Keras to load the run's model
-    code = ("import sys, ssa_tf, keras; m = keras.saving.load_model(sys.argv[1]); "
+    # ssa_tf.load_model loads the run's model in a fresh process
+    code = ("import sys, ssa_tf; m = ssa_tf.load_model(sys.argv[1]); "
             "print(m.mode, sorted(m.ranks().values())[0])")
     loaded = subprocess.run([sys.executable, "-c", code, str(workdir / "model.keras")],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120,
@@ -175,20 +175,6 @@ def test_without_a_validation_split_nothing_is_validated_on_test(tmp_path):
     assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr
 
 
-def test_import_ssa_tf_alone_lets_keras_load_a_saved_model(tmp_path):
-    from ssa_tf.training.model import build_model
-
-    path = tmp_path / "model.keras"
-    build_model("mlp", (8, 8, 1), 10, mode="ssa").save(path)
-    code = ("import sys, ssa_tf, keras; m = keras.saving.load_model(sys.argv[1]); "
-            "print(type(m).__name__, m.mode)")
-    loaded = subprocess.run([sys.executable, "-c", code, str(path)], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert loaded.returncode == 0, loaded.stderr[-2000:]
-    assert loaded.stdout.split() == ["SSAModel", "ssa"]
-
-
 def test_tensorflow_comes_from_exactly_one_extra_cpu_or_gpu():
     """tensorflow-cpu and tensorflow[and-cuda] install the same package and overwrote
     each other: neither is a base dependency, each extra brings one, and the GPU
@@ -210,7 +196,7 @@ def test_tensorflow_comes_from_exactly_one_extra_cpu_or_gpu():
     with open(os.path.join(REPO, "BUILD.md")) as f:
         assert ".[gpu]" in f.read()  # BUILD.md, "Set-up"
     # without TensorFlow, the error says which extra to install
-    with open(os.path.join(REPO, "ssa_tf", "__init__.py")) as f:
+    with open(os.path.join(REPO, "ssa_tf", "cli.py")) as f:
         assert "pip install -e '.[cpu]' (or '.[gpu]'" in f.read()
 
 
@@ -245,8 +231,7 @@ with open(os.path.join(out, "results", "rules_smallconv.jsonl"), "w") as f:
 grid.report("rules_smallconv", out)
 """
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO,
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "SSA_TF_DEFER_KERAS": "1"})
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     text = (tmp_path / "rules_smallconv.md").read_text()
     caption = text.split("| variant |")[0]

@@ -19,12 +19,15 @@ towards W, and an SSA whose chain is gated by the forward pass); see
 ``test_the_checks_catch_transport_and_gating_mutants``.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 import keras
 import tensorflow as tf
 
-from ssa_tf.methods import rules
+from ssa_tf.methods import registry
+from ssa_tf.methods.base import Local
 from ssa_tf.methods.routes import ChainRoute
 from ssa_tf.training.model import SSAModel, compile_model
 
@@ -98,7 +101,7 @@ def test_each_rules_card_holds_in_behaviour(mode, options):
         assert not fixed_feedback_holds(model)
     else:
         assert fixed_feedback_holds(model), f"{mode}: a feedback variable changed in training"
-    if rules.make(mode).end_to_end:
+    if registry.get(mode).end_to_end:
         assert card.sequential and card.weight_transport == "continuously"
         return
     direct = [update_ignores_other_modules(model, i) for i in (0, 1)]
@@ -108,7 +111,7 @@ def test_each_rules_card_holds_in_behaviour(mode, options):
         assert not any(direct), f"{mode}: the card says sequential, the update is not"
 
 
-class _TransportingSSA(rules.Local):
+class _TransportingSSA(Local):
     """Mutant 1 (issue 30): SSA whose after-step does B <- B + 0.1 (W - B) and
     refreshes the chain: weight transport, with the card still saying 'once'."""
 
@@ -119,16 +122,17 @@ class _TransportingSSA(rules.Local):
         model.feedback_changed()
 
 
-class _GatedSSA(rules.Local):
+class _GatedSSA(Local):
     """Mutant 2: SSA whose chain is gated by the forward pass (feedback alignment)."""
 
     def make_route(self):
-        return ChainRoute(gated=True)
+        return ChainRoute(self.options, gated=True)
 
 
 @pytest.mark.parametrize("mutant", [_TransportingSSA, _GatedSSA])
 def test_the_checks_catch_transport_and_gating_mutants(mutant, monkeypatch):
-    monkeypatch.setitem(rules.CLASSES, "ssa", mutant)
+    spec = dataclasses.replace(registry.get("ssa"), implementation=lambda: mutant)
+    monkeypatch.setitem(registry.RULES, "ssa", spec)
     model = _model("ssa", {})
     assert model.card().direct  # the declared card still claims a direct rule
     assert not (fixed_feedback_holds(model) and update_ignores_other_modules(model, 1))

@@ -57,9 +57,9 @@ def test_models_accept_other_shapes_and_classes():
 def test_feedback_matrices_shapes():
     model = SSAModel("smallconv", (32, 32, 3), 10, mode="ssa", feedback="global",
                      feedback_spatial="full")
-    shapes = [tuple(v.shape) for v in model.feedback_matrices]
+    shapes = [tuple(v.shape) for v in model.rule.route.matrices]
     # conv maps 16x16x32, 8x8x64, 2x2x128 sent to every unit; fc512 plain
     assert shapes == [(16 * 16 * 32, 10), (8 * 8 * 64, 10), (2 * 2 * 128, 10), (512, 10)]
     model = SSAModel("smallconv", (32, 32, 3), 10, mode="ssa", feedback="local")
-    assert [tuple(v.shape) for v in model.feedback_matrices] == [
+    assert [tuple(v.shape) for v in model.rule.route.matrices] == [
         (4 * 32, 10), (4 * 64, 10), (4 * 128, 10), (512, 10)]

@@ -157,7 +157,7 @@ def test_global_broadcast_surrogate_gradient_is_the_dfa_signal():
     e = tf.constant(rng.standard_normal((4, 10)), tf.float32)
     with tf.GradientTape() as tape:
         tape.watch(h)
-        loss = feedback.ce_term("global", "broadcast", h, D, e, None)
+        loss = feedback.direct_ce_term(h, D, e, "broadcast")
     g = tape.gradient(loss, h).numpy()
     delta = (e.numpy() @ D.numpy().T) / (3 * 5) / 4  # / positions / batch
     np.testing.assert_allclose(g, np.broadcast_to(delta[:, None, None, :], g.shape), rtol=1e-5)
@@ -167,11 +167,11 @@ def test_ssa_feedback_lies_in_the_span_of_the_feedback_factors():
     model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback="global")
     layer = model.local_modules[0].output_layer
     basis = layer.B_U.numpy()  # (256, 36): the error arrives in its 36-dim span
-    D = model.feedback_matrices[0].numpy()
+    D = model.rule.route.matrices[0].numpy()
     residual = D - basis @ np.linalg.lstsq(basis, D, rcond=None)[0]
     assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(D)
     # DFA's Gaussian feedback does not
-    dfa = SSAModel("mlp", (6, 6, 1), 10, mode="dfa").feedback_matrices[0].numpy()
+    dfa = SSAModel("mlp", (6, 6, 1), 10, mode="dfa").rule.route.matrices[0].numpy()
     res = dfa - basis @ np.linalg.lstsq(basis, dfa, rcond=None)[0]
     assert np.linalg.norm(res) > 0.5 * np.linalg.norm(dfa)
 
@@ -231,12 +231,12 @@ def test_local_read_out_is_fixed_or_trained_on_the_modules_own_ce(trained):
     model = build_model("smallconv", (16, 16, 3), 10, mode="ssa", feedback="local",
                         readout_grid=4, readout_trained=trained)
     # the 8x8 and 4x4 maps are pooled to 4x4, the 2x2 one stays 2x2
-    assert [tuple(v.shape) for v in model.feedback_matrices] == [
+    assert [tuple(v.shape) for v in model.rule.route.matrices] == [
         (16 * 32, 10), (16 * 64, 10), (4 * 128, 10), (512, 10)]
     x, y = batch((16, 16, 3), n=16)
-    before = [v.numpy().copy() for v in model.feedback_matrices]
+    before = [v.numpy().copy() for v in model.rule.route.matrices]
     model.train_on_batch(x, y)
-    moved = [float(np.abs(v.numpy() - b).max()) for v, b in zip(model.feedback_matrices, before)]
+    moved = [float(np.abs(v.numpy() - b).max()) for v, b in zip(model.rule.route.matrices, before)]
     assert all(m > 0 for m in moved) if trained else all(m == 0 for m in moved)
     assert model.card().held_activations == "one module at a time"
 

@@ -22,15 +22,12 @@ from __future__ import annotations
 import os
 import sys
 
-# the flags are checked before TensorFlow starts (ssa_tf/__init__.py)
-os.environ.setdefault("SSA_TF_DEFER_KERAS", "1")
 # run as `python tuning/search.py` from a clone without installing ssa_tf
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import flags  # noqa: E402
 
-from ssa_tf import cli  # noqa: E402
-from ssa_tf import config as cfg_lib  # noqa: E402
+from ssa_tf import cli, errors, preflight  # noqa: E402
 from ssa_tf.cli import usage_error  # noqa: E402
 from ssa_tf.tuning import settings  # noqa: E402
 
@@ -104,27 +101,21 @@ def main(argv):
             usage_error(f"no search in {cfg.project}; run it first (same flags, no --report_only)")
         summary = report.report(cfg.project)
     else:
-        # the data must be there too (a file-system check; data imports TensorFlow lazily)
-        from ssa_tf import data as data_lib
-
         try:
-            data_lib.check_available(cfg.run.data.dataset, cfg.run.data.data_dir,
-                                     cfg.run.data.manual_dir)
+            # the data must be there too (a file-system check, no TensorFlow)
+            preflight.check_data(cfg.run)
             settings.check_resumable(cfg)
             settings.check_writable(cfg)
-        except (data_lib.DataError, cfg_lib.UsageError) as e:
-            usage_error(str(e))
+        except errors.Error as e:
+            cli.fail(e)
         # TensorFlow starts only now, after the flags and the data are known to be good.
         cli.import_tensorflow()
         from ssa_tf.tuning import search
 
         try:
             summary = search.run_search(cfg)
-        except (data_lib.DataError, cfg_lib.UsageError) as e:
-            usage_error(str(e))
-        except search.SearchFailed as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
+        except errors.Error as e:
+            cli.fail(e)
     if summary.get("top") is None:
         print(f"error: no trial completed; reasons in {summary['paths']['csv']}", file=sys.stderr)
         sys.exit(1)

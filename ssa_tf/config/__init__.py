@@ -16,10 +16,7 @@ from ssa_tf.config.schema import (FIELD_HELP, SECTIONS, DataConfig, MethodConfig
                                   RankConfig, RunConfig, RuntimeConfig, TrainConfig)
 from ssa_tf.config.validate import (check_minimums, flag, rank_cut_epochs, tf_config_workers,
                                     validate, validate_distribution, validate_method)
-
-
-class UsageError(Exception):
-    """A mistake in what the user asked for, found after start-up (exit status 2)."""
+from ssa_tf.errors import UsageError
 
 
 __all__ = ["ACTIVATIONS", "DATASETS", "DataConfig", "FIELD_HELP", "HEAD_INITS", "LABELS",

@@ -1,8 +1,8 @@
 """The names a run's settings choose from (no TensorFlow)."""
 
-from ssa_tf.methods import spec as methods
+from ssa_tf.methods import registry
 
-MODES = methods.NAMES
+MODES = registry.NAMES
 MODELS = ("mlp", "smallconv", "resnet32", "resnet18")
 DATASETS = ("mnist5k", "cifar10", "cifar100", "imagenet2012", "synthetic")
 LABELS = ("fine", "coarse")  # cifar100 only

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 
-from ssa_tf.methods import spec as methods
+from ssa_tf.methods import registry
 
 
 @dataclasses.dataclass
@@ -49,28 +49,19 @@ class ModelConfig:
     conv_factorization: str = "spatial"
 
 
-@dataclasses.dataclass
-class MethodConfig:
-    """The learning rule and its options (ssa_tf.methods.spec); None: the rule's default."""
-    mode: str = "ssa"
-    alpha: float | None = None
-    beta: float | None = None
-    align_form: str | None = None  # factors (eq. 5) or cosine (directions only)
-    gamma: float | None = None
-    ortho_lambda: float | None = None
-    feedback: str | None = None
-    feedback_spatial: str | None = None
-    feedback_init: str | None = None
-    chain_jacobians: bool | None = None
-    feedback_tracking: float | None = None
-    stiefel_retraction: bool | None = None
-    s_rate_scale: float | None = None
-    readout_grid: int | None = None
-    readout_trained: bool | None = None
-    recompute: bool | None = None
+def _method_options(self) -> dict:
+    return {k: getattr(self, k) for k in registry.OPTIONS}
 
-    def options(self) -> dict:
-        return {k: getattr(self, k) for k in methods.OPTIONS}
+
+# The learning rule and its options, one field per option some rule takes (the rule
+# files in ssa_tf/methods/rules/ define them and their defaults); None: the rule's default
+MethodConfig = dataclasses.make_dataclass(
+    "MethodConfig", [("mode", str, registry.DEFAULT),
+                     *((name, typing.Optional[kind], None)
+                       for name, kind in registry.OPTION_TYPES.items())],
+    namespace={"options": _method_options, "__module__": __name__,
+               "__doc__": "The learning rule (mode) and its options; None: the rule's "
+                          "default (ssa_tf/methods/rules/)."})
 
 
 @dataclasses.dataclass
@@ -200,7 +191,7 @@ class RunConfig:
     # -- the learning rule ----------------------------------------------------
     @property
     def rule(self):
-        return methods.get(self.method.mode)
+        return registry.get(self.method.mode)
 
     def resolved(self) -> "RunConfig":
         """A copy with the rule's options and rate filled in (options the rule does

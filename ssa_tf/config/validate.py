@@ -13,7 +13,7 @@ from ssa_tf.config.choices import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, H
                                    MODELS, MODES, NORMS, PROGRESS, RANK_ENERGIES, RANK_FEEDBACK_CUTS,
                                    STRATEGIES)
 from ssa_tf.config.schema import RunConfig
-from ssa_tf.methods import spec as methods
+from ssa_tf.methods import registry
 
 
 def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
@@ -107,36 +107,17 @@ def rank_cut_epochs(cfg: RunConfig) -> list:
 def validate_method(cfg: RunConfig) -> str | None:
     """Problems with the learning rule's options: values, and options it does not take."""
     mode = cfg.method.mode
-    rule = methods.get(mode)
+    rule = registry.get(mode)
     given = cfg.method.options()
-    for name in methods.inapplicable(mode, given):
-        takers = methods.accepting(name)
+    for name in registry.inapplicable(mode, given):
+        takers = registry.accepting(name)
         return (f"method.{name} does not apply to --mode={mode} (it applies to "
                 f"--mode={'|'.join(takers)})")
-    o = rule.resolve(given)
-    for name, valid in rule.choices.items():
-        if o[name] not in valid:
-            return f"method.{name}={o[name]!r} is not valid; choose from: {', '.join(valid)}"
-    for name in ("alpha", "beta", "gamma", "ortho_lambda"):
-        if name in o and o[name] < 0:
-            return f"method.{name} must be >= 0, got {o[name]}"
-    if given["feedback_spatial"] is not None and o.get("feedback") != "global":
-        return (f"method.feedback_spatial applies to the global route only, not "
-                f"method.feedback={o.get('feedback')}")
-    for name in ("readout_grid", "readout_trained"):
-        if given[name] is not None and o.get("feedback") != "local":
-            return (f"method.{name} applies to the local route only, not "
-                    f"method.feedback={o.get('feedback')}")
-    if "readout_grid" in o and o["readout_grid"] < 1:
-        return f"method.readout_grid must be >= 1, got {o['readout_grid']}"
-    if "feedback_tracking" in o and not 0 <= o["feedback_tracking"] <= 1:
-        return f"method.feedback_tracking must be in [0, 1], got {o['feedback_tracking']}"
-    if "s_rate_scale" in o and not o["s_rate_scale"] > 0:
-        return f"method.s_rate_scale must be > 0, got {o['s_rate_scale']}"
-    if rule.svd and o["alpha"] == o["beta"] == o["gamma"] == 0:
-        return "method.alpha, beta and gamma are all 0: there would be nothing to learn from"
+    problem = rule.problem(given)
+    if problem:
+        return problem
     if not rule.svd and cfg.rank.tau is not None:
-        svd = "|".join(n for n, r in methods.RULES.items() if r.svd)
+        svd = "|".join(registry.svd_rules())
         return (f"rank.tau applies to rules that train SVD factors (--mode={svd}), "
                 f"not --mode={mode}")
     return None

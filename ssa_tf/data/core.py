@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ssa_tf.errors import DataError  # noqa: F401  (raised here; its home)
+
 if TYPE_CHECKING:  # TensorFlow is imported lazily, inside the pipeline builders
     import tensorflow as tf
 
@@ -48,10 +50,6 @@ IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 # a decoded split is cached in memory below this many bytes (CIFAR: 150 MB)
 CACHE_BYTES = 2 * 1024 ** 3
-
-
-class DataError(Exception):
-    """A dataset the user asked for cannot be read; the message says why and what to do."""
 
 
 @dataclasses.dataclass

@@ -113,11 +113,12 @@ class _ToSSA:
         # ranks first: the target builds its feedback from factors of these shapes
         made = {l.name: self.svd_layer(l) for l in plain}
         # the rule's options that SSA takes too (a DFA source's route, say)
-        from ssa_tf.methods import spec as methods
+        from ssa_tf.methods import registry
 
-        options = {k: v for k, v in model.options.items() if k in methods.RULES["ssa"].options}
+        ssa = registry.get(registry.DEFAULT)
+        options = {k: v for k, v in model.options.items() if k in ssa.options}
         config = {k: v for k, v in model.get_config().items() if k not in model.options}
-        config.update(options, mode="ssa", ranks={name: new.rank for name, new in made.items()})
+        config.update(options, mode=ssa.name, ranks={name: new.rank for name, new in made.items()})
         target = SSAModel.from_config(config)
         for layer in all_layers(target):
             if isinstance(layer, SVDLayer):

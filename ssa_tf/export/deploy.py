@@ -27,6 +27,7 @@ import onnxruntime as ort
 import tensorflow as tf
 import tf2onnx
 
+from ssa_tf.errors import ParityError  # noqa: F401  (raised here)
 import ssa_tf.training.model  # noqa: F401  registers SSAModel and its layers for load_model
 from ssa_tf.export import convert
 from ssa_tf import data as data_lib
@@ -37,10 +38,6 @@ from ssa_tf.export.onnx_norms import fold_layer_norm_means
 LOGIT_ATOL = 1e-4
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "logits", "batch"
 NORMS_FOLDED_KEY = "ssa_tf.layer_norms_folded"
-
-
-class ParityError(Exception):
-    """The exported model does not compute what the SSA model computes (exit status 1)."""
 
 
 # --------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The learning rules: BP, svd-bp, DFA, SSA and the named variants fa and bp-lagged-copy.
+"""The learning rules: one file each in ``rules/``, listed in ``registry.py``.
 
-``spec`` (no TensorFlow) holds each rule's options, defaults and locality
-card; ``rules`` the strategy objects the trainer calls. See ``card.py`` for
-what a card says.
+``spec`` (no TensorFlow) says what a rule is (options, defaults, card); ``base``
+holds the two kinds of rule they build on (end to end, local), ``routes`` how the
+error reaches a module, ``chain`` the linear feedback network, ``losses`` SSA's
+terms. See ``card.py`` for what a card says.
 """

@@ -4,10 +4,10 @@ A ``Feedback`` object owns one fixed matrix per module (except the last,
 which learns from the true cross-entropy) and turns a module's output into
 the CE term of its local loss:
 
-* route ``global`` (DFA): the surrogate mean_b <stop_grad(delta_i), h_i>,
+* the global route (DFA): the surrogate mean_b <stop_grad(delta_i), h_i>,
   delta_i = e D_i^T, broadcast over positions (``spatial="broadcast"``) or
   sent to every unit of the map (``spatial="full"``);
-* route ``local``: the true CE of read-out logits pool(h_i) Q_i, the map
+* the local route: the true CE of read-out logits pool(h_i) Q_i, the map
   average-pooled to a small grid (2x2 by default; LLS pools the first layer
   to 4x4); Q_i fixed, or trained on that CE alone (``readout_trained``).
 
@@ -25,10 +25,6 @@ import numpy as np
 from keras import ops
 
 from ssa_tf.methods import losses
-
-ROUTES = ("global", "local", "chain")
-SPATIAL = ("broadcast", "full")
-
 
 def bar_feedback_U(layer) -> np.ndarray:
     """B_U of a layer as an (out_channels, r) matrix (conv: summed over the kernel width)."""
@@ -64,36 +60,41 @@ def readout_grid(out_shape, grid):
     return min(int(grid), int(out_shape[0])), min(int(grid), int(out_shape[1]))
 
 
-def feedback_shape(route, spatial, out_shape, num_classes, grid=2):
-    """(positions, channels, std) of module i's matrix for an output of ``out_shape`` (no batch)."""
+def feedback_shape(out_shape, num_classes, spatial="full", grid=None):
+    """(positions, channels, std) of a module's matrix for an output of ``out_shape`` (no
+    batch): sent to every unit (``spatial="full"``) or one per channel (broadcast); with
+    ``grid``, a local read-out of the map average-pooled to that grid."""
     channels = int(out_shape[-1])
     if len(out_shape) == 1:
         positions = 1
-    elif route == "local":
+    elif grid is not None:
         gh, gw = readout_grid(out_shape, grid)
         positions = gh * gw  # average-pooled to a grid
     elif spatial == "full":
         positions = int(np.prod(out_shape[:-1]))
     else:
         positions = 1
-    if route == "local":
+    if grid is not None:
         std = 1.0 / math.sqrt(positions * channels)  # logits of order one
     else:
         std = 1.0 / math.sqrt(num_classes * positions * channels)  # Launay et al. 2019
     return positions, channels, std
 
 
-def ce_term(route, spatial, h, matrix, error, labels, grid=2):
-    """The CE part of a (non-final) module's local loss; see module docstring."""
-    if route == "global":
-        if len(h.shape) == 4 and spatial == "broadcast":
-            # <delta/(HW) broadcast over positions, h> = <delta, mean over positions of h>
-            feat = ops.mean(h, axis=(1, 2))
-        else:
-            feat = ops.reshape(h, (ops.shape(h)[0], -1))
-        delta = ops.stop_gradient(ops.matmul(error, ops.transpose(matrix)))
-        return ops.mean(ops.sum(delta * feat, axis=-1))
-    # route == "local"
+def direct_ce_term(h, matrix, error, spatial="full"):
+    """The surrogate mean_b <stop_grad(e D^T), h> (its gradient at h is DFA's signal / batch),
+    e D^T broadcast over a feature map's positions when ``spatial="broadcast"``."""
+    if len(h.shape) == 4 and spatial == "broadcast":
+        # <delta/(HW) broadcast over positions, h> = <delta, mean over positions of h>
+        feat = ops.mean(h, axis=(1, 2))
+    else:
+        feat = ops.reshape(h, (ops.shape(h)[0], -1))
+    delta = ops.stop_gradient(ops.matmul(error, ops.transpose(matrix)))
+    return ops.mean(ops.sum(delta * feat, axis=-1))
+
+
+def readout_ce_term(h, matrix, labels, grid=2):
+    """The cross-entropy of the read-out logits pool(h) Q (a map pooled to ``grid``)."""
     if len(h.shape) == 4:
         h = pool_to_grid(h, *readout_grid(h.shape[1:], grid))
     feat = ops.reshape(h, (ops.shape(h)[0], -1))

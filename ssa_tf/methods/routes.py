@@ -1,7 +1,9 @@
 """How the output error reaches a non-final module (BUILD.md, algorithm §3): the routes.
 
-A route builds its fixed feedback state once (as non-trainable weights of the
-model) and turns module i's output h_i into the CE part of its local loss:
+A route owns its feedback state (weights it creates on the model once, at
+construction, and keeps) and turns module i's output h_i into the CE part of
+its local loss. Its name and options are ``spec.ROUTES``; ``make_route`` picks
+the class by that name:
 
 * ``GlobalRoute`` (DFA): the surrogate mean_b <stop_grad(delta_i), h_i> with
   delta_i = e D_i^T, broadcast over a feature map's positions or sent to every
@@ -25,18 +27,28 @@ from keras import ops
 import tensorflow as tf
 
 from ssa_tf.methods import chain, feedback
+from ssa_tf.methods.spec import ROUTES, SPATIAL
 
 # the largest full-map feedback (all modules' D_i together) a model may hold
 MAX_FULL_MAP_ENTRIES = 64 * 1024 ** 2  # 256 MiB of float32
 
 
 class Route:
-    name = ""
+    spec = None  # its ``spec.RouteSpec``
+    direct = True  # the signals are a fixed function of e (no later module's activations)
+    structured = False  # build the matrices from the SVD feedback factors (SSA)
+
+    @property
+    def needs_error(self) -> bool:
+        """False: the module's loss needs no output error."""
+        return self.spec.needs_error
 
     def refresh(self, model):
         """Recompute what the route derives from the feedback weights (after a rank cut)."""
-    needs_error = True  # False: the module's loss needs no output error
-    direct = True  # the signals are a fixed function of e (no later module's activations)
+
+    def feedback_variables(self):
+        """Every feedback weight the route owns."""
+        return list(getattr(self, "matrices", []))
 
     def extra_variables(self, model, i):
         """Variables of the route's that module i trains with its own (none: fixed)."""
@@ -54,15 +66,16 @@ class Route:
 
 
 class GlobalRoute(Route):
-    name = "global"
+    spec = ROUTES["global"]
 
-    def __init__(self, spatial="full"):
-        if spatial not in feedback.SPATIAL:
-            raise ValueError(f"unknown feedback_spatial {spatial!r}")
-        self.spatial = spatial
+    def __init__(self, options, structured=False):
+        self.spatial = options.get("feedback_spatial", "full")
+        if self.spatial not in SPATIAL:
+            raise ValueError(f"unknown feedback_spatial {self.spatial!r}")
+        self.structured = structured
+        self.matrices = []
 
     def build(self, model, rng):
-        model.feedback_matrices = []
         shapes = model.module_output_shapes
         entries = sum(int(np.prod(s)) * model.num_classes for s in shapes[:-1])
         if self.spatial == "full" and entries > MAX_FULL_MAP_ENTRIES:
@@ -70,11 +83,11 @@ class GlobalRoute(Route):
                              f"{model.input_dims} needs {entries:,} entries (more than "
                              f"{MAX_FULL_MAP_ENTRIES:,}); use feedback_spatial=broadcast")
         for i, (m, shape) in enumerate(zip(model.local_modules[:-1], shapes[:-1])):
-            mat = _projection(model, m, self.name, self.spatial, shape, rng)
-            model.feedback_matrices.append(_fixed(model, f"feedback_{i}", mat))
+            mat = _projection(model, m, self.structured, shape, rng, spatial=self.spatial)
+            self.matrices.append(_fixed(model, f"feedback_{i}", mat))
 
     def ce_term(self, model, i, h, error, y, signals):
-        return feedback.ce_term("global", self.spatial, h, model.feedback_matrices[i], error, y)
+        return feedback.direct_ce_term(h, self.matrices[i], error, self.spatial)
 
 
 class LocalRoute(Route):
@@ -82,48 +95,51 @@ class LocalRoute(Route):
     read-out learns from that CE too (a linear probe trained alongside the module,
     as Noekland & Eidnes 2019's prediction loss); else it stays fixed ((LLS))."""
 
-    name = "local"
-    needs_error = False
+    spec = ROUTES["local"]
 
-    def __init__(self, grid=2, trained=False):
-        self.grid, self.trained = int(grid), bool(trained)
+    def __init__(self, options, structured=False):
+        self.grid = int(options.get("readout_grid", 2))
+        self.trained = bool(options.get("readout_trained", False))
+        self.structured = structured
+        self.matrices = []
 
     def build(self, model, rng):
-        model.feedback_matrices = []
         for i, (m, shape) in enumerate(zip(model.local_modules[:-1],
                                            model.module_output_shapes[:-1])):
-            mat = _projection(model, m, self.name, "broadcast", shape, rng, self.grid)
-            model.feedback_matrices.append(_fixed(model, f"feedback_{i}", mat, self.trained))
+            mat = _projection(model, m, self.structured, shape, rng, grid=self.grid)
+            self.matrices.append(_fixed(model, f"feedback_{i}", mat, self.trained))
 
     def extra_variables(self, model, i):
         """The read-out module i trains with its own parameters (none when fixed)."""
-        if self.trained and i < len(model.feedback_matrices):
-            return [model.feedback_matrices[i]]
+        if self.trained and i < len(self.matrices):
+            return [self.matrices[i]]
         return []
 
     def ce_term(self, model, i, h, error, y, signals):
-        return feedback.ce_term("local", None, h, model.feedback_matrices[i], error, y,
-                                self.grid)
+        return feedback.readout_ce_term(h, self.matrices[i], y, self.grid)
 
 
 class ChainRoute(Route):
-    name = "chain"
+    spec = ROUTES["chain"]
 
-    def __init__(self, gated=False, jacobians=True):
+    def __init__(self, options, structured=False, gated=False, jacobians=True):
+        self.init = options.get("feedback_init", "random")
         self.gated, self.jacobians = bool(gated), bool(jacobians)
         self.direct = not self.gated
+        self.kernels, self.matrices = {}, []
+
+    def feedback_variables(self):
+        return [*self.kernels.values(), *self.matrices]
 
     def build(self, model, rng):
         # SVD layers carry their feedback factors; plain layers get a fixed kernel
-        model.feedback_kernels = {}
-        init = model.rule.options.get("feedback_init", "random")
-        for name, k in chain.plain_feedback_kernels(model.local_modules, init, rng).items():
-            model.feedback_kernels[name] = _fixed(model, f"feedback_kernel_{name}", k)
+        for name, k in chain.plain_feedback_kernels(model.local_modules, self.init,
+                                                    rng).items():
+            self.kernels[name] = _fixed(model, f"feedback_kernel_{name}", k)
         # Ungated, the chain is a fixed linear map from e (K numbers) to each module's
         # output: its matrices J_i^T, computed once (one pass of K unit errors) instead
         # of a backward pass through the feedback network every step. They follow
         # the feedback factors: a rank cut recomputes them (``refresh``).
-        self.matrices = []
         shapes = model.module_output_shapes[:-1]
         if not self.gated and sum(int(np.prod(s)) for s in shapes) * model.num_classes \
                 <= MAX_FULL_MAP_ENTRIES:
@@ -138,8 +154,7 @@ class ChainRoute(Route):
             return
         k = model.num_classes
         outputs = [tf.zeros((k, *s)) for s in model.module_output_shapes]
-        deltas = chain.chain_signals(model.local_modules, outputs, tf.eye(k),
-                                     model.feedback_kernels)
+        deltas = chain.chain_signals(model.local_modules, outputs, tf.eye(k), self.kernels)
         for var, d in zip(self.matrices, deltas):
             var.assign(d)
 
@@ -149,9 +164,8 @@ class ChainRoute(Route):
         if self.matrices:
             deltas = [ops.tensordot(error, m, axes=1) for m in self.matrices]
         else:
-            deltas = chain.chain_signals(model.local_modules, outputs, error,
-                                         model.feedback_kernels, gated=self.gated,
-                                         jacobians=self.jacobians)
+            deltas = chain.chain_signals(model.local_modules, outputs, error, self.kernels,
+                                         gated=self.gated, jacobians=self.jacobians)
         scale = global_std(error)  # global-batch statistics, so that replicas rescale alike
         return [ops.stop_gradient(d * scale / (global_std(d) + 1e-12)) for d in deltas]
 
@@ -160,22 +174,18 @@ class ChainRoute(Route):
         return ops.mean(ops.sum(ops.reshape(signals[i] * h, (ops.shape(h)[0], -1)), axis=-1))
 
 
-def make_route(options) -> Route:
-    route = options.get("feedback", "chain")
-    if route == "global":
-        return GlobalRoute(options.get("feedback_spatial", "full"))
-    if route == "local":
-        return LocalRoute(options.get("readout_grid", 2), options.get("readout_trained", False))
-    if route == "chain":
-        return ChainRoute(gated=False)
-    raise ValueError(f"unknown feedback route {route!r}")
+CLASSES = {c.spec.name: c for c in (GlobalRoute, LocalRoute, ChainRoute)}
 
 
-def _projection(model, module, route, spatial, shape, rng, grid=2):
-    positions, channels, std = feedback.feedback_shape(route, spatial, shape, model.num_classes,
-                                                       grid)
-    structured = module.output_layer if model.rule.spec.svd else None
-    return feedback.projection_matrix(channels, positions, model.num_classes, std, rng, structured)
+def make_route(options, structured=False) -> Route:
+    """The route ``options["feedback"]`` names (``structured``: from the SVD factors)."""
+    return CLASSES[options["feedback"]](options, structured)
+
+
+def _projection(model, module, structured, shape, rng, spatial="broadcast", grid=None):
+    positions, channels, std = feedback.feedback_shape(shape, model.num_classes, spatial, grid)
+    layer = module.output_layer if structured else None
+    return feedback.projection_matrix(channels, positions, model.num_classes, std, rng, layer)
 
 
 def _fixed(model, name, value, trainable=False):

@@ -11,9 +11,7 @@ import time
 import numpy as np
 import keras
 
-
-class Diverged(RuntimeError):
-    """A local loss or gradient became NaN or Inf (exit status 3)."""
+from ssa_tf.errors import Diverged  # noqa: F401  (raised here; its home)
 
 
 class _Timer(keras.callbacks.Callback):

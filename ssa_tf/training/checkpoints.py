@@ -21,6 +21,7 @@ import tensorflow as tf
 from ssa_tf.training import rank as rank_lib
 from ssa_tf.training.csvlog import keep_rows
 from ssa_tf.training.strategies import is_multi_worker
+from ssa_tf.errors import CheckpointError  # noqa: F401  (raised here; its home)
 
 BACKUP_KEEP = 2  # workers can be one checkpoint apart when they die (see agree_on_checkpoint)
 
@@ -149,10 +150,6 @@ class EpochBackup(keras.callbacks.Callback):
         self.resumed_from = epoch
         self.resumed_at = (epoch, step)
         return epoch, step
-
-
-class CheckpointError(Exception):
-    """A checkpoint that cannot be read."""
 
 
 def _folder(epoch, step):

@@ -13,8 +13,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from ssa_tf.methods import rules
-from ssa_tf.methods import spec as method_spec
+from ssa_tf.methods import base, registry
 from ssa_tf.nn import build_modules, svd_layers
 
 
@@ -29,12 +28,13 @@ class SSAModel(keras.Model):
     model exactly.
     """
 
-    def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10, mode="ssa",
+    def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10,
+                 mode=registry.DEFAULT,
                  norm="layer", activation="leaky_relu", head_init=None, seed=1, ranks=None,
                  conv_factorization="spatial", input_stats=None, **kwargs):
-        given = {k: kwargs.pop(k) for k in list(kwargs) if k in method_spec.OPTIONS}
+        given = {k: kwargs.pop(k) for k in list(kwargs) if k in registry.OPTIONS}
         super().__init__(**kwargs)
-        self.rule = rules.make(mode, given)
+        self.rule = registry.make(mode, given)
         head_init = head_init or self.rule.spec.head_init  # None: the rule's
         self.architecture = architecture
         self.input_dims = tuple(int(d) for d in input_shape)
@@ -92,7 +92,6 @@ class SSAModel(keras.Model):
             x = m(x, training=False)
             shapes.append(tuple(x.shape[1:]))
         self.module_output_shapes = shapes
-        self.feedback_matrices, self.feedback_kernels = [], {}
         self.rule.build(self)
         self.built = True
 
@@ -120,7 +119,7 @@ class SSAModel(keras.Model):
     def ranks(self) -> dict:
         return {l.name: l.rank for l in self.svd_layers()}
 
-    NONFINITE_TERMS = rules.TERMS
+    NONFINITE_TERMS = base.TERMS
 
     def module_names(self):
         """The local modules' names; an end-to-end rule trains the network as one module."""
@@ -258,7 +257,7 @@ def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
                     **cfg.method.options())
 
 
-def build_model(architecture, input_shape, num_classes, mode="ssa", learning_rate=None,
+def build_model(architecture, input_shape, num_classes, mode=registry.DEFAULT, learning_rate=None,
                 jit_compile=False, **kwargs):
     """An ``SSAModel`` compiled with Adam (the rule's default rate), sparse CE and accuracy."""
     model = SSAModel(architecture, input_shape, num_classes, mode=mode, **kwargs)

@@ -17,16 +17,13 @@ import numpy as np
 import tensorflow as tf
 
 from ssa_tf import data as data_lib
-from ssa_tf import files
+from ssa_tf import files, preflight
 from ssa_tf.config import RunConfig, UsageError
 from ssa_tf.training import callbacks as callbacks_lib
-from ssa_tf.training import checkpoints, loop, workdir as workdir_lib
+from ssa_tf.training import checkpoints, loop
 from ssa_tf.training.model import compile_model, model_from_config
 from ssa_tf.training.rank import RankPruning, WarmupAfterCuts, cut_epochs
-
-
-class InputError(Exception):
-    """The data could not be read (a corrupt or truncated file): the user's input (exit 2)."""
+from ssa_tf.errors import InputError  # noqa: F401  (raised here; its home)
 
 
 def learning_rate_schedule(cfg: RunConfig, steps_per_epoch: int):
@@ -53,12 +50,14 @@ def load_data(cfg: RunConfig) -> data_lib.DatasetSpec:
                          synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes)
 
 
-def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
+def train(cfg: RunConfig, verbose=1, extra_callbacks=(), flight=None) -> dict:
     """Train per ``cfg``; write the workdir; return the summary dict.
 
     With a workdir the run is checkpointed after every epoch (and every
     ``runtime.checkpoint_steps`` steps) and resumes from its last checkpoint
     when started again with the same settings; the workdir is locked meanwhile.
+    ``flight`` (``ssa_tf.preflight.check``'s) has claimed the workdir already;
+    without one the run claims it here, the same way.
     """
     rt = cfg.runtime
     # first: MultiWorkerMirroredStrategy must exist before any other TensorFlow op
@@ -66,10 +65,12 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
                            checkpoint_steps=rt.checkpoint_steps,
                            keep_checkpoints=rt.keep_checkpoints)
     workdir = placement.workdir  # the chief's is runtime.workdir; other workers' temporary
-    lock = workdir_lib.WorkdirLock(workdir)
-    lock.acquire()
+    own = flight is None
+    if own:
+        flight = preflight.Flight.unchecked(cfg)
     try:
-        return _train_locked(cfg, placement, workdir, verbose, extra_callbacks)
+        state = flight.claim(workdir, chief=placement.chief)
+        return _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
         if "record" not in str(e).lower() and "corrupt" not in str(e).lower():
             raise
@@ -78,7 +79,8 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=()) -> dict:
                          f"({first}); prepare it again with `tfds build {cfg.data.dataset}`") \
             from None
     finally:
-        lock.release()
+        if own:
+            flight.release()
 
 
 def plain_error(e) -> str:
@@ -92,9 +94,7 @@ def plain_error(e) -> str:
     return text[:300]
 
 
-def _train_locked(cfg, placement, workdir, verbose, extra_callbacks):
-    mine = cfg.replace(workdir=workdir)
-    state = workdir_lib.prepare_workdir(mine, chief=placement.chief)
+def _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks):
     # TensorFlow combines each op seed with the global one: set it before the
     # input pipeline is built, or a run's data order depends on what ran
     # earlier in the process (an experiment grid's first run differed from the rest)

@@ -29,6 +29,7 @@ import os
 import time
 
 from ssa_tf import config as cfg_lib
+from ssa_tf import errors
 from ssa_tf.tuning.report import reason, report, write_json
 from ssa_tf.tuning.settings import (LOG_SAMPLED, OBJECTIVE, SEED_COEFFICIENTS, TRIAL_RECORD,
                                     SearchConfig, check_resumable)
@@ -177,8 +178,8 @@ def make_tuner(cfg: SearchConfig, hypermodel, distribution_strategy=None):
     return cls(max_trials=cfg.max_trials, **common)
 
 
-class SearchFailed(Exception):
-    """The search stopped because too many trials in a row failed."""
+class SearchFailed(errors.Error):
+    """The search stopped because too many trials in a row failed (exit status 1)."""
 
 
 def _check_tensorboard():

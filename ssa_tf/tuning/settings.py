@@ -13,6 +13,7 @@ import math
 import os
 
 from ssa_tf import config as cfg_lib
+from ssa_tf.methods import registry
 
 TUNERS = ("random", "bayesian", "hyperband")
 STRATEGIES = ("one_device", "mirrored")
@@ -101,8 +102,10 @@ def validate(cfg: SearchConfig) -> str | None:
     problem = cfg_lib.validate(cfg.run)
     if problem:
         return problem
-    if cfg.run.method.mode != "ssa":
-        return "the coefficient search tunes SSA's loss weights; --mode must be ssa"
+    if not cfg.run.rule.tunes_loss_weights:
+        takers = "|".join(n for n, r in registry.RULES.items() if r.tunes_loss_weights)
+        return (f"the coefficient search tunes the loss weights alpha, beta, gamma; "
+                f"--mode={cfg.run.method.mode} has none (choose --mode={takers})")
     for name, value, valid in (("tuner", cfg.tuner, TUNERS), ("strategy", cfg.strategy, STRATEGIES)):
         if value not in valid:
             return f"--{name}={value!r} is not valid; choose from: {', '.join(valid)}"

@@ -23,6 +23,6 @@ def values(mode: str) -> dict:
 
 
 def _svd(mode):
-    from ssa_tf.methods import spec
+    from ssa_tf.methods import registry
 
-    return mode in spec.RULES and spec.RULES[mode].svd
+    return mode in registry.RULES and registry.RULES[mode].svd

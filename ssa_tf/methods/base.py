@@ -1,18 +1,16 @@
-"""The learning rules as strategy objects: how each module gets its update.
+"""The two kinds of learning rule the rule files build on: end to end, and local.
 
 The model (``ssa_tf.training.model.SSAModel``) builds the network and applies one
 optimizer step; the rule says how the gradients of that step are computed
-and what happens after it. The rules differ in what they compute, and their
-locality cards (``card.py``) say so:
+and what happens after it:
 
-* ``BP``: the true gradient, end to end; ``SVDBP``: the same through the
-  SVD-factored network, with SSA's alignment and orthogonality terms;
-* ``Local`` rules train each module on its own loss, its input
-  stop-gradiented: ``DFA`` (ordinary layers) and ``SSA`` (SVD layers, the
-  composite loss alpha CE + beta L_align + gamma L_ortho) with a direct
-  route; ``FA`` (the gated chain: feedback alignment, sequential) and
-  ``LaggedCopyBP`` (FA whose feedback factors chase the forward ones: backprop
-  with a lagging weight copy).
+* ``EndToEnd``: one loss, the true gradient through the whole network (bp,
+  svd-bp with SSA's alignment and orthogonality terms);
+* ``Local``: each module trains on its own loss, its input stop-gradiented,
+  the error reaching it by the rule's route (``routes.py``): the composite
+  loss alpha CE + beta L_align + gamma L_ortho for SVD layers.
+
+Each rule is one file in ``rules/`` (``registry.py`` lists them).
 """
 
 from __future__ import annotations
@@ -23,8 +21,7 @@ import tensorflow as tf
 
 from ssa_tf.methods import losses
 from ssa_tf.nn import replaying, svd_layers
-from ssa_tf.methods import spec as spec_lib
-from ssa_tf.methods.routes import ChainRoute, LocalRoute, make_route
+from ssa_tf.methods.routes import make_route
 
 TERMS = ("CE term", "alignment term", "orthogonality term", "gradient")
 
@@ -32,19 +29,22 @@ TERMS = ("CE term", "alignment term", "orthogonality term", "gradient")
 class LearningRule:
     """Base: options, card, and the steps every rule shares."""
 
-    end_to_end = False
-
-    def __init__(self, name, options=None):
-        self.spec = spec_lib.get(name)
-        self.name = name
-        bad = spec_lib.inapplicable(name, dict(options or {}))
+    def __init__(self, spec, options=None):
+        self.spec = spec
+        self.name = spec.name
+        bad = sorted(k for k, v in dict(options or {}).items()
+                     if v is not None and k not in spec.options)
         if bad:
-            raise ValueError(f"rule {name!r} does not take {', '.join(bad)}")
-        self.options = self.spec.resolve(dict(options or {}))
+            raise ValueError(f"rule {self.name!r} does not take {', '.join(bad)}")
+        self.options = spec.resolve(dict(options or {}))
 
     @property
     def svd(self) -> bool:
         return self.spec.svd
+
+    @property
+    def end_to_end(self) -> bool:
+        return self.spec.end_to_end
 
     def card(self):
         return self.spec.card(self.options)
@@ -85,10 +85,8 @@ class LearningRule:
         return loss
 
 
-class BP(LearningRule):
+class EndToEnd(LearningRule):
     """Backpropagation through the whole network (one module)."""
-
-    end_to_end = True
 
     def module_names(self, model):
         return [f"network ({self.name})"]
@@ -111,12 +109,12 @@ class BP(LearningRule):
 class Local(LearningRule):
     """Each module learns from its own loss; nothing crosses a module boundary."""
 
-    def __init__(self, name, options=None):
-        super().__init__(name, options)
+    def __init__(self, spec, options=None):
+        super().__init__(spec, options)
         self.route = self.make_route()
 
     def make_route(self):
-        return make_route(self.options)
+        return make_route(self.options, structured=self.svd)
 
     def build(self, model):
         self.route.build(model, np.random.default_rng(model.seed + 7919))
@@ -223,38 +221,6 @@ class Local(LearningRule):
         return self.weighted(ce, align, ortho), (ce, align, ortho)
 
 
-class FA(Local):
-    """Feedback alignment through the fixed feedback factors, gated by the forward pass."""
-
-    def make_route(self):
-        return ChainRoute(gated=True, jacobians=self.options["chain_jacobians"])
-
-
-class LaggedCopyBP(FA):
-    """FA whose feedback factors move towards the forward ones after every step:
-    B <- B + eta (X - B). It reads the forward weights continuously: backprop
-    through a lagging copy of them (the former SSA default)."""
-
-    def after_step(self, model):
-        eta = self.options["feedback_tracking"]
-        if eta:
-            for layer in model.svd_layers():
-                for b, f in ((layer.B_U, layer.U), (layer.B_s, layer.s), (layer.B_V, layer.V)):
-                    b.assign(b + eta * (f - b))
-        super().after_step(model)
-
-
-CLASSES = {"bp": BP, "svd-bp": BP, "dfa": Local, "ssa": Local, "fa": FA,
-           "bp-lagged-copy": LaggedCopyBP}
-assert set(CLASSES) == set(spec_lib.NAMES)
-
-
-def make(name, options=None) -> LearningRule:
-    if name not in CLASSES:
-        raise ValueError(f"unknown learning rule {name!r}; choose from {', '.join(CLASSES)}")
-    return CLASSES[name](name, options)
-
-
 def nonfinite(*tensors):
     """1.0 when any element of ``tensors`` is NaN or Inf, else 0.0."""
     flags = [tf.reduce_any(tf.logical_not(tf.math.is_finite(tf.cast(t, tf.float32))))
@@ -272,4 +238,4 @@ def stiefel_retract(X):
     return q * sign
 
 
-__all__ = ["BP", "FA", "LaggedCopyBP", "LearningRule", "Local", "LocalRoute", "TERMS", "make"]
+__all__ = ["EndToEnd", "LearningRule", "Local", "TERMS", "nonfinite", "stiefel_retract"]

@@ -1,0 +1,20 @@
+"""dfa: direct feedback alignment (Noekland 2016): fixed random feedback, ordinary layers."""
+
+from ssa_tf.methods.spec import FEEDBACK_INIT, ROUTES, SPATIAL, RuleSpec, direct_card
+
+# the options of every direct rule on ordinary layers
+OPTIONS = dict(alpha=1.0, feedback="global", feedback_spatial="full", feedback_init="random",
+               readout_grid=2, readout_trained=False, recompute=True)
+CHOICES = {"feedback": tuple(ROUTES), "feedback_spatial": SPATIAL,
+           "feedback_init": FEEDBACK_INIT}
+
+
+def implementation():
+    from ssa_tf.methods.base import Local
+    return Local
+
+
+SPEC = RuleSpec(
+    "dfa", "direct feedback alignment: fixed random feedback, ordinary layers", OPTIONS, 3e-4,
+    direct_card("dfa"), implementation, choices=CHOICES,
+    head_init="zero")  # a glorot head cost DFA 5 points (benchmarks/reports/recipe_5ep.md)
