@@ -58,7 +58,10 @@ def variant_config(grid, name, seed, data_dir=None) -> cfg_lib.RunConfig:
 # settings added after runs were recorded: at these values a run trains what it trained
 # before the setting existed, so they stay out of its key (the recorded runs still count)
 _LATER_DEFAULTS = {"conv_factorization": ("spatial",), "rank_keep_ends": (False,),
-                   "rank_energy": ("weights",), "align_form": (None, "factors")}
+                   "rank_energy": ("weights",), "align_form": (None, "factors"),
+                   # learned feedback's own rate (issue 29): None for every other rule
+                   "feedback_lr": (None,), "feedback_decay": (None,),
+                   "feedback_weight_decay": (None,)}
 
 
 def run_key(cfg: cfg_lib.RunConfig) -> str:

@@ -76,7 +76,58 @@ def _recipe_variants(long=False):
     }
 
 
+# issue 29: the fair rows of issue 30 (spelled out, so that they share its runs) and the
+# rules whose feedback learns
+_FAIR = {
+    "bp (glorot head, lr 1e-3)": dict(mode="bp", head_init="glorot", learning_rate=1e-3),
+    "svd-bp (glorot head, beta 0.01, gamma 0, lr 3e-4)": dict(
+        mode="svd-bp", **{**_OLD_SSA, "head_init": "glorot", "learning_rate": 3e-4}),
+    "dfa (zero head, lr 3e-4)": dict(mode="dfa", head_init="zero", learning_rate=3e-4),
+    "ssa (glorot head, beta 0.01, gamma 0, lr 1e-3; chain)": dict(
+        mode="ssa", **{**_OLD_SSA, "head_init": "glorot"}),
+}
+_SSA = dict(**{**_OLD_SSA, "head_init": "glorot"})
+
+
+def _learned_variants(long=False):
+    rows = dict(_FAIR)
+    rows.update({
+        "ssa, global route (the learned one's control)": dict(mode="ssa", feedback="global",
+                                                               **_SSA),
+        "dkp (zero head, lr 3e-4; feedback Adam 1e-4, x0.8 an epoch)": dict(
+            mode="dkp", head_init="zero", learning_rate=3e-4),
+        "dkp, glorot head": dict(mode="dkp", head_init="glorot", learning_rate=3e-4),
+        "dkp, no feedback decay": dict(mode="dkp", head_init="zero", learning_rate=3e-4,
+                                       feedback_decay=1.0),
+        "ssa-dkp (chain's matrices, learned)": dict(mode="ssa-dkp", feedback="chain", **_SSA),
+        "ssa-dkp, global route's matrices, learned": dict(mode="ssa-dkp", feedback="global",
+                                                           **_SSA),
+        "ssa-dkp, no feedback decay": dict(mode="ssa-dkp", feedback="chain",
+                                           feedback_decay=1.0, **_SSA),
+    })
+    if long:
+        rows["dfa, lr 1e-3 (its better rate at 20 epochs)"] = dict(
+            mode="dfa", head_init="zero", learning_rate=1e-3)
+        rows["dkp, lr 1e-3"] = dict(mode="dkp", head_init="zero", learning_rate=1e-3)
+    return rows
+
+
 GRIDS = {
+    # issue 29: direct rules whose feedback learns from local quantities (DKP and SSA's)
+    "learned_5ep": dict(
+        caption="Direct rules whose feedback learns (Kolen-Pollack), against the fair rows of "
+                "issue 30 (smallconv, first 10,000 training images, 5 epochs, no "
+                "augmentation).",
+        base=dict(_SHORT),
+        seeds=SEEDS,
+        variants=_learned_variants()),
+    "learned_20ep": dict(
+        caption="Direct rules whose feedback learns, at the longer budget (smallconv, first "
+                "10,000 training images with the seed's augmentation, 20 epochs).",
+        base=dict(_LONG),
+        seeds=SEEDS,
+        variants=_learned_variants(long=True)),
+
     # issue 14: a credible DFA (and BP's rate). smallconv at a small budget; what the
     # defaults are made of
     "dfa_tuning": dict(

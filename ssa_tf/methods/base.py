@@ -49,6 +49,10 @@ class LearningRule:
     def card(self):
         return self.spec.card(self.options)
 
+    def rates(self) -> dict:
+        """The rule's own optimizer rates (``training.model.FactorAdam``'s keywords): none."""
+        return {}
+
     def build(self, model):
         """Create the rule's fixed feedback state on ``model`` (after its layers)."""
 

@@ -81,14 +81,19 @@ def feedback_shape(out_shape, num_classes, spatial="full", grid=None):
     return positions, channels, std
 
 
+def direct_features(h, spatial="full"):
+    """What a direct matrix meets of h: every unit (full), or each channel's mean over a
+    feature map's positions (broadcast), as (batch, features)."""
+    if len(h.shape) == 4 and spatial == "broadcast":
+        # <delta/(HW) broadcast over positions, h> = <delta, mean over positions of h>
+        return ops.mean(h, axis=(1, 2))
+    return ops.reshape(h, (ops.shape(h)[0], -1))
+
+
 def direct_ce_term(h, matrix, error, spatial="full"):
     """The surrogate mean_b <stop_grad(e D^T), h> (its gradient at h is DFA's signal / batch),
     e D^T broadcast over a feature map's positions when ``spatial="broadcast"``."""
-    if len(h.shape) == 4 and spatial == "broadcast":
-        # <delta/(HW) broadcast over positions, h> = <delta, mean over positions of h>
-        feat = ops.mean(h, axis=(1, 2))
-    else:
-        feat = ops.reshape(h, (ops.shape(h)[0], -1))
+    feat = direct_features(h, spatial)
     delta = ops.stop_gradient(ops.matmul(error, ops.transpose(matrix)))
     return ops.mean(ops.sum(delta * feat, axis=-1))
 

@@ -18,6 +18,8 @@ FILES = (
     "ssa",
     "fa",
     "bp_lagged_copy",
+    "dkp",
+    "ssa_dkp",
 )
 
 RULES = {}

@@ -75,16 +75,21 @@ class GlobalRoute(Route):
         self.structured = structured
         self.matrices = []
 
-    def build(self, model, rng):
+    def check_size(self, model):
+        """ValueError when the full-map matrices would be too large to hold."""
         shapes = model.module_output_shapes
         entries = sum(int(np.prod(s)) * model.num_classes for s in shapes[:-1])
         if self.spatial == "full" and entries > MAX_FULL_MAP_ENTRIES:
             raise ValueError(f"full-map feedback for {model.architecture} at input "
                              f"{model.input_dims} needs {entries:,} entries (more than "
                              f"{MAX_FULL_MAP_ENTRIES:,}); use feedback_spatial=broadcast")
+
+    def build(self, model, rng):
+        self.check_size(model)
+        shapes = model.module_output_shapes
         for i, (m, shape) in enumerate(zip(model.local_modules[:-1], shapes[:-1])):
-            mat = _projection(model, m, self.structured, shape, rng, spatial=self.spatial)
-            self.matrices.append(_fixed(model, f"feedback_{i}", mat))
+            mat = projection(model, m, self.structured, shape, rng, spatial=self.spatial)
+            self.matrices.append(fixed_weight(model, f"feedback_{i}", mat))
 
     def ce_term(self, model, i, h, error, y, signals):
         return feedback.direct_ce_term(h, self.matrices[i], error, self.spatial)
@@ -106,8 +111,8 @@ class LocalRoute(Route):
     def build(self, model, rng):
         for i, (m, shape) in enumerate(zip(model.local_modules[:-1],
                                            model.module_output_shapes[:-1])):
-            mat = _projection(model, m, self.structured, shape, rng, grid=self.grid)
-            self.matrices.append(_fixed(model, f"feedback_{i}", mat, self.trained))
+            mat = projection(model, m, self.structured, shape, rng, grid=self.grid)
+            self.matrices.append(fixed_weight(model, f"feedback_{i}", mat, self.trained))
 
     def extra_variables(self, model, i):
         """The read-out module i trains with its own parameters (none when fixed)."""
@@ -135,7 +140,7 @@ class ChainRoute(Route):
         # SVD layers carry their feedback factors; plain layers get a fixed kernel
         for name, k in chain.plain_feedback_kernels(model.local_modules, self.init,
                                                     rng).items():
-            self.kernels[name] = _fixed(model, f"feedback_kernel_{name}", k)
+            self.kernels[name] = fixed_weight(model, f"feedback_kernel_{name}", k)
         # Ungated, the chain is a fixed linear map from e (K numbers) to each module's
         # output: its matrices J_i^T, computed once (one pass of K unit errors) instead
         # of a backward pass through the feedback network every step. They follow
@@ -143,7 +148,7 @@ class ChainRoute(Route):
         shapes = model.module_output_shapes[:-1]
         if not self.gated and sum(int(np.prod(s)) for s in shapes) * model.num_classes \
                 <= MAX_FULL_MAP_ENTRIES:
-            self.matrices = [_fixed(model, f"chain_matrix_{i}", np.zeros((model.num_classes,
+            self.matrices = [fixed_weight(model, f"chain_matrix_{i}", np.zeros((model.num_classes,
                                                                           *s), np.float32))
                              for i, s in enumerate(shapes)]
             self.refresh(model)
@@ -182,13 +187,13 @@ def make_route(options, structured=False) -> Route:
     return CLASSES[options["feedback"]](options, structured)
 
 
-def _projection(model, module, structured, shape, rng, spatial="broadcast", grid=None):
+def projection(model, module, structured, shape, rng, spatial="broadcast", grid=None):
     positions, channels, std = feedback.feedback_shape(shape, model.num_classes, spatial, grid)
     layer = module.output_layer if structured else None
     return feedback.projection_matrix(channels, positions, model.num_classes, std, rng, layer)
 
 
-def _fixed(model, name, value, trainable=False):
+def fixed_weight(model, name, value, trainable=False):
     return model.add_weight(name=name, shape=value.shape, trainable=trainable,
                             initializer=keras.initializers.Constant(value))
 

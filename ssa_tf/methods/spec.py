@@ -115,6 +115,8 @@ class RuleSpec:
     # or zero (Noekland 2016's DFA; a zero SVD head has s = 0, which starves backprop
     # through it: issue 30)
     head_init: str = "glorot"
+    # a check of the rule's own across its options: the problem as one line, or None
+    check: Callable[[dict], str | None] | None = None
 
     @property
     def local(self) -> bool:
@@ -154,4 +156,4 @@ class RuleSpec:
                                 f"method.feedback={route.name}")
         if self.svd and o["alpha"] == o["beta"] == o["gamma"] == 0:
             return "method.alpha, beta and gamma are all 0: there would be nothing to learn from"
-        return None
+        return self.check(o) if self.check else None

@@ -224,19 +224,47 @@ class NonFiniteCounter(keras.metrics.Metric):
 @keras.saving.register_keras_serializable(package="ssa_tf")
 class FactorAdam(keras.optimizers.Adam):
     """Adam whose rate for the singular values s is ``s_rate_scale`` times the
-    rate of everything else (issue 5: do U, V and s want different rates?)."""
+    rate of everything else (issue 5: do U, V and s want different rates?), and, for a
+    rule whose feedback learns (``LEARNED_FEEDBACK`` in the variable's name), the rule's
+    own feedback rate ``feedback_lr``, times ``feedback_decay`` per epoch of
+    ``steps_per_epoch`` steps (DKP's schedule: its own Adam, x0.8 per epoch)."""
 
-    def __init__(self, s_rate_scale=1.0, **kwargs):
+    def __init__(self, s_rate_scale=1.0, feedback_lr=None, feedback_decay=1.0,
+                 steps_per_epoch=0, **kwargs):
         super().__init__(**kwargs)
         self.s_rate_scale = float(s_rate_scale)
+        self.feedback_lr = None if feedback_lr is None else float(feedback_lr)
+        self.feedback_decay = float(feedback_decay)
+        self.steps_per_epoch = int(steps_per_epoch)
+
+    def feedback_rate(self):
+        """The learned feedback's rate at the current step."""
+        rate = tf.constant(self.feedback_lr, tf.float32)
+        if self.steps_per_epoch and self.feedback_decay != 1.0:
+            epoch = tf.math.floordiv(tf.cast(self.iterations, tf.float32),
+                                     float(self.steps_per_epoch))
+            rate = rate * tf.pow(self.feedback_decay, epoch)
+        return rate
 
     def update_step(self, gradient, variable, learning_rate):
-        if is_singular_values(variable):
+        if self.feedback_lr is not None and is_learned_feedback(variable):
+            learning_rate = tf.cast(self.feedback_rate(), variable.dtype)
+        elif is_singular_values(variable):
             learning_rate = learning_rate * self.s_rate_scale
         return super().update_step(gradient, variable, learning_rate)
 
     def get_config(self):
-        return {**super().get_config(), "s_rate_scale": self.s_rate_scale}
+        return {**super().get_config(), "s_rate_scale": self.s_rate_scale,
+                "feedback_lr": self.feedback_lr, "feedback_decay": self.feedback_decay,
+                "steps_per_epoch": self.steps_per_epoch}
+
+
+# the name of every variable a learned-feedback rule trains with its own rate
+LEARNED_FEEDBACK = "learned_feedback"
+
+
+def is_learned_feedback(variable) -> bool:
+    return variable.name.split(":")[0].split("/")[-1].startswith(LEARNED_FEEDBACK)
 
 
 def is_singular_values(variable) -> bool:
@@ -265,14 +293,20 @@ def build_model(architecture, input_shape, num_classes, mode=registry.DEFAULT, l
     return model
 
 
-def compile_model(model, learning_rate=None, jit_compile=False, s_rate_scale=None):
+def compile_model(model, learning_rate=None, jit_compile=False, s_rate_scale=None,
+                  steps_per_epoch=0):
+    """Compile with Adam at ``learning_rate`` (None: the rule's); a rule with its own rates
+    (``s_rate_scale``, a learned feedback's ``rates()``) gets ``FactorAdam``, whose
+    per-epoch feedback decay counts ``steps_per_epoch`` steps (0: no decay)."""
     lr = model.rule.spec.learning_rate if learning_rate is None else learning_rate
     if s_rate_scale is None:
         s_rate_scale = model.rule.options.get("s_rate_scale", 1.0)
-    if s_rate_scale == 1.0:
+    rates = model.rule.rates()
+    if s_rate_scale == 1.0 and not rates:
         optimizer = keras.optimizers.Adam(learning_rate=lr)
     else:
-        optimizer = FactorAdam(learning_rate=lr, s_rate_scale=s_rate_scale)
+        optimizer = FactorAdam(learning_rate=lr, s_rate_scale=s_rate_scale,
+                               steps_per_epoch=steps_per_epoch, **rates)
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],

@@ -108,7 +108,7 @@ def _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks):
     with placement.strategy.scope():  # model, optimizer, metrics, rank callback
         model = model_from_config(cfg, ds.input_shape, ds.num_classes)
         steps = -(-ds.train_examples // cfg.train.batch_size)
-        compile_model(model, learning_rate_schedule(cfg, steps))
+        compile_model(model, learning_rate_schedule(cfg, steps), steps_per_epoch=steps)
     trainable_params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
     timer = callbacks_lib.EpochTimer()
     callbacks = _callbacks(cfg, model, ds, placement, workdir, state, timer, extra_callbacks)

@@ -1,0 +1,103 @@
+"""dkp: Direct Kolen-Pollack (Webster, Choe & Ozbay 2020, "Learning the connections in
+direct feedback alignment"; code: github.com/webstah/dkp-gist, utils/gradfunctions.py).
+
+DFA whose direct feedback matrices learn. Module i gets DFA's signal delta_i = e D_i^T,
+and D_i itself descends the gradient of the same surrogate mean_b <e D_i^T, h_i> with
+h_i held: grad D_i = h_i^T e / batch, the update the repository's hook gives its
+``backward_weights`` (``grad_at_output.t().mm(layer_out_view)``). That gradient reads
+the output error and the module's own output, nothing else: no forward weight, no
+other module. As in the repository: its own Adam at 1e-4 with weight decay 1e-6, the
+rate x0.8 after every epoch, the matrices drawn at random with std sqrt(2 / fan_in).
+"""
+
+import functools
+
+from ssa_tf.methods.rules import dfa
+from ssa_tf.methods.spec import SPATIAL, Range, RuleSpec, direct_card
+
+# the feedback's own schedule (main.py: --b-lr 1e-4, --gamma 0.8, weight_decay=1e-6)
+FEEDBACK_OPTIONS = dict(feedback_lr=1e-4, feedback_decay=0.8, feedback_weight_decay=1e-6)
+FEEDBACK_RANGES = {"feedback_lr": Range(0, open_lo=True), "feedback_decay": Range(0, 1),
+                   "feedback_weight_decay": Range(0)}
+ERROR = ("e through a matrix per module that learns from e and the module's own output "
+         "(Kolen-Pollack, direct)")
+
+
+@functools.cache
+def implementation():
+    import numpy as np
+    from keras import ops
+
+    import tensorflow as tf
+
+    from ssa_tf.methods import chain, feedback
+    from ssa_tf.methods.base import Local
+    from ssa_tf.methods.routes import GlobalRoute, fixed_weight, projection
+    from ssa_tf.training.model import LEARNED_FEEDBACK
+
+    class LearnedGlobalRoute(GlobalRoute):
+        """The global route whose matrices D_i train on the Kolen-Pollack gradient."""
+
+        def __init__(self, options, structured=False):
+            super().__init__({**options, "feedback_spatial": options.get("feedback_spatial",
+                                                                         "full")}, structured)
+            self.weight_decay = options["feedback_weight_decay"]
+            # start from the chain's matrices (SSA's fixed linear copy of the later
+            # modules, made of their feedback factors) instead of the global route's
+            self.init_from_chain = options["feedback"] == "chain"
+
+        def chain_matrices(self, model):
+            """Each module's (units, K) matrix of SSA's ungated chain, J_i^T per unit error."""
+            k = model.num_classes
+            outputs = [tf.zeros((k, *s)) for s in model.module_output_shapes]
+            deltas = chain.chain_signals(model.local_modules, outputs, tf.eye(k), {})
+            return [np.reshape(d.numpy(), (k, -1)).T for d in deltas]
+
+        def build(self, model, rng):
+            self.check_size(model)
+            chained = self.init_from_chain and self.chain_matrices(model)
+            for i, (m, shape) in enumerate(zip(model.local_modules[:-1],
+                                               model.module_output_shapes[:-1])):
+                if chained:
+                    mat = chained[i]
+                else:
+                    mat = projection(model, m, self.structured, shape, rng,
+                                     spatial=self.spatial)
+                # the repository's scale: kaiming_uniform_, std sqrt(2 / fan_in), fan_in
+                # the module's output size (Adam moves D by about feedback_lr a step)
+                mat = mat * (np.sqrt(2.0 / mat.shape[0]) / (mat.std() + 1e-12))
+                self.matrices.append(fixed_weight(model, f"{LEARNED_FEEDBACK}_{i}", mat,
+                                                  trainable=True))
+
+        def extra_variables(self, model, i):
+            return self.matrices[i:i + 1]  # none for the head
+
+        def ce_term(self, model, i, h, error, y, signals):
+            D = self.matrices[i]
+            signal = feedback.direct_ce_term(h, D, error, self.spatial)  # the update of h
+            # grad D = h^T e / batch (+ weight decay): the same surrogate, h held
+            feat = feedback.direct_features(ops.stop_gradient(h), self.spatial)
+            kp = ops.mean(ops.sum(feat * ops.matmul(error, ops.transpose(D)), axis=-1))
+            kp = kp + 0.5 * self.weight_decay * ops.sum(ops.square(D))
+            return signal + kp - ops.stop_gradient(kp)  # the value logged is the signal's
+
+    class DKP(Local):
+        def make_route(self):
+            return LearnedGlobalRoute(self.options, structured=self.svd)
+
+        def rates(self):
+            return {"feedback_lr": self.options["feedback_lr"],
+                    "feedback_decay": self.options["feedback_decay"]}
+
+    return DKP
+
+
+OPTIONS = dict(alpha=1.0, feedback="global", feedback_spatial="full", recompute=True,
+               **FEEDBACK_OPTIONS)
+
+SPEC = RuleSpec(
+    "dkp", "direct Kolen-Pollack: DFA whose feedback matrices learn from e and each "
+    "module's own output", OPTIONS, dfa.SPEC.learning_rate,
+    direct_card("dkp", error=lambda o: ERROR), implementation,
+    choices={"feedback": ("global",), "feedback_spatial": SPATIAL}, ranges=FEEDBACK_RANGES,
+    head_init=dfa.SPEC.head_init)
