@@ -28,14 +28,13 @@ from benchmarks.grids import GRIDS
 from ssa_tf import cli, errors, files, preflight
 from ssa_tf import config as cfg_lib
 from ssa_tf.cli import usage_error
+from ssa_tf.config.schema import OPERATIONAL_FLAT
 from ssa_tf.methods import registry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# settings that do not change what is trained (recompute: the same gradients,
-# another order of work)
-_IGNORED = ("workdir", "data_dir", "manual_dir", "restart", "checkpoint_steps",
-            "keep_checkpoints", "skip_nonfinite_steps", "diagnostics_every", "seed", "recompute",
-            "progress")
+# settings that do not change what is trained (ssa_tf.config.schema.OPERATIONAL), and
+# the seed (a run's key names its variant; its seed is recorded beside it)
+_IGNORED = (*OPERATIONAL_FLAT, "seed")
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("grid", None, f"one of {', '.join(GRIDS)}")

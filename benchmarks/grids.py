@@ -104,6 +104,10 @@ def _learned_variants(long=False):
                                                            **_SSA),
         "ssa-dkp, no feedback decay": dict(mode="ssa-dkp", feedback="chain",
                                            feedback_decay=1.0, **_SSA),
+        "dkp, feedback lr 1e-3": dict(mode="dkp", head_init="zero", learning_rate=3e-4,
+                                      feedback_lr=1e-3),
+        "ssa-dkp, feedback lr 1e-3": dict(mode="ssa-dkp", feedback="chain", feedback_lr=1e-3,
+                                          **_SSA),
     })
     if long:
         rows["dfa, lr 1e-3 (its better rate at 20 epochs)"] = dict(

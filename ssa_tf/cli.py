@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import textwrap
 import time
 
 from absl import app, flags
@@ -57,7 +58,8 @@ def define_run_flags(names):
 
 def run_flags_help(names):
     """One line per daily flag, for a --help text."""
-    return "\n".join(f"  {'--' + n + '=' + RUN_FLAGS[n][1]:<21}{RUN_FLAGS[n][2]}" for n in names)
+    return "\n".join(textwrap.fill(f"  {'--' + n + '=' + RUN_FLAGS[n][1]:<21}{RUN_FLAGS[n][2]}",
+                                   84, subsequent_indent=" " * 23) for n in names)
 
 
 def run_config_from_flags(names, extra=()):

@@ -10,58 +10,19 @@
 workdir's lock and decides resume or restart, all before TensorFlow starts, so a
 mistake costs a fraction of a second and leaves nothing behind. A run started
 without a flight (``run.train(cfg)`` from a grid or a search) claims its workdir
-itself, through the same ``Flight.claim``. Multi-worker runs claim theirs in the
+itself, through the same ``Flight.claim`` (``training.workdir``). Multi-worker runs claim theirs in the
 run (each worker's workdir is known only once the cluster is up).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 from ssa_tf import config as cfg_lib
 from ssa_tf import data as data_lib  # file-system checks only; no TensorFlow
 from ssa_tf.errors import UsageError
 from ssa_tf.training import workdir as workdir_lib
-
-
-@dataclasses.dataclass
-class Flight:
-    """A run's claim on its workdir: the lock it holds, and what it does there."""
-    cfg: cfg_lib.RunConfig
-    existed: bool  # the workdir was there before this run
-    workdir: str | None = None  # claimed (locked and prepared) workdir, or None
-    state: str | None = None  # "new", "resume" or "restart" once claimed
-    lock: workdir_lib.WorkdirLock | None = None
-
-    @classmethod
-    def unchecked(cls, cfg):
-        """A flight for a run whose settings its caller has checked (grids, searches)."""
-        return cls(cfg, os.path.isdir(cfg.runtime.workdir))
-
-    def claim(self, workdir, chief=True, cfg=None) -> str:
-        """Lock ``workdir`` and decide resume or restart (once: a second claim of the same
-        workdir returns the first's answer); "new", "resume" or "restart"."""
-        if self.workdir == workdir:
-            return self.state
-        lock = workdir_lib.WorkdirLock(workdir).acquire()
-        try:
-            state = workdir_lib.prepare_workdir(
-                (cfg or self.cfg).replace(workdir=workdir), chief=chief)
-        except UsageError:
-            lock.release()
-            raise
-        self.workdir, self.state, self.lock = workdir, state, lock
-        return state
-
-    def release(self):
-        if self.lock is not None:
-            self.lock.release()
-            self.lock, self.workdir = None, None
-
-    def clean_failed_run(self):
-        """A run that failed before its first checkpoint leaves nothing behind."""
-        workdir_lib.clean_failed_run(self.cfg.runtime.workdir, self.existed)
+from ssa_tf.training.workdir import Flight
 
 
 def check(cfg: cfg_lib.RunConfig, tf_config: str | None = None,

@@ -39,7 +39,7 @@ usage: python -m ssa_tf.train [flags] [--set SECTION.FIELD=VALUE ...]
   --flagfile=FILE      read flags from FILE, one per line
 
 settings (--set SECTION.FIELD=VALUE; README.md, "Settings", says what each does):
-""" + "\n".join(textwrap.fill(f"{s}: {', '.join(fields)}", 79, initial_indent="  ",
+""" + "\n".join(textwrap.fill(f"{s}: {', '.join(fields)}", 84, initial_indent="  ",
                             subsequent_indent="      ")
               for s, fields in cfg_lib.FIELD_HELP.items()) + """
 

@@ -37,7 +37,9 @@ RULES = [
     ("ssa", dict(feedback="chain", feedback_init="random")),
     ("dfa", {}), ("dfa", dict(feedback="chain")), ("dfa", dict(feedback="local")),
     ("fa", {}), ("bp-lagged-copy", {}), ("bp", {}), ("svd-bp", {}),
+    ("dkp", {}), ("ssa-dkp", {}), ("ssa-dkp", dict(feedback="global")),
 ]
+LEARNS = "learns locally"
 
 
 def _data(n=16, seed=0):
@@ -54,14 +56,24 @@ def _model(mode, options):
     return model
 
 
+def _learned(model):
+    """The feedback variables a learned-feedback rule trains (none for the others)."""
+    route = getattr(model.rule, "route", None)
+    return [v for i in range(len(model.local_modules))
+            for v in (route.extra_variables(model, i) if route else [])]
+
+
 def _fixed_state(model):
-    return {v.path: np.array(tf.convert_to_tensor(v)) for v in model.non_trainable_variables}
+    learned = {id(v) for v in _learned(model)}
+    return {v.path: np.array(tf.convert_to_tensor(v)) for v in model.non_trainable_variables
+            if id(v) not in learned}
 
 
 def fixed_feedback_holds(model, steps=3):
-    """True when real optimizer steps leave every non-trainable variable bit-identical."""
+    """True when real optimizer steps leave every non-trainable variable bit-identical
+    (a learned feedback's own matrices aside)."""
     before = _fixed_state(model)
-    assert before, "the model holds no fixed state to check"
+    assert before or _learned(model), "the model holds no fixed state to check"
     x, y = _data()
     for k in range(steps):
         model.train_on_batch(x[k::steps], y[k::steps])
@@ -70,9 +82,35 @@ def fixed_feedback_holds(model, steps=3):
 
 
 def _update(model, i, x, y, error):
+    """Module i's update: its own weights' and its learned feedback's gradients."""
     grads = model.local_gradients(tf.constant(x), tf.constant(y), error=error)[0]
-    mine = {id(v) for v in model.local_modules[i].trainable_variables}
+    route = getattr(model.rule, "route", None)
+    mine = {id(v) for v in [*model.local_modules[i].trainable_variables,
+                            *(route.extra_variables(model, i) if route else [])]}
     return [g.numpy() for g, v in grads if id(v) in mine]
+
+
+def feedback_update_reads_only_e_and_h(model, i):
+    """True when the update of module i's learned feedback, with e and the module's
+    output h held, is unchanged (bit for bit) after every forward weight of the network
+    (module i's own included) changes: it reads nothing but e and h."""
+    x, y = _data(8, seed=1)
+    error = tf.constant(np.random.default_rng(3).standard_normal((8, 10)), tf.float32)
+    h = tf.constant(model.local_modules[i](model.normalize_input(tf.constant(x))))
+    learned = model.rule.route.extra_variables(model, i)
+    assert learned, "no learned feedback at module i"
+
+    def update():
+        with tf.GradientTape() as tape:
+            loss = model.rule.module_loss(model, i, h, error, tf.constant(y))[0]
+        return [g.numpy() for g in tape.gradient(loss, learned)]
+
+    before = update()
+    mine = {id(v) for v in learned}
+    for v in model.trainable_variables:
+        if id(v) not in mine:
+            v.assign(v * 1.5 + 0.1)
+    return all(np.array_equal(a, b) for a, b in zip(before, update()))
 
 
 def update_ignores_other_modules(model, i):
@@ -109,6 +147,9 @@ def test_each_rules_card_holds_in_behaviour(mode, options):
         assert all(direct), f"{mode}: module update depends on another module's weights"
     else:
         assert not any(direct), f"{mode}: the card says sequential, the update is not"
+    if card.feedback == LEARNS:
+        assert feedback_update_reads_only_e_and_h(_model(mode, options), 0), \
+            f"{mode}: the feedback's update reads more than e and the module's output"
 
 
 class _TransportingSSA(Local):
@@ -127,6 +168,31 @@ class _GatedSSA(Local):
 
     def make_route(self):
         return ChainRoute(self.options, gated=True)
+
+
+def _transporting_dkp():
+    """Mutant 3 (issue 29): DKP whose feedback update also pulls D_i towards the module's
+    current weights (a read of W through the module's output layer's kernel norm)."""
+    base = registry.get("dkp").implementation()
+
+    class TransportingDKP(base):
+        def module_loss(self, model, i, h, error, y, signals=None):
+            loss, terms = super().module_loss(model, i, h, error, y, signals)
+            for D in self.route.extra_variables(model, i):
+                W = model.local_modules[i].trainable_variables[0]
+                loss = loss + tf.reduce_sum(D) * tf.stop_gradient(tf.reduce_sum(W))
+            return loss, terms
+
+    return TransportingDKP
+
+
+def test_the_feedback_check_catches_a_dkp_that_reads_the_forward_weights(monkeypatch):
+    mutant = _transporting_dkp()
+    spec = dataclasses.replace(registry.get("dkp"), implementation=lambda: mutant)
+    monkeypatch.setitem(registry.RULES, "dkp", spec)
+    model = _model("dkp", {})
+    assert model.card().feedback == LEARNS  # the declared card still claims local learning
+    assert not feedback_update_reads_only_e_and_h(model, 0)
 
 
 @pytest.mark.parametrize("mutant", [_TransportingSSA, _GatedSSA])

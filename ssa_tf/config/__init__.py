@@ -10,8 +10,9 @@ Every check runs before TensorFlow starts, so a user's mistake costs a
 fraction of a second and ends with one line and exit status 2.
 """
 
-from ssa_tf.config.choices import (ACTIVATIONS, DATASETS, HEAD_INITS, LABELS, MODELS, MODES,
-                                   NORMS, RANK_FEEDBACK_CUTS, STRATEGIES)
+from ssa_tf.choices import (ACTIVATIONS, DATASETS, HEAD_INITS, LABELS, MODELS, NORMS,
+                            RANK_FEEDBACK_CUTS, STRATEGIES)
+from ssa_tf.methods.registry import NAMES as MODES
 from ssa_tf.config.schema import (FIELD_HELP, SECTIONS, DataConfig, MethodConfig, ModelConfig,
                                   RankConfig, RunConfig, RuntimeConfig, TrainConfig)
 from ssa_tf.config.validate import (check_minimums, flag, rank_cut_epochs, tf_config_workers,

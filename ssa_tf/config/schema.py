@@ -98,6 +98,19 @@ class RankConfig:
     warmup_steps: int = 0  # after each cut the rate ramps up over this many steps
 
 
+def is_cut_epoch(done, start, interval) -> bool:
+    """The one cut schedule: a cut follows epoch ``done`` (counting from 1) when it is at or
+    after ``start`` (and at least 1) and a whole number of ``interval``s from it."""
+    return done >= max(start, 1) and (done - start) % interval == 0
+
+
+def cut_epochs(epochs, start, interval, final_cut=False) -> list:
+    """The epochs (from 1) after which the rank callback cuts: training still ahead, and
+    after the last epoch too with ``final_cut``."""
+    last = epochs + (1 if final_cut else 0)
+    return [e for e in range(1, last) if is_cut_epoch(e, start, interval)]
+
+
 @dataclasses.dataclass
 class RuntimeConfig:
     workdir: str | None = None
@@ -217,11 +230,20 @@ class RunConfig:
         return {**self.resolved().flat(), "card": self.card().as_dict()}
 
 
+# settings that say where and how a run works, not what it trains: a resumed run may
+# change them (and its length, train.epochs), and an experiment's key leaves them out
+OPERATIONAL = ("data.data_dir", "data.manual_dir", "method.recompute", "runtime.workdir",
+               "runtime.restart", "runtime.progress", "runtime.checkpoint_steps",
+               "runtime.keep_checkpoints", "runtime.skip_nonfinite_steps",
+               "runtime.diagnostics_every")
+
 FIELD_HELP = {section: [f.name for f in dataclasses.fields(klass)]
               for section, klass in SECTIONS.items()}
 # flat name -> SECTION.FIELD, to name a setting the way a user sets it
 FLAT_TO_PATH = {_flat_name(section, f.name): f"{section}.{f.name}"
                 for section, klass in SECTIONS.items() for f in dataclasses.fields(klass)}
+PATH_TO_FLAT = {path: flat for flat, path in FLAT_TO_PATH.items()}
+OPERATIONAL_FLAT = tuple(PATH_TO_FLAT[p] for p in OPERATIONAL)
 
 
 def _parse(path, raw, hint):

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 
-from ssa_tf.config.choices import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, HEAD_INITS, LABELS,
-                                   MODELS, MODES, NORMS, PROGRESS, RANK_ENERGIES, RANK_FEEDBACK_CUTS,
-                                   STRATEGIES)
-from ssa_tf.config.schema import RunConfig
+from ssa_tf.choices import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, HEAD_INITS, LABELS,
+                            MODELS, NORMS, PROGRESS, RANK_ENERGIES, RANK_FEEDBACK_CUTS,
+                            STRATEGIES)
+from ssa_tf.config.schema import RunConfig, cut_epochs
 from ssa_tf.methods import registry
 
 
@@ -20,7 +20,7 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
     """The first problem with ``cfg`` as one line, or None (``tf_config``: $TF_CONFIG)."""
     d, m, t, r, rt = cfg.data, cfg.model, cfg.train, cfg.rank, cfg.runtime
     choices = [("data.dataset", d.dataset, DATASETS), ("data.label", d.label, LABELS),
-               ("model.model", m.model, MODELS), ("method.mode", cfg.method.mode, MODES),
+               ("model.model", m.model, MODELS), ("method.mode", cfg.method.mode, registry.NAMES),
                ("model.norm", m.norm, NORMS), ("model.activation", m.activation, ACTIVATIONS),
                ("model.head_init", m.head_init, HEAD_INITS),
                ("model.conv_factorization", m.conv_factorization, CONV_FACTORIZATIONS),
@@ -100,8 +100,7 @@ def flag(name) -> str:
 def rank_cut_epochs(cfg: RunConfig) -> list:
     """The epochs (from 1) after which the rank callback cuts (ssa_tf.training.rank)."""
     r = cfg.rank
-    last = cfg.train.epochs + (1 if r.final_cut else 0)
-    return [e for e in range(1, last) if e >= max(r.start, 1) and (e - r.start) % r.interval == 0]
+    return cut_epochs(cfg.train.epochs, r.start, r.interval, r.final_cut)
 
 
 def validate_method(cfg: RunConfig) -> str | None:

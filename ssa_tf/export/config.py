@@ -14,9 +14,9 @@ import tempfile
 import zipfile
 
 from ssa_tf.config import DATASETS, UsageError
+from ssa_tf.choices import FORWARD_FORMS as FORMS
 from ssa_tf.training.workdir import last_checkpoint
 
-FORMS = ("auto", "merged", "factored")
 # what the exported model takes: raw pixels (the training normalization folded in)
 # or the normalized tensors the training pipeline fed
 INPUTS = ("raw", "normalized")

@@ -14,7 +14,10 @@ as columns in every results table:
   pass uses W^T; a lagging copy of W is the same thing, late).
 * **held activations**: what the implementation keeps in memory for one
   step: ``all modules`` (every module's activations until the error is known)
-  or ``one module at a time`` (plus the module outputs, for a recompute).
+  or ``one module at a time`` (plus the module outputs, for a recompute);
+* **feedback**: ``fixed`` after construction; ``learns locally`` (from the output
+  error and the module's own output only: Kolen-Pollack, ``dkp``); ``copies the
+  forward weights`` (a lagging copy); ``is the forward weights`` (backprop).
 
 No TensorFlow import: the CLI prints the card before TensorFlow starts.
 """
@@ -25,6 +28,7 @@ import dataclasses
 
 TRANSPORT = ("never", "once at construction", "continuously")
 HELD = ("all modules", "one module at a time")
+FEEDBACK = ("fixed", "learns locally", "copies the forward weights", "is the forward weights")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +38,15 @@ class LocalityCard:
     weight_transport: str
     held_activations: str
     error: str  # how a non-final module gets its error, in a few words
+    feedback: str = "fixed"
 
     def __post_init__(self):
         if self.weight_transport not in TRANSPORT:
             raise ValueError(f"weight_transport must be one of {TRANSPORT}")
         if self.held_activations not in HELD:
             raise ValueError(f"held_activations must be one of {HELD}")
+        if self.feedback not in FEEDBACK:
+            raise ValueError(f"feedback must be one of {FEEDBACK}")
 
     @property
     def direct(self) -> bool:
@@ -52,7 +59,7 @@ class LocalityCard:
     def line(self) -> str:
         return (f"rule {self.rule}: sequential {'yes' if self.sequential else 'no'}, "
                 f"weight transport {self.weight_transport}, held activations "
-                f"{self.held_activations}; error: {self.error}")
+                f"{self.held_activations}, feedback {self.feedback}; error: {self.error}")
 
     # the three columns of a results table
     COLUMNS = ("sequential", "transport", "held")

@@ -16,6 +16,9 @@ from typing import Callable
 from ssa_tf.methods.card import LocalityCard
 
 SPATIAL = ("broadcast", "full")
+# the name of every variable a learned-feedback rule trains with its own rate
+# (training.model.FactorAdam reads it)
+LEARNED_FEEDBACK = "learned_feedback"
 FEEDBACK_INIT = ("random", "forward")
 ALIGN_FORMS = ("factors", "cosine")
 
@@ -85,17 +88,18 @@ def transport(options) -> str:
     return "once at construction" if options.get("feedback_init") == "forward" else "never"
 
 
-def direct_card(rule, from_factors=False, error=None):
+def direct_card(rule, from_factors=False, error=None, feedback="fixed"):
     """The card of a direct rule on its route: not sequential; transport once when its
     feedback comes from the layers' initial weights (``from_factors``: SSA's matrices are
-    built from the feedback factors); ``error`` replaces the route's description."""
+    built from the feedback factors); ``error`` replaces the route's description;
+    ``feedback`` says whether it stays fixed (``card.FEEDBACK``)."""
     def card(o):
         route = ROUTES[o["feedback"]]
         held = ("one module at a time" if not route.needs_error or o.get("recompute")
                 else "all modules")
         reads = from_factors or route.reads_layer_feedback
         return LocalityCard(rule, False, transport(o) if reads else "never", held,
-                            (error or route.error)(o))
+                            (error or route.error)(o), feedback)
     return card
 
 

@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import keras
 
+from ssa_tf.choices import ACTIVATIONS, HEAD_INITS, MODELS, NORMS  # noqa: F401
 from ssa_tf.nn.layers import LocalBatchNorm, SVDConv2D, SVDDense
-
-MODELS = ("mlp", "smallconv", "resnet32", "resnet18")
-NORMS = ("layer", "batch", "none")
-ACTIVATIONS = ("relu", "leaky_relu", "tanh")
-HEAD_INITS = ("glorot", "zero")
 
 
 class LayerFactory:

@@ -12,6 +12,8 @@ import numpy as np
 import keras
 from keras import ops
 
+from ssa_tf import choices
+
 # --------------------------------------------------------------------------
 # Factor algebra shared by both layer types (NumPy, float64 for exactness).
 # --------------------------------------------------------------------------
@@ -23,13 +25,10 @@ def svd_factors(matrix: np.ndarray, rank: int | None = None):
     return u[:, :r], s[:r], vt[:r].T
 
 
-FEEDBACK_CUTS = ("slots", "svd", "first")  # how truncate cuts the feedback factors
-# what a rank cut keeps a fraction tau of (training.rank, BUILD.md algorithm §5): the energy
-# of the weight's singular values (the seed's), or of the layer's outputs on training inputs
-CUT_ENERGIES = ("weights", "outputs")
-FORWARD_FORMS = ("auto", "factored", "merged")  # how SVDConv2D evaluates its convolution
-# how SVDConv2D views its kernel as a matrix (BUILD.md, algorithm §2)
-CONV_FACTORIZATIONS = ("spatial", "channel")
+FEEDBACK_CUTS = choices.RANK_FEEDBACK_CUTS  # how truncate cuts the feedback factors
+CUT_ENERGIES = choices.RANK_ENERGIES
+FORWARD_FORMS = choices.FORWARD_FORMS  # how SVDConv2D evaluates its convolution
+CONV_FACTORIZATIONS = choices.CONV_FACTORIZATIONS
 
 
 def exact_singular_values(U, s, V):

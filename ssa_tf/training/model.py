@@ -14,6 +14,7 @@ import tensorflow as tf
 from keras import ops
 
 from ssa_tf.methods import base, registry
+from ssa_tf.methods.spec import LEARNED_FEEDBACK
 from ssa_tf.nn import build_modules, svd_layers
 
 
@@ -180,6 +181,13 @@ class SSAModel(keras.Model):
         return self.rule.gradients(self, x, y, error)
 
 
+def retrace(model):
+    """Drop the compiled functions: they captured variables a rank cut replaced."""
+    model.make_train_function(force=True)
+    model.make_test_function(force=True)
+    model.make_predict_function(force=True)
+
+
 def local_signal_metric(rule) -> str:
     """The logged name of the hidden modules' CE part: the mean inner product of each
     module's feedback signal with its output, summed over modules (its gradient is the
@@ -257,10 +265,6 @@ class FactorAdam(keras.optimizers.Adam):
         return {**super().get_config(), "s_rate_scale": self.s_rate_scale,
                 "feedback_lr": self.feedback_lr, "feedback_decay": self.feedback_decay,
                 "steps_per_epoch": self.steps_per_epoch}
-
-
-# the name of every variable a learned-feedback rule trains with its own rate
-LEARNED_FEEDBACK = "learned_feedback"
 
 
 def is_learned_feedback(variable) -> bool:

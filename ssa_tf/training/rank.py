@@ -26,15 +26,24 @@ import keras
 import tensorflow as tf
 
 from ssa_tf import files
+from ssa_tf.config import presets
+from ssa_tf.methods import registry
+from ssa_tf.config.schema import cut_epochs, is_cut_epoch  # noqa: F401  (the one schedule)
 from ssa_tf.nn import energy_rank
 from ssa_tf.nn.svd import CUT_ENERGIES, resolve_feedback_cut
 from ssa_tf.training.csvlog import keep_rows
+from ssa_tf.training.model import retrace
 
-# supplementary §2 / BUILD.md, algorithm §6
-PRESETS = {
-    "cifar100": dict(tau=0.95, start=0, interval=10),
-    "imagenet": dict(tau=0.90, start=20, interval=10),
-}
+
+
+def _preset_schedule(name) -> dict:
+    """The cut schedule (tau, start, interval) a preset sets for SSA (config/presets)."""
+    values = presets.load(name).values(registry.DEFAULT)
+    return {k: values[f"rank.{k}"] for k in ("tau", "start", "interval")}
+
+
+# supplementary §2 / BUILD.md, algorithm §6: read from the presets, which set them
+PRESETS = {name: _preset_schedule(name) for name in presets.NAMES}
 
 CSV_FIELDS = ["epoch", "layer", "old_rank", "new_rank", "energy", "params_before", "params_after"]
 
@@ -156,13 +165,6 @@ def rebuild_optimizer(model, pairs):
     return new
 
 
-def retrace(model):
-    """Drop the compiled functions: they captured the replaced variables."""
-    model.make_train_function(force=True)
-    model.make_test_function(force=True)
-    model.make_predict_function(force=True)
-
-
 def apply_cut(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None):
     """Cut, rebuild the optimizer and retrace, in the model's strategy scope."""
     return _applied(model, lambda: cut_model(model, tau, min_rank, exempt, feedback,
@@ -232,8 +234,7 @@ class RankPruning(keras.callbacks.Callback):
         self._report = []  # the last cut's lines, printed after that epoch's own line
 
     def due(self, epoch):
-        done = epoch + 1
-        return done >= max(self.start, 1) and (done - self.start) % self.interval == 0
+        return is_cut_epoch(epoch + 1, self.start, self.interval)
 
     def on_train_begin(self, logs=None):
         if not self.history:
@@ -343,11 +344,6 @@ def rank_figure(history):
     fig.suptitle("SVD rank per layer (title: first -> last)", fontsize=10)
     fig.tight_layout()
     return fig
-
-
-def cut_epochs(epochs, start, interval):
-    """The epochs (counting from 1) after which ``RankPruning`` cuts, training still ahead."""
-    return [e for e in range(1, epochs) if e >= max(start, 1) and (e - start) % interval == 0]
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")

@@ -17,10 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from ssa_tf import data as data_lib
-from ssa_tf import files, preflight
+from ssa_tf import files
 from ssa_tf.config import RunConfig, UsageError
 from ssa_tf.training import callbacks as callbacks_lib
 from ssa_tf.training import checkpoints, loop
+from ssa_tf.training.workdir import Flight
 from ssa_tf.training.model import compile_model, model_from_config
 from ssa_tf.training.rank import RankPruning, WarmupAfterCuts, cut_epochs
 from ssa_tf.errors import InputError  # noqa: F401  (raised here; its home)
@@ -67,7 +68,7 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=(), flight=None) -> dict:
     workdir = placement.workdir  # the chief's is runtime.workdir; other workers' temporary
     own = flight is None
     if own:
-        flight = preflight.Flight.unchecked(cfg)
+        flight = Flight.unchecked(cfg)
     try:
         state = flight.claim(workdir, chief=placement.chief)
         return _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks)

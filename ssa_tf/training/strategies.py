@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssa_tf.config import STRATEGIES
-from ssa_tf.training.rank import retrace
+from ssa_tf.training.model import retrace
 
 # a worker silent this long is dead (TensorFlow's default, 10 s, is too short on busy hosts)
 HEARTBEAT_TIMEOUT_S = 60

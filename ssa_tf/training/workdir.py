@@ -9,20 +9,18 @@ TensorFlow starts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import socket
 
 from ssa_tf.config import RunConfig, UsageError, flag
-from ssa_tf.config.schema import FLAT_TO_PATH
+from ssa_tf.config.schema import FLAT_TO_PATH, OPERATIONAL_FLAT
 
 LOCK_NAME = ".lock"
 # settings a resumed run may change: where things are, how long, how it is checkpointed
-RESUMABLE_CHANGES = {"epochs", "workdir", "data_dir", "manual_dir", "restart", "progress",
-                     "recompute",
-                     "checkpoint_steps", "keep_checkpoints", "skip_nonfinite_steps",
-                     "diagnostics_every"}
+RESUMABLE_CHANGES = {"epochs", *OPERATIONAL_FLAT}
 # what a run writes into its workdir; --restart removes these and nothing else
 RUN_OUTPUTS = ("backup", "tensorboard", "metrics.csv", "ranks.csv", "ranks.png", "alignment.csv",
                "summary.json", "model.keras", "config.json")
@@ -119,6 +117,49 @@ class WorkdirLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+# --------------------------------------------------------------------------
+# A run's claim: the lock, then resume or restart, once.
+# --------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Flight:
+    """A run's claim on its workdir: the lock it holds, and what it does there."""
+    cfg: RunConfig
+    existed: bool  # the workdir was there before this run
+    workdir: str | None = None  # the claimed (locked and prepared) workdir, or None
+    state: str | None = None  # "new", "resume" or "restart" once claimed
+    lock: "WorkdirLock | None" = None
+
+    @classmethod
+    def unchecked(cls, cfg):
+        """A flight for a run whose settings its caller has checked (grids, searches)."""
+        return cls(cfg, os.path.isdir(cfg.runtime.workdir))
+
+    def claim(self, workdir, chief=True, cfg=None) -> str:
+        """Lock ``workdir`` and decide resume or restart (once: a second claim of the same
+        workdir returns the first's answer); "new", "resume" or "restart"."""
+        if self.workdir == workdir:
+            return self.state
+        lock = WorkdirLock(workdir).acquire()
+        try:
+            state = prepare_workdir(
+                (cfg or self.cfg).replace(workdir=workdir), chief=chief)
+        except UsageError:
+            lock.release()
+            raise
+        self.workdir, self.state, self.lock = workdir, state, lock
+        return state
+
+    def release(self):
+        if self.lock is not None:
+            self.lock.release()
+            self.lock, self.workdir = None, None
+
+    def clean_failed_run(self):
+        """A run that failed before its first checkpoint leaves nothing behind."""
+        clean_failed_run(self.cfg.runtime.workdir, self.existed)
 
 
 # --------------------------------------------------------------------------

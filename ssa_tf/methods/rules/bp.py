@@ -12,5 +12,6 @@ def implementation():
 SPEC = RuleSpec(
     "bp", "backpropagation, end to end, ordinary layers", {}, 1e-3,
     lambda o: LocalityCard("bp", True, "continuously", "all modules",
-                           "the true gradient, back through every later module"),
+                           "the true gradient, back through every later module",
+                           "is the forward weights"),
     implementation, end_to_end=True)

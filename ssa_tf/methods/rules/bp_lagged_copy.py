@@ -34,6 +34,6 @@ SPEC = RuleSpec(
     lambda o: LocalityCard(
         "bp-lagged-copy", True, "continuously", "all modules",
         f"backprop through a copy of the forward weights that lags them (eta "
-        f"{o['feedback_tracking']:g} per step)"),
+        f"{o['feedback_tracking']:g} per step)", "copies the forward weights"),
     implementation, svd=True, choices=FACTOR_CHOICES,
     ranges={"feedback_tracking": Range(0, 1)})

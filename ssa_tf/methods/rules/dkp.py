@@ -13,7 +13,7 @@ rate x0.8 after every epoch, the matrices drawn at random with std sqrt(2 / fan_
 import functools
 
 from ssa_tf.methods.rules import dfa
-from ssa_tf.methods.spec import SPATIAL, Range, RuleSpec, direct_card
+from ssa_tf.methods.spec import LEARNED_FEEDBACK, SPATIAL, Range, RuleSpec, direct_card
 
 # the feedback's own schedule (main.py: --b-lr 1e-4, --gamma 0.8, weight_decay=1e-6)
 FEEDBACK_OPTIONS = dict(feedback_lr=1e-4, feedback_decay=0.8, feedback_weight_decay=1e-6)
@@ -33,7 +33,6 @@ def implementation():
     from ssa_tf.methods import chain, feedback
     from ssa_tf.methods.base import Local
     from ssa_tf.methods.routes import GlobalRoute, fixed_weight, projection
-    from ssa_tf.training.model import LEARNED_FEEDBACK
 
     class LearnedGlobalRoute(GlobalRoute):
         """The global route whose matrices D_i train on the Kolen-Pollack gradient."""
@@ -98,6 +97,6 @@ OPTIONS = dict(alpha=1.0, feedback="global", feedback_spatial="full", recompute=
 SPEC = RuleSpec(
     "dkp", "direct Kolen-Pollack: DFA whose feedback matrices learn from e and each "
     "module's own output", OPTIONS, dfa.SPEC.learning_rate,
-    direct_card("dkp", error=lambda o: ERROR), implementation,
+    direct_card("dkp", error=lambda o: ERROR, feedback="learns locally"), implementation,
     choices={"feedback": ("global",), "feedback_spatial": SPATIAL}, ranges=FEEDBACK_RANGES,
     head_init=dfa.SPEC.head_init)

@@ -19,7 +19,8 @@ OPTIONS.update(feedback="chain", **dkp.FEEDBACK_OPTIONS)
 SPEC = RuleSpec(
     "ssa-dkp", "SSA whose direct feedback matrices learn from e and each module's own "
     "output (Kolen-Pollack)", OPTIONS, ssa.SPEC.learning_rate,
-    direct_card("ssa-dkp", from_factors=True, error=lambda o: dkp.ERROR),
+    direct_card("ssa-dkp", from_factors=True, error=lambda o: dkp.ERROR,
+                feedback="learns locally"),
     dkp.implementation, svd=True,
     choices={"feedback": ("chain", "global"), "feedback_spatial": SPATIAL, **FACTOR_CHOICES},
     ranges=dkp.FEEDBACK_RANGES)

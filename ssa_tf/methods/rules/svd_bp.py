@@ -20,5 +20,6 @@ SPEC = RuleSpec(
     # 3e-4 (0.556 +- 0.011) against 1e-3 (0.509 +- 0.019; benchmarks/reports/recipe_5ep.md)
     3e-4,
     lambda o: LocalityCard("svd-bp", True, "continuously", "all modules",
-                           "the true gradient through the SVD-factored network"),
+                           "the true gradient through the SVD-factored network",
+                           "is the forward weights"),
     implementation, svd=True, end_to_end=True, choices=FACTOR_CHOICES)
