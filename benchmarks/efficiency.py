@@ -1,7 +1,7 @@
 """Step time, training memory, parameters and multiply-adds of every rule, side by side.
 
     python -m benchmarks.efficiency                       # smallconv and resnet32, batch 64
-    python -m benchmarks.efficiency --models=resnet32 --xla --out=benchmarks/EFFICIENCY.md
+    python -m benchmarks.efficiency --models=resnet32 --xla --out=benchmarks/reports/EFFICIENCY.md
 
 One table per model, one row per rule (the defaults of each, then SSA's
 variants). Ratios are to BP in the same run:
@@ -25,7 +25,7 @@ variants). Ratios are to BP in the same run:
 
 SSA's rows at lower ranks cut every SVD layer to a fraction of its full rank
 (``--rank_fractions``) to show what a rank cut buys; what a trained model's
-energy cut keeps is in ``benchmarks/EXPORT.md`` (``benchmarks.export_frontier``).
+energy cut keeps is in ``benchmarks/reports/EXPORT.md`` (``benchmarks.export_frontier``).
 ``--channel`` adds SSA with channel-factorized convolutions
 (``model.conv_factorization=channel``) at full rank and the same fractions.
 
@@ -64,6 +64,8 @@ ROWS = [
     ("ssa, all activations held", dict(mode="ssa", recompute=False)),
     ("ssa, local route", dict(mode="ssa", feedback="local")),
     ("fa", dict(mode="fa")),
+    ("dkp", dict(mode="dkp")),
+    ("ssa-dkp", dict(mode="ssa-dkp")),
 ]
 
 # where the direct SSA step's time goes: each row removes one piece of it (or of BP's)

@@ -1,6 +1,6 @@
 """The accuracy/size frontier of rank cuts: exported SSA models against BP's dense export.
 
-    python -m benchmarks.export_frontier --out=benchmarks/EXPORT.md
+    python -m benchmarks.export_frontier --out=benchmarks/reports/EXPORT.md
     python -m benchmarks.export_frontier --source=runs --runs=runs/grids
 
 By default (``--source=results``) it needs no trained model: the accuracies

@@ -9,7 +9,7 @@ and evaluates the test split once, at its end; a variant is judged by the
 validation numbers. A finished run appends one JSON line to
 ``benchmarks/results/<grid>.jsonl``; rerunning skips every (variant, seed)
 already there and resumes a run that was interrupted (its workdir's
-checkpoints). The report is ``benchmarks/<grid>.md``: per variant its rule's
+checkpoints). The report is ``benchmarks/reports/<grid>.md``: per variant its rule's
 locality card, mean and spread over seeds of the last epoch's and the best
 epoch's validation accuracy, the test accuracy and seconds per epoch; and
 ``benchmarks/<grid>.png``: mean validation curves with a min-max band.
@@ -40,7 +40,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("grid", None, f"one of {', '.join(GRIDS)}")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared dataset "
                     "(default: TFDS's own, ~/tensorflow_datasets)")
-flags.DEFINE_string("out", HERE, "folder for results/<grid>.jsonl, <grid>.md and <grid>.png")
+flags.DEFINE_string("out", HERE, "folder for results/<grid>.jsonl and reports/<grid>.md, .png")
 flags.DEFINE_string("workdir", os.path.join("runs", "grids"), "folder of the runs' workdirs")
 flags.DEFINE_multi_string("only", [], "run only this variant (repeat the flag for more; "
                           "variant names may hold commas)")
@@ -199,22 +199,25 @@ def report(grid, out):
              f"`{splits['validation']}` (carved from train; every choice is made on it), "
              f"tested once at the end on `{splits['test']}`. Mean ± standard deviation over "
              "the seeds.", "",
-             "| variant | rule | sequential | transport | held | seeds | validation, last epoch "
-             "| validation, best epoch | test | s/epoch |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | rule | sequential | transport | held | feedback | seeds | validation, "
+             "last epoch | validation, best epoch | test | s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         card = r["card"]
         held = "all" if card["held_activations"] == "all modules" else "one"
+        # records made before cards said it: the rule's own (its feedback never changed)
+        feedback = card.get("feedback") or registry.get(r["mode"]).card({}).feedback
         lines.append(f"| {r['name']} | {r['mode']} | {'yes' if card['sequential'] else 'no'} | "
-                     f"{card['weight_transport']} | {held} | "
+                     f"{card['weight_transport']} | {held} | {feedback} | "
                      f"{','.join(map(str, r['seeds']))} | {r['last'][0]} | {r['best'][0]} | "
                      f"{r['test'][0]} | {r['sec']:.0f} |")
     notes = spec.get("notes")
     if notes:
         lines += ["", notes]
-    md = os.path.join(out, f"{grid}.md")
+    os.makedirs(os.path.join(out, "reports"), exist_ok=True)
+    md = os.path.join(out, "reports", f"{grid}.md")
     files.write_text(md, "\n".join(lines) + "\n")
-    _plot(rows, os.path.join(out, f"{grid}.png"), grid)
+    _plot(rows, os.path.join(out, "reports", f"{grid}.png"), grid)
     print("\n".join(lines))
     return rows
 
@@ -285,7 +288,7 @@ usage: python -m benchmarks.grid --grid=NAME --data_dir=DIR [flags]
   --only=VARIANT     run only this variant (repeat the flag; names may hold commas)
   --seeds=1,2        override the grid's seeds
   --workdir=DIR      folder of the runs' workdirs (runs/grids)
-  --out=DIR          folder of results/<grid>.jsonl, <grid>.md and <grid>.png (benchmarks)
+  --out=DIR          folder of results/<grid>.jsonl, reports/<grid>.md and .png (benchmarks)
   --report_only      write the table and plot from the finished runs, train nothing
   --flagfile=FILE    read flags from FILE
 

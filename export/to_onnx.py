@@ -59,7 +59,7 @@ usage: python export/to_onnx.py --workdir=RUN --output=model.onnx [flags]
                        default); normalized: the training pipeline's tensors
   --nofold_norms       keep tf2onnx's layer norms as they come (by default each norm's
                        channel mean is folded into the weight layer before it: the same
-                       function in fewer ops; benchmarks/EXPORT.md has its latency)
+                       function in fewer ops; benchmarks/reports/EXPORT.md has its latency)
   --flagfile=FILE      read flags from FILE
 
 The export is checked with onnxruntime against the SSA model on the run's

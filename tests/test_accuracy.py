@@ -55,7 +55,7 @@ def test_dfa_is_a_credible_baseline():
 def test_ssa_beats_the_tuned_dfa_on_cifar10():
     # SSA with the zero head it was pinned with: seeds 1-3 SSA 0.474 / 0.488 / 0.492, DFA
     # (lr 3e-4, its tuned rate) 0.467 / 0.457 / 0.456, so SSA - DFA = +0.7 / +3.1 / +3.6
-    # points (benchmarks/ACCURACY.md, "The pinned margin"; seed 2 0.484 since the seed is
+    # points (benchmarks/reports/ACCURACY.md, "The pinned margin"; seed 2 0.484 since the seed is
     # set before the pipeline). SSA's default head is glorot since issue 30, for the
     # svd-bp control's sake; for SSA itself the head is within noise over 3 seeds
     # (0.509 +- 0.007 glorot, 0.494 +- 0.016 zero, recipe_5ep), but on this one seed the

@@ -47,19 +47,34 @@ def test_unknown_flag_lists_the_valid_ones_in_every_cli():
         assert valid in line, (cli, line)
 
 
-@pytest.mark.parametrize("cli", sorted(CLIS))
 @pytest.mark.parametrize("content,needle", [
     (None, "Unable to open flagfile"),
     (b"\x00\xff\xfe binary\n", "not a text file of flags"),
     (b"--no_such_flag_anywhere=3\n", "no_such_flag_anywhere"),
 ])
-def test_missing_or_corrupt_flagfile(cli, content, needle, tmp_path):
+def test_a_missing_or_corrupt_flagfile_is_one_line_and_exit_2(content, needle, tmp_path,
+                                                              capsys):
+    from absl import flags
+
+    from ssa_tf import cli
+
     path = tmp_path / "run.flags"
     if content is not None:
         path.write_bytes(content)
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            cli.parse_flags(["prog", f"--flagfile={path}"])
+    finally:
+        flags.FLAGS.unparse_flags()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and needle in err[0], err
+
+
+@pytest.mark.parametrize("cli", sorted(CLIS))
+def test_every_command_line_reads_its_flagfile_through_that_parser(cli, tmp_path):
     before = files(tmp_path)
-    line = one_line(run(cli, f"--flagfile={path}", timeout=60))
-    assert needle in line
+    line = one_line(run(cli, f"--flagfile={tmp_path / 'missing.flags'}", timeout=60))
+    assert "Unable to open flagfile" in line
     assert files(tmp_path) == before
 
 
@@ -72,48 +87,72 @@ def test_missing_tfds_dataset_fails_fast(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_default_style_run_writes_the_workdir(tmp_path):
-    workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """One SSA run with every output on: 2 epochs, a cut after each, diagnostics."""
+    tmp = tmp_path_factory.mktemp("default_run")
+    workdir = tmp / "run"
     result = run("train", "--model=mlp", "--mode=ssa", "--epochs=2", "--set=rank.tau=0.95",
                  "--set=rank.interval=1", "--set=rank.exempt=classifier",
                  "--set=runtime.diagnostics_every=25", f"--workdir={workdir}", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
+    return result, workdir
+
+
+def test_a_run_prints_its_card_and_one_plain_line_per_epoch(default_run):
+    result, _ = default_run
     assert result.stdout.startswith("rule ssa: sequential no, weight transport")
     # not a terminal: one plain line per epoch, no progress bar, no start-up chatter
     assert "Epoch 2/2" in result.stdout and "\x1b[" not in result.stdout
     assert len(result.stdout) < 2000, len(result.stdout)
     assert "oneDNN" not in result.stderr and "absl::InitializeLog" not in result.stderr
+
+
+def test_the_summary_names_the_splits_the_card_and_a_trained_accuracy(default_run):
+    _, workdir = default_run
     summary = json.loads((workdir / "summary.json").read_text())
-    for key in ("mode", "card", "model", "dataset", "epochs", "test_accuracy", "test_loss",
-                "trainable_params", "ranks", "epoch_seconds", "validation_split"):
-        assert key in summary
-    assert summary["mode"] == "ssa" and summary["epochs"] == 2
-    assert summary["card"]["sequential"] is False
+    assert (summary["mode"], summary["epochs"], summary["card"]["sequential"]) == \
+        ("ssa", 2, False)
     assert summary["validation_split"] == "mnist5k:train[3600:]"  # carved from train
     assert summary["train_split"] == "mnist5k:train[:3600]" and len(summary["epoch_seconds"]) == 2
     assert summary["test_accuracy"] > 0.6  # chance is 0.10
+
+
+def test_the_cut_spares_the_ends_and_is_recorded(default_run):
+    _, workdir = default_run
+    summary = json.loads((workdir / "summary.json").read_text())
     ranks = summary["ranks"]
-    assert set(ranks) == {"m0_dense", "m1_dense", "classifier"}
     # rank.keep_ends (the default): the first layer and the classifier keep full rank
-    assert ranks["classifier"] == 10 and ranks["m0_dense"] == 256
+    assert ranks == {"m0_dense": 256, "m1_dense": ranks["m1_dense"], "classifier": 10}
     assert 1 <= ranks["m1_dense"] < 256
     assert summary["final_trainable_params"] < summary["trainable_params"]
     # one cut (after epoch 1; none after the last epoch), one layer
     assert (workdir / "ranks.csv").read_text().count("\n") == 1 + 1 * 1
     assert (workdir / "ranks.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_metrics_log_the_terms_that_count_under_their_names(default_run):
+    _, workdir = default_run
     rows = (workdir / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and "val_accuracy" in rows[0]
-    # the local terms under what they are, only those whose weight is not zero
     assert "feedback_dot_output" in rows[0] and "ce_surrogate" not in rows[0]
     beta = json.loads((workdir / "config.json").read_text())["beta"]
     assert ("align_term" in rows[0]) == (beta > 0)
     assert "ortho_term" not in rows[0]  # gamma 0
+
+
+def test_the_workdir_holds_the_model_config_and_logs_and_no_temporary_file(default_run):
+    _, workdir = default_run
     assert (workdir / "model.keras").stat().st_size > 0
     config = json.loads((workdir / "config.json").read_text())
     assert config["model"] == "mlp" and config["card"]["rule"] == "ssa"
     assert any((workdir / "tensorboard").rglob("events.out.tfevents*"))
     assert not list(workdir.glob("*.tmp*"))
-    # diagnostics: module angles to BP at steps 1, 25, 50, ... (57 steps per epoch)
+
+
+def test_the_diagnostics_record_angles_away_from_bp(default_run):
+    _, workdir = default_run
+    # module angles to BP at steps 1, 25, 50, ... (57 steps per epoch)
     rows = [r.split(",") for r in (workdir / "alignment.csv").read_text().splitlines()[1:]]
     steps = sorted({int(r[0]) for r in rows})
     assert steps == [1, 25, 50, 75, 100]
@@ -123,7 +162,10 @@ def test_default_style_run_writes_the_workdir(tmp_path):
     # within 90 degrees on average once training has started (BUILD.md, algorithm §7)
     assert len(angles) == 2 * len(steps) and 20 < sum(angles[2:]) / len(angles[2:]) < 90
     assert any(r[1] == "norm_ratio:m0_dense" for r in rows)
-    # ssa_tf.load_model loads the run's model in a fresh process
+
+
+def test_ssa_tf_load_model_loads_the_runs_model_in_a_fresh_process(default_run, tmp_path):
+    _, workdir = default_run
     code = ("import sys, ssa_tf; m = ssa_tf.load_model(sys.argv[1]); "
             "print(m.mode, sorted(m.ranks().values())[0])")
     loaded = subprocess.run([sys.executable, "-c", code, str(workdir / "model.keras")],
@@ -233,8 +275,8 @@ grid.report("rules_smallconv", out)
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    text = (tmp_path / "rules_smallconv.md").read_text()
+    text = (tmp_path / "reports" / "rules_smallconv.md").read_text()
     caption = text.split("| variant |")[0]
     assert "Trained on `cifar10:train[:10000]`, validated on `cifar10:train[45000:]`" in caption
     assert "tested once at the end on `cifar10:test`" in caption
-    assert (tmp_path / "rules_smallconv.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "reports" / "rules_smallconv.png").read_bytes()[:4] == b"\x89PNG"

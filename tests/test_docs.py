@@ -60,3 +60,16 @@ def test_third_party_deprecation_notices_stay_out_of_the_test_summary(tmp_path):
          os.path.join(REPO, "pyproject.toml"), "--rootdir", str(tmp_path), str(test)],
         capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert "1 passed, 1 warning" in result.stdout, result.stdout  # only our own notice
+
+
+def test_the_headline_table_in_the_docs_is_the_one_the_records_give():
+    """README.md and ACCURACY.md hold the table benchmarks.tables renders from
+    benchmarks/results, not a hand copy."""
+    from benchmarks import tables
+
+    table = tables.render()
+    assert table.count("\n") == 1 + len(tables.ROWS)
+    for path in tables.DOCUMENTS:
+        with open(path) as f:
+            text = f.read()
+        assert tables.replace(text, table) == text, f"{path}: python -m benchmarks.tables"

@@ -199,21 +199,45 @@ def run_cli(args, env, cwd):
                           capture_output=True, text=True, timeout=120)
 
 
+def _search(sets=(), **fields):
+    run = cfg_lib.RunConfig().with_overrides(["method.mode=ssa", *sets])
+    return settings.SearchConfig(run=run, **fields)
+
+
+@pytest.mark.parametrize("cfg,needle", [
+    (dict(tuner="grid"), "random, bayesian, hyperband"),
+    (dict(strategy="tpu"), "one_device, mirrored"),
+    (dict(sets=["model.model=vgg99"]), "mlp, smallconv, resnet32, resnet18"),
+    (dict(beta_range=(0.0, 1.0)), "--beta_range is sampled on a log scale"),
+    (dict(gamma_range=(1.0, 0.1)), "--gamma_range must be LOW,HIGH with LOW <= HIGH"),
+    (dict(sets=["train.learning_rate=1e-3"], learning_rate_range=(1e-4, 1e-2)), "not both"),
+    (dict(sets=["seed=0"]), "--seed must be >= 1"),
+    (dict(max_trials=0), "--max_trials must be >= 1"),
+    (dict(sets=["data.validation_split=0"]), "data.validation_split must be > 0"),
+    (dict(sets=["data.validation_split=1"]), "data.validation_split must be in [0, 1)"),
+    (dict(sets=["method.feedback_tracking=0.1"]), "does not apply to --mode=ssa"),
+    (dict(sets=["method.mode=dfa"]), "--mode=dfa has none (choose --mode=svd-bp|ssa|fa|"),
+])
+def test_each_bad_search_setting_is_named_in_one_line(cfg, needle):
+    problem = settings.validate(_search(**cfg))
+    assert problem is not None and "\n" not in problem and needle in problem, problem
+
+
+@pytest.mark.parametrize("name,values,needle", [
+    ("alpha", ["1"], "--alpha_range must be two numbers"),
+    ("learning_rate", ["a", "b"], "--learning_rate_range must be two numbers"),
+])
+def test_a_malformed_range_is_named(name, values, needle):
+    with pytest.raises(ValueError, match=needle):
+        settings.parse_range(name, values)
+
+
+# the command line itself: absl's parsing, the data check, --report_only and a stray
+# argument, and one validation, each one line and exit 2 before TensorFlow starts
 @pytest.mark.parametrize("args,needle", [
     (["--tuner=grid"], "random, bayesian, hyperband"),
-    (["--strategy=tpu"], "one_device, mirrored"),
-    (["--model=vgg99"], "mlp, smallconv, resnet32, resnet18"),
-    (["--beta_range=0,1"], "--beta_range is sampled on a log scale"),
-    (["--gamma_range=1,0.1"], "--gamma_range must be LOW,HIGH with LOW <= HIGH"),
     (["--alpha_range=1"], "--alpha_range must be two numbers"),
-    (["--learning_rate_range=a,b"], "--learning_rate_range must be two numbers"),
-    (["--learning_rate=1e-3", "--learning_rate_range=1e-4,1e-2"], "not both"),
-    (["--seed=0"], "--seed must be >= 1"),
-    (["--max_trials=0"], "--max_trials must be >= 1"),
     (["--epochs_per_trial=two"], "--epochs_per_trial"),
-    (["--set=data.validation_split=0"], "data.validation_split must be > 0"),
-    (["--set=data.validation_split=1"], "data.validation_split must be in [0, 1)"),
-    (["--set=method.feedback_tracking=0.1"], "does not apply to --mode=ssa"),
     (["--dataset=cifar10", "--data_dir=/nonexistent"], "tfds build cifar10"),
     (["--report_only"], "no search in"),
     (["stray"], "unexpected arguments"),

@@ -39,7 +39,7 @@ class ModelConfig:
     model: str = "smallconv"
     norm: str = "layer"  # the seed: layer norm suits SSA better than batch norm
     # leaky ReLU keeps the error alive where a ReLU would block it; a zero head lets
-    # a local rule's first updates count (benchmarks/ACCURACY.md, the DFA tuning)
+    # a local rule's first updates count (benchmarks/reports/ACCURACY.md, the DFA tuning)
     activation: str = "leaky_relu"
     # the classifier's initial weights: glorot or zero (s = 0 in SVD form); None: the
     # rule's (zero for dfa, glorot for the others: issue 30)
@@ -83,7 +83,7 @@ class RankConfig:
     exempt: tuple = ()
     # the first SVD layer (it reads the pixels) and the classifier keep full rank: cutting
     # the first conv of smallconv from 9 to 8 cost 8 points of validation at once, and the
-    # two hold 0.3% of its parameters (benchmarks/EXPORT.md); False: every layer (the seed's)
+    # two hold 0.3% of its parameters (benchmarks/reports/EXPORT.md); False: every layer (the seed's)
     keep_ends: bool = True
     # slots: no re-factoring, the kept components keep their slots and B its columns at
     # them (issue 30: the alignment term stays continuous); first: the seed's exact

@@ -237,7 +237,7 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
             return kh * kw * c * n <= kh * kw * c * r + r * n
         # the vertical convolution runs at every input column (stride sw apart); at equal
         # cost one convolution beats two (50% of full rank: 1.48x BP's step factored,
-        # benchmarks/EFFICIENCY.md)
+        # benchmarks/reports/EFFICIENCY.md)
         return kh * kw * c * n <= kh * c * r * sw + kw * r * n
 
     def _conv(self, x, feedback):

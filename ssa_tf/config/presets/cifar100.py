@@ -16,7 +16,7 @@ def values(mode: str) -> dict:
            "train.lr_decay_epochs": (20, 40, 60)}
     if _svd(mode):
         # the seed adjusts the rate to the rank reduction: a warm-up over one epoch after
-        # each cut (45,000 training images at batch 128; benchmarks/cut_recipe.md)
+        # each cut (45,000 training images at batch 128; benchmarks/reports/cut_recipe.md)
         out.update({"rank.tau": 0.95, "rank.start": 0, "rank.interval": 10,
                     "rank.warmup_steps": 352})
     return out

@@ -1,0 +1,108 @@
+"""What the direct rules' feedback costs at ImageNet size: resnet18, 1000 classes, side by side.
+
+    python -m benchmarks.chain_cost                      # 224x224, batch 8, every row
+    python -m benchmarks.chain_cost --image_size=112 --out=benchmarks/reports/CHAIN_COST.md
+
+At 224x224 with 1000 classes SSA's chain cannot be cached as one matrix per module (the
+matrices J_i^T would hold about 928M entries), so every SSA step runs the whole linear
+feedback network. The rows time that against BP and against direct matrices that need
+no such pass: the global route with one error per channel (``feedback_spatial=
+broadcast``: a (channels, K) matrix per module), fixed (``ssa`` global, ``dfa``) or
+learned (``dkp``, ``ssa-dkp`` global). Synthetic inputs already normalized, one batch in
+memory, every row timed in turn in one process, the order rotated every round; the
+ratio to BP is what counts on a shared machine.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from absl import flags
+
+from ssa_tf import cli, files
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("image_size", 224, "input height and width")
+flags.DEFINE_integer("classes", 1000, "classes")
+flags.DEFINE_integer("batch", 8, "batch size")
+flags.DEFINE_integer("repeats", 3, "rounds of timing")
+flags.DEFINE_integer("steps", 2, "steps per row and round")
+flags.DEFINE_string("out", None, "also write the table to this Markdown file")
+
+ROWS = [
+    ("bp", dict(mode="bp")),
+    ("ssa (chain, not cached: the linear feedback network every step)", dict(mode="ssa")),
+    ("ssa, global route, broadcast (fixed, from the feedback factors)",
+     dict(mode="ssa", feedback="global", feedback_spatial="broadcast")),
+    ("dfa, broadcast", dict(mode="dfa", feedback_spatial="broadcast")),
+    ("dkp, broadcast (learned)", dict(mode="dkp", feedback_spatial="broadcast")),
+    ("ssa-dkp, global route, broadcast (learned)",
+     dict(mode="ssa-dkp", feedback="global", feedback_spatial="broadcast")),
+]
+
+
+def measure():
+    """{row: (median ms per step, the rule's route detail)}."""
+    import keras
+    import numpy as np
+
+    from ssa_tf.training.model import build_model
+
+    shape = (FLAGS.image_size, FLAGS.image_size, 3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((FLAGS.batch, *shape)).astype("float32")
+    y = rng.integers(0, FLAGS.classes, FLAGS.batch)
+    models, notes = {}, {}
+    for name, options in ROWS:
+        keras.utils.set_random_seed(1)
+        models[name] = build_model("resnet18", shape, FLAGS.classes, **options)
+        route = getattr(models[name].rule, "route", None)
+        cached = getattr(route, "matrices", None)
+        notes[name] = ("" if route is None else
+                       "chain cached" if cached and hasattr(route, "kernels") else
+                       "chain run every step" if hasattr(route, "kernels") else
+                       f"{sum(int(np.prod(v.shape)) for v in cached):,} feedback entries")
+        for _ in range(2):  # trace and warm up
+            models[name].train_on_batch(x, y)
+        print(f"built and traced: {name}", flush=True)
+    times = {name: [] for name in models}
+    names = list(models)
+    for r in range(FLAGS.repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(FLAGS.steps):
+                models[name].train_on_batch(x, y)
+            times[name].append((time.perf_counter() - start) / FLAGS.steps * 1000)
+        print(f"round {r + 1}/{FLAGS.repeats} done", flush=True)
+    return {name: (statistics.median(t), notes[name]) for name, t in times.items()}
+
+
+def table(results) -> str:
+    bp = results["bp"][0]
+    lines = [f"resnet18 at {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.classes} classes, "
+             f"batch {FLAGS.batch}; median of {FLAGS.repeats} rounds of {FLAGS.steps} steps.",
+             "", "| row | feedback | ms per step | x BP |", "|---|---|---|---|"]
+    for name, (ms, note) in results.items():
+        lines.append(f"| {name} | {note} | {ms:.0f} | {ms / bp:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+    for name in ("image_size", "classes", "batch", "repeats", "steps"):
+        if FLAGS[name].value < 1:
+            cli.usage_error(f"--{name} must be >= 1, got {FLAGS[name].value}")
+    cli.import_tensorflow()
+    text = table(measure())
+    print(text)
+    if FLAGS.out:
+        files.write_text(FLAGS.out, f"# The direct rules' feedback at ImageNet size\n\n"
+                         f"`python -m benchmarks.chain_cost {' '.join(sys.argv[1:])}`\n\n"
+                         f"{text}\n")
+
+
+if __name__ == "__main__":
+    cli.run(main, help_text=__doc__)

@@ -1,0 +1,98 @@
+"""The headline table of README.md and benchmarks/reports/ACCURACY.md, made from the
+recorded results (``benchmarks/results/*.jsonl``), never copied by hand.
+
+    python -m benchmarks.tables            # rewrite the table between its markers
+    python -m benchmarks.tables --check    # exit 1 when a document's table is stale
+
+Each cell is the mean ± standard deviation of the validation accuracy (last epoch) over
+the seeds recorded for that row's grid variant; tests/test_docs.py checks that both
+documents hold exactly what this renders.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from benchmarks import grid
+from ssa_tf import files
+from ssa_tf.methods import registry
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+DOCUMENTS = (os.path.join(REPO, "README.md"),
+             os.path.join(HERE, "reports", "ACCURACY.md"))
+BEGIN, END = "<!-- headline table: python -m benchmarks.tables -->", "<!-- end of table -->"
+
+SHORT, LONG = "learned_5ep", "learned_20ep"
+# (what the row is, its variant at 5 epochs, its variant at 20 epochs)
+ROWS = (
+    ("bp", "bp (glorot head, lr 1e-3)", "bp (glorot head, lr 1e-3)"),
+    ("svd-bp (backprop through the same SVD network, head and loss terms)",
+     "svd-bp (glorot head, beta 0.01, gamma 0, lr 3e-4)",
+     "svd-bp (glorot head, beta 0.01, gamma 0, lr 3e-4)"),
+    ("**ssa** (chain, lr 1e-3)", "ssa (glorot head, beta 0.01, gamma 0, lr 1e-3; chain)",
+     "ssa (glorot head, beta 0.01, gamma 0, lr 1e-3; chain)"),
+    ("dfa (tuned: lr 3e-4; 1e-3 at 20 epochs)", "dfa (zero head, lr 3e-4)",
+     "dfa, lr 1e-3 (its better rate at 20 epochs)"),
+    ("dkp (feedback learned from e and h_i)",
+     "dkp (zero head, lr 3e-4; feedback Adam 1e-4, x0.8 an epoch)",
+     "dkp (zero head, lr 3e-4; feedback Adam 1e-4, x0.8 an epoch)"),
+    ("ssa-dkp (ssa, the chain's matrices learned as dkp's)",
+     "ssa-dkp (chain's matrices, learned)", "ssa-dkp (chain's matrices, learned)"),
+)
+
+
+def _cells(grid_name, out):
+    rows = grid.summarize(grid_name, grid.load_all_results(out, grid_name))
+    return {r["name"]: (r["last"][0], len(r["seeds"])) for r in rows}
+
+
+def render(out=HERE) -> str:
+    """The table, as Markdown."""
+    short, long = _cells(SHORT, out), _cells(LONG, out)
+    lines = ["| rule | sequential | weight transport | feedback | 5 epochs | 20 epochs |",
+             "|---|---|---|---|---|---|"]
+    for label, five, twenty in ROWS:
+        mode = grid.GRIDS[SHORT]["variants"][five]["mode"]
+        card = registry.get(mode).card({})
+        cells = []
+        for found, name in ((short, five), (long, twenty)):
+            value, seeds = found.get(name, ("not run", 0))
+            cells.append(value if seeds in (0, 3)
+                         else f"{value} ({seeds} seed{'s' if seeds > 1 else ''})")
+        lines.append(f"| {label} | {'yes' if card.sequential else 'no'} | "
+                     f"{card.weight_transport} | {card.feedback} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def replace(text, table) -> str:
+    """``text`` with the table between the markers replaced (ValueError: no markers)."""
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"no {BEGIN!r} ... {END!r} markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+
+
+def main(argv):
+    table = render()
+    stale = []
+    for path in DOCUMENTS:
+        with open(path) as f:
+            text = f.read()
+        new = replace(text, table)
+        if new != text:
+            stale.append(path)
+            if "--check" not in argv:
+                files.write_text(path, new)
+    if "--check" in argv and stale:
+        print(f"stale table in {', '.join(stale)}; run python -m benchmarks.tables",
+              file=sys.stderr)
+        return 1
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
