@@ -121,7 +121,7 @@ def training_macs(model):
     """Multiply-adds per example of the training forward pass (weight layers only)."""
     import keras
 
-    from ssa_tf.export.graph import costs
+    from ssa_tf.nn.graph import costs
     from ssa_tf.nn import SVDConv2D, SVDLayer
 
     total = 0

@@ -310,6 +310,19 @@ GRIDS = {
         seeds=SEEDS,
         variants={f"tau {t}": dict(rank_tau=t, rank_keep_ends=False) for t in (0.99, 0.98)}),
     # 16 local modules
+    # issue 29: the learned rule on resnet32 with every training image, as long as a
+    # session allows (a run checkpoints every epoch and resumes; the report counts only
+    # finished runs, the epochs reached of the others are in their workdirs' metrics.csv)
+    "learned_resnet32": dict(
+        caption="resnet32 (16 local modules) on all 40,500 training images left by the "
+                "validation split, augmentation, 20 epochs, batch 64, the rules at their "
+                "defaults.",
+        base=dict(_CIFAR, model="resnet32", epochs=20, augment=True),
+        seeds=(1,),
+        variants={"bp": dict(mode="bp", head_init="glorot", learning_rate=1e-3),
+                  "dfa": dict(mode="dfa", head_init="zero", learning_rate=3e-4),
+                  "dkp": dict(mode="dkp", head_init="zero", learning_rate=3e-4),
+                  "ssa": dict(mode="ssa", **_SSA)}),
     "rules_resnet32": dict(
         caption="resnet32 (16 local modules): first 5,000 training images with augmentation, "
                 "20 epochs at a constant rate, batch 64.",

@@ -88,7 +88,8 @@ def run_config_from_flags(names, extra=()):
 
 def default_workdir(cfg):
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return os.path.join("runs", f"{cfg.data.dataset}-{cfg.model.model}-{cfg.method.mode}-{stamp}")
+    model = os.path.splitext(os.path.basename(cfg.model.model))[0]  # a user's file: its name
+    return os.path.join("runs", f"{cfg.data.dataset}-{model}-{cfg.method.mode}-{stamp}")
 
 
 def _text(value):

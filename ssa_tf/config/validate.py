@@ -8,6 +8,7 @@ fraction of a second.
 from __future__ import annotations
 
 import json
+import os
 
 from ssa_tf.choices import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, HEAD_INITS, LABELS,
                             MODELS, NORMS, PROGRESS, RANK_ENERGIES, RANK_FEEDBACK_CUTS,
@@ -27,6 +28,10 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
                ("rank.feedback_cut", r.feedback_cut, RANK_FEEDBACK_CUTS),
                ("rank.energy", r.energy, RANK_ENERGIES),
                ("runtime.progress", rt.progress, PROGRESS)]
+    if str(m.model).endswith(".py"):  # a user's model file (issue 28)
+        if not os.path.isfile(m.model):
+            return f"--model={m.model}: no such file"
+        choices = [c for c in choices if c[0] != "model.model"]
     for name, value, valid in choices:
         if value not in valid and not (name in ("rank.feedback_cut", "model.head_init")
                                        and value is None):

@@ -17,7 +17,7 @@ import keras
 
 from keras import ops
 
-from ssa_tf.export.graph import (PLAIN_WEIGHT_TYPES, UnsupportedLayerError, activation_name,
+from ssa_tf.nn.graph import (PLAIN_WEIGHT_TYPES, UnsupportedLayerError, activation_name,
                                  all_layers, clone_call, format_records, is_leaf, layer_record,
                                  rewrite)
 from ssa_tf.export.merge import merge

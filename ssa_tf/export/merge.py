@@ -17,10 +17,11 @@ import numpy as np
 from keras import ops
 
 from ssa_tf.export.config import FORMS
-from ssa_tf.export.graph import (BATCH_NORMS, PASS_THROUGH, TRAINING_ONLY, activation_name,
+from ssa_tf.nn.graph import (BATCH_NORMS, PASS_THROUGH, TRAINING_ONLY, activation_name,
                                  UnsupportedLayerError, clone_call, costs, has_input, is_weight,
                                  layer_record, rewrite)
 from ssa_tf.nn import Module, ResidualBlock, SVDDense, SVDLayer
+from ssa_tf.nn.user import GraphModule
 
 
 def merge(model, form="auto"):
@@ -89,6 +90,8 @@ class _Emitter:
             return x
         if isinstance(layer, Module):
             return self.sequence(layer.steps, x)
+        if isinstance(layer, GraphModule):
+            return rewrite(layer.graph, self.handle, fold=self.can_fold, inference=True)(x)
         if isinstance(layer, ResidualBlock):
             return self.residual(layer, x)
         if is_weight(layer):

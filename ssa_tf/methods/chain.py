@@ -27,9 +27,16 @@ import tensorflow as tf
 
 from ssa_tf.nn import SVDConv2D, SVDDense
 from ssa_tf.nn import Module, ResidualBlock
+from ssa_tf.nn.graph import TRAINING_ONLY
+from ssa_tf.nn.user import GraphModule
 
 _IDENTITY = (keras.layers.LayerNormalization, keras.layers.BatchNormalization,
-             keras.layers.Activation)
+             keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
+             keras.layers.ELU, keras.layers.PReLU, *TRAINING_ONLY)
+# linear in their input: the feedback network applies them as they are
+_LINEAR = (keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
+           keras.layers.Flatten, keras.layers.Reshape, keras.layers.ZeroPadding2D,
+           keras.layers.Cropping2D)
 
 
 def linear_feedback(step, x, kernels):
@@ -93,6 +100,11 @@ def gated_feedback(step, a, kernels, x, jacobians=True):
             with tf.autodiff.ForwardAccumulator(x, a) as acc:
                 y = step(x)
             return acc.jvp(y), y
+    if isinstance(step, GraphModule):
+        if fwd:
+            raise TypeError(f"module {step.name!r} of a user's model: the gated chain (fa, "
+                            "bp-lagged-copy) runs on the built-in models only")
+        return graph_feedback(step.graph, a, kernels), x
     if isinstance(step, keras.layers.Activation):
         if fwd:
             x, a = gate(step.activation, x, a)
@@ -109,9 +121,10 @@ def gated_feedback(step, a, kernels, x, jacobians=True):
     if isinstance(step, keras.layers.MaxPooling2D):
         return (ops.average_pool(a, step.pool_size, step.strides, step.padding),
                 step(x) if fwd else x)
-    if isinstance(step, (keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
-                         keras.layers.Flatten)):
+    if isinstance(step, _LINEAR):
         return step(a), (step(x) if fwd else x)
+    if isinstance(step, keras.layers.GlobalMaxPooling2D):  # the linear network averages
+        return ops.mean(a, axis=(1, 2)), (step(x) if fwd else x)
     if isinstance(step, Module):
         for sub in step.steps:
             a, x = gated_feedback(sub, a, kernels, x, jacobians)
@@ -133,6 +146,21 @@ def gated_feedback(step, a, kernels, x, jacobians=True):
             x, a = gate(step.activation, y + sx, a)
         return a, x
     raise TypeError(f"no linear feedback for layer {step.name!r} of type {type(step).__name__}")
+
+
+def graph_feedback(graph, a, kernels):
+    """The linear feedback version of a functional ``graph`` applied to ``a``: every
+    layer replaced by its linear feedback (``linear_feedback``), an Add by the sum."""
+    def operation_fn(op):
+        def call(*args, **kwargs):
+            if isinstance(op, keras.layers.Add):
+                return sum(args[0][1:], args[0][0])
+            if isinstance(op, keras.layers.Concatenate):
+                return ops.concatenate(args[0], axis=op.axis)
+            return linear_feedback(op, args[0], kernels)
+        return call
+
+    return graph._run_through_graph(a, operation_fn=operation_fn)
 
 
 def gate(activation, z, a):

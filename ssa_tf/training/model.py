@@ -16,6 +16,7 @@ from keras import ops
 from ssa_tf.methods import base, registry
 from ssa_tf.methods.spec import LEARNED_FEEDBACK
 from ssa_tf.nn import build_modules, svd_layers
+from ssa_tf.nn.user import modules_from_keras
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
@@ -32,7 +33,7 @@ class SSAModel(keras.Model):
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10,
                  mode=registry.DEFAULT,
                  norm="layer", activation="leaky_relu", head_init=None, seed=1, ranks=None,
-                 conv_factorization="spatial", input_stats=None, **kwargs):
+                 conv_factorization="spatial", input_stats=None, network=None, **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in registry.OPTIONS}
         super().__init__(**kwargs)
         self.rule = registry.make(mode, given)
@@ -48,11 +49,24 @@ class SSAModel(keras.Model):
         self.input_stats = None if input_stats is None else tuple(
             tuple(float(v) for v in part) for part in input_stats)
         self.seed = int(seed)
-        self.local_modules = build_modules(
-            architecture, self.input_dims, self.num_classes, svd=self.rule.svd,
-            local=not self.rule.end_to_end, norm=norm, seed=self.seed,
-            feedback_init=self.rule.options.get("feedback_init", "random"), ranks=ranks,
-            activation=activation, head_init=head_init, conv_factorization=conv_factorization)
+        feedback_init = self.rule.options.get("feedback_init", "random")
+        # a user's own Keras model (issue 28; ssa_tf.nn.user), or a built-in architecture
+        if isinstance(network, dict):
+            network = keras.saving.deserialize_keras_object(network)
+        # its config only: an attribute holding the model would make its (unused) weights
+        # the SSAModel's too
+        self.network_config = (None if network is None
+                               else keras.saving.serialize_keras_object(network))
+        if network is not None:
+            self.local_modules = modules_from_keras(
+                network, svd=self.rule.svd, local=not self.rule.end_to_end,
+                feedback_init=feedback_init, seed=self.seed, ranks=ranks, head_init=head_init)
+        else:
+            self.local_modules = build_modules(
+                architecture, self.input_dims, self.num_classes, svd=self.rule.svd,
+                local=not self.rule.end_to_end, norm=norm, seed=self.seed,
+                feedback_init=feedback_init, ranks=ranks, activation=activation,
+                head_init=head_init, conv_factorization=conv_factorization)
         # Build every sublayer now: the optimizer must see all variables
         # before it is built ("Unknown variable" otherwise).
         self._build_all()
@@ -134,6 +148,8 @@ class SSAModel(keras.Model):
             "activation": self.activation, "head_init": self.head_init,
             "conv_factorization": self.conv_factorization, "input_stats": self.input_stats,
             "seed": self.seed, "ranks": self.ranks(), **self.rule.options,
+            # a user's model travels as its Keras config (its weights are the model's)
+            **({"network": self.network_config} if self.network_config is not None else {}),
         }
 
     # -- forward --------------------------------------------------------------
@@ -282,11 +298,48 @@ def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
 
     keras.utils.set_random_seed(cfg.seed)
     m = cfg.model
-    return SSAModel(m.model, input_shape, num_classes, mode=cfg.method.mode, norm=m.norm,
-                    activation=m.activation, head_init=m.head_init, seed=cfg.seed,
+    network = user_network(m.model, input_shape, num_classes) if is_user_model(m.model) \
+        else None
+    return SSAModel(m.model if network is None else network.name, input_shape, num_classes,
+                    mode=cfg.method.mode, norm=m.norm, activation=m.activation,
+                    head_init=m.head_init, seed=cfg.seed,
                     conv_factorization=m.conv_factorization,
                     input_stats=data_lib.input_normalization(cfg.data.dataset),
-                    **cfg.method.options())
+                    network=network, **cfg.method.options())
+
+
+def is_user_model(name) -> bool:
+    """``model.model`` names a file of the user's (``--model=path/to/file.py``)."""
+    return str(name).endswith(".py")
+
+
+def user_network(path, input_shape, num_classes):
+    """The ``keras.Model`` that ``build(input_shape, num_classes)`` in the user's file
+    returns (``errors.UsageError``, one line, when the file cannot give one)."""
+    import importlib.util
+
+    from ssa_tf.errors import UsageError
+
+    spec = importlib.util.spec_from_file_location("ssa_tf_user_model", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        build = getattr(module, "build", None)
+        if not callable(build):
+            raise UsageError(f"--model={path} defines no build(input_shape, num_classes)")
+        network = build(tuple(input_shape), int(num_classes))
+    except UsageError:
+        raise
+    except Exception as e:  # the user's code: any failure in it is their input problem
+        raise UsageError(f"--model={path}: {type(e).__name__}: {e}") from None
+    if not isinstance(network, keras.Model):
+        raise UsageError(f"--model={path}: build() returned a {type(network).__name__}, "
+                         "not a keras.Model")
+    out = tuple(network.outputs[0].shape[1:]) if network.outputs else ()
+    if out != (int(num_classes),):
+        raise UsageError(f"--model={path}: the model's output has shape {out}; the dataset "
+                         f"has {num_classes} classes (return one logit per class)")
+    return network
 
 
 def build_model(architecture, input_shape, num_classes, mode=registry.DEFAULT, learning_rate=None,

@@ -60,8 +60,8 @@ class SearchConfig:
 
     @property
     def project(self) -> str:
-        name = self.project_name or (f"{self.run.data.dataset}-{self.run.model.model}-"
-                                     f"{self.tuner}")
+        model = os.path.splitext(os.path.basename(self.run.model.model))[0]  # a user's file
+        name = self.project_name or f"{self.run.data.dataset}-{model}-{self.tuner}"
         return os.path.join(self.directory, name)
 
     def ranges(self) -> dict:

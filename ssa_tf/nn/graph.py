@@ -13,7 +13,8 @@ import math
 
 import keras
 
-from ssa_tf.nn import LocalBatchNorm, SVDDense, SVDLayer
+from ssa_tf.errors import UsageError
+from ssa_tf.nn.layers import LocalBatchNorm, SVDDense, SVDLayer
 
 
 PLAIN_WEIGHT_TYPES = (keras.layers.Dense, keras.layers.Conv2D)
@@ -46,7 +47,7 @@ def is_weight(layer):
     return isinstance(layer, SVDLayer) or type(layer) in PLAIN_WEIGHT_TYPES
 
 
-class UnsupportedLayerError(ValueError):
+class UnsupportedLayerError(UsageError, ValueError):
     """The model holds a layer that the conversion cannot express (a user's input problem)."""
 
 

@@ -1,0 +1,221 @@
+"""A user's Keras model as a network of local modules (issue 28).
+
+    modules = modules_from_keras(model, svd=True, local=True, feedback_init="forward")
+
+``model`` is a Sequential or functional ``keras.Model`` with one input and one output
+(the logits). Its Dense and Conv2D layers become SVD layers computing exactly what they
+computed (for the rules that train SVD factors; plain copies for the others), each batch
+norm a ``LocalBatchNorm`` (its statistics constants in a local backward, BUILD.md,
+algorithm §4), every other layer a copy of itself. The network is then cut into local
+modules where the whole graph passes through one tensor (a residual block, whose paths
+fork and join again, stays inside one module), each module holding one weight layer or
+one such block; a shape-changing Flatten or Reshape starts the module after it. The last
+module holds the classifier.
+
+Layers the rules cannot train locally are refused in one line naming the layer
+(``UnsupportedLayerError``): a depthwise or separable convolution, attention, recurrent
+layers, embeddings, anything without a linear feedback form here.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from ssa_tf.nn.graph import (BATCH_NORMS, PASS_THROUGH, TRAINING_ONLY, UnsupportedLayerError,
+                             activation_name, clone_call, rewrite)
+from ssa_tf.nn.layers import LocalBatchNorm, SVDConv2D, SVDDense, SVDLayer
+
+WEIGHT_TYPES = (keras.layers.Dense, keras.layers.Conv2D)
+NORMS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
+# what becomes a module boundary's neighbour in the next module, not the previous one
+STARTS_A_MODULE = (keras.layers.Flatten, keras.layers.Reshape)
+
+
+@keras.saving.register_keras_serializable(package="ssa_tf")
+class GraphModule(keras.layers.Layer):
+    """A local module cut out of a user's graph: ``graph`` maps its input to its output;
+    ``output_layer`` is its last weight layer (SSA builds the module's feedback from its
+    feedback factors)."""
+
+    def __init__(self, graph, output_layer, **kwargs):
+        super().__init__(**kwargs)
+        self.graph = graph
+        self.output_layer = output_layer
+
+    def call(self, x, training=False):
+        return self.graph(x, training=training)
+
+
+def refusal(layer) -> str | None:
+    """Why ``layer`` cannot be part of a locally trained network, or None."""
+    if isinstance(layer, keras.layers.InputLayer):
+        return None
+    if isinstance(layer, keras.Model):
+        return "a nested model; build your network as one flat functional model"
+    if isinstance(layer, WEIGHT_TYPES):
+        if type(layer) not in WEIGHT_TYPES:
+            return (f"a {type(layer).__name__}, a subclass of Dense/Conv2D whose call may "
+                    "differ from theirs")
+        if isinstance(layer, keras.layers.DepthwiseConv2D) or (
+                isinstance(layer, keras.layers.Conv2D) and layer.groups != 1):
+            return "a grouped convolution"
+        if isinstance(layer, keras.layers.Conv2D) and tuple(layer.dilation_rate) != (1, 1):
+            return "a dilated convolution"
+        return None
+    if isinstance(layer, (keras.layers.DepthwiseConv2D, keras.layers.SeparableConv2D)):
+        return ("a depthwise convolution: it has no matrix to factor as U diag(s) V^T, "
+                "so SSA has no factors and no feedback for it")
+    if isinstance(layer, keras.layers.MultiHeadAttention):
+        return ("attention: its output is not linear in its input, so no fixed feedback "
+                "network carries the error through it")
+    if type(layer) in PASS_THROUGH or type(layer) in TRAINING_ONLY or isinstance(layer, NORMS):
+        return None
+    if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
+                          keras.layers.Activation, keras.layers.PReLU)):
+        return None
+    return (f"a {type(layer).__name__}: the rules here train Dense and Conv2D layers and "
+            "carry the error through activations, norms, pooling, flatten/reshape, add "
+            "and dropout")
+
+
+def check(model):
+    """``UnsupportedLayerError`` (one line) naming the first layer that cannot be trained
+    locally."""
+    if not isinstance(model, keras.Model):
+        raise UnsupportedLayerError(f"expected a keras.Model, got {type(model).__name__}")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise UnsupportedLayerError(f"model {model.name!r} has {len(model.inputs)} inputs and "
+                                    f"{len(model.outputs)} outputs; give one of each")
+    for layer in model.layers:
+        why = refusal(layer)
+        if why:
+            raise UnsupportedLayerError(f"layer {layer.name!r} ({type(layer).__name__}) cannot "
+                                        f"be trained locally: {why}")
+    last = model.layers[-1]
+    if activation_name(last) == "softmax" or isinstance(last, keras.layers.Softmax):
+        raise UnsupportedLayerError(f"model {model.name!r} ends in a softmax ({last.name!r}); "
+                                    "return the logits (the rules compute the error from them)")
+
+
+class _Converter:
+    """The handler of ``rewrite``: SVD layers, local batch norms, copies of the rest."""
+
+    def __init__(self, svd, local, feedback_init, seed, ranks):
+        self.svd, self.local, self.feedback_init = svd, local, feedback_init
+        self.seed, self.ranks = int(seed), dict(ranks or {})
+        self._count = 0
+
+    def weight(self, layer, x):
+        if not self.svd:
+            return clone_call(layer, (x,), {})
+        self._count += 1
+        config = {**layer.get_config(), "activation": "linear"}
+        linear = type(layer).from_config(config)
+        linear.build(layer.input.shape)
+        linear.set_weights(layer.get_weights())
+        kwargs = dict(rank=self.ranks.get(layer.name), feedback_init=self.feedback_init,
+                      feedback_seed=self.seed * 10007 + self._count + 5003)
+        if isinstance(layer, keras.layers.Dense):
+            new = SVDDense.from_dense(linear, **kwargs)
+        else:
+            new = SVDConv2D.from_conv(linear, **kwargs)
+        y = new(x)
+        if activation_name(layer) != "linear":
+            y = keras.layers.Activation(layer.activation, name=f"{layer.name}_activation")(y)
+        return y
+
+    def __call__(self, layer, args, kwargs):
+        if isinstance(layer, WEIGHT_TYPES):
+            return self.weight(layer, args[0])
+        if isinstance(layer, BATCH_NORMS):
+            config = {k: v for k, v in layer.get_config().items() if k != "stop_stat_gradient"}
+            new = LocalBatchNorm(stop_stat_gradient=self.local, **config)
+            y = new(args[0])
+            new.set_weights(layer.get_weights())
+            return y
+        return clone_call(layer, args, {})
+
+
+def _topological_nodes(model):
+    depths = sorted(model._nodes_by_depth, reverse=True)
+    return [n for d in depths for n in model._nodes_by_depth[d]
+            if n.operation is not None and not n.is_input]
+
+
+def _segments(model):
+    """[(boundary tensor in, [nodes], boundary tensor out)], cut wherever every path
+    from the input to the output passes through one tensor."""
+    nodes = _topological_nodes(model)
+    uses = {}
+    for node in nodes:
+        for t in node.input_tensors:
+            uses[id(t)] = uses.get(id(t), 0) + 1
+    out_id = id(model.outputs[0])
+    live = {id(model.inputs[0]): model.inputs[0]}
+    segments, current, start = [], [], model.inputs[0]
+    for node in nodes:
+        for t in node.input_tensors:
+            uses[id(t)] -= 1
+            if uses[id(t)] == 0:
+                live.pop(id(t), None)
+        for t in node.outputs:
+            if uses.get(id(t), 0) > 0 or id(t) == out_id:
+                live[id(t)] = t
+        current.append(node)
+        if len(live) == 1:
+            (end,) = live.values()
+            segments.append((start, current, end))
+            current, start = [], end
+    if current:
+        raise UnsupportedLayerError(f"model {model.name!r}: the graph does not end in one "
+                                    "output tensor")
+    return segments
+
+
+def modules_from_keras(model, svd=True, local=True, feedback_init="forward", seed=1,
+                       ranks=None, head_init=None) -> list:
+    """The local modules (``GraphModule``) of a user's model; see the module docstring.
+
+    ``head_init="zero"`` zeroes the classifier's weights (s = 0 in SVD form), as the
+    built-in models do for the rules whose head starts at zero (dfa, dkp: with the
+    user's random head DFA diverged on a small residual CNN); None or "glorot" keeps the
+    user's own initialization."""
+    check(model)
+    converted = rewrite(model, _Converter(svd, local, feedback_init, seed, ranks),
+                        inference=True)
+    groups = []  # [[segment, ...], ...]
+    pending = []  # weightless segments that start the next module
+    for seg in _segments(converted):
+        ops = [n.operation for n in seg[1]]
+        has_weight = any(isinstance(o, (SVDLayer, *WEIGHT_TYPES)) for o in ops)
+        if has_weight or not groups:
+            groups.append([*pending, seg])
+            pending = []
+        elif any(isinstance(o, STARTS_A_MODULE) for o in ops) or pending:
+            pending.append(seg)
+        else:
+            groups[-1].append(seg)
+    if pending:
+        groups[-1].extend(pending)
+    if len(groups) > 1 and not any(isinstance(n.operation, (SVDLayer, *WEIGHT_TYPES))
+                                   for n in groups[0][0][1]) and not _weights(groups[0]):
+        groups[1:2] = [groups[0] + groups[1]]
+        groups = groups[1:]
+    modules = []
+    for k, group in enumerate(groups):
+        weights = _weights(group)
+        if not weights:
+            raise UnsupportedLayerError(f"model {model.name!r} has no Dense or Conv2D layer to "
+                                        "train")
+        graph = keras.Model(group[0][0], group[-1][2], name=f"{model.name}_m{k}")
+        modules.append(GraphModule(graph, weights[-1], name=f"m{k}"))
+    if head_init == "zero":
+        head = modules[-1].output_layer
+        for v in ([head.s] if isinstance(head, SVDLayer) else [head.kernel]):
+            v.assign(keras.ops.zeros(v.shape, v.dtype))
+    return modules
+
+
+def _weights(group):
+    return [n.operation for seg in group for n in seg[1]
+            if isinstance(n.operation, (SVDLayer, *WEIGHT_TYPES))]

@@ -1,0 +1,188 @@
+"""ssa_tf.nn.user: a user's own Keras model trained by every rule (issue 28).
+
+A Sequential MLP, a Sequential CNN and a functional CNN with a residual join: their
+split into local modules, exactness at full rank, one SSA step's locality, save and
+load, and the merged export; MobileNetV2 refused in one line; the command line's
+``--model=FILE.py``.
+"""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, one_line
+from conftest import run_cli as run
+from ssa_tf.export.merge import merge
+from ssa_tf.nn.graph import UnsupportedLayerError
+from ssa_tf.nn.user import modules_from_keras
+from ssa_tf.training.model import SSAModel, compile_model
+
+SHAPE = (12, 12, 3)
+
+
+def mlp():
+    return keras.Sequential([keras.Input(SHAPE), keras.layers.Flatten(),
+                             keras.layers.Dense(32, activation="relu", name="hidden"),
+                             keras.layers.Dropout(0.1), keras.layers.Dense(10, name="head")],
+                            name="mlp")
+
+
+def cnn():
+    return keras.Sequential([keras.Input(SHAPE),
+                             keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+                             keras.layers.MaxPooling2D(), keras.layers.Conv2D(8, 3, name="conv2"),
+                             keras.layers.LayerNormalization(), keras.layers.ReLU(),
+                             keras.layers.Flatten(), keras.layers.Dense(10, name="head")],
+                            name="cnn")
+
+
+def residual():
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="stem")(inputs)
+    y = keras.layers.Conv2D(8, 3, padding="same", name="branch1")(x)
+    y = keras.layers.BatchNormalization(name="bn")(y)
+    y = keras.layers.ReLU()(y)
+    y = keras.layers.Conv2D(8, 3, padding="same", name="branch2")(y)
+    x = keras.layers.ReLU()(keras.layers.Add(name="join")([x, y]))
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="head")(x), name="residual")
+
+
+NETWORKS = {"mlp": mlp, "cnn": cnn, "residual": residual}
+# (module -> its weight layers): one weight layer or one residual block each
+SPLITS = {"mlp": [["hidden"], ["head"]], "cnn": [["conv1"], ["conv2"], ["head"]],
+          "residual": [["stem"], ["branch1", "branch2"], ["head"]]}
+
+
+def _batch(n=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, *SHAPE)).astype(np.float32),
+            rng.integers(0, 10, n).astype(np.int32))
+
+
+def _model(name, mode="ssa", **options):
+    keras.utils.set_random_seed(3)
+    network = NETWORKS[name]()
+    return network, SSAModel(name, SHAPE, 10, mode=mode, network=network, **options)
+
+
+def _names(module):
+    return [l.name for l in module.graph.layers
+            if isinstance(l, (keras.layers.Dense, keras.layers.Conv2D))
+            or hasattr(l, "B_U")]
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_the_split_puts_one_weight_layer_or_one_residual_block_in_each_module(name):
+    _, model = _model(name)
+    assert [_names(m) for m in model.local_modules] == SPLITS[name]
+    # the join and both of its paths stay inside one module
+    if name == "residual":
+        inside = [l.name for l in model.local_modules[1].graph.layers]
+        assert "join" in inside and "bn" in inside
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+@pytest.mark.parametrize("mode", ["ssa", "dfa"])
+def test_the_converted_network_computes_what_the_users_did(name, mode):
+    network, model = _model(name, mode, head_init="glorot")
+    x, _ = _batch()
+    np.testing.assert_allclose(model(x).numpy(), network(x).numpy(), atol=1e-4)
+    if mode == "ssa":  # SVD layers with B from the initial weight, batch norm made local
+        assert len(model.svd_layers()) == sum(map(len, SPLITS[name]))
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_one_ssa_step_of_a_module_ignores_the_later_modules_weights(name):
+    _, model = _model(name)
+    x, y = _batch()
+    e = tf.constant(np.random.default_rng(1).standard_normal((8, 10)), tf.float32)
+
+    # dropout draws its mask from a seed generator's state: the same mask both times
+    seeds = [l.seed_generator.state for l in model._flatten_layers()
+             if getattr(l, "seed_generator", None) is not None]
+    start = [s.numpy() for s in seeds]
+
+    def update():
+        for s, value in zip(seeds, start):
+            s.assign(value)
+        grads = model.local_gradients(tf.constant(x), tf.constant(y), error=e)[0]
+        mine = {id(v) for v in model.local_modules[0].trainable_variables}
+        return [g.numpy() for g, v in grads if id(v) in mine]
+
+    before = update()
+    assert any(np.abs(g).max() > 0 for g in before)
+    for m in model.local_modules[1:]:
+        for v in m.trainable_variables:
+            v.assign(v * 1.5 + 0.1)
+    assert all(np.array_equal(a, b) for a, b in zip(before, update()))
+
+
+def test_a_trained_users_model_saves_loads_and_merges_to_the_same_outputs(tmp_path):
+    _, model = _model("residual")
+    compile_model(model)
+    x, y = _batch(32)
+    for _ in range(3):
+        model.train_on_batch(x, y)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-5)
+    plain, _ = merge(loaded)
+    assert not any(hasattr(l, "B_U") for l in plain._flatten_layers())
+    np.testing.assert_allclose(plain(x).numpy(), model(x).numpy(), atol=1e-4)
+    from ssa_tf.export import deploy
+
+    session = deploy.onnx_session(deploy.to_onnx(plain).SerializeToString())
+    parity = deploy.compare_logits(model(x).numpy(), deploy.run_onnx(session, x), "onnx")
+    assert parity["max_abs_diff"] < 1e-4 and parity["top1_differ"] == 0
+
+
+def test_mobilenet_v2_is_refused_in_one_line_naming_its_depthwise_layer():
+    network = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3), classes=10,
+                                             classifier_activation=None)
+    with pytest.raises(UnsupportedLayerError) as refused:
+        modules_from_keras(network)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "'expanded_conv_depthwise' (DepthwiseConv2D) cannot be trained locally" in message
+
+
+@pytest.mark.parametrize("layer,why", [
+    (keras.layers.Conv2D(4, 3, dilation_rate=2), "a dilated convolution"),
+    (keras.layers.Dense(10, activation="softmax"), "ends in a softmax"),
+])
+def test_what_cannot_be_trained_is_named(layer, why):
+    network = keras.Sequential([keras.Input(SHAPE), keras.layers.Conv2D(4, 3),
+                                keras.layers.Flatten() if isinstance(layer, keras.layers.Dense)
+                                else keras.layers.ReLU(), layer])
+    with pytest.raises(UnsupportedLayerError, match=why):
+        modules_from_keras(network)
+
+
+def test_the_command_line_trains_a_users_file_and_stores_its_card(tmp_path):
+    workdir = tmp_path / "w"
+    result = run("train", f"--model={os.path.join(REPO, 'examples', 'residual_cnn.py')}",
+                 "--epochs=1", "--set=data.max_train_examples=512", f"--workdir={workdir}",
+                 timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("rule ssa: sequential no, weight transport once")
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["model"].endswith("residual_cnn.py") and config["card"]["rule"] == "ssa"
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["card"]["weight_transport"] == "once at construction"
+    assert summary["test_accuracy"] > 0.3  # 8 steps; chance is 0.1
+
+
+def test_a_users_file_without_build_is_one_line(tmp_path):
+    bad = tmp_path / "net.py"
+    bad.write_text("import keras\n")
+    line = one_line(run("train", f"--model={bad}", f"--workdir={tmp_path / 'w'}", timeout=120))
+    assert f"--model={bad} defines no build(input_shape, num_classes)" in line
+    assert not (tmp_path / "w").exists()
+    line = one_line(run("train", f"--model={tmp_path / 'none.py'}", timeout=60))
+    assert "no such file" in line
