@@ -18,12 +18,14 @@ import statistics
 
 from absl import flags
 
-from benchmarks import grid as grid_lib
+from benchmarks import records
 from benchmarks.grids import GRIDS
 from ssa_tf import cli, files
 
-# --grid, --data_dir and --workdir (the grids' workdirs) are benchmarks.grid's flags
 FLAGS = flags.FLAGS
+flags.DEFINE_string("grid", "learned_5ep", "the grid whose trained models to read")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared dataset")
+flags.DEFINE_string("workdir", os.path.join("runs", "grids"), "folder of the grids' workdirs")
 flags.DEFINE_string("table", None, "also write the table to this Markdown file")
 
 
@@ -41,10 +43,10 @@ def angles(grid, data_dir, runs):
     ds = data_lib.load(base["dataset"], 256, data_dir=data_dir, seed=1, augment=False,
                        validation_split=base.get("validation_split", 0.1))
     x, y = (np.asarray(t) for t in next(iter(ds.validation)))
-    records = grid_lib.load_all_results(os.path.join(os.path.dirname(__file__)), grid)
+    records = records.load_all_results(os.path.join(os.path.dirname(__file__)), grid)
     out, modules = {}, None
     for name in GRIDS[grid]["variants"]:
-        key = grid_lib.run_key(grid_lib.variant_config(grid, name, 1))
+        key = records.run_key(records.variant_config(grid, name, 1))
         for r in (r for r in records if r["key"] == key):
             if registry.get(r["mode"]).end_to_end:
                 continue
@@ -78,7 +80,7 @@ def table(grid, found, modules) -> str:
 def main(argv):
     if len(argv) > 1:
         cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.grid is None or FLAGS.grid not in GRIDS:
+    if FLAGS.grid not in GRIDS:
         cli.usage_error(f"--grid={FLAGS.grid!r} is not valid; choose from: {', '.join(GRIDS)}")
     cli.import_tensorflow()
     found, modules = angles(FLAGS.grid, FLAGS.data_dir, FLAGS.workdir)

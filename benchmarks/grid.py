@@ -19,23 +19,19 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 
 from absl import flags
 
 from benchmarks.grids import GRIDS
+from benchmarks.records import (load_all_results, load_results, run_key,  # noqa: F401
+                                summarize, variant_config)
 from ssa_tf import cli, errors, files, preflight
 from ssa_tf import config as cfg_lib
 from ssa_tf.cli import usage_error
-from ssa_tf.config.schema import OPERATIONAL_FLAT
 from ssa_tf.methods import registry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# settings that do not change what is trained (ssa_tf.config.schema.OPERATIONAL), and
-# the seed (a run's key names its variant; its seed is recorded beside it)
-_IGNORED = (*OPERATIONAL_FLAT, "seed")
-
 FLAGS = flags.FLAGS
 flags.DEFINE_string("grid", None, f"one of {', '.join(GRIDS)}")
 flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared dataset "
@@ -46,58 +42,6 @@ flags.DEFINE_multi_string("only", [], "run only this variant (repeat the flag fo
                           "variant names may hold commas)")
 flags.DEFINE_list("seeds", [], "override the grid's seeds")
 flags.DEFINE_boolean("report_only", False, "write the table and plot from finished runs")
-
-
-def variant_config(grid, name, seed, data_dir=None) -> cfg_lib.RunConfig:
-    spec = GRIDS[grid]
-    return cfg_lib.RunConfig.from_flat({**spec["base"], **spec["variants"][name], "seed": seed,
-                                        "data_dir": data_dir})
-
-
-# settings added after runs were recorded: at these values a run trains what it trained
-# before the setting existed, so they stay out of its key (the recorded runs still count)
-_LATER_DEFAULTS = {"conv_factorization": ("spatial",), "rank_keep_ends": (False,),
-                   "rank_energy": ("weights",), "align_form": (None, "factors"),
-                   # learned feedback's own rate (issue 29): None for every other rule
-                   "feedback_lr": (None,), "feedback_decay": (None,),
-                   "feedback_weight_decay": (None,)}
-
-
-def run_key(cfg: cfg_lib.RunConfig) -> str:
-    """Canonical JSON of what a run trains (resolved settings, paths and seed left out)."""
-    d = {k: v for k, v in cfg.resolved().flat().items()
-         if k not in _IGNORED and not (k in _LATER_DEFAULTS and v in _LATER_DEFAULTS[k])}
-    if d.get("rank_tau") is None:  # no cuts: which layers a cut would spare is moot
-        d.pop("rank_keep_ends", None)
-        # ... and so is how it would cut the feedback: the value runs were recorded with
-        d["rank_feedback_cut"] = "first"
-    if d.get("rank_energy", "weights") == "weights":  # only an outputs cut reads batches
-        d.pop("rank_energy_batches", None)
-    return json.dumps(d, sort_keys=True, default=list)
-
-
-def load_results(path):
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def load_all_results(out, grid):
-    """Every recorded run under ``out``/results, this grid's first: a run is what it
-    trains (its key), so a run another grid recorded with the same settings and seed
-    counts here too. One record per (key, seed)."""
-    folder = os.path.join(out, "results")
-    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
-    own = f"{grid}.jsonl"
-    records, seen = [], set()
-    for name in sorted(names, key=lambda n: n != own):
-        if name.endswith(".jsonl"):
-            for r in load_results(os.path.join(folder, name)):
-                if (r["key"], r["seed"]) not in seen:
-                    seen.add((r["key"], r["seed"]))
-                    records.append(r)
-    return records
 
 
 def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
@@ -154,34 +98,6 @@ def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
         print(f"    {name} seed {seed}: validation {record['val_accuracy'][-1]:.4f} "
               f"in {record['seconds']:.0f} s", flush=True)
     return report(grid, out)
-
-
-def _mean_sd(values):
-    if not values:
-        return "", 0.0
-    m = statistics.fmean(values)
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{m:.3f} ± {sd:.3f}", m
-
-
-def summarize(grid, results):
-    """One row per variant (grid order) over the seeds that ran its current settings."""
-    spec = GRIDS[grid]
-    rows = []
-    for name in spec["variants"]:
-        key = run_key(variant_config(grid, name, 1))
-        runs = [r for r in results if r["key"] == key]
-        if not runs:
-            continue
-        last = [r["val_accuracy"][-1] for r in runs]
-        best = [max(r["val_accuracy"]) for r in runs]
-        test = [r["test_accuracy"] for r in runs]
-        secs = [s for r in runs for s in r["epoch_seconds"]]
-        rows.append(dict(name=name, mode=runs[0]["mode"], card=runs[0]["card"], runs=runs,
-                         seeds=sorted(r["seed"] for r in runs), last=_mean_sd(last),
-                         best=_mean_sd(best), test=_mean_sd(test),
-                         sec=statistics.median(secs) if secs else 0.0))
-    return rows
 
 
 def report(grid, out):

@@ -14,7 +14,8 @@ from __future__ import annotations
 import os
 import sys
 
-from benchmarks import grid
+from benchmarks import records
+from benchmarks.grids import GRIDS
 from ssa_tf import files
 from ssa_tf.methods import registry
 
@@ -46,7 +47,7 @@ ROWS = (
 
 
 def _cells(grid_name, out):
-    rows = grid.summarize(grid_name, grid.load_all_results(out, grid_name))
+    rows = records.summarize(grid_name, records.load_all_results(out, grid_name))
     return {r["name"]: (r["last"][0], len(r["seeds"])) for r in rows}
 
 
@@ -56,7 +57,7 @@ def render(out=HERE) -> str:
     lines = ["| rule | sequential | weight transport | feedback | 5 epochs | 20 epochs |",
              "|---|---|---|---|---|---|"]
     for label, five, twenty in ROWS:
-        mode = grid.GRIDS[SHORT]["variants"][five]["mode"]
+        mode = GRIDS[SHORT]["variants"][five]["mode"]
         card = registry.get(mode).card({})
         cells = []
         for found, name in ((short, five), (long, twenty)):
