@@ -152,14 +152,18 @@ def test_mobilenet_v2_is_refused_in_one_line_naming_its_depthwise_layer():
     assert "'expanded_conv_depthwise' (DepthwiseConv2D) cannot be trained locally" in message
 
 
-@pytest.mark.parametrize("layer,why", [
-    (keras.layers.Conv2D(4, 3, dilation_rate=2), "a dilated convolution"),
-    (keras.layers.Dense(10, activation="softmax"), "ends in a softmax"),
+@pytest.mark.parametrize("last,why", [
+    (lambda: keras.layers.Conv2D(4, 3, dilation_rate=2, name="dilated"),
+     "'dilated' \\(Conv2D\\) cannot be trained locally: a dilated convolution"),
+    (lambda: keras.layers.Dense(10, activation="softmax", name="probs"),
+     "ends in a softmax \\('probs'\\)"),
 ])
-def test_what_cannot_be_trained_is_named(layer, why):
-    network = keras.Sequential([keras.Input(SHAPE), keras.layers.Conv2D(4, 3),
-                                keras.layers.Flatten() if isinstance(layer, keras.layers.Dense)
-                                else keras.layers.ReLU(), layer])
+def test_what_cannot_be_trained_is_named(last, why):
+    layer = last()
+    dense = isinstance(layer, keras.layers.Dense)
+    network = keras.Sequential([keras.Input(SHAPE), keras.layers.Conv2D(4, 3, name="first"),
+                                keras.layers.Flatten(name="flat") if dense
+                                else keras.layers.ReLU(name="relu"), layer])
     with pytest.raises(UnsupportedLayerError, match=why):
         modules_from_keras(network)
 
