@@ -182,11 +182,22 @@ def test_the_command_line_trains_a_users_file_and_stores_its_card(tmp_path):
     assert summary["test_accuracy"] > 0.3  # 8 steps; chance is 0.1
 
 
-def test_a_users_file_without_build_is_one_line(tmp_path):
-    bad = tmp_path / "net.py"
-    bad.write_text("import keras\n")
-    line = one_line(run("train", f"--model={bad}", f"--workdir={tmp_path / 'w'}", timeout=120))
-    assert f"--model={bad} defines no build(input_shape, num_classes)" in line
-    assert not (tmp_path / "w").exists()
+def test_a_users_file_that_gives_no_model_is_named_in_one_line(tmp_path):
+    from ssa_tf.errors import UsageError
+    from ssa_tf.training.model import user_network
+
+    ten = ("import keras\ndef build(s, k):\n    return keras.Sequential([keras.Input(s), "
+           "keras.layers.Flatten(), keras.layers.Dense(10)])\n")
+    cases = {"import keras\n": "defines no build(input_shape, num_classes)",
+             "def build(s, k):\n    return 3\n": "build() returned a int, not a keras.Model",
+             "def build(s, k):\n    raise KeyError('x')\n": "KeyError: 'x'",
+             ten: "the model's output has shape (10,); the dataset has 7 classes"}
+    for k, (text, needle) in enumerate(cases.items()):
+        path = tmp_path / f"net{k}.py"
+        path.write_text(text)
+        with pytest.raises(UsageError) as error:
+            user_network(str(path), SHAPE, 7)
+        assert f"--model={path}" in str(error.value) and needle in str(error.value)
+        assert "\n" not in str(error.value)
     line = one_line(run("train", f"--model={tmp_path / 'none.py'}", timeout=60))
     assert "no such file" in line
