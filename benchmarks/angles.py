@@ -43,11 +43,11 @@ def angles(grid, data_dir, runs):
     ds = data_lib.load(base["dataset"], 256, data_dir=data_dir, seed=1, augment=False,
                        validation_split=base.get("validation_split", 0.1))
     x, y = (np.asarray(t) for t in next(iter(ds.validation)))
-    records = records.load_all_results(os.path.join(os.path.dirname(__file__)), grid)
+    recorded = records.load_all_results(os.path.dirname(os.path.abspath(__file__)), grid)
     out, modules = {}, None
     for name in GRIDS[grid]["variants"]:
         key = records.run_key(records.variant_config(grid, name, 1))
-        for r in (r for r in records if r["key"] == key):
+        for r in (r for r in recorded if r["key"] == key):
             if registry.get(r["mode"]).end_to_end:
                 continue
             path = os.path.join(runs, r["grid"], f"{r['name']}-s{r['seed']}", "model.keras")
