@@ -33,7 +33,8 @@ def _run_flags():
     return {  # flag: (SECTION.FIELD, metavar, help)
         "dataset": ("data.dataset", "NAME", f"{', '.join(cfg_lib.DATASETS)} ({d.data.dataset})"),
         "data_dir": ("data.data_dir", "DIR", "TFDS data_dir holding the prepared dataset"),
-        "model": ("model.model", "NAME", f"{', '.join(cfg_lib.MODELS)} ({d.model.model})"),
+        "model": ("model.model", "NAME|FILE", f"{', '.join(cfg_lib.MODELS)} ({d.model.model}), or "
+                  "your .py with build(input_shape, num_classes)"),
         "mode": ("method.mode", "RULE", f"learning rule: {', '.join(cfg_lib.MODES)} "
                  f"({d.method.mode})"),
         "epochs": ("train.epochs", "N", f"training epochs ({d.train.epochs})"),
