@@ -201,3 +201,19 @@ def test_a_users_file_that_gives_no_model_is_named_in_one_line(tmp_path):
         assert "\n" not in str(error.value)
     line = one_line(run("train", f"--model={tmp_path / 'none.py'}", timeout=60))
     assert "no such file" in line
+
+
+def test_the_user_can_choose_where_modules_end(tmp_path):
+    keras.utils.set_random_seed(3)
+    network = residual()
+    model = SSAModel("residual", SHAPE, 10, mode="ssa", network=network, module_ends=["stem"])
+    assert [_names(m) for m in model.local_modules] == [["stem"], ["branch1", "branch2", "head"]]
+    x, _ = _batch()
+    np.testing.assert_allclose(model(x).numpy(), network(x).numpy(), atol=1e-4)
+    path = tmp_path / "model.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert len(loaded.local_modules) == 2 and loaded.module_ends == ("stem",)
+    # inside the residual block the graph runs on two paths: no module can end there
+    with pytest.raises(UnsupportedLayerError, match=r"module ends \['branch1'\] are not"):
+        modules_from_keras(residual(), ends=["branch1"])

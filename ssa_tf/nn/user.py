@@ -10,7 +10,8 @@ algorithm §4), every other layer a copy of itself. The network is then cut into
 modules where the whole graph passes through one tensor (a residual block, whose paths
 fork and join again, stays inside one module), each module holding one weight layer or
 one such block; a shape-changing Flatten or Reshape starts the module after it. The last
-module holds the classifier.
+module holds the classifier. ``ends`` (a user file's ``MODULE_ENDS``) chooses the split
+instead.
 
 Layers the rules cannot train locally are refused in one line naming the layer
 (``UnsupportedLayerError``): a depthwise or separable convolution, attention, recurrent
@@ -173,34 +174,20 @@ def _segments(model):
 
 
 def modules_from_keras(model, svd=True, local=True, feedback_init="forward", seed=1,
-                       ranks=None, head_init=None) -> list:
+                       ranks=None, head_init=None, ends=None) -> list:
     """The local modules (``GraphModule``) of a user's model; see the module docstring.
 
     ``head_init="zero"`` zeroes the classifier's weights (s = 0 in SVD form), as the
     built-in models do for the rules whose head starts at zero (dfa, dkp: with the
     user's random head DFA diverged on a small residual CNN); None or "glorot" keeps the
-    user's own initialization."""
+    user's own initialization. ``ends`` overrides the split: the names of the layers
+    after which a module ends (each must be a place where the whole graph passes
+    through its output), the last module ending at the model's output."""
     check(model)
     converted = rewrite(model, _Converter(svd, local, feedback_init, seed, ranks),
                         inference=True)
-    groups = []  # [[segment, ...], ...]
-    pending = []  # weightless segments that start the next module
-    for seg in _segments(converted):
-        ops = [n.operation for n in seg[1]]
-        has_weight = any(isinstance(o, (SVDLayer, *WEIGHT_TYPES)) for o in ops)
-        if has_weight or not groups:
-            groups.append([*pending, seg])
-            pending = []
-        elif any(isinstance(o, STARTS_A_MODULE) for o in ops) or pending:
-            pending.append(seg)
-        else:
-            groups[-1].append(seg)
-    if pending:
-        groups[-1].extend(pending)
-    if len(groups) > 1 and not any(isinstance(n.operation, (SVDLayer, *WEIGHT_TYPES))
-                                   for n in groups[0][0][1]) and not _weights(groups[0]):
-        groups[1:2] = [groups[0] + groups[1]]
-        groups = groups[1:]
+    segments = _segments(converted)
+    groups = _chosen(model, segments, ends) if ends is not None else _automatic(segments)
     modules = []
     for k, group in enumerate(groups):
         weights = _weights(group)
@@ -214,6 +201,53 @@ def modules_from_keras(model, svd=True, local=True, feedback_init="forward", see
         for v in ([head.s] if isinstance(head, SVDLayer) else [head.kernel]):
             v.assign(keras.ops.zeros(v.shape, v.dtype))
     return modules
+
+
+def _automatic(segments):
+    """One weight layer or one residual block per module; a Flatten starts the next."""
+    groups = []  # [[segment, ...], ...]
+    pending = []  # weightless segments that start the next module
+    for seg in segments:
+        ops = [n.operation for n in seg[1]]
+        if any(isinstance(o, (SVDLayer, *WEIGHT_TYPES)) for o in ops) or not groups:
+            groups.append([*pending, seg])
+            pending = []
+        elif any(isinstance(o, STARTS_A_MODULE) for o in ops) or pending:
+            pending.append(seg)
+        else:
+            groups[-1].append(seg)
+    groups[-1].extend(pending)
+    if len(groups) > 1 and not _weights(groups[0]):  # leading weightless layers
+        groups[:2] = [groups[0] + groups[1]]
+    return groups
+
+
+def _producer(tensor):
+    return tensor._keras_history.operation.name
+
+
+def _chosen(model, segments, ends):
+    """The modules that end after the layers named in ``ends``."""
+    cuts = {_producer(seg[2]) for seg in segments[:-1]}
+    # a Dense/Conv2D with an activation ends at the activation split off it
+    wanted = {f"{n}_activation" if f"{n}_activation" in cuts else n for n in ends}
+    unknown = sorted(n for n in wanted if n not in cuts)
+    if unknown:
+        where = ", ".join(sorted(c for c in cuts if not c.endswith("_activation"))
+                          + sorted(c[:-len("_activation")] for c in cuts
+                                   if c.endswith("_activation")))
+        raise UnsupportedLayerError(f"model {model.name!r}: module ends {unknown} are not "
+                                    "layers whose output the whole graph passes through; "
+                                    f"those are: {where}")
+    groups, current = [], []
+    for seg in segments:
+        current.append(seg)
+        if _producer(seg[2]) in wanted:
+            groups.append(current)
+            current = []
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _weights(group):

@@ -33,7 +33,8 @@ class SSAModel(keras.Model):
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10,
                  mode=registry.DEFAULT,
                  norm="layer", activation="leaky_relu", head_init=None, seed=1, ranks=None,
-                 conv_factorization="spatial", input_stats=None, network=None, **kwargs):
+                 conv_factorization="spatial", input_stats=None, network=None,
+                 module_ends=None, **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in registry.OPTIONS}
         super().__init__(**kwargs)
         self.rule = registry.make(mode, given)
@@ -57,10 +58,12 @@ class SSAModel(keras.Model):
         # the SSAModel's too
         self.network_config = (None if network is None
                                else keras.saving.serialize_keras_object(network))
+        self.module_ends = None if module_ends is None else tuple(module_ends)
         if network is not None:
             self.local_modules = modules_from_keras(
                 network, svd=self.rule.svd, local=not self.rule.end_to_end,
-                feedback_init=feedback_init, seed=self.seed, ranks=ranks, head_init=head_init)
+                feedback_init=feedback_init, seed=self.seed, ranks=ranks, head_init=head_init,
+                ends=self.module_ends)
         else:
             self.local_modules = build_modules(
                 architecture, self.input_dims, self.num_classes, svd=self.rule.svd,
@@ -149,7 +152,8 @@ class SSAModel(keras.Model):
             "conv_factorization": self.conv_factorization, "input_stats": self.input_stats,
             "seed": self.seed, "ranks": self.ranks(), **self.rule.options,
             # a user's model travels as its Keras config (its weights are the model's)
-            **({"network": self.network_config} if self.network_config is not None else {}),
+            **({"network": self.network_config, "module_ends": self.module_ends}
+               if self.network_config is not None else {}),
         }
 
     # -- forward --------------------------------------------------------------
@@ -298,14 +302,14 @@ def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
 
     keras.utils.set_random_seed(cfg.seed)
     m = cfg.model
-    network = user_network(m.model, input_shape, num_classes) if is_user_model(m.model) \
-        else None
+    network, ends = user_network(m.model, input_shape, num_classes) \
+        if is_user_model(m.model) else (None, None)
     return SSAModel(m.model if network is None else network.name, input_shape, num_classes,
                     mode=cfg.method.mode, norm=m.norm, activation=m.activation,
                     head_init=m.head_init, seed=cfg.seed,
                     conv_factorization=m.conv_factorization,
                     input_stats=data_lib.input_normalization(cfg.data.dataset),
-                    network=network, **cfg.method.options())
+                    network=network, module_ends=ends, **cfg.method.options())
 
 
 def is_user_model(name) -> bool:
@@ -314,8 +318,10 @@ def is_user_model(name) -> bool:
 
 
 def user_network(path, input_shape, num_classes):
-    """The ``keras.Model`` that ``build(input_shape, num_classes)`` in the user's file
-    returns (``errors.UsageError``, one line, when the file cannot give one)."""
+    """(the ``keras.Model`` that ``build(input_shape, num_classes)`` in the user's file
+    returns, the file's ``MODULE_ENDS`` or None: the layers after which its local modules
+    end, to override the automatic split); ``errors.UsageError``, one line, when the file
+    cannot give a model."""
     import importlib.util
 
     from ssa_tf.errors import UsageError
@@ -339,7 +345,8 @@ def user_network(path, input_shape, num_classes):
     if out != (int(num_classes),):
         raise UsageError(f"--model={path}: the model's output has shape {out}; the dataset "
                          f"has {num_classes} classes (return one logit per class)")
-    return network
+    ends = getattr(module, "MODULE_ENDS", None)
+    return network, None if ends is None else tuple(ends)
 
 
 def build_model(architecture, input_shape, num_classes, mode=registry.DEFAULT, learning_rate=None,
