@@ -217,3 +217,9 @@ def test_the_user_can_choose_where_modules_end(tmp_path):
     # inside the residual block the graph runs on two paths: no module can end there
     with pytest.raises(UnsupportedLayerError, match=r"module ends \['branch1'\] are not"):
         modules_from_keras(residual(), ends=["branch1"])
+
+
+def test_the_gated_rules_refuse_a_users_model_in_one_line():
+    with pytest.raises(UnsupportedLayerError, match="'fa' gates its feedback .* direct rules "
+                       r"\(dfa, ssa, dkp, ssa-dkp\) or end to end \(bp, svd-bp\)"):
+        _model("mlp", "fa")
