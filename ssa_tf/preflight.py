@@ -10,8 +10,8 @@
 workdir's lock and decides resume or restart, all before TensorFlow starts, so a
 mistake costs a fraction of a second and leaves nothing behind. A run started
 without a flight (``run.train(cfg)`` from a grid or a search) claims its workdir
-itself, through the same ``Flight.claim`` (``training.workdir``). Multi-worker runs claim theirs in the
-run (each worker's workdir is known only once the cluster is up).
+itself, through the same ``Flight.claim`` (``training.workdir``). Multi-worker runs
+claim theirs in the run (each worker's workdir is known only once the cluster is up).
 """
 
 from __future__ import annotations

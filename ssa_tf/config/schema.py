@@ -83,7 +83,8 @@ class RankConfig:
     exempt: tuple = ()
     # the first SVD layer (it reads the pixels) and the classifier keep full rank: cutting
     # the first conv of smallconv from 9 to 8 cost 8 points of validation at once, and the
-    # two hold 0.3% of its parameters (benchmarks/reports/EXPORT.md); False: every layer (the seed's)
+    # two hold 0.3% of its parameters (benchmarks/reports/EXPORT.md); False: every layer
+    # (the seed's)
     keep_ends: bool = True
     # slots: no re-factoring, the kept components keep their slots and B its columns at
     # them (issue 30: the alignment term stays continuous); first: the seed's exact
