@@ -1,4 +1,5 @@
-"""SSAModel and its train_step (ssa_tf.training.model): BUILD.md, algorithm §7 properties and real training."""
+"""SSAModel and its train_step (ssa_tf.training.model): BUILD.md, algorithm §7
+properties and real training."""
 
 import numpy as np
 import pytest
