@@ -105,6 +105,9 @@ def _learned_variants(long=False):
         "ssa-dkp, global route's matrices, learned": dict(ssa_dkp, feedback="global"),
         "ssa-dkp, no feedback decay": dict(ssa_dkp, feedback_decay=1.0),
         "dkp, feedback lr 1e-3": dict(dkp, feedback_lr=1e-3),
+        # the control for learning: dkp's matrices (their initial scale) held still
+        "dkp, feedback frozen (lr 1e-12): dfa with dkp's initial matrices": dict(
+            dkp, feedback_lr=1e-12),
         "ssa-dkp, feedback lr 1e-3": dict(ssa_dkp, feedback_lr=1e-3),
         # the alignment term pulls U towards the fixed B_U while the learned D moves away
         "ssa-dkp, beta 0": dict(ssa_dkp, beta=0.0),

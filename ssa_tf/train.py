@@ -80,7 +80,7 @@ def execute(cfg, tf_config=None, workdir_given=True):
     try:
         flight = preflight.check(cfg, tf_config, workdir_given)
     except errors.Error as e:
-        usage_error(str(e))
+        cli.fail(e)
     print(cfg.card().line(), flush=True)
     try:
         summary = _train(cfg, flight)

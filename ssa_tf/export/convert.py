@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import keras
 
-from keras import ops
-
 from ssa_tf.nn.graph import (PLAIN_WEIGHT_TYPES, UnsupportedLayerError, activation_name,
-                                 all_layers, clone_call, format_records, is_leaf, layer_record,
-                                 rewrite)
+                             all_layers, clone_call, format_records, is_leaf, layer_record,
+                             linear_copy, rewrite)
 from ssa_tf.export.merge import merge
 from ssa_tf.nn import SVDConv2D, SVDDense, SVDLayer, energy_rank
 
@@ -62,7 +60,7 @@ class _ToSSA:
         """The SVD layer computing what plain ``layer`` computes, cut as this converter says."""
         self._count += 1
         feedback_seed = self.seed * 10007 + self._count + 5003
-        linear = _linear_copy(layer)
+        linear = linear_copy(layer)
         kwargs = dict(feedback_seed=feedback_seed, feedback_init=self.feedback_init)
         if isinstance(layer, keras.layers.Dense):
             init = keras.initializers.GlorotUniform(feedback_seed)
@@ -148,15 +146,3 @@ def _unconvertible(layer):
         if layer.data_format != "channels_last":
             return "channels_first convolution"
     return None
-
-
-def _linear_copy(layer):
-    """A copy of a Dense/Conv2D layer without its activation (and LoRA merged in)."""
-    config = {**layer.get_config(), "activation": "linear"}
-    config.pop("lora_rank", None)
-    config.pop("lora_alpha", None)
-    copy = type(layer).from_config(config)
-    kernel = ops.convert_to_numpy(layer.kernel)  # includes a LoRA update, if any
-    copy.build((None,) * (kernel.ndim - 1) + (kernel.shape[-2],))
-    copy.set_weights([kernel] + ([ops.convert_to_numpy(layer.bias)] if layer.use_bias else []))
-    return copy

@@ -12,6 +12,7 @@ import dataclasses
 import math
 
 import keras
+from keras import ops
 
 from ssa_tf.errors import UsageError
 from ssa_tf.nn.layers import LocalBatchNorm, SVDDense, SVDLayer
@@ -277,3 +278,15 @@ def activation_name(layer):
     if act is None or act is keras.activations.linear:
         return "linear"
     return keras.activations.serialize(act) if not isinstance(act, str) else act
+
+
+def linear_copy(layer):
+    """A copy of a Dense/Conv2D layer without its activation (and LoRA merged in)."""
+    config = {**layer.get_config(), "activation": "linear"}
+    config.pop("lora_rank", None)
+    config.pop("lora_alpha", None)
+    copy = type(layer).from_config(config)
+    kernel = ops.convert_to_numpy(layer.kernel)  # includes a LoRA update, if any
+    copy.build((None,) * (kernel.ndim - 1) + (kernel.shape[-2],))
+    copy.set_weights([kernel] + ([ops.convert_to_numpy(layer.bias)] if layer.use_bias else []))
+    return copy

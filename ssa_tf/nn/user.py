@@ -23,7 +23,7 @@ from __future__ import annotations
 import keras
 
 from ssa_tf.nn.graph import (BATCH_NORMS, PASS_THROUGH, TRAINING_ONLY, UnsupportedLayerError,
-                             activation_name, clone_call, rewrite)
+                             activation_name, clone_call, linear_copy, rewrite)
 from ssa_tf.nn.layers import LocalBatchNorm, SVDConv2D, SVDDense, SVDLayer
 
 WEIGHT_TYPES = (keras.layers.Dense, keras.layers.Conv2D)
@@ -110,10 +110,7 @@ class _Converter:
         if not self.svd:
             return clone_call(layer, (x,), {})
         self._count += 1
-        config = {**layer.get_config(), "activation": "linear"}
-        linear = type(layer).from_config(config)
-        linear.build(layer.input.shape)
-        linear.set_weights(layer.get_weights())
+        linear = linear_copy(layer)
         kwargs = dict(rank=self.ranks.get(layer.name), feedback_init=self.feedback_init,
                       feedback_seed=self.seed * 10007 + self._count + 5003)
         if isinstance(layer, keras.layers.Dense):

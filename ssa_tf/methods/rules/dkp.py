@@ -80,10 +80,12 @@ def implementation():
 
         def ce_term(self, model, i, h, error, y, signals):
             D = self.matrices[i]
-            signal = feedback.direct_ce_term(h, D, error, self.spatial)  # the update of h
-            # grad D = h^T e / batch (+ weight decay): the same surrogate, h held
-            feat = feedback.direct_features(ops.stop_gradient(h), self.spatial)
-            kp = ops.mean(ops.sum(feat * ops.matmul(error, ops.transpose(D)), axis=-1))
+            feat = feedback.direct_features(h, self.spatial)
+            delta = ops.matmul(error, ops.transpose(D))  # e D^T, once for both terms
+            # the surrogate with D held: its gradient at h is DFA's signal (h's update);
+            # with h held: grad D = h^T e / batch, the Kolen-Pollack update (+ decay)
+            signal = ops.mean(ops.sum(ops.stop_gradient(delta) * feat, axis=-1))
+            kp = ops.mean(ops.sum(delta * ops.stop_gradient(feat), axis=-1))
             kp = kp + 0.5 * self.weight_decay * ops.sum(ops.square(D))
             return signal + kp - ops.stop_gradient(kp)  # the value logged is the signal's
 
