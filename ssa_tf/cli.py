@@ -71,11 +71,16 @@ def run_config_from_flags(names, extra=()):
     from ssa_tf.config import presets
 
     values = {n: flags.FLAGS[n].value for n in names}
-    mode = values.get("mode") or cfg_lib.RunConfig().method.mode
-    cfg = cfg_lib.RunConfig()
-    if values.get("preset"):
-        preset = presets.load(values["preset"]).values(mode)
-        cfg = cfg.with_overrides(f"{k}={_text(v)}" for k, v in preset.items())
+    given = _apply_flags(cfg_lib.RunConfig(), names, values, extra)
+    if not values.get("preset"):
+        return given
+    # the preset sees what was asked without it (the rule, its route), then sits under it
+    preset = presets.values(presets.load(values["preset"]), given)
+    cfg = cfg_lib.RunConfig().with_overrides(f"{k}={_text(v)}" for k, v in preset.items())
+    return _apply_flags(cfg, names, values, extra)
+
+
+def _apply_flags(cfg, names, values, extra):
     for name in names:
         field = RUN_FLAGS[name][0]
         if field is not None and values[name] is not None:

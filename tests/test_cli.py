@@ -175,6 +175,22 @@ def test_ssa_tf_load_model_loads_the_runs_model_in_a_fresh_process(default_run, 
     assert loaded.stdout.split()[0] == "ssa"
 
 
+@pytest.mark.parametrize("order", ["import ssa_tf, keras", "import keras, ssa_tf"])
+def test_keras_load_model_works_after_import_ssa_tf(default_run, tmp_path, order):
+    # issue 34, item 19: a Keras user's habit failed with "Could not locate class
+    # 'SSAModel'"; importing ssa_tf still starts no TensorFlow
+    _, workdir = default_run
+    code = (f"import sys; {order}; "
+            "print('tf-before-load', 'ssa_tf.training.model' in sys.modules); "
+            "m = keras.saving.load_model(sys.argv[1]); print(type(m).__name__, m.mode)")
+    loaded = subprocess.run([sys.executable, "-c", code, str(workdir / "model.keras")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.split()[-2:] == ["SSAModel", "ssa"]
+    assert "tf-before-load False" in loaded.stdout  # registered on Keras's first look-up
+
+
 # --------------------------------------------------------------------------
 # Issue 18: what a new user hit, through the real command line.
 # --------------------------------------------------------------------------

@@ -201,3 +201,75 @@ def test_resume_with_other_settings_names_every_changed_setting(tmp_path):
                    "data.max_train_examples=None then, 100 now", "rank.min=1 then, 2 now",
                    "--seed=1 then, 5 now", "--restart"):
         assert needle in message, message
+
+
+def _config(*argv):
+    from ssa_tf import train
+    with flagsaver.flagsaver():
+        train.FLAGS(["prog", *argv])
+        try:
+            return train.config_from_flags()
+        finally:
+            train.FLAGS.unparse_flags()
+
+
+def _routes(mode):
+    from ssa_tf.methods import registry
+    return (None, *registry.get(mode).choices.get("feedback", ()))
+
+
+@pytest.mark.parametrize("preset", [None, *presets.NAMES])
+def test_every_preset_validates_with_every_rule_and_route(preset):
+    # issue 34, item 1: --preset=imagenet refused ssa's default route (the chain) because
+    # the preset set the global route's feedback_spatial for every rule that has it
+    from ssa_tf.methods import registry
+    base = ["--dataset=imagenet2012"] if preset is None else [f"--preset={preset}"]
+    checked = 0
+    for mode in registry.NAMES:
+        for route in _routes(mode):
+            argv = [*base, f"--mode={mode}"]
+            if route is not None:
+                argv.append(f"--set=method.feedback={route}")
+            cfg = _config(*argv)
+            assert validate(cfg) is None, (argv, validate(cfg))
+            assert cfg.method.mode == mode
+            if preset == "imagenet":
+                # the broadcast is the global route's (full maps at 224: 1000 x 200,704)
+                spatial = cfg.resolved().method.feedback_spatial
+                if cfg.resolved().method.feedback == "global":
+                    assert spatial == "broadcast", argv
+                else:
+                    assert cfg.method.feedback_spatial is None, argv
+            checked += 1
+    assert checked >= len(registry.NAMES) + 6
+
+
+def test_a_preset_of_one_argument_still_works(tmp_path):
+    mine = tmp_path / "mine.py"
+    mine.write_text("def values(mode):\n    return {'train.epochs': 7, 'rank.tau': 0.9}\n")
+    cfg = _config(f"--preset={mine}", "--mode=ssa", "--set=rank.tau=0.8")
+    assert cfg.train.epochs == 7 and cfg.rank.tau == 0.8  # --set wins over the preset
+
+
+def test_full_map_feedback_too_large_is_one_usage_line():
+    # python -m ssa_tf.train --dataset=imagenet2012 --mode=dfa (no preset): dfa's full-map
+    # feedback at 224 x 224 would need 2.4G entries; one line naming the setting, exit 2
+    import keras
+    from ssa_tf.errors import UsageError
+    from ssa_tf.training.model import SSAModel
+    keras.utils.set_random_seed(1)
+    with pytest.raises(UsageError, match="method.feedback_spatial=broadcast") as e:
+        SSAModel("smallconv", (224, 224, 3), 1000, mode="dfa")
+    assert e.value.status == 2 and "\n" not in str(e.value)
+
+
+def test_no_card_line_reads_like_an_error():
+    # issue 34, item 9: "...; error: e through a fixed ..." carried the prefix that the
+    # README gives for a mistake; every rule on every route
+    from ssa_tf.methods import registry
+    for mode in registry.NAMES:
+        for route in _routes(mode):
+            cfg = RunConfig().with_overrides(
+                [f"method.mode={mode}", *([f"method.feedback={route}"] if route else [])])
+            line = cfg.card().line()
+            assert "error:" not in line.lower() and line.startswith(f"rule {mode}:"), line

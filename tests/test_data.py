@@ -396,3 +396,13 @@ def test_standard_tfds_cifar10_validates_on_train_45000_and_tests_on_the_officia
     assert summary["validation_split"] == "cifar10:train[45000:]"
     assert summary["test_split"] == "cifar10:test"
     assert "val_accuracy" in summary["history"]
+
+
+def test_missing_imagenet_tars_do_not_suggest_running_again(tmp_path):
+    # issue 34, item 18: "or run this command again to prepare it on first use" read as if
+    # rerunning helped while the tars were missing
+    from ssa_tf.data.core import not_prepared_message
+    message = not_prepared_message("imagenet2012", str(tmp_path))
+    assert "ILSVRC2012_img_train.tar" in message and "\n" not in message
+    assert "run this command again" not in message
+    assert "once the tars are there" in message

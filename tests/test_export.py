@@ -303,3 +303,15 @@ def test_compare_logits_limits():
 # --------------------------------------------------------------------------
 # the deploy script and export_run
 # --------------------------------------------------------------------------
+
+
+def test_the_export_report_names_the_rule_that_trained_the_model():
+    # issue 34, item 18: a bp run's export said "onnxruntime vs SSA model"
+    latency = {(m, b): 1.0 for m in ("export", "dense") for b in (1, 64)}
+    check = {"examples": 8, "max_abs_diff": 1e-6}
+    spec = {"values": "raw pixels", "shape": "(batch, 4)", "dtype": "float32"}
+    result = export.ExportResult([], "auto", 17, 10, 10, 100, 100, latency, check, check,
+                                 "mnist5k:test", "m.onnx", "saved", spec, mode="bp")
+    text = export.format_result(result)
+    assert "onnxruntime vs the trained model (bp) on 8 examples" in text
+    assert "SavedModel vs the trained model (bp)" in text and "SSA model" not in text

@@ -152,8 +152,8 @@ def not_prepared_message(name, data_dir, manual_dir=None):
             f"download them from https://image-net.org/download-images (registration "
             f"required) into {manual_dir} (or point --set data.manual_dir=DIR at the folder "
             f"holding them), "
-            f"then run `tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual_dir}`, "
-            f"or run this command again to prepare it on first use (hours)")
+            f"then run `tfds build imagenet2012 --data_dir={data_dir} --manual_dir={manual_dir}` "
+            f"(hours; once the tars are there, this command also prepares it on first use)")
 
 
 def prepared_builder(name, data_dir, manual_dir):

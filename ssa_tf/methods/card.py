@@ -59,7 +59,8 @@ class LocalityCard:
     def line(self) -> str:
         return (f"rule {self.rule}: sequential {'yes' if self.sequential else 'no'}, "
                 f"weight transport {self.weight_transport}, held activations "
-                f"{self.held_activations}, feedback {self.feedback}; error: {self.error}")
+                f"{self.held_activations}, feedback {self.feedback}; each module's signal: "
+                f"{self.error}")
 
     # the three columns of a results table
     COLUMNS = ("sequential", "transport", "held")

@@ -26,6 +26,7 @@ import keras
 from keras import ops
 import tensorflow as tf
 
+from ssa_tf.errors import UsageError
 from ssa_tf.methods import chain, feedback, registry
 from ssa_tf.methods.spec import ROUTES, SPATIAL
 from ssa_tf.nn.graph import UnsupportedLayerError
@@ -78,13 +79,15 @@ class GlobalRoute(Route):
         self.matrices = []
 
     def check_size(self, model):
-        """ValueError when the full-map matrices would be too large to hold."""
+        """``errors.UsageError`` (one line, exit 2) when the full-map matrices would be too
+        large to hold (``python -m ssa_tf.train --dataset=imagenet2012 --mode=dfa``)."""
         shapes = model.module_output_shapes
         entries = sum(int(np.prod(s)) * model.num_classes for s in shapes[:-1])
         if self.spatial == "full" and entries > MAX_FULL_MAP_ENTRIES:
-            raise ValueError(f"full-map feedback for {model.architecture} at input "
+            raise UsageError(f"full-map feedback for {model.architecture} at input "
                              f"{model.input_dims} needs {entries:,} entries (more than "
-                             f"{MAX_FULL_MAP_ENTRIES:,}); use feedback_spatial=broadcast")
+                             f"{MAX_FULL_MAP_ENTRIES:,}); add --set "
+                             "method.feedback_spatial=broadcast (or --preset=imagenet)")
 
     def build(self, model, rng):
         self.check_size(model)

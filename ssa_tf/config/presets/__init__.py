@@ -1,7 +1,9 @@
 """Presets: small config files, each with the command that runs it and what it gives.
 
-A preset is a module with ``values(mode) -> {"SECTION.FIELD": value}``; the
-CLI applies it under the flags given explicitly. ``--preset=NAME`` takes one
+A preset is a module with ``values(mode) -> {"SECTION.FIELD": value}``, or
+``values(mode, given)``, where ``given`` is the ``RunConfig`` the flags make without
+the preset (a preset can follow the route asked for, not only the rule); the CLI
+applies it under the flags given explicitly. ``--preset=NAME`` takes one
 of this folder's, ``--preset=path/to/file.py`` a file of the user's.
 """
 
@@ -9,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import os
 
 NAMES = ("cifar100", "imagenet")
@@ -32,3 +35,11 @@ def load(name_or_path):
         return module
     raise ValueError(f"--preset={name_or_path!r} is not valid; choose from: {', '.join(NAMES)}, "
                      "or give a path to a .py preset file")
+
+
+def values(preset, given) -> dict:
+    """``preset.values`` for the run ``given`` asks for (its flags without the preset)."""
+    parameters = inspect.signature(preset.values).parameters
+    if len(parameters) >= 2:
+        return preset.values(given.method.mode, given)
+    return preset.values(given.method.mode)
