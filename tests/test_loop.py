@@ -275,7 +275,8 @@ def test_multi_worker_resumes_after_a_kill_and_equals_one_device(tmp_path):
     # default, spares the first layer and the classifier)
     assert cuts == ["1", "2"]
     assert len(summary["epoch_seconds"]) == 2 and len(summary["history"]["loss"]) == 2
-    assert not (workdir / "backup").exists()  # removed once the run is done
+    # once the run is done each worker keeps its last epoch's backup only (to train on)
+    assert sorted(p.name for p in (workdir / "backup").glob("*/*")) == ["epoch-2", "epoch-2"]
 
     # both workers hold the very same weights...
     prints = [[l for l in workers.text(i).splitlines() if "weights fingerprint" in l] for i in (0, 1)]

@@ -35,7 +35,7 @@ import keras
 import tensorflow as tf
 
 from ssa_tf.config import UsageError
-from ssa_tf.training.checkpoints import BACKUP_KEEP, EpochBackup
+from ssa_tf.training.checkpoints import BACKUP_KEEP, EpochBackup, list_checkpoints
 from ssa_tf.training.strategies import (describe, fingerprint, guard_jit_compile, is_chief,
                                         is_multi_worker, make_strategy, shard_by_data, task_name)
 
@@ -110,14 +110,26 @@ class Placement:
         return evaluate_loop(model, dataset)
 
     def close(self):
-        """Once the run is done: remove the backups and a non-chief's temporary outputs."""
+        """Once the run is done: remove a non-chief's temporary outputs and every backup
+        but the last epoch's, which a longer run of the same settings continues from
+        (``--epochs=M`` on a finished workdir; ``workdir.extension_problem``)."""
         if self._temp:
             shutil.rmtree(self._temp, ignore_errors=True)
-        if self.backup_dir:
-            shutil.rmtree(self.backup_dir, ignore_errors=True)
-            parent = os.path.dirname(self.backup_dir)
-            if os.path.isdir(parent) and not os.listdir(parent):
-                os.rmdir(parent)
+        if self.backup_dir and os.path.isdir(self.backup_dir):
+            ends = [c for c in list_checkpoints(self.backup_dir) if c[1] == 0]
+            keep = f"epoch-{ends[-1][0]}" if ends else None
+            for name in os.listdir(self.backup_dir):
+                if name != keep:
+                    path = os.path.join(self.backup_dir, name)
+                    if os.path.isdir(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        os.remove(path)
+            if keep is None:
+                os.rmdir(self.backup_dir)
+                parent = os.path.dirname(self.backup_dir)
+                if os.path.isdir(parent) and not os.listdir(parent):
+                    os.rmdir(parent)
 
 
 def setup(strategy="auto", logical_cpus=None, workdir=None, batch_size=None, log=print,

@@ -184,6 +184,8 @@ def prepare_workdir(cfg: RunConfig, chief: bool = True) -> str:
     - checkpoints of an unfinished run: resume, if the settings agree with the
       saved ``config.json`` (except those in RESUMABLE_CHANGES); refuse with
       the differing settings otherwise.
+    - a finished run asked for more epochs: resumed the same way, from its last
+      checkpoint (``extension_problem`` says when it cannot be).
     """
     workdir = cfg.runtime.workdir
     if not os.path.isdir(workdir):
@@ -192,9 +194,9 @@ def prepare_workdir(cfg: RunConfig, chief: bool = True) -> str:
         if chief:
             remove_outputs(workdir)
         return "restart"
-    if os.path.exists(os.path.join(workdir, "summary.json")):
-        raise UsageError(f"workdir {workdir} holds a finished run (summary.json); pass "
-                         "--restart to train it again, or choose another --workdir")
+    finished = os.path.join(workdir, "summary.json")
+    if os.path.exists(finished):
+        extension_problem(cfg, finished)  # a longer run continues it; anything else: refused
     if not has_checkpoint(workdir):
         return "new"  # nothing to resume (stopped before its first checkpoint)
     saved_path = os.path.join(workdir, "config.json")
@@ -211,10 +213,43 @@ def prepare_workdir(cfg: RunConfig, chief: bool = True) -> str:
     if differ:
         shown = ", ".join(f"{flag(FLAT_TO_PATH.get(k, k))}={saved.get(k)!r} then, "
                           f"{mine.get(k)!r} now" for k in differ)
-        raise UsageError(f"workdir {workdir} holds an unfinished run with other settings "
+        raise UsageError(f"workdir {workdir} holds a run with other settings "
                          f"({shown}); rerun with the same settings to resume it, pass "
                          "--restart to start over, or choose another --workdir")
     return "resume"
+
+
+def extension_problem(cfg: RunConfig, summary_path: str):
+    """``UsageError`` unless the finished run at ``summary_path`` can train on to
+    ``cfg``'s ``--epochs`` (more epochs than it has, its last checkpoint kept, the same
+    rank cuts up to its end); the settings are compared as for any resume."""
+    from ssa_tf.config.schema import cut_epochs
+
+    workdir = cfg.runtime.workdir
+    try:
+        with open(summary_path) as f:
+            done = int(json.load(f)["epochs"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UsageError(f"workdir {workdir} holds a finished run whose {summary_path} is "
+                         f"unreadable ({e}); pass --restart to train it again") from None
+    if cfg.train.epochs <= done:
+        raise UsageError(f"workdir {workdir} holds a finished run of {done} epochs; pass "
+                         f"--epochs=N with N > {done} to train it further, --restart to "
+                         "train it again, or choose another --workdir")
+    if not has_checkpoint(workdir):
+        raise UsageError(f"workdir {workdir} holds a finished run of {done} epochs with no "
+                         "checkpoint left to continue from; pass --restart to train it again")
+    r = cfg.rank
+    if r.tau is not None and cfg.rule.svd:
+        then = cut_epochs(done, r.start, r.interval, r.final_cut)
+        now = [e for e in cut_epochs(cfg.train.epochs, r.start, r.interval, r.final_cut)
+               if e <= done]
+        if then != now:
+            raise UsageError(
+                f"workdir {workdir} holds a finished run of {done} epochs whose rank cuts "
+                f"(after epochs {then or 'none'}) differ from a {cfg.train.epochs}-epoch "
+                f"run's (after {now or 'none'}): training it further would not be that run; "
+                "pass --restart to train it again, or choose another --workdir")
 
 
 def last_checkpoint(workdir):
