@@ -2,6 +2,7 @@
 
     import ssa_tf
     model = ssa_tf.load_model("runs/RUN/model.keras")   # a run's model, ready to use
+    from ssa_tf import SSAModel, compile_model, SVDDense, SVDConv2D  # TensorFlow starts
 
 The package is laid out by part: ``nn`` (SVD layers, model builders),
 ``methods`` (the learning rules, one file each, and their locality cards),
@@ -81,6 +82,24 @@ if _REGISTRY_MODULE in sys.modules:
     _install_registry(sys.modules[_REGISTRY_MODULE])
 elif not any(isinstance(f, _RegistryFinder) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegistryFinder())
+
+
+# what ``from ssa_tf import X`` gives, imported on first use (TensorFlow starts then)
+_LAZY = {"SSAModel": "ssa_tf.training.model", "build_model": "ssa_tf.training.model",
+         "compile_model": "ssa_tf.training.model", "SVDDense": "ssa_tf.nn",
+         "SVDConv2D": "ssa_tf.nn", "RunConfig": "ssa_tf.config"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'ssa_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted([*globals(), *_LAZY])
 
 
 def load_model(path, **kwargs):
