@@ -119,7 +119,29 @@ def _learned_variants(long=False):
     return rows
 
 
+def _heads_variants():
+    """issue 36: modules that learn from their own trained heads (the local route), plain
+    layers and SSA's, against BP and the best direct rule, every row at lr 1e-3."""
+    plain = dict(mode="dfa", feedback="local", head_init="zero", learning_rate=1e-3)
+    ssa = dict(mode="ssa", feedback="local", **_SSA)
+    return {
+        "bp (glorot head, lr 1e-3)": _FAIR["bp (glorot head, lr 1e-3)"],
+        "local linear heads, plain layers": dict(plain, readout_trained=True),
+        "local conv heads (DGL-style), plain layers": dict(plain, readout_head="conv"),
+        "ssa, local linear heads": dict(ssa, readout_trained=True),
+        "ssa, local conv heads": dict(ssa, readout_head="conv"),
+    }
+
+
 GRIDS = {
+    "heads_20ep": dict(
+        caption="Modules that learn from their own trained heads (the local route: no output "
+                "error, no gradient across modules), plain layers and SSA's SVD layers with "
+                "its terms (smallconv, first 10,000 training images with augmentation, 20 "
+                "epochs).",
+        base=dict(_LONG),
+        seeds=SEEDS,
+        variants=_heads_variants()),
     # issue 29: direct rules whose feedback learns from local quantities (DKP and SSA's)
     "learned_5ep": dict(
         caption="Direct rules whose feedback learns (Kolen-Pollack), against the fair rows of "

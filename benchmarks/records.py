@@ -29,7 +29,9 @@ _LATER_DEFAULTS = {"conv_factorization": ("spatial",), "rank_keep_ends": (False,
                    "rank_energy": ("weights",), "align_form": (None, "factors"),
                    # learned feedback's own rate (issue 29): None for every other rule
                    "feedback_lr": (None,), "feedback_decay": (None,),
-                   "feedback_weight_decay": (None,)}
+                   "feedback_weight_decay": (None,),
+                   # the local route's trained heads (issue 36): the linear read-out before
+                   "readout_head": (None, "linear"), "readout_width": (None, 0)}
 
 
 def run_key(cfg: cfg_lib.RunConfig) -> str:

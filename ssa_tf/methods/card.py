@@ -16,7 +16,9 @@ as columns in every results table:
   step: ``all modules`` (every module's activations until the error is known)
   or ``one module at a time`` (plus the module outputs, for a recompute);
 * **feedback**: ``fixed`` after construction; ``learns locally`` (from the output
-  error and the module's own output only: Kolen-Pollack, ``dkp``); ``copies the
+  error and the module's own output only: Kolen-Pollack, ``dkp``); ``local head`` (no
+  output error at all: a read-out or small head trained with the module on its own
+  cross-entropy with the label, dropped at export); ``copies the
   forward weights`` (a lagging copy); ``is the forward weights`` (backprop).
 
 No TensorFlow import: the CLI prints the card before TensorFlow starts.
@@ -28,7 +30,8 @@ import dataclasses
 
 TRANSPORT = ("never", "once at construction", "continuously")
 HELD = ("all modules", "one module at a time")
-FEEDBACK = ("fixed", "learns locally", "copies the forward weights", "is the forward weights")
+FEEDBACK = ("fixed", "learns locally", "local head", "copies the forward weights",
+            "is the forward weights")
 
 
 @dataclasses.dataclass(frozen=True)

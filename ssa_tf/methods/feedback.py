@@ -106,6 +106,23 @@ def readout_ce_term(h, matrix, labels, grid=2):
     return losses.cross_entropy(ops.matmul(feat, matrix), labels)
 
 
+def head_hidden_layer(out_shape, width, rng):
+    """A local head's first layer for a module output of ``out_shape``: a 3x3 convolution
+    (a map) or a dense layer (a vector) to ``width`` units, He-initialized, zero bias."""
+    channels = int(out_shape[-1])
+    shape = (3, 3, channels, width) if len(out_shape) == 3 else (channels, width)
+    fan_in = int(np.prod(shape[:-1]))
+    kernel = rng.standard_normal(shape) * math.sqrt(2.0 / fan_in)
+    return kernel.astype(np.float32), np.zeros((width,), np.float32)
+
+
+def head_hidden(h, kernel, bias):
+    """ReLU(conv3x3(h) + b) for a map, ReLU(h W + b) for a vector."""
+    if len(h.shape) == 4:
+        return ops.relu(ops.conv(h, kernel, padding="same") + bias)
+    return ops.relu(ops.matmul(h, kernel) + bias)
+
+
 def pool_to_grid(h, rows, cols):
     """Average-pool a feature map (B, H, W, C) to a (rows x cols) grid, adaptively (the
     cells of PyTorch's adaptive_avg_pool2d: [floor(i H / n), ceil((i + 1) H / n))).

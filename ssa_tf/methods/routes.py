@@ -103,29 +103,49 @@ class GlobalRoute(Route):
 class LocalRoute(Route):
     """Each module's own CE through a read-out of its pooled output. ``trained``: the
     read-out learns from that CE too (a linear probe trained alongside the module,
-    as Noekland & Eidnes 2019's prediction loss); else it stays fixed ((LLS))."""
+    as Noekland & Eidnes 2019's prediction loss); else it stays fixed ((LLS)).
+    ``readout_head=conv``: a small trained head instead (DGL, Belilovsky et al. 2020):
+    a 3x3 convolution to ``readout_width`` channels (0: the module's own), ReLU, the
+    pooled grid, then the linear read-out; a dense module gets a hidden dense layer.
+    Heads train on the module's own CE only and are dropped at export."""
 
     spec = ROUTES["local"]
 
     def __init__(self, options, structured=False):
         self.grid = int(options.get("readout_grid", 2))
-        self.trained = bool(options.get("readout_trained", False))
+        self.head = options.get("readout_head") or "linear"
+        self.trained = bool(options.get("readout_trained", False)) or self.head != "linear"
+        self.width = int(options.get("readout_width") or 0)
         self.structured = structured
-        self.matrices = []
+        self.matrices = []  # the linear read-outs (the last layer of a conv head)
+        self.hidden = []  # a conv head's first layer per module: (kernel, bias)
 
     def build(self, model, rng):
         for i, (m, shape) in enumerate(zip(model.local_modules[:-1],
                                            model.module_output_shapes[:-1])):
-            mat = projection(model, m, self.structured, shape, rng, grid=self.grid)
+            if self.head == "conv":
+                width = self.width or int(shape[-1])
+                kernel, bias = feedback.head_hidden_layer(shape, width, rng)
+                self.hidden.append((fixed_weight(model, f"readout_{i}_kernel", kernel, True),
+                                    fixed_weight(model, f"readout_{i}_bias", bias, True)))
+                shape = (*shape[:-1], width)
+                m = None  # the head's own channels: no feedback factors to structure it
+            mat = projection(model, m, self.structured and m is not None, shape, rng,
+                             grid=self.grid)
             self.matrices.append(fixed_weight(model, f"feedback_{i}", mat, self.trained))
+
+    def feedback_variables(self):
+        return [*self.matrices, *(v for pair in self.hidden for v in pair)]
 
     def extra_variables(self, model, i):
         """The read-out module i trains with its own parameters (none when fixed)."""
         if self.trained and i < len(self.matrices):
-            return [self.matrices[i]]
+            return [*(self.hidden[i] if self.hidden else ()), self.matrices[i]]
         return []
 
     def ce_term(self, model, i, h, error, y, signals):
+        if self.hidden:
+            h = feedback.head_hidden(h, *self.hidden[i])
         return feedback.readout_ce_term(h, self.matrices[i], y, self.grid)
 
 

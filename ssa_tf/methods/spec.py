@@ -49,7 +49,10 @@ class Range:
 
 # ranges of the options several rules share; a rule adds its own (``RuleSpec.ranges``)
 RANGES = {"alpha": Range(0), "beta": Range(0), "gamma": Range(0), "ortho_lambda": Range(0),
-          "s_rate_scale": Range(0, open_lo=True), "readout_grid": Range(1)}
+          "s_rate_scale": Range(0, open_lo=True), "readout_grid": Range(1),
+          "readout_width": Range(0)}
+# the local route's read-out: linear (a probe of the pooled map) or a small trained head
+READOUT_HEADS = ("linear", "conv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,10 @@ def _global_error(o):
 
 
 def _local_error(o):
+    if o.get("readout_head") == "conv":
+        return ("the module's own cross-entropy through a trained head (3x3 convolution, "
+                "ReLU, pooled grid, linear; reads the module's output and the label; no "
+                "global forward)")
     if o.get("readout_trained"):
         return ("the module's own cross-entropy through a read-out trained on it (reads "
                 "the module's output and the label; no global forward)")
@@ -77,7 +84,8 @@ def _local_error(o):
 
 ROUTES = {r.name: r for r in (
     RouteSpec("global", ("feedback_spatial",), _global_error),
-    RouteSpec("local", ("readout_grid", "readout_trained"), _local_error, needs_error=False),
+    RouteSpec("local", ("readout_grid", "readout_trained", "readout_head", "readout_width"),
+              _local_error, needs_error=False),
     RouteSpec("chain", (), lambda o: "e through a fixed, ungated linear copy of the later "
               "modules (a fixed matrix)", reads_layer_feedback=True),
 )}
@@ -98,8 +106,11 @@ def direct_card(rule, from_factors=False, error=None, feedback="fixed"):
         held = ("one module at a time" if not route.needs_error or o.get("recompute")
                 else "all modules")
         reads = from_factors or route.reads_layer_feedback
+        learns = feedback
+        if route.name == "local" and (o.get("readout_trained") or o.get("readout_head") == "conv"):
+            learns = "local head"  # trained on the module's own loss and the label only
         return LocalityCard(rule, False, transport(o) if reads else "never", held,
-                            (error or route.error)(o), feedback)
+                            (error or route.error)(o), learns)
     return card
 
 

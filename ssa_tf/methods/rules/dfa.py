@@ -1,12 +1,14 @@
 """dfa: direct feedback alignment (Noekland 2016): fixed random feedback, ordinary layers."""
 
-from ssa_tf.methods.spec import FEEDBACK_INIT, ROUTES, SPATIAL, RuleSpec, direct_card
+from ssa_tf.methods.spec import (FEEDBACK_INIT, READOUT_HEADS, ROUTES, SPATIAL, RuleSpec,
+                                 direct_card)
 
 # the options of every direct rule on ordinary layers
 OPTIONS = dict(alpha=1.0, feedback="global", feedback_spatial="full", feedback_init="random",
-               readout_grid=2, readout_trained=False, recompute=True)
+               readout_grid=2, readout_trained=False, readout_head="linear", readout_width=0,
+               recompute=True)
 CHOICES = {"feedback": tuple(ROUTES), "feedback_spatial": SPATIAL,
-           "feedback_init": FEEDBACK_INIT}
+           "feedback_init": FEEDBACK_INIT, "readout_head": READOUT_HEADS}
 
 
 def implementation():

@@ -5,8 +5,8 @@ error reaching it through a fixed map built from its own feedback factors (the c
 default: a fixed linear copy of the later modules, one matrix from e per module).
 """
 
-from ssa_tf.methods.spec import (FACTOR_CHOICES, FACTOR_OPTIONS, ROUTES, SPATIAL, RuleSpec,
-                                 direct_card)
+from ssa_tf.methods.spec import (FACTOR_CHOICES, FACTOR_OPTIONS, READOUT_HEADS, ROUTES,
+                                 SPATIAL, RuleSpec, direct_card)
 
 
 def implementation():
@@ -17,6 +17,8 @@ def implementation():
 SPEC = RuleSpec(
     "ssa", "SVD-space alignment: direct, transport-free local learning of SVD factors",
     dict(FACTOR_OPTIONS, alpha=1.0, feedback="chain", feedback_spatial="full",
-         feedback_init="forward", readout_grid=2, readout_trained=False, recompute=True),
+         feedback_init="forward", readout_grid=2, readout_trained=False,
+         readout_head="linear", readout_width=0, recompute=True),
     1e-3, direct_card("ssa", from_factors=True), implementation, svd=True,
-    choices={"feedback": tuple(ROUTES), "feedback_spatial": SPATIAL, **FACTOR_CHOICES})
+    choices={"feedback": tuple(ROUTES), "feedback_spatial": SPATIAL,
+             "readout_head": READOUT_HEADS, **FACTOR_CHOICES})

@@ -13,7 +13,7 @@ from ssa_tf.methods.rules import dkp, ssa
 from ssa_tf.methods.spec import FACTOR_CHOICES, SPATIAL, RuleSpec, direct_card
 
 OPTIONS = {k: v for k, v in ssa.SPEC.options.items()
-           if k not in ("readout_grid", "readout_trained")}
+           if not k.startswith("readout_")}
 OPTIONS.update(feedback="chain", **dkp.FEEDBACK_OPTIONS)
 
 SPEC = RuleSpec(
