@@ -130,6 +130,11 @@ def _heads_variants():
         "local conv heads (DGL-style), plain layers": dict(plain, readout_head="conv"),
         "ssa, local linear heads": dict(ssa, readout_trained=True),
         "ssa, local conv heads": dict(ssa, readout_head="conv"),
+        # beta pulls U, V towards the initial feedback factors, which a head never reads
+        "ssa, local conv heads, beta 0": dict(ssa, readout_head="conv", beta=0.0),
+        # issue 36, item 3: svd-bp's 3.6 points under BP at 20 epochs, one suspect at a time
+        "svd-bp, beta 0 (lr 3e-4)": dict(
+            _FAIR["svd-bp (glorot head, beta 0.01, gamma 0, lr 3e-4)"], beta=0.0),
     }
 
 
