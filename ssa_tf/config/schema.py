@@ -36,17 +36,47 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    model: str = "smallconv"
-    norm: str = "layer"  # the seed: layer norm suits SSA better than batch norm
-    # leaky ReLU keeps the error alive where a ReLU would block it; a zero head lets
-    # a local rule's first updates count (benchmarks/reports/ACCURACY.md, the DFA tuning)
-    activation: str = "leaky_relu"
+    model: str = "smallconv"  # a built-in model (choices.MODELS) or a file of the user's
+    # norm, activation and conv_factorization shape the built-in models only; None: the
+    # built-in models' default (BUILT_IN_DEFAULTS), and for a user's model file none at
+    # all (its layers are its own: config.validate refuses them given with a file)
+    norm: str | None = None
+    activation: str | None = None
     # the classifier's initial weights: glorot or zero (s = 0 in SVD form); None: the
     # rule's (zero for dfa, glorot for the others: issue 30)
     head_init: str | None = None
     # how an SVD convolution views its kernel (BUILD.md, algorithm §2): spatial, the seed's
     # (kh x 1 then 1 x kw); channel (kh x kw to rank r, then 1x1): cheaper at every rank
-    conv_factorization: str = "spatial"
+    conv_factorization: str | None = None
+
+
+# what the built-in models get for a setting left at None: layer norm (the seed: it suits
+# SSA better than batch norm), leaky ReLU (it keeps the error alive where a ReLU would block
+# it; benchmarks/reports/ACCURACY.md, the DFA tuning), the seed's spatial factorization
+BUILT_IN_DEFAULTS = {"norm": "layer", "activation": "leaky_relu",
+                     "conv_factorization": "spatial"}
+# "none" is one of model.norm's values (no norm), not "unset" as for other settings
+LITERAL_NONE = ("model.norm",)
+
+
+def is_model_file(name) -> bool:
+    """``model.model`` names a file of the user's (``--model=path/to/file.py``)."""
+    return str(name).endswith(".py")
+
+
+def canonical_model_settings(flat: dict) -> dict:
+    """A flat record (config.json, a search's) with norm, activation and factorization as
+    this version records them, to compare records of either age: a built-in model's
+    defaults filled in; for a user's file None, where records written before issue 34
+    held the built-in models' defaults."""
+    user = is_model_file(flat.get("model", ""))
+    out = dict(flat)
+    for name, default in BUILT_IN_DEFAULTS.items():
+        if name in out and user and out[name] == default:
+            out[name] = None
+        elif name in out and not user and out[name] is None:
+            out[name] = default
+    return out
 
 
 def _method_options(self) -> dict:
@@ -200,7 +230,8 @@ class RunConfig:
             names = ", ".join(f.name for f in dataclasses.fields(SECTIONS[section]))
             raise ValueError(f"--set {path}: {section} has no field {field!r}; its fields: "
                              f"{names}")
-        setattr(getattr(self, section), field, _parse(path, raw, hints[field]))
+        hint = str if path in LITERAL_NONE else hints[field]
+        setattr(getattr(self, section), field, _parse(path, raw, hint))
 
     # -- the learning rule ----------------------------------------------------
     @property
@@ -209,7 +240,7 @@ class RunConfig:
 
     def resolved(self) -> "RunConfig":
         """A copy with the rule's options and rate filled in (options the rule does
-        not take stay None)."""
+        not take stay None), and a built-in model's norm, activation and factorization."""
         rule = self.rule
         values = rule.resolve(self.method.options())
         flat = {**self.flat(), **values}
@@ -217,6 +248,10 @@ class RunConfig:
             flat["learning_rate"] = rule.learning_rate
         if flat["head_init"] is None:
             flat["head_init"] = rule.head_init
+        if not is_model_file(flat["model"]):  # a user's file takes none of them
+            for name, value in BUILT_IN_DEFAULTS.items():
+                if flat[name] is None:
+                    flat[name] = value
         return RunConfig.from_flat(flat)
 
     def learning_rate(self) -> float:

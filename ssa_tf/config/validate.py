@@ -13,7 +13,8 @@ import os
 from ssa_tf.choices import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, HEAD_INITS, LABELS,
                             MODELS, NORMS, PROGRESS, RANK_ENERGIES, RANK_FEEDBACK_CUTS,
                             STRATEGIES)
-from ssa_tf.config.schema import RunConfig, cut_epochs
+from ssa_tf import model_file
+from ssa_tf.config.schema import BUILT_IN_DEFAULTS, RunConfig, cut_epochs, is_model_file
 from ssa_tf.methods import registry
 
 
@@ -28,13 +29,16 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
                ("rank.feedback_cut", r.feedback_cut, RANK_FEEDBACK_CUTS),
                ("rank.energy", r.energy, RANK_ENERGIES),
                ("runtime.progress", rt.progress, PROGRESS)]
-    if str(m.model).endswith(".py"):  # a user's model file (issue 28)
-        if not os.path.isfile(m.model):
-            return f"--model={m.model}: no such file"
+    if is_model_file(m.model):  # a user's model file (issue 28)
+        problem = validate_model_file(cfg)
+        if problem:
+            return problem
         choices = [c for c in choices if c[0] != "model.model"]
+    # None: the rule's (head_init), the built-in models' default (norm, activation, ...)
+    unset_ok = ("rank.feedback_cut", "model.head_init",
+                *(f"model.{name}" for name in BUILT_IN_DEFAULTS))
     for name, value, valid in choices:
-        if value not in valid and not (name in ("rank.feedback_cut", "model.head_init")
-                                       and value is None):
+        if value not in valid and not (name in unset_ok and value is None):
             return f"{flag(name)}={value!r} is not valid; choose from: {', '.join(valid)}"
     if r.feedback_cut == "slots" and r.energy == "outputs":
         return (f"{flag('rank.feedback_cut')}=slots keeps each layer's own components and "
@@ -90,6 +94,25 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
         return (f"rank.tau={r.tau} would never cut: the first cut comes after epoch "
                 f"{max(r.start, r.interval, 1)} and the run has --epochs={t.epochs} (lower "
                 "rank.interval or rank.start, or set rank.final_cut=true)")
+    return None
+
+
+def validate_model_file(cfg: RunConfig) -> str | None:
+    """Problems with a user's model file found without running it (issue 34): the file
+    (it compiles, defines build(input_shape, num_classes)), and the model settings that
+    shape only the built-in models, refused when given (issue 34: they were ignored)."""
+    m = cfg.model
+    if not os.path.isfile(m.model):
+        return f"--model={m.model}: no such file"
+    problem = model_file.static_problem(m.model)
+    if problem:
+        return problem
+    for name in BUILT_IN_DEFAULTS:
+        value = getattr(m, name)
+        if value is not None:
+            return (f"model.{name}={value} does not apply to --model={m.model}: a model file's "
+                    f"layers are its own (model.{name} shapes the built-in models: "
+                    f"{', '.join(MODELS)})")
     return None
 
 

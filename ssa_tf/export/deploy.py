@@ -33,6 +33,7 @@ from ssa_tf.export import convert
 from ssa_tf import data as data_lib
 from ssa_tf.export.config import DEFAULT_OPSET, ExportConfig, UsageError
 from ssa_tf.export.onnx_norms import fold_layer_norm_means
+from ssa_tf.nn.user import input_preprocessing
 
 # BUILD.md, algorithm §7: the export changes the logits by float32 rounding only
 LOGIT_ATOL = 1e-4
@@ -250,14 +251,18 @@ def input_spec(dataset, input_shape, form):
 
 
 def raw_pixels_spec(dataset, input_shape, stats, where):
-    """What an export that takes raw pixels takes; ``where`` the normalization is."""
-    mean, std = stats
+    """What an export that takes raw pixels takes; ``where`` the normalization is
+    (``stats`` None: ``where`` says all of it, a model's own preprocessing)."""
     resize = (f", resized and center-cropped to {input_shape[0]}x{input_shape[1]}"
               if dataset == "imagenet2012" else "")
+    if stats is None:
+        normalization = where
+    else:
+        mean, std = stats
+        normalization = f"{where}: (x - {list(map(float, mean))}) / {list(map(float, std))}"
     return {"shape": f"(batch, {', '.join(map(str, input_shape))})", "dtype": "float32",
             "layout": "channels last (NHWC)", "values": f"raw pixels in [0, 255]{resize}",
-            "normalization": f"{where}: (x - {list(map(float, mean))}) / "
-                             f"{list(map(float, std))}"}
+            "normalization": normalization}
 
 
 def with_input_normalization(model, stats):
@@ -294,6 +299,16 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
                              f"(their config has no input_stats)")
         reference = np.asarray(model(x, training=False))
         spec = raw_pixels_spec(dataset, input_shape, own, "inside the model (as in model.keras)")
+    elif input_preprocessing(model):
+        # a user's model whose first layers preprocess the raw pixels (issue 34); its merge
+        # keeps them (a Normalization as the Rescaling computing the same)
+        if cfg.input != "raw":
+            raise UsageError(f"{cfg.model_path} takes raw pixels and preprocesses them with "
+                             f"its own first layers; --input={cfg.input} applies only to "
+                             "models saved before the input contract")
+        reference = np.asarray(model(x, training=False))
+        spec = raw_pixels_spec(dataset, input_shape, None,
+                               model.input_description()["normalization"])
     else:  # saved before the input contract: it takes normalized tensors
         data_stats = data_lib.input_normalization(dataset)
         normalized = x if data_stats is None else (

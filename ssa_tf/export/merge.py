@@ -62,6 +62,24 @@ def input_rescaling(stats):
                                   name="input_normalization")
 
 
+def normalization_rescaling(layer):
+    """A Normalization layer (adapted, or given its statistics) as the stock Rescaling that
+    computes the same, its constants in the graph (as ``input_rescaling``'s)."""
+    mean = np.asarray(ops.convert_to_numpy(layer.mean), np.float64)
+    std = np.maximum(np.sqrt(np.asarray(ops.convert_to_numpy(layer.variance), np.float64)),
+                     keras.backend.epsilon())
+    if layer.invert:  # x * std + mean
+        scale, offset = std, mean
+    else:  # (x - mean) / std
+        scale, offset = 1.0 / std, -mean / std
+    shape = tuple(layer.mean.shape)[1:]  # without the batch axis; broadcasts on the input's
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    scale, offset = (v.reshape(shape).tolist() if shape else float(v.ravel()[0])
+                     for v in (scale, offset))
+    return keras.layers.Rescaling(scale=scale, offset=offset, name=layer.name)
+
+
 class _Emitter:
     """Emits plain Keras layers for SSA layers on symbolic tensors."""
 
@@ -100,6 +118,8 @@ class _Emitter:
             return self.batch_norm(layer, x)
         if type(layer) in TRAINING_ONLY:
             return x
+        if type(layer) is keras.layers.Normalization:  # a user's model's own, at its start
+            return normalization_rescaling(layer)(x)
         if type(layer) in PASS_THROUGH:
             return clone_call(layer, (x,), {})
         raise UnsupportedLayerError(_unsupported_message(layer))

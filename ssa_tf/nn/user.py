@@ -16,20 +16,30 @@ instead.
 Layers the rules cannot train locally are refused in one line naming the layer
 (``UnsupportedLayerError``): a depthwise or separable convolution, attention, recurrent
 layers, embeddings, anything without a linear feedback form here.
+
+A model whose first layers are preprocessing (``Rescaling``, ``Normalization``: the
+Keras tutorials' first layers) preprocesses its own input (issue 34): it receives raw
+pixels and the run's built-in normalization steps aside (``leading_preprocessing``); the
+layers stay at the head of the first module, where they compute what they computed (they
+have no trainable weights; an adapted Normalization keeps its statistics). Preprocessing
+anywhere else, or of another kind (resizing, augmentation), is refused in one line.
 """
 
 from __future__ import annotations
 
 import keras
+from keras.src.layers.preprocessing.data_layer import DataLayer
 
 from ssa_tf.nn.graph import (BATCH_NORMS, PASS_THROUGH, TRAINING_ONLY, UnsupportedLayerError,
-                             activation_name, clone_call, linear_copy, rewrite)
+                             _is_functional, activation_name, clone_call, linear_copy, rewrite)
 from ssa_tf.nn.layers import LocalBatchNorm, SVDConv2D, SVDDense, SVDLayer
 
 WEIGHT_TYPES = (keras.layers.Dense, keras.layers.Conv2D)
 NORMS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
 # what becomes a module boundary's neighbour in the next module, not the previous one
 STARTS_A_MODULE = (keras.layers.Flatten, keras.layers.Reshape)
+# preprocessing a model may do to its own input, as its first layers (issue 34)
+PREPROCESSING = (keras.layers.Rescaling, keras.layers.Normalization)
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
@@ -69,6 +79,11 @@ def refusal(layer) -> str | None:
     if isinstance(layer, keras.layers.MultiHeadAttention):
         return ("attention: its output is not linear in its input, so no fixed feedback "
                 "network carries the error through it")
+    if isinstance(layer, DataLayer):  # where it stands is check()'s question
+        return None if type(layer) in PREPROCESSING else (
+            f"a {type(layer).__name__}, a preprocessing layer: a model may begin with "
+            "Rescaling or Normalization (it then receives raw pixels); resizing and "
+            "augmentation are the data pipeline's (data.augment)")
     if type(layer) in PASS_THROUGH or type(layer) in TRAINING_ONLY or isinstance(layer, NORMS):
         return None
     if isinstance(layer, (keras.layers.ReLU, keras.layers.LeakyReLU, keras.layers.ELU,
@@ -92,10 +107,76 @@ def check(model):
         if why:
             raise UnsupportedLayerError(f"layer {layer.name!r} ({type(layer).__name__}) cannot "
                                         f"be trained locally: {why}")
+    leading = {id(layer) for layer in leading_preprocessing(model)}
+    for layer in model.layers:
+        if isinstance(layer, PREPROCESSING) and id(layer) not in leading:
+            raise UnsupportedLayerError(
+                f"layer {layer.name!r} ({type(layer).__name__}) preprocesses inside the "
+                "network; preprocessing belongs at its start, right after the input (the "
+                "model then receives raw pixels in [0, 255] and preprocesses them itself): "
+                "move it there or remove it")
     last = model.layers[-1]
     if activation_name(last) == "softmax" or isinstance(last, keras.layers.Softmax):
         raise UnsupportedLayerError(f"model {model.name!r} ends in a softmax ({last.name!r}); "
                                     "return the logits (the rules compute the error from them)")
+
+
+def leading_preprocessing(model) -> list:
+    """The preprocessing layers (``PREPROCESSING``) that ``model``'s input passes through
+    first, in order: the chain from the input along which each tensor has one consumer."""
+    if isinstance(model, keras.Sequential):
+        layers = [l for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
+        chain = []
+        for layer in layers:
+            if not isinstance(layer, PREPROCESSING):
+                break
+            chain.append(layer)
+        return chain
+    if not _is_functional(model):
+        return []  # the conversion refuses it (its layers' order is unknown)
+    nodes = _topological_nodes(model)
+    consumers = {}
+    for node in nodes:
+        for t in node.input_tensors:
+            consumers.setdefault(id(t), []).append(node)
+    chain, tensor = [], model.inputs[0] if model.inputs else None
+    while tensor is not None:
+        users = consumers.get(id(tensor), [])
+        if len(users) != 1 or not isinstance(users[0].operation, PREPROCESSING) \
+                or len(users[0].input_tensors) != 1 or len(users[0].outputs) != 1:
+            break
+        chain.append(users[0].operation)
+        tensor = users[0].outputs[0]
+    return chain
+
+
+def input_preprocessing(model) -> list:
+    """The layers with which an ``SSAModel`` built from a user's network preprocesses its
+    own input (the head of its first module), or []."""
+    modules = getattr(model, "local_modules", None) or []
+    if not modules or not isinstance(modules[0], GraphModule):
+        return []
+    return leading_preprocessing(modules[0].graph)
+
+
+def describe_preprocessing(layer) -> str:
+    """What one preprocessing layer computes, in numbers: ``rescaling: x * 0.00392 + 0``."""
+    import numpy as np
+
+    def numbers(v):
+        flat = np.ravel(np.asarray(keras.ops.convert_to_numpy(v), np.float64))
+        shown = [float(f"{x:.6g}") for x in flat[:6]]
+        if flat.size == 1:
+            return f"{shown[0]:g}"
+        return "[" + ", ".join(f"{x:g}" for x in shown) + (", ...]" if flat.size > 6 else "]")
+
+    if isinstance(layer, keras.layers.Rescaling):
+        return f"{layer.name}: x * {numbers(layer.scale)} + {numbers(layer.offset)}"
+    std = np.maximum(np.sqrt(keras.ops.convert_to_numpy(layer.variance)),
+                     keras.backend.epsilon())
+    if layer.invert:
+        return f"{layer.name}: x * {numbers(std)} + {numbers(layer.mean)}"
+    return f"{layer.name}: (x - {numbers(layer.mean)}) / {numbers(std)}"
 
 
 class _Converter:
@@ -130,6 +211,13 @@ class _Converter:
             new = LocalBatchNorm(stop_stat_gradient=self.local, **config)
             y = new(args[0])
             new.set_weights(layer.get_weights())
+            return y
+        if isinstance(layer, keras.layers.Normalization):
+            # its statistics as the user's (adapted, or given), not those built with the copy
+            new = type(layer).from_config(layer.get_config())
+            y = new(*args)
+            new.set_weights(layer.get_weights())
+            new.finalize_state()
             return y
         return clone_call(layer, args, {})
 
@@ -192,12 +280,37 @@ def modules_from_keras(model, svd=True, local=True, feedback_init="forward", see
             raise UnsupportedLayerError(f"model {model.name!r} has no Dense or Conv2D layer to "
                                         "train")
         graph = keras.Model(group[0][0], group[-1][2], name=f"{model.name}_m{k}")
-        modules.append(GraphModule(graph, weights[-1], name=f"m{k}"))
+        # named after what it trains (issue 34: "m0", "m1" said nothing): its weight
+        # layer, or the first and last of them ("branch1..branch2"; a name scope takes no +)
+        name = weights[0].name + (f"..{weights[-1].name}" if len(weights) > 1 else "")
+        modules.append(GraphModule(graph, weights[-1], name=name))
     if head_init == "zero":
         head = modules[-1].output_layer
         for v in ([head.s] if isinstance(head, SVDLayer) else [head.kernel]):
             v.assign(keras.ops.zeros(v.shape, v.dtype))
     return modules
+
+
+def split_lines(modules) -> list:
+    """One line per module: its name, then the user's layers it holds, in order
+    (``1 conv2..conv3: conv2, norm, relu, conv3, add``); preprocessing is marked."""
+    lines = []
+    for k, module in enumerate(modules):
+        own = {id(l) for l in leading_preprocessing(module.graph)} if k == 0 else set()
+        layers = [l for l in module.graph.layers if not isinstance(l, keras.layers.InputLayer)]
+        # the activations split off the weight layers (_Converter.weight): theirs
+        split = {f"{l.name}_activation" for l in layers
+                 if isinstance(l, (SVDLayer, *WEIGHT_TYPES))}
+        names = [f"{l.name} (preprocessing)" if id(l) in own else l.name for l in layers
+                 if not (l.name in split and isinstance(l, keras.layers.Activation))]
+        if len(names) > SPLIT_NAMES + 1:  # a long block: its ends, and how many between
+            half = SPLIT_NAMES // 2
+            names = [*names[:half], f"... {len(names) - 2 * half} more ...", *names[-half:]]
+        lines.append(f"{k} {module.name}: {', '.join(names)}")
+    return lines
+
+
+SPLIT_NAMES = 10  # layers named per module in split_lines, at most
 
 
 def _automatic(segments):
@@ -230,9 +343,11 @@ def _chosen(model, segments, ends):
     wanted = {f"{n}_activation" if f"{n}_activation" in cuts else n for n in ends}
     unknown = sorted(n for n in wanted if n not in cuts)
     if unknown:
-        where = ", ".join(sorted(c for c in cuts if not c.endswith("_activation"))
-                          + sorted(c[:-len("_activation")] for c in cuts
-                                   if c.endswith("_activation")))
+        # in the graph's order, once each: a Dense/Conv2D with an activation ends at
+        # both its own output and its activation's (issue 34 listed it twice)
+        places = [_producer(seg[2]) for seg in segments[:-1]]
+        places = [c[:-len("_activation")] if c.endswith("_activation") else c for c in places]
+        where = ", ".join(dict.fromkeys(places))
         raise UnsupportedLayerError(f"model {model.name!r}: module ends {unknown} are not "
                                     "layers whose output the whole graph passes through; "
                                     f"those are: {where}")

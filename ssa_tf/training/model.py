@@ -16,7 +16,7 @@ from keras import ops
 from ssa_tf.methods import base, registry
 from ssa_tf.methods.spec import LEARNED_FEEDBACK
 from ssa_tf.nn import build_modules, svd_layers
-from ssa_tf.nn.user import modules_from_keras
+from ssa_tf.nn.user import describe_preprocessing, input_preprocessing, modules_from_keras
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
@@ -97,6 +97,11 @@ class SSAModel(keras.Model):
 
     def input_description(self) -> dict:
         """What the model takes, for summary.json and the README's contract."""
+        own = [describe_preprocessing(l) for l in input_preprocessing(self)]
+        if own and self.input_stats is None:  # a user's model preprocessing itself
+            return {"values": "raw pixels in [0, 255], channels last",
+                    "normalization": f"inside the model, by its own first layers: "
+                                     f"{'; '.join(own)}"}
         if self.input_stats is None:
             return {"values": "normalized tensors (a model saved before the input contract)"}
         mean, std = self.input_stats
@@ -299,31 +304,49 @@ def is_singular_values(variable) -> bool:
 def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
     """The (uncompiled) model of a ``RunConfig``, its weights drawn from ``cfg.seed``."""
     from ssa_tf import data as data_lib
+    from ssa_tf.config.schema import BUILT_IN_DEFAULTS
+    from ssa_tf.errors import UsageError
+    from ssa_tf.nn.user import leading_preprocessing
 
     keras.utils.set_random_seed(cfg.seed)
     m = cfg.model
-    network, ends = user_network(m.model, input_shape, num_classes) \
-        if is_user_model(m.model) else (None, None)
-    return SSAModel(m.model if network is None else network.name, input_shape, num_classes,
-                    mode=cfg.method.mode, norm=m.norm, activation=m.activation,
-                    head_init=m.head_init, seed=cfg.seed,
-                    conv_factorization=m.conv_factorization,
-                    input_stats=data_lib.input_normalization(cfg.data.dataset),
-                    network=network, module_ends=ends, **cfg.method.options())
+    stats = data_lib.input_normalization(cfg.data.dataset)
+    options = dict(mode=cfg.method.mode, head_init=m.head_init, seed=cfg.seed,
+                   **cfg.method.options())
+    if not is_user_model(m.model):
+        # None: the built-in models' default (config.schema.BUILT_IN_DEFAULTS)
+        built_in = {k: v if getattr(m, k) is None else getattr(m, k)
+                    for k, v in BUILT_IN_DEFAULTS.items()}
+        return SSAModel(m.model, input_shape, num_classes, input_stats=stats, **built_in,
+                        **options)
+    network, ends = user_network(m.model, input_shape, num_classes, cfg.data.dataset)
+    if leading_preprocessing(network):
+        stats = None  # it preprocesses the raw pixels itself (issue 34): no second time
+    try:
+        # a user's model has no norm, activation or factorization of ours to record
+        return SSAModel(network.name, input_shape, num_classes, norm=None, activation=None,
+                        conv_factorization=None, input_stats=stats, network=network,
+                        module_ends=ends, **options)
+    except UsageError as e:  # a layer, or a module end, the rules cannot train
+        raise UsageError(f"--model={m.model}: {e}") from None
 
 
 def is_user_model(name) -> bool:
     """``model.model`` names a file of the user's (``--model=path/to/file.py``)."""
-    return str(name).endswith(".py")
+    from ssa_tf.config.schema import is_model_file
+
+    return is_model_file(name)
 
 
-def user_network(path, input_shape, num_classes):
+def user_network(path, input_shape, num_classes, dataset=None):
     """(the ``keras.Model`` that ``build(input_shape, num_classes)`` in the user's file
     returns, the file's ``MODULE_ENDS`` or None: the layers after which its local modules
     end, to override the automatic split); ``errors.UsageError``, one line, when the file
-    cannot give a model."""
+    cannot give a model for data of ``input_shape`` (``dataset``'s, named in the line):
+    a failure while the file runs names its line (``ssa_tf.model_file``)."""
     import importlib.util
 
+    from ssa_tf import model_file
     from ssa_tf.errors import UsageError
 
     spec = importlib.util.spec_from_file_location("ssa_tf_user_model", path)
@@ -337,15 +360,29 @@ def user_network(path, input_shape, num_classes):
     except UsageError:
         raise
     except Exception as e:  # the user's code: any failure in it is their input problem
-        raise UsageError(f"--model={path}: {type(e).__name__}: {e}") from None
+        raise UsageError(model_file.failure(path, e)) from None
     if not isinstance(network, keras.Model):
         raise UsageError(f"--model={path}: build() returned a {type(network).__name__}, "
                          "not a keras.Model")
+    try:
+        declared = tuple(network.inputs[0].shape[1:])
+    except (AttributeError, ValueError, IndexError):  # a Sequential without keras.Input
+        raise UsageError(f"--model={path}: build() returned a model without an input shape; "
+                         "begin it with keras.Input(input_shape)") from None
+    shape = tuple(int(d) for d in input_shape)
+    if len(declared) != len(shape) or any(d is not None and d != e
+                                          for d, e in zip(declared, shape)):
+        data = f"the data ({dataset})" if dataset else "the data"
+        raise UsageError(f"--model={path}: the model takes inputs of shape {declared}; {data} "
+                         f"has shape {shape} (make its keras.Input from build's input_shape)")
     out = tuple(network.outputs[0].shape[1:]) if network.outputs else ()
     if out != (int(num_classes),):
         raise UsageError(f"--model={path}: the model's output has shape {out}; the dataset "
                          f"has {num_classes} classes (return one logit per class)")
     ends = getattr(module, "MODULE_ENDS", None)
+    problem = None if ends is None else model_file.module_ends_problem(ends)
+    if problem:
+        raise UsageError(f"--model={path}: {problem}")
     return network, None if ends is None else tuple(ends)
 
 

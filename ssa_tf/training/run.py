@@ -110,6 +110,8 @@ def _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks):
         model = model_from_config(cfg, ds.input_shape, ds.num_classes)
         steps = -(-ds.train_examples // cfg.train.batch_size)
         compile_model(model, learning_rate_schedule(cfg, steps), steps_per_epoch=steps)
+    if verbose and model.network_config is not None:  # a user's model: how it was cut
+        placement.log(module_split(cfg, model))
     trainable_params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
     timer = callbacks_lib.EpochTimer()
     callbacks = _callbacks(cfg, model, ds, placement, workdir, state, timer, extra_callbacks)
@@ -147,6 +149,18 @@ def _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks):
     files.write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     placement.close()
     return summary
+
+
+def module_split(cfg, model) -> str:
+    """The local modules of a user's model, one line each, as printed when a run starts."""
+    from ssa_tf.nn.user import split_lines
+
+    how = ("where MODULE_ENDS ends them" if model.module_ends is not None
+           else "cut automatically; MODULE_ENDS in the file chooses the ends")
+    whole = (f"; {cfg.method.mode} trains them end to end as one network"
+             if model.rule.end_to_end else "")
+    return "\n".join([f"{cfg.model.model}: {len(model.local_modules)} local modules ({how}"
+                      f"{whole}):", *(f"  {line}" for line in split_lines(model.local_modules))])
 
 
 def _callbacks(cfg, model, ds, placement, workdir, state, timer, extra):

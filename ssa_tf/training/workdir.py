@@ -16,7 +16,7 @@ import shutil
 import socket
 
 from ssa_tf.config import RunConfig, UsageError, flag
-from ssa_tf.config.schema import FLAT_TO_PATH, OPERATIONAL_FLAT
+from ssa_tf.config.schema import FLAT_TO_PATH, OPERATIONAL_FLAT, canonical_model_settings
 
 LOCK_NAME = ".lock"
 # settings a resumed run may change: where things are, how long, how it is checkpointed
@@ -207,6 +207,8 @@ def prepare_workdir(cfg: RunConfig, chief: bool = True) -> str:
         raise UsageError(f"cannot resume: {saved_path} is unreadable ({e}); pass --restart "
                          "to start over") from None
     mine = json.loads(json.dumps(cfg.record(), default=list))
+    # a record written before issue 34 claimed a norm and activation for a user's model
+    saved = canonical_model_settings(saved)
     # the card follows from the settings: a changed card is a changed flag, named below
     differ = [k for k in sorted(set(saved) | set(mine))
               if k not in RESUMABLE_CHANGES and k != "card" and saved.get(k) != mine.get(k)]
