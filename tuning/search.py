@@ -6,10 +6,13 @@
     python tuning/search.py --dataset=cifar10 ... --report_only  # results.csv, plot, best.flags
 
 Rerunning the same command resumes the search in --directory/--project_name.
-Outputs there: results.csv (one row per trial), sensitivity.png, best.flags
-(`python -m ssa_tf.train --flagfile=.../best.flags` trains the best
-configuration). The objective is the validation accuracy on a part held out
-of the training split (data.validation_split), never the test split.
+Outputs there: results.csv (one row per trial), sensitivity.png, each trial's
+run (trial_*/run, a workdir of python -m ssa_tf.train) and, when the best trial
+leads the next by more than the noise band of the validation split,
+best.flags (`python -m ssa_tf.train --flagfile=.../best.flags` trains the
+trial again, to the same validation accuracy). The objective is the last
+epoch's validation accuracy on a part held out of the training split
+(data.validation_split), never the test split.
 
 Flags and wiring only; the logic lives in ssa_tf.tuning. Every flag is
 checked before TensorFlow is imported: a mistake ends with one line on stderr
@@ -44,7 +47,8 @@ for _name, _scale in (("alpha", "uniform"), ("beta", "log-uniform"), ("gamma", "
                       f"LOW,HIGH of {_name}, {_scale}; LOW=HIGH fixes it")
 flags.DEFINE_list("learning_rate_range", [], "LOW,HIGH to search the Adam rate too, log-uniform "
                   "(default: fixed at --learning_rate or SSA's)")
-flags.DEFINE_string("strategy", "one_device", f"one of {', '.join(settings.STRATEGIES)}")
+flags.DEFINE_string("strategy", "one_device", f"the trials' runtime.strategy, one of "
+                    f"{', '.join(settings.STRATEGIES)} (best.flags names it)")
 flags.DEFINE_integer("max_consecutive_failed_trials", 3, "stop after this many failed trials")
 flags.DEFINE_boolean("report_only", False, "write results.csv, sensitivity.png, best.flags, stop")
 
@@ -65,12 +69,16 @@ the search:
   --alpha_range=LO,HI  (0.1,2, uniform); --beta_range (1e-4,1) and --gamma_range (1e-3,10),
                        log-uniform; --learning_rate_range to search the rate too
   --directory=DIR      folder of the searches (runs/tuning); --project_name=NAME its subfolder
-  --strategy=NAME      one_device or mirrored; --max_consecutive_failed_trials=N (3)
+  --strategy=NAME      the trials' runtime.strategy: one_device or mirrored;
+                       --max_consecutive_failed_trials=N (3)
   --report_only        rewrite results.csv, sensitivity.png and best.flags, then stop
   --flagfile=FILE      read flags from FILE
 
-Trials are scored on data.validation_split (0.1) carved from train, never on the
-test split. Exit status: 0 done, 1 no trial completed, 2 a mistake (one line)."""
+Each trial is a run of python -m ssa_tf.train (in trial_*/run), scored by its last
+epoch on data.validation_split (0.1) carved from train, never on the test split;
+best.flags, written when the best trial leads the next by more than the noise
+band, trains it again to the same number. Exit status: 0 done, 1 no trial
+completed, 2 a mistake (one line)."""
 
 
 def config_from_flags() -> settings.SearchConfig:

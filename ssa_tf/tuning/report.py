@@ -7,7 +7,9 @@ import json
 import math
 import os
 
+from ssa_tf import config as cfg_lib
 from ssa_tf import files
+from ssa_tf.config.schema import FLAT_TO_PATH
 from ssa_tf.tuning.settings import (CSV_COLUMNS, LOG_SAMPLED, RUN_FIELDS, SEED_COEFFICIENTS,
                                     TRIAL_RECORD, SearchConfig)
 
@@ -87,18 +89,30 @@ def report(project: str, states: list[dict] | None = None):
     top = done[0] if done else None
     band = noise_band(top["val_accuracy"], saved.get("validation_examples")) if top else None
     # a winner only outside the noise of the validation split (a sampling error of the
-    # difference of two accuracies, about 95%): inside it the ranking is a coin toss
-    winner = top if top and (len(done) == 1 or band is None
-                             or top["val_accuracy"] - done[1]["val_accuracy"] > band) else None
+    # difference of two accuracies, about 95%): inside it the ranking is a coin toss,
+    # and a single trial, or a band unknown, shows nothing to be beaten
+    winner = top if (top is not None and band is not None and len(done) > 1
+                     and top["val_accuracy"] - done[1]["val_accuracy"] > band) else None
     plot_sensitivity(rows, cfg, paths["plot"], top, band, winner)
     failed = sum(r["status"] == "FAILED" for r in rows)
-    print(f"{len(rows)} trials in {project}: {len(done)} completed, {failed} failed, "
+    # trials are #N, KerasTuner's "Running Trial #N": their one number in the output
+    print(f"{plural(len(rows), 'trial')} in {project}: {len(done)} completed, {failed} failed, "
           f"{len(rows) - len(done) - failed} unfinished")
     for r in rows:
         if r["status"] == "FAILED":
-            print(f"  trial #{r['trial']} (trial_{r['trial_id']}) failed: {r['reason']}")
+            print(f"  trial #{r['trial']} failed: {r['reason']}")
     if top is None:
         print("no completed trial; no best configuration")
+    elif band is None:
+        print(f"no winner: the size of the validation split is unknown ({project}/search.json "
+              "predates it), so no noise band tells a lead from chance; the highest is "
+              f"{top['val_accuracy']:.4f} (trial #{top['trial']}); no best.flags written")
+    elif len(done) == 1:
+        print(f"no winner: 1 completed trial, nothing to compare it with: "
+              f"{top['val_accuracy']:.4f} (trial #{top['trial']}). A best configuration "
+              f"leads the next trial by more than the noise band ({band:.4f}, "
+              f"{saved['validation_examples']} validation examples); raise --max_trials; "
+              "no best.flags written")
     elif winner is None:
         tied = [f"#{r['trial']}" for r in done if top["val_accuracy"] - r["val_accuracy"] <= band]
         print(f"no winner: {len(tied)} trials ({', '.join(tied)}) lie "
@@ -111,14 +125,32 @@ def report(project: str, states: list[dict] | None = None):
             os.remove(paths["flags"])
         return {"rows": rows, "best": None, "top": top, "band": band, "paths": paths}
     files.write_text(paths["flags"], best_flags(cfg, winner, len(rows), saved))
-    runner = (f", {winner['val_accuracy'] - done[1]['val_accuracy']:.4f} above the next "
-              f"(noise band {band:.4f})") if len(done) > 1 and band is not None else ""
-    print(f"best: trial #{winner['trial']} (trial_{winner['trial_id']}), val_accuracy "
-          f"{winner['val_accuracy']:.4f} after {winner['epochs']} epochs{runner}, "
-          f"alpha={winner['alpha']:.4g} beta={winner['beta']:.4g} gamma={winner['gamma']:.4g} "
-          f"lr={winner['lr']:.4g}")
-    print(f"train it: python -m ssa_tf.train --flagfile={paths['flags']} --workdir=runs/best")
+    print(f"best: trial #{winner['trial']}, val_accuracy {winner['val_accuracy']:.4f} after "
+          f"{plural(winner['epochs'], 'epoch')}, "
+          f"{winner['val_accuracy'] - done[1]['val_accuracy']:.4f} above the next "
+          f"(noise band {band:.4f}), alpha={winner['alpha']:.4g} beta={winner['beta']:.4g} "
+          f"gamma={winner['gamma']:.4g} lr={winner['lr']:.4g}")
+    print(f"train it: python -m ssa_tf.train --flagfile={paths['flags']} "
+          f"--workdir={new_workdir(project, winner)}")
     return {"rows": rows, "best": winner, "top": top, "band": band, "paths": paths}
+
+
+def plural(n, word) -> str:
+    """'1 epoch', '3 epochs'; a count not known: 'unknown epochs'."""
+    if n is None:
+        return f"unknown {word}s"
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def new_workdir(project: str, best: dict) -> str:
+    """A workdir for training ``best`` from best.flags that does not exist yet: in the
+    search's folder, ``best-trial-N``, then ``best-trial-N-2``, ... once it does."""
+    base = os.path.join(project, f"best-trial-{best['trial']}")
+    path, k = base, 1
+    while os.path.exists(path):
+        k += 1
+        path = f"{base}-{k}"
+    return path
 
 
 def noise_band(accuracy, examples):
@@ -132,30 +164,56 @@ def noise_band(accuracy, examples):
 def best_flags(cfg: SearchConfig, best: dict, n_trials: int, splits: dict) -> str:
     """A flags file for ``python -m ssa_tf.train --flagfile=``: the best trial's run.
 
-    It holds the tuned run's settings (``RUN_FIELDS``, the same validation
+    It names every setting of the run the trial trained (``cfg.trial_run``) that
+    differs from its default, and the ``RUN_FIELDS`` always (the same validation
     split and training examples included), the trial's epochs and its exact
-    coefficients and rate.
+    coefficients and rate: the command line trains what the trial trained.
     """
-    run = cfg.run
+    drawn = {"alpha": best["alpha"], "beta": best["beta"], "gamma": best["gamma"],
+             "learning_rate": best["lr"]}
+    run = cfg.trial_run(drawn, best["epochs"])
     lines = [
-        f"# Best of {n_trials} trials of the coefficient search {cfg.project}:",
-        f"# val_accuracy {best['val_accuracy']:.4f} (trial #{best['trial']}, {best['epochs']} "
-        "epochs; "
+        f"# Best of {plural(n_trials, 'trial')} of the coefficient search {cfg.project}:",
+        f"# val_accuracy {best['val_accuracy']:.4f} (trial #{best['trial']}, "
+        f"{plural(best['epochs'], 'epoch')}; "
         f"trained on {splits['train_split']}, scored on {splits['validation_split']}).",
         "# Flags after --flagfile win, e.g.:",
-        "#   python -m ssa_tf.train --flagfile=THIS_FILE --epochs=30 --workdir=runs/best",
+        "#   python -m ssa_tf.train --flagfile=THIS_FILE --epochs=30 --workdir=A_NEW_FOLDER",
+        f"--mode={run.method.mode}",
     ]
-    lines.append("--mode=ssa")
-    for path in RUN_FIELDS:
-        section, _, field = path.rpartition(".")
-        value = getattr(getattr(run, section), field) if section else getattr(run, field)
-        if value is not None:
-            lines.append(f"--set={path}={value}")
-    lines.append(f"--epochs={best['epochs']}")
+    default = cfg_lib.RunConfig().flat()
+    values = run.flat()
+    paths = {flat: FLAT_TO_PATH.get(flat, flat) for flat in values}  # seed is "seed"
+    order = [*RUN_FIELDS, *(p for p in paths.values() if p not in RUN_FIELDS)]
+    flat_of = {path: flat for flat, path in paths.items()}
+    for path in order:
+        flat = flat_of[path]
+        if path in _WRITTEN_APART:
+            continue
+        if values[flat] is None and default[flat] is None:
+            continue
+        if path in RUN_FIELDS or values[flat] != default[flat]:
+            lines.append(f"--set={path}={_flag_text(values[flat])}")
+    lines.append(f"--epochs={run.train.epochs}")
     # repr: the exact float, so the file reproduces the trial bit for bit
     lines += [f"--set=method.{name}={float(best[name])!r}" for name in ("alpha", "beta", "gamma")]
     lines.append(f"--learning_rate={float(best['lr'])!r}")
     return "\n".join(lines) + "\n"
+
+
+# best.flags writes these on lines of their own (mode, epochs, the drawn values) or not
+# at all (where the run goes, and how it reports: the user's new command says)
+_WRITTEN_APART = ("method.mode", "train.epochs", "method.alpha", "method.beta", "method.gamma",
+                  "train.learning_rate", "runtime.workdir", "runtime.restart", "runtime.progress")
+
+
+def _flag_text(value) -> str:
+    """A value as ``--set`` reads it back (``RunConfig.set``); floats exactly."""
+    if isinstance(value, tuple):
+        return ",".join(_flag_text(v) for v in value)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
 
 
 def plot_sensitivity(rows, cfg: SearchConfig, path, top=None, band=None, winner=None):
@@ -178,8 +236,9 @@ def sensitivity_figure(rows, cfg: SearchConfig, top=None, band=None, winner=None
     columns = {"learning_rate": "lr"}
     done = [r for r in rows if r["val_accuracy"] is not None]
     failed = [r for r in rows if r["status"] == "FAILED"]
-    tied = [r for r in done if top is not None and band is not None
-            and top["val_accuracy"] - r["val_accuracy"] <= band] if winner is None else []
+    tied = []
+    if winner is None and top is not None and band is not None and len(done) > 1:
+        tied = [r for r in done if top["val_accuracy"] - r["val_accuracy"] <= band]
     resolved = cfg.run.resolved()
     defaults = {"alpha": resolved.method.alpha, "beta": resolved.method.beta,
                 "gamma": resolved.method.gamma, "learning_rate": cfg.run.learning_rate()}
@@ -229,6 +288,8 @@ def sensitivity_figure(rows, cfg: SearchConfig, top=None, band=None, winner=None
     axes[0][0].legend(fontsize=7)
     if winner is not None:
         verdict = f"winner: trial #{winner['trial']}"
+    elif len(done) == 1:
+        verdict = "no winner: 1 completed trial, nothing to compare it with"
     elif top is not None:
         verdict = f"no winner: {len(tied) or 'all'} trials within the noise band of the highest"
     else:

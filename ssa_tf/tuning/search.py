@@ -5,18 +5,22 @@
 The seed's sensitivity analysis (supplementary section 3, Figure 1) finds
 accuracy peaks near alpha = 1 and degrades when beta and gamma are too low or
 too high; this module runs that search on any model and dataset of
-``python -m ssa_tf.train``. Each trial builds the SSA model with one
-(alpha, beta, gamma[, learning rate]) drawn from the configured ranges, trains
-it for a few epochs and scores it by validation accuracy on examples held out
-of the training split (never the test split).
+``python -m ssa_tf.train``. Each trial is one run of ``ssa_tf.training.run.train``
+(the command line's code: same pipeline, loop and seeding) with one
+(alpha, beta, gamma[, learning rate]) drawn from the configured ranges, for a
+few epochs, scored by its last epoch's validation accuracy on examples held
+out of the training split (never the test split). So ``best.flags``, the
+trial's settings, gives the trial's number again on the command line.
 
 A search lives in ``<directory>/<project_name>/``: KerasTuner's own state
-(``oracle.json``, ``trial_*/``), ``search.json`` (the settings, so a rerun can
-tell it resumes the same search), and the report: ``results.csv`` (one row per
-trial), ``sensitivity.png`` (validation accuracy against each coefficient) and
-``best.flags`` (the best configuration, for ``python -m ssa_tf.train
---flagfile=...``). Rerunning the same command resumes: finished trials are
-kept, an interrupted one is run again.
+(``oracle.json``, ``trial_*/``; each trial's run, a workdir of its own, in
+``trial_*/run``), ``search.json`` (the settings, so a rerun can tell it
+resumes the same search), and the report: ``results.csv`` (one row per
+trial), ``sensitivity.png`` (validation accuracy against each coefficient) and,
+when the best trial leads the next by more than the noise band,
+``best.flags`` (for ``python -m ssa_tf.train --flagfile=...``). Rerunning the
+same command resumes: finished trials are kept, an interrupted one is run
+again from its start.
 
 Importing this module does not start TensorFlow, so the CLI checks its flags
 first; TensorFlow and KerasTuner are imported on first use.
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
 
 from ssa_tf import config as cfg_lib
@@ -52,7 +57,7 @@ def load_data(cfg: SearchConfig):
 
 
 # --------------------------------------------------------------------------
-# KerasTuner: the hypermodel and the tuners (imported on first use).
+# KerasTuner: the search space and the tuners (imported on first use).
 # --------------------------------------------------------------------------
 
 @functools.cache
@@ -62,13 +67,14 @@ def keras_tuner_parts():
     Defined on first use because subclassing KerasTuner imports TensorFlow,
     and the CLI must check its flags before that.
     """
+    import copy
     import types
 
     import keras
     import keras_tuner
     import numpy as np
 
-    from ssa_tf.training.model import compile_model, model_from_config
+    from ssa_tf.training import run as run_lib
 
     class Diverged(keras_tuner.errors.FailedTrialError):
         """A trial whose loss became NaN or infinite: failed, not retried."""
@@ -78,49 +84,22 @@ def keras_tuner_parts():
             self.epochs = epochs
 
     class SSAHyperModel(keras_tuner.HyperModel):
-        """The SSA model of ``run``, its loss weights (and rate) drawn from ``ranges``.
+        """The search space: the loss weights (and rate) of ``search.run``, drawn from
+        ``search.ranges()``.
 
-        Every trial starts from the same initialization (``run.seed``) and
-        sees the same data order, so trials differ by their coefficients only.
-        ``load_data()`` returns a ``DatasetSpec`` with a ``validation`` split.
+        ``build(hp)`` declares them and returns the trial's values; the trial itself
+        is no model KerasTuner builds and fits but the run ``search.trial_run`` of
+        those values, trained by the tuner's ``run_trial``.
         """
 
-        def __init__(self, run, input_shape, num_classes, ranges, load_data):
+        def __init__(self, search):
             super().__init__(name="ssa")
-            self.run, self.input_shape, self.num_classes = run, input_shape, num_classes
-            self.ranges = dict(ranges)
-            self.load_data = load_data
+            self.search = search
 
         def build(self, hp):
-            defaults = {**SEED_COEFFICIENTS, "learning_rate": self.run.learning_rate()}
-            values = {name: _hyperparameter(hp, name, bounds, defaults[name])
-                      for name, bounds in self.ranges.items()}
-            cfg = self.run.replace(**values)
-            model = model_from_config(cfg, self.input_shape, self.num_classes)
-            return compile_model(model, cfg.learning_rate())
-
-        def fit(self, hp, model, callbacks=(), **kwargs):
-            # New pipelines for every trial: one reshuffles (and re-augments)
-            # on each pass, so reused across trials it would give each trial
-            # another order, by its place in the search (and a resumed
-            # search other numbers than an uninterrupted one).
-            data = self.load_data()
-            # TerminateOnNaN ends a diverging trial at once instead of after
-            # all its epochs; the NaN loss it leaves marks the trial failed.
-            callbacks = [*callbacks, keras.callbacks.TerminateOnNaN()]
-            history = model.fit(data.train, validation_data=data.validation,
-                                callbacks=callbacks, **kwargs)
-            # val_loss too: weights blown up to inf give NaN logits, whose
-            # argmax still scores a chance-level val_accuracy
-            for epoch, logs in zip(history.epoch, _per_epoch(history.history)):
-                for key in ("loss", "val_loss"):
-                    if key in logs and not np.isfinite(logs[key]):
-                        raise Diverged(f"{key} diverged to {logs[key]} in epoch {epoch + 1}",
-                                       epoch + 1)
-            return history
-
-    def _per_epoch(history):
-        return [dict(zip(history, values)) for values in zip(*history.values())]
+            defaults = {**SEED_COEFFICIENTS, "learning_rate": self.search.run.learning_rate()}
+            return {name: _hyperparameter(hp, name, bounds, defaults[name])
+                    for name, bounds in self.search.ranges().items()}
 
     def _hyperparameter(hp, name, bounds, default):
         lo, hi = bounds
@@ -129,41 +108,82 @@ def keras_tuner_parts():
         return hp.Float(name, lo, hi, sampling="log" if name in LOG_SAMPLED else "linear",
                         default=min(max(default, lo), hi))
 
-    class _Recording:
-        """Writes each trial's wall-clock seconds and epochs beside KerasTuner's record."""
+    class _EpochCount(keras.callbacks.Callback):
+        """The epoch (from 1) a run is in, for the record of a trial that diverged."""
 
-        def run_trial(self, trial, *args, **kwargs):
+        epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch + 1
+
+    class _TrialRuns:
+        """Trains each trial with ``ssa_tf.training.run.train``, the code of
+        ``python -m ssa_tf.train``, in ``trial_<id>/run``; writes its wall-clock
+        seconds and epochs beside KerasTuner's record.
+
+        KerasTuner's own ``run_trial`` would build and ``model.fit`` the model: a
+        pipeline, a loop and a data order other than the command line's, so that
+        ``best.flags`` did not reproduce its trial (issue 34). Hyperband's later
+        rounds train again from the start for their ``tuner/epochs`` (not on from
+        an earlier round's weights): each trial is one run of ``ssa_tf.train``.
+        The score is the last epoch's, as the run's.
+        """
+
+        def run_trial(self, trial, callbacks=(), verbose=1):
             start = time.perf_counter()
             record = {"epochs": None}
+            search = self.hypermodel.search
+            epochs = trial.hyperparameters.values.get("tuner/epochs", search.epochs_per_trial)
+            run = search.trial_run(self.hypermodel.build(trial.hyperparameters), epochs,
+                                   os.path.join(self.get_trial_dir(trial.trial_id), "run"))
+            count = _EpochCount()
             try:
-                histories = super().run_trial(trial, *args, **kwargs)
-                # History.epoch counts from initial_epoch (Hyperband's later rounds)
-                record["epochs"] = max(h.epoch[-1] + 1 for h in histories if h.epoch)
-                return histories
-            except Exception as e:
-                record["epochs"] = getattr(e, "epochs", None)
+                # what a new process starts from: no layers or names of earlier trials
+                keras.backend.clear_session()
+                try:
+                    # callbacks are copied for each trial, as KerasTuner does
+                    summary = run_lib.train(run, verbose=verbose, extra_callbacks=[
+                        *copy.deepcopy(list(callbacks)), count])
+                except errors.Diverged as e:
+                    raise Diverged(str(e), count.epoch) from None
+                history = summary["history"]
+                # val_loss too: weights blown up to inf give NaN logits, whose argmax
+                # still scores a chance-level val_accuracy
+                for key in ("loss", "val_loss"):
+                    for epoch, value in enumerate(history.get(key, [])):
+                        if not np.isfinite(value):
+                            raise Diverged(f"{key} diverged to {value} in epoch {epoch + 1}",
+                                           epoch + 1)
+                record["epochs"] = len(history["loss"])
+                # a trial never trains further (an interrupted one starts over): the
+                # checkpoint a finished run keeps to be extended is of no use here
+                shutil.rmtree(os.path.join(run.runtime.workdir, "backup"), ignore_errors=True)
+                return {name: values[-1] for name, values in history.items()}
+            except Diverged as e:
+                record["epochs"] = e.epochs
                 raise
             finally:
                 record["seconds"] = round(time.perf_counter() - start, 2)
                 write_json(os.path.join(self.get_trial_dir(trial.trial_id), TRIAL_RECORD), record)
 
     tuner_classes = {
-        "random": type("RandomSearch", (_Recording, keras_tuner.RandomSearch), {}),
-        "bayesian": type("BayesianOptimization", (_Recording, keras_tuner.BayesianOptimization), {}),
-        "hyperband": type("Hyperband", (_Recording, keras_tuner.Hyperband), {}),
+        "random": type("RandomSearch", (_TrialRuns, keras_tuner.RandomSearch), {}),
+        "bayesian": type("BayesianOptimization", (_TrialRuns, keras_tuner.BayesianOptimization), {}),
+        "hyperband": type("Hyperband", (_TrialRuns, keras_tuner.Hyperband), {}),
     }
     return types.SimpleNamespace(SSAHyperModel=SSAHyperModel, Diverged=Diverged,
                                  TUNER_CLASSES=tuner_classes)
 
 
-def make_tuner(cfg: SearchConfig, hypermodel, distribution_strategy=None):
-    """The KerasTuner tuner of ``cfg.tuner``, resuming ``cfg.project`` if it exists."""
+def make_tuner(cfg: SearchConfig, hypermodel):
+    """The KerasTuner tuner of ``cfg.tuner``, resuming ``cfg.project`` if it exists.
+
+    The trials' runs place themselves (``cfg.strategy``), not KerasTuner."""
     import keras_tuner
 
     common = dict(hypermodel=hypermodel,
                   objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
                   seed=cfg.run.seed, max_consecutive_failed_trials=cfg.max_consecutive_failed_trials,
-                  distribution_strategy=distribution_strategy,
                   directory=os.path.dirname(cfg.project) or ".",
                   project_name=os.path.basename(cfg.project),
                   overwrite=False)  # resume a search found in the project
@@ -183,7 +203,8 @@ class SearchFailed(errors.Error):
 
 
 def _check_tensorboard():
-    # KerasTuner 1.4.8 imports TensorBoard's hparams plugin in every trial;
+    # TensorBoard (which holds tf.summary, for the TensorBoard logs of every
+    # trial's run; KerasTuner 1.4.8's own run_trial imports its hparams plugin):
     # without it each trial fails and the search ends with scores of None.
     try:
         import tensorboard.plugins.hparams.api  # noqa: F401
@@ -202,8 +223,6 @@ def run_search(cfg: SearchConfig, callbacks=(), verbose=2) -> dict:
     """
     check_resumable(cfg)
     _check_tensorboard()
-    import tensorflow as tf
-
     data = load_data(cfg)  # shapes and split names; a missing dataset fails here
     os.makedirs(cfg.project, exist_ok=True)
     write_json(os.path.join(cfg.project, "search.json"),
@@ -211,19 +230,11 @@ def run_search(cfg: SearchConfig, callbacks=(), verbose=2) -> dict:
                  "validation_split": data.validation_split,
                  "validation_examples": data.validation_examples})
 
-    strategy = None
-    if cfg.strategy == "mirrored":
-        # on a CPU-only machine this is one replica unless logical devices are set up
-        strategy = tf.distribute.MirroredStrategy()
-        if verbose:
-            print(f"MirroredStrategy: {strategy.num_replicas_in_sync} replica(s)")
-    hypermodel = keras_tuner_parts().SSAHyperModel(cfg.run, data.input_shape, data.num_classes,
-                                                   cfg.ranges(), functools.partial(load_data, cfg))
-    tuner = make_tuner(cfg, hypermodel, strategy)
+    tuner = make_tuner(cfg, keras_tuner_parts().SSAHyperModel(cfg))
     failure = None
     try:
-        # no data here: the hypermodel loads it for each trial
-        tuner.search(epochs=cfg.epochs_per_trial, callbacks=list(callbacks), verbose=verbose)
+        # no data here: each trial's run loads it, as python -m ssa_tf.train does
+        tuner.search(callbacks=list(callbacks), verbose=verbose)
     except RuntimeError as e:
         if not str(e).startswith("Number of consecutive failures"):
             raise

@@ -13,6 +13,7 @@ import math
 import os
 
 from ssa_tf import config as cfg_lib
+from ssa_tf.config.schema import canonical_model_settings
 from ssa_tf.methods import registry
 
 TUNERS = ("random", "bayesian", "hyperband")
@@ -23,15 +24,16 @@ SEED_COEFFICIENTS = {"alpha": 1.0, "beta": 0.01, "gamma": 0.1}
 DEFAULT_RANGES = {"alpha": (0.1, 2.0), "beta": (1e-4, 1.0), "gamma": (1e-3, 10.0)}
 LOG_SAMPLED = ("beta", "gamma", "learning_rate")
 OBJECTIVE = "val_accuracy"
-# The tuned run's settings that best.flags repeats for ssa_tf.train (mode is
-# ssa, the coefficients are searched)
+# The tuned run's settings that best.flags always names, at their defaults too (it
+# names every other setting of the trial's run that differs from its default)
 RUN_FIELDS = ("data.dataset", "data.data_dir", "data.manual_dir", "data.label",
               "data.image_size", "data.validation_split", "data.max_train_examples",
               "data.augment", "model.model", "model.norm", "model.activation", "model.head_init",
               "model.conv_factorization",
               "method.feedback", "method.feedback_spatial", "method.feedback_init",
               "train.batch_size", "seed")
-# "trial" is KerasTuner's "Running Trial #N" (from 1), "trial_id" its folder's trial_<id>
+# "trial" is KerasTuner's "Running Trial #N" (from 1), the trial's one number in what the
+# search prints; "trial_id" its folder's trial_<id>, for finding the folder
 CSV_COLUMNS = ("trial", "trial_id", "alpha", "beta", "gamma", "lr", "val_accuracy", "epochs",
                "status", "seconds", "reason")
 TRIAL_RECORD = "ssa_trial.json"  # our per-trial sidecar: seconds and epochs
@@ -75,6 +77,16 @@ class SearchConfig:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run"}
         return json.loads(json.dumps({**d, "run": self.run.flat()}, default=list))
 
+    def trial_run(self, values: dict, epochs: int, workdir: str | None = None
+                  ) -> cfg_lib.RunConfig:
+        """The run one trial trains, exactly as ``python -m ssa_tf.train`` trains it: the
+        tuned run with the trial's drawn ``values`` (alpha, beta, gamma[, learning_rate]),
+        ``epochs`` epochs and the search's strategy, in ``workdir`` (started over there:
+        an interrupted trial runs again from the start). ``best.flags`` writes this run."""
+        drawn = {name: float(values[name]) for name in self.ranges()}
+        return self.run.replace(**drawn, epochs=int(epochs), strategy=self.strategy,
+                                workdir=workdir, restart=workdir is not None)
+
     @classmethod
     def from_json(cls, d: dict) -> "SearchConfig":
         """Inverse of ``to_json``; fields this version does not know are dropped."""
@@ -99,7 +111,10 @@ def parse_range(name: str, values) -> tuple | None:
 
 def validate(cfg: SearchConfig) -> str | None:
     """The first problem with ``cfg`` as one line, or None."""
-    problem = cfg_lib.validate(cfg.run)
+    # the trials' runs train under --strategy (runtime.logical_cpus must suit it); an
+    # unknown one is named below, among the search's own
+    run = cfg.run.replace(strategy=cfg.strategy) if cfg.strategy in STRATEGIES else cfg.run
+    problem = cfg_lib.validate(run)
     if problem:
         return problem
     if not cfg.run.rule.tunes_loss_weights:
@@ -132,15 +147,17 @@ def validate(cfg: SearchConfig) -> str | None:
     return None
 
 
-# Settings that change what a trial means; the rest (trial budget, strategy,
-# where the data lives) may differ between the runs of one search.
-_RESUMABLE_CHANGES = ("max_trials", "strategy", "max_consecutive_failed_trials", "directory",
+# Settings that change what a trial means; the rest (trial budget, where the data
+# lives) may differ between the runs of one search. The strategy is the trials' runs'
+# (best.flags names it): another one may order the data otherwise (BUILD.md).
+_RESUMABLE_CHANGES = ("max_trials", "max_consecutive_failed_trials", "directory",
                       "project_name")
 
 
 def _search_identity(cfg_json: dict) -> dict:
     d = {k: v for k, v in cfg_json.items() if k not in _RESUMABLE_CHANGES}
-    d["run"] = {k: v for k, v in d["run"].items()
+    # norm, activation, factorization: None (this version) and the built-in default agree
+    d["run"] = {k: v for k, v in canonical_model_settings(d["run"]).items()
                 if k not in ("data_dir", "manual_dir", "workdir")}
     return d
 
