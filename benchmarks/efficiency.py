@@ -68,6 +68,17 @@ ROWS = [
     ("ssa-dkp", dict(mode="ssa-dkp")),
 ]
 
+# issue 36: the local heads' costs beside BP's (the heads train, then are dropped at export)
+HEAD_ROWS = [
+    ("bp", dict(mode="bp")),
+    ("dfa", dict(mode="dfa")),
+    ("local linear heads, plain layers", dict(mode="dfa", feedback="local",
+                                              readout_trained=True)),
+    ("local conv heads, plain layers", dict(mode="dfa", feedback="local", readout_head="conv")),
+    ("ssa", dict(mode="ssa")),
+    ("ssa, local conv heads", dict(mode="ssa", feedback="local", readout_head="conv")),
+]
+
 # where the direct SSA step's time goes: each row removes one piece of it (or of BP's)
 PROFILE_ROWS = [
     ("bp", dict(mode="bp")),
@@ -80,7 +91,8 @@ PROFILE_ROWS = [
 ]
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum("rows", "rules", ["rules", "profile"], "rules: every rule and the rank cuts; "
+flags.DEFINE_enum("rows", "rules", ["rules", "profile", "heads"],
+                  "heads: the local heads against BP and DFA; rules: every rule and the rank cuts; "
                   "profile: BP and SSA with one piece of the step removed per row")
 flags.DEFINE_boolean("memory", True, "also measure each row's peak training memory")
 flags.DEFINE_list("models", ["smallconv", "resnet32"], "architectures")
@@ -140,6 +152,26 @@ def training_macs(model):
     return int(total)
 
 
+def head_costs(model):
+    """(parameters, multiply-adds per example) of the local route's trained heads (0, 0
+    without them): they train with their modules and are dropped at export."""
+    route = getattr(model.rule, "route", None)
+    if route is None or not getattr(route, "trained", False):
+        return 0, 0
+    params = sum(int(v.numpy().size) for i in range(len(model.local_modules))
+                 for v in route.extra_variables(model, i))
+    macs = 0
+    for i, shape in enumerate(model.module_output_shapes[:-1]):
+        positions = 1
+        if route.hidden:
+            kernel = route.hidden[i][0]
+            if len(shape) == 3:  # a 3x3 convolution at every position of the map
+                positions = shape[0] * shape[1]
+            macs += positions * int(kernel.numpy().size)
+        macs += int(route.matrices[i].numpy().size)  # the linear read-out of the pooled grid
+    return params, macs
+
+
 def time_rules(model_name, rows):
     """{row: median ms per step}, the rules timed in turn in this process."""
     import tensorflow as tf
@@ -179,7 +211,11 @@ def time_rules(model_name, rows):
                            infer_ms=statistics.median(infer[name]) if name in infer else None,
                            onnx_ms=onnx_ms.get(name),
                            params=int(sum(v.numpy().size for v in model.trainable_variables)),
-                           macs=training_macs(model), card=model.card().columns())
+                           macs=training_macs(model) + head_costs(model)[1],
+                           heads=head_costs(model),
+                           exported=(deployed[name].keras_model.count_params()
+                                     if name in deployed else None),
+                           card=model.card().columns(), feedback=model.card().feedback)
     return facts
 
 
@@ -220,6 +256,8 @@ def measure_memory(model_name, spec):
 
 
 def rows_for():
+    if FLAGS.rows == "heads":
+        return [(name, {"options": options}) for name, options in HEAD_ROWS]
     if FLAGS.rows == "profile":  # and the cut channel view with and without its norms
         rows = [(name, {"options": options}) for name, options in PROFILE_ROWS]
         for f in (float(v) for v in FLAGS.rank_fractions):
@@ -242,6 +280,27 @@ def rows_for():
         rows += [("bp, XLA", {"options": dict(mode="bp"), "jit": True}),
                  ("ssa, XLA", {"options": dict(mode="ssa"), "jit": True})]
     return rows
+
+
+def heads_table(model_name, rows, facts, memory):
+    """The heads' own costs: trainable parameters with and without them, their multiply-
+    adds, the exported model's parameters, step time and memory against BP."""
+    bp, bp_mem = facts["bp"], memory.get("bp")
+    lines = [f"### {model_name}, batch {FLAGS.batch}: local heads", "",
+             "| rule | feedback | trained params | of them heads | exported params | vs BP | "
+             "training MACs/example | of them heads | ms/step | vs BP | peak MB | vs BP |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, _ in rows:
+        f = facts[name]
+        mem = memory.get(name)
+        mem_cells = (f"{mem:.0f} | {mem / bp_mem:.2f}x" if mem is not None and bp_mem
+                     else " | ")
+        head_params, head_macs = f["heads"]
+        lines.append(f"| {name} | {f['feedback']} | {f['params']:,} | {head_params:,} | "
+                     f"{f['exported']:,} | {f['exported'] / bp['exported']:.2f}x | "
+                     f"{f['macs'] / 1e6:.2f}M | {head_macs / 1e6:.2f}M | {f['ms']:.0f} | "
+                     f"{f['ms'] / bp['ms']:.2f}x | {mem_cells} |")
+    return lines
 
 
 def table(model_name, rows, facts, memory):
@@ -295,7 +354,8 @@ def main(argv):
             if FLAGS.memory and not spec.get("jit"):
                 print(f"{model_name}: peak memory of {name} ...", flush=True)
                 memory[name] = measure_memory(model_name, spec)
-        out += table(model_name, rows, facts, memory) + [""]
+        render = heads_table if FLAGS.rows == "heads" else table
+        out += render(model_name, rows, facts, memory) + [""]
         print("\n".join(out[-len(rows) - 5:]), flush=True)
     if FLAGS.out:
         files.write_text(FLAGS.out, "\n".join(out) + "\n")
