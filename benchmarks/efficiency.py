@@ -164,10 +164,9 @@ def head_costs(model):
     for i, shape in enumerate(model.module_output_shapes[:-1]):
         positions = 1
         if route.hidden:
-            kernel = route.hidden[i][0]
-            if len(shape) == 3:  # a 3x3 convolution at every position of the map
+            if len(shape) == 3:  # 3x3 convolutions at every position of the map
                 positions = shape[0] * shape[1]
-            macs += positions * int(kernel.numpy().size)
+            macs += positions * sum(int(k.numpy().size) for k in route.hidden[i][::2])
         macs += int(route.matrices[i].numpy().size)  # the linear read-out of the pooled grid
     return params, macs
 

@@ -132,6 +132,11 @@ def _heads_variants():
         "ssa, local conv heads": dict(ssa, readout_head="conv"),
         # beta pulls U, V towards the initial feedback factors, which a head never reads
         "ssa, local conv heads, beta 0": dict(ssa, readout_head="conv", beta=0.0),
+        # DGL's deeper auxiliary heads: two hidden convolutions
+        "local conv heads, depth 2, plain layers": dict(plain, readout_head="conv",
+                                                        readout_depth=2),
+        "ssa, local conv heads depth 2, beta 0": dict(ssa, readout_head="conv", beta=0.0,
+                                                      readout_depth=2),
         # issue 36, item 3: svd-bp's 3.6 points under BP at 20 epochs, one suspect at a time
         "svd-bp, beta 0 (lr 3e-4)": dict(
             _FAIR["svd-bp (glorot head, beta 0.01, gamma 0, lr 3e-4)"], beta=0.0),

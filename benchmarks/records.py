@@ -31,7 +31,8 @@ _LATER_DEFAULTS = {"conv_factorization": ("spatial",), "rank_keep_ends": (False,
                    "feedback_lr": (None,), "feedback_decay": (None,),
                    "feedback_weight_decay": (None,),
                    # the local route's trained heads (issue 36): the linear read-out before
-                   "readout_head": (None, "linear"), "readout_width": (None, 0)}
+                   "readout_head": (None, "linear"), "readout_width": (None, 0),
+                   "readout_depth": (None, 1)}
 
 
 def run_key(cfg: cfg_lib.RunConfig) -> str:

@@ -25,13 +25,14 @@ def _model(mode, **options):
     return model
 
 
-@pytest.mark.parametrize("mode", ["dfa", "ssa"])
-def test_a_conv_head_trains_on_the_modules_own_loss_only(mode):
-    model = _model(mode, readout_head="conv", readout_width=4)
+@pytest.mark.parametrize("mode,depth", [("dfa", 1), ("ssa", 1), ("dfa", 2)])
+def test_a_conv_head_trains_on_the_modules_own_loss_only(mode, depth):
+    model = _model(mode, readout_head="conv", readout_width=4, readout_depth=depth)
     route = model.rule.route
-    heads = [v for pair in route.hidden for v in pair] + route.matrices
+    heads = [v for layers in route.hidden for v in layers] + route.matrices
     assert len(route.hidden) == len(model.local_modules) - 1
     assert tuple(route.hidden[0][0].shape) == (3, 3, model.module_output_shapes[0][-1], 4)
+    assert [tuple(k.shape) for k in route.hidden[0][::2]][1:] == [(3, 3, 4, 4)] * (depth - 1)
     x, y = _data()
     # module 0's update (its own weights and its head's) is the gradient of its own loss
     # alone: the same whatever every later module's weights are

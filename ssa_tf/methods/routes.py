@@ -105,8 +105,9 @@ class LocalRoute(Route):
     read-out learns from that CE too (a linear probe trained alongside the module,
     as Noekland & Eidnes 2019's prediction loss); else it stays fixed ((LLS)).
     ``readout_head=conv``: a small trained head instead (DGL, Belilovsky et al. 2020):
-    a 3x3 convolution to ``readout_width`` channels (0: the module's own), ReLU, the
-    pooled grid, then the linear read-out; a dense module gets a hidden dense layer.
+    ``readout_depth`` x (a 3x3 convolution to ``readout_width`` channels (0: the module's
+    own), ReLU), the pooled grid, then the linear read-out; a dense module gets hidden
+    dense layers.
     Heads train on the module's own CE only and are dropped at export."""
 
     spec = ROUTES["local"]
@@ -116,19 +117,24 @@ class LocalRoute(Route):
         self.head = options.get("readout_head") or "linear"
         self.trained = bool(options.get("readout_trained", False)) or self.head != "linear"
         self.width = int(options.get("readout_width") or 0)
+        self.depth = int(options.get("readout_depth") or 1)
         self.structured = structured
         self.matrices = []  # the linear read-outs (the last layer of a conv head)
-        self.hidden = []  # a conv head's first layer per module: (kernel, bias)
+        self.hidden = []  # a conv head's hidden layers per module: [kernel, bias, ...]
 
     def build(self, model, rng):
         for i, (m, shape) in enumerate(zip(model.local_modules[:-1],
                                            model.module_output_shapes[:-1])):
             if self.head == "conv":
                 width = self.width or int(shape[-1])
-                kernel, bias = feedback.head_hidden_layer(shape, width, rng)
-                self.hidden.append((fixed_weight(model, f"readout_{i}_kernel", kernel, True),
-                                    fixed_weight(model, f"readout_{i}_bias", bias, True)))
-                shape = (*shape[:-1], width)
+                layers = []
+                for d in range(self.depth):
+                    kernel, bias = feedback.head_hidden_layer(shape, width, rng)
+                    tag = f"readout_{i}" + (f"_{d}" if d else "")  # depth 1: the old names
+                    layers += [fixed_weight(model, f"{tag}_kernel", kernel, True),
+                               fixed_weight(model, f"{tag}_bias", bias, True)]
+                    shape = (*shape[:-1], width)
+                self.hidden.append(tuple(layers))
                 m = None  # the head's own channels: no feedback factors to structure it
             mat = projection(model, m, self.structured and m is not None, shape, rng,
                              grid=self.grid)
@@ -144,8 +150,9 @@ class LocalRoute(Route):
         return []
 
     def ce_term(self, model, i, h, error, y, signals):
-        if self.hidden:
-            h = feedback.head_hidden(h, *self.hidden[i])
+        layers = self.hidden[i] if self.hidden else ()
+        for kernel, bias in zip(layers[::2], layers[1::2]):
+            h = feedback.head_hidden(h, kernel, bias)
         return feedback.readout_ce_term(h, self.matrices[i], y, self.grid)
 
 

@@ -50,7 +50,7 @@ class Range:
 # ranges of the options several rules share; a rule adds its own (``RuleSpec.ranges``)
 RANGES = {"alpha": Range(0), "beta": Range(0), "gamma": Range(0), "ortho_lambda": Range(0),
           "s_rate_scale": Range(0, open_lo=True), "readout_grid": Range(1),
-          "readout_width": Range(0)}
+          "readout_width": Range(0), "readout_depth": Range(1)}
 # the local route's read-out: linear (a probe of the pooled map) or a small trained head
 READOUT_HEADS = ("linear", "conv")
 
@@ -73,8 +73,10 @@ def _global_error(o):
 
 def _local_error(o):
     if o.get("readout_head") == "conv":
-        return ("the module's own cross-entropy through a trained head (3x3 convolution, "
-                "ReLU, pooled grid, linear; reads the module's output and the label; no "
+        depth = int(o.get("readout_depth") or 1)
+        layers = "3x3 convolution, ReLU" if depth == 1 else f"{depth} x (3x3 convolution, ReLU)"
+        return (f"the module's own cross-entropy through a trained head ({layers}, "
+                "pooled grid, linear; reads the module's output and the label; no "
                 "global forward)")
     if o.get("readout_trained"):
         return ("the module's own cross-entropy through a read-out trained on it (reads "
@@ -84,7 +86,8 @@ def _local_error(o):
 
 ROUTES = {r.name: r for r in (
     RouteSpec("global", ("feedback_spatial",), _global_error),
-    RouteSpec("local", ("readout_grid", "readout_trained", "readout_head", "readout_width"),
+    RouteSpec("local", ("readout_grid", "readout_trained", "readout_head", "readout_width",
+                        "readout_depth"),
               _local_error, needs_error=False),
     RouteSpec("chain", (), lambda o: "e through a fixed, ungated linear copy of the later "
               "modules (a fixed matrix)", reads_layer_feedback=True),
