@@ -25,8 +25,9 @@ DOCUMENTS = (os.path.join(REPO, "README.md"),
              os.path.join(HERE, "reports", "ACCURACY.md"))
 BEGIN, END = "<!-- headline table: python -m benchmarks.tables -->", "<!-- end of table -->"
 
-SHORT, LONG = "learned_5ep", "learned_20ep"
-# (what the row is, its variant at 5 epochs, its variant at 20 epochs)
+SHORT, LONG, HEADS = "learned_5ep", "learned_20ep", "heads_20ep"
+# (what the row is, its variant at 5 epochs, its variant at 20 epochs): a variant of
+# SHORT / LONG by name, (grid, name) for another grid's, None where not run
 ROWS = (
     ("bp", "bp (glorot head, lr 1e-3)", "bp (glorot head, lr 1e-3)"),
     ("svd-bp (backprop through the same SVD network, head and loss terms)",
@@ -43,6 +44,18 @@ ROWS = (
      "dkp (zero head, lr 3e-4; feedback Adam 1e-4, x0.8 an epoch)"),
     ("ssa-dkp (ssa, the chain's matrices learned as dkp's)",
      "ssa-dkp (chain's matrices, learned)", "ssa-dkp (chain's matrices, learned)"),
+    # issue 36: modules that learn from their own trained heads (grid heads_20ep)
+    ("local conv heads, plain layers (DGL-style, lr 1e-3)", None,
+     (HEADS, "local conv heads (DGL-style), plain layers")),
+    ("local linear heads, plain layers (lr 1e-3)", None,
+     (HEADS, "local linear heads, plain layers")),
+    ("**ssa, local conv heads, beta 0** (SVD layers, lr 1e-3)", None,
+     (HEADS, "ssa, local conv heads, beta 0")),
+    ("ssa, local conv heads of depth 2, beta 0", None,
+     (HEADS, "ssa, local conv heads depth 2, beta 0")),
+    ("ssa, local linear heads (beta 0.01)", None, (HEADS, "ssa, local linear heads")),
+    ("svd-bp at beta 0 (the alignment term's cost)", None,
+     (HEADS, "svd-bp, beta 0 (lr 3e-4)")),
 )
 
 
@@ -51,17 +64,30 @@ def _cells(grid_name, out):
     return {r["name"]: (r["last"][0], len(r["seeds"])) for r in rows}
 
 
+def _where(variant, default_grid):
+    """(grid, name) of a row's variant (None: not run)."""
+    if variant is None or isinstance(variant, tuple):
+        return variant
+    return default_grid, variant
+
+
 def render(out=HERE) -> str:
     """The table, as Markdown."""
-    short, long = _cells(SHORT, out), _cells(LONG, out)
+    found = {}
     lines = ["| rule | sequential | weight transport | feedback | 5 epochs | 20 epochs |",
              "|---|---|---|---|---|---|"]
     for label, five, twenty in ROWS:
-        mode = GRIDS[SHORT]["variants"][five]["mode"]
-        card = registry.get(mode).card({})
+        places = [_where(five, SHORT), _where(twenty, LONG)]
+        grid, name = next(p for p in places if p is not None)
+        variant = GRIDS[grid]["variants"][name]
+        rule = registry.get(variant.get("mode") or GRIDS[grid]["base"]["mode"])
+        card = rule.card({k: v for k, v in variant.items() if k in rule.options})
         cells = []
-        for found, name in ((short, five), (long, twenty)):
-            value, seeds = found.get(name, ("not run", 0))
+        for place in places:
+            if place is not None and place[0] not in found:
+                found[place[0]] = _cells(place[0], out)
+            value, seeds = (found[place[0]].get(place[1], ("not run", 0)) if place
+                            else ("not run", 0))
             cells.append(value if seeds in (0, 3)
                          else f"{value} ({seeds} seed{'s' if seeds > 1 else ''})")
         lines.append(f"| {label} | {'yes' if card.sequential else 'no'} | "
