@@ -284,16 +284,14 @@ def rows_for():
 def heads_table(model_name, rows, facts, memory):
     """The heads' own costs: trainable parameters with and without them, their multiply-
     adds, the exported model's parameters, step time and memory against BP."""
-    bp, bp_mem = facts["bp"], memory.get("bp")
+    bp = facts["bp"]
     lines = [f"### {model_name}, batch {FLAGS.batch}: local heads", "",
              "| rule | feedback | trained params | of them heads | exported params | vs BP | "
              "training MACs/example | of them heads | ms/step | vs BP | peak MB | vs BP |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, _ in rows:
         f = facts[name]
-        mem = memory.get(name)
-        mem_cells = (f"{mem:.0f} | {mem / bp_mem:.2f}x" if mem is not None and bp_mem
-                     else " | ")
+        mem_cells = _memory_cells(memory, name)
         head_params, head_macs = f["heads"]
         lines.append(f"| {name} | {f['feedback']} | {f['params']:,} | {head_params:,} | "
                      f"{f['exported']:,} | {f['exported'] / bp['exported']:.2f}x | "
@@ -302,16 +300,21 @@ def heads_table(model_name, rows, facts, memory):
     return lines
 
 
+def _memory_cells(memory, name):
+    """'peak MB | vs BP' for a row (two empty cells when not measured)."""
+    mem, bp_mem = memory.get(name), memory.get("bp")
+    return f"{mem:.0f} | {mem / bp_mem:.2f}x" if mem is not None and bp_mem else "| "
+
+
 def table(model_name, rows, facts, memory):
-    bp, bp_mem = facts["bp"], memory.get("bp")
+    bp = facts["bp"]
     lines = [f"### {model_name}, batch {FLAGS.batch}", "",
              "| rule | sequential | transport | held | ms/step | vs BP | peak MB | vs BP | "
              "params | vs BP | MACs/example | vs BP | Keras ms | vs BP | onnxruntime ms | vs BP |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, _ in rows:
         f = facts[name]
-        mem = memory.get(name)
-        mem_cells = (f"{mem:.0f} | {mem / bp_mem:.2f}x" if mem is not None and bp_mem else "| ")
+        mem_cells = _memory_cells(memory, name)
         infer = (f"{f['infer_ms']:.1f} | {f['infer_ms'] / bp['infer_ms']:.2f}x"
                  if f["infer_ms"] is not None else "| ")
         infer += (f" | {f['onnx_ms']:.1f} | {f['onnx_ms'] / bp['onnx_ms']:.2f}x"
