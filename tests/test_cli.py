@@ -250,7 +250,8 @@ def test_tensorflow_comes_from_exactly_one_extra_cpu_or_gpu():
     assert tensorflows(project["dependencies"]) == []
     assert tensorflows(extras["cpu"]) == ["tensorflow-cpu==2.21.0"]
     assert tensorflows(extras["gpu"]) == ["tensorflow[and-cuda]==2.21.0"]
-    assert tensorflows(extras["dev"]) == ["tensorflow-cpu==2.21.0"]
+    # [dev] brings none (issue 34, item 11): it goes with [cpu] or [gpu]
+    assert tensorflows(extras["dev"]) == []
     with open(os.path.join(REPO, "BUILD.md")) as f:
         assert ".[gpu]" in f.read()  # BUILD.md, "Set-up"
     # without TensorFlow, the error says which extra to install
