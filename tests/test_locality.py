@@ -1,212 +1,102 @@
-"""Locality cards proven by behaviour, not by declaration (BUILD.md, algorithm §3a).
+"""Locality cards proven over whole runs, by record and replay (issue 35; BUILD.md, algorithm §3a).
 
-For every rule, real optimizer steps (``train_on_batch``, a glorot head so that
-no signal is zero by construction), then two checks:
+``ssa_tf.testing.locality`` trains a small model through the real entry
+(``ssa_tf.training.run.train``: its loop, callbacks and checkpoints; a rank cut inside
+the run; a run stopped mid-epoch and resumed from its checkpoint), recording per step the
+whole state (found by walking everything reachable from the model, its rule and route),
+the batch, and each module's inputs, outputs and signals. It then replays every step once
+per module in a replica whose other modules return random activations (the head the
+recorded logits) and hold random forward weights: a direct rule's update of module i,
+every signal and the whole feedback state must come out bit for bit; a fixed feedback
+must not move; a cut must pass to the feedback what the card says and nothing more; a
+resume must restore the checkpoint.
 
-* **fixed feedback**: a rule whose card says its feedback never reads the forward
-  weights after construction leaves every non-trainable variable of the model (the
-  feedback factors B_U, B_s, B_V, the fixed feedback matrices and kernels, the
-  chain's cached matrices) bit-identical; a rule whose card says ``continuously``
-  and that keeps a feedback copy (bp-lagged-copy) moves it;
-* **direct**: with the output error e and module i's input held fixed, module i's
-  update is unchanged when every later module's trainable weights change (the head
-  included; for the first module, every other module), also after the rule's own
-  after-step hook has run on them. A rule whose card says sequential
-  changes it.
-
-Both checks fail for the two mutants of issue 30 (an SSA whose after-step moves B
-towards W, and an SSA whose chain is gated by the forward pass); see
-``test_the_checks_catch_transport_and_gating_mutants``.
+Here: every rule of the registry with every route variant its choices allow (read from the
+registry: a new rule file is checked with no change to this file), the walk, the cards'
+statement of what a rank cut passes to the feedback, and the README's rules table rendered
+from the cards. tests/test_locality_leaks.py: the features a run may have, and one mutant
+of each kind of leak, each of which must be flagged.
 """
 
-import dataclasses
+import os
 
 import numpy as np
 import pytest
-import keras
 import tensorflow as tf
 
 from ssa_tf.methods import registry
-from ssa_tf.methods.base import Local
-from ssa_tf.methods.routes import ChainRoute
-from ssa_tf.training.model import SSAModel, compile_model
+from ssa_tf.nn.svd import resolve_feedback_cut
+from ssa_tf.testing import locality
 
-SHAPE = (8, 8, 3)
-RULES = [
-    ("ssa", {}), ("ssa", dict(feedback="global")), ("ssa", dict(feedback="local")),
-    ("ssa", dict(feedback="chain", feedback_init="random")),
-    ("dfa", {}), ("dfa", dict(feedback="chain")), ("dfa", dict(feedback="local")),
-    ("fa", {}), ("bp-lagged-copy", {}), ("bp", {}), ("svd-bp", {}),
-    ("dkp", {}), ("ssa-dkp", {}), ("ssa-dkp", dict(feedback="global")),
-]
-LEARNS = "learns locally"
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
 
 
-def _data(n=16, seed=0):
-    rng = np.random.default_rng(seed)
-    return (rng.standard_normal((n, *SHAPE)).astype(np.float32),
-            rng.integers(0, 10, n).astype(np.int32))
+# --------------------------------------------------------------------------
+# Every rule, every route variant: the card holds through a run.
+# --------------------------------------------------------------------------
+
+# one step each (every module replayed): what more steps add (moments, after-step hooks,
+# cuts, resumes, a leak that waits) is in the features' and the mutants' longer runs
+@pytest.mark.parametrize("scenario", locality.registry_scenarios(steps=1),
+                         ids=lambda s: s.name)
+def test_every_rule_keeps_its_card_through_a_run(scenario, tmp_path):
+    report = locality.check(scenario, tmp_path)
+    assert report.steps == scenario.epochs * scenario.steps
+    assert not report.disagreements(), report.text()
 
 
-def _model(mode, options):
-    keras.utils.set_random_seed(5)
-    model = SSAModel("smallconv", SHAPE, 10, mode=mode, head_init="glorot", **options)
-    compile_model(model, learning_rate=1e-2)
-    model.run_eagerly = True  # three small steps: tracing would cost more than running
-    return model
+def test_the_scenarios_cover_every_rule_and_route_of_the_registry():
+    scenarios = locality.registry_scenarios()
+    assert {s.mode for s in scenarios} == set(registry.NAMES)
+    for name in registry.NAMES:
+        routes = registry.get(name).choices.get("feedback", ())
+        covered = {dict(s.options).get("feedback", registry.get(name).options.get("feedback"))
+                   for s in scenarios if s.mode == name}
+        assert set(routes) <= covered, name
 
 
-def _learned(model):
-    """The feedback variables a learned-feedback rule trains (none for the others)."""
-    route = getattr(model.rule, "route", None)
-    return [v for i in range(len(model.local_modules))
-            for v in (route.extra_variables(model, i) if route else [])]
+# --------------------------------------------------------------------------
+# The walk, the cards, the README.
+# --------------------------------------------------------------------------
+
+def test_the_walk_finds_state_wherever_it_is_held():
+    class Holder:
+        pass
+
+    inner = Holder()
+    inner.cache = {"kept": [np.zeros(3), (tf.constant([1.0]), tf.Variable([2.0]))]}
+    outer = Holder()
+    outer.child, outer.name, outer.loop = inner, "x", None
+    inner.parent = outer  # a cycle
+    found = locality.walk([("root", outer)])
+    assert sorted(found) == ["root.child.cache['kept'][0]", "root.child.cache['kept'][1][0]",
+                             "root.child.cache['kept'][1][1]"]
 
 
-def _fixed_state(model):
-    learned = {id(v) for v in _learned(model)}
-    return {v.path: np.array(tf.convert_to_tensor(v)) for v in model.non_trainable_variables
-            if id(v) not in learned}
+def test_a_run_that_cuts_states_what_the_cut_passes_to_the_feedback():
+    from ssa_tf.config import RunConfig
+    from ssa_tf.methods.card import CUT_FLOWS
+
+    assert RunConfig().card().at_cuts is None
+    assert RunConfig().with_overrides(["method.mode=dfa", "rank.tau=0.9"]).card().at_cuts \
+        is None  # no SVD factors, no cut
+    for cut, energy, cov in ((None, "weights", None), (None, "outputs", np.eye(2)),
+                             ("first", "weights", None), ("svd", "weights", None)):
+        sets = ["rank.tau=0.9", f"rank.energy={energy}"] + \
+            ([f"rank.feedback_cut={cut}"] if cut else [])
+        card = RunConfig().with_overrides(sets).card()
+        assert card.at_cuts == CUT_FLOWS[resolve_feedback_cut(cut, cov)]
+        assert card.at_cuts in card.line()
 
 
-def fixed_feedback_holds(model, steps=3):
-    """True when real optimizer steps leave every non-trainable variable bit-identical
-    (a learned feedback's own matrices aside)."""
-    before = _fixed_state(model)
-    assert before or _learned(model), "the model holds no fixed state to check"
-    x, y = _data()
-    for k in range(steps):
-        model.train_on_batch(x[k::steps], y[k::steps])
-    after = _fixed_state(model)
-    return all(np.array_equal(before[k], after[k]) for k in before)
-
-
-def _update(model, i, x, y, error):
-    """Module i's update: its own weights' and its learned feedback's gradients."""
-    grads = model.local_gradients(tf.constant(x), tf.constant(y), error=error)[0]
-    route = getattr(model.rule, "route", None)
-    mine = {id(v) for v in [*model.local_modules[i].trainable_variables,
-                            *(route.extra_variables(model, i) if route else [])]}
-    return [g.numpy() for g, v in grads if id(v) in mine]
-
-
-def feedback_update_reads_only_e_and_h(model, i):
-    """True when the update of module i's learned feedback, with e and the module's
-    output h held, is unchanged (bit for bit) after every forward weight of the network
-    (module i's own included) changes: it reads nothing but e and h."""
-    x, y = _data(8, seed=1)
-    error = tf.constant(np.random.default_rng(3).standard_normal((8, 10)), tf.float32)
-    h = tf.constant(model.local_modules[i](model.normalize_input(tf.constant(x))))
-    learned = model.rule.route.extra_variables(model, i)
-    assert learned, "no learned feedback at module i"
-
-    def update():
-        with tf.GradientTape() as tape:
-            loss = model.rule.module_loss(model, i, h, error, tf.constant(y))[0]
-        return [g.numpy() for g in tape.gradient(loss, learned)]
-
-    before = update()
-    mine = {id(v) for v in learned}
-    for v in model.trainable_variables:
-        if id(v) not in mine:
-            v.assign(v * 1.5 + 0.1)
-    return all(np.array_equal(a, b) for a, b in zip(before, update()))
-
-
-def update_ignores_other_modules(model, i):
-    """True when module i's update, e and its input held fixed, is unchanged (bit for
-    bit) after every later module's trainable weights (the head's too) change and the
-    rule's after-step hook has run on them. (An earlier module's weights change module
-    i's input, which any rule may use; for module 0, "later" is every other module.)"""
-    x, y = _data(8, seed=1)
-    error = tf.constant(np.random.default_rng(3).standard_normal((8, 10)), tf.float32)
-    before = _update(model, i, x, y, error)
-    for m in model.local_modules[i + 1:]:
-        for v in m.trainable_variables:
-            v.assign(v * 1.5 + 0.1)
-    model.rule.after_step(model)
-    after = _update(model, i, x, y, error)
-    return all(np.array_equal(a, b) for a, b in zip(before, after))
-
-
-@pytest.mark.parametrize("mode,options", RULES, ids=lambda p: str(p))
-def test_each_rules_card_holds_in_behaviour(mode, options):
-    model = _model(mode, options)
-    card = model.card()
-    if mode == "bp":  # ordinary layers, no fixed state at all
-        assert not model.non_trainable_variables
-    elif mode == "bp-lagged-copy":  # its copy of the weights moves towards them every step
-        assert not fixed_feedback_holds(model)
-    else:
-        assert fixed_feedback_holds(model), f"{mode}: a feedback variable changed in training"
-    if registry.get(mode).end_to_end:
-        assert card.sequential and card.weight_transport == "continuously"
-        return
-    direct = [update_ignores_other_modules(model, i) for i in (0, 1)]
-    if card.direct:
-        assert all(direct), f"{mode}: module update depends on another module's weights"
-    else:
-        assert not any(direct), f"{mode}: the card says sequential, the update is not"
-    if card.feedback == LEARNS:
-        assert feedback_update_reads_only_e_and_h(_model(mode, options), 0), \
-            f"{mode}: the feedback's update reads more than e and the module's output"
-
-
-class _TransportingSSA(Local):
-    """Mutant 1 (issue 30): SSA whose after-step does B <- B + 0.1 (W - B) and
-    refreshes the chain: weight transport, with the card still saying 'once'."""
-
-    def after_step(self, model):
-        for layer in model.svd_layers():
-            for b, f in ((layer.B_U, layer.U), (layer.B_s, layer.s), (layer.B_V, layer.V)):
-                b.assign(b + 0.1 * (f - b))
-        model.feedback_changed()
-
-
-class _GatedSSA(Local):
-    """Mutant 2: SSA whose chain is gated by the forward pass (feedback alignment)."""
-
-    def make_route(self):
-        return ChainRoute(self.options, gated=True)
-
-
-def _transporting_dkp():
-    """Mutant 3 (issue 29): DKP whose feedback update also pulls D_i towards the module's
-    current weights (a read of W through the module's output layer's kernel norm)."""
-    base = registry.get("dkp").implementation()
-
-    class TransportingDKP(base):
-        def module_loss(self, model, i, h, error, y, signals=None):
-            loss, terms = super().module_loss(model, i, h, error, y, signals)
-            for D in self.route.extra_variables(model, i):
-                W = model.local_modules[i].trainable_variables[0]
-                loss = loss + tf.reduce_sum(D) * tf.stop_gradient(tf.reduce_sum(W))
-            return loss, terms
-
-    return TransportingDKP
-
-
-def test_the_feedback_check_catches_a_dkp_that_reads_the_forward_weights(monkeypatch):
-    mutant = _transporting_dkp()
-    spec = dataclasses.replace(registry.get("dkp"), implementation=lambda: mutant)
-    monkeypatch.setitem(registry.RULES, "dkp", spec)
-    model = _model("dkp", {})
-    assert model.card().feedback == LEARNS  # the declared card still claims local learning
-    assert not feedback_update_reads_only_e_and_h(model, 0)
-
-
-@pytest.mark.parametrize("mutant", [_TransportingSSA, _GatedSSA])
-def test_the_checks_catch_transport_and_gating_mutants(mutant, monkeypatch):
-    spec = dataclasses.replace(registry.get("ssa"), implementation=lambda: mutant)
-    monkeypatch.setitem(registry.RULES, "ssa", spec)
-    model = _model("ssa", {})
-    assert model.card().direct  # the declared card still claims a direct rule
-    assert not (fixed_feedback_holds(model) and update_ignores_other_modules(model, 1))
+def test_readme_rules_table_is_rendered_from_the_cards():
+    # the table: python -c "from ssa_tf.methods import registry; print(registry.rules_table())"
+    with open(README) as f:
+        assert registry.rules_table() in f.read()
 
 
 def test_fa_card_says_it_reads_the_later_norm_gains():
     # the gated chain applies each later norm's current gamma every step
-    model = _model("fa", {})
-    assert model.card().weight_transport == "continuously"
-    assert _model("fa", dict(chain_jacobians=False)).card().weight_transport == \
+    assert registry.get("fa").card({}).weight_transport == "continuously"
+    assert registry.get("fa").card({"chain_jacobians": False}).weight_transport == \
         "once at construction"

@@ -259,7 +259,13 @@ class RunConfig:
             else self.train.learning_rate
 
     def card(self):
-        return self.rule.card(self.method.options())
+        card = self.rule.card(self.method.options())
+        if self.rank.tau is not None and self.rule.svd:
+            # what each cut passes to the feedback; the default as nn.svd.resolve_feedback_cut
+            cut = self.rank.feedback_cut or ("first" if self.rank.energy == "outputs"
+                                             else "slots")
+            card = card.with_cuts(cut)
+        return card
 
     def record(self) -> dict:
         """What config.json holds: every setting resolved, and the rule's locality card."""

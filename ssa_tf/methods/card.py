@@ -20,6 +20,8 @@ as columns in every results table:
   output error at all: a read-out or small head trained with the module on its own
   cross-entropy with the label, dropped at export); ``copies the
   forward weights`` (a lagging copy); ``is the forward weights`` (backprop).
+* **at rank cuts** (only on a run that cuts, ``rank.tau``): what a cut passes from the
+  forward weights to the feedback factors (``CUT_FLOWS``): which columns stay, and how many.
 
 No TensorFlow import: the CLI prints the card before TensorFlow starts.
 """
@@ -32,6 +34,18 @@ TRANSPORT = ("never", "once at construction", "continuously")
 HELD = ("all modules", "one module at a time")
 FEEDBACK = ("fixed", "learns locally", "local head", "copies the forward weights",
             "is the forward weights")
+# what a rank cut passes from the forward weights to the feedback factors, by the resolved
+# rank.feedback_cut (BUILD.md, algorithm §5): the number r of columns kept is always the
+# forward weight's energy rank; ``RunConfig.card`` states it when a run cuts (issue 35)
+CUT_FLOWS = {
+    "slots": "the feedback factors keep their columns at the slots of the r forward "
+             "components of largest energy s^2 |u| |v| (which columns, and r, follow the "
+             "forward weight)",
+    "first": "the feedback factors keep their first r columns (r follows the forward "
+             "weight's energy)",
+    "svd": "the feedback factors become their own best rank-r approximation (r follows the "
+           "forward weight's energy), each column's sign matched to the forward factor's",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +56,9 @@ class LocalityCard:
     held_activations: str
     error: str  # how a non-final module gets its error, in a few words
     feedback: str = "fixed"
+    # what a rank cut passes from the forward weights to the feedback (CUT_FLOWS); None:
+    # the run makes no cut
+    at_cuts: str | None = None
 
     def __post_init__(self):
         if self.weight_transport not in TRANSPORT:
@@ -59,11 +76,16 @@ class LocalityCard:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def with_cuts(self, feedback_cut: str) -> "LocalityCard":
+        """This card for a run whose rank cuts cut the feedback factors by ``feedback_cut``
+        (resolved: slots, first or svd)."""
+        return dataclasses.replace(self, at_cuts=CUT_FLOWS[feedback_cut])
+
     def line(self) -> str:
         return (f"rule {self.rule}: sequential {'yes' if self.sequential else 'no'}, "
                 f"weight transport {self.weight_transport}, held activations "
                 f"{self.held_activations}, feedback {self.feedback}; each module's signal: "
-                f"{self.error}")
+                f"{self.error}" + (f"; at rank cuts: {self.at_cuts}" if self.at_cuts else ""))
 
     # the three columns of a results table
     COLUMNS = ("sequential", "transport", "held")

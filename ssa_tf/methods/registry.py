@@ -60,3 +60,26 @@ def accepting(option) -> list:
 
 def svd_rules() -> list:
     return [n for n, r in RULES.items() if r.svd]
+
+
+def rules_table() -> str:
+    """The README's table of the rules ("The learning rules"), rendered from each rule's
+    summary and card at its defaults, and what a rank cut passes to an SVD rule's feedback
+    by ``rank.feedback_cut`` (``card.CUT_FLOWS``). Print it with
+    ``python -c "from ssa_tf.methods import registry; print(registry.rules_table())"``;
+    tests/test_locality.py holds the README to it."""
+    from ssa_tf.methods.card import CUT_FLOWS
+
+    lines = ["| `--mode` | what it is | sequential | weight transport | held activations "
+             "| feedback |", "|---|---|---|---|---|---|"]
+    for name, spec in RULES.items():
+        c = spec.card({})
+        lines.append(f"| `{name}` | {spec.summary} | {'yes' if c.sequential else 'no'} | "
+                     f"{c.weight_transport} | {c.held_activations} | {c.feedback} |")
+    svd = ", ".join(f"`{n}`" for n in svd_rules())
+    cuts = "; ".join(f"`{k}`{' (the default)' if k == 'slots' else ''}: {v}"
+                     for k, v in CUT_FLOWS.items())
+    lines += ["", f"With rank cuts (`rank.tau`), the card of an SVD rule ({svd}) also says "
+              f"what each cut passes from the forward weights to the feedback factors, by "
+              f"`rank.feedback_cut`: {cuts}."]
+    return "\n".join(lines)

@@ -1,0 +1,288 @@
+"""Locality through every feature of a run, and every kind of leak flagged (issue 35).
+
+With ``ssa_tf.testing.locality`` (record a run through the real entry, replay every step
+once per module with every other module's weights and activations random; see
+tests/test_locality.py): the cards hold through what a run may contain (batch norm,
+dropout and a residual block in a user's model, the uncached chain, a rank cut with each
+``rank.feedback_cut``, a resume), and a plausible leak of each kind, written here as a
+subclass or a patch of the real code, is flagged while its card still claims a direct rule.
+"""
+
+import dataclasses
+import os
+
+import keras
+import pytest
+import tensorflow as tf
+from keras import ops
+
+from ssa_tf.methods import chain, registry
+from ssa_tf.methods.routes import ChainRoute, global_std
+from ssa_tf.nn.svd import SVDLayer
+from ssa_tf.testing import locality
+from ssa_tf.testing.locality import CHANGED, CUT, DEPENDS, FEEDBACK, SIGNAL, Scenario
+
+
+# --------------------------------------------------------------------------
+# What a run may contain: norms, dropout, a user's residual model, the uncached chain,
+# each feedback cut, a resume.
+# --------------------------------------------------------------------------
+
+USER_MODEL = '''
+import keras
+
+
+def build(input_shape, num_classes):
+    """conv | residual block (conv, batch norm, relu, dropout, conv, + skip) | dense | head"""
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(inputs)
+    y = keras.layers.Conv2D(8, 3, padding="same")(x)
+    y = keras.layers.BatchNormalization()(y)
+    y = keras.layers.ReLU()(y)
+    y = keras.layers.Dropout(0.3)(y)
+    y = keras.layers.Conv2D(8, 3, padding="same")(y)
+    x = keras.layers.ReLU()(keras.layers.Add()([x, y]))
+    x = keras.layers.MaxPooling2D()(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dropout(0.3)(x)
+    x = keras.layers.Dense(16, activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+'''
+
+
+def _user_model(folder):
+    path = os.path.join(folder, "residual_dropout.py")
+    with open(path, "w") as f:
+        f.write(USER_MODEL)
+    return path
+
+
+FEATURES = {
+    # batch norm (its moving statistics are module state), the default cut (slots), a run
+    # stopped after the step of epoch 2 and resumed from the checkpoint of epoch 1; the
+    # step without recompute (every module's activations held)
+    "batch norm, slots cut, resume, no recompute": lambda d: Scenario(
+        "ssa", (("recompute", False),), settings=("model.norm=batch",), epochs=2, steps=1,
+        cut_after=1, resume=(2, 1)),
+    # a learned feedback (and its optimizer moments) through a cut and a resume
+    "learned feedback, first cut, resume": lambda d: Scenario(
+        "ssa-dkp", epochs=2, steps=1, cut_after=1, feedback_cut="first", resume=(2, 1)),
+    # a user's model: a residual block with batch norm and dropout, dropout before the
+    # dense module; its chain runs through the graph
+    "user residual model, svd cut": lambda d: Scenario(
+        "ssa", model=_user_model(d), epochs=2, steps=1, cut_after=1, feedback_cut="svd"),
+    # plain kernels in dfa's chain, through the user's graph
+    "user residual model, dfa chain": lambda d: Scenario(
+        "dfa", (("feedback", "chain"),), model=_user_model(d), steps=1),
+    # a longer run: a leak that waits a few steps (each step's state checked, every 8th
+    # replayed)
+    "16 steps": lambda d: Scenario("ssa", steps=16, replay_every=8),
+    # the chain too large to cache (ImageNet sizes) runs its linear network every step:
+    # through smallconv's convolutions and pools
+    "uncached chain, smallconv": lambda d: Scenario("ssa", model="smallconv", steps=1,
+                                                    cache_limit=0),
+}
+
+
+@pytest.mark.parametrize("feature", FEATURES)
+def test_the_cards_hold_through_every_feature_of_a_run(feature, tmp_path):
+    scenario = FEATURES[feature](str(tmp_path))
+    report = locality.check(scenario, tmp_path / "run")
+    assert report.steps >= scenario.epochs * scenario.steps
+    assert report.cuts == (1 if scenario.cut_after else 0)  # every feedback_cut: one each
+    assert report.resumes == (1 if scenario.resume else 0)
+    assert not report.disagreements(), report.text()
+
+
+# --------------------------------------------------------------------------
+# Mutants: a plausible leak of each kind, each flagged.
+# --------------------------------------------------------------------------
+
+def _ssa():
+    return registry.get("ssa").implementation()
+
+
+def _with_route(route_class, base=None):
+    base = base or _ssa()
+
+    class Mutant(base):
+        def make_route(self):
+            return route_class(self.options, structured=self.svd)
+
+    return Mutant
+
+
+def _copy_forward_into_feedback(model):
+    for layer in model.svd_layers():
+        for b, f in ((layer.B_U, layer.U), (layer.B_s, layer.s), (layer.B_V, layer.V)):
+            b.assign(f)
+
+
+def periodic_resync():
+    """Every 4 steps the feedback factors are set from the forward ones ("to keep them in
+    register") and the chain refreshed."""
+    class Resync(_ssa()):
+        def after_step(self, model):
+            super().after_step(model)
+            if int(model.optimizer.iterations.numpy()) % 4 == 0:
+                _copy_forward_into_feedback(model)
+                model.feedback_changed()
+
+    return Resync
+
+
+def transport_at_a_cut(monkeypatch):
+    """The cut rebuilds the feedback factors from the forward ones."""
+    truncate = SVDLayer.truncate
+
+    def rebuilding(self, *args, **kwargs):
+        record = truncate(self, *args, **kwargs)
+        for b, f in ((self.B_U, self.U), (self.B_s, self.s), (self.B_V, self.V)):
+            b.assign(f)
+        return record
+
+    monkeypatch.setattr(SVDLayer, "truncate", rebuilding)
+    return _ssa()
+
+
+class OwnGainRoute(ChainRoute):
+    """A module's signal multiplied by its own current layer-norm gain."""
+
+    def ce_term(self, model, i, h, error, y, signals):
+        norms = [l for l in model.local_modules[i]._flatten_layers()
+                 if isinstance(l, keras.layers.LayerNormalization)]
+        if norms:
+            signals = list(signals)
+            signals[i] = signals[i] * ops.stop_gradient(norms[0].gamma)
+        return super().ce_term(model, i, h, error, y, signals)
+
+
+def dkp_reading_a_weight():
+    """dkp whose feedback matrices' update mixes in a forward weight where the shapes
+    match (the head's kernel)."""
+    base = registry.get("dkp").implementation()
+
+    class Mutant(base):
+        def make_route(self):
+            route = super().make_route()
+            own = route.ce_term
+
+            def ce_term(model, i, h, error, y, signals):
+                term = own(model, i, h, error, y, signals)
+                D, W = route.matrices[i], model.local_modules[-1].trainable_variables[0]
+                if tuple(D.shape) == tuple(W.shape):
+                    pull = 1e-2 * ops.sum(D * ops.stop_gradient(W))
+                    term = term + pull - ops.stop_gradient(pull)
+                return term
+
+            route.ce_term = ce_term
+            return route
+
+    return Mutant
+
+
+class WorkingCopyRoute(ChainRoute):
+    """Per-step transport into a working copy: inside the step the chain is recomputed from
+    the current forward factors into plain tf.Variables held on the route (no model
+    variable); the feedback factors are put back, so every model variable ends
+    bit-identical, while the signals used are the forward weights'."""
+
+    def build(self, model, rng):
+        super().build(model, rng)
+        self.working = [tf.Variable(tf.zeros_like(m)) for m in self.matrices]
+
+    def signals(self, model, outputs, error):
+        layers = model.svd_layers()
+        saved = [[tf.identity(b) for b in (l.B_U, l.B_s, l.B_V)] for l in layers]
+        _copy_forward_into_feedback(model)
+        k = model.num_classes
+        zeros = [tf.zeros((k, *s)) for s in model.module_output_shapes]
+        for w, d in zip(self.working,
+                        chain.chain_signals(model.local_modules, zeros, tf.eye(k), self.kernels)):
+            w.assign(d)
+        for layer, values in zip(layers, saved):
+            for b, v in zip((layer.B_U, layer.B_s, layer.B_V), values):
+                b.assign(v)
+        deltas = [ops.tensordot(error, w, axes=1) for w in self.working]
+        scale = global_std(error)
+        return [ops.stop_gradient(d * scale / (global_std(d) + 1e-12)) for d in deltas]
+
+
+class GatedWhenUncachedRoute(ChainRoute):
+    """The branch taken when the chain is too large to cache runs the gated chain."""
+
+    def signals(self, model, outputs, error):
+        if self.matrices:
+            return super().signals(model, outputs, error)
+        deltas = chain.chain_signals(model.local_modules, outputs, error, self.kernels,
+                                     gated=True)
+        scale = global_std(error)
+        return [ops.stop_gradient(d * scale / (global_std(d) + 1e-12)) for d in deltas]
+
+
+class LaterActivationsRoute(ChainRoute):
+    """No weight read at all: each module's signal scaled by the next module's current
+    activations (their mean magnitude), which a direct rule may not use."""
+
+    def signals(self, model, outputs, error):
+        deltas = super().signals(model, outputs, error)
+        return [d * ops.stop_gradient(1.0 + ops.mean(ops.abs(h)))
+                for d, h in zip(deltas, outputs[1:])]
+
+
+def lagging_copy():
+    """Issue 30's first mutant: B <- B + 0.1 (W - B) after every step, the chain refreshed."""
+    class Lagging(_ssa()):
+        def after_step(self, model):
+            for layer in model.svd_layers():
+                for b, f in ((layer.B_U, layer.U), (layer.B_s, layer.s), (layer.B_V, layer.V)):
+                    b.assign(b + 0.1 * (f - b))
+            model.feedback_changed()
+
+    return Lagging
+
+
+class GatedRoute(ChainRoute):
+    """Issue 30's second mutant: the chain gated by the forward pass."""
+
+    def __init__(self, options, structured=False):
+        super().__init__(options, structured, gated=True)
+
+
+# name: (rule it poses as, its class (given monkeypatch), the scenario, the kinds it must show)
+MUTANTS = {
+    "periodic resync every 4 steps": (
+        "ssa", lambda mp: periodic_resync(), Scenario("ssa", steps=4), {CHANGED}),
+    "transport at a rank cut": (
+        "ssa", transport_at_a_cut, Scenario("ssa", epochs=2, steps=1, cut_after=1), {CUT}),
+    "own norm gain": (
+        "ssa", lambda mp: _with_route(OwnGainRoute), Scenario("ssa", steps=1), {SIGNAL}),
+    "dkp reading the head's weight": (
+        "dkp", lambda mp: dkp_reading_a_weight(), Scenario("dkp", steps=1),
+        {FEEDBACK, DEPENDS}),
+    "working copy of the forward chain": (
+        "ssa", lambda mp: _with_route(WorkingCopyRoute), Scenario("ssa", steps=1),
+        {CHANGED, DEPENDS}),
+    "uncached chain branch gated": (
+        "ssa", lambda mp: _with_route(GatedWhenUncachedRoute),
+        Scenario("ssa", steps=1, cache_limit=0), {DEPENDS}),
+    "later activations, no weight": (
+        "ssa", lambda mp: _with_route(LaterActivationsRoute), Scenario("ssa", steps=1),
+        {DEPENDS}),
+    "lagging copy (issue 30)": (
+        "ssa", lambda mp: lagging_copy(), Scenario("ssa", steps=1), {CHANGED, FEEDBACK}),
+    "gated chain (issue 30)": (
+        "ssa", lambda mp: _with_route(GatedRoute), Scenario("ssa", steps=1), {DEPENDS}),
+}
+
+
+@pytest.mark.parametrize("name", MUTANTS)
+def test_the_harness_flags_every_kind_of_leak(name, monkeypatch, tmp_path):
+    mode, make, scenario, kinds = MUTANTS[name]
+    mutant = make(monkeypatch)
+    monkeypatch.setitem(registry.RULES, mode, dataclasses.replace(
+        registry.get(mode), implementation=lambda: mutant))
+    report = locality.check(scenario, tmp_path, until=kinds)  # stops once all are found
+    assert report.card.direct  # the card it keeps still claims a direct rule
+    assert kinds <= report.kinds(), report.text()
+    assert report.disagreements()
