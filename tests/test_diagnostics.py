@@ -54,3 +54,24 @@ def test_monitor_writes_rows(tmp_path):
     # steps 1, 2 and 4: 5 module angles + 2 rows per SVD layer (5 layers)
     assert len(text) == 1 + 3 * (5 + 10)
     assert all(np.isfinite(float(r.split(",")[2])) for r in text[1:])
+
+
+def test_angles_compare_updates_on_the_same_dropout_masks_and_leave_the_moving_statistics():
+    import keras
+
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dropout(0.5, name="drop")(h)  # in the head's module
+    network = keras.Model(inputs, keras.layers.Dense(10, name="head")(h))
+    keras.utils.set_random_seed(2)
+    model = SSAModel("noisy", (8, 8, 3), 10, mode="dfa", network=network, head_init="glorot")
+    bn = next(l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization))
+    before = [bn.moving_mean.numpy(), bn.moving_variance.numpy()]
+    x, y = batch()
+    # the head learns from the true CE: on the same masks its update is BP's gradient
+    assert update_angles(model, x, y)[-1] < 1e-3
+    for a, b in zip(before, [bn.moving_mean.numpy(), bn.moving_variance.numpy()]):
+        np.testing.assert_array_equal(a, b)

@@ -20,7 +20,7 @@ from keras import ops
 import tensorflow as tf
 
 from ssa_tf.methods import losses
-from ssa_tf.nn import replaying, svd_layers
+from ssa_tf.nn import noise_state, replaying, svd_layers
 from ssa_tf.methods.routes import make_route
 
 TERMS = ("CE term", "alignment term", "orthogonality term", "gradient")
@@ -59,8 +59,10 @@ class LearningRule:
     def gradients(self, model, x, y, error=None):
         """(list of (grad, var), logits, (CE, align, ortho) terms, (modules, 4) bad flags).
 
-        ``error`` replaces the output error e for the non-final modules (tests
-        use it to hold e fixed)."""
+        The logits are the training forward pass's, from which every update was computed
+        (the logged loss is their CE, as BP's); a local rule's CE term is its hidden
+        modules' signal terms, summed (the head's CE is the loss). ``error`` replaces the
+        output error e for the non-final modules (tests use it to hold e fixed)."""
         raise NotImplementedError
 
     def after_step(self, model):
@@ -166,6 +168,9 @@ class Local(LearningRule):
         module's forward replayed under its own tape, its gradient taken and its
         activations released before the next (the order enforced in the graph)."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        # the dropout masks of this forward pass, drawn again by the replay (issue 34: with
+        # new masks a module's update came from activations other than those that made e)
+        noise = noise_state(model.local_modules)
         outputs, h = [], x
         for m in model.local_modules:
             h = ops.stop_gradient(m(h, training=True))
@@ -173,7 +178,7 @@ class Local(LearningRule):
         logits, error, signals = self._error_and_signals(model, outputs, y, error)
         inputs = [x, *outputs[:-1]]
         results, deps = [], [logits]
-        with replaying(model.local_modules):
+        with replaying(model.local_modules, noise):
             for i, m in enumerate(model.local_modules):
                 with tf.control_dependencies(deps):
                     with tf.GradientTape() as tape:
@@ -210,7 +215,11 @@ class Local(LearningRule):
     @staticmethod
     def _collect(results, logits):
         grads_and_vars = [gv for r in results for gv in r[0]]
-        sums = [sum(r[1][k] for r in results) for k in range(3)]
+        # the first term over the hidden modules only (their signal's, logged as
+        # feedback_dot_output or readout_ce): the head's is the network's CE, logged as
+        # `loss` (issue 34: it was added in, so the two logs overlapped)
+        sums = [sum((r[1][0] for r in results[:-1]), 0.0),
+                *(sum(r[1][k] for r in results) for k in (1, 2))]
         return grads_and_vars, logits, sums, tf.stack([r[2] for r in results])
 
     def module_loss(self, model, i, h, error, y, signals=None):

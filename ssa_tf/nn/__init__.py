@@ -1,9 +1,11 @@
 """The network: SVD layers (``layers``, ``svd``) and the model builders (``models``)."""
 
-from ssa_tf.nn.layers import LocalBatchNorm, SVDConv2D, SVDDense, replaying, svd_layers
+from ssa_tf.nn.layers import (LocalBatchNorm, SVDConv2D, SVDDense, noise_state, replaying,
+                              svd_layers)
 from ssa_tf.nn.models import MODELS, Module, ResidualBlock, build_modules
 from ssa_tf.nn.svd import SVDLayer, energy_rank, exact_singular_values, svd_factors
 
 __all__ = ["LocalBatchNorm", "MODELS", "Module", "ResidualBlock", "SVDConv2D", "SVDDense",
-           "SVDLayer", "build_modules", "energy_rank", "exact_singular_values", "replaying",
+           "SVDLayer", "build_modules", "energy_rank", "exact_singular_values", "noise_state",
+           "replaying",
            "svd_factors", "svd_layers"]

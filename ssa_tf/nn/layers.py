@@ -362,12 +362,31 @@ def svd_layers(layer) -> list:
     return found
 
 
+def noise_state(modules) -> list:
+    """[(state variable, its value now)] of every seed generator inside ``modules`` (each
+    dropout or noise layer draws its masks from its own): taken before a forward pass,
+    ``replaying(modules, noise_state)`` puts the states back so that the replay draws the
+    masks that pass drew (issue 34)."""
+    seen, state = set(), []
+    for m in modules:
+        for layer in m._flatten_layers(include_self=True, recursive=True):
+            for generator in getattr(layer, "_seed_generators", ()):
+                if id(generator) not in seen:
+                    seen.add(id(generator))
+                    state.append((generator.state, tf.identity(generator.state.value)))
+    return state
+
+
 @contextlib.contextmanager
-def replaying(modules):
+def replaying(modules, noise=()):
     """While inside, the batch norms of ``modules`` leave their moving statistics alone
-    (a recomputed forward pass must not update them twice)."""
+    (a recomputed forward pass must not update them twice), and with ``noise``
+    (``noise_state`` taken before the first pass) every dropout or noise layer draws the
+    masks it drew then: the replay computes the first pass's activations exactly."""
     norms = [l for m in modules for l in m._flatten_layers(include_self=True, recursive=True)
              if isinstance(l, LocalBatchNorm)]
+    for variable, value in noise:
+        variable.assign(value)
     for n in norms:
         n.replaying = True
     try:

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from ssa_tf.methods import losses
+from ssa_tf.nn import noise_state, replaying
 from ssa_tf.training.csvlog import keep_rows
 
 
@@ -32,10 +33,16 @@ def _angle(a, b):
 
 
 def update_angles(model, x, y):
-    """Angle in degrees, per module, between the local update and the BP gradient."""
-    grads_and_vars = model.local_gradients(tf.convert_to_tensor(x), tf.convert_to_tensor(y))[0]
+    """Angle in degrees, per module, between the local update and the BP gradient, both
+    on the same dropout masks; the batch norms' moving statistics are left alone (a
+    measurement is not a training step)."""
+    modules = model.local_modules
+    noise = noise_state(modules)
+    with replaying(modules):
+        grads_and_vars = model.local_gradients(tf.convert_to_tensor(x),
+                                               tf.convert_to_tensor(y))[0]
     local = {id(v): g for g, v in grads_and_vars}
-    with tf.GradientTape() as tape:
+    with replaying(modules, noise), tf.GradientTape() as tape:
         ce = losses.cross_entropy(model(x, training=True), y)
     groups = [m.trainable_variables for m in model.local_modules]
     all_vars = [v for vs in groups for v in vs]
