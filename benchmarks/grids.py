@@ -128,6 +128,10 @@ def _heads_variants():
         "bp (glorot head, lr 1e-3)": _FAIR["bp (glorot head, lr 1e-3)"],
         "local linear heads, plain layers": dict(plain, readout_trained=True),
         "local conv heads (DGL-style), plain layers": dict(plain, readout_head="conv"),
+        # the control of "ssa, local conv heads, beta 0" that differs in the layers' form
+        # only: the same glorot classifier (ssa's default) on plain layers
+        "local conv heads, plain layers, glorot head": dict(plain, readout_head="conv",
+                                                            head_init="glorot"),
         "ssa, local linear heads": dict(ssa, readout_trained=True),
         "ssa, local conv heads": dict(ssa, readout_head="conv"),
         # beta pulls U, V towards the initial feedback factors, which a head never reads
