@@ -158,9 +158,15 @@ def parse_flags(argv):
         usage_error(f"cannot read a --flagfile: {e.strerror or e}")
 
 
-def run(main, help_text=None):
-    """absl's ``app.run`` with our parser; ``--help`` prints ``help_text`` and exits 0."""
+def run(main, help_text=None, command=None):
+    """absl's ``app.run`` with our parser; ``--help`` prints ``help_text`` and exits 0.
+
+    ``command`` is how ``help_text`` names the command (``python -m ssa_tf.train``); run as
+    a console script (``ssa-train``, pyproject.toml's ``[project.scripts]``), the help
+    names the script instead."""
     if help_text and any(a in HELP_FLAGS for a in sys.argv[1:]):
+        if command:
+            help_text = help_text.replace(command, invoked_as(command))
         try:
             print(help_text)
             sys.stdout.flush()
@@ -168,6 +174,12 @@ def run(main, help_text=None):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     app.run(_quiet_logs(main), flags_parser=parse_flags)
+
+
+def invoked_as(command):
+    """The name the user ran: a console script's (``ssa-search``), else ``command``."""
+    name = os.path.basename(sys.argv[0])
+    return name if name.startswith("ssa-") else command
 
 
 def _quiet_logs(main):

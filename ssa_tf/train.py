@@ -135,7 +135,8 @@ def _train(cfg, flight):
 
 
 def run_main():
-    cli.run(main, help_text=HELP)
+    """``python -m ssa_tf.train`` and the ``ssa-train`` console script (pyproject.toml)."""
+    cli.run(main, help_text=HELP, command="python -m ssa_tf.train")
 
 
 if __name__ == "__main__":

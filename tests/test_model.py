@@ -1,4 +1,4 @@
-"""SSAModel and its train_step (ssa_tf.training.model): BUILD.md, algorithm §7
+"""SSAModel and its train_step (ssa_tf.training.model): docs/ALGORITHM.md §7
 properties and real training."""
 
 import numpy as np
@@ -7,9 +7,9 @@ import keras
 import tensorflow as tf
 
 from ssa_tf import data
-from ssa_tf.methods import feedback, losses
+from ssa_tf.methods import feedback, losses, registry
 from ssa_tf.nn import LocalBatchNorm
-from ssa_tf.training.model import SSAModel, build_model
+from ssa_tf.training.model import SSAModel, build_model, compile_model
 
 
 def batch(shape, n=8, classes=10, seed=0):
@@ -20,6 +20,14 @@ def batch(shape, n=8, classes=10, seed=0):
 def grads_by_var(model, x, y):
     gv = model.local_gradients(tf.constant(x), tf.constant(y))[0]
     return {id(v): g for g, v in gv}
+
+
+def rule_routes(rules=registry.NAMES):
+    """(mode, options): each rule of the registry on each feedback route its choices allow
+    ({} for its default route; a rule without routes once)."""
+    return [pytest.param(name, {} if r == registry.get(name).options.get("feedback")
+                         else {"feedback": r}, id=f"{name}-{r}" if r else name)
+            for name in rules for r in registry.get(name).choices.get("feedback", (None,))]
 
 
 @pytest.mark.parametrize("arch,shape", [("mlp", (28, 28, 1)), ("smallconv", (16, 16, 3)),
@@ -87,11 +95,10 @@ def test_composite_loss_adds_eq7_and_eq14_to_the_ce_gradient():
                                rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode,options", [
-    ("ssa", dict(feedback="global")), ("ssa", dict(feedback="local")),
-    ("ssa", dict(feedback="chain")), ("dfa", dict(feedback="global")),
-    ("dfa", dict(feedback="local")), ("dfa", dict(feedback="chain")), ("fa", {})])
+@pytest.mark.parametrize("mode,options", rule_routes(
+    [n for n in registry.NAMES if registry.get(n).local]))
 def test_no_gradient_crosses_a_module_boundary(mode, options):
+    # every rule of module losses in the registry (not end to end), on each of its routes
     model = SSAModel("smallconv", (16, 16, 3), 10, mode=mode, norm="batch", **options)
     rule = model.rule
     x, y = batch((16, 16, 3))
@@ -123,17 +130,16 @@ def _module_updates(model, x, y, error):
     return {id(v): g.numpy() for g, v in grads}
 
 
-@pytest.mark.parametrize("mode,options,direct", [
-    ("ssa", {}, True), ("ssa", dict(feedback="chain", feedback_init="forward"), True),
-    ("ssa", dict(feedback="local"), True), ("dfa", {}, True),
-    ("dfa", dict(feedback="chain"), True),
-    ("fa", {}, False), ("bp-lagged-copy", {}, False)])
-def test_a_direct_rules_update_ignores_the_later_modules_weights(mode, options, direct):
-    # BUILD.md, algorithm §3a: with the output error e held fixed, module i's update is
+@pytest.mark.parametrize("mode,options", rule_routes())
+def test_a_direct_rules_update_ignores_the_later_modules_weights(mode, options):
+    # docs/ALGORITHM.md §3a: with the output error e held fixed, module i's update is
     # a fixed function of e and its own forward pass. Changing the forward
     # weights of the modules after it changes nothing for a direct rule; for
-    # feedback alignment (gated by the later modules' forward pass) it does.
+    # feedback alignment (gated by the later modules' forward pass) and backprop it
+    # does. Every rule of the registry on each route, as its card says (direct or not).
+    direct = registry.get(mode).card(options).direct
     model = SSAModel("smallconv", (16, 16, 3), 10, mode=mode, **options)
+    compile_model(model)  # an end-to-end rule's loss is the compiled one
     x, y = batch((16, 16, 3))
     error = tf.constant(np.random.default_rng(3).standard_normal((8, 10)), tf.float32)
     i = 1
@@ -177,11 +183,12 @@ def test_ssa_feedback_lies_in_the_span_of_the_feedback_factors():
     assert np.linalg.norm(res) > 0.5 * np.linalg.norm(dfa)
 
 
-def test_batch_norm_statistics_are_constant_only_in_local_modes():
-    for mode, stop in [("ssa", True), ("dfa", True), ("bp", False), ("svd-bp", False)]:
-        model = SSAModel("smallconv", (16, 16, 3), 10, mode=mode, norm="batch")
-        bns = [l for m in model.local_modules for l in m.steps if isinstance(l, LocalBatchNorm)]
-        assert len(bns) == 4 and all(b.stop_stat_gradient == stop for b in bns)
+@pytest.mark.parametrize("mode", registry.NAMES)
+def test_batch_norm_statistics_are_constant_only_in_local_modes(mode):
+    stop = registry.get(mode).local  # module losses (the spec), not one end-to-end loss
+    model = SSAModel("smallconv", (16, 16, 3), 10, mode=mode, norm="batch")
+    bns = [l for m in model.local_modules for l in m.steps if isinstance(l, LocalBatchNorm)]
+    assert len(bns) == 4 and all(b.stop_stat_gradient == stop for b in bns)
 
 
 def test_losses_are_divided_by_the_replica_count():

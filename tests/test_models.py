@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from ssa_tf.methods import registry
 from ssa_tf.training.model import SSAModel
 
 # trainable parameters at full rank. BP and DFA share the plain architecture;
@@ -13,9 +14,6 @@ EXPECTED = {
     ("smallconv", (32, 32, 3), 10): {"ssa": 671506, "dfa": 362282, "bp": 362282, "modules": 5},
     ("resnet32", (32, 32, 3), 10): {"ssa": 920930, "dfa": 466906, "bp": 466906, "modules": 16},
 }
-# every rule builds one of the two networks: SVD layers or ordinary ones
-PARAMETRIZATION = {"ssa": "ssa", "svd-bp": "ssa", "fa": "ssa", "bp-lagged-copy": "ssa",
-                   "dfa": "dfa", "bp": "bp"}
 
 
 def trainable(model):
@@ -33,11 +31,22 @@ def test_parameter_counts(key, mode):
     assert tuple(out.shape) == (2, classes)
 
 
-@pytest.mark.parametrize("mode", sorted(PARAMETRIZATION))
+@pytest.mark.parametrize("mode", registry.NAMES)
 def test_every_rule_builds_its_parametrization(mode):
+    # every rule of the registry builds one of the two networks, SVD layers (its spec's
+    # svd) or ordinary ones, and trains its feedback matrices too when its card says the
+    # feedback learns (dkp), never when it says they are fixed
     key = ("mlp", (28, 28, 1), 10)
+    spec = registry.get(mode)
     model = SSAModel(*key, mode=mode)
-    assert trainable(model) == EXPECTED[key][PARAMETRIZATION[mode]]
+    learns = spec.card({}).feedback == "learns locally"
+    matrices = list(getattr(getattr(model.rule, "route", None), "matrices", ()))
+    trained = {id(v) for v in model.trainable_variables}
+    assert [id(m) in trained for m in matrices] == [learns] * len(matrices)
+    assert matrices or not learns
+    feedback = sum(int(np.prod(m.shape)) for m in matrices) if learns else 0
+    assert trainable(model) == EXPECTED[key]["ssa" if spec.svd else "bp"] + feedback
+    assert len(model.local_modules) == EXPECTED[key]["modules"]
 
 
 def test_resnet18_matches_the_standard_count():

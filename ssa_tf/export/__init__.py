@@ -1,1 +1,1 @@
-"""Deployment: SVD form to plain Keras layers (``merge``) and back (``convert``), SavedModel and ONNX with parity checks (``deploy``); ``config`` needs no TensorFlow."""
+"""Deployment: SVD form to plain Keras layers (``merge``) and back (``convert``), SavedModel and ONNX with parity checks (``deploy``); ``config`` needs no TensorFlow; ``command`` is the command line (``python export/to_onnx.py``, ``ssa-export``)."""

@@ -1,31 +1,31 @@
-"""The learning rules by name, without TensorFlow: one line per rule file.
+"""The learning rules by name, without TensorFlow: one import line per rule file.
 
     from ssa_tf.methods import registry
     registry.get("ssa").card({})            # the locality card, before TensorFlow starts
     rule = registry.make("ssa", {"beta": 0})  # the rule object (imports TensorFlow)
 
-Adding a rule is one file in ``rules/`` defining ``SPEC`` and one line in ``FILES``.
+Adding a rule is one file in ``rules/`` defining ``SPEC`` and its import line below.
+A rule file imports no TensorFlow (its ``implementation()`` does, when a model is built).
 """
 
 from __future__ import annotations
 
-import importlib
+import types
 
-FILES = (
-    "bp",
-    "svd_bp",
-    "dfa",
-    "ssa",
-    "fa",
-    "bp_lagged_copy",
-    "dkp",
-    "ssa_dkp",
-)
+# The rules, one line each, in --mode's order (--help, the README's table).
+from ssa_tf.methods.rules import bp
+from ssa_tf.methods.rules import svd_bp
+from ssa_tf.methods.rules import dfa
+from ssa_tf.methods.rules import ssa
+from ssa_tf.methods.rules import fa
+from ssa_tf.methods.rules import bp_lagged_copy
+from ssa_tf.methods.rules import dkp
+from ssa_tf.methods.rules import ssa_dkp
 
-RULES = {}
-for _file in FILES:
-    _spec = importlib.import_module(f"ssa_tf.methods.rules.{_file}").SPEC
-    RULES[_spec.name] = _spec
+# the rule modules imported above, in their order
+FILES = tuple(m for m in dict(globals()).values() if isinstance(m, types.ModuleType)
+              and m.__name__.startswith("ssa_tf.methods.rules."))
+RULES = {m.SPEC.name: m.SPEC for m in FILES}
 NAMES = tuple(RULES)
 DEFAULT = "ssa"
 # every option some rule accepts, with its type (the type of its defaults)
