@@ -4,10 +4,10 @@
         [--epochs=20 --tau=0.8 --start=0 --interval=10 --seeds=1,2,3 \\
          --set data.max_train_examples=10000 --out=benchmarks/reports/cut_choice.md]
 
-The default cut (``rank.feedback_cut=slots``, BUILD.md algorithm §5) keeps each layer's r
+The default cut (``rank.feedback_cut=slots``, docs/ALGORITHM.md §5) keeps each layer's r
 components of largest forward energy s_k^2 |u_k|^2 |v_k|^2 and the feedback factors'
 columns at the same slots, so forward-weight information (which columns, and r) enters the
-feedback at every cut; the card says so (``card.CUT_FLOWS``, issue 35). The alternative
+feedback at every cut; the card says so (``card.CUT_FLOWS``). The alternative
 measured here keeps the r slots of largest *feedback* energy B_s,k^2 |B_u,k|^2 |B_v,k|^2,
 for the forward factors and the feedback factors alike: the feedback's own quantities
 choose which columns stay.

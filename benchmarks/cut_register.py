@@ -76,7 +76,7 @@ def measure(data_dir=None, steps=20, tau=0.95, seed=1, mode_options=None):
 def table(results, steps, tau, data_dir):
     command = ("python -m benchmarks.cut_register" + (" --data_dir=DIR" if data_dir else "")
                + f" --steps={steps} --tau={tau:g}")
-    lines = ["# The feedback factors across a rank cut (issue 30)", "", f"`{command}`", "",
+    lines = ["# The feedback factors across a rank cut", "", f"`{command}`", "",
              f"SSA smallconv at its defaults, {steps} training steps on "
              f"{'CIFAR-10' if data_dir else 'the embedded MNIST'}, then one cut at tau "
              f"{tau:g} (the first layer and the classifier kept, rank.keep_ends); the same "

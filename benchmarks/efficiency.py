@@ -68,7 +68,7 @@ ROWS = [
     ("ssa-dkp", dict(mode="ssa-dkp")),
 ]
 
-# issue 36: the local heads' costs beside BP's (the heads train, then are dropped at export)
+# the local heads' costs beside BP's (the heads train, then are dropped at export)
 HEAD_ROWS = [
     ("bp", dict(mode="bp")),
     ("dfa", dict(mode="dfa")),

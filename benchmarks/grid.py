@@ -12,7 +12,7 @@ already there and resumes a run that was interrupted (its workdir's
 checkpoints). The report is ``benchmarks/reports/<grid>.md``: per variant its rule's
 locality card, mean and spread over seeds of the last epoch's and the best
 epoch's validation accuracy, the test accuracy and seconds per epoch; and
-``benchmarks/<grid>.png``: mean validation curves with a min-max band.
+``benchmarks/reports/<grid>.png``: mean validation curves with a min-max band.
 """
 
 from __future__ import annotations

@@ -23,14 +23,15 @@ RULES = {"bp": dict(mode="bp"), "svd-bp": dict(mode="svd-bp"), "dfa": dict(mode=
          "bp-lagged-copy": dict(mode="bp-lagged-copy")}
 
 
-# SSA's settings before issue 30 (the seed's head of Noekland's DFA, the seed's beta)
+# SSA's settings before the recipe grids re-chose them (the seed's head of Noekland's DFA, the seed's beta)
 _OLD_SSA = dict(head_init="zero", beta=0.01, gamma=0.0, learning_rate=1e-3)
-# the candidate recipe of issue 30 (a glorot head, no alignment term)
+# the candidate recipe the recipe grids tried (a glorot head, no alignment term)
 _NEW_SSA = dict(head_init="glorot", beta=0.0, gamma=0.0, learning_rate=1e-3)
 
 
 def _recipe_variants(long=False):
-    """issue 30's rows. ``long``: only what the 20-epoch budget compares."""
+    """The recipe grids' rows: controls that differ from SSA in one thing, and SSA's own
+    recipe. ``long``: only what the 20-epoch budget compares."""
     rows = {
         "bp, zero head": dict(mode="bp", head_init="zero", learning_rate=1e-3),
         "bp, glorot head": dict(mode="bp", head_init="glorot", learning_rate=1e-3),
@@ -76,7 +77,7 @@ def _recipe_variants(long=False):
     }
 
 
-# issue 29: the fair rows of issue 30 (spelled out, so that they share its runs) and the
+# the fair rows of the recipe grids (spelled out, so that they share their runs) and the
 # rules whose feedback learns
 _FAIR = {
     "bp (glorot head, lr 1e-3)": dict(mode="bp", head_init="glorot", learning_rate=1e-3),
@@ -120,7 +121,7 @@ def _learned_variants(long=False):
 
 
 def _heads_variants():
-    """issue 36: modules that learn from their own trained heads (the local route), plain
+    """Modules that learn from their own trained heads (the local route), plain
     layers and SSA's, against BP and the best direct rule, every row at lr 1e-3."""
     plain = dict(mode="dfa", feedback="local", head_init="zero", learning_rate=1e-3)
     ssa = dict(mode="ssa", feedback="local", **_SSA)
@@ -141,7 +142,7 @@ def _heads_variants():
                                                         readout_depth=2),
         "ssa, local conv heads depth 2, beta 0": dict(ssa, readout_head="conv", beta=0.0,
                                                       readout_depth=2),
-        # issue 36, item 3: svd-bp's 3.6 points under BP at 20 epochs, one suspect at a time
+        # svd-bp's 3.6 points under BP at 20 epochs, one suspect at a time
         "svd-bp, beta 0 (lr 3e-4)": dict(
             _FAIR["svd-bp (glorot head, beta 0.01, gamma 0, lr 3e-4)"], beta=0.0),
     }
@@ -156,10 +157,10 @@ GRIDS = {
         base=dict(_LONG),
         seeds=SEEDS,
         variants=_heads_variants()),
-    # issue 29: direct rules whose feedback learns from local quantities (DKP and SSA's)
+    # direct rules whose feedback learns from local quantities (DKP and SSA's)
     "learned_5ep": dict(
         caption="Direct rules whose feedback learns (Kolen-Pollack), against the fair rows of "
-                "issue 30 (smallconv, first 10,000 training images, 5 epochs, no "
+                "recipe_5ep (smallconv, first 10,000 training images, 5 epochs, no "
                 "augmentation).",
         base=dict(_SHORT),
         seeds=SEEDS,
@@ -171,7 +172,7 @@ GRIDS = {
         seeds=SEEDS,
         variants=_learned_variants(long=True)),
 
-    # issue 14: a credible DFA (and BP's rate). smallconv at a small budget; what the
+    # a credible DFA (and BP's rate). smallconv at a small budget; what the
     # defaults are made of
     "dfa_tuning": dict(
         caption="DFA's first defaults (lr 1e-3), one knob at a time from them, and BP's "
@@ -194,7 +195,7 @@ GRIDS = {
             "bp, lr 3e-4": dict(mode="bp", learning_rate=3e-4),
             "bp, lr 3e-3": dict(mode="bp", learning_rate=3e-3),
         }),
-    # issues 14 and 16: which direct SSA rule, at the same small budget
+    # which direct SSA rule, at the same small budget
     "ssa_direct": dict(
         caption="Direct, transport-free SSA rules (smallconv, first 10,000 training images, "
                 "5 epochs, no augmentation); the tuned DFA, BP and the variants beside them.",
@@ -209,7 +210,7 @@ GRIDS = {
                 mode="dfa", feedback="local", readout_grid=4, readout_trained=True,
                 learning_rate=1e-3),
             "ssa (defaults: chain, lr 1e-3)": dict(mode="ssa"),
-            # issue 17: the convolutions' other matrix view, cheaper at every rank
+            # the convolutions' other matrix view, cheaper at every rank
             "ssa, channel factorization": dict(mode="ssa", conv_factorization="channel"),
             "svd-bp, channel factorization": dict(mode="svd-bp", conv_factorization="channel"),
             "ssa, chain, lr 3e-4 (the first default)": dict(mode="ssa", learning_rate=3e-4),
@@ -249,7 +250,7 @@ GRIDS = {
             "svd-bp, no terms, Stiefel retraction": dict(mode="svd-bp", beta=0.0, gamma=0.0,
                                                          stiefel_retraction=True),
         }),
-    # issue 30: controls that differ in one thing, and SSA's own recipe re-chosen. Every
+    # controls that differ from SSA in one thing, and SSA's own recipe re-chosen. Every
     # setting is spelled out, so a row means the same thing whatever the defaults become.
     # Runs recorded by another grid with the same settings count here too (run keys).
     "recipe_5ep": dict(
@@ -265,7 +266,7 @@ GRIDS = {
         base=dict(_LONG),
         seeds=SEEDS,
         variants=_recipe_variants(long=True)),
-    # issue 30: cuts that keep the feedback in register (rank.feedback_cut=slots) and the
+    # cuts that keep the feedback in register (rank.feedback_cut=slots) and the
     # seed's rate adjustment at cuts (a warm-up over one epoch, 157 steps here), against
     # the seed's exact re-factoring; SSA with a glorot head (recipe_5ep's best)
     "cut_recipe": dict(
@@ -305,7 +306,7 @@ GRIDS = {
                   augment=True),
         seeds=SEEDS,
         variants={k: RULES[k] for k in ("bp", "dfa", "ssa")}),
-    # issue 17: the accuracy/size frontier of rank cuts (repeated: every 4 epochs)
+    # the accuracy/size frontier of rank cuts (repeated: every 4 epochs)
     "rank_frontier": dict(
         caption="SSA with rank cuts every 4 epochs (after epochs 4, 8, 12 and 16) at energy "
                 "fraction tau, as rules_smallconv otherwise (smallconv, first 10,000 training "
@@ -349,7 +350,7 @@ GRIDS = {
         seeds=SEEDS,
         variants={f"tau {t}": dict(rank_tau=t, rank_keep_ends=False) for t in (0.99, 0.98)}),
     # 16 local modules
-    # issue 29: the learned rule on resnet32 with every training image, as long as a
+    # the learned rule on resnet32 with every training image, as long as a
     # session allows (a run checkpoints every epoch and resumes; the report counts only
     # finished runs, the epochs reached of the others are in their workdirs' metrics.csv)
     "learned_resnet32": dict(
@@ -371,7 +372,7 @@ GRIDS = {
 }
 
 
-# The grids before issue 30 ran under the defaults of their day: a zero classifier head
+# The grids before the recipe grids ran under the defaults of their day: a zero classifier head
 # for every rule, and for svd-bp, fa and bp-lagged-copy the seed's gamma 0.1 (svd-bp at
 # lr 3e-4). Their variants keep those settings, so each row still names what it trained.
 _BEFORE_30 = {"svd-bp": dict(gamma=0.1, learning_rate=3e-4), "fa": dict(gamma=0.1),

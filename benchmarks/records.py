@@ -27,10 +27,10 @@ def variant_config(grid, name, seed, data_dir=None) -> cfg_lib.RunConfig:
 # before the setting existed, so they stay out of its key (the recorded runs still count)
 _LATER_DEFAULTS = {"conv_factorization": ("spatial",), "rank_keep_ends": (False,),
                    "rank_energy": ("weights",), "align_form": (None, "factors"),
-                   # learned feedback's own rate (issue 29): None for every other rule
+                   # learned feedback's own rate (dkp, ssa-dkp): None for every other rule
                    "feedback_lr": (None,), "feedback_decay": (None,),
                    "feedback_weight_decay": (None,),
-                   # the local route's trained heads (issue 36): the linear read-out before
+                   # the local route's trained heads: the linear read-out before
                    "readout_head": (None, "linear"), "readout_width": (None, 0),
                    "readout_depth": (None, 1)}
 

@@ -44,7 +44,7 @@ ROWS = (
      "dkp (zero head, lr 3e-4; feedback Adam 1e-4, x0.8 an epoch)"),
     ("ssa-dkp (ssa, the chain's matrices learned as dkp's)",
      "ssa-dkp (chain's matrices, learned)", "ssa-dkp (chain's matrices, learned)"),
-    # issue 36: modules that learn from their own trained heads (grid heads_20ep)
+    # modules that learn from their own trained heads (grid heads_20ep)
     ("local conv heads, plain layers (DGL-style, lr 1e-3)", None,
      (HEADS, "local conv heads (DGL-style), plain layers")),
     ("local linear heads, plain layers (lr 1e-3)", None,

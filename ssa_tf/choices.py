@@ -11,11 +11,11 @@ LABELS = ("fine", "coarse")  # cifar100 only
 NORMS = ("layer", "batch", "none")
 ACTIVATIONS = ("relu", "leaky_relu", "tanh")
 HEAD_INITS = ("zero", "glorot")
-# how SVDConv2D views its kernel as a matrix (BUILD.md, algorithm §2)
+# how SVDConv2D views its kernel as a matrix (docs/ALGORITHM.md §2)
 CONV_FACTORIZATIONS = ("spatial", "channel")
 # how a rank cut treats the feedback factors (nn.svd.truncate)
 RANK_FEEDBACK_CUTS = ("slots", "svd", "first")
-# what a rank cut keeps a fraction tau of (training.rank, BUILD.md algorithm §5): the energy
+# what a rank cut keeps a fraction tau of (training.rank, docs/ALGORITHM.md §5): the energy
 # of the weight's singular values (the seed's), or of the layer's outputs on training inputs
 RANK_ENERGIES = ("weights", "outputs")
 # how SVDConv2D evaluates its convolution, in training and in an export

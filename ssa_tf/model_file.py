@@ -1,5 +1,5 @@
 """A user's model file (``--model=FILE.py``): what can be checked before TensorFlow starts,
-and the one line that names a failure inside the file (issue 34).
+and the one line that names a failure inside the file.
 
     problem = model_file.static_problem("net.py")   # one line or None; no TensorFlow
     line = model_file.failure("net.py", error)      # "--model=net.py, line 7, in build: ..."

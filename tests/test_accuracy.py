@@ -42,7 +42,7 @@ def accuracy(mode, seed=2, dataset="mnist5k", learning_rate=None, head_init=None
 
 
 def test_dfa_is_a_credible_baseline():
-    # full-map feedback, leaky ReLU and a zero head (issue 14). At this short
+    # full-map feedback, leaky ReLU and a zero head (grid dfa_tuning). At this short
     # budget (126 steps) DFA's best rate is 1e-3: 0.919 / 0.923 / 0.915 on
     # seeds 1-3 (the former DFA: 0.21-0.35); at its default 3e-4, the rate
     # CIFAR-10's validation chose, 0.871 / 0.905 / 0.872. SSA at its default:
@@ -56,7 +56,7 @@ def test_ssa_beats_the_tuned_dfa_on_cifar10():
     # SSA with the zero head it was pinned with: seeds 1-3 SSA 0.474 / 0.488 / 0.492, DFA
     # (lr 3e-4, its tuned rate) 0.467 / 0.457 / 0.456, so SSA - DFA = +0.7 / +3.1 / +3.6
     # points (benchmarks/reports/ACCURACY.md, "The pinned margin"; seed 2 0.484 since the seed is
-    # set before the pipeline). SSA's default head is glorot since issue 30, for the
+    # set before the pipeline). SSA's default head is glorot, for the
     # svd-bp control's sake; for SSA itself the head is within noise over 3 seeds
     # (0.509 +- 0.007 glorot, 0.494 +- 0.016 zero, recipe_5ep), but on this one seed the
     # glorot run dips at its last epoch (0.467 -> 0.429), level with DFA: one seed's last

@@ -1,6 +1,6 @@
 """Bad input through the real command lines: one line, the right status, nothing left
 behind that was not there. (The checks behind the flag messages are unit-tested in
-test_config.py; BUILD.md, "Exit codes", lists every status.)"""
+test_config.py; docs/ARCHITECTURE.md, "Exit codes", lists every status.)"""
 
 import errno
 import json
@@ -171,12 +171,12 @@ def test_finished_workdir_needs_restart(finished):
     line = one_line(run("train", *MNIST_TINY, "--epochs=1", f"--workdir={finished}",
                         timeout=120))
     assert "finished run of 1 epochs" in line and "--restart" in line
-    assert "--epochs=N with N > 1" in line  # issue 34, item 17: how to train it further
+    assert "--epochs=N with N > 1" in line  # how to train it further
     assert {p: p.stat().st_mtime_ns for p in finished.rglob("*")} == before
 
 
 def test_a_finished_run_trains_further_as_if_never_stopped(finished, tmp_path):
-    # issue 34, item 17: --epochs=2 on a finished 1-epoch workdir pointed to --restart;
+    # --epochs=2 on a finished 1-epoch workdir used to point to --restart;
     # now it continues from the kept checkpoint, bit for bit the 2-epoch run
     import shutil
     extended, straight = tmp_path / "extended", tmp_path / "straight"
@@ -296,7 +296,7 @@ def test_ctrl_c_exits_130_with_the_resume_hint_and_the_run_resumes(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Issue 18, items 1 and 3: a clone without the data, a folder of another version,
+# A clone without the data, a folder of another version,
 # through the grid CLI and through train's default workdir (runs/...).
 # --------------------------------------------------------------------------
 

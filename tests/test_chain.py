@@ -68,7 +68,7 @@ def test_chain_signal_is_rescaled_to_the_error_std():
 
 
 def test_feedback_scale_does_not_change_the_chain_signals():
-    # issue 5 asks for the feedback's scale: on the chain route it is moot, since
+    # the feedback's scale, a choice on the global route, is moot on the chain route, since
     # each signal is linear in every feedback layer and rescaled to the error's std
     model = SSAModel("smallconv", (16, 16, 3), 10, mode="fa")
     x = tf.random.normal((4, 16, 16, 3))

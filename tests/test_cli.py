@@ -159,7 +159,7 @@ def test_the_diagnostics_record_angles_away_from_bp(default_run):
     angles = [float(r[2]) for r in rows if r[1] in ("m0", "m1")]
     # the direct rule's hidden updates are what they are: well away from BP's (not
     # near 0, as a rule that copies the forward weights would make them), and
-    # within 90 degrees on average once training has started (BUILD.md, algorithm §7)
+    # within 90 degrees on average once training has started (docs/ALGORITHM.md §7)
     assert len(angles) == 2 * len(steps) and 20 < sum(angles[2:]) / len(angles[2:]) < 90
     assert any(r[1] == "norm_ratio:m0_dense" for r in rows)
 
@@ -177,7 +177,7 @@ def test_ssa_tf_load_model_loads_the_runs_model_in_a_fresh_process(default_run, 
 
 @pytest.mark.parametrize("order", ["import ssa_tf, keras", "import keras, ssa_tf"])
 def test_keras_load_model_works_after_import_ssa_tf(default_run, tmp_path, order):
-    # issue 34, item 19: a Keras user's habit failed with "Could not locate class
+    # a Keras user's habit failed with "Could not locate class
     # 'SSAModel'"; importing ssa_tf still starts no TensorFlow
     _, workdir = default_run
     code = (f"import sys; {order}; "
@@ -192,7 +192,7 @@ def test_keras_load_model_works_after_import_ssa_tf(default_run, tmp_path, order
 
 
 # --------------------------------------------------------------------------
-# Issue 18: what a new user hit, through the real command line.
+# What a new user hit, through the real command line.
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,needle", [
@@ -250,7 +250,8 @@ def test_tensorflow_comes_from_exactly_one_extra_cpu_or_gpu():
     assert tensorflows(project["dependencies"]) == []
     assert tensorflows(extras["cpu"]) == ["tensorflow-cpu==2.21.0"]
     assert tensorflows(extras["gpu"]) == ["tensorflow[and-cuda]==2.21.0"]
-    # [dev] brings none (issue 34, item 11): it goes with [cpu] or [gpu]
+    # [dev] brings none (it once pulled tensorflow-cpu beside a GPU user's): it goes with
+    # [cpu] or [gpu]
     assert tensorflows(extras["dev"]) == []
     with open(os.path.join(REPO, "BUILD.md")) as f:
         assert ".[gpu]" in f.read()  # BUILD.md, "Set-up"
@@ -261,17 +262,18 @@ def test_tensorflow_comes_from_exactly_one_extra_cpu_or_gpu():
 
 @pytest.mark.parametrize("cli", sorted(CLIS))
 def test_help_cites_no_document_outside_the_repository(cli):
-    """Issue 18, item 1: SPEC.md is not in a clone; --help must not send a user there."""
+    """A document outside the repository (the project's SPEC.md) is not in a clone; --help
+    must not send a user there, nor to a file that does not exist."""
     result = run(cli, "--help", timeout=60)
     assert result.returncode == 0, result.stderr
     assert "SPEC" not in result.stdout
-    for doc in ("README.md", "BUILD.md"):
-        if doc in result.stdout:
-            assert os.path.isfile(os.path.join(REPO, doc))
+    import re
+    for doc in re.findall(r"[\w./-]+\.md\b", result.stdout):  # README.md, docs/..., reports
+        assert os.path.isfile(os.path.join(REPO, doc)), doc
 
 
 def test_a_grid_report_names_its_splits_in_the_caption(tmp_path):
-    """Issue 18, item 1: every results table says which images it was trained,
+    """Every results table says which images it was trained,
     validated and tested on (here as on a standard `tfds build cifar10`)."""
     code = r"""
 import json, os, sys

@@ -68,7 +68,7 @@ def test_malformed_overrides_say_what_is_wrong(assignment, needle):
     (["runtime.strategy=mirrored", "runtime.logical_cpus=3"], "multiple of"),
     (["runtime.strategy=multi_worker"], "needs TF_CONFIG"),
     (["runtime.logical_cpus=2"], "applies to runtime.strategy=mirrored only"),
-    # issue 18: an option the rule does not take is refused, naming who takes it
+    # an option the rule does not take is refused, naming who takes it
     (["method.mode=bp", "method.feedback=chain"], "method.feedback does not apply to --mode=bp"),
     (["method.mode=bp", "method.beta=0.5"], "method.beta does not apply to --mode=bp"),
     (["method.mode=bp", "method.stiefel_retraction=true"], "does not apply to --mode=bp"),
@@ -220,7 +220,7 @@ def _routes(mode):
 
 @pytest.mark.parametrize("preset", [None, *presets.NAMES])
 def test_every_preset_validates_with_every_rule_and_route(preset):
-    # issue 34, item 1: --preset=imagenet refused ssa's default route (the chain) because
+    # --preset=imagenet once refused ssa's default route (the chain) because
     # the preset set the global route's feedback_spatial for every rule that has it
     from ssa_tf.methods import registry
     base = ["--dataset=imagenet2012"] if preset is None else [f"--preset={preset}"]
@@ -264,7 +264,7 @@ def test_full_map_feedback_too_large_is_one_usage_line():
 
 
 def test_no_card_line_reads_like_an_error():
-    # issue 34, item 9: "...; error: e through a fixed ..." carried the prefix that the
+    # "...; error: e through a fixed ..." once carried the prefix that the
     # README gives for a mistake; every rule on every route
     from ssa_tf.methods import registry
     for mode in registry.NAMES:

@@ -1,6 +1,6 @@
 """The two matrix views of an SVD convolution: spatial (the seed's) and channel.
 
-BUILD.md, algorithm §2. ``factorization="channel"`` views the kernel as the
+docs/ALGORITHM.md §2. ``factorization="channel"`` views the kernel as the
 N x (kh kw C) matrix K'[n, (h, w, c)]; both views must compute the plain
 convolution exactly at full rank, truncate to the best rank-r approximation
 of their own matrix, export to plain layers and pick the cheaper forward.

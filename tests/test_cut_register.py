@@ -1,4 +1,4 @@
-"""Rank cuts keep the feedback factors in register with the forward ones (issue 30).
+"""Rank cuts keep the feedback factors in register with the forward ones.
 
 A trained layer's factors drift from the feedback factors they started at; a cut
 that re-factors the forward weight in its exact SVD basis (order by singular value,

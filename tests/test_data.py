@@ -352,7 +352,7 @@ def test_the_versions_checked_before_tensorflow_are_the_ones_tfds_reads():
 
 def test_standard_tfds_cifar10_validates_on_train_45000_and_tests_on_the_official_test(
         tmp_path):
-    """Issue 18, items 1 and 2: on the layout `tfds build cifar10` makes, a run with the
+    """On the layout `tfds build cifar10` makes, a run with the
     default settings trains on train[:45000], validates on train[45000:] (carved from
     train) and takes its final number from the official 10,000-image test split."""
     from ssa_tf import config as cfg_lib
@@ -399,7 +399,7 @@ def test_standard_tfds_cifar10_validates_on_train_45000_and_tests_on_the_officia
 
 
 def test_missing_imagenet_tars_do_not_suggest_running_again(tmp_path):
-    # issue 34, item 18: "or run this command again to prepare it on first use" read as if
+    # "or run this command again to prepare it on first use" read as if
     # rerunning helped while the tars were missing
     from ssa_tf.data.core import not_prepared_message
     message = not_prepared_message("imagenet2012", str(tmp_path))

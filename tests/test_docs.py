@@ -1,6 +1,9 @@
-"""What the README promises a new user, held against the code (issue 26)."""
+"""What the README and the other documents promise, held against the code and the tree."""
 
+import glob
 import os
+import re
+
 from conftest import REPO
 
 README = open(os.path.join(REPO, "README.md")).read()
@@ -36,7 +39,7 @@ def test_both_presets_adjust_the_rate_at_cuts():
 
 
 def test_the_readme_says_its_words_before_using_them():
-    # issue 26, item 11: "the seed's", routes and cards met a newcomer unexplained
+    # "the seed's", routes and cards once met a newcomer unexplained
     words = README.index("Words used below")
     for term in ("*rule*", "*card*", "*module*", "*the paper*"):
         assert README.index(term) > words
@@ -45,7 +48,7 @@ def test_the_readme_says_its_words_before_using_them():
 
 
 def test_third_party_deprecation_notices_stay_out_of_the_test_summary(tmp_path):
-    # issue 26, item 7: 4,201 warnings (Keras, TensorFlow, tf2onnx notices) in the summary
+    # once 4,201 warnings (Keras, TensorFlow, tf2onnx notices) in the summary
     import subprocess
     import sys
 
@@ -81,7 +84,7 @@ def readme_python_blocks():
 
 
 def test_every_python_block_in_the_readme_runs(tmp_path):
-    # issue 34, item 6: the library snippet used names it never defined, a parameter
+    # the library snippet once used names it never defined, a parameter
     # SSAModel does not have, an import ssa_tf did not offer, and no compile
     import subprocess
     import sys
@@ -108,7 +111,7 @@ def _indented_commands():
 
 
 def test_the_ci_runs_the_readmes_test_command_which_shows_skip_reasons():
-    # issue 34, item 11: -q hid the skip reasons the README promised; no duration given;
+    # -q once hid the skip reasons the README promised; no duration given;
     # [dev] pinned tensorflow-cpu, so .[gpu] + .[dev] installed both TensorFlow wheels
     import tomllib
     test_command = next(c for c in _indented_commands() if "pytest" in c)
@@ -124,13 +127,13 @@ def test_the_ci_runs_the_readmes_test_command_which_shows_skip_reasons():
 
 
 def test_the_readme_activates_the_venv_before_its_first_bare_python():
-    # issue 34, item 7: after the quick start every command was a bare `python`
+    # after the quick start every command was once a bare `python`
     first_bare = README.index("    python -m ssa_tf.train")
     assert README.index(". .venv/bin/activate") < first_bare
 
 
 def test_the_quick_start_says_what_it_runs_and_what_to_expect():
-    # issue 34, item 13: no epochs, accuracy or time next to the command
+    # once no epochs, accuracy or time next to the command
     from ssa_tf.config import RunConfig
     d = RunConfig()
     quick = README[README.index("## Quick start"):README.index("**Every later command")]
@@ -140,7 +143,7 @@ def test_the_quick_start_says_what_it_runs_and_what_to_expect():
 
 
 def test_every_setting_is_in_the_readmes_settings_table():
-    # issue 34, item 12: method.feedback_lr, feedback_decay and feedback_weight_decay were
+    # method.feedback_lr, feedback_decay and feedback_weight_decay were once
     # in --help but not in the table
     from ssa_tf.config.schema import FIELD_HELP
     from ssa_tf.config.validate import flag
@@ -153,6 +156,147 @@ def test_every_setting_is_in_the_readmes_settings_table():
 
 
 def test_the_readme_says_the_paper_not_the_seed_and_names_no_machine_path():
-    # issue 34, item 20: "the seed" (the paper's supplementary) beside --seed; a path of
+    # "the seed" (the paper's supplementary) beside --seed; a path of
     # this project's machines given to users
     assert "the seed" not in README.lower() and "../shared" not in README
+
+
+# -- the documents name only what exists ----------------------------------------------
+
+def _documents():
+    """README.md, BUILD.md, docs/*.md and the reports: (path from the repository, text)."""
+    names = ["README.md", "BUILD.md"] + sorted(
+        os.path.relpath(f, REPO) for folder in ("docs", "benchmarks/reports")
+        for f in glob.glob(os.path.join(REPO, folder, "*.md")))
+    for name in names:
+        with open(os.path.join(REPO, name)) as f:
+            yield name, f.read()
+
+
+# a path that starts at one of the repository's top-level folders; <placeholder> and *
+# are globs, so `benchmarks/results/<grid>.jsonl` must match at least one file
+_TOP = ("ssa_tf", "tests", "benchmarks", "tuning", "export", "examples", "docs", ".ci")
+_PATH = r"(?<![\w./<>-])((?:%s)/[\w./<>*-]*[\w/>*])" % "|".join(map(re.escape, _TOP))
+_LINK = r"\]\(([^)\s]+)\)"
+
+
+def _slug(heading):
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def _anchors(path):
+    with open(path) as f:
+        return {_slug(l.lstrip("#")) for l in f.read().splitlines() if l.startswith("#")}
+
+
+def missing_paths(text, where="."):
+    """The repository paths (anywhere in ``text``, backticks or not) and the targets of
+    relative Markdown links (from the folder ``where``) that do not exist."""
+    missing = []
+    for path in re.findall(_PATH, text):
+        pattern = re.sub(r"<[^>]*>", "*", path)
+        found = (glob.glob(os.path.join(REPO, pattern)) if "*" in pattern
+                 else os.path.exists(os.path.join(REPO, pattern)))
+        if not found:
+            missing.append(path)
+    for target in re.findall(_LINK, text):
+        if re.match(r"[a-z]+:", target):
+            continue  # https:, mailto:
+        file, _, anchor = target.partition("#")
+        full = os.path.normpath(os.path.join(REPO, where, file))
+        if not os.path.exists(full):
+            missing.append(target)
+        elif anchor and (not full.endswith(".md") or anchor not in _anchors(full)):
+            missing.append(target)
+    return missing
+
+
+def test_the_path_check_finds_an_invented_path():
+    # the check can fail: a moved file, a missing link target, a heading that is not there
+    text = ("`ssa_tf/export/graph.py`, `ssa_tf/nn/graph.py`, benchmarks/reports/NOSUCH.md, "
+            "`benchmarks/results/<grid>.jsonl`, `benchmarks/nosuch_<grid>.py`, "
+            "[a](docs/NOSUCH.md), [b](docs/ALGORITHM.md#layout), [c](docs/ARCHITECTURE.md#layout)")
+    assert set(missing_paths(text)) == {"ssa_tf/export/graph.py", "benchmarks/reports/NOSUCH.md",
+                                        "benchmarks/nosuch_<grid>.py", "docs/NOSUCH.md",
+                                        "docs/ALGORITHM.md#layout"}
+
+
+# files the lab notebook names as deleted, with the commit that still holds them
+_HISTORY = {"benchmarks/rank_speed.py", "benchmarks/export_resnet32.py",
+            "benchmarks/search/SEARCH.md"}
+
+
+def test_every_path_the_documents_name_exists():
+    missing = {name: m for name, text in _documents()
+               if (m := [p for p in missing_paths(text, os.path.dirname(name) or ".")
+                         if not (name.endswith("NOTEBOOK.md") and p in _HISTORY)])}
+    assert missing == {}, missing
+
+
+def _code_and_documents():
+    """Every source and document file that may cite a document's section."""
+    for top in ("ssa_tf", "tests", "benchmarks", "tuning", "export", "examples", "docs"):
+        for folder, dirs, files in os.walk(os.path.join(REPO, top)):
+            dirs[:] = [d for d in dirs if d not in ("results", "__pycache__")]
+            for f in files:
+                if f.endswith((".py", ".md")):
+                    path = os.path.join(folder, f)
+                    with open(path) as fh:
+                        yield os.path.relpath(path, REPO), fh.read()
+    for name in ("README.md", "BUILD.md", "pyproject.toml"):
+        with open(os.path.join(REPO, name)) as f:
+            yield name, f.read()
+
+
+def _headings(name):
+    with open(os.path.join(REPO, name)) as f:
+        return [l.lstrip("#").strip() for l in f.read().splitlines() if l.startswith("#")]
+
+
+def wrong_citations(name, text):
+    """The citations in ``text`` (of the file ``name``) of a section that is not there:
+    "docs/ALGORITHM.md §5" and 'docs/ARCHITECTURE.md, "Exit codes"' name a heading."""
+    algorithm = [h.split()[0] for h in _headings("docs/ALGORITHM.md") if h.startswith("§")]
+    wrong = []
+    for old in re.findall(r"BUILD\.md,?\s+(?:algorithm\s+)?§\w+", text):
+        wrong.append(f"{name}: {old} (the algorithm is docs/ALGORITHM.md)")
+    for section in re.findall(r"ALGORITHM\.md\)? §(\d+[a-z]?)", text):
+        if f"§{section}" not in algorithm:
+            wrong.append(f"{name}: docs/ALGORITHM.md §{section}")
+    for doc, title in re.findall(r"((?:[\w.-]+/)*[A-Z_]+\.md)`?,? \"([^\"\n]+)\"", text):
+        here = os.path.join(os.path.dirname(name), doc)
+        doc = here if os.path.isfile(os.path.join(REPO, here)) else doc
+        if not os.path.isfile(os.path.join(REPO, doc)):
+            wrong.append(f"{name}: {doc} does not exist")
+        elif not any(h.startswith(title) for h in _headings(doc)):
+            wrong.append(f'{name}: {doc}, "{title}"')
+    return wrong
+
+
+def test_the_citation_check_finds_a_moved_section():
+    text = ('(docs/ALGORITHM.md §5, docs/ALGORITHM.md §8) BUILD.md, "Exit codes"; '
+            'docs/ARCHITECTURE.md, "Exit codes"; NOSUCH.md, "Set-up"; BUILD.md, algorithm §2')
+    assert wrong_citations("x.py", text) == [
+        "x.py: BUILD.md, algorithm §2 (the algorithm is docs/ALGORITHM.md)",
+        "x.py: docs/ALGORITHM.md §8", 'x.py: BUILD.md, "Exit codes"',
+        "x.py: NOSUCH.md does not exist"]
+
+
+def test_every_cited_section_exists():
+    # a section that moves takes its citations with it
+    wrong = [w for name, text in _code_and_documents() if name != "tests/test_docs.py"
+             for w in wrong_citations(name, text)]  # this file's are invented
+    assert wrong == [], wrong
+    assert [h.split()[0] for h in _headings("docs/ALGORITHM.md")[1:8]] == [
+        "§1", "§2", "§3", "§3a", "§4", "§5", "§6"]  # the numbering the code cites
+
+
+def test_build_md_indexes_every_document():
+    # BUILD.md keeps the set-up and the tests, and points at every other document
+    with open(os.path.join(REPO, "BUILD.md")) as f:
+        build = f.read()
+    assert "## Set-up" in build and "## Tests" in build
+    for doc in glob.glob(os.path.join(REPO, "docs", "*.md")):
+        name = os.path.relpath(doc, REPO)
+        assert f"]({name})" in build, f"BUILD.md does not link {name}"

@@ -1,6 +1,6 @@
 """Conversion into and out of SVD form, and ONNX/SavedModel export in process.
 
-Issue 6 and BUILD.md, algorithm §7 ("merging the truncated factors into plain
+The Keras-to-SSA conversion and docs/ALGORITHM.md §7 ("merging the truncated factors into plain
 Dense/Conv2D layers changes the outputs by float32 rounding only; the ONNX
 export matches Keras"). References are the original Keras models and SSA
 models themselves; multiply-add counts are recomputed from the exported
@@ -306,7 +306,7 @@ def test_compare_logits_limits():
 
 
 def test_the_export_report_names_the_rule_that_trained_the_model():
-    # issue 34, item 18: a bp run's export said "onnxruntime vs SSA model"
+    # a bp run's export once said "onnxruntime vs SSA model"
     latency = {(m, b): 1.0 for m in ("export", "dense") for b in (1, 64)}
     check = {"examples": 8, "max_abs_diff": 1e-6}
     spec = {"values": "raw pixels", "shape": "(batch, 4)", "dtype": "float32"}

@@ -1,5 +1,5 @@
 """The deploy script, export/to_onnx.py, through a real process: export, parity check,
-every mistake in one line with nothing written (issue 6, issue 18 item 5)."""
+every mistake in one line with nothing written."""
 
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ def test_script_exports_verifies_and_reports(workdir, tmp_path):
 
 
 def test_model_keras_and_its_onnx_take_the_same_raw_pixels(tmp_path):
-    """Issue 26, item 1: one input contract. A run's model.keras normalizes its own input,
+    """One input contract. A run's model.keras normalizes its own input,
     so it and its ONNX export agree on the same raw 0-255 pixels (top-1 and logits)."""
     from ssa_tf import data
 
@@ -251,7 +251,7 @@ def test_script_unmergeable_layer(tmp_path):
 
 
 def test_script_on_an_interrupted_run_says_it_resumes(tmp_path):
-    """Issue 18, item 3: the export of a run stopped by Ctrl-C (checkpoints, no model)
+    """The export of a run stopped by Ctrl-C (checkpoints, no model)
     says, in one line, that the run resumes; nothing is written."""
     from conftest import files, one_line
 

@@ -1,5 +1,5 @@
 """Local heads (the local route's trained read-outs): what they train on, what they cost
-and that they are gone at export (issue 36)."""
+and that they are gone at export."""
 
 import numpy as np
 import pytest

@@ -1,6 +1,6 @@
 """Numerical tests of the SVD layers: full-rank conversion, truncation, energy ranks.
 
-BUILD.md, algorithm §2, §5 and §7. Every reference value is computed independently with
+docs/ALGORITHM.md §2, §5 and §7. Every reference value is computed independently with
 NumPy (float64) or with the stock Keras layer; the library's own helpers are
 only used as the object under test.
 """
@@ -28,7 +28,7 @@ def np_(v):
 
 
 def conv_matrix(kernel):
-    """K'[(n, w), (c, h)] = K[h, w, c, n] (BUILD.md, algorithm §2), written from BUILD.md, algorithm §2."""
+    """K'[(n, w), (c, h)] = K[h, w, c, n], written from docs/ALGORITHM.md §2."""
     kh, kw, c, n = kernel.shape
     out = np.empty((n * kw, c * kh), np.float64)
     for ni in range(n):
@@ -172,7 +172,7 @@ def test_conv_matrix_layout_matches_spec():
 
 def _check_truncation(layer, r, rng):
     """Truncate to r with the seed's exact re-factoring (``feedback="first"``) and check
-    everything BUILD.md, algorithm §5 promises. (The default slot cut keeps the trained
+    everything docs/ALGORITHM.md §5 promises. (The default slot cut keeps the trained
     factors instead: tests/test_cut_register.py.)"""
     m, n = layer.U.shape[0], layer.V.shape[0]
     before = factor_matrix(layer)

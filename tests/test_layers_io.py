@@ -1,7 +1,7 @@
 """SVD layers beyond the forward pass: signed singular values, config and save/load
 round trips at reduced rank, and LocalBatchNorm's local backward.
 
-BUILD.md, algorithm §2 and §7. References are NumPy (float64) or stock Keras.
+docs/ALGORITHM.md §2 and §7. References are NumPy (float64) or stock Keras.
 """
 
 from __future__ import annotations

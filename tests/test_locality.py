@@ -1,4 +1,4 @@
-"""Locality cards proven over whole runs, by record and replay (issue 35; BUILD.md, algorithm §3a).
+"""Locality cards proven over whole runs, by record and replay (docs/ALGORITHM.md §3a).
 
 ``ssa_tf.testing.locality`` trains a small model through the real entry
 (``ssa_tf.training.run.train``: its loop, callbacks and checkpoints; a rank cut inside

@@ -1,4 +1,4 @@
-"""Locality through every feature of a run, and every kind of leak flagged (issue 35).
+"""Locality through every feature of a run, and every kind of leak flagged.
 
 With ``ssa_tf.testing.locality`` (record a run through the real entry, replay every step
 once per module with every other module's weights and activations random; see
@@ -231,7 +231,8 @@ class LaterActivationsRoute(ChainRoute):
 
 
 def lagging_copy():
-    """Issue 30's first mutant: B <- B + 0.1 (W - B) after every step, the chain refreshed."""
+    """The former SSA default's lagging copy: B <- B + 0.1 (W - B) after every step, the
+    chain refreshed."""
     class Lagging(_ssa()):
         def after_step(self, model):
             for layer in model.svd_layers():
@@ -243,7 +244,8 @@ def lagging_copy():
 
 
 class GatedRoute(ChainRoute):
-    """Issue 30's second mutant: the chain gated by the forward pass."""
+    """The former SSA default's other read of the weights: the chain gated by the forward
+    pass."""
 
     def __init__(self, options, structured=False):
         super().__init__(options, structured, gated=True)
@@ -269,9 +271,9 @@ MUTANTS = {
     "later activations, no weight": (
         "ssa", lambda mp: _with_route(LaterActivationsRoute), Scenario("ssa", steps=1),
         {DEPENDS}),
-    "lagging copy (issue 30)": (
+    "lagging copy (the former default)": (
         "ssa", lambda mp: lagging_copy(), Scenario("ssa", steps=1), {CHANGED, FEEDBACK}),
-    "gated chain (issue 30)": (
+    "gated chain (the former default)": (
         "ssa", lambda mp: _with_route(GatedRoute), Scenario("ssa", steps=1), {DEPENDS}),
 }
 

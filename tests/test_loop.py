@@ -31,7 +31,7 @@ import pytest
 
 from conftest import REPO
 
-RTOL = 3e-5  # 1.26e-5 measured for bp-lagged-copy with a glorot head (issue 30's defaults)
+RTOL = 3e-5  # 1.26e-5 measured for bp-lagged-copy with a glorot head (today's defaults)
 # Two epochs with a kill, a resume and two rank cuts: the all-reduce sums in
 # another order than one device does, and Adam turns float32 rounding of
 # near-zero gradients into steps of the full learning rate, so the end weights

@@ -1,4 +1,4 @@
-"""Rank reduction during training: BUILD.md, algorithm §5 properties, for real shapes."""
+"""Rank reduction during training: docs/ALGORITHM.md §5 properties, for real shapes."""
 
 import numpy as np
 import pytest
@@ -167,7 +167,7 @@ def test_keep_ends_spares_the_input_layer_and_the_classifier(keep_ends):
 
 
 def test_ranks_png_has_one_titled_panel_per_layer_and_integer_epochs():
-    # issue 26: 34 lines in one plot, no legend, ticks at 0.25, 0.5, ...
+    # a new user's report: 34 lines in one plot, no legend, ticks at 0.25, 0.5, ...
     from ssa_tf.training.rank import rank_figure
 
     layers = [f"block{i}" for i in range(34)]

@@ -305,7 +305,7 @@ def test_sensitivity_plot_marks_failed_trials(tmp_path):
 
 
 def test_the_report_prints_the_noise_band_and_the_tied_trials(tmp_path, capsys):
-    """Issue 18, item 6: the search says how wide its noise is, names the trials
+    """The search says how wide its noise is, names the trials
     (numbered as KerasTuner's 'Running Trial #N') tied inside it, and calls no winner."""
     cfg = _reported_search(tmp_path)
 
@@ -320,7 +320,7 @@ def test_the_report_prints_the_noise_band_and_the_tied_trials(tmp_path, capsys):
 
 
 def test_the_sensitivity_plot_says_what_the_verdict_says(tmp_path):
-    """Issue 26, item 3: the plot starred a best trial when the search called no winner,
+    """The plot once starred a best trial when the search called no winner,
     showed no band, and drew gamma's "seed value" at 0.1 where SSA's default is 0."""
     cfg = small_search(tmp_path)
     rows = [{"trial": k + 1, "alpha": 1.0, "beta": b, "gamma": g, "lr": 1e-3,
@@ -341,11 +341,11 @@ def test_the_sensitivity_plot_says_what_the_verdict_says(tmp_path):
 
 
 # --------------------------------------------------------------------------
-# Issue 34: best.flags reproduces its trial; where its run goes; the output.
+# best.flags reproduces its trial; where its run goes; the output.
 # --------------------------------------------------------------------------
 
 def test_training_from_best_flags_gives_the_trials_validation_accuracy(searched, tmp_path):
-    """Issue 34, item 4: the best trial scored 0.3275 and `python -m ssa_tf.train
+    """Once the best trial scored 0.3275 and `python -m ssa_tf.train
     --flagfile=best.flags` 0.2250. The command line, in a process of its own, must
     give the trial's number exactly: both train the same settings through
     ssa_tf.training.run.train (same seed, data order, model and loop), and the
@@ -387,7 +387,7 @@ def _suggested_workdir(out):
 
 
 def test_the_suggested_command_trains_into_a_workdir_that_does_not_exist(tmp_path, capsys):
-    """Issue 34, item 10: the suggested command always said --workdir=runs/best, which
+    """The suggested command once always said --workdir=runs/best, which
     after one use holds a finished run. It names a folder of the search that does not
     exist yet, another one once that one does."""
     cfg = _reported_search(tmp_path)
@@ -404,7 +404,7 @@ def test_the_suggested_command_trains_into_a_workdir_that_does_not_exist(tmp_pat
 
 
 def test_best_flags_only_when_the_best_is_outside_the_noise_band(tmp_path, capsys):
-    """Issue 34, item 10: best.flags was written after a single trial, though the README
+    """best.flags was once written after a single trial, though the README
     says only "when the best trial is outside the noise band of the validation split":
     one completed trial (or an unknown band) has nothing it is shown to beat."""
     cfg = _reported_search(tmp_path)
@@ -432,7 +432,7 @@ def test_best_flags_only_when_the_best_is_outside_the_noise_band(tmp_path, capsy
 
 
 def test_the_search_prints_no_keras_shuffle_warning(searched):
-    """Issue 34, item 14: Keras's "`shuffle=True` was passed, but will be ignored"
+    """Keras's "`shuffle=True` was passed, but will be ignored" once
     leaked into every search: the trials called model.fit on a tf.data pipeline
     (shuffle defaults to True); they now train through ssa_tf.training.run.train."""
     output, caught = searched[2], searched[3]
@@ -442,7 +442,7 @@ def test_the_search_prints_no_keras_shuffle_warning(searched):
 
 
 def test_the_report_says_1_epoch_and_numbers_each_trial_once(tmp_path, capsys):
-    """Issue 34, item 14: "after 1 epochs", and "trial #2 (trial_1)": one trial under
+    """Once "after 1 epochs", and "trial #2 (trial_1)": one trial under
     two numbers. Trials are #N as KerasTuner's "Running Trial #N", nothing else."""
     cfg = _reported_search(tmp_path)
     failed = {"trial_id": "2", "status": "FAILED", "score": None, "message": "Diverged: x",

@@ -1,4 +1,4 @@
-"""ssa_tf.nn.user: a user's own Keras model trained by every rule (issue 28).
+"""ssa_tf.nn.user: a user's own Keras model trained by every rule.
 
 A Sequential MLP, a Sequential CNN and a functional CNN with a residual join: their
 split into local modules, exactness at full rank, one SSA step's locality, save and
@@ -175,7 +175,7 @@ def test_the_command_line_trains_a_users_file_and_stores_its_card(tmp_path):
                  timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith("rule ssa: sequential no, weight transport once")
-    # then how the model was cut, one line per module (issue 34)
+    # then how the model was cut, one line per module
     assert "residual_cnn.py: 4 local modules (cut automatically; MODULE_ENDS" in result.stdout
     assert ("\n  1 conv2d_1..conv2d_2: conv2d_1, layer_normalization, re_lu, conv2d_2, add, "
             "re_lu_1, max_pooling2d_1\n") in result.stdout

@@ -1,13 +1,13 @@
-"""A user's own model file (``--model=FILE.py``), issue 34: what a new user met.
+"""A user's own model file (``--model=FILE.py``): what a new user met.
 
-Item 2: a model built for other inputs is refused in one line naming both shapes. Item 3:
-a model whose first layers preprocess (Rescaling, Normalization) receives raw pixels, the
+A model built for other inputs is refused in one line naming both shapes. A model
+whose first layers preprocess (Rescaling, Normalization) receives raw pixels, the
 built-in normalization stepping aside, through save, merge and the ONNX export;
-preprocessing elsewhere is refused. Item 8: model settings a file does not use are
-refused, and config.json claims none for it. Item 15: modules named after what they
-train, the split printed, a bad MODULE_ENDS listing each place once. Item 16: a file that
-does not compile or has no build() is refused before TensorFlow starts; a failure inside
-build() names the file's line.
+preprocessing elsewhere is refused. Model settings a file does not use are refused, and
+config.json claims none for it. Modules are named after what they train, the split is
+printed, a bad MODULE_ENDS lists each place once. A file that does not compile or has no
+build() is refused before TensorFlow starts; a failure inside build() names the file's
+line.
 """
 
 import json
@@ -56,7 +56,7 @@ def build(input_shape, num_classes):
 """
 
 
-# -- item 2: a model built for other inputs --------------------------------------------------
+# -- a model built for other inputs ----------------------------------------------------------
 
 def test_a_model_built_for_other_inputs_is_refused_naming_both_shapes(tmp_path):
     path = _file(tmp_path, "def build(input_shape, num_classes):\n"
@@ -88,7 +88,7 @@ def test_the_command_line_refuses_a_model_for_other_inputs_and_leaves_nothing(tm
     assert not workdir.exists(), files(workdir)
 
 
-# -- item 3: a model that preprocesses its own input ----------------------------------------
+# -- a model that preprocesses its own input ------------------------------------------------
 
 def test_a_model_that_rescales_its_input_receives_raw_pixels(tmp_path):
     rescaled = _file(tmp_path, CNN_FILE.format(first="keras.layers.Rescaling(1 / 255)(inputs)"),
@@ -185,7 +185,7 @@ def test_preprocessing_anywhere_but_the_start_is_refused_in_one_line(where, why)
     assert "\n" not in str(refused.value)
 
 
-# -- item 8: model settings a file does not use ---------------------------------------------
+# -- model settings a file does not use -----------------------------------------------------
 
 @pytest.mark.parametrize("setting", ["model.norm=batch", "model.activation=tanh",
                                      "model.conv_factorization=channel", "model.norm=none"])
@@ -220,7 +220,7 @@ def test_config_json_claims_no_norm_or_activation_for_a_users_model(tmp_path):
     assert prepare_workdir(cfg) == "resume"
 
 
-# -- item 15: how the model was split ------------------------------------------------------
+# -- how the model was split ----------------------------------------------------------------
 
 def _residual():
     inputs = keras.Input((12, 12, 3))
@@ -261,7 +261,7 @@ def test_a_bad_module_end_lists_each_place_once_in_the_graphs_order():
     assert str(refused.value).endswith("those are: stem, join, gap, hidden")
 
 
-# -- item 16: the file's mistakes, early and with their line --------------------------------
+# -- the file's mistakes, early and with their line -----------------------------------------
 
 @pytest.mark.parametrize("body,needle", [
     ("def build(input_shape, num_classes)\n    pass\n",

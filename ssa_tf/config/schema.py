@@ -43,9 +43,9 @@ class ModelConfig:
     norm: str | None = None
     activation: str | None = None
     # the classifier's initial weights: glorot or zero (s = 0 in SVD form); None: the
-    # rule's (zero for dfa, glorot for the others: issue 30)
+    # rule's (zero for dfa, glorot for the others: a zero SVD head starves backprop)
     head_init: str | None = None
-    # how an SVD convolution views its kernel (BUILD.md, algorithm §2): spatial, the seed's
+    # how an SVD convolution views its kernel (docs/ALGORITHM.md §2): spatial, the seed's
     # (kh x 1 then 1 x kw); channel (kh x kw to rank r, then 1x1): cheaper at every rank
     conv_factorization: str | None = None
 
@@ -67,8 +67,8 @@ def is_model_file(name) -> bool:
 def canonical_model_settings(flat: dict) -> dict:
     """A flat record (config.json, a search's) with norm, activation and factorization as
     this version records them, to compare records of either age: a built-in model's
-    defaults filled in; for a user's file None, where records written before issue 34
-    held the built-in models' defaults."""
+    defaults filled in; for a user's file None, where older records held the built-in
+    models' defaults."""
     user = is_model_file(flat.get("model", ""))
     out = dict(flat)
     for name, default in BUILT_IN_DEFAULTS.items():
@@ -117,7 +117,7 @@ class RankConfig:
     # (the seed's)
     keep_ends: bool = True
     # slots: no re-factoring, the kept components keep their slots and B its columns at
-    # them (issue 30: the alignment term stays continuous); first: the seed's exact
+    # them (the alignment term stays continuous; docs/ALGORITHM.md §5); first: the seed's exact
     # re-factoring with B's first r columns; svd: B re-factored the same way. None:
     # slots, or first for energy=outputs (that cut re-factors by construction)
     feedback_cut: str | None = None

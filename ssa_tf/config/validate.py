@@ -29,7 +29,7 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
                ("rank.feedback_cut", r.feedback_cut, RANK_FEEDBACK_CUTS),
                ("rank.energy", r.energy, RANK_ENERGIES),
                ("runtime.progress", rt.progress, PROGRESS)]
-    if is_model_file(m.model):  # a user's model file (issue 28)
+    if is_model_file(m.model):  # a user's model file
         problem = validate_model_file(cfg)
         if problem:
             return problem
@@ -98,9 +98,9 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
 
 
 def validate_model_file(cfg: RunConfig) -> str | None:
-    """Problems with a user's model file found without running it (issue 34): the file
+    """Problems with a user's model file found without running it: the file
     (it compiles, defines build(input_shape, num_classes)), and the model settings that
-    shape only the built-in models, refused when given (issue 34: they were ignored)."""
+    shape only the built-in models, refused when given (they used to be ignored silently)."""
     m = cfg.model
     if not os.path.isfile(m.model):
         return f"--model={m.model}: no such file"
@@ -169,7 +169,8 @@ def tf_config_workers(text):
         int(task["index"])
     except (ValueError, KeyError, TypeError, AttributeError):
         raise ValueError("TF_CONFIG must be JSON with cluster.worker (and cluster.chief) "
-                         "address lists and task.type/task.index; see BUILD.md") from None
+                         "address lists and task.type/task.index; see "
+                         "docs/ARCHITECTURE.md") from None
     return count
 
 
@@ -190,7 +191,7 @@ def validate_distribution(cfg: RunConfig, tf_config: str | None) -> str | None:
     if rt.strategy == "multi_worker":
         if not tf_config:
             return ("runtime.strategy=multi_worker needs TF_CONFIG (the cluster and this "
-                    "task; BUILD.md)")
+                    "task; docs/ARCHITECTURE.md)")
         try:
             workers = tf_config_workers(tf_config)
         except ValueError as e:

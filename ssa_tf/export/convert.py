@@ -1,4 +1,4 @@
-"""Into SVD form: ``to_ssa`` turns a trained Keras model into an SSA model (issue 6).
+"""Into SVD form: ``to_ssa`` turns a trained Keras model into an SSA model.
 
 Every ``Dense``/``Conv2D`` of a Sequential or functional Keras model becomes
 its SVD layer, initialized from the trained weights (exact at full rank;
@@ -28,8 +28,8 @@ def to_ssa(model, rank=None, energy=None, exempt=(), feedback_init="random", see
     """Return (SVD-form copy of ``model``, list of LayerRecord).
 
     ``rank`` caps every layer's rank; ``energy`` (tau in (0, 1]) cuts each
-    layer to the smallest rank keeping that fraction of its energy (BUILD.md,
-    algorithm §5); layers named in ``exempt`` keep full rank. The original model
+    layer to the smallest rank keeping that fraction of its energy (docs/ALGORITHM.md
+    §5); layers named in ``exempt`` keep full rank. The original model
     is not modified. Feedback factors are drawn as the project's models draw
     them (Glorot for dense, He for convolutions) with seeds derived from
     ``seed``, or are the layer's own SVD with ``feedback_init="forward"``.

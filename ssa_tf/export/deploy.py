@@ -35,7 +35,7 @@ from ssa_tf.export.config import DEFAULT_OPSET, ExportConfig, UsageError
 from ssa_tf.export.onnx_norms import fold_layer_norm_means
 from ssa_tf.nn.user import input_preprocessing
 
-# BUILD.md, algorithm §7: the export changes the logits by float32 rounding only
+# docs/ALGORITHM.md §7: the export changes the logits by float32 rounding only
 LOGIT_ATOL = 1e-4
 INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "logits", "batch"
 NORMS_FOLDED_KEY = "ssa_tf.layer_norms_folded"
@@ -300,7 +300,7 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
         reference = np.asarray(model(x, training=False))
         spec = raw_pixels_spec(dataset, input_shape, own, "inside the model (as in model.keras)")
     elif input_preprocessing(model):
-        # a user's model whose first layers preprocess the raw pixels (issue 34); its merge
+        # a user's model whose first layers preprocess the raw pixels; its merge
         # keeps them (a Normalization as the Rescaling computing the same)
         if cfg.input != "raw":
             raise UsageError(f"{cfg.model_path} takes raw pixels and preprocesses them with "

@@ -168,7 +168,7 @@ class Local(LearningRule):
         module's forward replayed under its own tape, its gradient taken and its
         activations released before the next (the order enforced in the graph)."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
-        # the dropout masks of this forward pass, drawn again by the replay (issue 34: with
+        # the dropout masks of this forward pass, drawn again by the replay (with
         # new masks a module's update came from activations other than those that made e)
         noise = noise_state(model.local_modules)
         outputs, h = [], x
@@ -217,7 +217,7 @@ class Local(LearningRule):
         grads_and_vars = [gv for r in results for gv in r[0]]
         # the first term over the hidden modules only (their signal's, logged as
         # feedback_dot_output or readout_ce): the head's is the network's CE, logged as
-        # `loss` (issue 34: it was added in, so the two logs overlapped)
+        # `loss` (adding it in here made the two logs overlap)
         sums = [sum((r[1][0] for r in results[:-1]), 0.0),
                 *(sum(r[1][k] for r in results) for k in (1, 2))]
         return grads_and_vars, logits, sums, tf.stack([r[2] for r in results])

@@ -35,8 +35,8 @@ HELD = ("all modules", "one module at a time")
 FEEDBACK = ("fixed", "learns locally", "local head", "copies the forward weights",
             "is the forward weights")
 # what a rank cut passes from the forward weights to the feedback factors, by the resolved
-# rank.feedback_cut (BUILD.md, algorithm §5): the number r of columns kept is always the
-# forward weight's energy rank; ``RunConfig.card`` states it when a run cuts (issue 35)
+# rank.feedback_cut (docs/ALGORITHM.md §5): the number r of columns kept is always the
+# forward weight's energy rank; ``RunConfig.card`` states it when a run cuts
 CUT_FLOWS = {
     "slots": "the feedback factors keep their columns at the slots of the r forward "
              "components of largest energy s^2 |u| |v| (which columns, and r, follow the "
@@ -70,7 +70,7 @@ class LocalityCard:
 
     @property
     def direct(self) -> bool:
-        """Direct and transport-free after construction: BUILD.md, algorithm §3a's test."""
+        """Direct and transport-free after construction: docs/ALGORITHM.md §3a's test."""
         return not self.sequential and self.weight_transport != "continuously"
 
     def as_dict(self) -> dict:

@@ -1,4 +1,4 @@
-"""Route ``chain`` (BUILD.md, algorithm §3): the output error through a fixed linear network.
+"""Route ``chain`` (docs/ALGORITHM.md §3): the output error through a fixed linear network.
 
 The feedback network is the forward network with every weight replaced by
 its fixed feedback weight (an SVD layer's B = B_U diag(B_s) B_V^T; a plain
@@ -53,7 +53,7 @@ def norm_jacobian(step, a, x):
 
     Layer norm: its exact Jacobian, gamma/sigma (a - mean(a) - xhat mean(xhat a))
     over the normalized axes. Batch norm: gamma/sigma a with the batch's sigma, as
-    in a local backward (statistics constant, BUILD.md, algorithm §4), and the forward
+    in a local backward (statistics constant, docs/ALGORITHM.md §4), and the forward
     value with the batch's statistics, as in training, without touching the
     moving ones.
     """

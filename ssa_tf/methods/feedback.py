@@ -1,4 +1,4 @@
-"""How the output error reaches each local module (BUILD.md, algorithm §3).
+"""How the output error reaches each local module (docs/ALGORITHM.md §3).
 
 A ``Feedback`` object owns one fixed matrix per module (except the last,
 which learns from the true cross-entropy) and turns a module's output into

@@ -1,4 +1,4 @@
-"""The terms of SSA's composite local loss (BUILD.md, algorithm §4, supplementary eq. 1-19).
+"""The terms of SSA's composite local loss (docs/ALGORITHM.md §4, supplementary eq. 1-19).
 
 Each function returns a scalar for one SVD layer; the trainer sums them over
 a module's layers and weights them with alpha, beta, gamma.
@@ -11,7 +11,7 @@ from keras import ops
 
 def cosine_alignment_loss(layer):
     """sum_j (1 - cos^2(u_j, B_U,j)) + (1 - cos^2(v_j, B_V,j)): each singular vector's
-    direction towards its feedback column's line [choice beyond the seed, issue 30].
+    direction towards its feedback column's line [choice beyond the seed].
 
     Unlike eq. 5 it is blind to scale and sign (a column and its negative are equally
     aligned) and leaves s alone, so it does not pull the weight back towards the

@@ -1,4 +1,4 @@
-"""How the output error reaches a non-final module (BUILD.md, algorithm §3): the routes.
+"""How the output error reaches a non-final module (docs/ALGORITHM.md §3): the routes.
 
 A route owns its feedback state (weights it creates on the model once, at
 construction, and keeps) and turns module i's output h_i into the CE part of
@@ -204,7 +204,7 @@ class ChainRoute(Route):
 
     def signals(self, model, outputs, error):
         """Each module's J_i^T e, rescaled to the std of e: the linear chain's gain
-        differs from module to module (BUILD.md, algorithm §3)."""
+        differs from module to module (docs/ALGORITHM.md §3)."""
         if self.matrices:
             deltas = [ops.tensordot(error, m, axes=1) for m in self.matrices]
         else:

@@ -23,7 +23,7 @@ FEEDBACK_INIT = ("random", "forward")
 ALIGN_FORMS = ("factors", "cosine")
 
 # SSA's loss terms, shared by every rule with SVD factors so that a control differs from
-# SSA in one thing (issue 30): the seed's beta 0.01; gamma 0 (the seed's 0.1 cost SSA 3
+# SSA in one thing (the fair controls): the seed's beta 0.01; gamma 0 (the seed's 0.1 cost SSA 3
 # points, benchmarks/reports/ssa_direct.md, and svd-bp 7, benchmarks/reports/recipe_5ep.md)
 FACTOR_OPTIONS = dict(beta=0.01, gamma=0.0, ortho_lambda=0.0, stiefel_retraction=False,
                       s_rate_scale=1.0, align_form="factors")
@@ -57,7 +57,7 @@ READOUT_HEADS = ("linear", "conv")
 
 @dataclasses.dataclass(frozen=True)
 class RouteSpec:
-    """How the output error reaches a non-final module (BUILD.md, algorithm §3)."""
+    """How the output error reaches a non-final module (docs/ALGORITHM.md §3)."""
     name: str
     options: tuple  # the options only this route reads
     error: Callable[[dict], str]  # the card's "error" for the resolved options
@@ -131,7 +131,7 @@ class RuleSpec:
     ranges: dict = dataclasses.field(default_factory=dict)  # option -> Range (beyond RANGES)
     # the classifier's initial weights (model.head_init's default for this rule): glorot,
     # or zero (Noekland 2016's DFA; a zero SVD head has s = 0, which starves backprop
-    # through it: issue 30)
+    # through it: svd-bp trailed BP by 6 points with one)
     head_init: str = "glorot"
     # a check of the rule's own across its options: the problem as one line, or None
     check: Callable[[dict], str | None] | None = None

@@ -56,7 +56,7 @@ class UnsupportedLayerError(UsageError, ValueError):
 class LayerRecord:
     """What happened to one weight layer.
 
-    ``shape`` is the (m, n) matrix view of BUILD.md, algorithm §2 (a convolution's
+    ``shape`` is the (m, n) matrix view of docs/ALGORITHM.md §2 (a convolution's
     K' is (N*kw) x (C*kh), or N x (kh*kw*C) in channel factorization);
     ``params`` and ``macs`` (multiply-adds per
     example) are for the form chosen, ``dense_*`` for one merged layer.
@@ -114,7 +114,7 @@ def conv_len(n, k, s, padding):
 
 
 def matrix_shape(layer):
-    """(m, n) of BUILD.md, algorithm §2 for an SVD or plain weight layer."""
+    """(m, n) of docs/ALGORITHM.md §2 for an SVD or plain weight layer."""
     if isinstance(layer, SVDLayer):
         return tuple(layer._matrix_shape)
     kernel_shape = tuple(layer.kernel.shape)

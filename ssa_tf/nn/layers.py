@@ -96,7 +96,7 @@ class SVDDense(SVDLayer, keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
 class SVDConv2D(SVDLayer, keras.layers.Layer):
-    """2-D convolution in SVD form (BUILD.md, algorithm §2), channels last.
+    """2-D convolution in SVD form (docs/ALGORITHM.md §2), channels last.
 
     ``factorization="spatial"`` (the seed's): the kernel K (kh, kw, C, N) is
     viewed as K'[(n, w), (c, h)] and factored; the layer runs a vertical
@@ -317,7 +317,7 @@ def _conv_len(n, k, s, padding):
 class LocalBatchNorm(keras.layers.BatchNormalization):
     """Batch norm whose batch statistics are constants in the backward pass.
 
-    BUILD.md, algorithm §4 / supplementary §2: batch norm acts in the forward pass only;
+    docs/ALGORITHM.md §4 / supplementary §2: batch norm acts in the forward pass only;
     a module's local gradient does not flow through the batch mean and
     variance. With ``stop_stat_gradient=False`` it is ordinary batch norm (BP).
     """
@@ -366,7 +366,8 @@ def noise_state(modules) -> list:
     """[(state variable, its value now)] of every seed generator inside ``modules`` (each
     dropout or noise layer draws its masks from its own): taken before a forward pass,
     ``replaying(modules, noise_state)`` puts the states back so that the replay draws the
-    masks that pass drew (issue 34)."""
+    masks that pass drew (new masks made a module's update from other activations than
+    those that made the output error)."""
     seen, state = set(), []
     for m in modules:
         for layer in m._flatten_layers(include_self=True, recursive=True):

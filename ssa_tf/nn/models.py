@@ -1,7 +1,7 @@
 """One model builder for every mode: a network is a list of local modules.
 
 The learning rules differ in how a module gets its error, not in how the
-network is built (STYLE.md). A ``LayerFactory`` makes SVD layers for the
+network is built. A ``LayerFactory`` makes SVD layers for the
 rules that train SVD factors (``ssa``, ``svd-bp``, ``fa``, ...) and plain
 Keras layers for the others (``bp``, ``dfa``); the builders below only say
 which layers go into which module. The last module always holds the
@@ -68,7 +68,7 @@ class LayerFactory:
         if self.norm == "layer":
             return keras.layers.LayerNormalization(axis=-1, name=name)
         if self.norm == "batch":
-            # statistics are constants in a local backward (BUILD.md, algorithm §4)
+            # statistics are constants in a local backward (docs/ALGORITHM.md §4)
             return LocalBatchNorm(stop_stat_gradient=self.local, name=name)
         return None
 

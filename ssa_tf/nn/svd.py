@@ -3,7 +3,7 @@
 ``SVDLayer`` (mixed into ``SVDDense`` and ``SVDConv2D``) creates the forward
 factors and the fixed feedback factors of the same shapes, merges them back
 into a kernel, computes the exact spectrum of a trained layer and re-factors
-it at a lower rank (BUILD.md, algorithm §2 and §5).
+it at a lower rank (docs/ALGORITHM.md §2 and §5).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ CONV_FACTORIZATIONS = choices.CONV_FACTORIZATIONS
 
 
 def exact_singular_values(U, s, V):
-    """Exact SVD of U diag(s) V^T without forming it (BUILD.md, algorithm §5).
+    """Exact SVD of U diag(s) V^T without forming it (docs/ALGORITHM.md §5).
 
     Trained U and V are only near-orthonormal, so s is not the spectrum of the
     layer. QR of U and V reduces the problem to the SVD of an r x r core.
@@ -50,7 +50,8 @@ def exact_singular_values(U, s, V):
 
 def resolve_feedback_cut(feedback, input_cov=None):
     """``feedback`` (a ``FEEDBACK_CUTS`` name), or the default when None: "slots" for the
-    weight-energy cut (the factors keep their slots and B stays in register, issue 30),
+    weight-energy cut (the factors keep their slots and B stays in register, so the
+    alignment term does not jump at a cut; docs/ALGORITHM.md §5),
     "first" for an output-energy cut (``input_cov`` given), which re-factors by
     construction."""
     if feedback is not None:
@@ -242,7 +243,7 @@ class SVDLayer:
         return output_spectrum(self.merged_matrix(), input_cov)
 
     def truncate(self, rank: int, feedback: str | None = None, input_cov=None) -> dict:
-        """Re-factor exactly and cut to ``rank`` (BUILD.md, algorithm §5).
+        """Re-factor exactly and cut to ``rank`` (docs/ALGORITHM.md §5).
 
         The forward weight becomes the best rank-``rank`` approximation of the
         current weight (Eckart-Young), or with ``input_cov`` (the second moment

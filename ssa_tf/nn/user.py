@@ -1,12 +1,12 @@
-"""A user's Keras model as a network of local modules (issue 28).
+"""A user's Keras model as a network of local modules.
 
     modules = modules_from_keras(model, svd=True, local=True, feedback_init="forward")
 
 ``model`` is a Sequential or functional ``keras.Model`` with one input and one output
 (the logits). Its Dense and Conv2D layers become SVD layers computing exactly what they
 computed (for the rules that train SVD factors; plain copies for the others), each batch
-norm a ``LocalBatchNorm`` (its statistics constants in a local backward, BUILD.md,
-algorithm §4), every other layer a copy of itself. The network is then cut into local
+norm a ``LocalBatchNorm`` (its statistics constants in a local backward, docs/ALGORITHM.md
+§4), every other layer a copy of itself. The network is then cut into local
 modules where the whole graph passes through one tensor (a residual block, whose paths
 fork and join again, stays inside one module), each module holding one weight layer or
 one such block; a shape-changing Flatten or Reshape starts the module after it. The last
@@ -18,7 +18,7 @@ Layers the rules cannot train locally are refused in one line naming the layer
 layers, embeddings, anything without a linear feedback form here.
 
 A model whose first layers are preprocessing (``Rescaling``, ``Normalization``: the
-Keras tutorials' first layers) preprocesses its own input (issue 34): it receives raw
+Keras tutorials' first layers) preprocesses its own input: it receives raw
 pixels and the run's built-in normalization steps aside (``leading_preprocessing``); the
 layers stay at the head of the first module, where they compute what they computed (they
 have no trainable weights; an adapted Normalization keeps its statistics). Preprocessing
@@ -38,7 +38,7 @@ WEIGHT_TYPES = (keras.layers.Dense, keras.layers.Conv2D)
 NORMS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)
 # what becomes a module boundary's neighbour in the next module, not the previous one
 STARTS_A_MODULE = (keras.layers.Flatten, keras.layers.Reshape)
-# preprocessing a model may do to its own input, as its first layers (issue 34)
+# preprocessing a model may do to its own input, as its first layers
 PREPROCESSING = (keras.layers.Rescaling, keras.layers.Normalization)
 
 
@@ -280,7 +280,7 @@ def modules_from_keras(model, svd=True, local=True, feedback_init="forward", see
             raise UnsupportedLayerError(f"model {model.name!r} has no Dense or Conv2D layer to "
                                         "train")
         graph = keras.Model(group[0][0], group[-1][2], name=f"{model.name}_m{k}")
-        # named after what it trains (issue 34: "m0", "m1" said nothing): its weight
+        # named after what it trains ("m0", "m1" told a user nothing): its weight
         # layer, or the first and last of them ("branch1..branch2"; a name scope takes no +)
         name = weights[0].name + (f"..{weights[-1].name}" if len(weights) > 1 else "")
         modules.append(GraphModule(graph, weights[-1], name=name))
@@ -344,7 +344,7 @@ def _chosen(model, segments, ends):
     unknown = sorted(n for n in wanted if n not in cuts)
     if unknown:
         # in the graph's order, once each: a Dense/Conv2D with an activation ends at
-        # both its own output and its activation's (issue 34 listed it twice)
+        # both its own output and its activation's (without this it was listed twice)
         places = [_producer(seg[2]) for seg in segments[:-1]]
         places = [c[:-len("_activation")] if c.endswith("_activation") else c for c in places]
         where = ", ".join(dict.fromkeys(places))

@@ -1,5 +1,5 @@
 """Tools that test the library's promises (imported by the test suite; TensorFlow on import).
 
 ``locality``: a learning rule's locality card proven over a whole training run, by
-record and replay (issue 35).
+record and replay (docs/ALGORITHM.md §3a).
 """

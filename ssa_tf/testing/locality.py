@@ -1,4 +1,4 @@
-"""Locality proven over a whole run, by record and replay (issue 35; BUILD.md, algorithm §3a).
+"""Locality proven over a whole run, by record and replay (docs/ALGORITHM.md §3a).
 
     from ssa_tf.testing import locality
     scenario = locality.Scenario("ssa", epochs=3, cut_after=1, resume=(2, 1))

@@ -3,7 +3,7 @@
 The rule (``ssa_tf.methods.rules``) computes every module's gradient: end to
 end for ``bp``/``svd-bp``; module by module for the local rules, each module
 under its own ``GradientTape`` with its input stop-gradiented, from its local
-loss alpha CE_i + beta L_align,i + gamma L_ortho,i (BUILD.md, algorithm §3-§4). The
+loss alpha CE_i + beta L_align,i + gamma L_ortho,i (docs/ALGORITHM.md §3-§4). The
 model applies them with one optimizer step and keeps the logs.
 """
 
@@ -23,7 +23,8 @@ from ssa_tf.nn.user import describe_preprocessing, input_preprocessing, modules_
 class SSAModel(keras.Model):
     """A network of local modules trained by one learning rule (``ssa_tf.methods``).
 
-    ``mode`` names the rule (bp, svd-bp, dfa, ssa, fa, bp-lagged-copy); the
+    ``mode`` names the rule (one of ``ssa_tf.methods.registry.NAMES``: bp, svd-bp,
+    dfa, ssa, fa, bp-lagged-copy, dkp, ssa-dkp); the
     rule's options (``methods.spec``) are keyword arguments, None meaning its
     default. ``get_config`` holds everything needed to rebuild the model at
     its current ranks, so ``keras.models.load_model`` restores a (rank-reduced)
@@ -45,13 +46,14 @@ class SSAModel(keras.Model):
         self.mode = mode
         self.norm, self.activation, self.head_init = norm, activation, head_init
         self.conv_factorization = conv_factorization
-        # the one input contract (issue 26): raw pixels in, (x - mean) / std as the first
+        # the one input contract (users met models taking raw and normalized input alike):
+        # raw pixels in, (x - mean) / std as the first
         # operation of every forward pass; None (models saved before it): normalized in
         self.input_stats = None if input_stats is None else tuple(
             tuple(float(v) for v in part) for part in input_stats)
         self.seed = int(seed)
         feedback_init = self.rule.options.get("feedback_init", "random")
-        # a user's own Keras model (issue 28; ssa_tf.nn.user), or a built-in architecture
+        # a user's own Keras model (ssa_tf.nn.user), or a built-in architecture
         if isinstance(network, dict):
             network = keras.saving.deserialize_keras_object(network)
         # its config only: an attribute holding the model would make its (unused) weights
@@ -77,8 +79,8 @@ class SSAModel(keras.Model):
         self.nonfinite_tracker = NonFiniteCounter(len(self.module_names()),
                                                   len(self.NONFINITE_TERMS))
         # the local-loss terms, logged under what they are and only when they count
-        # (issue 26: a negative "ce_surrogate" and an ortho term growing at gamma 0
-        # puzzled a new user); README, "What the logs mean"
+        # (a negative "ce_surrogate" and an ortho term growing at gamma 0 puzzled a new
+        # user); README, "What the logs mean"
         if not self.rule.end_to_end:
             self.ce_tracker = keras.metrics.Mean(name=local_signal_metric(self.rule))
         o = self.rule.options
@@ -257,7 +259,7 @@ class NonFiniteCounter(keras.metrics.Metric):
 @keras.saving.register_keras_serializable(package="ssa_tf")
 class FactorAdam(keras.optimizers.Adam):
     """Adam whose rate for the singular values s is ``s_rate_scale`` times the
-    rate of everything else (issue 5: do U, V and s want different rates?), and, for a
+    rate of everything else (to test whether U, V and s want different rates), and, for a
     rule whose feedback learns (``LEARNED_FEEDBACK`` in the variable's name), the rule's
     own feedback rate ``feedback_lr``, times ``feedback_decay`` per epoch of
     ``steps_per_epoch`` steps (DKP's schedule: its own Adam, x0.8 per epoch)."""
@@ -321,7 +323,7 @@ def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
                         **options)
     network, ends = user_network(m.model, input_shape, num_classes, cfg.data.dataset)
     if leading_preprocessing(network):
-        stats = None  # it preprocesses the raw pixels itself (issue 34): no second time
+        stats = None  # it preprocesses the raw pixels itself: no second time
     try:
         # a user's model has no norm, activation or factorization of ours to record
         return SSAModel(network.name, input_shape, num_classes, norm=None, activation=None,

@@ -1,4 +1,4 @@
-"""Rank reduction during training (BUILD.md, algorithm §5): the ``RankPruning`` callback.
+"""Rank reduction during training (docs/ALGORITHM.md §5): the ``RankPruning`` callback.
 
 Every ``interval`` epochs from epoch ``start`` each SVD layer is re-factored
 exactly and cut to the smallest rank keeping a fraction ``tau`` of its energy.
@@ -42,7 +42,7 @@ def _preset_schedule(name) -> dict:
     return {k: values[f"rank.{k}"] for k in ("tau", "start", "interval")}
 
 
-# supplementary §2 / BUILD.md, algorithm §6: read from the presets, which set them
+# supplementary §2 / docs/ALGORITHM.md §6: read from the presets, which set them
 PRESETS = {name: _preset_schedule(name) for name in presets.NAMES}
 
 CSV_FIELDS = ["epoch", "layer", "old_rank", "new_rank", "energy", "params_before", "params_after"]

@@ -44,7 +44,8 @@ def make_strategy(name, logical_cpus=None):
     ``auto`` on one device is TensorFlow's default strategy, i.e. what this
     project did before strategies existed; ``one_device`` is an explicit
     ``OneDeviceStrategy``, the reference the distributed runs equal (see
-    BUILD.md for the one difference: the data order).
+    docs/ARCHITECTURE.md, "Distributed training", for the one difference: the data
+    order).
     """
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")

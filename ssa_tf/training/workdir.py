@@ -207,7 +207,7 @@ def prepare_workdir(cfg: RunConfig, chief: bool = True) -> str:
         raise UsageError(f"cannot resume: {saved_path} is unreadable ({e}); pass --restart "
                          "to start over") from None
     mine = json.loads(json.dumps(cfg.record(), default=list))
-    # a record written before issue 34 claimed a norm and activation for a user's model
+    # an older record claimed a norm and activation for a user's model
     saved = canonical_model_settings(saved)
     # the card follows from the settings: a changed card is a changed flag, named below
     differ = [k for k in sorted(set(saved) | set(mine))

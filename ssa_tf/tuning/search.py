@@ -123,7 +123,7 @@ def keras_tuner_parts():
 
         KerasTuner's own ``run_trial`` would build and ``model.fit`` the model: a
         pipeline, a loop and a data order other than the command line's, so that
-        ``best.flags`` did not reproduce its trial (issue 34). Hyperband's later
+        ``best.flags`` did not reproduce its trial. Hyperband's later
         rounds train again from the start for their ``tuner/epochs`` (not on from
         an earlier round's weights): each trial is one run of ``ssa_tf.train``.
         The score is the last epoch's, as the run's.

@@ -149,7 +149,8 @@ def validate(cfg: SearchConfig) -> str | None:
 
 # Settings that change what a trial means; the rest (trial budget, where the data
 # lives) may differ between the runs of one search. The strategy is the trials' runs'
-# (best.flags names it): another one may order the data otherwise (BUILD.md).
+# (best.flags names it): another one may order the data otherwise (docs/ARCHITECTURE.md,
+# "Distributed training", "Data order").
 _RESUMABLE_CHANGES = ("max_trials", "max_consecutive_failed_trials", "directory",
                       "project_name")
 

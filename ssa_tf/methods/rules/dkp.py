@@ -18,7 +18,7 @@ from ssa_tf.methods.spec import LEARNED_FEEDBACK, SPATIAL, Range, RuleSpec, dire
 
 # the feedback's own schedule (main.py: --b-lr 1e-4, --gamma 0.8, weight_decay=1e-6)
 FEEDBACK_OPTIONS = dict(feedback_lr=1e-4, feedback_decay=0.8, feedback_weight_decay=1e-6)
-# dkp's own rate: 1e-3 [choice beyond the repository, issue 29]. Its epochs here are a
+# dkp's own rate: 1e-3 [choice beyond the repository]. Its epochs here are a
 # fifth of the repository's (10,000 images, not 50,000) and its forward optimizer is
 # Adam, not SGD: on the validation split 1e-3 gave 0.578 +- 0.005 against 1e-4's
 # 0.561 +- 0.005 at 20 epochs, 0.504 +- 0.018 against 0.487 +- 0.017 at 5 (3 seeds;

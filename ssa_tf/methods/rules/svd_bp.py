@@ -1,6 +1,7 @@
 """svd-bp: backpropagation through the SVD-factored network (the parametrization's control).
 
-It differs from SSA in the rule only: the same SVD layers, head and loss terms (issue 30).
+It differs from SSA in the rule only: the same SVD layers, head and loss terms, so that
+the gap between the two is the rule's.
 """
 
 from ssa_tf.methods.card import LocalityCard
