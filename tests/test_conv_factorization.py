@@ -139,3 +139,38 @@ def test_channel_model_merges_into_plain_layers_in_both_forms():
     for r in records:
         if r.kind == "conv" and r.full_rank >= 32:
             assert r.params / r.dense_params < 0.65 and r.macs / r.dense_macs < 0.65
+
+
+def test_auto_forward_counts_the_merge_against_the_batch():
+    # C = N = 64, 3x3, spatial view at full rank r = 192: merging the kernel costs
+    # 192^3 = 7,077,888 multiply-adds a call; per output pixel the merged convolution
+    # costs 36,864 and the factored pair 73,728. One pixel per example (1x1 maps): the
+    # pair wins below 192 examples, the merge from 192 on
+    layer = SVDConv2D(64, 3, factorization="spatial")
+    layer.build((None, 1, 1, 64))
+    assert layer.rank == 192
+    assert not layer.uses_merged_forward((191, 1, 1, 64))
+    assert layer.uses_merged_forward((192, 1, 1, 64))
+    assert layer.uses_merged_forward()  # per output pixel alone: the merge wins
+    # an unknown batch is the layer's batch hint
+    layer.batch_hint = 191
+    assert not layer.uses_merged_forward((None, 1, 1, 64))
+    layer.batch_hint = 192
+    assert layer.uses_merged_forward((None, 1, 1, 64))
+    # both forms compute the same function
+    x = np.random.default_rng(3).standard_normal((4, 5, 5, 64)).astype(np.float32)
+    layer.forward = "merged"
+    merged = np_(layer(x))
+    layer.forward = "factored"
+    np.testing.assert_allclose(np_(layer(x)), merged, rtol=RTOL, atol=ATOL)
+
+
+def test_a_run_gives_its_convolutions_the_batch_a_replica_sees():
+    from ssa_tf.config import RunConfig
+    from ssa_tf.training.model import model_from_config
+
+    cfg = RunConfig().with_overrides(["model.model=smallconv", "method.mode=ssa",
+                                      "train.batch_size=24", "data.dataset=synthetic"])
+    model = model_from_config(cfg, (8, 8, 3), 10)
+    convs = [l for l in model.svd_layers() if isinstance(l, SVDConv2D)]
+    assert convs and {l.batch_hint for l in convs} == {24}

@@ -151,3 +151,23 @@ def test_output_error_is_ce_gradient(label_dtype):
     # the CE itself is the mean of -log p_y
     np.testing.assert_allclose(float(cross_entropy(logits, labels)),
                                -np.mean(np.log(p[np.arange(batch), labels.numpy()])), rtol=1e-5)
+
+
+@pytest.mark.parametrize("beta,gamma,lam", [(0.0, 0.0, 0.0), (0.01, 0.0, 0.0), (0.0, 0.1, 0.0),
+                                            (0.0, 0.0, 1e-3)])
+def test_a_term_of_weight_zero_is_not_computed(beta, gamma, lam):
+    from ssa_tf.methods import registry
+
+    rule = registry.make("ssa", dict(beta=beta, gamma=gamma, ortho_lambda=lam))
+    layer = SVDDense(4)
+    layer.build((None, 6))
+    layer.U.assign(2.0 * layer.U)  # far from the feedback factors and from orthonormal
+    align, ortho = rule.factor_terms([layer])
+    # the orthogonality term's Grams cost r^2 m multiply-adds forward and backward; a
+    # weight of 0 (gamma, and lambda inside it) must leave no op in the step
+    assert (align == 0.0 and isinstance(align, float)) == (beta == 0.0)
+    assert (ortho == 0.0 and isinstance(ortho, float)) == (gamma == 0.0 and lam == 0.0)
+    if beta:
+        assert float(align) == pytest.approx(float(alignment_loss(layer)))
+    if gamma or lam:
+        assert float(ortho) == pytest.approx(float(orthogonality_loss(layer, lam)))

@@ -226,22 +226,40 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
         """The convolution whose kernel the feedback factors make (no bias)."""
         return self._conv(x, feedback=True)
 
-    def uses_merged_forward(self) -> bool:
-        """True when one convolution with the merged kernel costs fewer multiply-adds
-        per output pixel than the factored pair (``forward="auto"``)."""
+    #: the batch (per replica) that ``forward="auto"`` assumes when the traced input's batch
+    #: is unknown (``model_from_config`` sets the run's); not saved: a cost hint only
+    batch_hint = 32
+
+    def uses_merged_forward(self, input_shape=None) -> bool:
+        """True when one convolution with the kernel merged from the factors costs fewer
+        multiply-adds than the factored pair (``forward="auto"``).
+
+        With ``input_shape`` the merge itself counts: U diag(s) V^T is r x rows x columns
+        of the layer's matrix a call, whatever the batch (3.6G for a 512-channel 3x3
+        layer at full rank, four times its convolution at batch 8 on 7x7 maps), against
+        the pair's extra cost per output pixel over the batch (an unknown batch is
+        ``batch_hint``). Without it, the costs per output pixel alone (large batches)."""
         if self.forward != "auto":
             return self.forward == "merged"
         kh, kw = self.kernel_size
         c, n, r, sw = self._channels, self.filters, self.rank, self.strides[1]
         if self.factorization == "channel":
-            return kh * kw * c * n <= kh * kw * c * r + r * n
-        # the vertical convolution runs at every input column (stride sw apart); at equal
-        # cost one convolution beats two (50% of full rank: 1.48x BP's step factored,
-        # benchmarks/reports/EFFICIENCY.md)
-        return kh * kw * c * n <= kh * c * r * sw + kw * r * n
+            merged, factored = kh * kw * c * n, kh * kw * c * r + r * n
+        else:
+            # the vertical convolution runs at every input column (stride sw apart); at
+            # equal cost one convolution beats two (50% of full rank: 1.48x BP's step
+            # factored, benchmarks/reports/EFFICIENCY.md)
+            merged, factored = kh * kw * c * n, kh * c * r * sw + kw * r * n
+        if input_shape is None or None in tuple(input_shape)[1:3]:
+            return merged <= factored
+        b, h, w = (input_shape[0] or self.batch_hint), input_shape[1], input_shape[2]
+        pixels = (b * _conv_len(h, kh, self.strides[0], self.padding)
+                  * _conv_len(w, kw, self.strides[1], self.padding))
+        rows, columns = self._matrix_shape
+        return pixels * merged + r * rows * columns <= pixels * factored
 
     def _conv(self, x, feedback):
-        if not self.uses_merged_forward():
+        if not self.uses_merged_forward(tuple(x.shape)):
             return self._factored_conv(x, feedback)
         return ops.conv(x, self.kernel_tensor(feedback), strides=self.strides,
                         padding=self.padding)

@@ -305,12 +305,23 @@ def is_singular_values(variable) -> bool:
 
 def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
     """The (uncompiled) model of a ``RunConfig``, its weights drawn from ``cfg.seed``."""
+    keras.utils.set_random_seed(cfg.seed)
+    model = _model_from_config(cfg, input_shape, num_classes)
+    # the batch a replica sees: what an SVD convolution's automatic form counts the cost of
+    # merging its kernel against (the traced batch is unknown under fit)
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    for layer in model.svd_layers():
+        if hasattr(layer, "batch_hint"):  # the convolutions
+            layer.batch_hint = max(1, cfg.train.batch_size // replicas)
+    return model
+
+
+def _model_from_config(cfg, input_shape, num_classes) -> SSAModel:
     from ssa_tf import data as data_lib
     from ssa_tf.config.schema import BUILT_IN_DEFAULTS
     from ssa_tf.errors import UsageError
     from ssa_tf.nn.user import leading_preprocessing
 
-    keras.utils.set_random_seed(cfg.seed)
     m = cfg.model
     stats = data_lib.input_normalization(cfg.data.dataset)
     options = dict(mode=cfg.method.mode, head_init=m.head_init, seed=cfg.seed,
