@@ -230,6 +230,17 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
             argv = [*base, f"--mode={mode}"]
             if route is not None:
                 argv.append(f"--set=method.feedback={route}")
+            if preset == "local_heads" and route not in (None, "local"):
+                # the preset is the local route: a rule without it, or another route
+                # asked for, is one line that says so
+                try:
+                    problem = validate(_config(*argv))
+                except ValueError as e:
+                    problem = str(e)
+                assert problem and "local" in problem, argv
+                continue
+            if preset == "local_heads" and "local" not in _routes(mode):
+                continue
             cfg = _config(*argv)
             assert validate(cfg) is None, (argv, validate(cfg))
             assert cfg.method.mode == mode
@@ -241,7 +252,18 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
                 else:
                     assert cfg.method.feedback_spatial is None, argv
             checked += 1
-    assert checked >= len(registry.NAMES) + 6
+    assert checked >= (4 if preset == "local_heads" else len(registry.NAMES) + 6)
+
+
+def test_the_local_heads_preset_sets_the_measured_heads_and_refuses_rules_without_them():
+    cfg = _config("--preset=local_heads", "--mode=ssa").resolved()
+    m = cfg.method
+    assert (m.feedback, m.readout_head, m.readout_depth, m.beta) == ("local", "conv", 2, 0.0)
+    assert cfg.model.head_init == "glorot" and cfg.train.learning_rate == 1e-3
+    plain = _config("--preset=local_heads", "--mode=dfa").resolved()
+    assert plain.method.readout_head == "conv" and plain.method.beta is None
+    with pytest.raises(ValueError, match="--mode=bp has none: use one of dfa, ssa"):
+        _config("--preset=local_heads", "--mode=bp")
 
 
 def test_a_preset_of_one_argument_still_works(tmp_path):

@@ -36,14 +36,17 @@ from ssa_tf.training.model import retrace
 
 
 
-def _preset_schedule(name) -> dict:
-    """The cut schedule (tau, start, interval) a preset sets for SSA (config/presets)."""
+def _preset_schedule(name) -> dict | None:
+    """The cut schedule (tau, start, interval) a preset sets for SSA (config/presets), or
+    None when it sets none."""
     values = presets.load(name).values(registry.DEFAULT)
+    if "rank.tau" not in values:
+        return None
     return {k: values[f"rank.{k}"] for k in ("tau", "start", "interval")}
 
 
-# supplementary §2 / docs/ALGORITHM.md §6: read from the presets, which set them
-PRESETS = {name: _preset_schedule(name) for name in presets.NAMES}
+# supplementary §2 / docs/ALGORITHM.md §6: read from the presets that set them
+PRESETS = {name: s for name in presets.NAMES if (s := _preset_schedule(name)) is not None}
 
 CSV_FIELDS = ["epoch", "layer", "old_rank", "new_rank", "energy", "params_before", "params_after"]
 
