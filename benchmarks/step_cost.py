@@ -1,0 +1,137 @@
+"""Where SSA's training step goes at ImageNet size: resnet18, 1000 classes, side by side.
+
+    python -m benchmarks.step_cost                        # 224x224, batch 8
+    python -m benchmarks.step_cost --batch=32 --out=benchmarks/reports/STEP_COST.md
+
+The breakdown is by ablation: every row is one model, timed in turn in one process
+(the order rotated every round, median of the rounds), and each row differs from the
+one it is compared with in one thing:
+
+- ``bp`` and ``dfa`` (plain layers; dfa recomputes each module's forward as ssa does);
+- ``svd-bp``: BP on the SVD layers (what the factored form costs by itself);
+- ``ssa`` at its defaults on the global route with one error per channel (the route
+  whose feedback costs what dfa's does), now and as before the two changes of this
+  benchmark's commit: every SVD convolution merged (the automatic form counted no
+  merge cost) and the orthogonality term computed at gamma 0 (``gamma=1e-12`` here:
+  the same ops);
+- each SVD convolution forced to one form (merged, factored);
+- ``ssa`` with every layer cut to 50% of its full rank.
+
+Synthetic inputs already normalized, one batch held in memory; the ratio to BP is what
+counts on a shared machine. Profiling with the TensorFlow profiler needs its TensorBoard
+plugin, which this project does not install; ablation times what a user can change.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from absl import flags
+
+from ssa_tf import cli, files
+
+FLAGS = flags.FLAGS
+flags.DEFINE_integer("image_size", 224, "input height and width")
+flags.DEFINE_integer("classes", 1000, "classes")
+flags.DEFINE_integer("batch", 8, "batch size")
+flags.DEFINE_integer("repeats", 3, "rounds of timing")
+flags.DEFINE_integer("steps", 2, "steps per row and round")
+flags.DEFINE_list("rows", [], "time only these rows (their names' first words, e.g. bp,dfa)")
+flags.DEFINE_string("out", None, "also write the table to this Markdown file")
+
+G = dict(mode="ssa", feedback="global", feedback_spatial="broadcast")
+# (name, rule options, SVD convolutions' form, rank fraction)
+ROWS = [
+    ("bp", dict(mode="bp"), None, None),
+    ("dfa, broadcast", dict(mode="dfa", feedback_spatial="broadcast"), None, None),
+    ("svd-bp", dict(mode="svd-bp"), None, None),
+    ("svd-bp, every convolution merged", dict(mode="svd-bp"), "merged", None),
+    ("ssa, global broadcast", G, None, None),
+    ("ssa, global broadcast, as before (merged, ortho term at gamma 0)",
+     dict(G, gamma=1e-12), "merged", None),
+    ("ssa, global broadcast, every convolution merged", G, "merged", None),
+    ("ssa, global broadcast, every convolution factored", G, "factored", None),
+    ("ssa, global broadcast, 50% rank", G, None, 0.5),
+    ("ssa (chain, the default route)", dict(mode="ssa"), None, None),
+]
+
+
+def build(options, form, fraction, shape):
+    import keras
+
+    from ssa_tf.nn import SVDConv2D
+    from ssa_tf.training.model import build_model
+    from ssa_tf.training.rank import apply_ranks
+
+    keras.utils.set_random_seed(1)
+    model = build_model("resnet18", shape, FLAGS.classes, **options)
+    if fraction is not None:
+        apply_ranks(model, {l.name: max(1, int(l.full_rank * fraction))
+                            for l in model.svd_layers()})
+    for layer in model.svd_layers():
+        if isinstance(layer, SVDConv2D):
+            layer.batch_hint = FLAGS.batch
+            if form:
+                layer.forward = form
+    return model
+
+
+def measure(rows):
+    """{row: median ms per step}."""
+    import numpy as np
+
+    shape = (FLAGS.image_size, FLAGS.image_size, 3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((FLAGS.batch, *shape)).astype("float32")
+    y = rng.integers(0, FLAGS.classes, FLAGS.batch)
+    models = {}
+    for name, options, form, fraction in rows:
+        models[name] = build(options, form, fraction, shape)
+        for _ in range(2):  # trace and warm up
+            models[name].train_on_batch(x, y)
+        print(f"built and traced: {name}", flush=True)
+    times = {name: [] for name in models}
+    names = list(models)
+    for r in range(FLAGS.repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            for _ in range(FLAGS.steps):
+                models[name].train_on_batch(x, y)
+            times[name].append((time.perf_counter() - start) / FLAGS.steps * 1000)
+        print(f"round {r + 1}/{FLAGS.repeats} done", flush=True)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def table(results) -> str:
+    bp = results["bp"]
+    lines = [f"resnet18 at {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.classes} classes, "
+             f"batch {FLAGS.batch}; median of {FLAGS.repeats} rounds of {FLAGS.steps} steps.",
+             "", "| row | ms per step | x BP |", "|---|---|---|"]
+    for name, ms in results.items():
+        lines.append(f"| {name} | {ms:.0f} | {ms / bp:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+    for name in ("image_size", "classes", "batch", "repeats", "steps"):
+        if FLAGS[name].value < 1:
+            cli.usage_error(f"--{name} must be >= 1, got {FLAGS[name].value}")
+    rows = [r for r in ROWS if not FLAGS.rows or r[0].split(",")[0].split(" (")[0]
+            in FLAGS.rows or r[0] == "bp"]
+    if FLAGS.rows and len(rows) < 2:
+        cli.usage_error(f"--rows names no row: {FLAGS.rows}")
+    cli.import_tensorflow()
+    text = table(measure(rows))
+    print(text)
+    if FLAGS.out:
+        files.write_text(FLAGS.out, f"# SSA's training step at ImageNet size, by ablation\n\n"
+                         f"`python -m benchmarks.step_cost {' '.join(sys.argv[1:])}`\n\n"
+                         f"{text}\n")
+
+
+if __name__ == "__main__":
+    cli.run(main, help_text=__doc__)
