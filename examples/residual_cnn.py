@@ -1,6 +1,6 @@
 """A user's own model for ssa-tf: plain Keras, one residual join (layer norm in its branch:
 with batch norm there SSA reached 0.841 / 0.924 / 0.893 on seeds 1-3, with layer norm
-0.931 / 0.908 / 0.927; the seed says layer norm suits SSA better).
+0.931 / 0.908 / 0.927; the paper says layer norm suits SSA better).
 
     python -m ssa_tf.train --model=examples/residual_cnn.py --mode=ssa --epochs=2
 

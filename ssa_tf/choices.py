@@ -16,7 +16,7 @@ CONV_FACTORIZATIONS = ("spatial", "channel")
 # how a rank cut treats the feedback factors (nn.svd.truncate)
 RANK_FEEDBACK_CUTS = ("slots", "svd", "first")
 # what a rank cut keeps a fraction tau of (training.rank, docs/ALGORITHM.md §5): the energy
-# of the weight's singular values (the seed's), or of the layer's outputs on training inputs
+# of the weight's singular values (the paper's), or of the layer's outputs on training inputs
 RANK_ENERGIES = ("weights", "outputs")
 # how SVDConv2D evaluates its convolution, in training and in an export
 FORWARD_FORMS = ("auto", "merged", "factored")

@@ -1,4 +1,4 @@
-"""The two matrix views of an SVD convolution: spatial (the seed's) and channel.
+"""The two matrix views of an SVD convolution: spatial (the paper's) and channel.
 
 docs/ALGORITHM.md §2. ``factorization="channel"`` views the kernel as the
 N x (kh kw C) matrix K'[n, (h, w, c)]; both views must compute the plain

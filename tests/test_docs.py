@@ -161,6 +161,40 @@ def test_the_readme_says_the_paper_not_the_seed_and_names_no_machine_path():
     assert "the seed" not in README.lower() and "../shared" not in README
 
 
+# "the seed's", "the seed" and a word that is not a number ("the seed 2" is a random
+# seed) and "[choice beyond the seed]": the paper's supplementary once went by that name
+# beside --seed and cfg.seed
+_SEED_AS_PAPER = re.compile(r"\bthe\s+(?:#\s+)?seed(?:['’]s\b|\s+(?!\d)\w+)"
+                            r"|\bbeyond\s+the\s+seed\b", re.I)
+
+
+def seed_as_paper(name, text):
+    """Each place ``text`` says "the seed" for the paper, as "file:line: phrase"."""
+    return [f"{name}:{text.count(chr(10), 0, m.start()) + 1}: {' '.join(m.group(0).split())}"
+            for m in _SEED_AS_PAPER.finditer(text)]
+
+
+def test_the_seed_check_finds_the_old_name():
+    text = ("spatial (the seed's)\nas The Seed does\nbeyond the\nseed says\n"
+            "    # keep the\n    # seed's cut\n"
+            "[choice beyond the seed]\nthe seed 2 run\nthe seeds\nthe seed.\nseeds\n"
+            "the seedling\n")
+    assert seed_as_paper("x.py", text) == [
+        "x.py:1: the seed's", "x.py:2: The Seed does", "x.py:3: beyond the seed",
+        "x.py:5: the # seed's", "x.py:7: beyond the seed"]
+
+
+def test_the_package_and_the_documents_say_the_paper_not_the_seed():
+    names = sorted(glob.glob(os.path.join(REPO, "ssa_tf", "**", "*.py"), recursive=True))
+    names += [os.path.join(REPO, n) for n in ("README.md", "BUILD.md")]
+    names += sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))
+    found = []
+    for name in names:
+        with open(name) as f:
+            found += seed_as_paper(os.path.relpath(name, REPO), f.read())
+    assert found == [], found
+
+
 # -- the documents name only what exists ----------------------------------------------
 
 def _documents():

@@ -171,7 +171,7 @@ def test_conv_matrix_layout_matches_spec():
 # --------------------------------------------------------------------------
 
 def _check_truncation(layer, r, rng):
-    """Truncate to r with the seed's exact re-factoring (``feedback="first"``) and check
+    """Truncate to r with the paper's exact re-factoring (``feedback="first"``) and check
     everything docs/ALGORITHM.md §5 promises. (The default slot cut keeps the trained
     factors instead: tests/test_cut_register.py.)"""
     m, n = layer.U.shape[0], layer.V.shape[0]

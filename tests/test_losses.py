@@ -1,4 +1,4 @@
-"""Gradients of SSA's local loss terms against the seed's closed forms.
+"""Gradients of SSA's local loss terms against the paper's closed forms.
 
 eq. 7: d L_align / dX = 2 (X - B_X) for X in {U, s, V};
 eq. 14: d L_ortho / dU = 4 U (U^T U - I) (likewise V), + 2 lam U with eq. 19;

@@ -152,7 +152,7 @@ def test_svd_feedback_cut_keeps_tracked_feedback_aligned():
 
 @pytest.mark.parametrize("keep_ends", [True, False])
 def test_keep_ends_spares_the_input_layer_and_the_classifier(keep_ends):
-    # rank.keep_ends: the seed cuts every layer (False); by default the first SVD layer
+    # rank.keep_ends: the paper cuts every layer (False); by default the first SVD layer
     # and the classifier keep full rank, the layers between are cut
     keras.utils.set_random_seed(1)
     model = build_model("smallconv", (16, 16, 3), 10, mode="ssa")

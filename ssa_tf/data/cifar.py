@@ -1,4 +1,4 @@
-"""CIFAR-10 and CIFAR-100 from a prepared TFDS folder: the seed's augmentation; raw pixels out.
+"""CIFAR-10 and CIFAR-100 from a prepared TFDS folder: the paper's augmentation; raw pixels out.
 
 The pipelines give float32 pixels in [0, 255]; the model normalizes them itself
 (``SSAModel(input_stats=...)``, the one input contract of every saved model)."""

@@ -12,7 +12,7 @@ IMAGENET_SIZE = 224
 IMAGENET_RESIZE_RATIO = 256 / 224
 
 
-# the torchvision/fb.resnet recipe the seed's "color jittering" refers to
+# the torchvision/fb.resnet recipe the paper's "color jittering" refers to
 IMAGENET_JITTER = 0.4  # brightness, contrast and saturation factors in [0.6, 1.4]
 
 

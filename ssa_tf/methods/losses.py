@@ -11,7 +11,7 @@ from keras import ops
 
 def cosine_alignment_loss(layer):
     """sum_j (1 - cos^2(u_j, B_U,j)) + (1 - cos^2(v_j, B_V,j)): each singular vector's
-    direction towards its feedback column's line [choice beyond the seed].
+    direction towards its feedback column's line [choice beyond the paper].
 
     Unlike eq. 5 it is blind to scale and sign (a column and its negative are equally
     aligned) and leaves s alone, so it does not pull the weight back towards the
@@ -26,7 +26,7 @@ def cosine_alignment_loss(layer):
 
 
 def alignment_loss(layer, form="factors"):
-    """The alignment term of ``form``: eq. 5 (``factors``, the seed's) or
+    """The alignment term of ``form``: eq. 5 (``factors``, the paper's) or
     ``cosine_alignment_loss``."""
     if form == "cosine":
         return cosine_alignment_loss(layer)

@@ -23,7 +23,7 @@ FEEDBACK_INIT = ("random", "forward")
 ALIGN_FORMS = ("factors", "cosine")
 
 # SSA's loss terms, shared by every rule with SVD factors so that a control differs from
-# SSA in one thing (the fair controls): the seed's beta 0.01; gamma 0 (the seed's 0.1 cost SSA 3
+# SSA in one thing (the fair controls): the paper's beta 0.01; gamma 0 (the paper's 0.1 cost SSA 3
 # points, benchmarks/reports/ssa_direct.md, and svd-bp 7, benchmarks/reports/recipe_5ep.md)
 FACTOR_OPTIONS = dict(beta=0.01, gamma=0.0, ortho_lambda=0.0, stiefel_retraction=False,
                       s_rate_scale=1.0, align_form="factors")

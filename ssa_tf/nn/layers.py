@@ -98,7 +98,7 @@ class SVDDense(SVDLayer, keras.layers.Layer):
 class SVDConv2D(SVDLayer, keras.layers.Layer):
     """2-D convolution in SVD form (docs/ALGORITHM.md §2), channels last.
 
-    ``factorization="spatial"`` (the seed's): the kernel K (kh, kw, C, N) is
+    ``factorization="spatial"`` (the paper's): the kernel K (kh, kw, C, N) is
     viewed as K'[(n, w), (c, h)] and factored; the layer runs a vertical
     (kh x 1, C -> r) convolution then a horizontal (1 x kw, r -> N)
     convolution, each carrying one axis' stride and padding. Full rank is

@@ -251,7 +251,7 @@ class SVDLayer:
         best keeps the layer's outputs on those inputs (``output_cut``); the
         recorded energy is then the fraction of output energy kept. The feedback factors:
 
-        - ``"first"`` (the seed's; the default with ``input_cov``): keep B's first ``rank`` components. The forward
+        - ``"first"`` (the paper's; the default with ``input_cov``): keep B's first ``rank`` components. The forward
           factors are now in a new basis (the exact SVD's: order by singular value,
           arbitrary signs), so component i of B no longer matches component i of
           the forward factors;

@@ -4,7 +4,7 @@ Per local module, the angle between the update the module actually gets
 (its local-loss gradient, SSA or DFA) and the true BP gradient of the
 network's cross-entropy for the same parameters on the same batch; per SVD
 layer, BioTorch's weight metrics: the angle between the forward matrix W and
-the feedback matrix B, and the norm ratio ||W|| / ||B||. The seed's theory
+the feedback matrix B, and the norm ratio ||W|| / ||B||. The paper's theory
 claims positive alignment with BP (angle below 90 degrees); this measures it.
 """
 

@@ -98,7 +98,7 @@ def cut_model(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None
 
     With ``covariances`` (``input_covariances``, one per layer) the energy is
     the layer's output energy on those inputs and the cut keeps those outputs
-    best (``SVDLayer.truncate``); without, it is the weight's (the seed's).
+    best (``SVDLayer.truncate``); without, it is the weight's (the paper's).
     Returns (records, pairs): one record per layer (old/new rank, retained
     energy) and the (new variable, old variable) pairs of re-factored layers.
     """
@@ -197,7 +197,7 @@ class RankPruning(keras.callbacks.Callback):
     after epochs 10, 20, ...; ``start=20`` after 20, 30, ... Layers named in
     ``exempt`` keep their rank, and with ``keep_ends`` so do the first SVD
     layer and the classifier (``end_layers``; ``rank.keep_ends``, on by default
-    in a run, off here: the seed cuts every layer); none drops below
+    in a run, off here: the paper cuts every layer); none drops below
     ``min_rank``. No cut follows
     the last epoch unless ``final_cut``: with no training after it, it costs
     accuracy (1 to 4 points in a withdrawn grid of the former rule) and buys only a

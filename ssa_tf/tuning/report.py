@@ -217,7 +217,7 @@ def _flag_text(value) -> str:
 
 
 def plot_sensitivity(rows, cfg: SearchConfig, path, top=None, band=None, winner=None):
-    """Validation accuracy against each coefficient, one panel each (seed Figure 1)."""
+    """Validation accuracy against each coefficient, one panel each (the paper's Figure 1)."""
     files.save_figure(sensitivity_figure(rows, cfg, top, band, winner), path)
 
 

@@ -2,7 +2,7 @@
 
     python tuning/search.py --dataset=cifar10 --data_dir=../shared/tfds --model=smallconv
 
-The seed's sensitivity analysis (supplementary section 3, Figure 1) finds
+The paper's sensitivity analysis (supplementary section 3, Figure 1) finds
 accuracy peaks near alpha = 1 and degrades when beta and gamma are too low or
 too high; this module runs that search on any model and dataset of
 ``python -m ssa_tf.train``. Each trial is one run of ``ssa_tf.training.run.train``

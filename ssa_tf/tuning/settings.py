@@ -18,7 +18,7 @@ from ssa_tf.methods import registry
 
 TUNERS = ("random", "bayesian", "hyperband")
 STRATEGIES = ("one_device", "mirrored")
-# The seed's (alpha, beta, gamma), and ranges two decades either side of them
+# The paper's (alpha, beta, gamma), and ranges two decades either side of them
 # for the log-uniform beta and gamma; alpha (the CE weight) is linear.
 SEED_COEFFICIENTS = {"alpha": 1.0, "beta": 0.01, "gamma": 0.1}
 DEFAULT_RANGES = {"alpha": (0.1, 2.0), "beta": (1e-4, 1.0), "gamma": (1e-3, 10.0)}

@@ -1,4 +1,4 @@
-"""The seed's ImageNet setting (supplementary section 2): resnet18 at 224, 200 epochs.
+"""The paper's ImageNet setting (supplementary section 2): resnet18 at 224, 200 epochs.
 
     python -m ssa_tf.train --preset=imagenet --data_dir=DIR --set data.manual_dir=TARS
 
