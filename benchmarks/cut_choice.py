@@ -1,6 +1,6 @@
 """At a rank cut, should the forward energy or the feedback's own energy choose the slots?
 
-    python -m benchmarks.cut_choice --data_dir=../shared/tfds \\
+    python -m benchmarks.cut_choice --data_dir=DIR \\
         [--epochs=20 --tau=0.8 --start=0 --interval=10 --seeds=1,2,3 \\
          --set data.max_train_examples=10000 --out=benchmarks/reports/cut_choice.md]
 

@@ -1,6 +1,6 @@
 """Throughput of the input pipeline alone and of the training step alone, in images/s.
 
-    python -m benchmarks.data_bench --dataset=cifar10 --data_dir=../shared/tfds --model=resnet32
+    python -m benchmarks.data_bench --dataset=cifar10 --data_dir=DIR --model=resnet32
     python -m benchmarks.data_bench --dataset=imagenet2012 --mock --model=resnet18 --train_steps=3
     python -m benchmarks.data_bench --dataset=synthetic --set data.synthetic_shape=224,224,3 \
         --set data.synthetic_classes=1000 --model=resnet18

@@ -6,7 +6,7 @@ training, validation and the final evaluation, and the facts the model needs
 downloaded (``core``); TensorFlow is imported lazily, inside the functions
 that build pipelines, so that the availability check runs before it starts.
 
-    spec = load("cifar10", 128, data_dir="../shared/tfds", validation_split=0.1)
+    spec = load("cifar10", 128, data_dir="DIR", validation_split=0.1)
     model.fit(spec.train, validation_data=spec.validation)
     model.evaluate(spec.test)  # the number to report, once, from spec.test_split
 """

@@ -1,6 +1,6 @@
 """Coefficient search: KerasTuner sweeps SSA's loss weights alpha, beta, gamma.
 
-    python tuning/search.py --dataset=cifar10 --data_dir=../shared/tfds --model=smallconv
+    python tuning/search.py --dataset=cifar10 --data_dir=DIR --model=smallconv
 
 The paper's sensitivity analysis (supplementary section 3, Figure 1) finds
 accuracy peaks near alpha = 1 and degrades when beta and gamma are too low or
