@@ -45,14 +45,14 @@ class ModelConfig:
     # the classifier's initial weights: glorot or zero (s = 0 in SVD form); None: the
     # rule's (zero for dfa, glorot for the others: a zero SVD head starves backprop)
     head_init: str | None = None
-    # how an SVD convolution views its kernel (docs/ALGORITHM.md §2): spatial, the seed's
+    # how an SVD convolution views its kernel (docs/ALGORITHM.md §2): spatial, the paper's
     # (kh x 1 then 1 x kw); channel (kh x kw to rank r, then 1x1): cheaper at every rank
     conv_factorization: str | None = None
 
 
-# what the built-in models get for a setting left at None: layer norm (the seed: it suits
+# what the built-in models get for a setting left at None: layer norm (the paper: it suits
 # SSA better than batch norm), leaky ReLU (it keeps the error alive where a ReLU would block
-# it; benchmarks/reports/ACCURACY.md, the DFA tuning), the seed's spatial factorization
+# it; benchmarks/reports/ACCURACY.md, the DFA tuning), the paper's spatial factorization
 BUILT_IN_DEFAULTS = {"norm": "layer", "activation": "leaky_relu",
                      "conv_factorization": "spatial"}
 # "none" is one of model.norm's values (no norm), not "unset" as for other settings
@@ -62,6 +62,26 @@ LITERAL_NONE = ("model.norm",)
 def is_model_file(name) -> bool:
     """``model.model`` names a file of the user's (``--model=path/to/file.py``)."""
     return str(name).endswith(".py")
+
+
+def fill_defaults(mode, settings: dict, user_model=False) -> dict:
+    """``settings`` (flat names, as config.json's) with every None that has a default
+    filled in: the one place a default is resolved. From rule ``mode`` (its file in
+    ``ssa_tf/methods/rules/``): its options (``RuleSpec.resolve``; an option it does not
+    take stays as given), ``learning_rate`` and ``head_init``; for a built-in model (not
+    ``user_model``: a user's file or Keras model has layers of its own)
+    ``BUILT_IN_DEFAULTS``. Only the names in ``settings`` are filled.
+
+    ``RunConfig.resolved`` fills a run's settings here, and everything downstream of a
+    config (``model_from_config``, ``build_model``, the rate) takes the resolved values;
+    ``SSAModel`` and ``compile_model`` called without a config fill theirs here too."""
+    rule = registry.get(mode)
+    out = dict(settings)
+    out.update((k, v) for k, v in rule.resolve(settings).items() if k in out)
+    own = {"learning_rate": rule.learning_rate, "head_init": rule.head_init,
+           **({} if user_model else BUILT_IN_DEFAULTS)}
+    out.update((k, v) for k, v in own.items() if k in out and out[k] is None)
+    return out
 
 
 def canonical_model_settings(flat: dict) -> dict:
@@ -114,14 +134,14 @@ class RankConfig:
     # the first SVD layer (it reads the pixels) and the classifier keep full rank: cutting
     # the first conv of smallconv from 9 to 8 cost 8 points of validation at once, and the
     # two hold 0.3% of its parameters (benchmarks/reports/EXPORT.md); False: every layer
-    # (the seed's)
+    # (the paper's)
     keep_ends: bool = True
     # slots: no re-factoring, the kept components keep their slots and B its columns at
-    # them (the alignment term stays continuous; docs/ALGORITHM.md §5); first: the seed's exact
+    # them (the alignment term stays continuous; docs/ALGORITHM.md §5); first: the paper's exact
     # re-factoring with B's first r columns; svd: B re-factored the same way. None:
     # slots, or first for energy=outputs (that cut re-factors by construction)
     feedback_cut: str | None = None
-    # what tau is a fraction of: the weight's singular-value energy (the seed's) or each
+    # what tau is a fraction of: the weight's singular-value energy (the paper's) or each
     # layer's output energy on energy_batches training batches (that cut keeps the outputs)
     energy: str = "weights"
     energy_batches: int = 8
@@ -239,24 +259,17 @@ class RunConfig:
         return registry.get(self.method.mode)
 
     def resolved(self) -> "RunConfig":
-        """A copy with the rule's options and rate filled in (options the rule does
-        not take stay None), and a built-in model's norm, activation and factorization."""
-        rule = self.rule
-        values = rule.resolve(self.method.options())
-        flat = {**self.flat(), **values}
-        if flat["learning_rate"] is None:
-            flat["learning_rate"] = rule.learning_rate
-        if flat["head_init"] is None:
-            flat["head_init"] = rule.head_init
-        if not is_model_file(flat["model"]):  # a user's file takes none of them
-            for name, value in BUILT_IN_DEFAULTS.items():
-                if flat[name] is None:
-                    flat[name] = value
-        return RunConfig.from_flat(flat)
+        """A copy with every default filled in (``fill_defaults``): the rule's options
+        (options the rule does not take stay None), rate and head, and a built-in model's
+        norm, activation and factorization (a user's file takes none of them). What
+        consumes a config (``model_from_config``, the rate, ``config.json``) reads these."""
+        flat = self.flat()
+        return RunConfig.from_flat(fill_defaults(self.method.mode, flat,
+                                                 user_model=is_model_file(flat["model"])))
 
     def learning_rate(self) -> float:
-        return self.rule.learning_rate if self.train.learning_rate is None \
-            else self.train.learning_rate
+        """The run's rate: ``train.learning_rate``, or the rule's (as ``resolved``)."""
+        return self.resolved().train.learning_rate
 
     def card(self):
         card = self.rule.card(self.method.options())

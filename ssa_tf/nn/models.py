@@ -19,8 +19,8 @@ from ssa_tf.nn.layers import LocalBatchNorm, SVDConv2D, SVDDense
 class LayerFactory:
     """Makes the layers of one network consistently for a mode."""
 
-    def __init__(self, svd, local, norm, seed, feedback_init="random", ranks=None,
-                 activation="leaky_relu", head_init="zero", conv_factorization="spatial"):
+    def __init__(self, svd, local, norm, seed, feedback_init, ranks, activation, head_init,
+                 conv_factorization):
         self.svd, self.local = bool(svd), bool(local)
         self.conv_factorization = conv_factorization
         self.norm, self.seed = norm, int(seed)
@@ -213,11 +213,12 @@ def resnet18(factory, input_shape, num_classes):
 BUILDERS = {"mlp": mlp, "smallconv": smallconv, "resnet32": resnet32, "resnet18": resnet18}
 
 
-def build_modules(name, input_shape, num_classes, svd=True, local=True, norm="layer", seed=1,
-                  feedback_init="random", ranks=None, activation="leaky_relu", head_init="zero",
-                  conv_factorization="spatial"):
+def build_modules(name, input_shape, num_classes, svd=True, local=True, *, norm, seed=1,
+                  feedback_init="random", ranks=None, activation, head_init, conv_factorization):
     """The local modules of architecture ``name``: SVD layers if ``svd``; ``local``
-    rules hold batch statistics constant in their backward pass."""
+    rules hold batch statistics constant in their backward pass. ``norm``, ``activation``,
+    ``head_init`` and ``conv_factorization`` have no defaults here: ``SSAModel`` passes
+    them resolved (``config.schema.fill_defaults``)."""
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     factory = LayerFactory(svd, local, norm, seed, feedback_init, ranks, activation, head_init,

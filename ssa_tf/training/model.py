@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from ssa_tf.config.schema import RunConfig, fill_defaults, is_model_file
 from ssa_tf.methods import base, registry
 from ssa_tf.methods.spec import LEARNED_FEEDBACK
 from ssa_tf.nn import build_modules, svd_layers
@@ -26,20 +27,27 @@ class SSAModel(keras.Model):
     ``mode`` names the rule (one of ``ssa_tf.methods.registry.NAMES``: bp, svd-bp,
     dfa, ssa, fa, bp-lagged-copy, dkp, ssa-dkp); the
     rule's options (``methods.spec``) are keyword arguments, None meaning its
-    default. ``get_config`` holds everything needed to rebuild the model at
-    its current ranks, so ``keras.models.load_model`` restores a (rank-reduced)
-    model exactly.
+    default. ``head_init`` None is the rule's; ``norm``, ``activation`` and
+    ``conv_factorization`` None are the built-in models' (``config.schema.BUILT_IN_DEFAULTS``;
+    a user's ``network`` has its own layers), filled as a run's config fills them
+    (``config.schema.fill_defaults``). ``get_config`` holds everything needed to rebuild
+    the model at its current ranks, so ``keras.models.load_model`` restores a
+    (rank-reduced) model exactly.
     """
 
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10,
                  mode=registry.DEFAULT,
-                 norm="layer", activation="leaky_relu", head_init=None, seed=1, ranks=None,
-                 conv_factorization="spatial", input_stats=None, network=None,
+                 norm=None, activation=None, head_init=None, seed=1, ranks=None,
+                 conv_factorization=None, input_stats=None, network=None,
                  module_ends=None, **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in registry.OPTIONS}
         super().__init__(**kwargs)
         self.rule = registry.make(mode, given)
-        head_init = head_init or self.rule.spec.head_init  # None: the rule's
+        # None: the default (from a config, model_from_config passes them resolved)
+        norm, activation, head_init, conv_factorization = fill_defaults(
+            mode, dict(norm=norm, activation=activation, head_init=head_init,
+                       conv_factorization=conv_factorization),
+            user_model=network is not None).values()
         self.architecture = architecture
         self.input_dims = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
@@ -304,9 +312,15 @@ def is_singular_values(variable) -> bool:
 
 
 def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
-    """The (uncompiled) model of a ``RunConfig``, its weights drawn from ``cfg.seed``."""
+    """The (uncompiled) model of a ``RunConfig``, its weights drawn from ``cfg.seed``, taking
+    raw pixels of its dataset. The one model factory: ``build_model`` is it for settings
+    given as arguments."""
+    from ssa_tf import data as data_lib
+
     keras.utils.set_random_seed(cfg.seed)
-    model = _model_from_config(cfg, input_shape, num_classes)
+    model = _model_from_config(cfg.resolved(), input_shape, num_classes,
+                               data_lib.input_normalization(cfg.data.dataset),
+                               dataset=cfg.data.dataset)
     # the batch a replica sees: what an SVD convolution's automatic form counts the cost of
     # merging its kernel against (the traced batch is unknown under fit)
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -316,23 +330,22 @@ def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
     return model
 
 
-def _model_from_config(cfg, input_shape, num_classes) -> SSAModel:
-    from ssa_tf import data as data_lib
-    from ssa_tf.config.schema import BUILT_IN_DEFAULTS
+def _model_from_config(cfg, input_shape, num_classes, stats, dataset=None,
+                       **extra) -> SSAModel:
+    """The ``SSAModel`` of a resolved ``RunConfig`` (``cfg.resolved()``: every default
+    filled in, none resolved here) normalizing its input by ``stats``; ``extra``: more
+    ``SSAModel`` arguments (``ranks``, ...); ``dataset`` names the data in a user's file's
+    errors."""
     from ssa_tf.errors import UsageError
     from ssa_tf.nn.user import leading_preprocessing
 
     m = cfg.model
-    stats = data_lib.input_normalization(cfg.data.dataset)
     options = dict(mode=cfg.method.mode, head_init=m.head_init, seed=cfg.seed,
-                   **cfg.method.options())
+                   **cfg.method.options(), **extra)
     if not is_user_model(m.model):
-        # None: the built-in models' default (config.schema.BUILT_IN_DEFAULTS)
-        built_in = {k: v if getattr(m, k) is None else getattr(m, k)
-                    for k, v in BUILT_IN_DEFAULTS.items()}
-        return SSAModel(m.model, input_shape, num_classes, input_stats=stats, **built_in,
-                        **options)
-    network, ends = user_network(m.model, input_shape, num_classes, cfg.data.dataset)
+        return SSAModel(m.model, input_shape, num_classes, norm=m.norm, activation=m.activation,
+                        conv_factorization=m.conv_factorization, input_stats=stats, **options)
+    network, ends = user_network(m.model, input_shape, num_classes, dataset)
     if leading_preprocessing(network):
         stats = None  # it preprocesses the raw pixels itself: no second time
     try:
@@ -346,8 +359,6 @@ def _model_from_config(cfg, input_shape, num_classes) -> SSAModel:
 
 def is_user_model(name) -> bool:
     """``model.model`` names a file of the user's (``--model=path/to/file.py``)."""
-    from ssa_tf.config.schema import is_model_file
-
     return is_model_file(name)
 
 
@@ -399,20 +410,34 @@ def user_network(path, input_shape, num_classes, dataset=None):
     return network, None if ends is None else tuple(ends)
 
 
+# build_model's keyword arguments that are a run's settings (``RunConfig.flat``'s names)
+MODEL_SETTINGS = ("seed", "norm", "activation", "head_init", "conv_factorization",
+                  *registry.OPTIONS)
+
+
 def build_model(architecture, input_shape, num_classes, mode=registry.DEFAULT, learning_rate=None,
                 jit_compile=False, **kwargs):
-    """An ``SSAModel`` compiled with Adam (the rule's default rate), sparse CE and accuracy."""
-    model = SSAModel(architecture, input_shape, num_classes, mode=mode, **kwargs)
-    compile_model(model, learning_rate, jit_compile)
-    return model
+    """The model of the run these settings make, built by ``model_from_config``'s factory
+    from the resolved ``RunConfig`` (``MODEL_SETTINGS`` among ``kwargs``; None: the
+    default), and compiled with Adam at its rate (None: the rule's), sparse CE and
+    accuracy. The other ``kwargs`` (``input_stats``: None takes normalized input;
+    ``ranks``, ...) go to ``SSAModel``. Unlike a run, it leaves the global seed and the
+    convolutions' batch hint as they are."""
+    settings = {k: kwargs.pop(k) for k in list(kwargs) if k in MODEL_SETTINGS}
+    cfg = RunConfig().replace(model=architecture, mode=mode, learning_rate=learning_rate,
+                              **settings).resolved()
+    model = _model_from_config(cfg, input_shape, num_classes, kwargs.pop("input_stats", None),
+                               **kwargs)
+    return compile_model(model, cfg.train.learning_rate, jit_compile)
 
 
 def compile_model(model, learning_rate=None, jit_compile=False, s_rate_scale=None,
                   steps_per_epoch=0):
-    """Compile with Adam at ``learning_rate`` (None: the rule's); a rule with its own rates
+    """Compile with Adam at ``learning_rate`` (a rate or a schedule; None: the rule's, as a
+    config resolves it); a rule with its own rates
     (``s_rate_scale``, a learned feedback's ``rates()``) gets ``FactorAdam``, whose
     per-epoch feedback decay counts ``steps_per_epoch`` steps (0: no decay)."""
-    lr = model.rule.spec.learning_rate if learning_rate is None else learning_rate
+    lr = fill_defaults(model.mode, {"learning_rate": learning_rate})["learning_rate"]
     if s_rate_scale is None:
         s_rate_scale = model.rule.options.get("s_rate_scale", 1.0)
     rates = model.rule.rates()
