@@ -15,7 +15,9 @@ one it is compared with in one thing:
   merge cost) and the orthogonality term computed at gamma 0 (``gamma=1e-12`` here:
   the same ops);
 - each SVD convolution forced to one form (merged, factored);
-- ``ssa`` with every layer cut to 50% of its full rank.
+- ``ssa`` with every layer cut to 50% of its full rank, in the spatial view (the paper's) and
+  the channel view (``model.conv_factorization=channel``: a kh x kw convolution to r
+  channels, then 1 x 1, whose pair costs r (9C + N) a pixel against 9CN).
 
 Synthetic inputs already normalized, one batch held in memory; the ratio to BP is what
 counts on a shared machine. Profiling with the TensorFlow profiler needs its TensorBoard
@@ -54,6 +56,11 @@ ROWS = [
     ("ssa, global broadcast, every convolution merged", G, "merged", None),
     ("ssa, global broadcast, every convolution factored", G, "factored", None),
     ("ssa, global broadcast, 50% rank", G, None, 0.5),
+    ("ssa, global broadcast, channel view", dict(G, conv_factorization="channel"), None, None),
+    ("ssa, global broadcast, channel view, 50% rank", dict(G, conv_factorization="channel"),
+     None, 0.5),
+    ("bp, 50% of the channel view's rank (svd-bp)", dict(mode="svd-bp",
+                                                        conv_factorization="channel"), None, 0.5),
     ("ssa (chain, the default route)", dict(mode="ssa"), None, None),
 ]
 

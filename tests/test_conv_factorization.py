@@ -76,17 +76,19 @@ def test_channel_truncation_is_best_rank_r_in_both_forms(strides, padding):
 
 def test_auto_forward_picks_the_form_with_fewer_multiply_adds():
     # 3x3, C = N = 16. channel: merged 9*16*16 = 2304 vs r (144 + 16): factored below r = 14.4
-    # spatial: merged 2304 vs 6 * 16 r: factored below r = 24 (half of full rank 48)
+    # spatial: merged 2304 vs 1.5 (the pair's measured cost per multiply-add) * 6 * 16 r:
+    # factored below r = 16 (a third of full rank 48)
+    assert SVDConv2D.SPATIAL_PAIR_COST == 1.5
     x = np.zeros((1, 8, 8, 16), np.float32)
     picks = {}
-    for fact, ranks in (("channel", (16, 15, 14, 8)), ("spatial", (48, 25, 24, 23))):
+    for fact, ranks in (("channel", (16, 15, 14, 8)), ("spatial", (48, 17, 16, 15))):
         for r in ranks:
             layer = SVDConv2D(16, 3, rank=r, factorization=fact)
             layer(x)
             picks[fact, r] = layer.uses_merged_forward()
     assert picks == {("channel", 16): True, ("channel", 15): True, ("channel", 14): False,
-                     ("channel", 8): False, ("spatial", 48): True, ("spatial", 25): True,
-                     ("spatial", 24): True, ("spatial", 23): False}
+                     ("channel", 8): False, ("spatial", 48): True, ("spatial", 17): True,
+                     ("spatial", 16): True, ("spatial", 15): False}
 
 
 def test_channel_layers_save_and_load(tmp_path):
@@ -144,18 +146,19 @@ def test_channel_model_merges_into_plain_layers_in_both_forms():
 def test_auto_forward_counts_the_merge_against_the_batch():
     # C = N = 64, 3x3, spatial view at full rank r = 192: merging the kernel costs
     # 192^3 = 7,077,888 multiply-adds a call; per output pixel the merged convolution
-    # costs 36,864 and the factored pair 73,728. One pixel per example (1x1 maps): the
-    # pair wins below 192 examples, the merge from 192 on
+    # costs 36,864 and the factored pair 73,728 (x 1.5, its measured cost per
+    # multiply-add: 110,592). One pixel per example (1x1 maps): the pair wins below
+    # 7,077,888 / 73,728 = 96 examples, the merge from 96 on
     layer = SVDConv2D(64, 3, factorization="spatial")
     layer.build((None, 1, 1, 64))
     assert layer.rank == 192
-    assert not layer.uses_merged_forward((191, 1, 1, 64))
-    assert layer.uses_merged_forward((192, 1, 1, 64))
+    assert not layer.uses_merged_forward((95, 1, 1, 64))
+    assert layer.uses_merged_forward((96, 1, 1, 64))
     assert layer.uses_merged_forward()  # per output pixel alone: the merge wins
     # an unknown batch is the layer's batch hint
-    layer.batch_hint = 191
+    layer.batch_hint = 95
     assert not layer.uses_merged_forward((None, 1, 1, 64))
-    layer.batch_hint = 192
+    layer.batch_hint = 96
     assert layer.uses_merged_forward((None, 1, 1, 64))
     # both forms compute the same function
     x = np.random.default_rng(3).standard_normal((4, 5, 5, 64)).astype(np.float32)

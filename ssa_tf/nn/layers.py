@@ -115,11 +115,15 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
     Either way, at full rank it is the original convolution exactly.
 
     ``forward="auto"`` computes the same function in whichever order costs
-    fewer multiply-adds: the two factored convolutions, or one convolution
-    with the kernel merged from the factors each step (gradients reach U, s
-    and V through the merge). At full rank the factored pair costs about
-    twice the plain convolution (r = 3C for a 3x3 kernel), so the merged
-    form wins until a cut brings the rank below about half.
+    less (``uses_merged_forward``): the two factored convolutions, or one
+    convolution with the kernel merged from the factors each step (gradients
+    reach U, s and V through the merge, whose own r x rows x columns
+    multiply-adds count against the batch). At full rank the spatial pair
+    does about twice the plain convolution's multiply-adds (r = 3C for a 3x3
+    kernel) and runs 1.5x slower per multiply-add, so on large batches the
+    merged form wins until a cut brings the rank below about a third; at
+    small batches on small maps (resnet18's last stage at batch 8) the merge
+    itself costs more than the pair.
     """
 
     def __init__(self, filters, kernel_size, strides=1, padding="same", rank=None, use_bias=True,
@@ -226,13 +230,21 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
         """The convolution whose kernel the feedback factors make (no bias)."""
         return self._conv(x, feedback=True)
 
+    #: time per multiply-add of the spatial view's pair of convolutions (kh x 1, then 1 x kw,
+    #: r channels between them) relative to one kh x kw convolution's: 1.5 measured on
+    #: 2 CPU cores with oneDNN (``python -m benchmarks.form_cost``: at equal multiply-adds
+    #: the pair took 1.46-1.62x the merged form's forward and backward); the channel
+    #: view's pair (kh x kw to r channels, then 1 x 1) runs at the merged form's rate
+    SPATIAL_PAIR_COST = 1.5
+
     #: the batch (per replica) that ``forward="auto"`` assumes when the traced input's batch
     #: is unknown (``model_from_config`` sets the run's); not saved: a cost hint only
     batch_hint = 32
 
     def uses_merged_forward(self, input_shape=None) -> bool:
-        """True when one convolution with the kernel merged from the factors costs fewer
-        multiply-adds than the factored pair (``forward="auto"``).
+        """True when one convolution with the kernel merged from the factors costs less
+        than the factored pair (``forward="auto"``): multiply-adds, the spatial pair's
+        weighted by ``SPATIAL_PAIR_COST`` (its measured speed per multiply-add).
 
         With ``input_shape`` the merge itself counts: U diag(s) V^T is r x rows x columns
         of the layer's matrix a call, whatever the batch (3.6G for a 512-channel 3x3
@@ -249,7 +261,8 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
             # the vertical convolution runs at every input column (stride sw apart); at
             # equal cost one convolution beats two (50% of full rank: 1.48x BP's step
             # factored, benchmarks/reports/EFFICIENCY.md)
-            merged, factored = kh * kw * c * n, kh * c * r * sw + kw * r * n
+            merged = kh * kw * c * n
+            factored = self.SPATIAL_PAIR_COST * (kh * c * r * sw + kw * r * n)
         if input_shape is None or None in tuple(input_shape)[1:3]:
             return merged <= factored
         b, h, w = (input_shape[0] or self.batch_hint), input_shape[1], input_shape[2]
