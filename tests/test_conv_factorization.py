@@ -177,3 +177,27 @@ def test_a_run_gives_its_convolutions_the_batch_a_replica_sees():
     model = model_from_config(cfg, (8, 8, 3), 10)
     convs = [l for l in model.svd_layers() if isinstance(l, SVDConv2D)]
     assert convs and {l.batch_hint for l in convs} == {24}
+
+
+def test_every_rule_and_route_builds_on_the_channel_view():
+    # the global route's structured feedback once assumed the spatial view's B_U
+    # (N kw, r): every ssa run with --set model.conv_factorization=channel on it crashed
+    from ssa_tf.methods import registry
+
+    built = 0
+    for mode in registry.NAMES:
+        for route in registry.get(mode).choices.get("feedback", (None,)):
+            options = {} if route is None else {"feedback": route}
+            model = SSAModel("smallconv", (8, 8, 3), 10, mode=mode,
+                             conv_factorization="channel", **options)
+            assert {l.factorization for l in model.svd_layers()
+                    if isinstance(l, SVDConv2D)} <= {"channel"}
+            built += 1
+    assert built >= len(registry.NAMES) + 4
+    x = np.random.default_rng(5).standard_normal((4, 8, 8, 3)).astype(np.float32)
+    model = SSAModel("smallconv", (8, 8, 3), 10, mode="ssa", feedback="global",
+                     conv_factorization="channel")
+    from ssa_tf.training.model import compile_model
+    compile_model(model)
+    logs = model.train_on_batch(x, np.arange(4), return_dict=True)
+    assert np.isfinite(logs["loss"])

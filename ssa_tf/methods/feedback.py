@@ -27,9 +27,10 @@ from keras import ops
 from ssa_tf.methods import losses
 
 def bar_feedback_U(layer) -> np.ndarray:
-    """B_U of a layer as an (out_channels, r) matrix (conv: summed over the kernel width)."""
+    """B_U of a layer as an (out_channels, r) matrix (a convolution's spatial view: summed
+    over the kernel width; its channel view's B_U already is one)."""
     B_U = np.asarray(ops.convert_to_numpy(layer.B_U), np.float64)
-    if hasattr(layer, "kernel_size"):
+    if hasattr(layer, "kernel_size") and getattr(layer, "factorization", None) != "channel":
         n = layer.filters
         B_U = B_U.reshape(n, layer.kernel_size[1], -1).sum(axis=1)
     return B_U
