@@ -258,7 +258,7 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
 def test_the_local_heads_preset_sets_the_measured_heads_and_refuses_rules_without_them():
     cfg = _config("--preset=local_heads", "--mode=ssa").resolved()
     m = cfg.method
-    assert (m.feedback, m.readout_head, m.readout_depth, m.beta) == ("local", "conv", 2, 0.0)
+    assert (m.feedback, m.readout_head, m.readout_depth, m.beta) == ("local", "conv", 1, 0.0)
     assert cfg.model.head_init == "glorot" and cfg.train.learning_rate == 1e-3
     plain = _config("--preset=local_heads", "--mode=dfa").resolved()
     assert plain.method.readout_head == "conv" and plain.method.beta is None
