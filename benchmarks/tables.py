@@ -1,7 +1,9 @@
 """The headline table of README.md and benchmarks/reports/ACCURACY.md, made from the
-recorded results (``benchmarks/results/*.jsonl``), never copied by hand.
+recorded results (``benchmarks/results/*.jsonl``), never copied by hand; and README's
+table of the rules, rendered from the registry's locality cards (a new rule file shows
+up in it when this runs).
 
-    python -m benchmarks.tables            # rewrite the table between its markers
+    python -m benchmarks.tables            # rewrite the tables between their markers
     python -m benchmarks.tables --check    # exit 1 when a document's table is stale
 
 Each cell is the mean ± standard deviation of the validation accuracy (last epoch) over
@@ -24,6 +26,8 @@ REPO = os.path.dirname(HERE)
 DOCUMENTS = (os.path.join(REPO, "README.md"),
              os.path.join(HERE, "reports", "ACCURACY.md"))
 BEGIN, END = "<!-- headline table: python -m benchmarks.tables -->", "<!-- end of table -->"
+RULES_BEGIN = "<!-- rules table: python -m benchmarks.tables -->"
+RULES_END = "<!-- end of rules table -->"
 
 SHORT, LONG, HEADS = "learned_5ep", "learned_20ep", "heads_20ep"
 # (what the row is, its variant at 5 epochs, its variant at 20 epochs): a variant of
@@ -47,10 +51,12 @@ ROWS = (
     # modules that learn from their own trained heads (grid heads_20ep)
     ("local conv heads, plain layers (DGL-style, lr 1e-3)", None,
      (HEADS, "local conv heads (DGL-style), plain layers")),
+    ("local conv heads, plain layers, glorot head (ssa's; the one-difference control)", None,
+     (HEADS, "local conv heads, plain layers, glorot head")),
+    ("**ssa, local conv heads** (`--preset=local_heads`)", None,
+     (HEADS, "ssa, local conv heads, beta 0")),
     ("local linear heads, plain layers (lr 1e-3)", None,
      (HEADS, "local linear heads, plain layers")),
-    ("**ssa, local conv heads, beta 0** (SVD layers, lr 1e-3)", None,
-     (HEADS, "ssa, local conv heads, beta 0")),
     ("ssa, local conv heads of depth 2, beta 0", None,
      (HEADS, "ssa, local conv heads depth 2, beta 0")),
     ("ssa, local linear heads (beta 0.01)", None, (HEADS, "ssa, local linear heads")),
@@ -95,13 +101,13 @@ def render(out=HERE) -> str:
     return "\n".join(lines)
 
 
-def replace(text, table) -> str:
+def replace(text, table, begin=BEGIN, end=END) -> str:
     """``text`` with the table between the markers replaced (ValueError: no markers)."""
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"no {BEGIN!r} ... {END!r} markers")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    return f"{head}{BEGIN}\n{table}\n{END}{tail}"
+    if begin not in text or end not in text:
+        raise ValueError(f"no {begin!r} ... {end!r} markers")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{table}\n{end}{tail}"
 
 
 def main(argv):
@@ -111,6 +117,8 @@ def main(argv):
         with open(path) as f:
             text = f.read()
         new = replace(text, table)
+        if path.endswith("README.md"):
+            new = replace(new, registry.rules_table(), RULES_BEGIN, RULES_END)
         if new != text:
             stale.append(path)
             if "--check" not in argv:
