@@ -152,14 +152,14 @@ def test_auto_forward_counts_the_merge_against_the_batch():
     layer = SVDConv2D(64, 3, factorization="spatial")
     layer.build((None, 1, 1, 64))
     assert layer.rank == 192
-    assert not layer.uses_merged_forward((95, 1, 1, 64))
-    assert layer.uses_merged_forward((96, 1, 1, 64))
     assert layer.uses_merged_forward()  # per output pixel alone: the merge wins
-    # an unknown batch is the layer's batch hint
-    layer.batch_hint = 95
-    assert not layer.uses_merged_forward((None, 1, 1, 64))
-    layer.batch_hint = 96
-    assert layer.uses_merged_forward((None, 1, 1, 64))
+    # the batch counted is the layer's batch hint, not the traced one: one device and a
+    # mirrored run (half the batch on each replica) compute in the same form
+    for traced in (None, 8, 95, 96, 1000):
+        layer.batch_hint = 95
+        assert not layer.uses_merged_forward((traced, 1, 1, 64))
+        layer.batch_hint = 96
+        assert layer.uses_merged_forward((traced, 1, 1, 64))
     # both forms compute the same function
     x = np.random.default_rng(3).standard_normal((4, 5, 5, 64)).astype(np.float32)
     layer.forward = "merged"
@@ -168,7 +168,7 @@ def test_auto_forward_counts_the_merge_against_the_batch():
     np.testing.assert_allclose(np_(layer(x)), merged, rtol=RTOL, atol=ATOL)
 
 
-def test_a_run_gives_its_convolutions_the_batch_a_replica_sees():
+def test_a_run_gives_its_convolutions_its_batch():
     from ssa_tf.config import RunConfig
     from ssa_tf.training.model import model_from_config
 

@@ -237,8 +237,10 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
     #: view's pair (kh x kw to r channels, then 1 x 1) runs at the merged form's rate
     SPATIAL_PAIR_COST = 1.5
 
-    #: the batch (per replica) that ``forward="auto"`` assumes when the traced input's batch
-    #: is unknown (``model_from_config`` sets the run's); not saved: a cost hint only
+    #: the batch that ``forward="auto"`` counts the merge against (``model_from_config``
+    #: sets the run's): not the traced batch, so that one device and a mirrored run (whose
+    #: replicas trace half the batch), and a partial last batch, compute in the same form;
+    #: not saved: a cost hint only
     batch_hint = 32
 
     def uses_merged_forward(self, input_shape=None) -> bool:
@@ -249,8 +251,9 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
         With ``input_shape`` the merge itself counts: U diag(s) V^T is r x rows x columns
         of the layer's matrix a call, whatever the batch (3.6G for a 512-channel 3x3
         layer at full rank, four times its convolution at batch 8 on 7x7 maps), against
-        the pair's extra cost per output pixel over the batch (an unknown batch is
-        ``batch_hint``). Without it, the costs per output pixel alone (large batches)."""
+        the pair's extra cost per output pixel over ``batch_hint`` examples (whatever
+        the traced batch). Without it, the costs per output pixel
+        alone (large batches)."""
         if self.forward != "auto":
             return self.forward == "merged"
         kh, kw = self.kernel_size
@@ -265,7 +268,7 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
             factored = self.SPATIAL_PAIR_COST * (kh * c * r * sw + kw * r * n)
         if input_shape is None or None in tuple(input_shape)[1:3]:
             return merged <= factored
-        b, h, w = (input_shape[0] or self.batch_hint), input_shape[1], input_shape[2]
+        b, h, w = self.batch_hint, input_shape[1], input_shape[2]
         pixels = (b * _conv_len(h, kh, self.strides[0], self.padding)
                   * _conv_len(w, kw, self.strides[1], self.padding))
         rows, columns = self._matrix_shape

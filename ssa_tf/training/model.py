@@ -321,12 +321,11 @@ def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
     model = _model_from_config(cfg.resolved(), input_shape, num_classes,
                                data_lib.input_normalization(cfg.data.dataset),
                                dataset=cfg.data.dataset)
-    # the batch a replica sees: what an SVD convolution's automatic form counts the cost of
-    # merging its kernel against (the traced batch is unknown under fit)
-    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    # the run's batch: what an SVD convolution's automatic form counts the cost of merging
+    # its kernel against (the global batch, so that every strategy computes in one form)
     for layer in model.svd_layers():
         if hasattr(layer, "batch_hint"):  # the convolutions
-            layer.batch_hint = max(1, cfg.train.batch_size // replicas)
+            layer.batch_hint = cfg.train.batch_size
     return model
 
 
