@@ -15,12 +15,11 @@ ratio to BP is what counts on a shared machine.
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 from absl import flags
 
+from benchmarks.timing import time_side_by_side, warm_up
 from ssa_tf import cli, files
 
 FLAGS = flags.FLAGS
@@ -64,19 +63,9 @@ def measure():
                        "chain cached" if cached and hasattr(route, "kernels") else
                        "chain run every step" if hasattr(route, "kernels") else
                        f"{sum(int(np.prod(v.shape)) for v in cached):,} feedback entries")
-        for _ in range(2):  # trace and warm up
-            models[name].train_on_batch(x, y)
-        print(f"built and traced: {name}", flush=True)
-    times = {name: [] for name in models}
-    names = list(models)
-    for r in range(FLAGS.repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            for _ in range(FLAGS.steps):
-                models[name].train_on_batch(x, y)
-            times[name].append((time.perf_counter() - start) / FLAGS.steps * 1000)
-        print(f"round {r + 1}/{FLAGS.repeats} done", flush=True)
-    return {name: (statistics.median(t), notes[name]) for name, t in times.items()}
+        warm_up(models[name], name, x, y)
+    times = time_side_by_side(models, x, y, FLAGS.repeats, FLAGS.steps)
+    return {name: (ms, notes[name]) for name, ms in times.items()}
 
 
 def table(results) -> str:

@@ -26,12 +26,11 @@ plugin, which this project does not install; ablation times what a user can chan
 
 from __future__ import annotations
 
-import statistics
 import sys
-import time
 
 from absl import flags
 
+from benchmarks.timing import time_side_by_side, warm_up
 from ssa_tf import cli, files
 
 FLAGS = flags.FLAGS
@@ -97,19 +96,8 @@ def measure(rows):
     models = {}
     for name, options, form, fraction in rows:
         models[name] = build(options, form, fraction, shape)
-        for _ in range(2):  # trace and warm up
-            models[name].train_on_batch(x, y)
-        print(f"built and traced: {name}", flush=True)
-    times = {name: [] for name in models}
-    names = list(models)
-    for r in range(FLAGS.repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
-            for _ in range(FLAGS.steps):
-                models[name].train_on_batch(x, y)
-            times[name].append((time.perf_counter() - start) / FLAGS.steps * 1000)
-        print(f"round {r + 1}/{FLAGS.repeats} done", flush=True)
-    return {name: statistics.median(t) for name, t in times.items()}
+        warm_up(models[name], name, x, y)
+    return time_side_by_side(models, x, y, FLAGS.repeats, FLAGS.steps)
 
 
 def table(results) -> str:
