@@ -143,6 +143,16 @@ def _heads_variants():
                                                         readout_depth=2),
         "ssa, local conv heads depth 2, beta 0": dict(ssa, readout_head="conv", beta=0.0,
                                                       readout_depth=2),
+        # predsim (Noekland & Eidnes 2019): the prediction loss weighted 0.01 and the
+        # similarity matching of a trained 3x3 projection 0.99, as their reference code
+        "local predsim heads (linear pred + sim 0.99), plain layers": dict(
+            plain, readout_trained=True, readout_sim=0.99),
+        "local conv heads + sim 0.99, plain layers": dict(plain, readout_head="conv",
+                                                          readout_sim=0.99),
+        "ssa, local predsim heads, beta 0": dict(ssa, readout_trained=True, beta=0.0,
+                                                 readout_sim=0.99),
+        "ssa, local conv heads + sim 0.99, beta 0": dict(ssa, readout_head="conv", beta=0.0,
+                                                         readout_sim=0.99),
         # svd-bp's 3.6 points under BP at 20 epochs, one suspect at a time
         "svd-bp, beta 0 (lr 3e-4)": dict(
             _FAIR["svd-bp (glorot head, beta 0.01, gamma 0, lr 3e-4)"], beta=0.0),

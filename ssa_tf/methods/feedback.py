@@ -124,6 +124,29 @@ def head_hidden(h, kernel, bias):
     return ops.relu(ops.matmul(h, kernel) + bias)
 
 
+def similarity_matrix(x):
+    """The batch's adjusted cosine similarity (B, B): a map is first reduced to each
+    channel's standard deviation over positions (Noekland & Eidnes 2019, as their
+    code, anokland/local-loss), then each row is centred and normalized."""
+    if len(x.shape) == 4:
+        n = ops.cast(ops.shape(x)[1] * ops.shape(x)[2], x.dtype)
+        var = ops.var(x, axis=(1, 2)) * n / ops.maximum(n - 1.0, 1.0)  # unbiased, as torch
+        x = ops.sqrt(var + 1e-12)
+    x = ops.reshape(x, (ops.shape(x)[0], -1))
+    xc = x - ops.mean(x, axis=1, keepdims=True)
+    xn = xc / (1e-8 + ops.sqrt(ops.sum(ops.square(xc), axis=1, keepdims=True)))
+    return ops.clip(ops.matmul(xn, ops.transpose(xn)), -1.0, 1.0)
+
+
+def similarity_loss(h, kernel, labels, num_classes):
+    """predsim's "sim": the mean squared difference between the similarity matrix of
+    the projection h K (a 3x3 convolution for a map) and that of the one-hot labels.
+    It compares the samples of one batch (a replica's, under a strategy)."""
+    proj = ops.conv(h, kernel, padding="same") if len(h.shape) == 4 else ops.matmul(h, kernel)
+    target = similarity_matrix(ops.one_hot(ops.cast(labels, "int32"), num_classes))
+    return ops.mean(ops.square(similarity_matrix(proj) - ops.stop_gradient(target)))
+
+
 def pool_to_grid(h, rows, cols):
     """Average-pool a feature map (B, H, W, C) to a (rows x cols) grid, adaptively (the
     cells of PyTorch's adaptive_avg_pool2d: [floor(i H / n), ceil((i + 1) H / n))).

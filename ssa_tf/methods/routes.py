@@ -107,8 +107,10 @@ class LocalRoute(Route):
     ``readout_head=conv``: a small trained head instead (DGL, Belilovsky et al. 2020):
     ``readout_depth`` x (a 3x3 convolution to ``readout_width`` channels (0: the module's
     own), ReLU), the pooled grid, then the linear read-out; a dense module gets hidden
-    dense layers.
-    Heads train on the module's own CE only and are dropped at export."""
+    dense layers. ``readout_sim`` = w > 0: the loss is (1 - w) CE + w sim, sim the
+    similarity matching of a trained 3x3 projection of the output (Noekland & Eidnes
+    2019's predsim, ``feedback.similarity_loss``).
+    Heads train on the module's own loss only and are dropped at export."""
 
     spec = ROUTES["local"]
 
@@ -118,9 +120,12 @@ class LocalRoute(Route):
         self.trained = bool(options.get("readout_trained", False)) or self.head != "linear"
         self.width = int(options.get("readout_width") or 0)
         self.depth = int(options.get("readout_depth") or 1)
+        self.sim = float(options.get("readout_sim") or 0.0)
+        self.trained = self.trained or self.sim > 0
         self.structured = structured
         self.matrices = []  # the linear read-outs (the last layer of a conv head)
         self.hidden = []  # a conv head's hidden layers per module: [kernel, bias, ...]
+        self.projections = []  # predsim's similarity projections, one per module
 
     def build(self, model, rng):
         for i, (m, shape) in enumerate(zip(model.local_modules[:-1],
@@ -139,21 +144,31 @@ class LocalRoute(Route):
             mat = projection(model, m, self.structured and m is not None, shape, rng,
                              grid=self.grid)
             self.matrices.append(fixed_weight(model, f"feedback_{i}", mat, self.trained))
+        if self.sim:
+            for i, shape in enumerate(model.module_output_shapes[:-1]):
+                kernel, _ = feedback.head_hidden_layer(shape, int(shape[-1]), rng)
+                self.projections.append(fixed_weight(model, f"readout_sim_{i}", kernel, True))
 
     def feedback_variables(self):
-        return [*self.matrices, *(v for pair in self.hidden for v in pair)]
+        return [*self.matrices, *(v for pair in self.hidden for v in pair), *self.projections]
 
     def extra_variables(self, model, i):
         """The read-out module i trains with its own parameters (none when fixed)."""
         if self.trained and i < len(self.matrices):
-            return [*(self.hidden[i] if self.hidden else ()), self.matrices[i]]
+            return [*(self.hidden[i] if self.hidden else ()), self.matrices[i],
+                    *self.projections[i:i + 1]]
         return []
 
     def ce_term(self, model, i, h, error, y, signals):
+        out = h
         layers = self.hidden[i] if self.hidden else ()
         for kernel, bias in zip(layers[::2], layers[1::2]):
             h = feedback.head_hidden(h, kernel, bias)
-        return feedback.readout_ce_term(h, self.matrices[i], y, self.grid)
+        pred = feedback.readout_ce_term(h, self.matrices[i], y, self.grid)
+        if not self.sim:
+            return pred
+        sim = feedback.similarity_loss(out, self.projections[i], y, model.num_classes)
+        return (1.0 - self.sim) * pred + self.sim * sim
 
 
 class ChainRoute(Route):

@@ -50,7 +50,10 @@ class Range:
 # ranges of the options several rules share; a rule adds its own (``RuleSpec.ranges``)
 RANGES = {"alpha": Range(0), "beta": Range(0), "gamma": Range(0), "ortho_lambda": Range(0),
           "s_rate_scale": Range(0, open_lo=True), "readout_grid": Range(1),
-          "readout_width": Range(0), "readout_depth": Range(1)}
+          "readout_width": Range(0), "readout_depth": Range(1), "readout_sim": Range(0, 1)}
+# values of numeric options that change what a card says (the locality harness tries them
+# beside every choice and boolean): predsim's weight turns a fixed read-out into a head
+CARD_PROBES = {"readout_sim": (0.99,)}
 # the local route's read-out: linear (a probe of the pooled map) or a small trained head
 READOUT_HEADS = ("linear", "conv")
 
@@ -72,13 +75,29 @@ def _global_error(o):
 
 
 def _local_error(o):
+    sim = float(o.get("readout_sim") or 0.0)
+    text = _local_pred(o)
+    if sim:
+        return (f"{text[:-1]}; weighted {1 - sim:g}, plus {sim:g} x predsim's similarity "
+                "matching (Noekland & Eidnes 2019): a trained 3x3 projection of the output "
+                "against the labels, sample to sample within the batch)")
+    return text
+
+
+def uses_local_head(o) -> bool:
+    """The local route trains a read-out or head on each module's own loss."""
+    return bool(o.get("readout_trained") or o.get("readout_head") == "conv"
+                or o.get("readout_sim"))
+
+
+def _local_pred(o):
     if o.get("readout_head") == "conv":
         depth = int(o.get("readout_depth") or 1)
         layers = "3x3 convolution, ReLU" if depth == 1 else f"{depth} x (3x3 convolution, ReLU)"
         return (f"the module's own cross-entropy through a trained head ({layers}, "
                 "pooled grid, linear; reads the module's output and the label; no "
                 "global forward)")
-    if o.get("readout_trained"):
+    if o.get("readout_trained") or o.get("readout_sim"):
         return ("the module's own cross-entropy through a read-out trained on it (reads "
                 "the module's output and the label; no global forward)")
     return "the module's own cross-entropy through a fixed read-out (no global forward)"
@@ -87,7 +106,7 @@ def _local_error(o):
 ROUTES = {r.name: r for r in (
     RouteSpec("global", ("feedback_spatial",), _global_error),
     RouteSpec("local", ("readout_grid", "readout_trained", "readout_head", "readout_width",
-                        "readout_depth"),
+                        "readout_depth", "readout_sim"),
               _local_error, needs_error=False),
     RouteSpec("chain", (), lambda o: "e through a fixed, ungated linear copy of the later "
               "modules (a fixed matrix)", reads_layer_feedback=True),
@@ -110,7 +129,7 @@ def direct_card(rule, from_factors=False, error=None, feedback="fixed"):
                 else "all modules")
         reads = from_factors or route.reads_layer_feedback
         learns = feedback
-        if route.name == "local" and (o.get("readout_trained") or o.get("readout_head") == "conv"):
+        if route.name == "local" and uses_local_head(o):
             learns = "local head"  # trained on the module's own loss and the label only
         return LocalityCard(rule, False, transport(o) if reads else "never", held,
                             (error or route.error)(o), learns)

@@ -1027,7 +1027,7 @@ def variants(name, held=False) -> list:
     each that changes what it holds (held activations) when ``held`` (a different code
     path, not a different locality: ``method.recompute``)."""
     from ssa_tf.methods import registry
-    from ssa_tf.methods.spec import ROUTES
+    from ssa_tf.methods.spec import CARD_PROBES, ROUTES
 
     spec = registry.get(name)
     o = spec.options
@@ -1039,6 +1039,7 @@ def variants(name, held=False) -> list:
     candidates = [(k, v) for k, vals in spec.choices.items() if k != "feedback"
                   for v in vals if v != o[k]]
     candidates += [(k, not v) for k, v in o.items() if isinstance(v, bool)]
+    candidates += [(k, v) for k, vals in CARD_PROBES.items() if k in o for v in vals]
     out = [{}]
     routes = spec.choices.get("feedback", ()) if "feedback" in o else ()
     out += [{"feedback": r} for r in routes if r != o["feedback"]]
