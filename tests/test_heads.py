@@ -25,11 +25,14 @@ def _model(mode, **options):
     return model
 
 
-@pytest.mark.parametrize("mode,depth", [("dfa", 1), ("ssa", 1), ("dfa", 2)])
-def test_a_conv_head_trains_on_the_modules_own_loss_only(mode, depth):
-    model = _model(mode, readout_head="conv", readout_width=4, readout_depth=depth)
+@pytest.mark.parametrize("mode,depth,sim", [("dfa", 1, 0.0), ("ssa", 1, 0.0), ("dfa", 2, 0.0),
+                                            ("ssa", 1, 0.99)])
+def test_a_conv_head_trains_on_the_modules_own_loss_only(mode, depth, sim):
+    model = _model(mode, readout_head="conv", readout_width=4, readout_depth=depth,
+                   readout_sim=sim)
     route = model.rule.route
-    heads = [v for layers in route.hidden for v in layers] + route.matrices
+    heads = [v for layers in route.hidden for v in layers] + route.matrices + route.projections
+    assert len(route.projections) == (len(model.local_modules) - 1 if sim else 0)
     assert len(route.hidden) == len(model.local_modules) - 1
     assert tuple(route.hidden[0][0].shape) == (3, 3, model.module_output_shapes[0][-1], 4)
     assert [tuple(k.shape) for k in route.hidden[0][::2]][1:] == [(3, 3, 4, 4)] * (depth - 1)
@@ -57,13 +60,14 @@ def test_heads_are_training_only_and_gone_at_export():
     from ssa_tf.export.merge import merge
     x, _ = _data(8)
     plain_counts = []
-    for head in ("linear", "conv"):
-        model = _model("dfa", readout_head=head, readout_trained=True)
+    for head, sim in (("linear", 0.0), ("conv", 0.0), ("linear", 0.99)):
+        model = _model("dfa", readout_head=head, readout_trained=True, readout_sim=sim)
         merged, _ = merge(model)
         np.testing.assert_allclose(merged.predict(x, verbose=0), model.predict(x, verbose=0),
                                    atol=1e-5)
         plain_counts.append(merged.count_params())
-    assert plain_counts[0] == plain_counts[1]  # the head adds nothing to the exported model
+    # the heads (and predsim's projections) add nothing to the exported model
+    assert plain_counts[0] == plain_counts[1] == plain_counts[2]
 
 
 def test_a_conv_head_option_is_refused_off_the_local_route():
@@ -73,3 +77,47 @@ def test_a_conv_head_option_is_refused_off_the_local_route():
                              "method.feedback=chain")
     bad = RunConfig().with_overrides(["method.feedback=local", "method.readout_head=mlp"])
     assert "method.readout_head='mlp' is not valid" in validate(bad)
+
+
+def _reference_similarity(x):
+    """anokland/local-loss's similarity_matrix in numpy (torch's std is unbiased)."""
+    if x.ndim == 4 and x.shape[3] > 3 and x.shape[1] > 1:
+        x = x.reshape(x.shape[0], -1, x.shape[3]).std(axis=1, ddof=1)
+    x = x.reshape(x.shape[0], -1)
+    xc = x - x.mean(axis=1, keepdims=True)
+    xn = xc / (1e-8 + np.sqrt((xc ** 2).sum(axis=1, keepdims=True)))
+    return np.clip(xn @ xn.T, -1, 1)
+
+
+def test_predsim_matches_the_reference_and_weighs_its_two_losses():
+    from ssa_tf.methods import feedback
+    rng = np.random.default_rng(0)
+    h = rng.standard_normal((6, 4, 4, 5)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(feedback.similarity_matrix(h)),
+                               _reference_similarity(h), atol=1e-5)
+    y = np.array([0, 1, 0, 2, 1, 0], np.int32)
+    onehot = np.eye(3, dtype=np.float32)[y]
+    # labels projected by the identity are their own similarity: the loss is 0
+    assert float(feedback.similarity_loss(onehot, np.eye(3, dtype=np.float32), y, 3)) < 1e-10
+    kernel = rng.standard_normal((3, 3, 5, 5)).astype(np.float32)
+    proj = np.asarray(keras.ops.conv(h, kernel, padding="same"))
+    want = np.mean((_reference_similarity(proj) - _reference_similarity(onehot)) ** 2)
+    assert want > 0.05
+    np.testing.assert_allclose(float(feedback.similarity_loss(h, kernel, y, 3)), want,
+                               rtol=1e-4)
+    # the module's loss is (1 - w) CE of its read-out + w sim
+    model = _model("dfa", readout_trained=True, readout_sim=0.75)
+    x, labels = _data(8)
+    route = model.rule.route
+    h0 = model.local_modules[0](x)
+    pred = feedback.readout_ce_term(h0, route.matrices[0], labels, route.grid)
+    sim = feedback.similarity_loss(h0, route.projections[0], labels, 10)
+    got = route.ce_term(model, 0, h0, None, labels, None)
+    np.testing.assert_allclose(float(got), 0.25 * float(pred) + 0.75 * float(sim), rtol=1e-5)
+    assert "0.75 x predsim's similarity matching" in model.card().error
+
+
+def test_predsim_weight_is_refused_outside_zero_to_one():
+    from ssa_tf.config import validate
+    bad = RunConfig().with_overrides(["method.feedback=local", "method.readout_sim=1.5"])
+    assert validate(bad) == "method.readout_sim must be in [0, 1], got 1.5"
