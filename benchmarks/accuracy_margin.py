@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from ssa_tf import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("seeds", ["1", "2", "3"], "seeds to run")
@@ -44,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

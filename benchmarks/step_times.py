@@ -10,7 +10,6 @@ import json
 import numpy as np
 
 from ssa_tf.config import STRATEGIES
-from ssa_tf.training.callbacks import StepTimer
 
 
 def step_times(strategy="one_device", logical_cpus=1, model="smallconv", mode="ssa",
@@ -18,6 +17,7 @@ def step_times(strategy="one_device", logical_cpus=1, model="smallconv", mode="s
     """Seconds of each of ``steps`` training steps on synthetic data, after ``warmup``."""
     from ssa_tf import data as data_lib
     from ssa_tf.config import RunConfig
+    from ssa_tf.training.callbacks import StepTimer
     from ssa_tf.training.loop import setup
     from ssa_tf.training.model import compile_model, model_from_config
 

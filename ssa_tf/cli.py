@@ -163,8 +163,12 @@ def run(main, help_text=None, command=None):
 
     ``command`` is how ``help_text`` names the command (``python -m ssa_tf.train``); run as
     a console script (``ssa-train``, pyproject.toml's ``[project.scripts]``), the help
-    names the script instead."""
-    if help_text and any(a in HELP_FLAGS for a in sys.argv[1:]):
+    names the script instead. Without ``help_text``: the main module's docstring and
+    its flags (absl's own ``--help`` exits 1)."""
+    if any(a in HELP_FLAGS for a in sys.argv[1:]):
+        if not help_text:
+            doc = (sys.modules["__main__"].__doc__ or "").strip()
+            help_text = f"{doc}\n\nflags:\n{flags.FLAGS.main_module_help()}".strip()
         if command:
             help_text = help_text.replace(command, invoked_as(command))
         try:

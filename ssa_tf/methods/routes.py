@@ -27,10 +27,8 @@ from keras import ops
 import tensorflow as tf
 
 from ssa_tf.errors import UsageError
-from ssa_tf.methods import chain, feedback, registry
+from ssa_tf.methods import chain, feedback
 from ssa_tf.methods.spec import ROUTES, SPATIAL
-from ssa_tf.nn.graph import UnsupportedLayerError
-from ssa_tf.nn.user import GraphModule
 
 # the largest full-map feedback (all modules' D_i together) a model may hold
 MAX_FULL_MAP_ENTRIES = 64 * 1024 ** 2  # 256 MiB of float32
@@ -184,13 +182,7 @@ class ChainRoute(Route):
         return [*self.kernels.values(), *self.matrices]
 
     def build(self, model, rng):
-        if self.gated and any(isinstance(m, GraphModule) for m in model.local_modules):
-            direct = ", ".join(n for n, r in registry.RULES.items() if r.card({}).direct)
-            ends = ", ".join(n for n, r in registry.RULES.items() if r.end_to_end)
-            raise UnsupportedLayerError(
-                f"rule {model.rule.name!r} gates its feedback with the forward pass of the "
-                "built-in models' blocks; a model of your own trains with the direct rules "
-                f"({direct}) or end to end ({ends})")
+        # (a gated chain on a model of the user's is refused before: ``SSAModel``)
         # SVD layers carry their feedback factors; plain layers get a fixed kernel
         for name, k in chain.plain_feedback_kernels(model.local_modules, self.init,
                                                     rng).items():

@@ -17,7 +17,9 @@ from ssa_tf.config.schema import RunConfig, fill_defaults, is_model_file
 from ssa_tf.methods import base, registry
 from ssa_tf.methods.spec import LEARNED_FEEDBACK
 from ssa_tf.nn import build_modules, svd_layers
-from ssa_tf.nn.user import describe_preprocessing, input_preprocessing, modules_from_keras
+from ssa_tf.nn.graph import UnsupportedLayerError
+from ssa_tf.nn.user import (GraphModule, describe_preprocessing, input_preprocessing,
+                            modules_from_keras)
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
@@ -125,8 +127,23 @@ class SSAModel(keras.Model):
             x = m(x, training=False)
             shapes.append(tuple(x.shape[1:]))
         self.module_output_shapes = shapes
+        self._check_gating()
         self.rule.build(self)
         self.built = True
+
+    def _check_gating(self):
+        """A gated chain linearizes the built-in blocks' forward pass: refused on a
+        model of the user's (one line, with the rules that train one)."""
+        route = getattr(self.rule, "route", None)
+        if getattr(route, "gated", False) and any(isinstance(m, GraphModule)
+                                                  for m in self.local_modules):
+            rules = registry.RULES.items()
+            direct = ", ".join(n for n, r in rules if r.card({}).direct)
+            ends = ", ".join(n for n, r in rules if r.end_to_end)
+            raise UnsupportedLayerError(
+                f"rule {self.rule.name!r} gates its feedback with the forward pass of the "
+                "built-in models' blocks; a model of your own trains with the direct rules "
+                f"({direct}) or end to end ({ends})")
 
     def build(self, input_shape=None):
         # everything was built in __init__; Keras calls this on load
