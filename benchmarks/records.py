@@ -32,7 +32,9 @@ _LATER_DEFAULTS = {"conv_factorization": ("spatial",), "rank_keep_ends": (False,
                    "feedback_weight_decay": (None,),
                    # the local route's trained heads: the linear read-out before
                    "readout_head": (None, "linear"), "readout_width": (None, 0),
-                   "readout_depth": (None, 1)}
+                   "readout_depth": (None, 1),
+                   # predsim's weight: the prediction loss alone before
+                   "readout_sim": (None, 0.0)}
 
 
 def run_key(cfg: cfg_lib.RunConfig) -> str:

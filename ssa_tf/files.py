@@ -1,4 +1,5 @@
-"""Files written whole or not at all: text, and matplotlib figures as PNG (no TensorFlow).
+"""Files written whole or not at all: bytes, text, and matplotlib figures as PNG (no
+TensorFlow).
 
 A reader (or a run killed mid-write) sees the previous file or the new one,
 never half of one: each is written beside its path and renamed into place.
@@ -7,13 +8,30 @@ never half of one: each is written beside its path and renamed into place.
 from __future__ import annotations
 
 import os
+import tempfile
+
+
+def write_bytes(path: str, payload: bytes) -> None:
+    """Write ``payload`` under a temporary name beside ``path``, then rename; the file gets
+    the permissions the umask gives a new file (mkstemp's 0600 would surprise whoever
+    deploys it), and no temporary file is left behind when writing fails."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                               dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def write_text(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_bytes(path, text.encode("utf-8"))
 
 
 def save_figure(fig, path: str, dpi: int = 100) -> None:

@@ -8,8 +8,10 @@ and the one line that names a failure inside the file.
 syntax error (with its line), no ``build``, a ``build`` that cannot take
 ``(input_shape, num_classes)``, a literal ``MODULE_ENDS`` that is not a tuple of layer
 names. What needs the model itself (its layers, shapes, output) is checked once
-TensorFlow runs (``ssa_tf.training.model.user_network``). No imports beyond the standard
-library.
+TensorFlow runs (``user_network``, which imports Keras when called). No imports beyond the
+standard library at import time.
+
+    network, ends = model_file.user_network("net.py", (32, 32, 3), 10)
 """
 
 from __future__ import annotations
@@ -141,3 +143,52 @@ def _signature_problem(fn) -> str | None:
         return (f"build({shown}) cannot be called as build(input_shape, num_classes); "
                 "give it those two arguments")
     return None
+
+
+def user_network(path, input_shape, num_classes, dataset=None):
+    """(the ``keras.Model`` that ``build(input_shape, num_classes)`` in the user's file
+    returns, the file's ``MODULE_ENDS`` or None: the layers after which its local modules
+    end, to override the automatic split); ``errors.UsageError``, one line, when the file
+    cannot give a model for data of ``input_shape`` (``dataset``'s, named in the line):
+    a failure while the file runs names its line (``ssa_tf.model_file``)."""
+    import importlib.util
+
+    import keras
+
+    from ssa_tf.errors import UsageError
+
+    spec = importlib.util.spec_from_file_location("ssa_tf_user_model", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+        build = getattr(module, "build", None)
+        if not callable(build):
+            raise UsageError(f"--model={path} defines no build(input_shape, num_classes)")
+        network = build(tuple(input_shape), int(num_classes))
+    except UsageError:
+        raise
+    except Exception as e:  # the user's code: any failure in it is their input problem
+        raise UsageError(failure(path, e)) from None
+    if not isinstance(network, keras.Model):
+        raise UsageError(f"--model={path}: build() returned a {type(network).__name__}, "
+                         "not a keras.Model")
+    try:
+        declared = tuple(network.inputs[0].shape[1:])
+    except (AttributeError, ValueError, IndexError):  # a Sequential without keras.Input
+        raise UsageError(f"--model={path}: build() returned a model without an input shape; "
+                         "begin it with keras.Input(input_shape)") from None
+    shape = tuple(int(d) for d in input_shape)
+    if len(declared) != len(shape) or any(d is not None and d != e
+                                          for d, e in zip(declared, shape)):
+        data = f"the data ({dataset})" if dataset else "the data"
+        raise UsageError(f"--model={path}: the model takes inputs of shape {declared}; {data} "
+                         f"has shape {shape} (make its keras.Input from build's input_shape)")
+    out = tuple(network.outputs[0].shape[1:]) if network.outputs else ()
+    if out != (int(num_classes),):
+        raise UsageError(f"--model={path}: the model's output has shape {out}; the dataset "
+                         f"has {num_classes} classes (return one logit per class)")
+    ends = getattr(module, "MODULE_ENDS", None)
+    problem = None if ends is None else module_ends_problem(ends)
+    if problem:
+        raise UsageError(f"--model={path}: {problem}")
+    return network, None if ends is None else tuple(ends)

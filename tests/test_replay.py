@@ -1,6 +1,6 @@
 """Dropout and batch norm under the local rules: a direct rule's step runs the
 forward pass once for the output error e, then replays each module under its own tape
-(``methods.base.Local._recomputed``, ``nn.layers.replaying`` and ``noise_state``).
+(``methods.base.Local._recomputed``, ``nn.norm.replaying`` and ``noise_state``).
 
 The replay must compute the activations that made e: the same dropout masks (they come
 from each layer's seed generator, whose state the first pass advanced) and the same

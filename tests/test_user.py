@@ -189,7 +189,7 @@ def test_the_command_line_trains_a_users_file_and_stores_its_card(tmp_path):
 
 def test_a_users_file_that_gives_no_model_is_named_in_one_line(tmp_path):
     from ssa_tf.errors import UsageError
-    from ssa_tf.training.model import user_network
+    from ssa_tf.model_file import user_network
 
     ten = ("import keras\ndef build(s, k):\n    return keras.Sequential([keras.Input(s), "
            "keras.layers.Flatten(), keras.layers.Dense(10)])\n")

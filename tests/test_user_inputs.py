@@ -22,7 +22,8 @@ from conftest import run_cli as run
 from ssa_tf.config import RunConfig, UsageError, validate
 from ssa_tf.nn.graph import UnsupportedLayerError
 from ssa_tf.nn.user import modules_from_keras
-from ssa_tf.training.model import SSAModel, model_from_config, user_network
+from ssa_tf.model_file import user_network
+from ssa_tf.training.model import SSAModel, model_from_config
 
 MNIST = (28, 28, 1)
 # raw pixels, as the data pipelines give them

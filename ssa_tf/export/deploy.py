@@ -29,6 +29,7 @@ import tf2onnx
 
 from ssa_tf.errors import ParityError  # noqa: F401  (raised here)
 import ssa_tf.training.model  # noqa: F401  registers SSAModel and its layers for load_model
+from ssa_tf import files
 from ssa_tf.export import convert
 from ssa_tf import data as data_lib
 from ssa_tf.export.config import DEFAULT_OPSET, ExportConfig, UsageError
@@ -110,22 +111,6 @@ def export_saved_model(model: keras.Model, path: str):
 def run_saved_model(path: str, x) -> np.ndarray:
     loaded = tf.saved_model.load(path)
     return np.asarray(loaded.serve(tf.constant(x, tf.float32)))
-
-
-def write_atomic(path: str, payload: bytes):
-    """Write ``payload`` under a temporary name beside ``path``, then rename."""
-    fd, tmp = tempfile.mkstemp(prefix=".onnx_", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever deploys it
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # --------------------------------------------------------------------------
@@ -361,7 +346,7 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
             latency[("dense", batch)] = ms.get("dense", ms["export"])
 
         # everything holds: only now do files appear
-        write_atomic(cfg.output, proto)
+        files.write_bytes(cfg.output, proto)
         if staged:
             if os.path.isdir(cfg.saved_model):
                 os.rmdir(cfg.saved_model)  # validated empty

@@ -50,7 +50,7 @@ class LearningRule:
         return self.spec.card(self.options)
 
     def rates(self) -> dict:
-        """The rule's own optimizer rates (``training.model.FactorAdam``'s keywords): none."""
+        """The rule's own optimizer rates (``training.optimizer.FactorAdam``'s keywords): none."""
         return {}
 
     def build(self, model):

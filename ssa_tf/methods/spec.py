@@ -17,7 +17,7 @@ from ssa_tf.methods.card import LocalityCard
 
 SPATIAL = ("broadcast", "full")
 # the name of every variable a learned-feedback rule trains with its own rate
-# (training.model.FactorAdam reads it)
+# (training.optimizer.FactorAdam reads it)
 LEARNED_FEEDBACK = "learned_feedback"
 FEEDBACK_INIT = ("random", "forward")
 ALIGN_FORMS = ("factors", "cosine")

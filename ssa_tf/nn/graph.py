@@ -15,7 +15,8 @@ import keras
 from keras import ops
 
 from ssa_tf.errors import UsageError
-from ssa_tf.nn.layers import LocalBatchNorm, SVDDense, SVDLayer
+from ssa_tf.nn.layers import SVDDense, SVDLayer
+from ssa_tf.nn.norm import LocalBatchNorm
 
 
 PLAIN_WEIGHT_TYPES = (keras.layers.Dense, keras.layers.Conv2D)

@@ -32,7 +32,8 @@ from keras.src.layers.preprocessing.data_layer import DataLayer
 
 from ssa_tf.nn.graph import (BATCH_NORMS, PASS_THROUGH, TRAINING_ONLY, UnsupportedLayerError,
                              _is_functional, activation_name, clone_call, linear_copy, rewrite)
-from ssa_tf.nn.layers import LocalBatchNorm, SVDConv2D, SVDDense, SVDLayer
+from ssa_tf.nn.layers import SVDConv2D, SVDDense, SVDLayer
+from ssa_tf.nn.norm import LocalBatchNorm
 
 WEIGHT_TYPES = (keras.layers.Dense, keras.layers.Conv2D)
 NORMS = (keras.layers.BatchNormalization, keras.layers.LayerNormalization)

@@ -15,11 +15,11 @@ from keras import ops
 
 from ssa_tf.config.schema import RunConfig, fill_defaults, is_model_file
 from ssa_tf.methods import base, registry
-from ssa_tf.methods.spec import LEARNED_FEEDBACK
 from ssa_tf.nn import build_modules, svd_layers
 from ssa_tf.nn.graph import UnsupportedLayerError
 from ssa_tf.nn.user import (GraphModule, describe_preprocessing, input_preprocessing,
                             modules_from_keras)
+from ssa_tf.training.optimizer import FactorAdam
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
@@ -281,53 +281,6 @@ class NonFiniteCounter(keras.metrics.Metric):
         return {**super().get_config(), "modules": self.modules, "terms": self.terms}
 
 
-@keras.saving.register_keras_serializable(package="ssa_tf")
-class FactorAdam(keras.optimizers.Adam):
-    """Adam whose rate for the singular values s is ``s_rate_scale`` times the
-    rate of everything else (to test whether U, V and s want different rates), and, for a
-    rule whose feedback learns (``LEARNED_FEEDBACK`` in the variable's name), the rule's
-    own feedback rate ``feedback_lr``, times ``feedback_decay`` per epoch of
-    ``steps_per_epoch`` steps (DKP's schedule: its own Adam, x0.8 per epoch)."""
-
-    def __init__(self, s_rate_scale=1.0, feedback_lr=None, feedback_decay=1.0,
-                 steps_per_epoch=0, **kwargs):
-        super().__init__(**kwargs)
-        self.s_rate_scale = float(s_rate_scale)
-        self.feedback_lr = None if feedback_lr is None else float(feedback_lr)
-        self.feedback_decay = float(feedback_decay)
-        self.steps_per_epoch = int(steps_per_epoch)
-
-    def feedback_rate(self):
-        """The learned feedback's rate at the current step."""
-        rate = tf.constant(self.feedback_lr, tf.float32)
-        if self.steps_per_epoch and self.feedback_decay != 1.0:
-            epoch = tf.math.floordiv(tf.cast(self.iterations, tf.float32),
-                                     float(self.steps_per_epoch))
-            rate = rate * tf.pow(self.feedback_decay, epoch)
-        return rate
-
-    def update_step(self, gradient, variable, learning_rate):
-        if self.feedback_lr is not None and is_learned_feedback(variable):
-            learning_rate = tf.cast(self.feedback_rate(), variable.dtype)
-        elif is_singular_values(variable):
-            learning_rate = learning_rate * self.s_rate_scale
-        return super().update_step(gradient, variable, learning_rate)
-
-    def get_config(self):
-        return {**super().get_config(), "s_rate_scale": self.s_rate_scale,
-                "feedback_lr": self.feedback_lr, "feedback_decay": self.feedback_decay,
-                "steps_per_epoch": self.steps_per_epoch}
-
-
-def is_learned_feedback(variable) -> bool:
-    return variable.name.split(":")[0].split("/")[-1].startswith(LEARNED_FEEDBACK)
-
-
-def is_singular_values(variable) -> bool:
-    """True for an SVD layer's trainable s (named "s"; U and V are "U" and "V")."""
-    return variable.name.split(":")[0].split("/")[-1] == "s"
-
-
 def model_from_config(cfg, input_shape, num_classes) -> SSAModel:
     """The (uncompiled) model of a ``RunConfig``, its weights drawn from ``cfg.seed``, taking
     raw pixels of its dataset. The one model factory: ``build_model`` is it for settings
@@ -352,16 +305,17 @@ def _model_from_config(cfg, input_shape, num_classes, stats, dataset=None,
     filled in, none resolved here) normalizing its input by ``stats``; ``extra``: more
     ``SSAModel`` arguments (``ranks``, ...); ``dataset`` names the data in a user's file's
     errors."""
+    from ssa_tf import model_file
     from ssa_tf.errors import UsageError
     from ssa_tf.nn.user import leading_preprocessing
 
     m = cfg.model
     options = dict(mode=cfg.method.mode, head_init=m.head_init, seed=cfg.seed,
                    **cfg.method.options(), **extra)
-    if not is_user_model(m.model):
+    if not is_model_file(m.model):
         return SSAModel(m.model, input_shape, num_classes, norm=m.norm, activation=m.activation,
                         conv_factorization=m.conv_factorization, input_stats=stats, **options)
-    network, ends = user_network(m.model, input_shape, num_classes, dataset)
+    network, ends = model_file.user_network(m.model, input_shape, num_classes, dataset)
     if leading_preprocessing(network):
         stats = None  # it preprocesses the raw pixels itself: no second time
     try:
@@ -371,59 +325,6 @@ def _model_from_config(cfg, input_shape, num_classes, stats, dataset=None,
                         module_ends=ends, **options)
     except UsageError as e:  # a layer, or a module end, the rules cannot train
         raise UsageError(f"--model={m.model}: {e}") from None
-
-
-def is_user_model(name) -> bool:
-    """``model.model`` names a file of the user's (``--model=path/to/file.py``)."""
-    return is_model_file(name)
-
-
-def user_network(path, input_shape, num_classes, dataset=None):
-    """(the ``keras.Model`` that ``build(input_shape, num_classes)`` in the user's file
-    returns, the file's ``MODULE_ENDS`` or None: the layers after which its local modules
-    end, to override the automatic split); ``errors.UsageError``, one line, when the file
-    cannot give a model for data of ``input_shape`` (``dataset``'s, named in the line):
-    a failure while the file runs names its line (``ssa_tf.model_file``)."""
-    import importlib.util
-
-    from ssa_tf import model_file
-    from ssa_tf.errors import UsageError
-
-    spec = importlib.util.spec_from_file_location("ssa_tf_user_model", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-        build = getattr(module, "build", None)
-        if not callable(build):
-            raise UsageError(f"--model={path} defines no build(input_shape, num_classes)")
-        network = build(tuple(input_shape), int(num_classes))
-    except UsageError:
-        raise
-    except Exception as e:  # the user's code: any failure in it is their input problem
-        raise UsageError(model_file.failure(path, e)) from None
-    if not isinstance(network, keras.Model):
-        raise UsageError(f"--model={path}: build() returned a {type(network).__name__}, "
-                         "not a keras.Model")
-    try:
-        declared = tuple(network.inputs[0].shape[1:])
-    except (AttributeError, ValueError, IndexError):  # a Sequential without keras.Input
-        raise UsageError(f"--model={path}: build() returned a model without an input shape; "
-                         "begin it with keras.Input(input_shape)") from None
-    shape = tuple(int(d) for d in input_shape)
-    if len(declared) != len(shape) or any(d is not None and d != e
-                                          for d, e in zip(declared, shape)):
-        data = f"the data ({dataset})" if dataset else "the data"
-        raise UsageError(f"--model={path}: the model takes inputs of shape {declared}; {data} "
-                         f"has shape {shape} (make its keras.Input from build's input_shape)")
-    out = tuple(network.outputs[0].shape[1:]) if network.outputs else ()
-    if out != (int(num_classes),):
-        raise UsageError(f"--model={path}: the model's output has shape {out}; the dataset "
-                         f"has {num_classes} classes (return one logit per class)")
-    ends = getattr(module, "MODULE_ENDS", None)
-    problem = None if ends is None else model_file.module_ends_problem(ends)
-    if problem:
-        raise UsageError(f"--model={path}: {problem}")
-    return network, None if ends is None else tuple(ends)
 
 
 # build_model's keyword arguments that are a run's settings (``RunConfig.flat``'s names)
