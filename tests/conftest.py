@@ -80,15 +80,17 @@ LONGEST_FIRST = (
     "test_cli.py",  # 55
     "test_locality_leaks.py",  # 45
     "test_loop.py",  # 40: 2 logical CPUs, eight trainings in one process
-    "test_tuning.py",  # 40
     "test_rank.py",  # 40
+    "test_tuning.py",  # 35: the shared two-trial search (40 with test_tuning_report.py)
     "test_finished_runs.py",  # 35
     "test_export_script.py",  # 30
     "test_bad_input.py",  # 30
     "test_locality.py",  # 30
-    "test_data.py",  # 25
     "test_replay.py",  # 25
     "test_user.py",  # 20
+    "test_data.py",  # 15 (25 with test_data_preparation.py)
+    "test_data_preparation.py",  # 10: an ImageNet build from tars and an epoch
+    "test_tuning_report.py",  # 5
 )
 
 

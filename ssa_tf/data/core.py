@@ -42,7 +42,7 @@ LABELS = ("fine", "coarse")
 FINAL_SPLIT = {"cifar10": "test", "cifar100": "test", "imagenet2012": "validation"}
 
 
-# the versions the pinned tensorflow-datasets builds and reads (tests/test_data.py checks)
+# the versions the pinned tensorflow-datasets builds and reads (tests/test_data_preparation.py checks)
 TFDS_PACKAGE = "4.9.10"
 TFDS_VERSIONS = {"cifar10": "3.0.2", "cifar100": "3.0.2", "imagenet2012": "5.1.0"}
 IMAGENET_TARS = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
