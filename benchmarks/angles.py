@@ -40,8 +40,8 @@ def angles(grid, data_dir, runs):
     from ssa_tf.training.diagnostics import update_angles
 
     base = GRIDS[grid]["base"]
-    ds = data_lib.load(base["dataset"], 256, data_dir=data_dir, seed=1, augment=False,
-                       validation_split=base.get("validation_split", 0.1))
+    ds = data_lib.load(base["data.dataset"], 256, data_dir=data_dir, seed=1, augment=False,
+                       validation_split=base.get("data.validation_split", 0.1))
     x, y = (np.asarray(t) for t in next(iter(ds.validation)))
     recorded = records.load_all_results(os.path.dirname(os.path.abspath(__file__)), grid)
     out, modules = {}, None

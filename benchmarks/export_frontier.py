@@ -36,6 +36,7 @@ import tempfile
 from absl import flags
 
 from ssa_tf import cli, files
+from ssa_tf.config import legacy
 from ssa_tf.cli import usage_error
 
 FLAGS = flags.FLAGS
@@ -113,13 +114,15 @@ def export_recorded(record):
     """(ONNX bytes, records, params, MACs per example) of a record's architecture at its ranks."""
     from benchmarks import rebuild
 
-    c = record["config"]
-    if c["dataset"] != "cifar10" or c.get("image_size"):
+    c = legacy.read_settings(record["config"])  # a record of either age
+    if c["data.dataset"] != "cifar10" or c.get("data.image_size"):
         raise ValueError(f"{record['name']}: rebuilt exports are of 32x32 CIFAR-10 models, "
-                         f"not {c['dataset']} at image size {c.get('image_size')}")
-    model = rebuild.model_at_ranks(c["model"], c["mode"], record["ranks"], record["seed"],
-                                   norm=c["norm"], activation=c["activation"],
-                                   conv_factorization=c.get("conv_factorization", "spatial"))
+                         f"not {c['data.dataset']} at image size {c.get('data.image_size')}")
+    model = rebuild.model_at_ranks(c["model.model"], c["method.mode"], record["ranks"],
+                                   record["seed"], norm=c["model.norm"],
+                                   activation=c["model.activation"],
+                                   conv_factorization=c.get("model.conv_factorization",
+                                                            "spatial"))
     proto, records, params = rebuild.export_onnx(model)
     return proto.SerializeToString(), records, params, sum(r.macs or 0 for r in records)
 

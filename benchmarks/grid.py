@@ -81,8 +81,8 @@ def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
         record = {
             "grid": grid, "name": name, "key": key, "seed": seed, "mode": cfg.method.mode,
             "card": summary["card"],
-            "config": {k: v for k, v in cfg.resolved().flat().items()
-                       if k not in ("workdir", "data_dir")},
+            "config": {k: v for k, v in cfg.resolved().settings().items()
+                       if k not in ("runtime.workdir", "data.data_dir")},
             "val_accuracy": history["val_accuracy"], "train_accuracy": history["accuracy"],
             "test_accuracy": summary["test_accuracy"], "splits": {
                 "train": summary["train_split"], "validation": summary["validation_split"],
@@ -185,7 +185,7 @@ def main(argv):
     base = GRIDS[FLAGS.grid]["base"]
     try:
         preflight.check_data(cfg_lib.RunConfig().with_overrides(
-            [f"data.dataset={base['dataset']}", f"data.data_dir={FLAGS.data_dir or ''}"]))
+            [f"data.dataset={base['data.dataset']}", f"data.data_dir={FLAGS.data_dir or ''}"]))
     except errors.Error as e:
         cli.fail(e)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

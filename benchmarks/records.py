@@ -11,50 +11,59 @@ import statistics
 
 from benchmarks.grids import GRIDS
 from ssa_tf import config as cfg_lib
-from ssa_tf.config.schema import OPERATIONAL_FLAT
+from ssa_tf.config import legacy
+from ssa_tf.config.schema import OPERATIONAL
 
 # settings that do not change what is trained (ssa_tf.config.schema.OPERATIONAL), and
 # the seed (a run's key names its variant; its seed is recorded beside it)
-_IGNORED = (*OPERATIONAL_FLAT, "seed")
+_IGNORED = (*OPERATIONAL, "seed")
+
 
 def variant_config(grid, name, seed, data_dir=None) -> cfg_lib.RunConfig:
     spec = GRIDS[grid]
-    return cfg_lib.RunConfig.from_flat({**spec["base"], **spec["variants"][name], "seed": seed,
-                                        "data_dir": data_dir})
+    return cfg_lib.RunConfig.from_settings({**spec["base"], **spec["variants"][name],
+                                            "seed": seed, "data.data_dir": data_dir})
 
 
 # settings added after runs were recorded: at these values a run trains what it trained
 # before the setting existed, so they stay out of its key (the recorded runs still count)
-_LATER_DEFAULTS = {"conv_factorization": ("spatial",), "rank_keep_ends": (False,),
-                   "rank_energy": ("weights",), "align_form": (None, "factors"),
+_LATER_DEFAULTS = {"model.conv_factorization": ("spatial",), "rank.keep_ends": (False,),
+                   "rank.energy": ("weights",), "method.align_form": (None, "factors"),
                    # learned feedback's own rate (dkp, ssa-dkp): None for every other rule
-                   "feedback_lr": (None,), "feedback_decay": (None,),
-                   "feedback_weight_decay": (None,),
+                   "method.feedback_lr": (None,), "method.feedback_decay": (None,),
+                   "method.feedback_weight_decay": (None,),
                    # the local route's trained heads: the linear read-out before
-                   "readout_head": (None, "linear"), "readout_width": (None, 0),
-                   "readout_depth": (None, 1),
+                   "method.readout_head": (None, "linear"), "method.readout_width": (None, 0),
+                   "method.readout_depth": (None, 1),
                    # predsim's weight: the prediction loss alone before
-                   "readout_sim": (None, 0.0)}
+                   "method.readout_sim": (None, 0.0)}
 
 
 def run_key(cfg: cfg_lib.RunConfig) -> str:
     """Canonical JSON of what a run trains (resolved settings, paths and seed left out)."""
-    d = {k: v for k, v in cfg.resolved().flat().items()
+    d = {k: v for k, v in cfg.resolved().settings().items()
          if k not in _IGNORED and not (k in _LATER_DEFAULTS and v in _LATER_DEFAULTS[k])}
-    if d.get("rank_tau") is None:  # no cuts: which layers a cut would spare is moot
-        d.pop("rank_keep_ends", None)
+    if d.get("rank.tau") is None:  # no cuts: which layers a cut would spare is moot
+        d.pop("rank.keep_ends", None)
         # ... and so is how it would cut the feedback: the value runs were recorded with
-        d["rank_feedback_cut"] = "first"
-    if d.get("rank_energy", "weights") == "weights":  # only an outputs cut reads batches
-        d.pop("rank_energy_batches", None)
+        d["rank.feedback_cut"] = "first"
+    if d.get("rank.energy", "weights") == "weights":  # only an outputs cut reads batches
+        d.pop("rank.energy_batches", None)
     return json.dumps(d, sort_keys=True, default=list)
 
 
 def load_results(path):
+    """The records of one file, each in today's names (``config.legacy``: a record
+    written before the dotted vocabulary has a flat key and config)."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        records = [json.loads(line) for line in f if line.strip()]
+    for r in records:
+        r["key"] = legacy.read_key(r["key"])
+        if "config" in r:
+            r["config"] = legacy.read_settings(r["config"])
+    return records
 
 
 def load_all_results(out, grid):

@@ -136,7 +136,7 @@ def test_the_metrics_log_the_terms_that_count_under_their_names(default_run):
     rows = (workdir / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and "val_accuracy" in rows[0]
     assert "feedback_dot_output" in rows[0] and "ce_surrogate" not in rows[0]
-    beta = json.loads((workdir / "config.json").read_text())["beta"]
+    beta = json.loads((workdir / "config.json").read_text())["method.beta"]
     assert ("align_term" in rows[0]) == (beta > 0)
     assert "ortho_term" not in rows[0]  # gamma 0
 
@@ -145,7 +145,7 @@ def test_the_workdir_holds_the_model_config_and_logs_and_no_temporary_file(defau
     _, workdir = default_run
     assert (workdir / "model.keras").stat().st_size > 0
     config = json.loads((workdir / "config.json").read_text())
-    assert config["model"] == "mlp" and config["card"]["rule"] == "ssa"
+    assert config["model.model"] == "mlp" and config["card"]["rule"] == "ssa"
     assert any((workdir / "tensorboard").rglob("events.out.tfevents*"))
     assert not list(workdir.glob("*.tmp*"))
 

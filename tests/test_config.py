@@ -14,16 +14,45 @@ def problem(*assignments, tf_config=None):
     return validate(RunConfig().with_overrides(assignments), tf_config)
 
 
-def test_flat_record_round_trips_and_keeps_the_historic_names():
+def test_the_record_round_trips_in_the_names_set_takes():
     cfg = RunConfig().with_overrides(["rank.tau=0.9", "method.beta=0", "data.augment=false",
                                       "train.lr_decay_epochs=20,40", "seed=3"])
-    flat = cfg.flat()
-    assert flat["rank_tau"] == 0.9 and flat["beta"] == 0.0 and flat["augment"] is False
-    assert flat["lr_decay_epochs"] == (20, 40) and flat["seed"] == 3
-    assert RunConfig.from_flat(flat) == cfg
+    settings = cfg.settings()
+    assert settings["rank.tau"] == 0.9 and settings["method.beta"] == 0.0
+    assert settings["data.augment"] is False
+    assert settings["train.lr_decay_epochs"] == (20, 40) and settings["seed"] == 3
+    # every name but the seed is SECTION.FIELD, exactly what --set takes
+    assert all(k == "seed" or k.count(".") == 1 for k in settings)
+    assert RunConfig.from_settings(settings) == cfg
     assert cfg.rank.tau == 0.9 and cfg.train.lr_decay_epochs == (20, 40)
+    assert cfg.replace({"train.epochs": 7}, seed=5).settings() == {
+        **settings, "train.epochs": 7, "seed": 5}
     with pytest.raises(ValueError, match="unknown settings: nonsense"):
-        RunConfig.from_flat({"nonsense": 1})
+        RunConfig.from_settings({"nonsense": 1})
+    with pytest.raises(ValueError, match="unknown settings: beta"):  # old names: legacy only
+        RunConfig.from_settings({"beta": 1})
+
+
+def test_the_legacy_reader_translates_every_old_name_and_nothing_else():
+    import json
+
+    from ssa_tf.config import legacy
+
+    cfg = RunConfig().with_overrides(["rank.tau=0.8", "method.mode=dfa", "seed=2",
+                                      "data.synthetic_shape=(8,8,1)"])
+    # the flat record as the versions up to ed60e35 wrote it
+    old = {name: cfg.settings()[path] for name, path in legacy.FLAT_TO_PATH.items()}
+    old = json.loads(json.dumps({**old, "seed": 2, "card": {"rule": "dfa"}}, default=list))
+    assert old["rank_tau"] == 0.8 and old["mode"] == "dfa" and old["epochs"] == 3
+    assert legacy.read_config(old) == cfg
+    # today's record reads the same, and a mixture too
+    assert legacy.read_config(json.loads(json.dumps(cfg.record(), default=list))).settings() \
+        == cfg.resolved().settings()
+    assert legacy.read_settings({"beta": 0.5, "rank.tau": 0.7, "seed": 1, "x": 2}) == {
+        "method.beta": 0.5, "rank.tau": 0.7, "seed": 1, "x": 2}
+    key = json.dumps({"beta": 0.5, "rank_tau": None, "seed": 1}, sort_keys=True)
+    assert legacy.read_key(key) == json.dumps(
+        {"method.beta": 0.5, "rank.tau": None, "seed": 1}, sort_keys=True)
 
 
 @pytest.mark.parametrize("assignment,needle", [
@@ -160,7 +189,7 @@ def test_daily_flags_and_set_reach_the_config_and_the_model():
     model = model_from_config(cfg, (28, 28, 1), 10)
     assert not model.options["chain_jacobians"] and model.options["stiefel_retraction"]
     assert model.get_config()["chain_jacobians"] is False
-    default = model_from_config(cfg.replace(chain_jacobians=None), (28, 28, 1), 10)
+    default = model_from_config(cfg.replace({"method.chain_jacobians": None}), (28, 28, 1), 10)
     assert default.options["chain_jacobians"]  # on for fa
 
 

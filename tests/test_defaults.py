@@ -65,7 +65,8 @@ def test_a_config_resolves_the_rules_rate_and_head_from_its_spec(watched):
     resolved = cfg.resolved()
     assert resolved.train.learning_rate == RATE and resolved.model.head_init == HEAD
     assert cfg.learning_rate() == RATE
-    assert cfg.record()["learning_rate"] == RATE and cfg.record()["head_init"] == HEAD
+    record = cfg.record()
+    assert record["train.learning_rate"] == RATE and record["model.head_init"] == HEAD
     assert resolved.resolved() == resolved  # resolved once, final
     given = cfg.with_overrides(["train.learning_rate=0.5", "model.head_init=glorot"])
     assert given.learning_rate() == 0.5 and given.resolved().model.head_init == "glorot"
@@ -104,8 +105,7 @@ def test_a_model_without_a_config_takes_the_same_defaults(watched):
 @pytest.mark.parametrize("mode", registry.NAMES)
 def test_fill_defaults_is_what_a_config_resolves(mode):
     cfg = RunConfig().with_overrides([f"method.mode={mode}"])
-    flat = cfg.flat()
-    assert cfg.resolved().flat() == fill_defaults(mode, flat)
+    assert cfg.resolved().settings() == fill_defaults(mode, cfg.settings())
     rule = registry.get(mode)
     assert cfg.learning_rate() == rule.learning_rate
     assert cfg.resolved().model.head_init == rule.head_init

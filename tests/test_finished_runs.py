@@ -37,8 +37,8 @@ def finished(tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("finished") / "w"
     workdir.mkdir()
-    cfg = RunConfig.from_flat({"workdir": str(workdir), "model": "mlp",
-                               "max_train_examples": 128, "epochs": 1})
+    cfg = RunConfig.from_settings({"runtime.workdir": str(workdir), "model.model": "mlp",
+                                   "data.max_train_examples": 128, "train.epochs": 1})
     (workdir / "config.json").write_text(json.dumps(cfg.record(), default=list))
     _checkpoint(workdir)
     (workdir / "metrics.csv").write_text("epoch\n0\n")

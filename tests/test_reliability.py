@@ -59,8 +59,8 @@ def test_lock_refuses_a_live_holder_and_clears_a_dead_one(tmp_path):
 # Resume or restart.
 # --------------------------------------------------------------------------
 
-def _unfinished_run(tmp_path, **kw):
-    cfg = RunConfig.from_flat({"workdir": str(tmp_path), **kw})
+def _unfinished_run(tmp_path, settings):
+    cfg = RunConfig.from_settings({"runtime.workdir": str(tmp_path), **settings})
     (tmp_path / "config.json").write_text(json.dumps(cfg.record(), default=list))
     ckpt = tmp_path / "backup" / "local" / "epoch-1"
     ckpt.mkdir(parents=True)
@@ -71,16 +71,17 @@ def _unfinished_run(tmp_path, **kw):
 
 
 def test_prepare_workdir_resumes_refuses_and_restarts(tmp_path):
-    cfg = _unfinished_run(tmp_path, model="mlp", epochs=2)
+    cfg = _unfinished_run(tmp_path, {"model.model": "mlp", "train.epochs": 2})
     assert reliability.prepare_workdir(cfg) == "resume"
     # longer training, other checkpointing: still the same run
-    assert reliability.prepare_workdir(cfg.replace(epochs=5, checkpoint_steps=7)) == "resume"
+    assert reliability.prepare_workdir(
+        cfg.replace({"train.epochs": 5, "runtime.checkpoint_steps": 7})) == "resume"
     with pytest.raises(UsageError, match=r"method.beta=0.01 then, 0.5 now.*--restart"):
-        reliability.prepare_workdir(cfg.replace(beta=0.5))
+        reliability.prepare_workdir(cfg.replace({"method.beta": 0.5}))
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(UsageError, match="finished run"):
         reliability.prepare_workdir(cfg)
-    assert reliability.prepare_workdir(cfg.replace(restart=True)) == "restart"
+    assert reliability.prepare_workdir(cfg.replace({"runtime.restart": True})) == "restart"
     # the run's outputs are gone, the user's own file is not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
 

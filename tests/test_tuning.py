@@ -23,7 +23,7 @@ import pytest
 
 from conftest import REPO
 from ssa_tf import config as cfg_lib
-from ssa_tf.config.schema import OPERATIONAL_FLAT
+from ssa_tf.config.schema import OPERATIONAL
 from ssa_tf.tuning import report, search, settings
 from tuning_helpers import small_search
 
@@ -291,7 +291,7 @@ def test_training_from_best_flags_gives_the_trials_validation_accuracy(searched,
         trial_config = json.load(f)
     with open(workdir / "config.json") as f:
         rerun_config = json.load(f)
-    where = set(OPERATIONAL_FLAT)  # workdir, restart, progress: not what is trained
+    where = set(OPERATIONAL)  # workdir, restart, progress: not what is trained
     assert {k: v for k, v in rerun_config.items() if k not in where} == \
         {k: v for k, v in trial_config.items() if k not in where}
     with open(os.path.join(trial_run, "summary.json")) as f:

@@ -180,8 +180,9 @@ def test_the_command_line_trains_a_users_file_and_stores_its_card(tmp_path):
     assert ("\n  1 conv2d_1..conv2d_2: conv2d_1, layer_normalization, re_lu, conv2d_2, add, "
             "re_lu_1, max_pooling2d_1\n") in result.stdout
     config = json.loads((workdir / "config.json").read_text())
-    assert config["model"].endswith("residual_cnn.py") and config["card"]["rule"] == "ssa"
-    assert config["norm"] is None and config["activation"] is None  # it has its own layers
+    assert config["model.model"].endswith("residual_cnn.py") and config["card"]["rule"] == "ssa"
+    # it has its own layers
+    assert config["model.norm"] is None and config["model.activation"] is None
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["card"]["weight_transport"] == "once at construction"
     assert summary["test_accuracy"] > 0.3  # 8 steps; chance is 0.1

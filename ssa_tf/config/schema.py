@@ -3,11 +3,13 @@
     cfg = RunConfig()                               # the defaults
     cfg = cfg.with_overrides(["method.beta=0", "rank.tau=0.9"])  # --set SECTION.FIELD=VALUE
     cfg.method.beta, cfg.rank.tau                   # typed access
-    cfg.flat()                                      # {"beta": 0.0, "rank_tau": 0.9, ...}
+    cfg.settings()                                  # {"method.beta": 0.0, "rank.tau": 0.9, ...}
+    cfg.replace({"train.epochs": 5})                # a copy with settings changed
 
-``flat()`` is the canonical record (``config.json``, experiment keys, the
-resume check): every field under one name, the names the project's records
-have always used. No TensorFlow import.
+Every setting has one name, ``SECTION.FIELD`` (and ``seed``), the same in ``--set``,
+presets, grids, ``config.json``, experiment records and searches. ``settings()`` is the
+canonical record. Files written before this vocabulary (flat names: "beta",
+"rank_tau") are read by ``ssa_tf.config.legacy`` alone. No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -65,33 +67,37 @@ def is_model_file(name) -> bool:
 
 
 def fill_defaults(mode, settings: dict, user_model=False) -> dict:
-    """``settings`` (flat names, as config.json's) with every None that has a default
-    filled in: the one place a default is resolved. From rule ``mode`` (its file in
-    ``ssa_tf/methods/rules/``): its options (``RuleSpec.resolve``; an option it does not
-    take stays as given), ``learning_rate`` and ``head_init``; for a built-in model (not
-    ``user_model``: a user's file or Keras model has layers of its own)
-    ``BUILT_IN_DEFAULTS``. Only the names in ``settings`` are filled.
+    """``settings`` (``SECTION.FIELD`` names, as ``RunConfig.settings``) with every None that
+    has a default filled in: the one place a default is resolved. From rule ``mode`` (its
+    file in ``ssa_tf/methods/rules/``): its options (``method.*``, ``RuleSpec.resolve``;
+    an option it does not take stays as given), ``train.learning_rate`` and
+    ``model.head_init``; for a built-in model (not ``user_model``: a user's file or Keras
+    model has layers of its own) ``BUILT_IN_DEFAULTS``. Only the names in ``settings`` are
+    filled.
 
     ``RunConfig.resolved`` fills a run's settings here, and everything downstream of a
     config (``model_from_config``, ``build_model``, the rate) takes the resolved values;
     ``SSAModel`` and ``compile_model`` called without a config fill theirs here too."""
     rule = registry.get(mode)
     out = dict(settings)
-    out.update((k, v) for k, v in rule.resolve(settings).items() if k in out)
-    own = {"learning_rate": rule.learning_rate, "head_init": rule.head_init,
-           **({} if user_model else BUILT_IN_DEFAULTS)}
+    given = {k[len("method."):]: v for k, v in settings.items() if k.startswith("method.")}
+    out.update((f"method.{k}", v) for k, v in rule.resolve(given).items()
+               if f"method.{k}" in out)
+    own = {"train.learning_rate": rule.learning_rate, "model.head_init": rule.head_init,
+           **({} if user_model else {f"model.{k}": v for k, v in BUILT_IN_DEFAULTS.items()})}
     out.update((k, v) for k, v in own.items() if k in out and out[k] is None)
     return out
 
 
-def canonical_model_settings(flat: dict) -> dict:
-    """A flat record (config.json, a search's) with norm, activation and factorization as
-    this version records them, to compare records of either age: a built-in model's
-    defaults filled in; for a user's file None, where older records held the built-in
-    models' defaults."""
-    user = is_model_file(flat.get("model", ""))
-    out = dict(flat)
-    for name, default in BUILT_IN_DEFAULTS.items():
+def canonical_model_settings(settings: dict) -> dict:
+    """A record's settings (config.json, a search's) with norm, activation and
+    factorization as this version records them, to compare records of either age: a
+    built-in model's defaults filled in; for a user's file None, where older records
+    held the built-in models' defaults."""
+    user = is_model_file(settings.get("model.model", ""))
+    out = dict(settings)
+    for field, default in BUILT_IN_DEFAULTS.items():
+        name = f"model.{field}"
         if name in out and user and out[name] == default:
             out[name] = None
         elif name in out and not user and out[name] is None:
@@ -181,10 +187,6 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,
             "train": TrainConfig, "rank": RankConfig, "runtime": RuntimeConfig}
 
 
-def _flat_name(section, field):
-    return f"rank_{field}" if section == "rank" else field
-
-
 @dataclasses.dataclass
 class RunConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
@@ -195,40 +197,41 @@ class RunConfig:
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
     seed: int = 1
 
-    # -- the flat record ------------------------------------------------------
-    def flat(self) -> dict:
-        out = {}
-        for section in SECTIONS:
-            for f in dataclasses.fields(getattr(self, section)):
-                out[_flat_name(section, f.name)] = getattr(getattr(self, section), f.name)
+    # -- the record: {SECTION.FIELD: value, ..., "seed": n} -------------------
+    def settings(self) -> dict:
+        out = {f"{section}.{f.name}": getattr(getattr(self, section), f.name)
+               for section in SECTIONS for f in dataclasses.fields(getattr(self, section))}
         out["seed"] = self.seed
         return out
 
     @classmethod
-    def from_flat(cls, values: dict) -> "RunConfig":
-        """A config from flat names (``flat()``'s); unknown names are a ValueError."""
+    def from_settings(cls, values: dict) -> "RunConfig":
+        """A config from ``settings()``'s names (those not given: the defaults); unknown
+        names are a ValueError; a list where a tuple belongs (JSON's) becomes a tuple."""
         values = dict(values)
         sections = {}
         for section, klass in SECTIONS.items():
             kw = {}
             for f in dataclasses.fields(klass):
-                name = _flat_name(section, f.name)
+                name = f"{section}.{f.name}"
                 if name in values:
-                    kw[f.name] = values.pop(name)
+                    value = values.pop(name)
+                    kw[f.name] = tuple(value) if isinstance(value, list) else value
             sections[section] = klass(**kw)
         seed = values.pop("seed", 1)
         if values:
             raise ValueError(f"unknown settings: {', '.join(sorted(values))}")
         return cls(**sections, seed=seed)
 
-    def replace(self, **flat_values) -> "RunConfig":
-        """A copy with the given flat settings changed."""
-        return RunConfig.from_flat({**self.flat(), **flat_values})
+    def replace(self, changes: dict | None = None, /, **more) -> "RunConfig":
+        """A copy with settings changed: ``cfg.replace({"train.epochs": 5})``, or
+        ``cfg.replace(seed=2)`` (names of ``settings()``; ``**`` takes dotted ones too)."""
+        return RunConfig.from_settings({**self.settings(), **(changes or {}), **more})
 
     # -- overrides: --set SECTION.FIELD=VALUE ---------------------------------
     def with_overrides(self, assignments) -> "RunConfig":
         """A copy with each ``SECTION.FIELD=VALUE`` applied in order (ValueError if malformed)."""
-        cfg = RunConfig.from_flat(self.flat())
+        cfg = RunConfig.from_settings(self.settings())
         for text in assignments:
             path, sep, raw = text.partition("=")
             if not sep:
@@ -263,9 +266,8 @@ class RunConfig:
         (options the rule does not take stay None), rate and head, and a built-in model's
         norm, activation and factorization (a user's file takes none of them). What
         consumes a config (``model_from_config``, the rate, ``config.json``) reads these."""
-        flat = self.flat()
-        return RunConfig.from_flat(fill_defaults(self.method.mode, flat,
-                                                 user_model=is_model_file(flat["model"])))
+        return RunConfig.from_settings(fill_defaults(
+            self.method.mode, self.settings(), user_model=is_model_file(self.model.model)))
 
     def learning_rate(self) -> float:
         """The run's rate: ``train.learning_rate``, or the rule's (as ``resolved``)."""
@@ -282,7 +284,7 @@ class RunConfig:
 
     def record(self) -> dict:
         """What config.json holds: every setting resolved, and the rule's locality card."""
-        return {**self.resolved().flat(), "card": self.card().as_dict()}
+        return {**self.resolved().settings(), "card": self.card().as_dict()}
 
 
 # settings that say where and how a run works, not what it trains: a resumed run may
@@ -294,11 +296,6 @@ OPERATIONAL = ("data.data_dir", "data.manual_dir", "method.recompute", "runtime.
 
 FIELD_HELP = {section: [f.name for f in dataclasses.fields(klass)]
               for section, klass in SECTIONS.items()}
-# flat name -> SECTION.FIELD, to name a setting the way a user sets it
-FLAT_TO_PATH = {_flat_name(section, f.name): f"{section}.{f.name}"
-                for section, klass in SECTIONS.items() for f in dataclasses.fields(klass)}
-PATH_TO_FLAT = {path: flat for flat, path in FLAT_TO_PATH.items()}
-OPERATIONAL_FLAT = tuple(PATH_TO_FLAT[p] for p in OPERATIONAL)
 
 
 def _parse(path, raw, hint):

@@ -13,7 +13,7 @@ import os
 import tempfile
 import zipfile
 
-from ssa_tf.config import DATASETS, UsageError
+from ssa_tf.config import DATASETS, UsageError, legacy
 from ssa_tf.choices import FORWARD_FORMS as FORMS
 from ssa_tf.training.workdir import last_checkpoint
 
@@ -83,8 +83,8 @@ def validate(cfg: ExportConfig) -> str | None:
         return f"no {CONFIG_FILE} in --workdir {cfg.workdir!r}: it names the evaluation dataset"
     try:
         with open(cfg.config_path) as f:
-            dataset = json.load(f)["dataset"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+            dataset = legacy.read_settings(json.load(f))["data.dataset"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         return f"cannot read the dataset name from {cfg.config_path!r} ({type(e).__name__}: {e})"
     if dataset not in DATASETS:
         return (f"{cfg.config_path!r} names dataset {dataset!r}, which ssa_tf cannot load "

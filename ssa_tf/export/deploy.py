@@ -30,6 +30,7 @@ import tf2onnx
 from ssa_tf.errors import ParityError  # noqa: F401  (raised here)
 import ssa_tf.training.model  # noqa: F401  registers SSAModel and its layers for load_model
 from ssa_tf import files
+from ssa_tf.config import legacy
 from ssa_tf.export import convert
 from ssa_tf import data as data_lib
 from ssa_tf.export.config import DEFAULT_OPSET, ExportConfig, UsageError
@@ -195,20 +196,22 @@ def load_run_model(path: str) -> keras.Model:
 
 
 _LOAD_FIXED = ("name", "batch_size", "augment", "max_train_examples", "validation_split")
+_DATA = "data."
 
 
 def evaluation_batch(cfg: ExportConfig, input_shape):
     """(x, split, dataset) from the test split of the dataset in the run's config.json."""
     try:
         with open(cfg.config_path) as f:
-            run_config = json.load(f)
-        dataset = run_config["dataset"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+            run_config = legacy.read_settings(json.load(f))
+        dataset = run_config["data.dataset"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise UsageError(f"cannot read the dataset name from {cfg.config_path!r} ({e})") from e
     # the run's own dataset settings (data_dir, label, image size, ...), as far
     # as this version of data.load takes them
     accepted = inspect.signature(data_lib.load).parameters
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in run_config.items()
+    data = {k[len(_DATA):]: v for k, v in run_config.items() if k.startswith(_DATA)}
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
                if k in accepted and k not in _LOAD_FIXED and v is not None}
     try:
         ds = data_lib.load(dataset, cfg.verify_batch, augment=False, max_train_examples=1,

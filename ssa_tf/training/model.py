@@ -47,8 +47,8 @@ class SSAModel(keras.Model):
         self.rule = registry.make(mode, given)
         # None: the default (from a config, model_from_config passes them resolved)
         norm, activation, head_init, conv_factorization = fill_defaults(
-            mode, dict(norm=norm, activation=activation, head_init=head_init,
-                       conv_factorization=conv_factorization),
+            mode, {"model.norm": norm, "model.activation": activation,
+                   "model.head_init": head_init, "model.conv_factorization": conv_factorization},
             user_model=network is not None).values()
         self.architecture = architecture
         self.input_dims = tuple(int(d) for d in input_shape)
@@ -327,9 +327,11 @@ def _model_from_config(cfg, input_shape, num_classes, stats, dataset=None,
         raise UsageError(f"--model={m.model}: {e}") from None
 
 
-# build_model's keyword arguments that are a run's settings (``RunConfig.flat``'s names)
-MODEL_SETTINGS = ("seed", "norm", "activation", "head_init", "conv_factorization",
-                  *registry.OPTIONS)
+# build_model's keyword arguments that are a run's settings, and their names
+MODEL_SETTINGS = {"seed": "seed",
+                  **{k: f"model.{k}" for k in ("norm", "activation", "head_init",
+                                               "conv_factorization")},
+                  **{k: f"method.{k}" for k in registry.OPTIONS}}
 
 
 def build_model(architecture, input_shape, num_classes, mode=registry.DEFAULT, learning_rate=None,
@@ -340,9 +342,9 @@ def build_model(architecture, input_shape, num_classes, mode=registry.DEFAULT, l
     accuracy. The other ``kwargs`` (``input_stats``: None takes normalized input;
     ``ranks``, ...) go to ``SSAModel``. Unlike a run, it leaves the global seed and the
     convolutions' batch hint as they are."""
-    settings = {k: kwargs.pop(k) for k in list(kwargs) if k in MODEL_SETTINGS}
-    cfg = RunConfig().replace(model=architecture, mode=mode, learning_rate=learning_rate,
-                              **settings).resolved()
+    settings = {MODEL_SETTINGS[k]: kwargs.pop(k) for k in list(kwargs) if k in MODEL_SETTINGS}
+    cfg = RunConfig().replace({"model.model": architecture, "method.mode": mode,
+                               "train.learning_rate": learning_rate, **settings}).resolved()
     model = _model_from_config(cfg, input_shape, num_classes, kwargs.pop("input_stats", None),
                                **kwargs)
     return compile_model(model, cfg.train.learning_rate, jit_compile)
@@ -354,7 +356,7 @@ def compile_model(model, learning_rate=None, jit_compile=False, s_rate_scale=Non
     config resolves it); a rule with its own rates
     (``s_rate_scale``, a learned feedback's ``rates()``) gets ``FactorAdam``, whose
     per-epoch feedback decay counts ``steps_per_epoch`` steps (0: no decay)."""
-    lr = fill_defaults(model.mode, {"learning_rate": learning_rate})["learning_rate"]
+    lr = fill_defaults(model.mode, {"train.learning_rate": learning_rate})["train.learning_rate"]
     if s_rate_scale is None:
         s_rate_scale = model.rule.options.get("s_rate_scale", 1.0)
     rates = model.rule.rates()

@@ -105,7 +105,7 @@ def _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks):
     os.makedirs(workdir, exist_ok=True)
     if state != "resume":
         files.write_text(os.path.join(workdir, "config.json"),
-                           json.dumps(cfg.record(), indent=2, default=list))
+                         json.dumps(cfg.record(), indent=2, default=list))
     with placement.strategy.scope():  # model, optimizer, metrics, rank callback
         model = model_from_config(cfg, ds.input_shape, ds.num_classes)
         steps = -(-ds.train_examples // cfg.train.batch_size)

@@ -16,11 +16,12 @@ import shutil
 import socket
 
 from ssa_tf.config import RunConfig, UsageError, flag
-from ssa_tf.config.schema import FLAT_TO_PATH, OPERATIONAL_FLAT, canonical_model_settings
+from ssa_tf.config import legacy
+from ssa_tf.config.schema import OPERATIONAL, canonical_model_settings
 
 LOCK_NAME = ".lock"
 # settings a resumed run may change: where things are, how long, how it is checkpointed
-RESUMABLE_CHANGES = {"epochs", *OPERATIONAL_FLAT}
+RESUMABLE_CHANGES = {"train.epochs", *OPERATIONAL}
 # what a run writes into its workdir; --restart removes these and nothing else
 RUN_OUTPUTS = ("backup", "tensorboard", "metrics.csv", "ranks.csv", "ranks.png", "alignment.csv",
                "summary.json", "model.keras", "config.json")
@@ -145,7 +146,7 @@ class Flight:
         lock = WorkdirLock(workdir).acquire()
         try:
             state = prepare_workdir(
-                (cfg or self.cfg).replace(workdir=workdir), chief=chief)
+                (cfg or self.cfg).replace({"runtime.workdir": workdir}), chief=chief)
         except UsageError:
             lock.release()
             raise
@@ -207,13 +208,13 @@ def prepare_workdir(cfg: RunConfig, chief: bool = True) -> str:
         raise UsageError(f"cannot resume: {saved_path} is unreadable ({e}); pass --restart "
                          "to start over") from None
     mine = json.loads(json.dumps(cfg.record(), default=list))
-    # an older record claimed a norm and activation for a user's model
-    saved = canonical_model_settings(saved)
+    # an older record: flat names, and a norm and activation claimed for a user's model
+    saved = canonical_model_settings(legacy.read_settings(saved))
     # the card follows from the settings: a changed card is a changed flag, named below
     differ = [k for k in sorted(set(saved) | set(mine))
               if k not in RESUMABLE_CHANGES and k != "card" and saved.get(k) != mine.get(k)]
     if differ:
-        shown = ", ".join(f"{flag(FLAT_TO_PATH.get(k, k))}={saved.get(k)!r} then, "
+        shown = ", ".join(f"{flag(k)}={saved.get(k)!r} then, "
                           f"{mine.get(k)!r} now" for k in differ)
         raise UsageError(f"workdir {workdir} holds a run with other settings "
                          f"({shown}); rerun with the same settings to resume it, pass "

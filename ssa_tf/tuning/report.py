@@ -9,7 +9,6 @@ import os
 
 from ssa_tf import config as cfg_lib
 from ssa_tf import files
-from ssa_tf.config.schema import FLAT_TO_PATH
 from ssa_tf.tuning.settings import (CSV_COLUMNS, LOG_SAMPLED, RUN_FIELDS, SEED_COEFFICIENTS,
                                     TRIAL_RECORD, SearchConfig)
 
@@ -181,19 +180,16 @@ def best_flags(cfg: SearchConfig, best: dict, n_trials: int, splits: dict) -> st
         "#   python -m ssa_tf.train --flagfile=THIS_FILE --epochs=30 --workdir=A_NEW_FOLDER",
         f"--mode={run.method.mode}",
     ]
-    default = cfg_lib.RunConfig().flat()
-    values = run.flat()
-    paths = {flat: FLAT_TO_PATH.get(flat, flat) for flat in values}  # seed is "seed"
-    order = [*RUN_FIELDS, *(p for p in paths.values() if p not in RUN_FIELDS)]
-    flat_of = {path: flat for flat, path in paths.items()}
+    default = cfg_lib.RunConfig().settings()
+    values = run.settings()
+    order = [*RUN_FIELDS, *(p for p in values if p not in RUN_FIELDS)]
     for path in order:
-        flat = flat_of[path]
         if path in _WRITTEN_APART:
             continue
-        if values[flat] is None and default[flat] is None:
+        if values[path] is None and default[path] is None:
             continue
-        if path in RUN_FIELDS or values[flat] != default[flat]:
-            lines.append(f"--set={path}={_flag_text(values[flat])}")
+        if path in RUN_FIELDS or values[path] != default[path]:
+            lines.append(f"--set={path}={_flag_text(values[path])}")
     lines.append(f"--epochs={run.train.epochs}")
     # repr: the exact float, so the file reproduces the trial bit for bit
     lines += [f"--set=method.{name}={float(best[name])!r}" for name in ("alpha", "beta", "gamma")]

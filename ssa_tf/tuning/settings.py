@@ -13,6 +13,7 @@ import math
 import os
 
 from ssa_tf import config as cfg_lib
+from ssa_tf.config import legacy
 from ssa_tf.config.schema import canonical_model_settings
 from ssa_tf.methods import registry
 
@@ -23,6 +24,9 @@ STRATEGIES = ("one_device", "mirrored")
 SEED_COEFFICIENTS = {"alpha": 1.0, "beta": 0.01, "gamma": 0.1}
 DEFAULT_RANGES = {"alpha": (0.1, 2.0), "beta": (1e-4, 1.0), "gamma": (1e-3, 10.0)}
 LOG_SAMPLED = ("beta", "gamma", "learning_rate")
+# the setting each searched value is (a trial's hyperparameter names are KerasTuner's)
+TUNED = {"alpha": "method.alpha", "beta": "method.beta", "gamma": "method.gamma",
+         "learning_rate": "train.learning_rate"}
 OBJECTIVE = "val_accuracy"
 # The tuned run's settings that best.flags always names, at their defaults too (it
 # names every other setting of the trial's run that differs from its default)
@@ -73,9 +77,9 @@ class SearchConfig:
         return ranges
 
     def to_json(self) -> dict:
-        """The settings, the tuned run's as its flat record (``RunConfig.flat``)."""
+        """The settings, the tuned run's as its record (``RunConfig.settings``)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "run"}
-        return json.loads(json.dumps({**d, "run": self.run.flat()}, default=list))
+        return json.loads(json.dumps({**d, "run": self.run.settings()}, default=list))
 
     def trial_run(self, values: dict, epochs: int, workdir: str | None = None
                   ) -> cfg_lib.RunConfig:
@@ -83,19 +87,22 @@ class SearchConfig:
         tuned run with the trial's drawn ``values`` (alpha, beta, gamma[, learning_rate]),
         ``epochs`` epochs and the search's strategy, in ``workdir`` (started over there:
         an interrupted trial runs again from the start). ``best.flags`` writes this run."""
-        drawn = {name: float(values[name]) for name in self.ranges()}
-        return self.run.replace(**drawn, epochs=int(epochs), strategy=self.strategy,
-                                workdir=workdir, restart=workdir is not None)
+        drawn = {TUNED[name]: float(values[name]) for name in self.ranges()}
+        return self.run.replace({**drawn, "train.epochs": int(epochs),
+                                 "runtime.strategy": self.strategy,
+                                 "runtime.workdir": workdir,
+                                 "runtime.restart": workdir is not None})
 
     @classmethod
     def from_json(cls, d: dict) -> "SearchConfig":
-        """Inverse of ``to_json``; fields this version does not know are dropped."""
+        """Inverse of ``to_json`` (of either age: ``config.legacy``); fields this version
+        does not know are dropped."""
         known = {f.name for f in dataclasses.fields(cls)}
         mine = {k: tuple(v) if isinstance(v, list) else v
                 for k, v in d.items() if k in known and k != "run"}
-        runs = set(cfg_lib.RunConfig().flat())
-        run = {k: tuple(v) if isinstance(v, list) else v for k, v in d["run"].items() if k in runs}
-        return cls(run=cfg_lib.RunConfig.from_flat(run), **mine)
+        runs = set(cfg_lib.RunConfig().settings())
+        run = {k: v for k, v in legacy.read_settings(d["run"]).items() if k in runs}
+        return cls(run=cfg_lib.RunConfig.from_settings(run), **mine)
 
 
 def parse_range(name: str, values) -> tuple | None:
@@ -113,7 +120,8 @@ def validate(cfg: SearchConfig) -> str | None:
     """The first problem with ``cfg`` as one line, or None."""
     # the trials' runs train under --strategy (runtime.logical_cpus must suit it); an
     # unknown one is named below, among the search's own
-    run = cfg.run.replace(strategy=cfg.strategy) if cfg.strategy in STRATEGIES else cfg.run
+    run = (cfg.run.replace({"runtime.strategy": cfg.strategy}) if cfg.strategy in STRATEGIES
+           else cfg.run)
     problem = cfg_lib.validate(run)
     if problem:
         return problem
@@ -158,8 +166,9 @@ _RESUMABLE_CHANGES = ("max_trials", "max_consecutive_failed_trials", "directory"
 def _search_identity(cfg_json: dict) -> dict:
     d = {k: v for k, v in cfg_json.items() if k not in _RESUMABLE_CHANGES}
     # norm, activation, factorization: None (this version) and the built-in default agree
-    d["run"] = {k: v for k, v in canonical_model_settings(d["run"]).items()
-                if k not in ("data_dir", "manual_dir", "workdir")}
+    run = canonical_model_settings(legacy.read_settings(d["run"]))
+    d["run"] = {k: v for k, v in run.items()
+                if k not in ("data.data_dir", "data.manual_dir", "runtime.workdir")}
     return d
 
 
