@@ -107,6 +107,7 @@ def heads_variants():
     layers and SSA's, against BP and the best direct rule, every row at lr 1e-3."""
     head, sim = "method.readout_head", "method.readout_sim"
     trained, depth = "method.readout_trained", "method.readout_depth"
+    grid = "method.readout_grid"
     plain = {MODE: "dfa", FEEDBACK: "local", HEAD: "zero", LR: 1e-3}
     ssa = {MODE: "ssa", FEEDBACK: "local", **SSA}
     return {
@@ -131,6 +132,9 @@ def heads_variants():
         "ssa, local predsim heads, beta 0": {**ssa, trained: True, BETA: 0.0, sim: 0.99},
         "ssa, local conv heads + sim 0.99, beta 0": {**ssa, head: "conv", BETA: 0.0,
                                                      sim: 0.99},
+        # the read-out's pooled grid: 4x4 keeps the spatial layout a 2x2 grid averages away
+        "local conv heads, 4x4 grid, plain layers": {**plain, head: "conv", grid: 4},
+        "ssa, local conv heads, 4x4 grid, beta 0": {**ssa, head: "conv", BETA: 0.0, grid: 4},
         # svd-bp's 3.6 points under BP at 20 epochs, one suspect at a time
         "svd-bp, beta 0 (lr 3e-4)": {
             **FAIR["svd-bp (glorot head, beta 0.01, gamma 0, lr 3e-4)"], BETA: 0.0},
