@@ -20,7 +20,7 @@ from absl import flags
 
 from benchmarks import records
 from benchmarks.grids import GRIDS
-from ssa_tf import cli, files
+from ssa_tf import atomic_files, cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("grid", "learned_5ep", "the grid whose trained models to read")
@@ -89,7 +89,7 @@ def main(argv):
     text = table(FLAGS.grid, found, modules)
     print(text)
     if FLAGS.table:
-        files.write_text(FLAGS.table, f"# Update angles to BP\n\n`python -m benchmarks.angles "
+        atomic_files.write_text(FLAGS.table, f"# Update angles to BP\n\n`python -m benchmarks.angles "
                          f"--grid={FLAGS.grid}`\n\n{text}\n")
 
 

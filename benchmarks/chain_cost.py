@@ -20,7 +20,7 @@ import sys
 from absl import flags
 
 from benchmarks.timing import time_side_by_side, warm_up
-from ssa_tf import cli, files
+from ssa_tf import atomic_files, cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("image_size", 224, "input height and width")
@@ -88,7 +88,7 @@ def main(argv):
     text = table(measure())
     print(text)
     if FLAGS.out:
-        files.write_text(FLAGS.out, f"# The direct rules' feedback at ImageNet size\n\n"
+        atomic_files.write_text(FLAGS.out, f"# The direct rules' feedback at ImageNet size\n\n"
                          f"`python -m benchmarks.chain_cost {' '.join(sys.argv[1:])}`\n\n"
                          f"{text}\n")
 

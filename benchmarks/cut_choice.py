@@ -141,8 +141,8 @@ def main(argv=None):
     text = table(results)
     print(text)
     if args.out:
-        from ssa_tf import files
-        files.write_text(args.out, f"# Slots at a cut: forward or feedback energy\n\n"
+        from ssa_tf import atomic_files
+        atomic_files.write_text(args.out, f"# Slots at a cut: forward or feedback energy\n\n"
                                    f"`python -m benchmarks.cut_choice {' '.join(argv or [])}`"
                                    f"\n\n{text}\n")
 

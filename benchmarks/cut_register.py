@@ -110,9 +110,9 @@ def main(argv=None):
     text = table(results, args.steps, args.tau, args.data_dir)
     print(text)
     if args.out:
-        from ssa_tf import files
+        from ssa_tf import atomic_files
 
-        files.write_text(args.out, text + "\n")
+        atomic_files.write_text(args.out, text + "\n")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ import time
 
 from absl import flags
 
-from ssa_tf import cli, files
+from ssa_tf import atomic_files, cli
 from ssa_tf.cli import usage_error
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -360,7 +360,7 @@ def main(argv):
         out += render(model_name, rows, facts, memory) + [""]
         print("\n".join(out[-len(rows) - 5:]), flush=True)
     if FLAGS.out:
-        files.write_text(FLAGS.out, "\n".join(out) + "\n")
+        atomic_files.write_text(FLAGS.out, "\n".join(out) + "\n")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ import tempfile
 
 from absl import flags
 
-from ssa_tf import cli, files
+from ssa_tf import atomic_files, cli
 from ssa_tf.config import legacy
 from ssa_tf.cli import usage_error
 
@@ -243,7 +243,7 @@ def main(argv):
                      f"{mean(group, 'test'):.3f} | {drop} |")
     print("\n".join(lines))
     if FLAGS.out:
-        files.write_text(FLAGS.out, "\n".join(lines) + "\n")
+        atomic_files.write_text(FLAGS.out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -78,8 +78,8 @@ def main(argv=None):
                              f"{'merged' if auto else 'factored'} |")
                 print(lines[-1], flush=True)
     if args.out:
-        from ssa_tf import files
-        files.write_text(args.out, "# An SVD convolution's two forms: time against "
+        from ssa_tf import atomic_files
+        atomic_files.write_text(args.out, "# An SVD convolution's two forms: time against "
                                    "multiply-adds\n\n`python -m benchmarks.form_cost "
                                    f"{' '.join(argv or [])}`\n\n" + "\n".join(lines) + "\n")
 

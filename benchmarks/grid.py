@@ -26,7 +26,7 @@ from absl import flags
 from benchmarks.grids import GRIDS
 from benchmarks.records import (load_all_results, load_results, run_key,  # noqa: F401
                                 summarize, variant_config)
-from ssa_tf import cli, errors, files, preflight
+from ssa_tf import atomic_files, cli, errors, preflight
 from ssa_tf import config as cfg_lib
 from ssa_tf.cli import usage_error
 from ssa_tf.methods import registry
@@ -132,7 +132,7 @@ def report(grid, out):
         lines += ["", notes]
     os.makedirs(os.path.join(out, "reports"), exist_ok=True)
     md = os.path.join(out, "reports", f"{grid}.md")
-    files.write_text(md, "\n".join(lines) + "\n")
+    atomic_files.write_text(md, "\n".join(lines) + "\n")
     _plot(rows, os.path.join(out, "reports", f"{grid}.png"), grid)
     print("\n".join(lines))
     return rows
@@ -160,7 +160,7 @@ def _plot(rows, path, grid):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    files.save_figure(fig, path)
+    atomic_files.save_figure(fig, path)
 
 
 def _line_style(mode):

@@ -31,7 +31,7 @@ import sys
 from absl import flags
 
 from benchmarks.timing import time_side_by_side, warm_up
-from ssa_tf import cli, files
+from ssa_tf import atomic_files, cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("image_size", 224, "input height and width")
@@ -124,7 +124,7 @@ def main(argv):
     text = table(measure(rows))
     print(text)
     if FLAGS.out:
-        files.write_text(FLAGS.out, f"# SSA's training step at ImageNet size, by ablation\n\n"
+        atomic_files.write_text(FLAGS.out, f"# SSA's training step at ImageNet size, by ablation\n\n"
                          f"`python -m benchmarks.step_cost {' '.join(sys.argv[1:])}`\n\n"
                          f"{text}\n")
 

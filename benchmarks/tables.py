@@ -18,7 +18,7 @@ import sys
 
 from benchmarks import records
 from benchmarks.grids import GRIDS
-from ssa_tf import files
+from ssa_tf import atomic_files
 from ssa_tf.methods import registry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -123,7 +123,7 @@ def main(argv):
         if new != text:
             stale.append(path)
             if "--check" not in argv:
-                files.write_text(path, new)
+                atomic_files.write_text(path, new)
     if "--check" in argv and stale:
         print(f"stale table in {', '.join(stale)}; run python -m benchmarks.tables",
               file=sys.stderr)

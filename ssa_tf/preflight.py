@@ -1,16 +1,16 @@
 """One pre-flight for every run: its checks, then its workdir claimed, once.
 
-    flight = preflight.check(cfg)        # errors.UsageError / DataError: one line, exit 2
+    claim = preflight.check(cfg)        # errors.UsageError / DataError: one line, exit 2
     try:
-        run.train(cfg, flight=flight)    # the run finds its workdir claimed and prepared
+        run.train(cfg, claim=claim)    # the run finds its workdir claimed and prepared
     finally:
-        flight.release()
+        claim.release()
 
 ``check`` validates the settings, looks for the data on disk, and takes the
 workdir's lock and decides resume or restart, all before TensorFlow starts, so a
 mistake costs a fraction of a second and leaves nothing behind. A run started
-without a flight (``run.train(cfg)`` from a grid or a search) claims its workdir
-itself, through the same ``Flight.claim`` (``training.workdir``). Multi-worker runs
+without a claim (``run.train(cfg)`` from a grid or a search) claims its workdir
+itself, through the same ``WorkdirClaim.take`` (``training.workdir``). Multi-worker runs
 claim theirs in the run (each worker's workdir is known only once the cluster is up).
 """
 
@@ -22,11 +22,11 @@ from ssa_tf import config as cfg_lib
 from ssa_tf import data as data_lib  # file-system checks only; no TensorFlow
 from ssa_tf.errors import UsageError
 from ssa_tf.training import workdir as workdir_lib
-from ssa_tf.training.workdir import Flight
+from ssa_tf.training.workdir import WorkdirClaim
 
 
 def check(cfg: cfg_lib.RunConfig, tf_config: str | None = None,
-          workdir_given: bool = True) -> Flight:
+          workdir_given: bool = True) -> WorkdirClaim:
     """Check ``cfg`` and claim its workdir (``errors.UsageError``, one line, on a mistake).
 
     ``workdir_given``: the user named the workdir (a multi-worker run needs that)."""
@@ -40,17 +40,17 @@ def check(cfg: cfg_lib.RunConfig, tf_config: str | None = None,
                          "same on every run")
     check_data(cfg)
     workdir = cfg.runtime.workdir
-    flight = Flight(cfg, os.path.isdir(workdir))
+    claim = WorkdirClaim(cfg, os.path.isdir(workdir))
     problem = writable_problem(workdir)
     if problem:
         raise UsageError(problem)
     if not multi_worker:  # the chief claims it in the run, the workers share the flag
         try:
-            flight.claim(workdir)
+            claim.take(workdir)
         except UsageError:
-            workdir_lib.remove_new_workdir(workdir, flight.existed)
+            workdir_lib.remove_new_workdir(workdir, claim.existed)
             raise
-    return flight
+    return claim
 
 
 def check_data(cfg: cfg_lib.RunConfig):

@@ -78,23 +78,23 @@ def execute(cfg, tf_config=None, workdir_given=True):
     starts), the card, the run, one line at the end; every failure one line and its exit
     status (``ssa_tf.errors``)."""
     try:
-        flight = preflight.check(cfg, tf_config, workdir_given)
+        claim = preflight.check(cfg, tf_config, workdir_given)
     except errors.Error as e:
         cli.fail(e)
     print(cfg.card().line(), flush=True)
     try:
-        summary = _train(cfg, flight)
+        summary = _train(cfg, claim)
     finally:
-        flight.release()
+        claim.release()
     print(f"{cfg.method.mode} {cfg.model.model} on {cfg.data.dataset}: test accuracy "
           f"{summary['test_accuracy']:.4f} ({summary['test_split']}), "
           f"{sum(summary['epoch_seconds']):.1f} s training; outputs in {cfg.runtime.workdir}")
 
 
-def _train(cfg, flight):
+def _train(cfg, claim):
     def fail(message, status=2, clean=True):
         if clean:
-            flight.clean_failed_run()
+            claim.clean_failed_run()
         print(f"error: {message}", file=sys.stderr)
         sys.exit(status)
 
@@ -115,7 +115,7 @@ def _train(cfg, flight):
         progress = "bar" if sys.stdout.isatty() else "epoch"
     try:
         return run.train(cfg, verbose={"bar": 1, "epoch": 2, "none": 0}[progress],
-                         flight=flight)
+                         claim=claim)
     except errors.Error as e:
         fail(str(e), e.status, e.cleans_up)
     except KeyboardInterrupt:

@@ -57,27 +57,27 @@ def test_a_run_without_a_flight_claims_its_workdir_once(tmp_path, monkeypatch):
 
 def test_a_second_claim_of_the_same_workdir_returns_the_first_answer(tmp_path, monkeypatch):
     locks = _count(monkeypatch, workdir_lib.WorkdirLock, "acquire")
-    flight = preflight.check(_tiny(tmp_path / "w"))
+    claim = preflight.check(_tiny(tmp_path / "w"))
     try:
-        assert flight.state == "new"
-        assert flight.claim(str(tmp_path / "w")) == "new"
+        assert claim.state == "new"
+        assert claim.take(str(tmp_path / "w")) == "new"
         assert len(locks) == 1
     finally:
-        flight.release()
+        claim.release()
     assert not (tmp_path / "w" / workdir_lib.LOCK_NAME).exists()
 
 
 def test_a_held_workdir_is_refused_and_a_new_one_left_nowhere(tmp_path):
-    flight = preflight.check(_tiny(tmp_path / "w"))
+    claim = preflight.check(_tiny(tmp_path / "w"))
     try:
         # the lock names this process, so a second claim from another "process" fails
-        other = preflight.Flight.unchecked(_tiny(tmp_path / "w"))
+        other = preflight.WorkdirClaim.unchecked(_tiny(tmp_path / "w"))
         lock = tmp_path / "w" / workdir_lib.LOCK_NAME
         lock.write_text("elsewhere 1\n")  # a live lock of another host
         with pytest.raises(errors.UsageError, match="in use by process 1 on elsewhere"):
-            other.claim(str(tmp_path / "w"))
+            other.take(str(tmp_path / "w"))
     finally:
-        flight.release()
+        claim.release()
     with pytest.raises(errors.UsageError, match="rank.tau must be in"):
         preflight.check(_tiny(tmp_path / "new", "rank.tau=2"))
     assert not (tmp_path / "new").exists()

@@ -38,7 +38,7 @@ class DataConfig:
 
 @dataclasses.dataclass
 class ModelConfig:
-    model: str = "smallconv"  # a built-in model (choices.MODELS) or a file of the user's
+    model: str = "smallconv"  # a built-in model (allowed_values.MODELS) or a file of the user's
     # norm, activation and conv_factorization shape the built-in models only; None: the
     # built-in models' default (BUILT_IN_DEFAULTS), and for a user's model file none at
     # all (its layers are its own: config.validate refuses them given with a file)

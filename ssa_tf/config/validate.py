@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from ssa_tf.choices import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, HEAD_INITS, LABELS,
+from ssa_tf.allowed_values import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, HEAD_INITS, LABELS,
                             MODELS, NORMS, PROGRESS, RANK_ENERGIES, RANK_FEEDBACK_CUTS,
                             STRATEGIES)
 from ssa_tf import model_file

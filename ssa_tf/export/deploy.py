@@ -29,7 +29,7 @@ import tf2onnx
 
 from ssa_tf.errors import ParityError  # noqa: F401  (raised here)
 import ssa_tf.training.model  # noqa: F401  registers SSAModel and its layers for load_model
-from ssa_tf import files
+from ssa_tf import atomic_files
 from ssa_tf.config import legacy
 from ssa_tf.export import convert
 from ssa_tf import data as data_lib
@@ -349,7 +349,7 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
             latency[("dense", batch)] = ms.get("dense", ms["export"])
 
         # everything holds: only now do files appear
-        files.write_bytes(cfg.output, proto)
+        atomic_files.write_bytes(cfg.output, proto)
         if staged:
             if os.path.isdir(cfg.saved_model):
                 os.rmdir(cfg.saved_model)  # validated empty

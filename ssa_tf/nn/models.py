@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import keras
 
-from ssa_tf.choices import ACTIVATIONS, HEAD_INITS, MODELS, NORMS  # noqa: F401
+from ssa_tf.allowed_values import ACTIVATIONS, HEAD_INITS, MODELS, NORMS  # noqa: F401
 from ssa_tf.nn.layers import SVDConv2D, SVDDense
 from ssa_tf.nn.norm import LocalBatchNorm
 

@@ -12,7 +12,7 @@ import numpy as np
 import keras
 from keras import ops
 
-from ssa_tf import choices
+from ssa_tf import allowed_values
 
 # --------------------------------------------------------------------------
 # Factor algebra shared by both layer types (NumPy, float64 for exactness).
@@ -25,10 +25,10 @@ def svd_factors(matrix: np.ndarray, rank: int | None = None):
     return u[:, :r], s[:r], vt[:r].T
 
 
-FEEDBACK_CUTS = choices.RANK_FEEDBACK_CUTS  # how truncate cuts the feedback factors
-CUT_ENERGIES = choices.RANK_ENERGIES
-FORWARD_FORMS = choices.FORWARD_FORMS  # how SVDConv2D evaluates its convolution
-CONV_FACTORIZATIONS = choices.CONV_FACTORIZATIONS
+FEEDBACK_CUTS = allowed_values.RANK_FEEDBACK_CUTS  # how truncate cuts the feedback factors
+CUT_ENERGIES = allowed_values.RANK_ENERGIES
+FORWARD_FORMS = allowed_values.FORWARD_FORMS  # how SVDConv2D evaluates its convolution
+CONV_FACTORIZATIONS = allowed_values.CONV_FACTORIZATIONS
 
 
 def exact_singular_values(U, s, V):

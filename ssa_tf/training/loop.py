@@ -51,7 +51,7 @@ PASSES_PER_EPOCH = 2
 # A run's placement: strategy, chief, output folder, fit/evaluate dispatch.
 # --------------------------------------------------------------------------
 
-class Placement:
+class Distribution:
     """Where and how a run trains; built by ``setup``."""
 
     def __init__(self, strategy, workdir, batch_size=None, log=print, checkpoint_steps=0,
@@ -134,9 +134,9 @@ class Placement:
 
 def setup(strategy="auto", logical_cpus=None, workdir=None, batch_size=None, log=print,
           checkpoint_steps=0, keep_checkpoints=BACKUP_KEEP):
-    """The run's ``Placement``; call it before any other TensorFlow work
+    """The run's ``Distribution``; call it before any other TensorFlow work
     (MultiWorkerMirroredStrategy must exist before the first op)."""
-    placement = Placement(make_strategy(strategy, logical_cpus), workdir, batch_size, log,
+    placement = Distribution(make_strategy(strategy, logical_cpus), workdir, batch_size, log,
                           checkpoint_steps, keep_checkpoints)
     if strategy != "auto" or placement.replicas > 1:
         placement.log(describe(placement.strategy))

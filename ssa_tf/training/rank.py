@@ -25,7 +25,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from ssa_tf import files
+from ssa_tf import atomic_files
 from ssa_tf.config import presets
 from ssa_tf.methods import registry
 from ssa_tf.config.schema import cut_epochs, is_cut_epoch  # noqa: F401  (the one schedule)
@@ -315,7 +315,7 @@ class RankPruning(keras.callbacks.Callback):
 def plot_ranks(history, path):
     """Rank per layer over epochs, one small panel per layer (its name above it), written
     atomically as PNG."""
-    files.save_figure(rank_figure(history), path)
+    atomic_files.save_figure(rank_figure(history), path)
 
 
 def rank_figure(history):

@@ -17,11 +17,11 @@ import numpy as np
 import tensorflow as tf
 
 from ssa_tf import data as data_lib
-from ssa_tf import files
+from ssa_tf import atomic_files
 from ssa_tf.config import RunConfig, UsageError
 from ssa_tf.training import callbacks as callbacks_lib
 from ssa_tf.training import checkpoints, loop
-from ssa_tf.training.workdir import Flight
+from ssa_tf.training.workdir import WorkdirClaim
 from ssa_tf.training.model import compile_model, model_from_config
 from ssa_tf.training.rank import RankPruning, WarmupAfterCuts, cut_epochs
 from ssa_tf.errors import InputError  # noqa: F401  (raised here; its home)
@@ -51,13 +51,13 @@ def load_data(cfg: RunConfig) -> data_lib.DatasetSpec:
                          synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes)
 
 
-def train(cfg: RunConfig, verbose=1, extra_callbacks=(), flight=None) -> dict:
+def train(cfg: RunConfig, verbose=1, extra_callbacks=(), claim=None) -> dict:
     """Train per ``cfg``; write the workdir; return the summary dict.
 
     With a workdir the run is checkpointed after every epoch (and every
     ``runtime.checkpoint_steps`` steps) and resumes from its last checkpoint
     when started again with the same settings; the workdir is locked meanwhile.
-    ``flight`` (``ssa_tf.preflight.check``'s) has claimed the workdir already;
+    ``claim`` (``ssa_tf.preflight.check``'s) has claimed the workdir already;
     without one the run claims it here, the same way.
     """
     rt = cfg.runtime
@@ -66,11 +66,11 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=(), flight=None) -> dict:
                            checkpoint_steps=rt.checkpoint_steps,
                            keep_checkpoints=rt.keep_checkpoints)
     workdir = placement.workdir  # the chief's is runtime.workdir; other workers' temporary
-    own = flight is None
+    own = claim is None
     if own:
-        flight = Flight.unchecked(cfg)
+        claim = WorkdirClaim.unchecked(cfg)
     try:
-        state = flight.claim(workdir, chief=placement.chief)
+        state = claim.take(workdir, chief=placement.chief)
         return _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks)
     except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
         if "record" not in str(e).lower() and "corrupt" not in str(e).lower():
@@ -81,7 +81,7 @@ def train(cfg: RunConfig, verbose=1, extra_callbacks=(), flight=None) -> dict:
             from None
     finally:
         if own:
-            flight.release()
+            claim.release()
 
 
 def plain_error(e) -> str:
@@ -104,7 +104,7 @@ def _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks):
     next(iter(ds.train))  # a corrupt file fails here, before anything is written
     os.makedirs(workdir, exist_ok=True)
     if state != "resume":
-        files.write_text(os.path.join(workdir, "config.json"),
+        atomic_files.write_text(os.path.join(workdir, "config.json"),
                          json.dumps(cfg.record(), indent=2, default=list))
     with placement.strategy.scope():  # model, optimizer, metrics, rank callback
         model = model_from_config(cfg, ds.input_shape, ds.num_classes)
@@ -146,7 +146,7 @@ def _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks):
         "resumed_from_epoch": placement.resumed_from,
         "resumed_from_step": placement.resumed_at[1],
     }
-    files.write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
+    atomic_files.write_text(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=2))
     placement.close()
     return summary
 

@@ -125,7 +125,7 @@ class WorkdirLock:
 # --------------------------------------------------------------------------
 
 @dataclasses.dataclass
-class Flight:
+class WorkdirClaim:
     """A run's claim on its workdir: the lock it holds, and what it does there."""
     cfg: RunConfig
     existed: bool  # the workdir was there before this run
@@ -135,10 +135,10 @@ class Flight:
 
     @classmethod
     def unchecked(cls, cfg):
-        """A flight for a run whose settings its caller has checked (grids, searches)."""
+        """A claim for a run whose settings its caller has checked (grids, searches)."""
         return cls(cfg, os.path.isdir(cfg.runtime.workdir))
 
-    def claim(self, workdir, chief=True, cfg=None) -> str:
+    def take(self, workdir, chief=True, cfg=None) -> str:
         """Lock ``workdir`` and decide resume or restart (once: a second claim of the same
         workdir returns the first's answer); "new", "resume" or "restart"."""
         if self.workdir == workdir:

@@ -8,8 +8,8 @@ import math
 import os
 
 from ssa_tf import config as cfg_lib
-from ssa_tf import files
-from ssa_tf.tuning.settings import (CSV_COLUMNS, LOG_SAMPLED, RUN_FIELDS, SEED_COEFFICIENTS,
+from ssa_tf import atomic_files
+from ssa_tf.tuning.settings import (CSV_COLUMNS, LOG_SAMPLED, RUN_FIELDS, PAPER_COEFFICIENTS,
                                     TRIAL_RECORD, SearchConfig)
 
 # --------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def report(project: str, states: list[dict] | None = None):
         if os.path.exists(paths["flags"]):
             os.remove(paths["flags"])
         return {"rows": rows, "best": None, "top": top, "band": band, "paths": paths}
-    files.write_text(paths["flags"], best_flags(cfg, winner, len(rows), saved))
+    atomic_files.write_text(paths["flags"], best_flags(cfg, winner, len(rows), saved))
     print(f"best: trial #{winner['trial']}, val_accuracy {winner['val_accuracy']:.4f} after "
           f"{plural(winner['epochs'], 'epoch')}, "
           f"{winner['val_accuracy'] - done[1]['val_accuracy']:.4f} above the next "
@@ -214,7 +214,7 @@ def _flag_text(value) -> str:
 
 def plot_sensitivity(rows, cfg: SearchConfig, path, top=None, band=None, winner=None):
     """Validation accuracy against each coefficient, one panel each (the paper's Figure 1)."""
-    files.save_figure(sensitivity_figure(rows, cfg, top, band, winner), path)
+    atomic_files.save_figure(sensitivity_figure(rows, cfg, top, band, winner), path)
 
 
 def sensitivity_figure(rows, cfg: SearchConfig, top=None, band=None, winner=None):
@@ -269,7 +269,7 @@ def sensitivity_figure(rows, cfg: SearchConfig, top=None, band=None, winner=None
             ax.axvline(value, ls="--", color="gray", lw=1, label="this run's default")
         elif value is not None:
             label = f"{name} (default {value:g}: off the log axis)"
-        paper = SEED_COEFFICIENTS.get(name)
+        paper = PAPER_COEFFICIENTS.get(name)
         if paper is not None and paper != value:
             ax.axvline(paper, ls=":", color="k", lw=1, label="the paper's value")
         if name in LOG_SAMPLED:
@@ -307,4 +307,4 @@ def _write_csv(path, rows):
 
 
 def write_json(path, obj):
-    files.write_text(path, json.dumps(obj, indent=2))
+    atomic_files.write_text(path, json.dumps(obj, indent=2))

@@ -36,7 +36,7 @@ import time
 from ssa_tf import config as cfg_lib
 from ssa_tf import errors
 from ssa_tf.tuning.report import reason, report, write_json
-from ssa_tf.tuning.settings import (LOG_SAMPLED, OBJECTIVE, SEED_COEFFICIENTS, TRIAL_RECORD,
+from ssa_tf.tuning.settings import (LOG_SAMPLED, OBJECTIVE, PAPER_COEFFICIENTS, TRIAL_RECORD,
                                     SearchConfig, check_resumable)
 
 # --------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def keras_tuner_parts():
             self.search = search
 
         def build(self, hp):
-            defaults = {**SEED_COEFFICIENTS, "learning_rate": self.search.run.learning_rate()}
+            defaults = {**PAPER_COEFFICIENTS, "learning_rate": self.search.run.learning_rate()}
             return {name: _hyperparameter(hp, name, bounds, defaults[name])
                     for name, bounds in self.search.ranges().items()}
 

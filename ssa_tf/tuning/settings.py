@@ -21,7 +21,7 @@ TUNERS = ("random", "bayesian", "hyperband")
 STRATEGIES = ("one_device", "mirrored")
 # The paper's (alpha, beta, gamma), and ranges two decades either side of them
 # for the log-uniform beta and gamma; alpha (the CE weight) is linear.
-SEED_COEFFICIENTS = {"alpha": 1.0, "beta": 0.01, "gamma": 0.1}
+PAPER_COEFFICIENTS = {"alpha": 1.0, "beta": 0.01, "gamma": 0.1}
 DEFAULT_RANGES = {"alpha": (0.1, 2.0), "beta": (1e-4, 1.0), "gamma": (1e-3, 10.0)}
 LOG_SAMPLED = ("beta", "gamma", "learning_rate")
 # the setting each searched value is (a trial's hyperparameter names are KerasTuner's)
