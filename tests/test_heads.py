@@ -114,6 +114,10 @@ def test_predsim_matches_the_reference_and_weighs_its_two_losses():
     sim = feedback.similarity_loss(h0, route.projections[0], labels, 10)
     got = route.ce_term(model, 0, h0, None, labels, None)
     np.testing.assert_allclose(float(got), 0.25 * float(pred) + 0.75 * float(sim), rtol=1e-5)
+    # the head's class scores (benchmarks.module_probes) are those its CE is of
+    from ssa_tf.methods import losses
+    np.testing.assert_allclose(float(losses.cross_entropy(route.logits(0, h0), labels)),
+                               float(pred), rtol=1e-6)
     assert "0.75 x predsim's similarity matching" in model.card().error
 
 

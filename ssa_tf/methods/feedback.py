@@ -99,12 +99,16 @@ def direct_ce_term(h, matrix, error, spatial="full"):
     return ops.mean(ops.sum(delta * feat, axis=-1))
 
 
-def readout_ce_term(h, matrix, labels, grid=2):
-    """The cross-entropy of the read-out logits pool(h) Q (a map pooled to ``grid``)."""
+def readout_logits(h, matrix, grid=2):
+    """The read-out logits pool(h) Q (a map pooled to ``grid``)."""
     if len(h.shape) == 4:
         h = pool_to_grid(h, *readout_grid(h.shape[1:], grid))
-    feat = ops.reshape(h, (ops.shape(h)[0], -1))
-    return losses.cross_entropy(ops.matmul(feat, matrix), labels)
+    return ops.matmul(ops.reshape(h, (ops.shape(h)[0], -1)), matrix)
+
+
+def readout_ce_term(h, matrix, labels, grid=2):
+    """The cross-entropy of the read-out logits (``readout_logits``)."""
+    return losses.cross_entropy(readout_logits(h, matrix, grid), labels)
 
 
 def head_hidden_layer(out_shape, width, rng):

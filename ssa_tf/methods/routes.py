@@ -157,12 +157,20 @@ class LocalRoute(Route):
                     *self.projections[i:i + 1]]
         return []
 
-    def ce_term(self, model, i, h, error, y, signals):
-        out = h
+    def head_input(self, i, h):
+        """Module i's output h through its head's hidden layers (itself: a linear head)."""
         layers = self.hidden[i] if self.hidden else ()
         for kernel, bias in zip(layers[::2], layers[1::2]):
             h = feedback.head_hidden(h, kernel, bias)
-        pred = feedback.readout_ce_term(h, self.matrices[i], y, self.grid)
+        return h
+
+    def logits(self, i, h):
+        """Module i's head's class scores for its output h (``benchmarks.module_probes``)."""
+        return feedback.readout_logits(self.head_input(i, h), self.matrices[i], self.grid)
+
+    def ce_term(self, model, i, h, error, y, signals):
+        out = h
+        pred = feedback.readout_ce_term(self.head_input(i, h), self.matrices[i], y, self.grid)
         if not self.sim:
             return pred
         sim = feedback.similarity_loss(out, self.projections[i], y, model.num_classes)

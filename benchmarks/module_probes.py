@@ -1,0 +1,112 @@
+"""What each module of a local-head run can tell apart: its own head's accuracy.
+
+    python -m benchmarks.module_probes --data_dir=DIR --workdir=RUNS [--workdir=MORE]
+        [--grid=heads_20ep] [--table=FILE.md]
+
+For every run of the grid trained on the local route (each module learns from a head of
+its own) whose workdir still holds its ``model.keras`` (``<--workdir>/<grid>/<variant>-
+s<seed>``), the accuracy on the whole validation split of each hidden module's head (the
+trained read-out it learned from, ``LocalRoute.logits``) and of the network's output. A
+head is a probe trained with its module: where the accuracy stops rising from one module
+to the next, the later modules add little that a greedy, module-by-module objective can
+use. Mean over the seeds found, per module.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import statistics
+
+from absl import flags
+
+from benchmarks.grids import GRIDS
+from ssa_tf import atomic_files, cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("grid", "heads_20ep", "the grid whose trained models to read")
+flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared dataset")
+flags.DEFINE_multi_string("workdir", [os.path.join("runs", "grids")],
+                          "folder of the grids' workdirs (repeat the flag for more)")
+flags.DEFINE_string("table", None, "also write the table to this Markdown file")
+
+
+def module_accuracies(model, x, y, batch=500):
+    """[accuracy of module i's head for each hidden module, of the network's output]."""
+    import numpy as np
+
+    route = model.rule.route
+    hits = np.zeros(len(model.local_modules))
+    for start in range(0, len(x), batch):
+        h, labels = x[start:start + batch], y[start:start + batch]
+        h = model.normalize_input(h)
+        for i, m in enumerate(model.local_modules):
+            h = m(h, training=False)
+            scores = h if i == len(model.local_modules) - 1 else route.logits(i, h)
+            hits[i] += np.sum(np.argmax(np.asarray(scores), -1) == labels)
+    return list(hits / len(x))
+
+
+def probes(grid, data_dir, roots):
+    """{variant: [per-seed list of module accuracies]} and the module names."""
+    import keras
+    import numpy as np
+
+    import ssa_tf.training.model  # noqa: F401  (registers the classes load_model needs)
+    from ssa_tf import data as data_lib
+
+    base = GRIDS[grid]["base"]
+    ds = data_lib.load(base["data.dataset"], 500, data_dir=data_dir, seed=1, augment=False,
+                       validation_split=base.get("data.validation_split", 0.1))
+    batches = [(np.asarray(a), np.asarray(b)) for a, b in ds.validation]
+    x = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    out, modules = {}, None
+    for name in GRIDS[grid]["variants"]:
+        paths = sorted({p for root in roots
+                        for p in glob.glob(os.path.join(glob.escape(root), grid,
+                                                        glob.escape(name) + "-s*",
+                                                        "model.keras"))})
+        for path in paths:
+            model = keras.models.load_model(path)
+            route = getattr(model.rule, "route", None)
+            if route is None or route.needs_error:  # not the local route: no heads
+                continue
+            print(f"{name} ({os.path.basename(os.path.dirname(path))}) ...", flush=True)
+            out.setdefault(name, []).append(module_accuracies(model, x, y))
+            modules = [m.name for m in model.local_modules]
+    return out, modules, len(x)
+
+
+def table(found, modules, examples) -> str:
+    lines = [f"| variant | seeds | {' | '.join(modules[:-1])} | network |",
+             "|---|---|" + "---|" * len(modules)]
+    for name, runs in found.items():
+        means = [statistics.fmean(r[i] for r in runs) for i in range(len(modules))]
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+    return "\n".join(lines) + f"\n\n(accuracy on the {examples:,} validation images)"
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+    if FLAGS.grid not in GRIDS:
+        cli.usage_error(f"--grid={FLAGS.grid!r} is not valid; choose from: {', '.join(GRIDS)}")
+    missing = [w for w in FLAGS.workdir if not os.path.isdir(w)]
+    if missing:
+        cli.usage_error(f"--workdir {missing[0]!r} is not a folder")
+    cli.import_tensorflow()
+    found, modules, examples = probes(FLAGS.grid, FLAGS.data_dir, FLAGS.workdir)
+    if not found:
+        cli.usage_error(f"no model.keras of a local-route run of grid {FLAGS.grid} under "
+                        f"{', '.join(FLAGS.workdir)}")
+    text = table(found, modules, examples)
+    print(text)
+    if FLAGS.table:
+        atomic_files.write_text(FLAGS.table, f"# Each module's own head, after training\n\n"
+                                f"`python -m benchmarks.module_probes --grid={FLAGS.grid}`\n\n"
+                                f"{text}\n")
+
+
+if __name__ == "__main__":
+    cli.run(main)
