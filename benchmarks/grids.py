@@ -230,14 +230,19 @@ GRIDS = {
     # finished runs, the epochs reached of the others are in their workdirs' metrics.csv)
     "learned_resnet32": dict(
         caption="resnet32 (16 local modules) on all 40,500 training images left by the "
-                "validation split, augmentation, 20 epochs, batch 64, the rules at their "
-                "defaults.",
+                "validation split, augmentation, 20 epochs, batch 64: the rules at their "
+                "defaults and the two best local-head rules of heads_20ep.",
         base={**_CIFAR, "model.model": "resnet32", "train.epochs": 20, "data.augment": True},
         seeds=(1,),
         variants={"bp": {MODE: "bp", HEAD: "glorot", LR: 1e-3},
                   "dfa": {MODE: "dfa", HEAD: "zero", LR: 3e-4},
                   "dkp": {MODE: "dkp", HEAD: "zero", LR: 3e-4},
-                  "ssa": {MODE: "ssa", **SSA}}),
+                  "ssa": {MODE: "ssa", **SSA},
+                  # the two best local rules of heads_20ep (smallconv)
+                  "local conv heads, plain layers": heads_variants()[
+                      "local conv heads (DGL-style), plain layers"],
+                  "ssa, local conv heads, beta 0": heads_variants()[
+                      "ssa, local conv heads, beta 0"]}),
     "rules_resnet32": dict(
         caption="resnet32 (16 local modules): first 5,000 training images with augmentation, "
                 "20 epochs at a constant rate, batch 64.",
