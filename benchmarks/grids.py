@@ -243,6 +243,14 @@ GRIDS = {
                       "local conv heads (DGL-style), plain layers"],
                   "ssa, local conv heads, beta 0": heads_variants()[
                       "ssa, local conv heads, beta 0"]}),
+    # the control of answering from module m1's head: that network trained by BP
+    "heads_exit": dict(
+        caption="The network a local-head run of smallconv computes when it answers from "
+                "module m1's head (smallconv's m0 and m1, the conv head), trained by BP "
+                "(first 10,000 training images with augmentation, 20 epochs).",
+        base={**_LONG, "model.model": "benchmarks/networks/smallconv_exit1.py"},
+        seeds=SEEDS,
+        variants={"bp, lr 1e-3": {MODE: "bp", LR: 1e-3}}),
     "rules_resnet32": dict(
         caption="resnet32 (16 local modules): first 5,000 training images with augmentation, "
                 "20 epochs at a constant rate, batch 64.",
