@@ -15,11 +15,13 @@ use. Mean over the seeds found, per module.
 from __future__ import annotations
 
 import glob
+import json
 import os
 import statistics
 
 from absl import flags
 
+from benchmarks import records
 from benchmarks.grids import GRIDS
 from ssa_tf import atomic_files, cli
 
@@ -68,6 +70,10 @@ def probes(grid, data_dir, roots):
                                                         glob.escape(name) + "-s*",
                                                         "model.keras"))})
         for path in paths:
+            if not trained_as(grid, name, os.path.dirname(path)):
+                print(f"{path}: trained with other settings than {name!r} has now; skipped",
+                      flush=True)
+                continue
             model = keras.models.load_model(path)
             route = getattr(model.rule, "route", None)
             if route is None or route.needs_error:  # not the local route: no heads
@@ -76,6 +82,16 @@ def probes(grid, data_dir, roots):
             out.setdefault(name, []).append(module_accuracies(model, x, y))
             modules = [m.name for m in model.local_modules]
     return out, modules, len(x)
+
+
+def trained_as(grid, name, workdir) -> bool:
+    """The run in ``workdir`` trained what variant ``name`` of ``grid`` is today (a workdir
+    left by an earlier definition of the same name is not it)."""
+    from ssa_tf.config import legacy
+
+    with open(os.path.join(workdir, "config.json")) as f:
+        cfg = legacy.read_config(json.load(f))
+    return records.run_key(cfg) == records.run_key(records.variant_config(grid, name, cfg.seed))
 
 
 def table(found, modules, examples) -> str:

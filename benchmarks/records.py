@@ -25,24 +25,14 @@ def variant_config(grid, name, seed, data_dir=None) -> cfg_lib.RunConfig:
                                             "seed": seed, "data.data_dir": data_dir})
 
 
-# settings added after runs were recorded: at these values a run trains what it trained
-# before the setting existed, so they stay out of its key (the recorded runs still count)
-_LATER_DEFAULTS = {"model.conv_factorization": ("spatial",), "rank.keep_ends": (False,),
-                   "rank.energy": ("weights",), "method.align_form": (None, "factors"),
-                   # learned feedback's own rate (dkp, ssa-dkp): None for every other rule
-                   "method.feedback_lr": (None,), "method.feedback_decay": (None,),
-                   "method.feedback_weight_decay": (None,),
-                   # the local route's trained heads: the linear read-out before
-                   "method.readout_head": (None, "linear"), "method.readout_width": (None, 0),
-                   "method.readout_depth": (None, 1),
-                   # predsim's weight: the prediction loss alone before
-                   "method.readout_sim": (None, 0.0)}
 
 
 def run_key(cfg: cfg_lib.RunConfig) -> str:
     """Canonical JSON of what a run trains (resolved settings, paths and seed left out)."""
+    # settings added after runs were recorded stay out of the key at the values that
+    # train what the runs before them trained (the recorded runs still count)
     d = {k: v for k, v in cfg.resolved().settings().items()
-         if k not in _IGNORED and not (k in _LATER_DEFAULTS and v in _LATER_DEFAULTS[k])}
+         if k not in _IGNORED and not legacy.at_later_default(k, v)}
     if d.get("rank.tau") is None:  # no cuts: which layers a cut would spare is moot
         d.pop("rank.keep_ends", None)
         # ... and so is how it would cut the feedback: the value runs were recorded with

@@ -97,6 +97,12 @@ def test_predsim_matches_the_reference_and_weighs_its_two_losses():
                                _reference_similarity(h), atol=1e-5)
     y = np.array([0, 1, 0, 2, 1, 0], np.int32)
     onehot = np.eye(3, dtype=np.float32)[y]
+    # a map of one position (or of 3 channels or fewer) is flattened, as the reference
+    # does: a 1x1 map has no spread over positions
+    one = rng.standard_normal((6, 1, 1, 5)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(feedback.similarity_matrix(one)),
+                               _reference_similarity(one), atol=1e-5)
+    assert np.abs(np.asarray(feedback.similarity_matrix(one))).max() > 0.1
     # labels projected by the identity are their own similarity: the loss is 0
     assert float(feedback.similarity_loss(onehot, np.eye(3, dtype=np.float32), y, 3)) < 1e-10
     kernel = rng.standard_normal((3, 3, 5, 5)).astype(np.float32)

@@ -46,7 +46,7 @@ def test_a_command_line_run_takes_its_lock_and_decides_resume_once(tmp_path, mon
     assert not (workdir / workdir_lib.LOCK_NAME).exists()  # released at the end
 
 
-def test_a_run_without_a_flight_claims_its_workdir_once(tmp_path, monkeypatch):
+def test_a_run_without_a_claim_claims_its_workdir_once(tmp_path, monkeypatch):
     from ssa_tf.training import run
 
     locks = _count(monkeypatch, workdir_lib.WorkdirLock, "acquire")

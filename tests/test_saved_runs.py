@@ -18,6 +18,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
 
 FIXTURE = os.path.join(REPO, "tests", "data")
@@ -57,6 +59,28 @@ def test_a_saved_run_reads_as_todays_config():
     assert (cfg.method.mode, cfg.method.beta, cfg.model.model) == (
         "ssa", 0.01, "tests/data/tiny_net.py")
     assert cfg.data.synthetic_shape == (6, 6, 1)
+
+
+def test_a_record_without_settings_added_since_resumes(tmp_path):
+    """A setting added after a run was saved (predsim's weight, the heads' options) is
+    absent from its config.json: the run resumes when today's value trains what the
+    code of its day did, and is refused when it does not."""
+    from ssa_tf.config import legacy
+    from ssa_tf.errors import UsageError
+    from ssa_tf.training.workdir import prepare_workdir
+
+    run = _copy(tmp_path)
+    path = run / "config.json"
+    saved = json.loads(path.read_text())
+    for name in ("readout_sim", "readout_head", "readout_width", "readout_depth"):
+        del saved[name]
+    path.write_text(json.dumps(saved))
+    (run / "summary.json").unlink()  # an unfinished run
+    cfg = legacy.read_config(saved).replace({"runtime.workdir": str(run)})
+    assert prepare_workdir(cfg) == "resume"
+    with pytest.raises(UsageError, match=r"method.readout_head=None then, 'conv' now"):
+        prepare_workdir(cfg.replace({"method.feedback": "local",
+                                     "method.readout_head": "conv"}))
 
 
 def test_a_saved_run_resumes_for_more_epochs_and_exports(tmp_path):

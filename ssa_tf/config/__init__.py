@@ -11,7 +11,7 @@ fraction of a second and ends with one line and exit status 2.
 """
 
 from ssa_tf.allowed_values import (ACTIVATIONS, DATASETS, HEAD_INITS, LABELS, MODELS, NORMS,
-                            RANK_FEEDBACK_CUTS, STRATEGIES)
+                                   RANK_FEEDBACK_CUTS, STRATEGIES)
 from ssa_tf.methods.registry import NAMES as MODES
 from ssa_tf.config.schema import (FIELD_HELP, SECTIONS, DataConfig, MethodConfig, ModelConfig,
                                   RankConfig, RunConfig, RuntimeConfig, TrainConfig)

@@ -22,9 +22,31 @@ def _flat_name(section, field):
     return f"rank_{field}" if section == "rank" else field
 
 
-# the old name of every setting -> its name now
+# the old name of every setting -> its name now (each field's own name, the rank
+# section's prefixed: unique, or an old file would be read wrongly)
 FLAT_TO_PATH = {_flat_name(section, f.name): f"{section}.{f.name}"
                 for section, klass in SECTIONS.items() for f in dataclasses.fields(klass)}
+assert len(FLAT_TO_PATH) == sum(len(dataclasses.fields(k)) for k in SECTIONS.values()), \
+    "two settings share a flat name"
+
+# settings added after runs were saved: at these values a run trains what it trained
+# before the setting existed, so a record without the setting holds one of them (the
+# resume check and the grids' run keys read records of either age)
+LATER_DEFAULTS = {"model.conv_factorization": ("spatial",), "rank.keep_ends": (False,),
+                  "rank.energy": ("weights",), "method.align_form": (None, "factors"),
+                  # learned feedback's own rate (dkp, ssa-dkp): None for every other rule
+                  "method.feedback_lr": (None,), "method.feedback_decay": (None,),
+                  "method.feedback_weight_decay": (None,),
+                  # the local route's trained heads: the linear read-out before
+                  "method.readout_head": (None, "linear"), "method.readout_width": (None, 0),
+                  "method.readout_depth": (None, 1),
+                  # predsim's weight: the prediction loss alone before
+                  "method.readout_sim": (None, 0.0)}
+
+
+def at_later_default(name, value) -> bool:
+    """``value`` of setting ``name`` is what a record from before the setting trained."""
+    return name in LATER_DEFAULTS and value in LATER_DEFAULTS[name]
 
 
 def read_settings(values: dict) -> dict:

@@ -11,8 +11,8 @@ import json
 import os
 
 from ssa_tf.allowed_values import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, HEAD_INITS, LABELS,
-                            MODELS, NORMS, PROGRESS, RANK_ENERGIES, RANK_FEEDBACK_CUTS,
-                            STRATEGIES)
+                                   MODELS, NORMS, PROGRESS, RANK_ENERGIES,
+                                   RANK_FEEDBACK_CUTS, STRATEGIES)
 from ssa_tf import model_file
 from ssa_tf.config.schema import BUILT_IN_DEFAULTS, RunConfig, cut_epochs, is_model_file
 from ssa_tf.methods import registry

@@ -213,6 +213,7 @@ def evaluation_batch(cfg: ExportConfig, input_shape):
     data = {k[len(_DATA):]: v for k, v in run_config.items() if k.startswith(_DATA)}
     options = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()
                if k in accepted and k not in _LOAD_FIXED and v is not None}
+    options.setdefault("seed", run_config.get("seed", 1))  # synthetic data: the run's own
     try:
         ds = data_lib.load(dataset, cfg.verify_batch, augment=False, max_train_examples=1,
                            **options)

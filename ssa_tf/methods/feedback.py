@@ -129,10 +129,11 @@ def head_hidden(h, kernel, bias):
 
 
 def similarity_matrix(x):
-    """The batch's adjusted cosine similarity (B, B): a map is first reduced to each
-    channel's standard deviation over positions (Noekland & Eidnes 2019, as their
-    code, anokland/local-loss), then each row is centred and normalized."""
-    if len(x.shape) == 4:
+    """The batch's adjusted cosine similarity (B, B): a map of more than 3 channels and
+    more than one row is first reduced to each channel's standard deviation over
+    positions (Noekland & Eidnes 2019, as their code, anokland/local-loss; a 1x1 map
+    would have none), then each row is centred and normalized."""
+    if len(x.shape) == 4 and x.shape[3] > 3 and x.shape[1] > 1:
         n = ops.cast(ops.shape(x)[1] * ops.shape(x)[2], x.dtype)
         var = ops.var(x, axis=(1, 2)) * n / ops.maximum(n - 1.0, 1.0)  # unbiased, as torch
         x = ops.sqrt(var + 1e-12)

@@ -1,4 +1,4 @@
-"""The one training loop, and a run's placement (strategy, chief, outputs).
+"""The one training loop, and where a run trains (its Distribution: strategy, chief, outputs).
 
     placement = loop.setup("mirrored", logical_cpus=2, workdir="runs/x", batch_size=64)
     with placement.strategy.scope():
@@ -48,7 +48,7 @@ PASSES_PER_EPOCH = 2
 
 
 # --------------------------------------------------------------------------
-# A run's placement: strategy, chief, output folder, fit/evaluate dispatch.
+# A run's distribution: strategy, chief, output folder, fit/evaluate dispatch.
 # --------------------------------------------------------------------------
 
 class Distribution:

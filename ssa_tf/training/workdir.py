@@ -204,6 +204,8 @@ def prepare_workdir(cfg: RunConfig, chief: bool = True) -> str:
     try:
         with open(saved_path) as f:
             saved = json.load(f)
+        if not isinstance(saved, dict):
+            raise ValueError("not a JSON object of settings")
     except (OSError, ValueError) as e:
         raise UsageError(f"cannot resume: {saved_path} is unreadable ({e}); pass --restart "
                          "to start over") from None
@@ -211,8 +213,11 @@ def prepare_workdir(cfg: RunConfig, chief: bool = True) -> str:
     # an older record: flat names, and a norm and activation claimed for a user's model
     saved = canonical_model_settings(legacy.read_settings(saved))
     # the card follows from the settings: a changed card is a changed flag, named below
+    # a setting added since the run was saved is absent from its record: the same run
+    # when today's value trains what the code of its day did (config.legacy)
     differ = [k for k in sorted(set(saved) | set(mine))
-              if k not in RESUMABLE_CHANGES and k != "card" and saved.get(k) != mine.get(k)]
+              if k not in RESUMABLE_CHANGES and k != "card" and saved.get(k) != mine.get(k)
+              and not (k not in saved and legacy.at_later_default(k, mine.get(k)))]
     if differ:
         shown = ", ".join(f"{flag(k)}={saved.get(k)!r} then, "
                           f"{mine.get(k)!r} now" for k in differ)
