@@ -250,7 +250,10 @@ GRIDS = {
                 "(first 10,000 training images with augmentation, 20 epochs).",
         base={**_LONG, "model.model": "benchmarks/networks/smallconv_exit1.py"},
         seeds=SEEDS,
-        variants={"bp, lr 1e-3": {MODE: "bp", LR: 1e-3}}),
+        variants={"bp, lr 1e-3": {MODE: "bp", LR: 1e-3},
+                  "bp, lr 1e-3, 4x4 grid": {
+                      MODE: "bp", LR: 1e-3,
+                      "model.model": "benchmarks/networks/smallconv_exit1_grid4.py"}}),
     "rules_resnet32": dict(
         caption="resnet32 (16 local modules): first 5,000 training images with augmentation, "
                 "20 epochs at a constant rate, batch 64.",
