@@ -98,8 +98,12 @@ def table(found, modules, examples) -> str:
     lines = [f"| variant | seeds | {' | '.join(modules[:-1])} | network |",
              "|---|---|" + "---|" * len(modules)]
     for name, runs in found.items():
-        means = [statistics.fmean(r[i] for r in runs) for i in range(len(modules))]
-        lines.append(f"| {name} | {len(runs)} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
+        cells = []
+        for i in range(len(modules)):
+            values = [r[i] for r in runs]
+            sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+            cells.append(f"{statistics.fmean(values):.3f}{sd}")
+        lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + f"\n\n(accuracy on the {examples:,} validation images)"
 
 
