@@ -31,6 +31,8 @@ flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared datase
 flags.DEFINE_multi_string("workdir", [os.path.join("runs", "grids")],
                           "folder of the grids' workdirs (repeat the flag for more)")
 flags.DEFINE_string("table", None, "also write the table to this Markdown file")
+flags.DEFINE_enum("split", "validation", ["validation", "test"],
+                  "where to score (choose the exit on validation; test once, at the end)")
 
 
 def module_accuracies(model, x, y, batch=500):
@@ -49,7 +51,7 @@ def module_accuracies(model, x, y, batch=500):
     return list(hits / len(x))
 
 
-def probes(grid, data_dir, roots):
+def probes(grid, data_dir, roots, split="validation"):
     """{variant: [per-seed list of module accuracies]} and the module names."""
     import keras
     import numpy as np
@@ -60,7 +62,7 @@ def probes(grid, data_dir, roots):
     base = GRIDS[grid]["base"]
     ds = data_lib.load(base["data.dataset"], 500, data_dir=data_dir, seed=1, augment=False,
                        validation_split=base.get("data.validation_split", 0.1))
-    batches = [(np.asarray(a), np.asarray(b)) for a, b in ds.validation]
+    batches = [(np.asarray(a), np.asarray(b)) for a, b in getattr(ds, split)]
     x = np.concatenate([b[0] for b in batches])
     y = np.concatenate([b[1] for b in batches])
     out, modules = {}, None
@@ -104,7 +106,7 @@ def table(found, modules, examples) -> str:
             sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
             cells.append(f"{statistics.fmean(values):.3f}{sd}")
         lines.append(f"| {name} | {len(runs)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + f"\n\n(accuracy on the {examples:,} validation images)"
+    return "\n".join(lines) + f"\n\n(accuracy on the {examples:,} {FLAGS.split} images)"
 
 
 def main(argv):
@@ -116,7 +118,7 @@ def main(argv):
     if missing:
         cli.usage_error(f"--workdir {missing[0]!r} is not a folder")
     cli.import_tensorflow()
-    found, modules, examples = probes(FLAGS.grid, FLAGS.data_dir, FLAGS.workdir)
+    found, modules, examples = probes(FLAGS.grid, FLAGS.data_dir, FLAGS.workdir, FLAGS.split)
     if not found:
         cli.usage_error(f"no model.keras of a local-route run of grid {FLAGS.grid} under "
                         f"{', '.join(FLAGS.workdir)}")
@@ -124,8 +126,8 @@ def main(argv):
     print(text)
     if FLAGS.table:
         atomic_files.write_text(FLAGS.table, f"# Each module's own head, after training\n\n"
-                                f"`python -m benchmarks.module_probes --grid={FLAGS.grid}`\n\n"
-                                f"{text}\n")
+                                f"`python -m benchmarks.module_probes --grid={FLAGS.grid} "
+                                f"--split={FLAGS.split}`\n\n{text}\n")
 
 
 if __name__ == "__main__":
