@@ -34,12 +34,14 @@ SCRIPTS = {
 
 @pytest.fixture(scope="module")
 def no_tensorflow(tmp_path_factory):
-    """An environment whose ``import tensorflow`` fails loudly."""
+    """An environment whose ``import tensorflow`` fails loudly (a PYTHONPATH given, as
+    for a worktree of the clone the package is installed from, stays after it)."""
     fake = tmp_path_factory.mktemp("fake_tf")
     (fake / "tensorflow").mkdir()
     (fake / "tensorflow" / "__init__.py").write_text(
         "raise ImportError('tensorflow imported before the flags were checked')\n")
-    return {**os.environ, "PYTHONPATH": str(fake), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    path = os.pathsep.join(p for p in (str(fake), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def script(name, *args, env, cwd):
