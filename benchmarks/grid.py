@@ -63,7 +63,7 @@ def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
         cfg.runtime.workdir = os.path.join(workdir, grid, f"{name}-s{seed}")
         if os.path.exists(os.path.join(cfg.runtime.workdir, "summary.json")):
             cfg.runtime.restart = True  # finished but never recorded (killed between the two)
-        print(f"{tag}: {cfg.method.mode} {cfg.model.model}, {cfg.train.epochs} epochs "
+        print(f"{tag}: {cfg.rule.name} {cfg.model.model}, {cfg.train.epochs} epochs "
               f"({cfg.card().line()})", flush=True)
         start = time.time()
         new = [d for d in (workdir, os.path.join(workdir, grid), cfg.runtime.workdir)
@@ -79,7 +79,7 @@ def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
             raise
         history = summary["history"]
         record = {
-            "grid": grid, "name": name, "key": key, "seed": seed, "mode": cfg.method.mode,
+            "grid": grid, "name": name, "key": key, "seed": seed, "mode": cfg.rule.name,
             "card": summary["card"],
             "config": {k: v for k, v in cfg.resolved().settings().items()
                        if k not in ("runtime.workdir", "data.data_dir")},

@@ -28,15 +28,15 @@ def variant_config(grid, name, seed, data_dir=None) -> cfg_lib.RunConfig:
 # settings added after runs were recorded: at these values a run trains what it trained
 # before the setting existed, so they stay out of its key (the recorded runs still count)
 _LATER_DEFAULTS = {"model.conv_factorization": ("spatial",), "rank.keep_ends": (False,),
-                   "rank.energy": ("weights",), "method.align_form": (None, "factors"),
+                   "rank.energy": ("weights",), "rule.align_form": (None, "factors"),
                    # learned feedback's own rate (dkp, ssa-dkp): None for every other rule
-                   "method.feedback_lr": (None,), "method.feedback_decay": (None,),
-                   "method.feedback_weight_decay": (None,),
+                   "rule.feedback_lr": (None,), "rule.feedback_decay": (None,),
+                   "rule.feedback_weight_decay": (None,),
                    # the local route's trained heads: the linear read-out before
-                   "method.readout_head": (None, "linear"), "method.readout_width": (None, 0),
-                   "method.readout_depth": (None, 1),
+                   "rule.readout_head": (None, "linear"), "rule.readout_width": (None, 0),
+                   "rule.readout_depth": (None, 1),
                    # predsim's weight: the prediction loss alone before
-                   "method.readout_sim": (None, 0.0)}
+                   "rule.readout_sim": (None, 0.0)}
 
 
 def run_key(cfg: cfg_lib.RunConfig) -> str:

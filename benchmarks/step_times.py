@@ -22,7 +22,7 @@ def step_times(strategy="one_device", logical_cpus=1, model="smallconv", mode="s
     from ssa_tf.training.model import compile_model, model_from_config
 
     placement = setup(strategy, logical_cpus, batch_size=batch_size)
-    cfg = RunConfig().with_overrides([f"model.model={model}", f"method.mode={mode}",
+    cfg = RunConfig().with_overrides([f"model.model={model}", f"rule.name={mode}",
                                       f"train.batch_size={batch_size}"])
     spec = data_lib.load("synthetic", batch_size, max_train_examples=(steps + warmup) * batch_size,
                          synthetic_shape=shape)

@@ -35,8 +35,8 @@ def _run_flags():
         "data_dir": ("data.data_dir", "DIR", "TFDS data_dir holding the prepared dataset"),
         "model": ("model.model", "NAME|FILE", f"{', '.join(cfg_lib.MODELS)} ({d.model.model}), or "
                   "your .py with build(input_shape, num_classes)"),
-        "mode": ("method.mode", "RULE", f"learning rule: {', '.join(cfg_lib.MODES)} "
-                 f"({d.method.mode})"),
+        "mode": ("rule.name", "RULE", f"learning rule: {', '.join(cfg_lib.RULE_NAMES)} "
+                 f"({d.rule.name})"),
         "epochs": ("train.epochs", "N", f"training epochs ({d.train.epochs})"),
         "batch_size": ("train.batch_size", "N", f"global batch size ({d.train.batch_size})"),
         "learning_rate": ("train.learning_rate", "R", "Adam rate (default: the rule's)"),
@@ -76,7 +76,7 @@ def run_config_from_flags(names, extra=()):
         return given
     # the preset sees what was asked without it (the rule, its route), then sits under it
     preset = presets.values(presets.load(values["preset"]), given)
-    cfg = cfg_lib.RunConfig().with_overrides(f"{k}={_text(v)}" for k, v in preset.items())
+    cfg = _overridden(cfg_lib.RunConfig(), [f"{k}={_text(v)}" for k, v in preset.items()])
     return _apply_flags(cfg, names, values, extra)
 
 
@@ -89,13 +89,29 @@ def _apply_flags(cfg, names, values, extra):
             except ValueError as e:
                 raise ValueError(f"--{name}={values[name]}: {str(e).rsplit(': ', 1)[-1]}") \
                     from None
-    return cfg.with_overrides([*extra, *flags.FLAGS.set])
+    return _overridden(cfg, [*extra, *flags.FLAGS.set])
+
+
+def _overridden(cfg, assignments):
+    """``cfg.with_overrides(assignments)``; a setting named as files of an older version
+    name it (``method.beta``, ``beta``: ``config.legacy``) is refused, its message naming
+    today's name."""
+    from ssa_tf.config import legacy
+
+    for text in assignments:
+        try:
+            cfg = cfg.with_overrides([text])
+        except ValueError as e:
+            path = text.partition("=")[0].strip()
+            now = legacy.read_name(path)
+            raise ValueError(f"{e} ({path} is {now} now)" if now != path else str(e)) from None
+    return cfg
 
 
 def default_workdir(cfg):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     model = os.path.splitext(os.path.basename(cfg.model.model))[0]  # a user's file: its name
-    return os.path.join("runs", f"{cfg.data.dataset}-{model}-{cfg.method.mode}-{stamp}")
+    return os.path.join("runs", f"{cfg.data.dataset}-{model}-{cfg.rule.name}-{stamp}")
 
 
 def _text(value):

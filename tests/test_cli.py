@@ -25,10 +25,11 @@ def test_help_exits_0_fits_a_screen_and_names_the_flagfile(cli):
 
 @pytest.mark.parametrize("args,needle", [
     (["--model=vgg99"], "mlp, smallconv, resnet32, resnet18"),
-    (["--mode=bp", "--set=method.beta=0.5"], "method.beta does not apply to --mode=bp"),
+    (["--mode=bp", "--set=rule.beta=0.5"], "rule.beta does not apply to --mode=bp"),
     (["--set=rank.tau=0.9", "--epochs=3"], "would never cut"),
     (["--epochs=three"], "--epochs=three: expected int"),
     (["stray"], "unexpected arguments"),
+    (["--set=method.beta=0"], "(method.beta is rule.beta now)"),
 ])
 def test_train_mistakes_exit_2_with_one_line_before_tensorflow(args, needle, tmp_path):
     start = time.perf_counter()
@@ -136,7 +137,7 @@ def test_the_metrics_log_the_terms_that_count_under_their_names(default_run):
     rows = (workdir / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and "val_accuracy" in rows[0]
     assert "feedback_dot_output" in rows[0] and "ce_surrogate" not in rows[0]
-    beta = json.loads((workdir / "config.json").read_text())["method.beta"]
+    beta = json.loads((workdir / "config.json").read_text())["rule.beta"]
     assert ("align_term" in rows[0]) == (beta > 0)
     assert "ortho_term" not in rows[0]  # gamma 0
 
@@ -196,7 +197,7 @@ def test_keras_load_model_works_after_import_ssa_tf(default_run, tmp_path, order
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,needle", [
-    (["--mode=bp", "--set=method.feedback=chain"], "method.feedback does not apply to --mode=bp"),
+    (["--mode=bp", "--set=rule.feedback=chain"], "rule.feedback does not apply to --mode=bp"),
     (["--mode=dfa", "--set=rank.tau=0.9", "--set=rank.interval=1"],
      "rank.tau applies to rules that"),
     (["--set=runtime.progress=loud"], "choose from: auto, bar, epoch, none"),

@@ -172,7 +172,7 @@ def test_a_run_gives_its_convolutions_its_batch():
     from ssa_tf.config import RunConfig
     from ssa_tf.training.model import model_from_config
 
-    cfg = RunConfig().with_overrides(["model.model=smallconv", "method.mode=ssa",
+    cfg = RunConfig().with_overrides(["model.model=smallconv", "rule.name=ssa",
                                       "train.batch_size=24", "data.dataset=synthetic"])
     model = model_from_config(cfg, (8, 8, 3), 10)
     convs = [l for l in model.svd_layers() if isinstance(l, SVDConv2D)]

@@ -61,7 +61,7 @@ def only_fill_defaults_read(spec):
 
 
 def test_a_config_resolves_the_rules_rate_and_head_from_its_spec(watched):
-    cfg = RunConfig().with_overrides(["model.model=mlp", "method.mode=ssa"])
+    cfg = RunConfig().with_overrides(["model.model=mlp", "rule.name=ssa"])
     resolved = cfg.resolved()
     assert resolved.train.learning_rate == RATE and resolved.model.head_init == HEAD
     assert cfg.learning_rate() == RATE
@@ -74,7 +74,7 @@ def test_a_config_resolves_the_rules_rate_and_head_from_its_spec(watched):
 
 
 def test_a_config_built_model_takes_the_rules_rate_and_head_once(watched):
-    cfg = RunConfig().with_overrides(["model.model=mlp", "method.mode=ssa",
+    cfg = RunConfig().with_overrides(["model.model=mlp", "rule.name=ssa",
                                       "data.dataset=synthetic"])
     model = model_from_config(cfg, SHAPE, 10)
     compile_model(model, learning_rate_schedule(cfg, 4), steps_per_epoch=4)  # as a run does
@@ -104,7 +104,7 @@ def test_a_model_without_a_config_takes_the_same_defaults(watched):
 
 @pytest.mark.parametrize("mode", registry.NAMES)
 def test_fill_defaults_is_what_a_config_resolves(mode):
-    cfg = RunConfig().with_overrides([f"method.mode={mode}"])
+    cfg = RunConfig().with_overrides([f"rule.name={mode}"])
     assert cfg.resolved().settings() == fill_defaults(mode, cfg.settings())
     rule = registry.get(mode)
     assert cfg.learning_rate() == rule.learning_rate
@@ -115,8 +115,8 @@ def test_fill_defaults_is_what_a_config_resolves(mode):
 
 
 def test_build_model_is_model_from_config_for_settings_given_as_arguments():
-    cfg = RunConfig().with_overrides(["model.model=mlp", "method.mode=dfa", "seed=5",
-                                      "method.feedback_spatial=broadcast", "model.norm=none",
+    cfg = RunConfig().with_overrides(["model.model=mlp", "rule.name=dfa", "seed=5",
+                                      "rule.feedback_spatial=broadcast", "model.norm=none",
                                       "train.learning_rate=0.002", "data.dataset=synthetic"])
     from_config = compile_model(model_from_config(cfg, SHAPE, 10), cfg.learning_rate())
     keras.utils.set_random_seed(5)  # as model_from_config sets it

@@ -54,14 +54,14 @@ def test_the_feedback_trains_at_its_own_rate_decayed_each_epoch():
 
 
 @pytest.mark.parametrize("sets,message", [
-    (["method.mode=dkp", "method.feedback=chain"], "method.feedback='chain' is not valid"),
-    (["method.mode=ssa-dkp", "method.feedback=local"], "method.feedback='local' is not valid"),
-    (["method.mode=dkp", "method.feedback_decay=2"], "method.feedback_decay must be in [0, 1]"),
-    (["method.mode=dkp", "method.feedback_lr=0"], "method.feedback_lr must be > 0"),
-    (["method.mode=ssa-dkp", "method.feedback_spatial=broadcast"],
-     "method.feedback_spatial applies to the global route only, not method.feedback=chain"),
-    (["method.mode=ssa", "method.feedback_lr=1e-4"],
-     "method.feedback_lr does not apply to --mode=ssa (it applies to --mode=dkp|ssa-dkp)"),
+    (["rule.name=dkp", "rule.feedback=chain"], "rule.feedback='chain' is not valid"),
+    (["rule.name=ssa-dkp", "rule.feedback=local"], "rule.feedback='local' is not valid"),
+    (["rule.name=dkp", "rule.feedback_decay=2"], "rule.feedback_decay must be in [0, 1]"),
+    (["rule.name=dkp", "rule.feedback_lr=0"], "rule.feedback_lr must be > 0"),
+    (["rule.name=ssa-dkp", "rule.feedback_spatial=broadcast"],
+     "rule.feedback_spatial applies to the global route only, not rule.feedback=chain"),
+    (["rule.name=ssa", "rule.feedback_lr=1e-4"],
+     "rule.feedback_lr does not apply to --mode=ssa (it applies to --mode=dkp|ssa-dkp)"),
 ])
 def test_learned_feedback_settings_are_checked_in_one_line(sets, message):
     assert message in cfg_lib.validate(cfg_lib.RunConfig().with_overrides(sets))
@@ -69,6 +69,6 @@ def test_learned_feedback_settings_are_checked_in_one_line(sets, message):
 
 def test_the_cards_say_the_feedback_learns_and_nothing_is_transported():
     for mode, transport in (("dkp", "never"), ("ssa-dkp", "once at construction")):
-        card = cfg_lib.RunConfig().with_overrides([f"method.mode={mode}"]).card()
+        card = cfg_lib.RunConfig().with_overrides([f"rule.name={mode}"]).card()
         assert (card.sequential, card.weight_transport, card.feedback, card.direct) == \
             (False, transport, "learns locally", True)

@@ -72,11 +72,11 @@ def test_heads_are_training_only_and_gone_at_export():
 
 def test_a_conv_head_option_is_refused_off_the_local_route():
     from ssa_tf.config import validate
-    cfg = RunConfig().with_overrides(["method.readout_head=conv"])
-    assert validate(cfg) == ("method.readout_head applies to the local route only, not "
-                             "method.feedback=chain")
-    bad = RunConfig().with_overrides(["method.feedback=local", "method.readout_head=mlp"])
-    assert "method.readout_head='mlp' is not valid" in validate(bad)
+    cfg = RunConfig().with_overrides(["rule.readout_head=conv"])
+    assert validate(cfg) == ("rule.readout_head applies to the local route only, not "
+                             "rule.feedback=chain")
+    bad = RunConfig().with_overrides(["rule.feedback=local", "rule.readout_head=mlp"])
+    assert "rule.readout_head='mlp' is not valid" in validate(bad)
 
 
 def _reference_similarity(x):
@@ -119,5 +119,5 @@ def test_predsim_matches_the_reference_and_weighs_its_two_losses():
 
 def test_predsim_weight_is_refused_outside_zero_to_one():
     from ssa_tf.config import validate
-    bad = RunConfig().with_overrides(["method.feedback=local", "method.readout_sim=1.5"])
-    assert validate(bad) == "method.readout_sim must be in [0, 1], got 1.5"
+    bad = RunConfig().with_overrides(["rule.feedback=local", "rule.readout_sim=1.5"])
+    assert validate(bad) == "rule.readout_sim must be in [0, 1], got 1.5"

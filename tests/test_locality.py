@@ -78,7 +78,7 @@ def test_a_run_that_cuts_states_what_the_cut_passes_to_the_feedback():
     from ssa_tf.methods.card import CUT_FLOWS
 
     assert RunConfig().card().at_cuts is None
-    assert RunConfig().with_overrides(["method.mode=dfa", "rank.tau=0.9"]).card().at_cuts \
+    assert RunConfig().with_overrides(["rule.name=dfa", "rank.tau=0.9"]).card().at_cuts \
         is None  # no SVD factors, no cut
     for cut, energy, cov in ((None, "weights", None), (None, "outputs", np.eye(2)),
                              ("first", "weights", None), ("svd", "weights", None)):

@@ -76,8 +76,8 @@ def test_prepare_workdir_resumes_refuses_and_restarts(tmp_path):
     # longer training, other checkpointing: still the same run
     assert reliability.prepare_workdir(
         cfg.replace({"train.epochs": 5, "runtime.checkpoint_steps": 7})) == "resume"
-    with pytest.raises(UsageError, match=r"method.beta=0.01 then, 0.5 now.*--restart"):
-        reliability.prepare_workdir(cfg.replace({"method.beta": 0.5}))
+    with pytest.raises(UsageError, match=r"rule.beta=0.01 then, 0.5 now.*--restart"):
+        reliability.prepare_workdir(cfg.replace({"rule.beta": 0.5}))
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(UsageError, match="finished run"):
         reliability.prepare_workdir(cfg)

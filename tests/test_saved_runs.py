@@ -54,7 +54,7 @@ def test_a_saved_run_reads_as_todays_config():
     with open(os.path.join(FIXTURE, "run_v1", "config.json")) as f:
         cfg = legacy.read_config(json.load(f))
     assert (cfg.rank.tau, cfg.rank.interval, cfg.rank.keep_ends) == (0.9, 10, False)
-    assert (cfg.method.mode, cfg.method.beta, cfg.model.model) == (
+    assert (cfg.rule.name, cfg.rule.beta, cfg.model.model) == (
         "ssa", 0.01, "tests/data/tiny_net.py")
     assert cfg.data.synthetic_shape == (6, 6, 1)
 

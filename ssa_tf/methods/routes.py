@@ -85,7 +85,7 @@ class GlobalRoute(Route):
             raise UsageError(f"full-map feedback for {model.architecture} at input "
                              f"{model.input_dims} needs {entries:,} entries (more than "
                              f"{MAX_FULL_MAP_ENTRIES:,}); add --set "
-                             "method.feedback_spatial=broadcast (or --preset=imagenet)")
+                             "rule.feedback_spatial=broadcast (or --preset=imagenet)")
 
     def build(self, model, rng):
         self.check_size(model)

@@ -310,8 +310,8 @@ def _model_from_config(cfg, input_shape, num_classes, stats, dataset=None,
     from ssa_tf.nn.user import leading_preprocessing
 
     m = cfg.model
-    options = dict(mode=cfg.method.mode, head_init=m.head_init, seed=cfg.seed,
-                   **cfg.method.options(), **extra)
+    options = dict(mode=cfg.rule.name, head_init=m.head_init, seed=cfg.seed,
+                   **cfg.rule.options(), **extra)
     if not is_model_file(m.model):
         return SSAModel(m.model, input_shape, num_classes, norm=m.norm, activation=m.activation,
                         conv_factorization=m.conv_factorization, input_stats=stats, **options)
@@ -331,7 +331,7 @@ def _model_from_config(cfg, input_shape, num_classes, stats, dataset=None,
 MODEL_SETTINGS = {"seed": "seed",
                   **{k: f"model.{k}" for k in ("norm", "activation", "head_init",
                                                "conv_factorization")},
-                  **{k: f"method.{k}" for k in registry.OPTIONS}}
+                  **{k: f"rule.{k}" for k in registry.OPTIONS}}
 
 
 def build_model(architecture, input_shape, num_classes, mode=registry.DEFAULT, learning_rate=None,
@@ -343,7 +343,7 @@ def build_model(architecture, input_shape, num_classes, mode=registry.DEFAULT, l
     ``ranks``, ...) go to ``SSAModel``. Unlike a run, it leaves the global seed and the
     convolutions' batch hint as they are."""
     settings = {MODEL_SETTINGS[k]: kwargs.pop(k) for k in list(kwargs) if k in MODEL_SETTINGS}
-    cfg = RunConfig().replace({"model.model": architecture, "method.mode": mode,
+    cfg = RunConfig().replace({"model.model": architecture, "rule.name": mode,
                                "train.learning_rate": learning_rate, **settings}).resolved()
     model = _model_from_config(cfg, input_shape, num_classes, kwargs.pop("input_stats", None),
                                **kwargs)

@@ -63,7 +63,7 @@ completed, 2 a mistake (one line)."""
 
 
 def config_from_flags() -> settings.SearchConfig:
-    run = cli.run_config_from_flags(RUN, ["method.mode=ssa"])
+    run = cli.run_config_from_flags(RUN, ["rule.name=ssa"])
     ranges = {f"{name}_range": settings.parse_range(name, FLAGS[f"{name}_range"].value)
               for name in ("alpha", "beta", "gamma", "learning_rate")}
     for name in ("alpha", "beta", "gamma"):

@@ -41,5 +41,5 @@ def values(preset, given) -> dict:
     """``preset.values`` for the run ``given`` asks for (its flags without the preset)."""
     parameters = inspect.signature(preset.values).parameters
     if len(parameters) >= 2:
-        return preset.values(given.method.mode, given)
-    return preset.values(given.method.mode)
+        return preset.values(given.rule.name, given)
+    return preset.values(given.rule.name)

@@ -3,7 +3,7 @@
     python -m ssa_tf.train --preset=local_heads --mode=ssa|dfa \\
         --dataset=cifar10 --data_dir=DIR --epochs=20 --set data.augment=true
 
-The local route (``method.feedback=local``): each module trains a small head of its own,
+The local route (``rule.feedback=local``): each module trains a small head of its own,
 a 3x3 convolution with ReLU, a pooled 2x2 grid and a linear layer, on its own
 cross-entropy with the label. No output error reaches a module and no gradient crosses
 a module boundary; the heads are dropped at export. The network's classifier starts
@@ -26,9 +26,9 @@ def values(mode: str) -> dict:
                 if "local" in registry.RULES[n].choices.get("feedback", ())]
         raise ValueError(f"--preset=local_heads trains each module from its own head (the "
                          f"local route); --mode={mode} has none: use one of {', '.join(able)}")
-    out = {"method.feedback": "local", "method.readout_head": "conv",
-           "method.readout_depth": 1, "model.head_init": "glorot",
+    out = {"rule.feedback": "local", "rule.readout_head": "conv",
+           "rule.readout_depth": 1, "model.head_init": "glorot",
            "train.learning_rate": 1e-3}
     if rule.svd:
-        out["method.beta"] = 0.0
+        out["rule.beta"] = 0.0
     return out

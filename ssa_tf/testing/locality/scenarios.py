@@ -74,9 +74,9 @@ class Scenario:
                 f"data.max_train_examples={n + self.batch // 2}",
                 f"data.validation_split={(self.batch // 2) / (n + self.batch // 2)}",
                 f"train.batch_size={self.batch}", f"train.epochs={self.epochs}",
-                f"model.model={self.model}", f"method.mode={self.mode}",
+                f"model.model={self.model}", f"rule.name={self.mode}",
                 "runtime.progress=none", f"runtime.workdir={workdir}", f"seed={self.seed}"]
-        sets += [f"method.{k}={v}" for k, v in self.options]
+        sets += [f"rule.{k}={v}" for k, v in self.options]
         if self.cut_after:
             sets += ["rank.tau=0.9", f"rank.start={self.cut_after}", "rank.interval=1000",
                      "rank.keep_ends=false"]
@@ -180,7 +180,7 @@ def variants(name, held=False) -> list:
     defaults, each other value of a choice or a boolean option that changes what the card
     says of locality (sequential, weight transport, feedback); from the rule's defaults,
     each that changes what it holds (held activations) when ``held`` (a different code
-    path, not a different locality: ``method.recompute``)."""
+    path, not a different locality: ``rule.recompute``)."""
     from ssa_tf.methods import registry
     from ssa_tf.methods.spec import CARD_PROBES, ROUTES
 
