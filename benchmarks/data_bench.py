@@ -36,7 +36,7 @@ from ssa_tf.data.mock import jpeg_examples, mock_prepared
 FLAGS = flags.FLAGS
 
 
-RUN = ("dataset", "data_dir", "model", "mode", "batch_size", "seed")
+RUN = ("dataset", "data_dir", "model", "rule", "batch_size", "seed")
 
 
 def define_flags():

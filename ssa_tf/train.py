@@ -1,8 +1,8 @@
 """Train an image classifier with one learning rule: SSA, DFA, BP, or a named variant.
 
     python -m ssa_tf.train                     # embedded MNIST sample, smallconv, SSA
-    python -m ssa_tf.train --dataset=cifar10 --data_dir=DIR --mode=bp --epochs=5
-    python -m ssa_tf.train --mode=ssa --set rule.beta=0 --set rank.tau=0.9 --set rank.interval=1
+    python -m ssa_tf.train --dataset=cifar10 --data_dir=DIR --rule=bp --epochs=5
+    python -m ssa_tf.train --rule=ssa --set rule.beta=0 --set rank.tau=0.9 --set rank.interval=1
 
 Flags and wiring only; the run is ``ssa_tf.training.run``. Every setting is
 checked before TensorFlow starts: a mistake ends with one line on stderr and
@@ -23,7 +23,7 @@ from ssa_tf import config as cfg_lib
 from ssa_tf.cli import usage_error
 
 FLAGS = flags.FLAGS
-DAILY = ("dataset", "data_dir", "model", "mode", "epochs", "batch_size", "learning_rate",
+DAILY = ("dataset", "data_dir", "model", "rule", "epochs", "batch_size", "learning_rate",
          "workdir", "seed", "preset")
 cli.define_run_flags(DAILY)
 flags.DEFINE_boolean("restart", False, "discard the workdir's previous run and start over "

@@ -25,10 +25,11 @@ def test_help_exits_0_fits_a_screen_and_names_the_flagfile(cli):
 
 @pytest.mark.parametrize("args,needle", [
     (["--model=vgg99"], "mlp, smallconv, resnet32, resnet18"),
-    (["--mode=bp", "--set=rule.beta=0.5"], "rule.beta does not apply to --mode=bp"),
+    (["--rule=bp", "--set=rule.beta=0.5"], "rule.beta does not apply to --rule=bp"),
     (["--set=rank.tau=0.9", "--epochs=3"], "would never cut"),
     (["--epochs=three"], "--epochs=three: expected int"),
     (["stray"], "unexpected arguments"),
+    (["--rule=dfa", "--mode=bp"], "--rule=dfa and --mode=bp differ"),
     (["--set=method.beta=0"], "(method.beta is rule.beta now)"),
 ])
 def test_train_mistakes_exit_2_with_one_line_before_tensorflow(args, needle, tmp_path):
@@ -37,6 +38,13 @@ def test_train_mistakes_exit_2_with_one_line_before_tensorflow(args, needle, tmp
     assert needle in line
     assert not (tmp_path / "w").exists()  # nothing written
     assert time.perf_counter() - start < 10  # TensorFlow was never imported
+
+
+def test_the_search_takes_mode_as_the_alias_of_rule_too():
+    line = one_line(run("search", "--rule=ssa", "--mode=fa", timeout=60))
+    assert "--rule=ssa and --mode=fa differ" in line
+    line = one_line(run("search", "--mode=dfa", "--report_only", timeout=60))
+    assert "--rule=dfa has none" in line
 
 
 def test_unknown_flag_lists_the_valid_ones_in_every_cli():
@@ -93,7 +101,7 @@ def default_run(tmp_path_factory):
     """One SSA run with every output on: 2 epochs, a cut after each, diagnostics."""
     tmp = tmp_path_factory.mktemp("default_run")
     workdir = tmp / "run"
-    result = run("train", "--model=mlp", "--mode=ssa", "--epochs=2", "--set=rank.tau=0.95",
+    result = run("train", "--model=mlp", "--rule=ssa", "--epochs=2", "--set=rank.tau=0.95",
                  "--set=rank.interval=1", "--set=rank.exempt=classifier",
                  "--set=runtime.diagnostics_every=25", f"--workdir={workdir}", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -168,7 +176,7 @@ def test_the_diagnostics_record_angles_away_from_bp(default_run):
 def test_ssa_tf_load_model_loads_the_runs_model_in_a_fresh_process(default_run, tmp_path):
     _, workdir = default_run
     code = ("import sys, ssa_tf; m = ssa_tf.load_model(sys.argv[1]); "
-            "print(m.mode, sorted(m.ranks().values())[0])")
+            "print(m.rule_name, sorted(m.ranks().values())[0])")
     loaded = subprocess.run([sys.executable, "-c", code, str(workdir / "model.keras")],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -183,7 +191,7 @@ def test_keras_load_model_works_after_import_ssa_tf(default_run, tmp_path, order
     _, workdir = default_run
     code = (f"import sys; {order}; "
             "print('tf-before-load', 'ssa_tf.training.model' in sys.modules); "
-            "m = keras.saving.load_model(sys.argv[1]); print(type(m).__name__, m.mode)")
+            "m = keras.saving.load_model(sys.argv[1]); print(type(m).__name__, m.rule_name)")
     loaded = subprocess.run([sys.executable, "-c", code, str(workdir / "model.keras")],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -197,8 +205,8 @@ def test_keras_load_model_works_after_import_ssa_tf(default_run, tmp_path, order
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,needle", [
-    (["--mode=bp", "--set=rule.feedback=chain"], "rule.feedback does not apply to --mode=bp"),
-    (["--mode=dfa", "--set=rank.tau=0.9", "--set=rank.interval=1"],
+    (["--rule=bp", "--set=rule.feedback=chain"], "rule.feedback does not apply to --rule=bp"),
+    (["--rule=dfa", "--set=rank.tau=0.9", "--set=rank.interval=1"],
      "rank.tau applies to rules that"),
     (["--set=runtime.progress=loud"], "choose from: auto, bar, epoch, none"),
 ])

@@ -73,6 +73,8 @@ def test_a_config_of_the_method_section_reads_as_todays_config():
     key = json.dumps({"method.mode": "bp", "method.beta": None, "seed": 1}, sort_keys=True)
     assert legacy.read_key(key) == json.dumps(
         {"rule.beta": None, "rule.name": "bp", "seed": 1}, sort_keys=True)
+    # a saved model's config says "mode" before "rule"
+    assert legacy.read_model_config({"mode": "ssa", "seed": 1}) == {"rule": "ssa", "seed": 1}
 
 
 @pytest.mark.parametrize("assignment,needle", [
@@ -118,11 +120,11 @@ def test_malformed_overrides_say_what_is_wrong(assignment, needle):
     (["runtime.strategy=multi_worker"], "needs TF_CONFIG"),
     (["runtime.logical_cpus=2"], "applies to runtime.strategy=mirrored only"),
     # an option the rule does not take is refused, naming who takes it
-    (["rule.name=bp", "rule.feedback=chain"], "rule.feedback does not apply to --mode=bp"),
-    (["rule.name=bp", "rule.beta=0.5"], "rule.beta does not apply to --mode=bp"),
-    (["rule.name=bp", "rule.stiefel_retraction=true"], "does not apply to --mode=bp"),
+    (["rule.name=bp", "rule.feedback=chain"], "rule.feedback does not apply to --rule=bp"),
+    (["rule.name=bp", "rule.beta=0.5"], "rule.beta does not apply to --rule=bp"),
+    (["rule.name=bp", "rule.stiefel_retraction=true"], "does not apply to --rule=bp"),
     (["rule.name=dfa", "rank.tau=0.9", "rank.interval=1"], "rank.tau applies to rules that"),
-    (["rule.feedback_tracking=0.1"], "applies to --mode=bp-lagged-copy"),
+    (["rule.feedback_tracking=0.1"], "applies to --rule=bp-lagged-copy"),
     (["rule.feedback=local", "rule.feedback_spatial=full"], "global route only"),
     (["rule.alpha=0", "rule.beta=0", "rule.gamma=0"], "nothing to learn from"),
     # a rank schedule that would never cut (fewer epochs than the interval)
@@ -183,7 +185,7 @@ def test_presets_fill_in_under_the_flags_given(tmp_path):
     assert presets.load("imagenet").values("bp")["train.learning_rate"] == 2e-4
     assert presets.load("imagenet").values("ssa")["train.learning_rate"] == 5e-4
     mine = tmp_path / "mine.py"
-    mine.write_text("def values(mode):\n    return {'train.epochs': 7}\n")
+    mine.write_text("def values(rule):\n    return {'train.epochs': 7}\n")
     assert presets.load(str(mine)).values("ssa") == {"train.epochs": 7}
     for bad, needle in ((tmp_path / "none.py", "no such file"), ("mnist", "is not valid")):
         with pytest.raises(ValueError, match=needle):
@@ -197,7 +199,7 @@ def test_daily_flags_and_set_reach_the_config_and_the_model():
     from ssa_tf import train
     from ssa_tf.training.model import model_from_config
     with flagsaver.flagsaver():
-        train.FLAGS(["prog", "--model=mlp", "--mode=fa", "--set=rule.chain_jacobians=false",
+        train.FLAGS(["prog", "--model=mlp", "--rule=fa", "--set=rule.chain_jacobians=false",
                      "--set", "rule.stiefel_retraction=true", "--set=rule.s_rate_scale=3",
                      "--seed=4"])
         try:
@@ -211,6 +213,18 @@ def test_daily_flags_and_set_reach_the_config_and_the_model():
     assert model.get_config()["chain_jacobians"] is False
     default = model_from_config(cfg.replace({"rule.chain_jacobians": None}), (28, 28, 1), 10)
     assert default.options["chain_jacobians"]  # on for fa
+
+
+@pytest.mark.parametrize("argv,rule", [(["--mode=dfa"], "dfa"), (["--rule=fa"], "fa"),
+                                       (["--rule=bp", "--mode=bp"], "bp"), ([], "ssa")])
+def test_mode_is_an_alias_of_rule(argv, rule):
+    from ssa_tf import train
+    with flagsaver.flagsaver():
+        train.FLAGS(["prog", *argv])
+        try:
+            assert train.config_from_flags().rule.name == rule
+        finally:
+            train.FLAGS.unparse_flags()
 
 
 def test_a_daily_flag_with_a_bad_value_names_the_flag():
@@ -228,7 +242,7 @@ def test_help_fits_a_screen():
     from ssa_tf import train
     lines = train.HELP.splitlines()
     assert len(lines) <= 40 and max(map(len, lines)) <= 84
-    for flag in ("--dataset", "--mode", "--set", "--flagfile", "--preset", "--restart"):
+    for flag in ("--dataset", "--rule", "--set", "--flagfile", "--preset", "--restart"):
         assert flag in train.HELP
     for section in cfg_lib.SECTIONS:
         assert f"  {section}: " in train.HELP
@@ -262,9 +276,9 @@ def _config(*argv):
             train.FLAGS.unparse_flags()
 
 
-def _routes(mode):
+def _routes(rule):
     from ssa_tf.methods import registry
-    return (None, *registry.get(mode).choices.get("feedback", ()))
+    return (None, *registry.get(rule).choices.get("feedback", ()))
 
 
 @pytest.mark.parametrize("preset", [None, *presets.NAMES])
@@ -274,9 +288,9 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
     from ssa_tf.methods import registry
     base = ["--dataset=imagenet2012"] if preset is None else [f"--preset={preset}"]
     checked = 0
-    for mode in registry.NAMES:
-        for route in _routes(mode):
-            argv = [*base, f"--mode={mode}"]
+    for rule in registry.NAMES:
+        for route in _routes(rule):
+            argv = [*base, f"--rule={rule}"]
             if route is not None:
                 argv.append(f"--set=rule.feedback={route}")
             if preset == "local_heads" and route not in (None, "local"):
@@ -288,11 +302,11 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
                     problem = str(e)
                 assert problem and "local" in problem, argv
                 continue
-            if preset == "local_heads" and "local" not in _routes(mode):
+            if preset == "local_heads" and "local" not in _routes(rule):
                 continue
             cfg = _config(*argv)
             assert validate(cfg) is None, (argv, validate(cfg))
-            assert cfg.rule.name == mode
+            assert cfg.rule.name == rule
             if preset == "imagenet":
                 # the broadcast is the global route's (full maps at 224: 1000 x 200,704)
                 spatial = cfg.resolved().rule.feedback_spatial
@@ -305,32 +319,32 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
 
 
 def test_the_local_heads_preset_sets_the_measured_heads_and_refuses_rules_without_them():
-    cfg = _config("--preset=local_heads", "--mode=ssa").resolved()
+    cfg = _config("--preset=local_heads", "--rule=ssa").resolved()
     m = cfg.rule
     assert (m.feedback, m.readout_head, m.readout_depth, m.beta) == ("local", "conv", 1, 0.0)
     assert cfg.model.head_init == "glorot" and cfg.train.learning_rate == 1e-3
-    plain = _config("--preset=local_heads", "--mode=dfa").resolved()
+    plain = _config("--preset=local_heads", "--rule=dfa").resolved()
     assert plain.rule.readout_head == "conv" and plain.rule.beta is None
-    with pytest.raises(ValueError, match="--mode=bp has none: use one of dfa, ssa"):
-        _config("--preset=local_heads", "--mode=bp")
+    with pytest.raises(ValueError, match="--rule=bp has none: use one of dfa, ssa"):
+        _config("--preset=local_heads", "--rule=bp")
 
 
 def test_a_preset_of_one_argument_still_works(tmp_path):
     mine = tmp_path / "mine.py"
-    mine.write_text("def values(mode):\n    return {'train.epochs': 7, 'rank.tau': 0.9}\n")
-    cfg = _config(f"--preset={mine}", "--mode=ssa", "--set=rank.tau=0.8")
+    mine.write_text("def values(rule):\n    return {'train.epochs': 7, 'rank.tau': 0.9}\n")
+    cfg = _config(f"--preset={mine}", "--rule=ssa", "--set=rank.tau=0.8")
     assert cfg.train.epochs == 7 and cfg.rank.tau == 0.8  # --set wins over the preset
 
 
 def test_full_map_feedback_too_large_is_one_usage_line():
-    # python -m ssa_tf.train --dataset=imagenet2012 --mode=dfa (no preset): dfa's full-map
+    # python -m ssa_tf.train --dataset=imagenet2012 --rule=dfa (no preset): dfa's full-map
     # feedback at 224 x 224 would need 2.4G entries; one line naming the setting, exit 2
     import keras
     from ssa_tf.errors import UsageError
     from ssa_tf.training.model import SSAModel
     keras.utils.set_random_seed(1)
     with pytest.raises(UsageError, match="rule.feedback_spatial=broadcast") as e:
-        SSAModel("smallconv", (224, 224, 3), 1000, mode="dfa")
+        SSAModel("smallconv", (224, 224, 3), 1000, rule="dfa")
     assert e.value.status == 2 and "\n" not in str(e.value)
 
 
@@ -338,9 +352,9 @@ def test_no_card_line_reads_like_an_error():
     # "...; error: e through a fixed ..." once carried the prefix that the
     # README gives for a mistake; every rule on every route
     from ssa_tf.methods import registry
-    for mode in registry.NAMES:
-        for route in _routes(mode):
+    for rule in registry.NAMES:
+        for route in _routes(rule):
             cfg = RunConfig().with_overrides(
-                [f"rule.name={mode}", *([f"rule.feedback={route}"] if route else [])])
+                [f"rule.name={rule}", *([f"rule.feedback={route}"] if route else [])])
             line = cfg.card().line()
-            assert "error:" not in line.lower() and line.startswith(f"rule {mode}:"), line
+            assert "error:" not in line.lower() and line.startswith(f"rule {rule}:"), line

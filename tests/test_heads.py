@@ -17,18 +17,18 @@ def _data(n=32, seed=0):
             rng.integers(0, 10, n).astype(np.int32))
 
 
-def _model(mode, **options):
+def _model(rule, **options):
     keras.utils.set_random_seed(3)
-    model = SSAModel("smallconv", SHAPE, 10, mode=mode, feedback="local", **options)
+    model = SSAModel("smallconv", SHAPE, 10, rule=rule, feedback="local", **options)
     compile_model(model, learning_rate=1e-2)
     model.run_eagerly = True
     return model
 
 
-@pytest.mark.parametrize("mode,depth,sim", [("dfa", 1, 0.0), ("ssa", 1, 0.0), ("dfa", 2, 0.0),
+@pytest.mark.parametrize("rule,depth,sim", [("dfa", 1, 0.0), ("ssa", 1, 0.0), ("dfa", 2, 0.0),
                                             ("ssa", 1, 0.99)])
-def test_a_conv_head_trains_on_the_modules_own_loss_only(mode, depth, sim):
-    model = _model(mode, readout_head="conv", readout_width=4, readout_depth=depth,
+def test_a_conv_head_trains_on_the_modules_own_loss_only(rule, depth, sim):
+    model = _model(rule, readout_head="conv", readout_width=4, readout_depth=depth,
                    readout_sim=sim)
     route = model.rule.route
     heads = [v for layers in route.hidden for v in layers] + route.matrices + route.projections

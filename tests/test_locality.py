@@ -47,11 +47,11 @@ def test_every_rule_keeps_its_card_through_a_run(scenario, tmp_path):
 
 def test_the_scenarios_cover_every_rule_and_route_of_the_registry():
     scenarios = locality.registry_scenarios()
-    assert {s.mode for s in scenarios} == set(registry.NAMES)
+    assert {s.rule for s in scenarios} == set(registry.NAMES)
     for name in registry.NAMES:
         routes = registry.get(name).choices.get("feedback", ())
         covered = {dict(s.options).get("feedback", registry.get(name).options.get("feedback"))
-                   for s in scenarios if s.mode == name}
+                   for s in scenarios if s.rule == name}
         assert set(routes) <= covered, name
 
 

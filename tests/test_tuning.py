@@ -196,8 +196,8 @@ def _search(sets=(), **fields):
     (dict(max_trials=0), "--max_trials must be >= 1"),
     (dict(sets=["data.validation_split=0"]), "data.validation_split must be > 0"),
     (dict(sets=["data.validation_split=1"]), "data.validation_split must be in [0, 1)"),
-    (dict(sets=["rule.feedback_tracking=0.1"]), "does not apply to --mode=ssa"),
-    (dict(sets=["rule.name=dfa"]), "--mode=dfa has none (choose --mode=svd-bp|ssa|fa|"),
+    (dict(sets=["rule.feedback_tracking=0.1"]), "does not apply to --rule=ssa"),
+    (dict(sets=["rule.name=dfa"]), "--rule=dfa has none (choose --rule=svd-bp|ssa|fa|"),
 ])
 def test_each_bad_search_setting_is_named_in_one_line(cfg, needle):
     problem = settings.validate(_search(**cfg))

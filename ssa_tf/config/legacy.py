@@ -14,6 +14,7 @@ here, so saved runs keep loading, resuming and exporting:
 
     cfg = legacy.read_config(json.load(open("run/config.json")))   # any age
     key = legacy.read_key(record["key"])                          # a record's key
+    model = SSAModel(**legacy.read_model_config(config))          # SSAModel.from_config
 """
 
 from __future__ import annotations
@@ -68,3 +69,11 @@ def read_key(key: str) -> str:
     """A grid record's key (canonical JSON of what a run trains) in today's names."""
     return json.dumps(read_settings(json.loads(key)), sort_keys=True, default=list)
 
+
+def read_model_config(config: dict) -> dict:
+    """An ``SSAModel``'s config (``get_config``, saved inside model.keras) in today's
+    names: the rule's name under "rule" (models saved before it say "mode")."""
+    out = dict(config)
+    if OLD_RULE_NAME in out:
+        out.setdefault("rule", out.pop(OLD_RULE_NAME))
+    return out

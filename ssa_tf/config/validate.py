@@ -119,7 +119,7 @@ def validate_model_file(cfg: RunConfig) -> str | None:
 def flag(name) -> str:
     """How a user sets field ``name``: a daily flag, or ``--set SECTION.FIELD``."""
     daily = {"data.dataset": "--dataset", "data.data_dir": "--data_dir", "model.model": "--model",
-             "rule.name": "--mode", "train.epochs": "--epochs",
+             "rule.name": "--rule", "train.epochs": "--epochs",
              "train.batch_size": "--batch_size", "train.learning_rate": "--learning_rate",
              "runtime.workdir": "--workdir", "runtime.restart": "--restart", "seed": "--seed"}
     return daily.get(name, name)
@@ -138,15 +138,15 @@ def validate_rule(cfg: RunConfig) -> str | None:
     given = cfg.rule.options()
     for option in registry.inapplicable(name, given):
         takers = registry.accepting(option)
-        return (f"rule.{option} does not apply to --mode={name} (it applies to "
-                f"--mode={'|'.join(takers)})")
+        return (f"rule.{option} does not apply to --rule={name} (it applies to "
+                f"--rule={'|'.join(takers)})")
     problem = rule.problem(given)
     if problem:
         return problem
     if not rule.svd and cfg.rank.tau is not None:
         svd = "|".join(registry.svd_rules())
-        return (f"rank.tau applies to rules that train SVD factors (--mode={svd}), "
-                f"not --mode={name}")
+        return (f"rank.tau applies to rules that train SVD factors (--rule={svd}), "
+                f"not --rule={name}")
     return None
 
 

@@ -178,7 +178,7 @@ def best_flags(cfg: SearchConfig, best: dict, n_trials: int, splits: dict) -> st
         f"trained on {splits['train_split']}, scored on {splits['validation_split']}).",
         "# Flags after --flagfile win, e.g.:",
         "#   python -m ssa_tf.train --flagfile=THIS_FILE --epochs=30 --workdir=A_NEW_FOLDER",
-        f"--mode={run.rule.name}",
+        f"--rule={run.rule.name}",
     ]
     default = cfg_lib.RunConfig().settings()
     values = run.settings()
@@ -197,7 +197,7 @@ def best_flags(cfg: SearchConfig, best: dict, n_trials: int, splits: dict) -> st
     return "\n".join(lines) + "\n"
 
 
-# best.flags writes these on lines of their own (mode, epochs, the drawn values) or not
+# best.flags writes these on lines of their own (rule, epochs, the drawn values) or not
 # at all (where the run goes, and how it reports: the user's new command says)
 _WRITTEN_APART = ("rule.name", "train.epochs", "rule.alpha", "rule.beta", "rule.gamma",
                   "train.learning_rate", "runtime.workdir", "runtime.restart", "runtime.progress")

@@ -51,7 +51,7 @@ TRIAL_RECORD = "ssa_trial.json"  # our per-trial sidecar: seconds and epochs
 class SearchConfig:
     """One coefficient search: the run it tunes plus how to search."""
 
-    run: cfg_lib.RunConfig  # dataset, model, norm, feedback, seed, ...; mode is ssa
+    run: cfg_lib.RunConfig  # dataset, model, rule (ssa unless --rule), feedback, seed, ...
     tuner: str = "random"
     max_trials: int = 10
     epochs_per_trial: int = 3  # Hyperband: the most epochs any trial gets
@@ -128,7 +128,7 @@ def validate(cfg: SearchConfig) -> str | None:
     if not cfg.run.rule_spec.tunes_loss_weights:
         takers = "|".join(n for n, r in registry.RULES.items() if r.tunes_loss_weights)
         return (f"the coefficient search tunes the loss weights alpha, beta, gamma; "
-                f"--mode={cfg.run.rule.name} has none (choose --mode={takers})")
+                f"--rule={cfg.run.rule.name} has none (choose --rule={takers})")
     for name, value, valid in (("tuner", cfg.tuner, TUNERS), ("strategy", cfg.strategy, STRATEGIES)):
         if value not in valid:
             return f"--{name}={value!r} is not valid; choose from: {', '.join(valid)}"
