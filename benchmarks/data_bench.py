@@ -158,7 +158,7 @@ def main(argv):
     source = f"mock ({'x'.join(map(str, mock_shape))} JPEG)" if FLAGS.mock else spec.train_split
     results = {"dataset": name, "source": source, "input_shape": list(spec.input_shape),
                "batch_size": cfg.train.batch_size, "model": cfg.model.model,
-               "mode": cfg.rule.name, "cpus": os.cpu_count(), **results}
+               "rule": cfg.rule.name, "cpus": os.cpu_count(), **results}
     print(json.dumps(results))
 
 

@@ -120,7 +120,7 @@ def test_a_run_prints_its_card_and_one_plain_line_per_epoch(default_run):
 def test_the_summary_names_the_splits_the_card_and_a_trained_accuracy(default_run):
     _, workdir = default_run
     summary = json.loads((workdir / "summary.json").read_text())
-    assert (summary["mode"], summary["epochs"], summary["card"]["sequential"]) == \
+    assert (summary["rule"], summary["epochs"], summary["card"]["sequential"]) == \
         ("ssa", 2, False)
     assert summary["validation_split"] == "mnist5k:train[3600:]"  # carved from train
     assert summary["train_split"] == "mnist5k:train[:3600]" and len(summary["epoch_seconds"]) == 2
@@ -290,7 +290,7 @@ from benchmarks import grid
 out = sys.argv[1]
 os.makedirs(os.path.join(out, "results"))
 cfg = grid.variant_config("rules_smallconv", "bp", 1)
-record = {"key": grid.run_key(cfg), "seed": 1, "mode": "bp",
+record = {"key": grid.run_key(cfg), "seed": 1, "rule": "bp",
           "card": {"sequential": True, "weight_transport": "continuously",
                    "held_activations": "all modules"},
           "val_accuracy": [0.4, 0.5], "test_accuracy": 0.49, "epoch_seconds": [3.0, 3.0],

@@ -73,7 +73,8 @@ def test_a_config_of_the_method_section_reads_as_todays_config():
     key = json.dumps({"method.mode": "bp", "method.beta": None, "seed": 1}, sort_keys=True)
     assert legacy.read_key(key) == json.dumps(
         {"rule.beta": None, "rule.name": "bp", "seed": 1}, sort_keys=True)
-    # a saved model's config says "mode" before "rule"
+    # a grid record's rule field and a saved model's config say "mode" before "rule"
+    assert legacy.read_record({"key": "{}", "mode": "bp"})["rule"] == "bp"
     assert legacy.read_model_config({"mode": "ssa", "seed": 1}) == {"rule": "ssa", "seed": 1}
 
 

@@ -14,6 +14,7 @@ here, so saved runs keep loading, resuming and exporting:
 
     cfg = legacy.read_config(json.load(open("run/config.json")))   # any age
     key = legacy.read_key(record["key"])                          # a record's key
+    record = legacy.read_record(record)                           # a whole grid record
     model = SSAModel(**legacy.read_model_config(config))          # SSAModel.from_config
 """
 
@@ -74,6 +75,18 @@ def read_model_config(config: dict) -> dict:
     """An ``SSAModel``'s config (``get_config``, saved inside model.keras) in today's
     names: the rule's name under "rule" (models saved before it say "mode")."""
     out = dict(config)
+    if OLD_RULE_NAME in out:
+        out.setdefault("rule", out.pop(OLD_RULE_NAME))
+    return out
+
+
+def read_record(record: dict) -> dict:
+    """A grid record (a line of ``benchmarks/results/*.jsonl``) in today's names: its key
+    and config, and the rule's name under "rule" (records before it say "mode")."""
+    out = dict(record)
+    out["key"] = read_key(out["key"])
+    if "config" in out:
+        out["config"] = read_settings(out["config"])
     if OLD_RULE_NAME in out:
         out.setdefault("rule", out.pop(OLD_RULE_NAME))
     return out

@@ -128,7 +128,7 @@ def _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks):
     model.save(tmp)
     os.replace(tmp, os.path.join(workdir, "model.keras"))
     summary = {
-        "mode": cfg.rule.name, "card": cfg.card().as_dict(), "model": cfg.model.model,
+        "rule": cfg.rule.name, "card": cfg.card().as_dict(), "model": cfg.model.model,
         # what model.keras (and its exports) take: raw pixels, normalized inside
         "input": model.input_description(),
         "dataset": cfg.data.dataset, "epochs": cfg.train.epochs,
