@@ -206,10 +206,10 @@ def test_config_json_claims_no_norm_or_activation_for_a_users_model(tmp_path):
 
     user = RunConfig().with_overrides([f"model.model={os.path.join('examples', 'residual_cnn.py')}",
                                        f"runtime.workdir={tmp_path}"]).record()
-    assert (user["norm"], user["activation"], user["conv_factorization"]) == (None, None, None)
+    names = ("model.norm", "model.activation", "model.conv_factorization")
+    assert tuple(user[n] for n in names) == (None, None, None)
     built_in = RunConfig().record()
-    assert (built_in["norm"], built_in["activation"], built_in["conv_factorization"]) == (
-        "layer", "leaky_relu", "spatial")
+    assert tuple(built_in[n] for n in names) == ("layer", "leaky_relu", "spatial")
     assert RunConfig().with_overrides(["model.norm=none"]).resolved().model.norm == "none"
     # an unfinished run recorded before: its config.json claimed the built-in defaults
     cfg = RunConfig().with_overrides([f"model.model={os.path.join('examples', 'residual_cnn.py')}",
