@@ -48,7 +48,7 @@ def angles(grid, data_dir, runs):
     for name in GRIDS[grid]["variants"]:
         key = records.run_key(records.variant_config(grid, name, 1))
         for r in (r for r in recorded if r["key"] == key):
-            if registry.get(r["mode"]).end_to_end:
+            if registry.get(r["rule"]).end_to_end:
                 continue
             path = os.path.join(runs, r["grid"], f"{r['name']}-s{r['seed']}", "model.keras")
             if not os.path.exists(path):

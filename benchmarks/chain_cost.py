@@ -31,14 +31,14 @@ flags.DEFINE_integer("steps", 2, "steps per row and round")
 flags.DEFINE_string("out", None, "also write the table to this Markdown file")
 
 ROWS = [
-    ("bp", dict(mode="bp")),
-    ("ssa (chain, not cached: the linear feedback network every step)", dict(mode="ssa")),
+    ("bp", dict(rule="bp")),
+    ("ssa (chain, not cached: the linear feedback network every step)", dict(rule="ssa")),
     ("ssa, global route, broadcast (fixed, from the feedback factors)",
-     dict(mode="ssa", feedback="global", feedback_spatial="broadcast")),
-    ("dfa, broadcast", dict(mode="dfa", feedback_spatial="broadcast")),
-    ("dkp, broadcast (learned)", dict(mode="dkp", feedback_spatial="broadcast")),
+     dict(rule="ssa", feedback="global", feedback_spatial="broadcast")),
+    ("dfa, broadcast", dict(rule="dfa", feedback_spatial="broadcast")),
+    ("dkp, broadcast (learned)", dict(rule="dkp", feedback_spatial="broadcast")),
     ("ssa-dkp, global route, broadcast (learned)",
-     dict(mode="ssa-dkp", feedback="global", feedback_spatial="broadcast")),
+     dict(rule="ssa-dkp", feedback="global", feedback_spatial="broadcast")),
 ]
 
 

@@ -83,7 +83,7 @@ def run_one(args, seed, choice, targets=None) -> dict:
     from ssa_tf.training import run
 
     workdir = os.path.join(args.workdir, f"{choice}-seed{seed}")
-    sets = [f"data.dataset={args.dataset}", "model.model=smallconv", "method.mode=ssa",
+    sets = [f"data.dataset={args.dataset}", "model.model=smallconv", "rule.name=ssa",
             f"train.epochs={args.epochs}", f"seed={seed}", f"rank.tau={args.tau}",
             f"rank.start={args.start}", f"rank.interval={args.interval}",
             "rank.feedback_cut=slots", f"runtime.workdir={workdir}", "runtime.restart=true",

@@ -55,7 +55,7 @@ def measure(data_dir=None, steps=20, tau=0.95, seed=1, mode_options=None):
     def fresh():
         keras.utils.set_random_seed(seed)
         return compile_model(SSAModel("smallconv", spec.input_shape, spec.num_classes,
-                                      mode="ssa", seed=seed, **options))
+                                      rule="ssa", seed=seed, **options))
 
     trained = fresh()
     trained.fit(spec.train, epochs=1, steps_per_epoch=steps, verbose=0)

@@ -36,7 +36,7 @@ from ssa_tf.data.mock import jpeg_examples, mock_prepared
 FLAGS = flags.FLAGS
 
 
-RUN = ("dataset", "data_dir", "model", "mode", "batch_size", "seed")
+RUN = ("dataset", "data_dir", "model", "rule", "batch_size", "seed")
 
 
 def define_flags():
@@ -158,7 +158,7 @@ def main(argv):
     source = f"mock ({'x'.join(map(str, mock_shape))} JPEG)" if FLAGS.mock else spec.train_split
     results = {"dataset": name, "source": source, "input_shape": list(spec.input_shape),
                "batch_size": cfg.train.batch_size, "model": cfg.model.model,
-               "mode": cfg.method.mode, "cpus": os.cpu_count(), **results}
+               "rule": cfg.rule.name, "cpus": os.cpu_count(), **results}
     print(json.dumps(results))
 
 
@@ -183,7 +183,7 @@ def measure(cfg, spec):
     model = compile_model(model_from_config(cfg, spec.input_shape, spec.num_classes),
                           cfg.learning_rate())
     out["train_images_per_s"] = round(train_rate(model, x, y, FLAGS.train_steps), 1)
-    print(f"training step, {cfg.method.mode} {cfg.model.model} ({FLAGS.train_steps} steps on one "
+    print(f"training step, {cfg.rule.name} {cfg.model.model} ({FLAGS.train_steps} steps on one "
           "in-memory "
           f"batch): {out['train_images_per_s']:.1f} images/s", flush=True)
     if FLAGS.fit:

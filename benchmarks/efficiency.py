@@ -57,37 +57,37 @@ REPO = os.path.dirname(HERE)
 SHAPE = (32, 32, 3)
 # (row name, rule options)
 ROWS = [
-    ("bp", dict(mode="bp")),
-    ("svd-bp", dict(mode="svd-bp")),
-    ("dfa", dict(mode="dfa")),
-    ("ssa", dict(mode="ssa")),
-    ("ssa, all activations held", dict(mode="ssa", recompute=False)),
-    ("ssa, local route", dict(mode="ssa", feedback="local")),
-    ("fa", dict(mode="fa")),
-    ("dkp", dict(mode="dkp")),
-    ("ssa-dkp", dict(mode="ssa-dkp")),
+    ("bp", dict(rule="bp")),
+    ("svd-bp", dict(rule="svd-bp")),
+    ("dfa", dict(rule="dfa")),
+    ("ssa", dict(rule="ssa")),
+    ("ssa, all activations held", dict(rule="ssa", recompute=False)),
+    ("ssa, local route", dict(rule="ssa", feedback="local")),
+    ("fa", dict(rule="fa")),
+    ("dkp", dict(rule="dkp")),
+    ("ssa-dkp", dict(rule="ssa-dkp")),
 ]
 
 # the local heads' costs beside BP's (the heads train, then are dropped at export)
 HEAD_ROWS = [
-    ("bp", dict(mode="bp")),
-    ("dfa", dict(mode="dfa")),
-    ("local linear heads, plain layers", dict(mode="dfa", feedback="local",
+    ("bp", dict(rule="bp")),
+    ("dfa", dict(rule="dfa")),
+    ("local linear heads, plain layers", dict(rule="dfa", feedback="local",
                                               readout_trained=True)),
-    ("local conv heads, plain layers", dict(mode="dfa", feedback="local", readout_head="conv")),
-    ("ssa", dict(mode="ssa")),
-    ("ssa, local conv heads", dict(mode="ssa", feedback="local", readout_head="conv")),
+    ("local conv heads, plain layers", dict(rule="dfa", feedback="local", readout_head="conv")),
+    ("ssa", dict(rule="ssa")),
+    ("ssa, local conv heads", dict(rule="ssa", feedback="local", readout_head="conv")),
 ]
 
 # where the direct SSA step's time goes: each row removes one piece of it (or of BP's)
 PROFILE_ROWS = [
-    ("bp", dict(mode="bp")),
-    ("bp, no layer norms", dict(mode="bp", norm="none")),
-    ("ssa", dict(mode="ssa")),
-    ("ssa, no recompute (all activations held)", dict(mode="ssa", recompute=False)),
-    ("ssa, no global forward (local route)", dict(mode="ssa", feedback="local")),
-    ("ssa, no layer norms", dict(mode="ssa", norm="none")),
-    ("ssa, no layer norms, no recompute", dict(mode="ssa", norm="none", recompute=False)),
+    ("bp", dict(rule="bp")),
+    ("bp, no layer norms", dict(rule="bp", norm="none")),
+    ("ssa", dict(rule="ssa")),
+    ("ssa, no recompute (all activations held)", dict(rule="ssa", recompute=False)),
+    ("ssa, no global forward (local route)", dict(rule="ssa", feedback="local")),
+    ("ssa, no layer norms", dict(rule="ssa", norm="none")),
+    ("ssa, no layer norms, no recompute", dict(rule="ssa", norm="none", recompute=False)),
 ]
 
 FLAGS = flags.FLAGS
@@ -262,22 +262,22 @@ def rows_for():
         for f in (float(v) for v in FLAGS.rank_fractions):
             for label, extra in (("", {}), (", no layer norms", dict(norm="none"))):
                 rows.append((f"ssa, channel, ranks at {f:.0%} of full{label}",
-                             {"options": dict(mode="ssa", conv_factorization="channel", **extra),
+                             {"options": dict(rule="ssa", conv_factorization="channel", **extra),
                               "fraction": f}))
         return rows
     rows = [(name, {"options": options}) for name, options in ROWS]
     for f in (float(v) for v in FLAGS.rank_fractions):
-        rows.append((f"ssa, ranks at {f:.0%} of full", {"options": dict(mode="ssa"),
+        rows.append((f"ssa, ranks at {f:.0%} of full", {"options": dict(rule="ssa"),
                                                         "fraction": f}))
     if FLAGS.channel:
-        channel = dict(mode="ssa", conv_factorization="channel")
+        channel = dict(rule="ssa", conv_factorization="channel")
         rows.append(("ssa, channel factorization", {"options": channel}))
         for f in (float(v) for v in FLAGS.rank_fractions):
             rows.append((f"ssa, channel, ranks at {f:.0%} of full",
                          {"options": channel, "fraction": f}))
     if FLAGS.xla:
-        rows += [("bp, XLA", {"options": dict(mode="bp"), "jit": True}),
-                 ("ssa, XLA", {"options": dict(mode="ssa"), "jit": True})]
+        rows += [("bp, XLA", {"options": dict(rule="bp"), "jit": True}),
+                 ("ssa, XLA", {"options": dict(rule="ssa"), "jit": True})]
     return rows
 
 

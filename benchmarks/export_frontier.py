@@ -118,7 +118,7 @@ def export_recorded(record):
     if c["data.dataset"] != "cifar10" or c.get("data.image_size"):
         raise ValueError(f"{record['name']}: rebuilt exports are of 32x32 CIFAR-10 models, "
                          f"not {c['data.dataset']} at image size {c.get('data.image_size')}")
-    model = rebuild.model_at_ranks(c["model.model"], c["method.mode"], record["ranks"],
+    model = rebuild.model_at_ranks(c["model.model"], c["rule.name"], record["ranks"],
                                    record["seed"], norm=c["model.norm"],
                                    activation=c["model.activation"],
                                    conv_factorization=c.get("model.conv_factorization",

@@ -63,7 +63,7 @@ def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
         cfg.runtime.workdir = os.path.join(workdir, grid, f"{name}-s{seed}")
         if os.path.exists(os.path.join(cfg.runtime.workdir, "summary.json")):
             cfg.runtime.restart = True  # finished but never recorded (killed between the two)
-        print(f"{tag}: {cfg.method.mode} {cfg.model.model}, {cfg.train.epochs} epochs "
+        print(f"{tag}: {cfg.rule.name} {cfg.model.model}, {cfg.train.epochs} epochs "
               f"({cfg.card().line()})", flush=True)
         start = time.time()
         new = [d for d in (workdir, os.path.join(workdir, grid), cfg.runtime.workdir)
@@ -79,7 +79,7 @@ def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
             raise
         history = summary["history"]
         record = {
-            "grid": grid, "name": name, "key": key, "seed": seed, "mode": cfg.method.mode,
+            "grid": grid, "name": name, "key": key, "seed": seed, "rule": cfg.rule.name,
             "card": summary["card"],
             "config": {k: v for k, v in cfg.resolved().settings().items()
                        if k not in ("runtime.workdir", "data.data_dir")},
@@ -122,8 +122,8 @@ def report(grid, out):
         card = r["card"]
         held = "all" if card["held_activations"] == "all modules" else "one"
         # records made before cards said it: the rule's own (its feedback never changed)
-        feedback = card.get("feedback") or registry.get(r["mode"]).card({}).feedback
-        lines.append(f"| {r['name']} | {r['mode']} | {'yes' if card['sequential'] else 'no'} | "
+        feedback = card.get("feedback") or registry.get(r["rule"]).card({}).feedback
+        lines.append(f"| {r['name']} | {r['rule']} | {'yes' if card['sequential'] else 'no'} | "
                      f"{card['weight_transport']} | {held} | {feedback} | "
                      f"{','.join(map(str, r['seeds']))} | {r['last'][0]} | {r['best'][0]} | "
                      f"{r['test'][0]} | {r['sec']:.0f} |")
@@ -150,7 +150,7 @@ def _plot(rows, path, grid):
         n = min(len(run["val_accuracy"]) for run in r["runs"])
         curves = np.array([run["val_accuracy"][:n] for run in r["runs"]])
         epochs = np.arange(1, n + 1)
-        style = _line_style(r["mode"])
+        style = _line_style(r["rule"])
         line, = ax.plot(epochs, curves.mean(0), style, marker="o", ms=3,
                         label=f"{r['name']} ({len(r['runs'])} seeds)")
         ax.fill_between(epochs, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
@@ -163,9 +163,9 @@ def _plot(rows, path, grid):
     atomic_files.save_figure(fig, path)
 
 
-def _line_style(mode):
+def _line_style(rule):
     """Dotted for end-to-end rules, dashed for ordinary-layer local rules, solid for the rest."""
-    spec = registry.RULES.get(mode)
+    spec = registry.RULES.get(rule)
     if spec is None or spec.svd and not spec.end_to_end:
         return "-"
     return ":" if spec.end_to_end else "--"

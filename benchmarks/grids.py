@@ -11,10 +11,10 @@ those 5,000. Each report names the splits it used.
 
 from __future__ import annotations
 
-from benchmarks.variants import (BETA, FAIR, FEEDBACK, GAMMA, HEAD, LR, MODE, RULES,
+from benchmarks.variants import (BETA, FAIR, FEEDBACK, GAMMA, HEAD, LR, RULE, RULES,
                                  SSA, heads_variants, learned_variants, recipe_variants)
 
-GRID, TRAINED = "method.readout_grid", "method.readout_trained"
+GRID, TRAINED = "rule.readout_grid", "rule.readout_trained"
 CONV = "model.conv_factorization"
 
 _CIFAR = {"data.dataset": "cifar10", "train.batch_size": 64, "data.validation_split": 0.1}
@@ -53,23 +53,23 @@ GRIDS = {
     "dfa_tuning": dict(
         caption="DFA's first defaults (lr 1e-3), one knob at a time from them, and BP's "
                 "rate (smallconv, first 10,000 training images, 5 epochs, no augmentation).",
-        base={**_SHORT, MODE: "dfa", LR: 1e-3},
+        base={**_SHORT, RULE: "dfa", LR: 1e-3},
         seeds=SEEDS,
         variants={
             "dfa, lr 1e-3 (the first defaults)": {},
-            "broadcast feedback": {"method.feedback_spatial": "broadcast"},
+            "broadcast feedback": {"rule.feedback_spatial": "broadcast"},
             "glorot head": {HEAD: "glorot"},
             "relu": {"model.activation": "relu"},
             "relu, glorot head, broadcast (the former DFA)": {
                 "model.activation": "relu", HEAD: "glorot",
-                "method.feedback_spatial": "broadcast"},
+                "rule.feedback_spatial": "broadcast"},
             "lr 3e-4 (the default since)": {LR: 3e-4},
             "lr 2e-3": {LR: 2e-3},
             "batch norm": {"model.norm": "batch"},
             "chain route (random kernels)": {FEEDBACK: "chain"},
-            "bp (reference)": {MODE: "bp"},
-            "bp, lr 3e-4": {MODE: "bp", LR: 3e-4},
-            "bp, lr 3e-3": {MODE: "bp", LR: 3e-3},
+            "bp (reference)": {RULE: "bp"},
+            "bp, lr 3e-4": {RULE: "bp", LR: 3e-4},
+            "bp, lr 3e-3": {RULE: "bp", LR: 3e-3},
         }),
     # which direct SSA rule, at the same small budget
     "ssa_direct": dict(
@@ -78,33 +78,33 @@ GRIDS = {
         base={**_SHORT},
         seeds=SEEDS,
         variants={
-            "bp": {MODE: "bp"},
-            "svd-bp": {MODE: "svd-bp"},
-            "dfa (defaults: lr 3e-4)": {MODE: "dfa"},
-            "dfa, lr 1e-3 (the first default)": {MODE: "dfa", LR: 1e-3},
+            "bp": {RULE: "bp"},
+            "svd-bp": {RULE: "svd-bp"},
+            "dfa (defaults: lr 3e-4)": {RULE: "dfa"},
+            "dfa, lr 1e-3 (the first default)": {RULE: "dfa", LR: 1e-3},
             "plain layers, local route, trained read-out, lr 1e-3": {
-                MODE: "dfa", FEEDBACK: "local", GRID: 4, TRAINED: True, LR: 1e-3},
-            "ssa (defaults: chain, lr 1e-3)": {MODE: "ssa"},
+                RULE: "dfa", FEEDBACK: "local", GRID: 4, TRAINED: True, LR: 1e-3},
+            "ssa (defaults: chain, lr 1e-3)": {RULE: "ssa"},
             # the convolutions' other matrix view, cheaper at every rank
-            "ssa, channel factorization": {MODE: "ssa", CONV: "channel"},
-            "svd-bp, channel factorization": {MODE: "svd-bp", CONV: "channel"},
-            "ssa, chain, lr 3e-4 (the first default)": {MODE: "ssa", LR: 3e-4},
+            "ssa, channel factorization": {RULE: "ssa", CONV: "channel"},
+            "svd-bp, channel factorization": {RULE: "svd-bp", CONV: "channel"},
+            "ssa, chain, lr 3e-4 (the first default)": {RULE: "ssa", LR: 3e-4},
             # "seed's terms": the paper's loss terms; the name is the key of recorded
             # results (benchmarks/results/ssa_direct.jsonl), so it stays
             "ssa, chain, lr 3e-4, seed's terms (gamma 0.1)": {
-                MODE: "ssa", GAMMA: 0.1, LR: 3e-4},
-            "ssa, chain, lr 3e-4, no terms": {MODE: "ssa", BETA: 0.0, LR: 3e-4},
+                RULE: "ssa", GAMMA: 0.1, LR: 3e-4},
+            "ssa, chain, lr 3e-4, no terms": {RULE: "ssa", BETA: 0.0, LR: 3e-4},
             "ssa, global full-map, lr 3e-4, no terms": {
-                MODE: "ssa", FEEDBACK: "global", BETA: 0.0, LR: 3e-4},
+                RULE: "ssa", FEEDBACK: "global", BETA: 0.0, LR: 3e-4},
             "ssa, local, lr 3e-4, fixed read-out": {
-                MODE: "ssa", FEEDBACK: "local", GRID: 4, LR: 3e-4},
+                RULE: "ssa", FEEDBACK: "local", GRID: 4, LR: 3e-4},
             "ssa, local, lr 3e-4, trained read-out": {
-                MODE: "ssa", FEEDBACK: "local", GRID: 4, TRAINED: True, LR: 3e-4},
+                RULE: "ssa", FEEDBACK: "local", GRID: 4, TRAINED: True, LR: 3e-4},
             "ssa, local, trained read-out": {
-                MODE: "ssa", FEEDBACK: "local", GRID: 4, TRAINED: True},
-            "svd-bp, lr 1e-3": {MODE: "svd-bp", LR: 1e-3},
-            "bp-lagged-copy": {MODE: "bp-lagged-copy"},
-            "fa": {MODE: "fa"},
+                RULE: "ssa", FEEDBACK: "local", GRID: 4, TRAINED: True},
+            "svd-bp, lr 1e-3": {RULE: "svd-bp", LR: 1e-3},
+            "bp-lagged-copy": {RULE: "bp-lagged-copy"},
+            "fa": {RULE: "fa"},
         }),
     # the parametrization alone: backprop through the SVD factors (svd-bp), one knob
     # at a time, against BP through ordinary layers
@@ -115,14 +115,14 @@ GRIDS = {
         base={**_SHORT},
         seeds=SEEDS,
         variants={
-            "svd-bp, gamma 0": {MODE: "svd-bp", GAMMA: 0.0},
-            "svd-bp, no terms": {MODE: "svd-bp", BETA: 0.0, GAMMA: 0.0},
-            "svd-bp, no terms, lr 1e-3": {MODE: "svd-bp", BETA: 0.0, GAMMA: 0.0, LR: 1e-3},
-            "svd-bp, no terms, lr 1e-4": {MODE: "svd-bp", BETA: 0.0, GAMMA: 0.0, LR: 1e-4},
-            "svd-bp, no terms, s rate x10": {MODE: "svd-bp", BETA: 0.0, GAMMA: 0.0,
-                                             "method.s_rate_scale": 10.0},
-            "svd-bp, no terms, Stiefel retraction": {MODE: "svd-bp", BETA: 0.0, GAMMA: 0.0,
-                                                     "method.stiefel_retraction": True},
+            "svd-bp, gamma 0": {RULE: "svd-bp", GAMMA: 0.0},
+            "svd-bp, no terms": {RULE: "svd-bp", BETA: 0.0, GAMMA: 0.0},
+            "svd-bp, no terms, lr 1e-3": {RULE: "svd-bp", BETA: 0.0, GAMMA: 0.0, LR: 1e-3},
+            "svd-bp, no terms, lr 1e-4": {RULE: "svd-bp", BETA: 0.0, GAMMA: 0.0, LR: 1e-4},
+            "svd-bp, no terms, s rate x10": {RULE: "svd-bp", BETA: 0.0, GAMMA: 0.0,
+                                             "rule.s_rate_scale": 10.0},
+            "svd-bp, no terms, Stiefel retraction": {RULE: "svd-bp", BETA: 0.0, GAMMA: 0.0,
+                                                     "rule.stiefel_retraction": True},
         }),
     # controls that differ from SSA in one thing, and SSA's own recipe re-chosen. Every
     # setting is spelled out, so a row means the same thing whatever the defaults become.
@@ -150,7 +150,7 @@ GRIDS = {
                 "cut that keeps the feedback in register, with and without a one-epoch rate "
                 "warm-up after each cut (smallconv, first 10,000 training images with "
                 "augmentation, 20 epochs); the test accuracy is the cut model's.",
-        base={**_LONG, MODE: "ssa", **SSA, "rank.tau": 0.9, "rank.keep_ends": True},
+        base={**_LONG, RULE: "ssa", **SSA, "rank.tau": 0.9, "rank.keep_ends": True},
         seeds=SEEDS,
         variants={
             "no cut": {"rank.tau": None},
@@ -169,7 +169,7 @@ GRIDS = {
                 "the paper's augmentation, 20 epochs at a constant rate, batch 64.",
         base={**_LONG},
         seeds=SEEDS,
-        variants={**RULES, "dfa, lr 1e-3 (the first default)": {MODE: "dfa", LR: 1e-3}}),
+        variants={**RULES, "dfa, lr 1e-3 (the first default)": {RULE: "dfa", LR: 1e-3}}),
     # the training length: epoch k of a constant-rate run is a k-epoch run
     "length_smallconv": dict(
         caption="BP, DFA and SSA over 50 epochs (smallconv, first 10,000 training images "
@@ -182,7 +182,7 @@ GRIDS = {
         caption="SSA with rank cuts every 4 epochs (after epochs 4, 8, 12 and 16) at energy "
                 "fraction tau, as rules_smallconv otherwise (smallconv, first 10,000 training "
                 "images with augmentation, 20 epochs); the test accuracy is the cut model's.",
-        base={**_LONG, MODE: "ssa", "rank.feedback_cut": "first", "rank.start": 0,
+        base={**_LONG, RULE: "ssa", "rank.feedback_cut": "first", "rank.start": 0,
               "rank.interval": 4},
         seeds=SEEDS,
         variants={**{f"tau {t}": {"rank.tau": t, "rank.keep_ends": False}
@@ -195,7 +195,7 @@ GRIDS = {
         caption="SSA cut once, after epoch 10 of 20, at energy fraction tau, as "
                 "rank_frontier otherwise (smallconv, first 10,000 training images with "
                 "augmentation); the test accuracy is the cut model's.",
-        base={**_LONG, MODE: "ssa", "rank.feedback_cut": "first", "rank.start": 10,
+        base={**_LONG, RULE: "ssa", "rank.feedback_cut": "first", "rank.start": 10,
               "rank.interval": 20},
         seeds=SEEDS,
         variants={**{f"tau {t}": {"rank.tau": t, "rank.keep_ends": False}
@@ -220,7 +220,7 @@ GRIDS = {
         caption="SSA cut after every epoch from epoch 2 at energy fraction tau (18 small "
                 "cuts), as rank_frontier otherwise (smallconv, first 10,000 training images "
                 "with augmentation, 20 epochs); the test accuracy is the cut model's.",
-        base={**_LONG, MODE: "ssa", "rank.feedback_cut": "first", "rank.start": 2,
+        base={**_LONG, RULE: "ssa", "rank.feedback_cut": "first", "rank.start": 2,
               "rank.interval": 1},
         seeds=SEEDS,
         variants={f"tau {t}": {"rank.tau": t, "rank.keep_ends": False} for t in (0.99, 0.98)}),
@@ -234,10 +234,10 @@ GRIDS = {
                 "defaults and the two best local-head rules of heads_20ep.",
         base={**_CIFAR, "model.model": "resnet32", "train.epochs": 20, "data.augment": True},
         seeds=(1,),
-        variants={"bp": {MODE: "bp", HEAD: "glorot", LR: 1e-3},
-                  "dfa": {MODE: "dfa", HEAD: "zero", LR: 3e-4},
-                  "dkp": {MODE: "dkp", HEAD: "zero", LR: 3e-4},
-                  "ssa": {MODE: "ssa", **SSA},
+        variants={"bp": {RULE: "bp", HEAD: "glorot", LR: 1e-3},
+                  "dfa": {RULE: "dfa", HEAD: "zero", LR: 3e-4},
+                  "dkp": {RULE: "dkp", HEAD: "zero", LR: 3e-4},
+                  "ssa": {RULE: "ssa", **SSA},
                   # the two best local rules of heads_20ep (smallconv)
                   "local conv heads, plain layers": heads_variants()[
                       "local conv heads (DGL-style), plain layers"],
@@ -250,9 +250,9 @@ GRIDS = {
                 "(first 10,000 training images with augmentation, 20 epochs).",
         base={**_LONG, "model.model": "benchmarks/networks/smallconv_exit1.py"},
         seeds=SEEDS,
-        variants={"bp, lr 1e-3": {MODE: "bp", LR: 1e-3},
+        variants={"bp, lr 1e-3": {RULE: "bp", LR: 1e-3},
                   "bp, lr 1e-3, 4x4 grid": {
-                      MODE: "bp", LR: 1e-3,
+                      RULE: "bp", LR: 1e-3,
                       "model.model": "benchmarks/networks/smallconv_exit1_grid4.py"}}),
     "rules_resnet32": dict(
         caption="resnet32 (16 local modules): first 5,000 training images with augmentation, "
@@ -272,9 +272,9 @@ _BEFORE_30 = {"svd-bp": {GAMMA: 0.1, LR: 3e-4},
 
 
 def _as_recorded(spec):
-    mode = spec["base"].get(MODE)
+    base_rule = spec["base"].get(RULE)
     spec["variants"] = {name: {HEAD: "zero",
-                               **{k: v for k, v in _BEFORE_30.get(var.get(MODE, mode),
+                               **{k: v for k, v in _BEFORE_30.get(var.get(RULE, base_rule),
                                                                   {}).items()
                                   if k not in spec["base"]},
                                **var}

@@ -41,9 +41,9 @@ def main(argv):
     from ssa_tf.export.deploy import latency_ms, onnx_session
 
     sessions = {}
-    for tag, (architecture, mode, ranks) in CASES.items():
+    for tag, (architecture, rule, ranks) in CASES.items():
         print(f"exporting {tag} ...", flush=True)
-        model = rebuild.model_at_ranks(architecture, mode, ranks, norm="layer")
+        model = rebuild.model_at_ranks(architecture, rule, ranks, norm="layer")
         for fold in (True, False):
             proto, _, _ = rebuild.export_onnx(model, fold_norms=fold)
             sessions[(tag, fold)] = onnx_session(proto.SerializeToString(), threads=2)

@@ -14,14 +14,14 @@ PIXEL_STATS = ((125.3, 123.0, 113.9), (63.0, 62.1, 66.7))
 CIFAR_SHAPE, CIFAR_CLASSES = (32, 32, 3), 10
 
 
-def model_at_ranks(architecture, mode, ranks, seed=1, **options):
+def model_at_ranks(architecture, rule, ranks, seed=1, **options):
     """An SSAModel for CIFAR-10 with each named SVD layer truncated to its rank."""
     import keras
 
     from ssa_tf.training.model import SSAModel
 
     keras.utils.set_random_seed(int(seed))
-    model = SSAModel(architecture, CIFAR_SHAPE, CIFAR_CLASSES, mode=mode, head_init="glorot",
+    model = SSAModel(architecture, CIFAR_SHAPE, CIFAR_CLASSES, rule=rule, head_init="glorot",
                      seed=int(seed), **options)
     layers = {layer.name: layer for layer in model.svd_layers()}
     unknown = sorted(set(ranks) - set(layers))

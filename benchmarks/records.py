@@ -43,17 +43,13 @@ def run_key(cfg: cfg_lib.RunConfig) -> str:
 
 
 def load_results(path):
-    """The records of one file, each in today's names (``config.legacy``: a record
-    written before the dotted vocabulary has a flat key and config)."""
+    """The records of one file, each in today's names (``config.legacy.read_record``: a
+    record written before the dotted vocabulary has a flat key and config, and every
+    record before the rule had one name says "mode" for "rule")."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    for r in records:
-        r["key"] = legacy.read_key(r["key"])
-        if "config" in r:
-            r["config"] = legacy.read_settings(r["config"])
-    return records
+        return [legacy.read_record(json.loads(line)) for line in f if line.strip()]
 
 
 def load_all_results(out, grid):
@@ -94,7 +90,7 @@ def summarize(grid, results):
         best = [max(r["val_accuracy"]) for r in runs]
         test = [r["test_accuracy"] for r in runs]
         secs = [s for r in runs for s in r["epoch_seconds"]]
-        rows.append(dict(name=name, mode=runs[0]["mode"], card=runs[0]["card"], runs=runs,
+        rows.append(dict(name=name, rule=runs[0]["rule"], card=runs[0]["card"], runs=runs,
                          seeds=sorted(r["seed"] for r in runs), last=_mean_sd(last),
                          best=_mean_sd(best), test=_mean_sd(test),
                          sec=statistics.median(secs) if secs else 0.0))

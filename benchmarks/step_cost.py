@@ -43,13 +43,13 @@ flags.DEFINE_multi_string("row", [], "time only this row, by its full name (repe
                           "always timed)")
 flags.DEFINE_string("out", None, "also write the table to this Markdown file")
 
-G = dict(mode="ssa", feedback="global", feedback_spatial="broadcast")
+G = dict(rule="ssa", feedback="global", feedback_spatial="broadcast")
 # (name, rule options, SVD convolutions' form, rank fraction)
 ROWS = [
-    ("bp", dict(mode="bp"), None, None),
-    ("dfa, broadcast", dict(mode="dfa", feedback_spatial="broadcast"), None, None),
-    ("svd-bp", dict(mode="svd-bp"), None, None),
-    ("svd-bp, every convolution merged", dict(mode="svd-bp"), "merged", None),
+    ("bp", dict(rule="bp"), None, None),
+    ("dfa, broadcast", dict(rule="dfa", feedback_spatial="broadcast"), None, None),
+    ("svd-bp", dict(rule="svd-bp"), None, None),
+    ("svd-bp, every convolution merged", dict(rule="svd-bp"), "merged", None),
     ("ssa, global broadcast", G, None, None),
     ("ssa, global broadcast, as before (merged, ortho term at gamma 0)",
      dict(G, gamma=1e-12), "merged", None),
@@ -59,9 +59,9 @@ ROWS = [
     ("ssa, global broadcast, channel view", dict(G, conv_factorization="channel"), None, None),
     ("ssa, global broadcast, channel view, 50% rank", dict(G, conv_factorization="channel"),
      None, 0.5),
-    ("bp, 50% of the channel view's rank (svd-bp)", dict(mode="svd-bp",
+    ("bp, 50% of the channel view's rank (svd-bp)", dict(rule="svd-bp",
                                                         conv_factorization="channel"), None, 0.5),
-    ("ssa (chain, the default route)", dict(mode="ssa"), None, None),
+    ("ssa (chain, the default route)", dict(rule="ssa"), None, None),
 ]
 
 

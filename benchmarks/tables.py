@@ -86,9 +86,9 @@ def render(out=HERE) -> str:
         places = [_where(five, SHORT), _where(twenty, LONG)]
         grid, name = next(p for p in places if p is not None)
         variant = GRIDS[grid]["variants"][name]
-        rule = registry.get(variant.get("method.mode") or GRIDS[grid]["base"]["method.mode"])
-        card = rule.card({k[len("method."):]: v for k, v in variant.items()
-                          if k.startswith("method.") and k[len("method."):] in rule.options})
+        rule = registry.get(variant.get("rule.name") or GRIDS[grid]["base"]["rule.name"])
+        card = rule.card({k[len("rule."):]: v for k, v in variant.items()
+                          if k.startswith("rule.") and k[len("rule."):] in rule.options})
         cells = []
         for place in places:
             if place is not None and place[0] not in found:

@@ -1,17 +1,17 @@
 """The grids' rows that several grids share (``benchmarks.grids``), in the settings'
 own names (``SECTION.FIELD``, as ``--set`` takes them).
 
-The short names below are those names, nothing else: ``{MODE: "ssa", BETA: 0.0}`` is
-``{"method.mode": "ssa", "method.beta": 0.0}``.
+The short names below are those names, nothing else: ``{RULE: "ssa", BETA: 0.0}`` is
+``{"rule.name": "ssa", "rule.beta": 0.0}``.
 """
 
 from __future__ import annotations
 
-MODE, HEAD, LR = "method.mode", "model.head_init", "train.learning_rate"
-BETA, GAMMA, FEEDBACK = "method.beta", "method.gamma", "method.feedback"
+RULE, HEAD, LR = "rule.name", "model.head_init", "train.learning_rate"
+BETA, GAMMA, FEEDBACK = "rule.beta", "rule.gamma", "rule.feedback"
 
 # every rule at its defaults
-RULES = {name: {MODE: name} for name in ("bp", "svd-bp", "dfa", "ssa", "fa", "bp-lagged-copy")}
+RULES = {name: {RULE: name} for name in ("bp", "svd-bp", "dfa", "ssa", "fa", "bp-lagged-copy")}
 
 # SSA's settings before the recipe grids re-chose them (the paper's head of Noekland's DFA,
 # the paper's beta)
@@ -25,38 +25,38 @@ def recipe_variants(long=False):
     """The recipe grids' rows: controls that differ from SSA in one thing, and SSA's own
     recipe. ``long``: only what the 20-epoch budget compares."""
     rows = {
-        "bp, zero head": {MODE: "bp", HEAD: "zero", LR: 1e-3},
-        "bp, glorot head": {MODE: "bp", HEAD: "glorot", LR: 1e-3},
-        "dfa (tuned: lr 3e-4), zero head": {MODE: "dfa", HEAD: "zero", LR: 3e-4},
-        "ssa, old default (zero head, beta 0.01, lr 1e-3)": {MODE: "ssa", **OLD_SSA},
+        "bp, zero head": {RULE: "bp", HEAD: "zero", LR: 1e-3},
+        "bp, glorot head": {RULE: "bp", HEAD: "glorot", LR: 1e-3},
+        "dfa (tuned: lr 3e-4), zero head": {RULE: "dfa", HEAD: "zero", LR: 3e-4},
+        "ssa, old default (zero head, beta 0.01, lr 1e-3)": {RULE: "ssa", **OLD_SSA},
         "svd-bp, as the old ssa (zero head, beta 0.01, gamma 0, lr 1e-3)": {
-            MODE: "svd-bp", **OLD_SSA},
-        "ssa, glorot head, beta 0": {MODE: "ssa", **NEW_SSA},
-        "svd-bp, glorot head, beta 0, gamma 0 (as that ssa)": {MODE: "svd-bp", **NEW_SSA},
+            RULE: "svd-bp", **OLD_SSA},
+        "ssa, glorot head, beta 0": {RULE: "ssa", **NEW_SSA},
+        "svd-bp, glorot head, beta 0, gamma 0 (as that ssa)": {RULE: "svd-bp", **NEW_SSA},
     }
     if long:
         return {**rows,
                 # DFA's better rate at this length (rules_smallconv)
-                "dfa, lr 1e-3, zero head": {MODE: "dfa", HEAD: "zero", LR: 1e-3},
-                "ssa, glorot head": {MODE: "ssa", **SSA},
+                "dfa, lr 1e-3, zero head": {RULE: "dfa", HEAD: "zero", LR: 1e-3},
+                "ssa, glorot head": {RULE: "ssa", **SSA},
                 "svd-bp, glorot head (as that ssa: beta 0.01, gamma 0)": {
-                    MODE: "svd-bp", **SSA},
+                    RULE: "svd-bp", **SSA},
                 # svd-bp's rate chosen at SSA's terms on recipe_5ep's validation split
                 "svd-bp, glorot head (as that ssa), lr 3e-4": {
-                    MODE: "svd-bp", **SSA, LR: 3e-4}}
+                    RULE: "svd-bp", **SSA, LR: 3e-4}}
     return {
         **rows,
-        "dfa (tuned: lr 3e-4), glorot head": {MODE: "dfa", HEAD: "glorot", LR: 3e-4},
-        "ssa, glorot head": {MODE: "ssa", **SSA},
-        "ssa, beta 0": {MODE: "ssa", **OLD_SSA, BETA: 0.0},
-        "ssa, lr 3e-4": {MODE: "ssa", **OLD_SSA, LR: 3e-4},
-        "ssa, glorot head, beta 0, lr 3e-4": {MODE: "ssa", **NEW_SSA, LR: 3e-4},
-        "svd-bp, glorot head (as that ssa), lr 3e-4": {MODE: "svd-bp", **SSA, LR: 3e-4},
-        "svd-bp, glorot head (as that ssa: beta 0.01, gamma 0)": {MODE: "svd-bp", **SSA},
+        "dfa (tuned: lr 3e-4), glorot head": {RULE: "dfa", HEAD: "glorot", LR: 3e-4},
+        "ssa, glorot head": {RULE: "ssa", **SSA},
+        "ssa, beta 0": {RULE: "ssa", **OLD_SSA, BETA: 0.0},
+        "ssa, lr 3e-4": {RULE: "ssa", **OLD_SSA, LR: 3e-4},
+        "ssa, glorot head, beta 0, lr 3e-4": {RULE: "ssa", **NEW_SSA, LR: 3e-4},
+        "svd-bp, glorot head (as that ssa), lr 3e-4": {RULE: "svd-bp", **SSA, LR: 3e-4},
+        "svd-bp, glorot head (as that ssa: beta 0.01, gamma 0)": {RULE: "svd-bp", **SSA},
         # an alignment of directions only (1 - cos^2 per singular vector): no pull back
         # towards the initial weight's values
         **{f"ssa, glorot head, cosine alignment, beta {b:g}": {
-            MODE: "ssa", "method.align_form": "cosine", **SSA, BETA: b}
+            RULE: "ssa", "rule.align_form": "cosine", **SSA, BETA: b}
            for b in (0.01, 0.1)},
     }
 
@@ -64,23 +64,23 @@ def recipe_variants(long=False):
 # the fair rows of the recipe grids (spelled out, so that they share their runs) and the
 # rules whose feedback learns
 FAIR = {
-    "bp (glorot head, lr 1e-3)": {MODE: "bp", HEAD: "glorot", LR: 1e-3},
-    "svd-bp (glorot head, beta 0.01, gamma 0, lr 3e-4)": {MODE: "svd-bp", **SSA, LR: 3e-4},
-    "dfa (zero head, lr 3e-4)": {MODE: "dfa", HEAD: "zero", LR: 3e-4},
-    "ssa (glorot head, beta 0.01, gamma 0, lr 1e-3; chain)": {MODE: "ssa", **SSA},
+    "bp (glorot head, lr 1e-3)": {RULE: "bp", HEAD: "glorot", LR: 1e-3},
+    "svd-bp (glorot head, beta 0.01, gamma 0, lr 3e-4)": {RULE: "svd-bp", **SSA, LR: 3e-4},
+    "dfa (zero head, lr 3e-4)": {RULE: "dfa", HEAD: "zero", LR: 3e-4},
+    "ssa (glorot head, beta 0.01, gamma 0, lr 1e-3; chain)": {RULE: "ssa", **SSA},
 }
 
 
 def learned_variants(long=False):
     """Direct rules whose feedback learns (DKP, SSA-DKP) beside the fair rows."""
     # the repository's feedback schedule (webstah/dkp-gist): Adam 1e-4, x0.8 an epoch
-    rate, decay = "method.feedback_lr", "method.feedback_decay"
-    paper = {rate: 1e-4, decay: 0.8, "method.feedback_weight_decay": 1e-6}
-    dkp = {MODE: "dkp", HEAD: "zero", LR: 3e-4, **paper}
-    ssa_dkp = {MODE: "ssa-dkp", FEEDBACK: "chain", **paper, **SSA}
+    rate, decay = "rule.feedback_lr", "rule.feedback_decay"
+    paper = {rate: 1e-4, decay: 0.8, "rule.feedback_weight_decay": 1e-6}
+    dkp = {RULE: "dkp", HEAD: "zero", LR: 3e-4, **paper}
+    ssa_dkp = {RULE: "ssa-dkp", FEEDBACK: "chain", **paper, **SSA}
     rows = dict(FAIR)
     rows.update({
-        "ssa, global route (the learned one's control)": {MODE: "ssa", FEEDBACK: "global",
+        "ssa, global route (the learned one's control)": {RULE: "ssa", FEEDBACK: "global",
                                                            **SSA},
         "dkp (zero head, lr 3e-4; feedback Adam 1e-4, x0.8 an epoch)": dict(dkp),
         "dkp, glorot head": {**dkp, HEAD: "glorot"},
@@ -96,7 +96,7 @@ def learned_variants(long=False):
         "ssa-dkp, beta 0": {**ssa_dkp, BETA: 0.0},
     })
     if long:
-        rows["dfa, lr 1e-3 (its better rate at 20 epochs)"] = {MODE: "dfa", HEAD: "zero",
+        rows["dfa, lr 1e-3 (its better rate at 20 epochs)"] = {RULE: "dfa", HEAD: "zero",
                                                                LR: 1e-3}
         rows["dkp, lr 1e-3"] = {**dkp, LR: 1e-3}
     return rows
@@ -105,11 +105,11 @@ def learned_variants(long=False):
 def heads_variants():
     """Modules that learn from their own trained heads (the local route), plain
     layers and SSA's, against BP and the best direct rule, every row at lr 1e-3."""
-    head, sim = "method.readout_head", "method.readout_sim"
-    trained, depth = "method.readout_trained", "method.readout_depth"
-    grid = "method.readout_grid"
-    plain = {MODE: "dfa", FEEDBACK: "local", HEAD: "zero", LR: 1e-3}
-    ssa = {MODE: "ssa", FEEDBACK: "local", **SSA}
+    head, sim = "rule.readout_head", "rule.readout_sim"
+    trained, depth = "rule.readout_trained", "rule.readout_depth"
+    grid = "rule.readout_grid"
+    plain = {RULE: "dfa", FEEDBACK: "local", HEAD: "zero", LR: 1e-3}
+    ssa = {RULE: "ssa", FEEDBACK: "local", **SSA}
     return {
         "bp (glorot head, lr 1e-3)": FAIR["bp (glorot head, lr 1e-3)"],
         "local linear heads, plain layers": {**plain, trained: True},

@@ -2,7 +2,7 @@
 with batch norm there SSA reached 0.841 / 0.924 / 0.893 on seeds 1-3, with layer norm
 0.931 / 0.908 / 0.927; the paper says layer norm suits SSA better).
 
-    python -m ssa_tf.train --model=examples/residual_cnn.py --mode=ssa --epochs=2
+    python -m ssa_tf.train --model=examples/residual_cnn.py --rule=ssa --epochs=2
 
 ``build(input_shape, num_classes)`` returns a keras.Model ending in the logits.
 """

@@ -35,25 +35,30 @@ def _run_flags():
         "data_dir": ("data.data_dir", "DIR", "TFDS data_dir holding the prepared dataset"),
         "model": ("model.model", "NAME|FILE", f"{', '.join(cfg_lib.MODELS)} ({d.model.model}), or "
                   "your .py with build(input_shape, num_classes)"),
-        "mode": ("method.mode", "RULE", f"learning rule: {', '.join(cfg_lib.MODES)} "
-                 f"({d.method.mode})"),
+        "rule": ("rule.name", "NAME", f"learning rule: {', '.join(cfg_lib.RULE_NAMES)} "
+                 f"({d.rule.name}); --{OLD_RULE_FLAG}=NAME is an alias"),
         "epochs": ("train.epochs", "N", f"training epochs ({d.train.epochs})"),
         "batch_size": ("train.batch_size", "N", f"global batch size ({d.train.batch_size})"),
         "learning_rate": ("train.learning_rate", "R", "Adam rate (default: the rule's)"),
         "workdir": ("runtime.workdir", "DIR", "output folder (default "
-                    "runs/<dataset>-<model>-<mode>-<time>)"),
+                    "runs/<dataset>-<model>-<rule>-<time>)"),
         "seed": ("seed", "N", f"random seed ({d.seed})"),
         "preset": (None, "NAME|FILE", f"{', '.join(presets.NAMES)}, or your .py; flags given win"),
     }
 
 
+# --rule's name before it had one word: an alias (the same effect; both given must agree)
+OLD_RULE_FLAG = "mode"
 RUN_FLAGS = _run_flags()
 
 
 def define_run_flags(names):
-    """The daily flags ``names`` (of RUN_FLAGS), and --set SECTION.FIELD=VALUE."""
+    """The daily flags ``names`` (of RUN_FLAGS), and --set SECTION.FIELD=VALUE; with
+    --rule, its alias --mode."""
     for name in names:
         flags.DEFINE_string(name, None, RUN_FLAGS[name][2])
+    if "rule" in names:
+        flags.DEFINE_string(OLD_RULE_FLAG, None, "an alias of --rule")
     flags.DEFINE_multi_string("set", [], "SECTION.FIELD=VALUE for any setting (repeatable)")
 
 
@@ -71,13 +76,25 @@ def run_config_from_flags(names, extra=()):
     from ssa_tf.config import presets
 
     values = {n: flags.FLAGS[n].value for n in names}
+    if "rule" in names:
+        values["rule"] = given_rule()
     given = _apply_flags(cfg_lib.RunConfig(), names, values, extra)
     if not values.get("preset"):
         return given
     # the preset sees what was asked without it (the rule, its route), then sits under it
     preset = presets.values(presets.load(values["preset"]), given)
-    cfg = cfg_lib.RunConfig().with_overrides(f"{k}={_text(v)}" for k, v in preset.items())
+    cfg = _overridden(cfg_lib.RunConfig(), [f"{k}={_text(v)}" for k, v in preset.items()])
     return _apply_flags(cfg, names, values, extra)
+
+
+def given_rule():
+    """The rule named by --rule or its alias --mode (None: neither); ValueError when both
+    are given and differ."""
+    rule, old = flags.FLAGS["rule"].value, flags.FLAGS[OLD_RULE_FLAG].value
+    if rule is not None and old is not None and rule != old:
+        raise ValueError(f"--rule={rule} and --{OLD_RULE_FLAG}={old} differ (--{OLD_RULE_FLAG} "
+                         "is an alias of --rule); give one of them")
+    return old if rule is None else rule
 
 
 def _apply_flags(cfg, names, values, extra):
@@ -89,13 +106,29 @@ def _apply_flags(cfg, names, values, extra):
             except ValueError as e:
                 raise ValueError(f"--{name}={values[name]}: {str(e).rsplit(': ', 1)[-1]}") \
                     from None
-    return cfg.with_overrides([*extra, *flags.FLAGS.set])
+    return _overridden(cfg, [*extra, *flags.FLAGS.set])
+
+
+def _overridden(cfg, assignments):
+    """``cfg.with_overrides(assignments)``; a setting named as files of an older version
+    name it (``method.beta``, ``beta``: ``config.legacy``) is refused, its message naming
+    today's name."""
+    from ssa_tf.config import legacy
+
+    for text in assignments:
+        try:
+            cfg = cfg.with_overrides([text])
+        except ValueError as e:
+            path = text.partition("=")[0].strip()
+            now = legacy.read_name(path)
+            raise ValueError(f"{e} ({path} is {now} now)" if now != path else str(e)) from None
+    return cfg
 
 
 def default_workdir(cfg):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     model = os.path.splitext(os.path.basename(cfg.model.model))[0]  # a user's file: its name
-    return os.path.join("runs", f"{cfg.data.dataset}-{model}-{cfg.method.mode}-{stamp}")
+    return os.path.join("runs", f"{cfg.data.dataset}-{model}-{cfg.rule.name}-{stamp}")
 
 
 def _text(value):

@@ -1,8 +1,8 @@
 """Train an image classifier with one learning rule: SSA, DFA, BP, or a named variant.
 
     python -m ssa_tf.train                     # embedded MNIST sample, smallconv, SSA
-    python -m ssa_tf.train --dataset=cifar10 --data_dir=DIR --mode=bp --epochs=5
-    python -m ssa_tf.train --mode=ssa --set method.beta=0 --set rank.tau=0.9 --set rank.interval=1
+    python -m ssa_tf.train --dataset=cifar10 --data_dir=DIR --rule=bp --epochs=5
+    python -m ssa_tf.train --rule=ssa --set rule.beta=0 --set rank.tau=0.9 --set rank.interval=1
 
 Flags and wiring only; the run is ``ssa_tf.training.run``. Every setting is
 checked before TensorFlow starts: a mistake ends with one line on stderr and
@@ -23,7 +23,7 @@ from ssa_tf import config as cfg_lib
 from ssa_tf.cli import usage_error
 
 FLAGS = flags.FLAGS
-DAILY = ("dataset", "data_dir", "model", "mode", "epochs", "batch_size", "learning_rate",
+DAILY = ("dataset", "data_dir", "model", "rule", "epochs", "batch_size", "learning_rate",
          "workdir", "seed", "preset")
 cli.define_run_flags(DAILY)
 flags.DEFINE_boolean("restart", False, "discard the workdir's previous run and start over "
@@ -35,7 +35,7 @@ usage: python -m ssa_tf.train [flags] [--set SECTION.FIELD=VALUE ...]
 
 {cli.run_flags_help(DAILY)}
   --restart            discard the workdir's run (finished or not) and start over
-  --set S.F=VALUE      any other setting: --set method.beta=0 --set rank.tau=0.9
+  --set S.F=VALUE      any other setting: --set rule.beta=0 --set rank.tau=0.9
   --flagfile=FILE      read flags from FILE, one per line
 
 settings (--set SECTION.FIELD=VALUE; README.md, "Settings", says what each does):
@@ -86,7 +86,7 @@ def execute(cfg, tf_config=None, workdir_given=True):
         summary = _train(cfg, claim)
     finally:
         claim.release()
-    print(f"{cfg.method.mode} {cfg.model.model} on {cfg.data.dataset}: test accuracy "
+    print(f"{cfg.rule.name} {cfg.model.model} on {cfg.data.dataset}: test accuracy "
           f"{summary['test_accuracy']:.4f} ({summary['test_split']}), "
           f"{sum(summary['epoch_seconds']):.1f} s training; outputs in {cfg.runtime.workdir}")
 

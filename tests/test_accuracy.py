@@ -20,7 +20,7 @@ from ssa_tf.training.model import build_model
 CIFAR = dict(max_train_examples=10000, epochs=5)
 
 
-def accuracy(mode, seed=2, dataset="mnist5k", learning_rate=None, head_init=None, **budget):
+def accuracy(rule, seed=2, dataset="mnist5k", learning_rate=None, head_init=None, **budget):
     # the seed first: TensorFlow combines each op seed with the global one, so a pipeline
     # built before it shuffles as whatever ran earlier in the process left it (in the
     # suite, SSA on CIFAR-10 scored 0.429 where a fresh process gives 0.503)
@@ -34,7 +34,7 @@ def accuracy(mode, seed=2, dataset="mnist5k", learning_rate=None, head_init=None
                          max_train_examples=budget["max_train_examples"], validation_split=0.1)
         epochs, scored = budget["epochs"], "validation"
     keras.utils.set_random_seed(seed)
-    model = build_model("smallconv", spec.input_shape, spec.num_classes, mode=mode, seed=seed,
+    model = build_model("smallconv", spec.input_shape, spec.num_classes, rule=rule, seed=seed,
                         input_stats=spec.input_stats, head_init=head_init,
                         learning_rate=learning_rate)
     model.fit(spec.train, epochs=epochs, verbose=0)

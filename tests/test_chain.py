@@ -13,7 +13,7 @@ def signals(model, outs, e):
 
 
 def test_chain_signals_are_the_linear_networks_jacobian_transpose():
-    model = SSAModel("mlp", (5, 5, 1), 10, mode="dfa", feedback="chain", norm="none")
+    model = SSAModel("mlp", (5, 5, 1), 10, rule="dfa", feedback="chain", norm="none")
     k = model.rule.route.kernels
     K0, K1, K2 = k["m0_dense"], k["m1_dense"], k["classifier"]
     x = tf.random.normal((4, 5, 5, 1))
@@ -29,18 +29,18 @@ def test_chain_signals_are_the_linear_networks_jacobian_transpose():
 
 
 def test_forward_init_feedback_copies_the_initial_weights():
-    dfa = SSAModel("smallconv", (16, 16, 3), 10, mode="dfa", feedback="chain",
+    dfa = SSAModel("smallconv", (16, 16, 3), 10, rule="dfa", feedback="chain",
                    feedback_init="forward")
     conv = dfa.local_modules[1].output_layer
     np.testing.assert_array_equal(dfa.rule.route.kernels[conv.name].numpy(), conv.kernel.numpy())
-    ssa = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", feedback="chain",
+    ssa = SSAModel("smallconv", (16, 16, 3), 10, rule="ssa", feedback="chain",
                    feedback_init="forward")
     layer = ssa.local_modules[1].output_layer
     np.testing.assert_allclose(layer.feedback_matrix(), layer.merged_matrix(), atol=1e-5)
 
 
 def test_svd_feedback_conv_uses_the_feedback_kernel():
-    model = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", feedback="chain")
+    model = SSAModel("smallconv", (16, 16, 3), 10, rule="ssa", feedback="chain")
     layer = model.local_modules[1].output_layer  # 3x3, 32 -> 64
     kernel = layer.kernel_from_matrix(layer.feedback_matrix()).astype(np.float32)
     x = tf.random.normal((2, 8, 8, 32))
@@ -53,7 +53,7 @@ def test_svd_feedback_conv_uses_the_feedback_kernel():
 
 
 def test_chain_signal_is_rescaled_to_the_error_std():
-    model = SSAModel("resnet32", (8, 8, 3), 10, mode="ssa", feedback="chain")
+    model = SSAModel("resnet32", (8, 8, 3), 10, rule="ssa", feedback="chain")
     x = tf.random.normal((4, 8, 8, 3))
     outs, h = [], x
     for m in model.local_modules:
@@ -70,7 +70,7 @@ def test_chain_signal_is_rescaled_to_the_error_std():
 def test_feedback_scale_does_not_change_the_chain_signals():
     # the feedback's scale, a choice on the global route, is moot on the chain route, since
     # each signal is linear in every feedback layer and rescaled to the error's std
-    model = SSAModel("smallconv", (16, 16, 3), 10, mode="fa")
+    model = SSAModel("smallconv", (16, 16, 3), 10, rule="fa")
     x = tf.random.normal((4, 16, 16, 3))
     outs, h = [], x
     for m in model.local_modules:
@@ -88,8 +88,8 @@ def test_feedback_scale_does_not_change_the_chain_signals():
 def test_lagged_copy_moves_b_towards_the_forward_factors_and_fa_does_not():
     x = tf.random.normal((16, 6, 6, 1))
     y = tf.constant(np.arange(16) % 10)
-    fixed = SSAModel("mlp", (6, 6, 1), 10, mode="fa")
-    moving = SSAModel("mlp", (6, 6, 1), 10, mode="bp-lagged-copy", feedback_tracking=0.25)
+    fixed = SSAModel("mlp", (6, 6, 1), 10, rule="fa")
+    moving = SSAModel("mlp", (6, 6, 1), 10, rule="bp-lagged-copy", feedback_tracking=0.25)
     for model in (fixed, moving):
         model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     layer_f, layer_m = fixed.svd_layers()[0], moving.svd_layers()[0]
@@ -126,7 +126,7 @@ def test_gated_chain_with_forward_feedback_is_backprop_at_initialization():
     # B = W0, the forward ReLU gates and max-pool routing: the chain's signal is
     # the true gradient of the summed CE with respect to each module's output
     # (a Glorot head: through a zero head every hidden module's true gradient is 0)
-    model = SSAModel("smallconv", (8, 8, 3), 10, mode="dfa", feedback="chain",
+    model = SSAModel("smallconv", (8, 8, 3), 10, rule="dfa", feedback="chain",
                      feedback_init="forward", norm="none", head_init="glorot")
     x = tf.random.normal((4, 8, 8, 3))
     y = tf.constant([0, 1, 2, 3])
@@ -149,7 +149,7 @@ def test_gated_chain_is_backprop_through_normalized_residual_blocks(norm):
     # exact one; batch norm's with the batch statistics constant, which is
     # what a local backward through LocalBatchNorm computes); as identities
     # (the linear network of algorithm §3) they drift from BP with distance from the head.
-    model = SSAModel("resnet32", (8, 8, 3), 10, mode="fa", norm=norm, head_init="glorot")
+    model = SSAModel("resnet32", (8, 8, 3), 10, rule="fa", norm=norm, head_init="glorot")
     assert model.options["chain_jacobians"] and model.rule.route.gated
     x = tf.random.normal((8, 8, 8, 3), seed=3)
     y = tf.constant([0, 1, 2, 3, 4, 5, 6, 7])
@@ -171,7 +171,7 @@ def test_the_ungated_chain_is_a_fixed_matrix_kept_in_step_with_rank_cuts():
     from ssa_tf.training.model import build_model
     from ssa_tf.training.rank import apply_cut
 
-    model = build_model("resnet32", (8, 8, 3), 10, mode="ssa")
+    model = build_model("resnet32", (8, 8, 3), 10, rule="ssa")
     x = tf.random.normal((4, 8, 8, 3), seed=1)
     outs, h = [], x
     for m in model.local_modules:

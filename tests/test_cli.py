@@ -25,10 +25,12 @@ def test_help_exits_0_fits_a_screen_and_names_the_flagfile(cli):
 
 @pytest.mark.parametrize("args,needle", [
     (["--model=vgg99"], "mlp, smallconv, resnet32, resnet18"),
-    (["--mode=bp", "--set=method.beta=0.5"], "method.beta does not apply to --mode=bp"),
+    (["--rule=bp", "--set=rule.beta=0.5"], "rule.beta does not apply to --rule=bp"),
     (["--set=rank.tau=0.9", "--epochs=3"], "would never cut"),
     (["--epochs=three"], "--epochs=three: expected int"),
     (["stray"], "unexpected arguments"),
+    (["--rule=dfa", "--mode=bp"], "--rule=dfa and --mode=bp differ"),
+    (["--set=method.beta=0"], "(method.beta is rule.beta now)"),
 ])
 def test_train_mistakes_exit_2_with_one_line_before_tensorflow(args, needle, tmp_path):
     start = time.perf_counter()
@@ -36,6 +38,13 @@ def test_train_mistakes_exit_2_with_one_line_before_tensorflow(args, needle, tmp
     assert needle in line
     assert not (tmp_path / "w").exists()  # nothing written
     assert time.perf_counter() - start < 10  # TensorFlow was never imported
+
+
+def test_the_search_takes_mode_as_the_alias_of_rule_too():
+    line = one_line(run("search", "--rule=ssa", "--mode=fa", timeout=60))
+    assert "--rule=ssa and --mode=fa differ" in line
+    line = one_line(run("search", "--mode=dfa", "--report_only", timeout=60))
+    assert "--rule=dfa has none" in line
 
 
 def test_unknown_flag_lists_the_valid_ones_in_every_cli():
@@ -92,7 +101,7 @@ def default_run(tmp_path_factory):
     """One SSA run with every output on: 2 epochs, a cut after each, diagnostics."""
     tmp = tmp_path_factory.mktemp("default_run")
     workdir = tmp / "run"
-    result = run("train", "--model=mlp", "--mode=ssa", "--epochs=2", "--set=rank.tau=0.95",
+    result = run("train", "--model=mlp", "--rule=ssa", "--epochs=2", "--set=rank.tau=0.95",
                  "--set=rank.interval=1", "--set=rank.exempt=classifier",
                  "--set=runtime.diagnostics_every=25", f"--workdir={workdir}", timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -111,7 +120,7 @@ def test_a_run_prints_its_card_and_one_plain_line_per_epoch(default_run):
 def test_the_summary_names_the_splits_the_card_and_a_trained_accuracy(default_run):
     _, workdir = default_run
     summary = json.loads((workdir / "summary.json").read_text())
-    assert (summary["mode"], summary["epochs"], summary["card"]["sequential"]) == \
+    assert (summary["rule"], summary["epochs"], summary["card"]["sequential"]) == \
         ("ssa", 2, False)
     assert summary["validation_split"] == "mnist5k:train[3600:]"  # carved from train
     assert summary["train_split"] == "mnist5k:train[:3600]" and len(summary["epoch_seconds"]) == 2
@@ -136,7 +145,7 @@ def test_the_metrics_log_the_terms_that_count_under_their_names(default_run):
     rows = (workdir / "metrics.csv").read_text().strip().splitlines()
     assert len(rows) == 3 and "val_accuracy" in rows[0]
     assert "feedback_dot_output" in rows[0] and "ce_surrogate" not in rows[0]
-    beta = json.loads((workdir / "config.json").read_text())["method.beta"]
+    beta = json.loads((workdir / "config.json").read_text())["rule.beta"]
     assert ("align_term" in rows[0]) == (beta > 0)
     assert "ortho_term" not in rows[0]  # gamma 0
 
@@ -167,7 +176,7 @@ def test_the_diagnostics_record_angles_away_from_bp(default_run):
 def test_ssa_tf_load_model_loads_the_runs_model_in_a_fresh_process(default_run, tmp_path):
     _, workdir = default_run
     code = ("import sys, ssa_tf; m = ssa_tf.load_model(sys.argv[1]); "
-            "print(m.mode, sorted(m.ranks().values())[0])")
+            "print(m.rule_name, sorted(m.ranks().values())[0])")
     loaded = subprocess.run([sys.executable, "-c", code, str(workdir / "model.keras")],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -182,7 +191,7 @@ def test_keras_load_model_works_after_import_ssa_tf(default_run, tmp_path, order
     _, workdir = default_run
     code = (f"import sys; {order}; "
             "print('tf-before-load', 'ssa_tf.training.model' in sys.modules); "
-            "m = keras.saving.load_model(sys.argv[1]); print(type(m).__name__, m.mode)")
+            "m = keras.saving.load_model(sys.argv[1]); print(type(m).__name__, m.rule_name)")
     loaded = subprocess.run([sys.executable, "-c", code, str(workdir / "model.keras")],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"})
@@ -196,8 +205,8 @@ def test_keras_load_model_works_after_import_ssa_tf(default_run, tmp_path, order
 # --------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args,needle", [
-    (["--mode=bp", "--set=method.feedback=chain"], "method.feedback does not apply to --mode=bp"),
-    (["--mode=dfa", "--set=rank.tau=0.9", "--set=rank.interval=1"],
+    (["--rule=bp", "--set=rule.feedback=chain"], "rule.feedback does not apply to --rule=bp"),
+    (["--rule=dfa", "--set=rank.tau=0.9", "--set=rank.interval=1"],
      "rank.tau applies to rules that"),
     (["--set=runtime.progress=loud"], "choose from: auto, bar, epoch, none"),
 ])
@@ -281,7 +290,7 @@ from benchmarks import grid
 out = sys.argv[1]
 os.makedirs(os.path.join(out, "results"))
 cfg = grid.variant_config("rules_smallconv", "bp", 1)
-record = {"key": grid.run_key(cfg), "seed": 1, "mode": "bp",
+record = {"key": grid.run_key(cfg), "seed": 1, "rule": "bp",
           "card": {"sequential": True, "weight_transport": "continuously",
                    "held_activations": "all modules"},
           "val_accuracy": [0.4, 0.5], "test_accuracy": 0.49, "epoch_seconds": [3.0, 3.0],

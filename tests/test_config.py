@@ -15,10 +15,10 @@ def problem(*assignments, tf_config=None):
 
 
 def test_the_record_round_trips_in_the_names_set_takes():
-    cfg = RunConfig().with_overrides(["rank.tau=0.9", "method.beta=0", "data.augment=false",
+    cfg = RunConfig().with_overrides(["rank.tau=0.9", "rule.beta=0", "data.augment=false",
                                       "train.lr_decay_epochs=20,40", "seed=3"])
     settings = cfg.settings()
-    assert settings["rank.tau"] == 0.9 and settings["method.beta"] == 0.0
+    assert settings["rank.tau"] == 0.9 and settings["rule.beta"] == 0.0
     assert settings["data.augment"] is False
     assert settings["train.lr_decay_epochs"] == (20, 40) and settings["seed"] == 3
     # every name but the seed is SECTION.FIELD, exactly what --set takes
@@ -38,7 +38,7 @@ def test_the_legacy_reader_translates_every_old_name_and_nothing_else():
 
     from ssa_tf.config import legacy
 
-    cfg = RunConfig().with_overrides(["rank.tau=0.8", "method.mode=dfa", "seed=2",
+    cfg = RunConfig().with_overrides(["rank.tau=0.8", "rule.name=dfa", "seed=2",
                                       "data.synthetic_shape=(8,8,1)"])
     # the flat record as the versions up to ed60e35 wrote it
     old = {name: cfg.settings()[path] for name, path in legacy.FLAT_TO_PATH.items()}
@@ -49,10 +49,33 @@ def test_the_legacy_reader_translates_every_old_name_and_nothing_else():
     assert legacy.read_config(json.loads(json.dumps(cfg.record(), default=list))).settings() \
         == cfg.resolved().settings()
     assert legacy.read_settings({"beta": 0.5, "rank.tau": 0.7, "seed": 1, "x": 2}) == {
-        "method.beta": 0.5, "rank.tau": 0.7, "seed": 1, "x": 2}
+        "rule.beta": 0.5, "rank.tau": 0.7, "seed": 1, "x": 2}
     key = json.dumps({"beta": 0.5, "rank_tau": None, "seed": 1}, sort_keys=True)
     assert legacy.read_key(key) == json.dumps(
-        {"method.beta": 0.5, "rank.tau": None, "seed": 1}, sort_keys=True)
+        {"rule.beta": 0.5, "rank.tau": None, "seed": 1}, sort_keys=True)
+
+
+def test_a_config_of_the_method_section_reads_as_todays_config():
+    from ssa_tf.config import legacy
+
+    cfg = RunConfig().with_overrides(["rule.name=dfa", "rule.feedback=local",
+                                      "rule.readout_trained=true", "rank.start=2", "seed=3"])
+    # config.json as the versions before the rule had one name wrote it: the rule's
+    # section "method", its name "method.mode"
+    record = json.loads(json.dumps(cfg.record(), default=list))
+    old = {k.replace("rule.name", "method.mode").replace("rule.", "method."): v
+           for k, v in record.items()}
+    assert old["method.mode"] == "dfa" and old["method.feedback"] == "local"
+    assert not any(k.startswith("rule.") for k in old)
+    assert legacy.read_config(old) == cfg.resolved()
+    assert legacy.read_settings({"method.mode": "ssa", "method.beta": 0.5}) == {
+        "rule.name": "ssa", "rule.beta": 0.5}
+    key = json.dumps({"method.mode": "bp", "method.beta": None, "seed": 1}, sort_keys=True)
+    assert legacy.read_key(key) == json.dumps(
+        {"rule.beta": None, "rule.name": "bp", "seed": 1}, sort_keys=True)
+    # a grid record's rule field and a saved model's config say "mode" before "rule"
+    assert legacy.read_record({"key": "{}", "mode": "bp"})["rule"] == "bp"
+    assert legacy.read_model_config({"mode": "ssa", "seed": 1}) == {"rule": "ssa", "seed": 1}
 
 
 @pytest.mark.parametrize("assignment,needle", [
@@ -70,14 +93,14 @@ def test_malformed_overrides_say_what_is_wrong(assignment, needle):
 @pytest.mark.parametrize("assignments,needle", [
     (["model.model=vgg99"], "--model='vgg99' is not valid; choose from: mlp, smallconv"),
     (["data.dataset=imagenet"], "mnist5k, cifar10, cifar100"),
-    (["method.mode=hebbian"], "bp, svd-bp, dfa, ssa, fa, bp-lagged-copy"),
+    (["rule.name=hebbian"], "bp, svd-bp, dfa, ssa, fa, bp-lagged-copy"),
     (["model.norm=group"], "layer, batch, none"),
     (["model.activation=gelu"], "relu, leaky_relu, tanh"),
     (["model.conv_factorization=diagonal"],
      "conv_factorization='diagonal' is not valid; choose from: spatial, channel"),
-    (["method.feedback=chainsaw"], "global, local, chain"),
-    (["method.beta=-0.1"], "method.beta must be >= 0"),
-    (["method.alpha=-1"], "method.alpha must be >= 0"),
+    (["rule.feedback=chainsaw"], "global, local, chain"),
+    (["rule.beta=-0.1"], "rule.beta must be >= 0"),
+    (["rule.alpha=-1"], "rule.alpha must be >= 0"),
     (["train.batch_size=0"], "--batch_size must be >= 1"),
     (["train.epochs=0"], "--epochs must be >= 1"),
     (["train.learning_rate=0"], "--learning_rate must be > 0"),
@@ -92,19 +115,19 @@ def test_malformed_overrides_say_what_is_wrong(assignment, needle):
     (["runtime.skip_nonfinite_steps=-1"], "must be >= 0"),
     (["data.validation_split=1.5"], "data.validation_split must be in [0, 1)"),
     (["data.label=coarse"], "applies to cifar100 only"),
-    (["method.mode=fa", "method.s_rate_scale=0"], "method.s_rate_scale must be > 0"),
+    (["rule.name=fa", "rule.s_rate_scale=0"], "rule.s_rate_scale must be > 0"),
     (["runtime.strategy=gpu"], "auto, one_device, mirrored, multi_worker"),
     (["runtime.strategy=mirrored", "runtime.logical_cpus=3"], "multiple of"),
     (["runtime.strategy=multi_worker"], "needs TF_CONFIG"),
     (["runtime.logical_cpus=2"], "applies to runtime.strategy=mirrored only"),
     # an option the rule does not take is refused, naming who takes it
-    (["method.mode=bp", "method.feedback=chain"], "method.feedback does not apply to --mode=bp"),
-    (["method.mode=bp", "method.beta=0.5"], "method.beta does not apply to --mode=bp"),
-    (["method.mode=bp", "method.stiefel_retraction=true"], "does not apply to --mode=bp"),
-    (["method.mode=dfa", "rank.tau=0.9", "rank.interval=1"], "rank.tau applies to rules that"),
-    (["method.feedback_tracking=0.1"], "applies to --mode=bp-lagged-copy"),
-    (["method.feedback=local", "method.feedback_spatial=full"], "global route only"),
-    (["method.alpha=0", "method.beta=0", "method.gamma=0"], "nothing to learn from"),
+    (["rule.name=bp", "rule.feedback=chain"], "rule.feedback does not apply to --rule=bp"),
+    (["rule.name=bp", "rule.beta=0.5"], "rule.beta does not apply to --rule=bp"),
+    (["rule.name=bp", "rule.stiefel_retraction=true"], "does not apply to --rule=bp"),
+    (["rule.name=dfa", "rank.tau=0.9", "rank.interval=1"], "rank.tau applies to rules that"),
+    (["rule.feedback_tracking=0.1"], "applies to --rule=bp-lagged-copy"),
+    (["rule.feedback=local", "rule.feedback_spatial=full"], "global route only"),
+    (["rule.alpha=0", "rule.beta=0", "rule.gamma=0"], "nothing to learn from"),
     # a rank schedule that would never cut (fewer epochs than the interval)
     (["rank.tau=0.9", "train.epochs=3"], "would never cut"),
 ])
@@ -118,7 +141,7 @@ def test_valid_settings_pass():
     assert problem("rank.tau=0.9", "rank.interval=1", "train.epochs=2") is None
     assert problem("rank.tau=0.9", "train.epochs=1", "rank.interval=1",
                    "rank.final_cut=true") is None
-    assert problem("method.mode=bp-lagged-copy", "method.feedback_tracking=0.2") is None
+    assert problem("rule.name=bp-lagged-copy", "rule.feedback_tracking=0.2") is None
     tf_config = json.dumps({"cluster": {"worker": ["a:1", "b:2"]},
                             "task": {"type": "worker", "index": 0}})
     assert problem("runtime.strategy=multi_worker", tf_config=tf_config) is None
@@ -128,20 +151,20 @@ def test_valid_settings_pass():
 
 def test_resolved_fills_in_the_rules_defaults_only():
     ssa = RunConfig().resolved()
-    assert ssa.method.beta is not None and ssa.train.learning_rate == 1e-3
-    assert ssa.method.feedback_tracking is None  # not one of SSA's options
-    bp = RunConfig().with_overrides(["method.mode=bp"]).resolved()
-    assert bp.method.beta is None and bp.train.learning_rate == 1e-3
+    assert ssa.rule.beta is not None and ssa.train.learning_rate == 1e-3
+    assert ssa.rule.feedback_tracking is None  # not one of SSA's options
+    bp = RunConfig().with_overrides(["rule.name=bp"]).resolved()
+    assert bp.rule.beta is None and bp.train.learning_rate == 1e-3
 
 
 def test_cards_say_what_each_rule_computes():
     card = RunConfig().card()
     assert card.direct and not card.sequential and card.weight_transport != "continuously"
-    fa = RunConfig().with_overrides(["method.mode=fa"]).card()
+    fa = RunConfig().with_overrides(["rule.name=fa"]).card()
     assert fa.sequential and not fa.direct
-    lagged = RunConfig().with_overrides(["method.mode=bp-lagged-copy"]).card()
+    lagged = RunConfig().with_overrides(["rule.name=bp-lagged-copy"]).card()
     assert lagged.weight_transport == "continuously" and not lagged.direct
-    local = RunConfig().with_overrides(["method.feedback=local"]).card()
+    local = RunConfig().with_overrides(["rule.feedback=local"]).card()
     assert local.held_activations == "one module at a time"
     assert RunConfig().record()["card"]["rule"] == "ssa"
 
@@ -163,7 +186,7 @@ def test_presets_fill_in_under_the_flags_given(tmp_path):
     assert presets.load("imagenet").values("bp")["train.learning_rate"] == 2e-4
     assert presets.load("imagenet").values("ssa")["train.learning_rate"] == 5e-4
     mine = tmp_path / "mine.py"
-    mine.write_text("def values(mode):\n    return {'train.epochs': 7}\n")
+    mine.write_text("def values(rule):\n    return {'train.epochs': 7}\n")
     assert presets.load(str(mine)).values("ssa") == {"train.epochs": 7}
     for bad, needle in ((tmp_path / "none.py", "no such file"), ("mnist", "is not valid")):
         with pytest.raises(ValueError, match=needle):
@@ -177,20 +200,32 @@ def test_daily_flags_and_set_reach_the_config_and_the_model():
     from ssa_tf import train
     from ssa_tf.training.model import model_from_config
     with flagsaver.flagsaver():
-        train.FLAGS(["prog", "--model=mlp", "--mode=fa", "--set=method.chain_jacobians=false",
-                     "--set", "method.stiefel_retraction=true", "--set=method.s_rate_scale=3",
+        train.FLAGS(["prog", "--model=mlp", "--rule=fa", "--set=rule.chain_jacobians=false",
+                     "--set", "rule.stiefel_retraction=true", "--set=rule.s_rate_scale=3",
                      "--seed=4"])
         try:
             cfg = train.config_from_flags()
         finally:
             train.FLAGS.unparse_flags()
-    assert cfg.method.chain_jacobians is False and cfg.method.stiefel_retraction
-    assert cfg.method.s_rate_scale == 3.0 and cfg.seed == 4 and cfg.runtime.workdir
+    assert cfg.rule.chain_jacobians is False and cfg.rule.stiefel_retraction
+    assert cfg.rule.s_rate_scale == 3.0 and cfg.seed == 4 and cfg.runtime.workdir
     model = model_from_config(cfg, (28, 28, 1), 10)
     assert not model.options["chain_jacobians"] and model.options["stiefel_retraction"]
     assert model.get_config()["chain_jacobians"] is False
-    default = model_from_config(cfg.replace({"method.chain_jacobians": None}), (28, 28, 1), 10)
+    default = model_from_config(cfg.replace({"rule.chain_jacobians": None}), (28, 28, 1), 10)
     assert default.options["chain_jacobians"]  # on for fa
+
+
+@pytest.mark.parametrize("argv,rule", [(["--mode=dfa"], "dfa"), (["--rule=fa"], "fa"),
+                                       (["--rule=bp", "--mode=bp"], "bp"), ([], "ssa")])
+def test_mode_is_an_alias_of_rule(argv, rule):
+    from ssa_tf import train
+    with flagsaver.flagsaver():
+        train.FLAGS(["prog", *argv])
+        try:
+            assert train.config_from_flags().rule.name == rule
+        finally:
+            train.FLAGS.unparse_flags()
 
 
 def test_a_daily_flag_with_a_bad_value_names_the_flag():
@@ -208,7 +243,7 @@ def test_help_fits_a_screen():
     from ssa_tf import train
     lines = train.HELP.splitlines()
     assert len(lines) <= 40 and max(map(len, lines)) <= 84
-    for flag in ("--dataset", "--mode", "--set", "--flagfile", "--preset", "--restart"):
+    for flag in ("--dataset", "--rule", "--set", "--flagfile", "--preset", "--restart"):
         assert flag in train.HELP
     for section in cfg_lib.SECTIONS:
         assert f"  {section}: " in train.HELP
@@ -221,12 +256,12 @@ def test_resume_with_other_settings_names_every_changed_setting(tmp_path):
     (tmp_path / "backup" / "local" / "epoch-1").mkdir(parents=True)
     (tmp_path / "backup" / "local" / "epoch-1" / "state.json").write_text("{}")
     assert prepare_workdir(cfg.with_overrides(["train.epochs=9"])) == "resume"
-    changed = cfg.with_overrides(["method.beta=0.5", "model.activation=tanh",
+    changed = cfg.with_overrides(["rule.beta=0.5", "model.activation=tanh",
                                   "data.max_train_examples=100", "rank.min=2", "seed=5"])
     with pytest.raises(cfg_lib.UsageError) as e:
         prepare_workdir(changed)
     message = str(e.value)
-    for needle in ("method.beta=0.01 then, 0.5 now", "model.activation='leaky_relu' then",
+    for needle in ("rule.beta=0.01 then, 0.5 now", "model.activation='leaky_relu' then",
                    "data.max_train_examples=None then, 100 now", "rank.min=1 then, 2 now",
                    "--seed=1 then, 5 now", "--restart"):
         assert needle in message, message
@@ -242,9 +277,9 @@ def _config(*argv):
             train.FLAGS.unparse_flags()
 
 
-def _routes(mode):
+def _routes(rule):
     from ssa_tf.methods import registry
-    return (None, *registry.get(mode).choices.get("feedback", ()))
+    return (None, *registry.get(rule).choices.get("feedback", ()))
 
 
 @pytest.mark.parametrize("preset", [None, *presets.NAMES])
@@ -254,11 +289,11 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
     from ssa_tf.methods import registry
     base = ["--dataset=imagenet2012"] if preset is None else [f"--preset={preset}"]
     checked = 0
-    for mode in registry.NAMES:
-        for route in _routes(mode):
-            argv = [*base, f"--mode={mode}"]
+    for rule in registry.NAMES:
+        for route in _routes(rule):
+            argv = [*base, f"--rule={rule}"]
             if route is not None:
-                argv.append(f"--set=method.feedback={route}")
+                argv.append(f"--set=rule.feedback={route}")
             if preset == "local_heads" and route not in (None, "local"):
                 # the preset is the local route: a rule without it, or another route
                 # asked for, is one line that says so
@@ -268,49 +303,49 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
                     problem = str(e)
                 assert problem and "local" in problem, argv
                 continue
-            if preset == "local_heads" and "local" not in _routes(mode):
+            if preset == "local_heads" and "local" not in _routes(rule):
                 continue
             cfg = _config(*argv)
             assert validate(cfg) is None, (argv, validate(cfg))
-            assert cfg.method.mode == mode
+            assert cfg.rule.name == rule
             if preset == "imagenet":
                 # the broadcast is the global route's (full maps at 224: 1000 x 200,704)
-                spatial = cfg.resolved().method.feedback_spatial
-                if cfg.resolved().method.feedback == "global":
+                spatial = cfg.resolved().rule.feedback_spatial
+                if cfg.resolved().rule.feedback == "global":
                     assert spatial == "broadcast", argv
                 else:
-                    assert cfg.method.feedback_spatial is None, argv
+                    assert cfg.rule.feedback_spatial is None, argv
             checked += 1
     assert checked >= (4 if preset == "local_heads" else len(registry.NAMES) + 6)
 
 
 def test_the_local_heads_preset_sets_the_measured_heads_and_refuses_rules_without_them():
-    cfg = _config("--preset=local_heads", "--mode=ssa").resolved()
-    m = cfg.method
+    cfg = _config("--preset=local_heads", "--rule=ssa").resolved()
+    m = cfg.rule
     assert (m.feedback, m.readout_head, m.readout_depth, m.beta) == ("local", "conv", 1, 0.0)
     assert cfg.model.head_init == "glorot" and cfg.train.learning_rate == 1e-3
-    plain = _config("--preset=local_heads", "--mode=dfa").resolved()
-    assert plain.method.readout_head == "conv" and plain.method.beta is None
-    with pytest.raises(ValueError, match="--mode=bp has none: use one of dfa, ssa"):
-        _config("--preset=local_heads", "--mode=bp")
+    plain = _config("--preset=local_heads", "--rule=dfa").resolved()
+    assert plain.rule.readout_head == "conv" and plain.rule.beta is None
+    with pytest.raises(ValueError, match="--rule=bp has none: use one of dfa, ssa"):
+        _config("--preset=local_heads", "--rule=bp")
 
 
 def test_a_preset_of_one_argument_still_works(tmp_path):
     mine = tmp_path / "mine.py"
-    mine.write_text("def values(mode):\n    return {'train.epochs': 7, 'rank.tau': 0.9}\n")
-    cfg = _config(f"--preset={mine}", "--mode=ssa", "--set=rank.tau=0.8")
+    mine.write_text("def values(rule):\n    return {'train.epochs': 7, 'rank.tau': 0.9}\n")
+    cfg = _config(f"--preset={mine}", "--rule=ssa", "--set=rank.tau=0.8")
     assert cfg.train.epochs == 7 and cfg.rank.tau == 0.8  # --set wins over the preset
 
 
 def test_full_map_feedback_too_large_is_one_usage_line():
-    # python -m ssa_tf.train --dataset=imagenet2012 --mode=dfa (no preset): dfa's full-map
+    # python -m ssa_tf.train --dataset=imagenet2012 --rule=dfa (no preset): dfa's full-map
     # feedback at 224 x 224 would need 2.4G entries; one line naming the setting, exit 2
     import keras
     from ssa_tf.errors import UsageError
     from ssa_tf.training.model import SSAModel
     keras.utils.set_random_seed(1)
-    with pytest.raises(UsageError, match="method.feedback_spatial=broadcast") as e:
-        SSAModel("smallconv", (224, 224, 3), 1000, mode="dfa")
+    with pytest.raises(UsageError, match="rule.feedback_spatial=broadcast") as e:
+        SSAModel("smallconv", (224, 224, 3), 1000, rule="dfa")
     assert e.value.status == 2 and "\n" not in str(e.value)
 
 
@@ -318,9 +353,9 @@ def test_no_card_line_reads_like_an_error():
     # "...; error: e through a fixed ..." once carried the prefix that the
     # README gives for a mistake; every rule on every route
     from ssa_tf.methods import registry
-    for mode in registry.NAMES:
-        for route in _routes(mode):
+    for rule in registry.NAMES:
+        for route in _routes(rule):
             cfg = RunConfig().with_overrides(
-                [f"method.mode={mode}", *([f"method.feedback={route}"] if route else [])])
+                [f"rule.name={rule}", *([f"rule.feedback={route}"] if route else [])])
             line = cfg.card().line()
-            assert "error:" not in line.lower() and line.startswith(f"rule {mode}:"), line
+            assert "error:" not in line.lower() and line.startswith(f"rule {rule}:"), line

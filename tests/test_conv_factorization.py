@@ -92,7 +92,7 @@ def test_auto_forward_picks_the_form_with_fewer_multiply_adds():
 
 
 def test_channel_layers_save_and_load(tmp_path):
-    model = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", conv_factorization="channel")
+    model = SSAModel("smallconv", (16, 16, 3), 10, rule="ssa", conv_factorization="channel")
     x = np.random.default_rng(13).standard_normal((2, 16, 16, 3)).astype(np.float32)
     want = np_(model(x))
     path = tmp_path / "m.keras"
@@ -104,9 +104,9 @@ def test_channel_layers_save_and_load(tmp_path):
 
 def test_channel_resnet32_has_about_the_dense_parameters():
     # an SVD layer stores r (m + n) + r numbers where the plain one stores m n
-    spatial = SSAModel("resnet32", (32, 32, 3), 10, mode="ssa")
-    channel = SSAModel("resnet32", (32, 32, 3), 10, mode="ssa", conv_factorization="channel")
-    dense = SSAModel("resnet32", (32, 32, 3), 10, mode="bp")
+    spatial = SSAModel("resnet32", (32, 32, 3), 10, rule="ssa")
+    channel = SSAModel("resnet32", (32, 32, 3), 10, rule="ssa", conv_factorization="channel")
+    dense = SSAModel("resnet32", (32, 32, 3), 10, rule="bp")
     count = lambda m: int(sum(np.prod(v.shape) for v in m.trainable_variables))
     extra = 0
     for layer in channel.svd_layers():
@@ -123,7 +123,7 @@ def test_channel_resnet32_has_about_the_dense_parameters():
 
 
 def test_channel_model_merges_into_plain_layers_in_both_forms():
-    model = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", conv_factorization="channel")
+    model = SSAModel("smallconv", (16, 16, 3), 10, rule="ssa", conv_factorization="channel")
     rng = np.random.default_rng(14)
     for layer in model.svd_layers():
         perturb(layer, rng, scale=0.05)
@@ -172,7 +172,7 @@ def test_a_run_gives_its_convolutions_its_batch():
     from ssa_tf.config import RunConfig
     from ssa_tf.training.model import model_from_config
 
-    cfg = RunConfig().with_overrides(["model.model=smallconv", "method.mode=ssa",
+    cfg = RunConfig().with_overrides(["model.model=smallconv", "rule.name=ssa",
                                       "train.batch_size=24", "data.dataset=synthetic"])
     model = model_from_config(cfg, (8, 8, 3), 10)
     convs = [l for l in model.svd_layers() if isinstance(l, SVDConv2D)]
@@ -185,17 +185,17 @@ def test_every_rule_and_route_builds_on_the_channel_view():
     from ssa_tf.methods import registry
 
     built = 0
-    for mode in registry.NAMES:
-        for route in registry.get(mode).choices.get("feedback", (None,)):
+    for rule in registry.NAMES:
+        for route in registry.get(rule).choices.get("feedback", (None,)):
             options = {} if route is None else {"feedback": route}
-            model = SSAModel("smallconv", (8, 8, 3), 10, mode=mode,
+            model = SSAModel("smallconv", (8, 8, 3), 10, rule=rule,
                              conv_factorization="channel", **options)
             assert {l.factorization for l in model.svd_layers()
                     if isinstance(l, SVDConv2D)} <= {"channel"}
             built += 1
     assert built >= len(registry.NAMES) + 4
     x = np.random.default_rng(5).standard_normal((4, 8, 8, 3)).astype(np.float32)
-    model = SSAModel("smallconv", (8, 8, 3), 10, mode="ssa", feedback="global",
+    model = SSAModel("smallconv", (8, 8, 3), 10, rule="ssa", feedback="global",
                      conv_factorization="channel")
     from ssa_tf.training.model import compile_model
     compile_model(model)

@@ -112,7 +112,7 @@ def test_cli_prepares_imagenet_from_the_tars_and_trains(tmp_path):
     workdir = tmp_path / "run"
     result = run_cli("--dataset=imagenet2012", f"--data_dir={tmp_path / 'tfds'}",
                      f"--set=data.manual_dir={manual}", "--set=data.image_size=16", "--model=mlp",
-                     "--mode=ssa", "--epochs=1", "--batch_size=4",
+                     "--rule=ssa", "--epochs=1", "--batch_size=4",
                      "--set=data.validation_split=0.25",
                      f"--workdir={workdir}", timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -61,7 +61,7 @@ def only_fill_defaults_read(spec):
 
 
 def test_a_config_resolves_the_rules_rate_and_head_from_its_spec(watched):
-    cfg = RunConfig().with_overrides(["model.model=mlp", "method.mode=ssa"])
+    cfg = RunConfig().with_overrides(["model.model=mlp", "rule.name=ssa"])
     resolved = cfg.resolved()
     assert resolved.train.learning_rate == RATE and resolved.model.head_init == HEAD
     assert cfg.learning_rate() == RATE
@@ -74,7 +74,7 @@ def test_a_config_resolves_the_rules_rate_and_head_from_its_spec(watched):
 
 
 def test_a_config_built_model_takes_the_rules_rate_and_head_once(watched):
-    cfg = RunConfig().with_overrides(["model.model=mlp", "method.mode=ssa",
+    cfg = RunConfig().with_overrides(["model.model=mlp", "rule.name=ssa",
                                       "data.dataset=synthetic"])
     model = model_from_config(cfg, SHAPE, 10)
     compile_model(model, learning_rate_schedule(cfg, 4), steps_per_epoch=4)  # as a run does
@@ -84,17 +84,17 @@ def test_a_config_built_model_takes_the_rules_rate_and_head_once(watched):
 
 
 def test_build_model_takes_the_rules_rate_and_head_once(watched):
-    model = build_model("mlp", SHAPE, 10, mode="ssa")
+    model = build_model("mlp", SHAPE, 10, rule="ssa")
     assert rate_of(model) == pytest.approx(RATE) and model.head_init == HEAD
     assert head_is_zero(model)
-    given = build_model("mlp", SHAPE, 10, mode="ssa", learning_rate=0.5, head_init="glorot")
+    given = build_model("mlp", SHAPE, 10, rule="ssa", learning_rate=0.5, head_init="glorot")
     assert rate_of(given) == pytest.approx(0.5) and given.head_init == "glorot"
     assert not head_is_zero(given)
     assert only_fill_defaults_read(watched)
 
 
 def test_a_model_without_a_config_takes_the_same_defaults(watched):
-    model = compile_model(SSAModel("mlp", SHAPE, 10, mode="ssa"))
+    model = compile_model(SSAModel("mlp", SHAPE, 10, rule="ssa"))
     assert rate_of(model) == pytest.approx(RATE) and model.head_init == HEAD
     assert head_is_zero(model)
     assert (model.norm, model.activation, model.conv_factorization) == (
@@ -102,11 +102,11 @@ def test_a_model_without_a_config_takes_the_same_defaults(watched):
     assert only_fill_defaults_read(watched)
 
 
-@pytest.mark.parametrize("mode", registry.NAMES)
-def test_fill_defaults_is_what_a_config_resolves(mode):
-    cfg = RunConfig().with_overrides([f"method.mode={mode}"])
-    assert cfg.resolved().settings() == fill_defaults(mode, cfg.settings())
-    rule = registry.get(mode)
+@pytest.mark.parametrize("name", registry.NAMES)
+def test_fill_defaults_is_what_a_config_resolves(name):
+    cfg = RunConfig().with_overrides([f"rule.name={name}"])
+    assert cfg.resolved().settings() == fill_defaults(name, cfg.settings())
+    rule = registry.get(name)
     assert cfg.learning_rate() == rule.learning_rate
     assert cfg.resolved().model.head_init == rule.head_init
     # a user's file takes none of the built-in models' settings
@@ -115,12 +115,12 @@ def test_fill_defaults_is_what_a_config_resolves(mode):
 
 
 def test_build_model_is_model_from_config_for_settings_given_as_arguments():
-    cfg = RunConfig().with_overrides(["model.model=mlp", "method.mode=dfa", "seed=5",
-                                      "method.feedback_spatial=broadcast", "model.norm=none",
+    cfg = RunConfig().with_overrides(["model.model=mlp", "rule.name=dfa", "seed=5",
+                                      "rule.feedback_spatial=broadcast", "model.norm=none",
                                       "train.learning_rate=0.002", "data.dataset=synthetic"])
     from_config = compile_model(model_from_config(cfg, SHAPE, 10), cfg.learning_rate())
     keras.utils.set_random_seed(5)  # as model_from_config sets it
-    built = build_model("mlp", SHAPE, 10, mode="dfa", seed=5, feedback_spatial="broadcast",
+    built = build_model("mlp", SHAPE, 10, rule="dfa", seed=5, feedback_spatial="broadcast",
                         norm="none", learning_rate=0.002)
     mine, theirs = from_config.get_config(), built.get_config()
     mine.pop("name"), theirs.pop("name")

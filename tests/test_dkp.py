@@ -18,11 +18,11 @@ def _batch(n=16, seed=0):
             tf.constant(rng.standard_normal((n, 10)), tf.float32))
 
 
-@pytest.mark.parametrize("mode,spatial", [("dkp", "full"), ("dkp", "broadcast"),
+@pytest.mark.parametrize("rule,spatial", [("dkp", "full"), ("dkp", "broadcast"),
                                           ("ssa-dkp", "full")])
-def test_the_feedback_gradient_is_h_transposed_e_over_the_batch(mode, spatial):
-    options = {} if mode == "ssa-dkp" else {"feedback_spatial": spatial}
-    model = SSAModel("smallconv", SHAPE, 10, mode=mode, **options)
+def test_the_feedback_gradient_is_h_transposed_e_over_the_batch(rule, spatial):
+    options = {} if rule == "ssa-dkp" else {"feedback_spatial": spatial}
+    model = SSAModel("smallconv", SHAPE, 10, rule=rule, **options)
     x, y, e = _batch()
     grads = model.local_gradients(x, y, error=e)[0]
     for i, D in enumerate(model.rule.route.matrices):
@@ -38,7 +38,7 @@ def test_the_feedback_gradient_is_h_transposed_e_over_the_batch(mode, spatial):
 
 
 def test_the_feedback_trains_at_its_own_rate_decayed_each_epoch():
-    model = SSAModel("mlp", SHAPE, 10, mode="dkp", feedback_lr=1e-3, feedback_decay=0.5)
+    model = SSAModel("mlp", SHAPE, 10, rule="dkp", feedback_lr=1e-3, feedback_decay=0.5)
     compile_model(model, learning_rate=1e-2, steps_per_epoch=2)
     x, y, _ = _batch()
     D = model.rule.route.matrices[0]
@@ -54,21 +54,21 @@ def test_the_feedback_trains_at_its_own_rate_decayed_each_epoch():
 
 
 @pytest.mark.parametrize("sets,message", [
-    (["method.mode=dkp", "method.feedback=chain"], "method.feedback='chain' is not valid"),
-    (["method.mode=ssa-dkp", "method.feedback=local"], "method.feedback='local' is not valid"),
-    (["method.mode=dkp", "method.feedback_decay=2"], "method.feedback_decay must be in [0, 1]"),
-    (["method.mode=dkp", "method.feedback_lr=0"], "method.feedback_lr must be > 0"),
-    (["method.mode=ssa-dkp", "method.feedback_spatial=broadcast"],
-     "method.feedback_spatial applies to the global route only, not method.feedback=chain"),
-    (["method.mode=ssa", "method.feedback_lr=1e-4"],
-     "method.feedback_lr does not apply to --mode=ssa (it applies to --mode=dkp|ssa-dkp)"),
+    (["rule.name=dkp", "rule.feedback=chain"], "rule.feedback='chain' is not valid"),
+    (["rule.name=ssa-dkp", "rule.feedback=local"], "rule.feedback='local' is not valid"),
+    (["rule.name=dkp", "rule.feedback_decay=2"], "rule.feedback_decay must be in [0, 1]"),
+    (["rule.name=dkp", "rule.feedback_lr=0"], "rule.feedback_lr must be > 0"),
+    (["rule.name=ssa-dkp", "rule.feedback_spatial=broadcast"],
+     "rule.feedback_spatial applies to the global route only, not rule.feedback=chain"),
+    (["rule.name=ssa", "rule.feedback_lr=1e-4"],
+     "rule.feedback_lr does not apply to --rule=ssa (it applies to --rule=dkp|ssa-dkp)"),
 ])
 def test_learned_feedback_settings_are_checked_in_one_line(sets, message):
     assert message in cfg_lib.validate(cfg_lib.RunConfig().with_overrides(sets))
 
 
 def test_the_cards_say_the_feedback_learns_and_nothing_is_transported():
-    for mode, transport in (("dkp", "never"), ("ssa-dkp", "once at construction")):
-        card = cfg_lib.RunConfig().with_overrides([f"method.mode={mode}"]).card()
+    for rule, transport in (("dkp", "never"), ("ssa-dkp", "once at construction")):
+        card = cfg_lib.RunConfig().with_overrides([f"rule.name={rule}"]).card()
         assert (card.sequential, card.weight_transport, card.feedback, card.direct) == \
             (False, transport, "learns locally", True)

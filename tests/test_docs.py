@@ -138,12 +138,12 @@ def test_the_quick_start_says_what_it_runs_and_what_to_expect():
     d = RunConfig()
     quick = README[README.index("## Quick start"):README.index("**Every later command")]
     assert f"for {d.train.epochs} epochs" in quick and d.model.model in quick
-    assert d.data.dataset in quick and d.method.mode.upper() in quick
+    assert d.data.dataset in quick and d.rule.name.upper() in quick
     assert "test accuracy 0.89" in quick and " s training" in quick
 
 
 def test_every_setting_is_in_the_readmes_settings_table():
-    # method.feedback_lr, feedback_decay and feedback_weight_decay were once
+    # rule.feedback_lr, feedback_decay and feedback_weight_decay were once
     # in --help but not in the table
     from ssa_tf.config.schema import FIELD_HELP
     from ssa_tf.config.validate import flag

@@ -59,7 +59,7 @@ def _rng_batch(shape, n=6, seed=0):
 @pytest.fixture(scope="module")
 def smallconv():
     keras.utils.set_random_seed(3)
-    model = SSAModel("smallconv", (16, 16, 3), 10, mode="ssa", norm="batch", seed=3,
+    model = SSAModel("smallconv", (16, 16, 3), 10, rule="ssa", norm="batch", seed=3,
                      head_init="glorot")  # a zero head would make every logit 0
     layers = {l.name: l for l in model.svd_layers()}
     for name, rank in {"m0_conv": 2, "m2_conv": 40, "m3_dense": 16}.items():
@@ -71,7 +71,7 @@ def smallconv():
 @pytest.fixture(scope="module")
 def resnet32():
     keras.utils.set_random_seed(4)
-    model = SSAModel("resnet32", (8, 8, 3), 10, mode="ssa", norm="batch", seed=4,
+    model = SSAModel("resnet32", (8, 8, 3), 10, rule="ssa", norm="batch", seed=4,
                      head_init="glorot")
     layers = {l.name: l for l in model.svd_layers()}
     # s1b0_conv1 (3x3, stride 2, 16 -> 32) at rank 28: r (m + n) < m n per
@@ -87,7 +87,7 @@ def resnet32():
 @pytest.fixture(scope="module")
 def mlp():
     keras.utils.set_random_seed(5)
-    model = SSAModel("mlp", (8, 8, 1), 10, mode="ssa", norm="layer", seed=5,
+    model = SSAModel("mlp", (8, 8, 1), 10, rule="ssa", norm="layer", seed=5,
                      head_init="glorot")
     {l.name: l for l in model.svd_layers()}["m1_dense"].truncate(8)
     return model
@@ -195,12 +195,12 @@ def test_round_trip_sequential_and_rank_cuts():
 
 def test_bp_ssa_model_converts_to_ssa_mode():
     keras.utils.set_random_seed(9)
-    bp = SSAModel("smallconv", (8, 8, 3), 10, mode="bp", norm="batch", seed=9)
+    bp = SSAModel("smallconv", (8, 8, 3), 10, rule="bp", norm="batch", seed=9)
     x = _rng_batch((8, 8, 3), 16)
     calibrate_batch_norms(bp, x)
     reference = np.asarray(bp(x, training=False))
     ssa, records = convert.to_ssa(bp)
-    assert isinstance(ssa, SSAModel) and ssa.mode == "ssa"
+    assert isinstance(ssa, SSAModel) and ssa.rule_name == "ssa"
     assert {r.name for r in records} == set(ssa.ranks())
     np.testing.assert_allclose(ssa(x, training=False), reference, atol=1e-4, rtol=1e-4)
     # exporting the BP model itself is the "dense export": plain layers, norms folded
@@ -311,7 +311,7 @@ def test_the_export_report_names_the_rule_that_trained_the_model():
     check = {"examples": 8, "max_abs_diff": 1e-6}
     spec = {"values": "raw pixels", "shape": "(batch, 4)", "dtype": "float32"}
     result = export.ExportResult([], "auto", 17, 10, 10, 100, 100, latency, check, check,
-                                 "mnist5k:test", "m.onnx", "saved", spec, mode="bp")
+                                 "mnist5k:test", "m.onnx", "saved", spec, rule="bp")
     text = export.format_result(result)
     assert "onnxruntime vs the trained model (bp) on 8 examples" in text
     assert "SavedModel vs the trained model (bp)" in text and "SSA model" not in text

@@ -31,7 +31,7 @@ def workdir(tmp_path_factory):
     """A finished run: an SSA mlp on the embedded MNIST sample, one layer cut to rank 8."""
     path = tmp_path_factory.mktemp("run")
     keras.utils.set_random_seed(6)
-    model = SSAModel("mlp", (28, 28, 1), 10, mode="ssa", norm="layer", seed=6,
+    model = SSAModel("mlp", (28, 28, 1), 10, rule="ssa", norm="layer", seed=6,
                      head_init="glorot")  # a zero head would make every logit 0
     {l.name: l for l in model.svd_layers()}["m1_dense"].truncate(8)
     model.save(path / "model.keras")
@@ -99,7 +99,7 @@ def test_model_keras_and_its_onnx_take_the_same_raw_pixels(tmp_path):
     workdir = tmp_path / "run"
     workdir.mkdir()
     keras.utils.set_random_seed(7)
-    model = SSAModel("mlp", (28, 28, 1), 10, mode="ssa", seed=7, head_init="glorot",
+    model = SSAModel("mlp", (28, 28, 1), 10, rule="ssa", seed=7, head_init="glorot",
                      input_stats=data.input_normalization("mnist5k"))
     model.save(workdir / "model.keras")
     (workdir / "config.json").write_text(json.dumps({"dataset": "mnist5k", "data_dir": None}))

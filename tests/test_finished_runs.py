@@ -112,9 +112,9 @@ def _unfinished(finished, tmp_path, state="{}"):
 
 def test_resuming_with_other_settings_names_them(finished, tmp_path):
     workdir = _unfinished(finished, tmp_path)
-    line = one_line(run("train", *MNIST_TINY, "--epochs=1", "--set=method.beta=0.5",
+    line = one_line(run("train", *MNIST_TINY, "--epochs=1", "--set=rule.beta=0.5",
                         "--set=model.norm=none", f"--workdir={workdir}", timeout=120))
-    assert "method.beta=0.01 then, 0.5 now" in line and "model.norm='layer' then" in line
+    assert "rule.beta=0.01 then, 0.5 now" in line and "model.norm='layer' then" in line
     assert "--restart" in line
 
 

@@ -17,18 +17,18 @@ def _data(n=32, seed=0):
             rng.integers(0, 10, n).astype(np.int32))
 
 
-def _model(mode, **options):
+def _model(rule, **options):
     keras.utils.set_random_seed(3)
-    model = SSAModel("smallconv", SHAPE, 10, mode=mode, feedback="local", **options)
+    model = SSAModel("smallconv", SHAPE, 10, rule=rule, feedback="local", **options)
     compile_model(model, learning_rate=1e-2)
     model.run_eagerly = True
     return model
 
 
-@pytest.mark.parametrize("mode,depth,sim", [("dfa", 1, 0.0), ("ssa", 1, 0.0), ("dfa", 2, 0.0),
+@pytest.mark.parametrize("rule,depth,sim", [("dfa", 1, 0.0), ("ssa", 1, 0.0), ("dfa", 2, 0.0),
                                             ("ssa", 1, 0.99)])
-def test_a_conv_head_trains_on_the_modules_own_loss_only(mode, depth, sim):
-    model = _model(mode, readout_head="conv", readout_width=4, readout_depth=depth,
+def test_a_conv_head_trains_on_the_modules_own_loss_only(rule, depth, sim):
+    model = _model(rule, readout_head="conv", readout_width=4, readout_depth=depth,
                    readout_sim=sim)
     route = model.rule.route
     heads = [v for layers in route.hidden for v in layers] + route.matrices + route.projections
@@ -72,11 +72,11 @@ def test_heads_are_training_only_and_gone_at_export():
 
 def test_a_conv_head_option_is_refused_off_the_local_route():
     from ssa_tf.config import validate
-    cfg = RunConfig().with_overrides(["method.readout_head=conv"])
-    assert validate(cfg) == ("method.readout_head applies to the local route only, not "
-                             "method.feedback=chain")
-    bad = RunConfig().with_overrides(["method.feedback=local", "method.readout_head=mlp"])
-    assert "method.readout_head='mlp' is not valid" in validate(bad)
+    cfg = RunConfig().with_overrides(["rule.readout_head=conv"])
+    assert validate(cfg) == ("rule.readout_head applies to the local route only, not "
+                             "rule.feedback=chain")
+    bad = RunConfig().with_overrides(["rule.feedback=local", "rule.readout_head=mlp"])
+    assert "rule.readout_head='mlp' is not valid" in validate(bad)
 
 
 def _reference_similarity(x):
@@ -129,5 +129,5 @@ def test_predsim_matches_the_reference_and_weighs_its_two_losses():
 
 def test_predsim_weight_is_refused_outside_zero_to_one():
     from ssa_tf.config import validate
-    bad = RunConfig().with_overrides(["method.feedback=local", "method.readout_sim=1.5"])
-    assert validate(bad) == "method.readout_sim must be in [0, 1], got 1.5"
+    bad = RunConfig().with_overrides(["rule.feedback=local", "rule.readout_sim=1.5"])
+    assert validate(bad) == "rule.readout_sim must be in [0, 1], got 1.5"

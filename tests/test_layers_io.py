@@ -91,7 +91,7 @@ def test_conv_config_round_trip_at_reduced_rank():
 def test_ssa_model_save_load_after_truncation(tmp_path):
     from ssa_tf.training.model import build_model
 
-    model = build_model("smallconv", (16, 16, 3), 10, mode="ssa")
+    model = build_model("smallconv", (16, 16, 3), 10, rule="ssa")
     layers = {l.name: l for l in model.svd_layers()}
     target = layers["m1_conv"]
     full = target.rank

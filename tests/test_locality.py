@@ -47,11 +47,11 @@ def test_every_rule_keeps_its_card_through_a_run(scenario, tmp_path):
 
 def test_the_scenarios_cover_every_rule_and_route_of_the_registry():
     scenarios = locality.registry_scenarios()
-    assert {s.mode for s in scenarios} == set(registry.NAMES)
+    assert {s.rule for s in scenarios} == set(registry.NAMES)
     for name in registry.NAMES:
         routes = registry.get(name).choices.get("feedback", ())
         covered = {dict(s.options).get("feedback", registry.get(name).options.get("feedback"))
-                   for s in scenarios if s.mode == name}
+                   for s in scenarios if s.rule == name}
         assert set(routes) <= covered, name
 
 
@@ -78,7 +78,7 @@ def test_a_run_that_cuts_states_what_the_cut_passes_to_the_feedback():
     from ssa_tf.methods.card import CUT_FLOWS
 
     assert RunConfig().card().at_cuts is None
-    assert RunConfig().with_overrides(["method.mode=dfa", "rank.tau=0.9"]).card().at_cuts \
+    assert RunConfig().with_overrides(["rule.name=dfa", "rank.tau=0.9"]).card().at_cuts \
         is None  # no SVD factors, no cut
     for cut, energy, cov in ((None, "weights", None), (None, "outputs", np.eye(2)),
                              ("first", "weights", None), ("svd", "weights", None)):

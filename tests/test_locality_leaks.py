@@ -280,10 +280,10 @@ MUTANTS = {
 
 @pytest.mark.parametrize("name", MUTANTS)
 def test_the_harness_flags_every_kind_of_leak(name, monkeypatch, tmp_path):
-    mode, make, scenario, kinds = MUTANTS[name]
+    rule, make, scenario, kinds = MUTANTS[name]
     mutant = make(monkeypatch)
-    monkeypatch.setitem(registry.RULES, mode, dataclasses.replace(
-        registry.get(mode), implementation=lambda: mutant))
+    monkeypatch.setitem(registry.RULES, rule, dataclasses.replace(
+        registry.get(rule), implementation=lambda: mutant))
     report = locality.check(scenario, tmp_path, until=kinds)  # stops once all are found
     assert report.card.direct  # the card it keeps still claims a direct rule
     assert kinds <= report.kinds(), report.text()

@@ -71,9 +71,9 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         ds = tf.data.Dataset.from_tensor_slices((x, y))
         return ds.shuffle(64, seed=5, reshuffle_each_iteration=True).batch(16)
 
-    def train(strategy, mode, jit=False, **kw):
+    def train(strategy, rule, jit=False, **kw):
         with strategy.scope():
-            model = SSAModel("smallconv", (8, 8, 3), 10, mode=mode, seed=3, **kw)
+            model = SSAModel("smallconv", (8, 8, 3), 10, rule=rule, seed=3, **kw)
             model.compile(optimizer=keras.optimizers.SGD(0.05),
                           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                           metrics=["accuracy"], jit_compile=jit)
@@ -88,15 +88,15 @@ MIRRORED_SCRIPT = textwrap.dedent("""
                    for u, v in zip(a.trainable_variables, b.trainable_variables))
 
     one_device = tf.distribute.OneDeviceStrategy("/cpu:0")
-    cases = {  # name: (mode, model options, mirrored run compiled with XLA)
+    cases = {  # name: (rule, model options, mirrored run compiled with XLA)
         "bp_jit_requested": ("bp", {}, True),
         "ssa": ("ssa", {}, False),
         "lagged_copy": ("bp-lagged-copy", {}, False),  # a gated chain and a feedback update
         "dfa": ("dfa", {}, False),
     }
     results = {}
-    for name, (mode, kw, jit) in cases.items():
-        (a, loss_a), (b, loss_b) = train(one_device, mode, **kw), train(placement.strategy, mode, jit, **kw)
+    for name, (rule, kw, jit) in cases.items():
+        (a, loss_a), (b, loss_b) = train(one_device, rule, **kw), train(placement.strategy, rule, jit, **kw)
         results[name] = dict(rel=rel(a, b), loss=[loss_a, loss_b], jit=b.jit_compile)
         # bit-reproducible kernels from here on (Keras refuses XLA under them)
         tf.config.experimental.enable_op_determinism()

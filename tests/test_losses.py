@@ -73,7 +73,7 @@ def test_alignment_loss_zero_when_aligned():
 
 
 def test_cosine_alignment_sees_directions_only():
-    # method.align_form=cosine: an alignment that does not decay the weight towards its initial value
+    # rule.align_form=cosine: an alignment that does not decay the weight towards its initial value
     rng = np.random.default_rng(2)
     layer = SVDDense(6, feedback_init="forward")
     layer.build((None, 4))

@@ -23,7 +23,7 @@ def grads_by_var(model, x, y):
 
 
 def rule_routes(rules=registry.NAMES):
-    """(mode, options): each rule of the registry on each feedback route its choices allow
+    """(rule, options): each rule of the registry on each feedback route its choices allow
     ({} for its default route; a rule without routes once)."""
     return [pytest.param(name, {} if r == registry.get(name).options.get("feedback")
                          else {"feedback": r}, id=f"{name}-{r}" if r else name)
@@ -33,7 +33,7 @@ def rule_routes(rules=registry.NAMES):
 @pytest.mark.parametrize("arch,shape", [("mlp", (28, 28, 1)), ("smallconv", (16, 16, 3)),
                                         ("resnet32", (8, 8, 3))])
 def test_last_module_update_equals_bp_gradient(arch, shape):
-    model = SSAModel(arch, shape, 10, mode="ssa", beta=0.0, gamma=0.0)
+    model = SSAModel(arch, shape, 10, rule="ssa", beta=0.0, gamma=0.0)
     x, y = batch(shape)
     last = model.local_modules[-1]
     with tf.GradientTape() as tape:
@@ -46,7 +46,7 @@ def test_last_module_update_equals_bp_gradient(arch, shape):
 
 @pytest.mark.parametrize("retract", [False, True])
 def test_stiefel_retraction_keeps_u_and_v_orthonormal(retract):
-    model = build_model("smallconv", (16, 16, 3), 10, mode="ssa", gamma=0.0,
+    model = build_model("smallconv", (16, 16, 3), 10, rule="ssa", gamma=0.0,
                         learning_rate=1e-2, stiefel_retraction=retract)
     x, y = batch((16, 16, 3), n=16)
     layer = model.local_modules[1].output_layer
@@ -69,7 +69,7 @@ def test_s_rate_scale_scales_only_the_singular_values_steps():
     x, y = batch((16, 16, 3), n=16)
     steps = {}
     for scale in (1.0, 10.0):
-        model = build_model("smallconv", (16, 16, 3), 10, mode="ssa", learning_rate=1e-4,
+        model = build_model("smallconv", (16, 16, 3), 10, rule="ssa", learning_rate=1e-4,
                             s_rate_scale=scale, seed=1)
         layer = model.local_modules[1].output_layer
         before = {n: getattr(layer, n).numpy() for n in ("U", "s", "V")}
@@ -82,7 +82,7 @@ def test_s_rate_scale_scales_only_the_singular_values_steps():
 
 def test_composite_loss_adds_eq7_and_eq14_to_the_ce_gradient():
     alpha, beta, gamma = 0.5, 0.3, 0.2
-    model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", alpha=alpha, beta=beta, gamma=gamma)
+    model = SSAModel("mlp", (6, 6, 1), 10, rule="ssa", alpha=alpha, beta=beta, gamma=gamma)
     x, y = batch((6, 6, 1))
     head = model.local_modules[-1].output_layer
     with tf.GradientTape() as tape:
@@ -95,11 +95,11 @@ def test_composite_loss_adds_eq7_and_eq14_to_the_ce_gradient():
                                rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("mode,options", rule_routes(
+@pytest.mark.parametrize("name,options", rule_routes(
     [n for n in registry.NAMES if registry.get(n).local]))
-def test_no_gradient_crosses_a_module_boundary(mode, options):
+def test_no_gradient_crosses_a_module_boundary(name, options):
     # every rule of module losses in the registry (not end to end), on each of its routes
-    model = SSAModel("smallconv", (16, 16, 3), 10, mode=mode, norm="batch", **options)
+    model = SSAModel("smallconv", (16, 16, 3), 10, rule=name, norm="batch", **options)
     rule = model.rule
     x, y = batch((16, 16, 3))
     x = tf.constant(x)
@@ -130,15 +130,15 @@ def _module_updates(model, x, y, error):
     return {id(v): g.numpy() for g, v in grads}
 
 
-@pytest.mark.parametrize("mode,options", rule_routes())
-def test_a_direct_rules_update_ignores_the_later_modules_weights(mode, options):
+@pytest.mark.parametrize("rule,options", rule_routes())
+def test_a_direct_rules_update_ignores_the_later_modules_weights(rule, options):
     # docs/ALGORITHM.md §3a: with the output error e held fixed, module i's update is
     # a fixed function of e and its own forward pass. Changing the forward
     # weights of the modules after it changes nothing for a direct rule; for
     # feedback alignment (gated by the later modules' forward pass) and backprop it
     # does. Every rule of the registry on each route, as its card says (direct or not).
-    direct = registry.get(mode).card(options).direct
-    model = SSAModel("smallconv", (16, 16, 3), 10, mode=mode, **options)
+    direct = registry.get(rule).card(options).direct
+    model = SSAModel("smallconv", (16, 16, 3), 10, rule=rule, **options)
     compile_model(model)  # an end-to-end rule's loss is the compiled one
     x, y = batch((16, 16, 3))
     error = tf.constant(np.random.default_rng(3).standard_normal((8, 10)), tf.float32)
@@ -171,22 +171,22 @@ def test_global_broadcast_surrogate_gradient_is_the_dfa_signal():
 
 
 def test_ssa_feedback_lies_in_the_span_of_the_feedback_factors():
-    model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", feedback="global")
+    model = SSAModel("mlp", (6, 6, 1), 10, rule="ssa", feedback="global")
     layer = model.local_modules[0].output_layer
     basis = layer.B_U.numpy()  # (256, 36): the error arrives in its 36-dim span
     D = model.rule.route.matrices[0].numpy()
     residual = D - basis @ np.linalg.lstsq(basis, D, rcond=None)[0]
     assert np.linalg.norm(residual) < 1e-4 * np.linalg.norm(D)
     # DFA's Gaussian feedback does not
-    dfa = SSAModel("mlp", (6, 6, 1), 10, mode="dfa").rule.route.matrices[0].numpy()
+    dfa = SSAModel("mlp", (6, 6, 1), 10, rule="dfa").rule.route.matrices[0].numpy()
     res = dfa - basis @ np.linalg.lstsq(basis, dfa, rcond=None)[0]
     assert np.linalg.norm(res) > 0.5 * np.linalg.norm(dfa)
 
 
-@pytest.mark.parametrize("mode", registry.NAMES)
-def test_batch_norm_statistics_are_constant_only_in_local_modes(mode):
-    stop = registry.get(mode).local  # module losses (the spec), not one end-to-end loss
-    model = SSAModel("smallconv", (16, 16, 3), 10, mode=mode, norm="batch")
+@pytest.mark.parametrize("rule", registry.NAMES)
+def test_batch_norm_statistics_are_constant_only_under_local_rules(rule):
+    stop = registry.get(rule).local  # module losses (the spec), not one end-to-end loss
+    model = SSAModel("smallconv", (16, 16, 3), 10, rule=rule, norm="batch")
     bns = [l for m in model.local_modules for l in m.steps if isinstance(l, LocalBatchNorm)]
     assert len(bns) == 4 and all(b.stop_stat_gradient == stop for b in bns)
 
@@ -194,7 +194,7 @@ def test_batch_norm_statistics_are_constant_only_in_local_modes(mode):
 def test_losses_are_divided_by_the_replica_count():
     # under a strategy each replica's local loss is divided by
     # num_replicas_in_sync, so summed gradients equal the global-batch mean
-    model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa")
+    model = SSAModel("mlp", (6, 6, 1), 10, rule="ssa")
     x, y = batch((6, 6, 1))
     single = grads_by_var(model, x, y)
 
@@ -216,27 +216,27 @@ def digits():
     return data.load("mnist5k", 64, seed=1)
 
 
-@pytest.mark.parametrize("mode,floor", [("bp", 0.85), ("dfa", 0.8), ("ssa", 0.7)])
-def test_each_mode_learns_real_digits_and_reloads_exactly(mode, floor, digits, tmp_path):
+@pytest.mark.parametrize("rule,floor", [("bp", 0.85), ("dfa", 0.8), ("ssa", 0.7)])
+def test_each_rule_learns_real_digits_and_reloads_exactly(rule, floor, digits, tmp_path):
     # mlp, 3 epochs on the 4,000 embedded MNIST digits (chance: 0.10);
     # measured here: BP 0.94, DFA 0.92, SSA 0.87
     keras.utils.set_random_seed(1)
-    model = build_model("mlp", (28, 28, 1), 10, mode=mode, input_stats=digits.input_stats)
+    model = build_model("mlp", (28, 28, 1), 10, rule=rule, input_stats=digits.input_stats)
     model.fit(digits.train, epochs=3, verbose=0)
     acc = model.evaluate(digits.test, verbose=0, return_dict=True)["accuracy"]
-    assert acc > floor, f"{mode} reached only {acc:.3f}"
+    assert acc > floor, f"{rule} reached only {acc:.3f}"
     path = str(tmp_path / "m.keras")
     model.save(path)
     loaded = keras.models.load_model(path)
     x = next(iter(digits.test))[0]
     np.testing.assert_array_equal(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
-    assert loaded.ranks() == model.ranks() and loaded.mode == mode
+    assert loaded.ranks() == model.ranks() and loaded.rule_name == rule
     assert loaded.input_stats == digits.input_stats  # raw pixels in, after a reload too
 
 
 @pytest.mark.parametrize("trained", [False, True])
 def test_local_read_out_is_fixed_or_trained_on_the_modules_own_ce(trained):
-    model = build_model("smallconv", (16, 16, 3), 10, mode="ssa", feedback="local",
+    model = build_model("smallconv", (16, 16, 3), 10, rule="ssa", feedback="local",
                         readout_grid=4, readout_trained=trained)
     # the 8x8 and 4x4 maps are pooled to 4x4, the 2x2 one stays 2x2
     assert [tuple(v.shape) for v in model.rule.route.matrices] == [
@@ -266,7 +266,7 @@ def test_recompute_gives_the_same_step_and_updates_batch_statistics_once(feedbac
     x, y = batch((16, 16, 3), n=16)
     results = {}
     for recompute in (False, True):
-        model = build_model("smallconv", (16, 16, 3), 10, mode="ssa", feedback=feedback,
+        model = build_model("smallconv", (16, 16, 3), 10, rule="ssa", feedback=feedback,
                             norm="batch", recompute=recompute, seed=4)
         grads = [g.numpy() for g, _ in model.local_gradients(tf.constant(x), tf.constant(y))[0]]
         bn = next(l for l in model._flatten_layers() if isinstance(l, LocalBatchNorm))

@@ -1,4 +1,4 @@
-"""Every model builds in every mode; parameter counts are pinned exactly."""
+"""Every model builds under every rule; parameter counts are pinned exactly."""
 
 import numpy as np
 import pytest
@@ -21,24 +21,24 @@ def trainable(model):
 
 
 @pytest.mark.parametrize("key", list(EXPECTED))
-@pytest.mark.parametrize("mode", ["ssa", "dfa", "bp"])
-def test_parameter_counts(key, mode):
+@pytest.mark.parametrize("rule", ["ssa", "dfa", "bp"])
+def test_parameter_counts(key, rule):
     arch, shape, classes = key
-    model = SSAModel(arch, shape, classes, mode=mode)
-    assert trainable(model) == EXPECTED[key][mode]
+    model = SSAModel(arch, shape, classes, rule=rule)
+    assert trainable(model) == EXPECTED[key][rule]
     assert len(model.local_modules) == EXPECTED[key]["modules"]
     out = model(np.zeros((2, *shape), np.float32))
     assert tuple(out.shape) == (2, classes)
 
 
-@pytest.mark.parametrize("mode", registry.NAMES)
-def test_every_rule_builds_its_parametrization(mode):
+@pytest.mark.parametrize("rule", registry.NAMES)
+def test_every_rule_builds_its_parametrization(rule):
     # every rule of the registry builds one of the two networks, SVD layers (its spec's
     # svd) or ordinary ones, and trains its feedback matrices too when its card says the
     # feedback learns (dkp), never when it says they are fixed
     key = ("mlp", (28, 28, 1), 10)
-    spec = registry.get(mode)
-    model = SSAModel(*key, mode=mode)
+    spec = registry.get(rule)
+    model = SSAModel(*key, rule=rule)
     learns = spec.card({}).feedback == "learns locally"
     matrices = list(getattr(getattr(model.rule, "route", None), "matrices", ()))
     trained = {id(v) for v in model.trainable_variables}
@@ -51,24 +51,24 @@ def test_every_rule_builds_its_parametrization(mode):
 
 def test_resnet18_matches_the_standard_count():
     # 11,689,512 is the canonical ImageNet ResNet-18 (torchvision's count)
-    model = SSAModel("resnet18", (224, 224, 3), 1000, mode="bp", norm="batch")
+    model = SSAModel("resnet18", (224, 224, 3), 1000, rule="bp", norm="batch")
     assert trainable(model) == 11689512
     assert len(model.local_modules) == 9
 
 
 def test_models_accept_other_shapes_and_classes():
-    model = SSAModel("resnet32", (24, 20, 1), 7, mode="ssa")
+    model = SSAModel("resnet32", (24, 20, 1), 7, rule="ssa")
     assert tuple(model(np.zeros((3, 24, 20, 1), np.float32)).shape) == (3, 7)
-    model = SSAModel("smallconv", (8, 8, 1), 4, mode="dfa", norm="batch")
+    model = SSAModel("smallconv", (8, 8, 1), 4, rule="dfa", norm="batch")
     assert tuple(model(np.zeros((3, 8, 8, 1), np.float32)).shape) == (3, 4)
 
 
 def test_feedback_matrices_shapes():
-    model = SSAModel("smallconv", (32, 32, 3), 10, mode="ssa", feedback="global",
+    model = SSAModel("smallconv", (32, 32, 3), 10, rule="ssa", feedback="global",
                      feedback_spatial="full")
     shapes = [tuple(v.shape) for v in model.rule.route.matrices]
     # conv maps 16x16x32, 8x8x64, 2x2x128 sent to every unit; fc512 plain
     assert shapes == [(16 * 16 * 32, 10), (8 * 8 * 64, 10), (2 * 2 * 128, 10), (512, 10)]
-    model = SSAModel("smallconv", (32, 32, 3), 10, mode="ssa", feedback="local")
+    model = SSAModel("smallconv", (32, 32, 3), 10, rule="ssa", feedback="local")
     assert [tuple(v.shape) for v in model.rule.route.matrices] == [
         (4 * 32, 10), (4 * 64, 10), (4 * 128, 10), (512, 10)]

@@ -58,7 +58,7 @@ def test_multi_worker_needs_an_explicit_workdir(tmp_path):
 # MultiWorkerMirroredStrategy: two workers, a kill, a restart.
 # --------------------------------------------------------------------------
 
-TRAIN_ARGS = ["--dataset=mnist5k", "--batch_size=32", "--model=mlp", "--mode=bp-lagged-copy",
+TRAIN_ARGS = ["--dataset=mnist5k", "--batch_size=32", "--model=mlp", "--rule=bp-lagged-copy",
               "--epochs=2", "--set=data.max_train_examples=64", "--set=rank.tau=0.9",
               "--set=rank.interval=1", "--set=rank.final_cut=true"]
 

@@ -28,7 +28,7 @@ def _norm_count(model):
                                               ("smallconv", (16, 16, 3), ("merged", "factored"))])
 def test_every_norm_of_a_layer_norm_model_folds_and_computes_the_same(name, shape, forms):
     keras.utils.set_random_seed(21)
-    model = SSAModel(name, shape, 10, mode="ssa", norm="layer", head_init="glorot", seed=21)
+    model = SSAModel(name, shape, 10, rule="ssa", norm="layer", head_init="glorot", seed=21)
     for layer in model.svd_layers()[::2]:
         layer.truncate(max(1, layer.rank // 2))
     x = np.random.default_rng(3).standard_normal((5, *shape)).astype(np.float32)
@@ -54,7 +54,7 @@ def test_every_norm_of_a_layer_norm_model_folds_and_computes_the_same(name, shap
 @pytest.mark.parametrize("opset", [13, 18])  # ReduceMean's axes: an attribute, then an input
 def test_fold_works_at_both_ends_of_the_opset_range(opset):
     keras.utils.set_random_seed(22)
-    model = SSAModel("mlp", (6, 6, 1), 10, mode="ssa", norm="layer", head_init="glorot", seed=22)
+    model = SSAModel("mlp", (6, 6, 1), 10, rule="ssa", norm="layer", head_init="glorot", seed=22)
     merged, _ = convert.merge(model, "auto")
     x = np.random.default_rng(4).standard_normal((4, 6, 6, 1)).astype(np.float32)
     proto = export.to_onnx(merged, opset=opset)

@@ -82,9 +82,9 @@ def test_outputs_energy_needs_fewer_ranks_on_pixels_and_trains_on(digits):
     batches = [b[0] for b in digits.train.take(4)]
     # one trained network, cut each way (its twin holds the same weights: one fit, whose
     # trace is most of this test's time, instead of two)
-    trained = build_model("mlp", (28, 28, 1), 10, mode="ssa", input_stats=digits.input_stats)
+    trained = build_model("mlp", (28, 28, 1), 10, rule="ssa", input_stats=digits.input_stats)
     trained.fit(digits.train, epochs=1, verbose=0)
-    twin = build_model("mlp", (28, 28, 1), 10, mode="ssa", input_stats=digits.input_stats)
+    twin = build_model("mlp", (28, 28, 1), 10, rule="ssa", input_stats=digits.input_stats)
     twin.set_weights(trained.get_weights())
     ranks = {}
     for energy, model in (("weights", twin), ("outputs", trained)):
@@ -94,7 +94,7 @@ def test_outputs_energy_needs_fewer_ranks_on_pixels_and_trains_on(digits):
         assert all(r["energy"] >= 0.9 - 1e-9 for r in records)
     assert ranks["outputs"]["m0_dense"] < 0.5 * ranks["weights"]["m0_dense"]
     # the callback: the same cut inside fit, and training goes on at the new shapes
-    model = build_model("mlp", (28, 28, 1), 10, mode="ssa", input_stats=digits.input_stats)
+    model = build_model("mlp", (28, 28, 1), 10, rule="ssa", input_stats=digits.input_stats)
     cb = RankPruning(tau=0.9, interval=1, verbose=0, energy="outputs", data=digits.train,
                      energy_batches=4)
     hist = model.fit(digits.train, epochs=2, verbose=0, callbacks=[cb])

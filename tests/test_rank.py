@@ -26,7 +26,7 @@ def test_schedule_of_the_seed_presets():
 
 def test_cuts_keep_tau_energy_are_monotone_and_bounded(digits, tmp_path):
     keras.utils.set_random_seed(1)
-    model = build_model("mlp", (28, 28, 1), 10, mode="ssa", input_stats=digits.input_stats)
+    model = build_model("mlp", (28, 28, 1), 10, rule="ssa", input_stats=digits.input_stats)
     tau = 0.9
     cb = RankPruning(tau=tau, start=0, interval=1, workdir=str(tmp_path), verbose=0,
                      final_cut=True)
@@ -62,7 +62,7 @@ def test_cuts_keep_tau_energy_are_monotone_and_bounded(digits, tmp_path):
 
 def test_training_continues_at_the_new_shapes(digits, tmp_path):
     keras.utils.set_random_seed(2)
-    model = build_model("mlp", (28, 28, 1), 10, mode="ssa", input_stats=digits.input_stats)
+    model = build_model("mlp", (28, 28, 1), 10, rule="ssa", input_stats=digits.input_stats)
     model.fit(digits.train, epochs=1, verbose=0)
     old_fn = model.train_function
     old_U = model.svd_layers()[0].U
@@ -110,7 +110,7 @@ def test_first_step_after_a_cut_is_not_a_jolt(digits):
     # 3.16e-3 at lr 1e-3). Our restart (m = 0, v = old mean v) measured a
     # median of 0.46e-3.
     keras.utils.set_random_seed(3)
-    model = build_model("mlp", (28, 28, 1), 10, mode="ssa", learning_rate=1e-3,
+    model = build_model("mlp", (28, 28, 1), 10, rule="ssa", learning_rate=1e-3,
                         input_stats=digits.input_stats)
     model.fit(digits.train, epochs=1, verbose=0)
     model.optimizer.iterations.assign(100000)
@@ -155,7 +155,7 @@ def test_keep_ends_spares_the_input_layer_and_the_classifier(keep_ends):
     # rank.keep_ends: the paper cuts every layer (False); by default the first SVD layer
     # and the classifier keep full rank, the layers between are cut
     keras.utils.set_random_seed(1)
-    model = build_model("smallconv", (16, 16, 3), 10, mode="ssa")
+    model = build_model("smallconv", (16, 16, 3), 10, rule="ssa")
     assert end_layers(model) == ("m0_conv", "classifier")
     full = model.ranks()
     apply_cut(model, 0.5, exempt=end_layers(model) if keep_ends else ())
@@ -184,7 +184,7 @@ def test_ranks_png_has_one_titled_panel_per_layer_and_integer_epochs():
 
 def test_a_cut_report_prints_after_its_epochs_own_line(digits, capsys):
     keras.utils.set_random_seed(1)
-    model = build_model("mlp", (28, 28, 1), 10, mode="ssa", input_stats=digits.input_stats)
+    model = build_model("mlp", (28, 28, 1), 10, rule="ssa", input_stats=digits.input_stats)
     cb = RankPruning(tau=0.9, start=1, interval=1, verbose=1)
     model.fit(digits.train.take(3), epochs=2, verbose=2, callbacks=[cb])
     out = capsys.readouterr().out

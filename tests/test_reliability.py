@@ -76,8 +76,8 @@ def test_prepare_workdir_resumes_refuses_and_restarts(tmp_path):
     # longer training, other checkpointing: still the same run
     assert reliability.prepare_workdir(
         cfg.replace({"train.epochs": 5, "runtime.checkpoint_steps": 7})) == "resume"
-    with pytest.raises(UsageError, match=r"method.beta=0.01 then, 0.5 now.*--restart"):
-        reliability.prepare_workdir(cfg.replace({"method.beta": 0.5}))
+    with pytest.raises(UsageError, match=r"rule.beta=0.01 then, 0.5 now.*--restart"):
+        reliability.prepare_workdir(cfg.replace({"rule.beta": 0.5}))
     (tmp_path / "summary.json").write_text("{}")
     with pytest.raises(UsageError, match="finished run"):
         reliability.prepare_workdir(cfg)
@@ -109,11 +109,11 @@ def test_warmup_after_cuts_composes_with_decay_and_serializes():
 # The divergence guard (in process, a real model and optimizer).
 # --------------------------------------------------------------------------
 
-def _poisoned_fit(mode, skip, poison_step, steps=6):
+def _poisoned_fit(rule, skip, poison_step, steps=6):
     import tensorflow as tf
     from ssa_tf.training.model import build_model
 
-    model = build_model("mlp", (8, 8, 1), 4, mode=mode)
+    model = build_model("mlp", (8, 8, 1), 4, rule=rule)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(16 * steps, 8, 8, 1)).astype("float32")
     y = rng.integers(0, 4, size=16 * steps)
@@ -131,11 +131,11 @@ def _poisoned_fit(mode, skip, poison_step, steps=6):
     return error, finite, moved, guard.skipped
 
 
-@pytest.mark.parametrize("mode,where", [("ssa", "module 0 (m0)"), ("bp", "network (bp)")])
-def test_divergence_stops_naming_module_and_term(mode, where):
-    error, finite, moved, _ = _poisoned_fit(mode, skip=0, poison_step=2)
+@pytest.mark.parametrize("rule,where", [("ssa", "module 0 (m0)"), ("bp", "network (bp)")])
+def test_divergence_stops_naming_module_and_term(rule, where):
+    error, finite, moved, _ = _poisoned_fit(rule, skip=0, poison_step=2)
     assert error is not None and where in error and "step 3" in error, error
-    assert ("CE term" in error) if mode == "ssa" else ("CE term" in error or "gradient" in error)
+    assert ("CE term" in error) if rule == "ssa" else ("CE term" in error or "gradient" in error)
     assert finite and moved  # the two good steps trained; the NaN never reached the weights
 
 
@@ -149,7 +149,7 @@ def test_skip_nonfinite_steps_skips_then_trains_on():
 # --------------------------------------------------------------------------
 
 EPOCHS, STEPS_PER_EPOCH = 2, 12
-RESUME_ARGS = ["--model=mlp", "--mode=ssa", f"--epochs={EPOCHS}", "--batch_size=32",
+RESUME_ARGS = ["--model=mlp", "--rule=ssa", f"--epochs={EPOCHS}", "--batch_size=32",
                "--seed=3", "--set=data.max_train_examples=384", "--set=runtime.checkpoint_steps=3",
                "--set=rank.tau=0.95", "--set=rank.interval=1",
                "--set=runtime.diagnostics_every=5"]

@@ -39,10 +39,10 @@ def network():
     return keras.Model(inputs, keras.layers.Dense(10, name="head")(x), name="noisy")
 
 
-def make(mode, **options):
+def make(rule, **options):
     keras.utils.set_random_seed(5)
     # head_init glorot: dfa and dkp's zero head would give module 0 e but the head no input
-    model = SSAModel("noisy", SHAPE, 10, mode=mode, network=network(), head_init="glorot",
+    model = SSAModel("noisy", SHAPE, 10, rule=rule, network=network(), head_init="glorot",
                      module_ends=("drop_out",), **options)
     assert len(model.local_modules) == 2
     return model
@@ -85,10 +85,10 @@ def restore(states, start):
 
 
 @pytest.mark.parametrize("compiled", [False, True], ids=["eager", "graph"])
-@pytest.mark.parametrize("mode", RECOMPUTING)
+@pytest.mark.parametrize("rule", RECOMPUTING)
 def test_every_module_learns_from_the_dropout_masks_and_batch_statistics_that_made_e(
-        mode, compiled):
-    model = make(mode)
+        rule, compiled):
+    model = make(rule)
     assert model.rule.recomputes
     x, y = batch()
 
@@ -112,17 +112,17 @@ def test_every_module_learns_from_the_dropout_masks_and_batch_statistics_that_ma
     assert advanced == [[0, 1]] * 3
 
 
-@pytest.mark.parametrize("mode", registry.NAMES)
-def test_batch_norm_moving_statistics_move_once_a_step_from_the_training_forward_pass(mode):
-    spec = registry.get(mode)
+@pytest.mark.parametrize("rule", registry.NAMES)
+def test_batch_norm_moving_statistics_move_once_a_step_from_the_training_forward_pass(rule):
+    spec = registry.get(rule)
     if spec.card({}).sequential and spec.local:
         # a gated chain (fa): the built-in blocks only, by its card's sequential route
         with pytest.raises(UnsupportedLayerError, match="gates its feedback"):
-            make(mode)
+            make(rule)
         return
-    model = make(mode)
+    model = make(rule)
     # the card says which rules replay (one module at a time) and which hold every module
-    assert getattr(model.rule, "recomputes", False) == (mode in RECOMPUTING)
+    assert getattr(model.rule, "recomputes", False) == (rule in RECOMPUTING)
     compile_model(model)
     x, y = batch(32)
     bn = next(l for l in model._flatten_layers() if isinstance(l, keras.layers.BatchNormalization))
@@ -142,10 +142,10 @@ def test_batch_norm_moving_statistics_move_once_a_step_from_the_training_forward
                                rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("mode,options", [("ssa", {}), ("dkp", {}), ("dfa", {"feedback": "local"})])
+@pytest.mark.parametrize("rule,options", [("ssa", {}), ("dkp", {}), ("dfa", {"feedback": "local"})])
 def test_the_logged_loss_is_the_training_forward_passs_ce_and_the_signal_the_hidden_modules(
-        mode, options):
-    model = make(mode, **options)
+        rule, options):
+    model = make(rule, **options)
     compile_model(model)
     x, y = batch(32)
     states = seed_states(model)

@@ -56,7 +56,7 @@ def test_a_saved_run_reads_as_todays_config():
     with open(os.path.join(FIXTURE, "run_v1", "config.json")) as f:
         cfg = legacy.read_config(json.load(f))
     assert (cfg.rank.tau, cfg.rank.interval, cfg.rank.keep_ends) == (0.9, 10, False)
-    assert (cfg.method.mode, cfg.method.beta, cfg.model.model) == (
+    assert (cfg.rule.name, cfg.rule.beta, cfg.model.model) == (
         "ssa", 0.01, "tests/data/tiny_net.py")
     assert cfg.data.synthetic_shape == (6, 6, 1)
 
@@ -78,9 +78,8 @@ def test_a_record_without_settings_added_since_resumes(tmp_path):
     (run / "summary.json").unlink()  # an unfinished run
     cfg = legacy.read_config(saved).replace({"runtime.workdir": str(run)})
     assert prepare_workdir(cfg) == "resume"
-    with pytest.raises(UsageError, match=r"method.readout_head=None then, 'conv' now"):
-        prepare_workdir(cfg.replace({"method.feedback": "local",
-                                     "method.readout_head": "conv"}))
+    with pytest.raises(UsageError, match=r"rule.readout_head=None then, 'conv' now"):
+        prepare_workdir(cfg.replace({"rule.feedback": "local", "rule.readout_head": "conv"}))
 
 
 def test_a_saved_run_resumes_for_more_epochs_and_exports(tmp_path):

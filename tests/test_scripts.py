@@ -21,7 +21,7 @@ from conftest import CLIS, REPO, one_line, run_cli
 # entry; flags its --help names; a mistake in a value; what the one line then lists)
 SCRIPTS = {
     "ssa-train": ("train", "python -m ssa_tf.train", "ssa_tf.train:run_main",
-                  ("--mode=RULE", "--restart", "--set"), ["--model=vgg99"], "mlp, smallconv"),
+                  ("--rule=NAME", "--restart", "--set"), ["--model=vgg99"], "mlp, smallconv"),
     "ssa-search": ("search", "python tuning/search.py", "ssa_tf.tuning.command:run_main",
                    ("--tuner=NAME", "--max_trials=N", "--report_only"),
                    ["--tuner=grid"], "random, bayesian, hyperband"),
@@ -34,12 +34,14 @@ SCRIPTS = {
 
 @pytest.fixture(scope="module")
 def no_tensorflow(tmp_path_factory):
-    """An environment whose ``import tensorflow`` fails loudly."""
+    """An environment whose ``import tensorflow`` fails loudly (a PYTHONPATH given, as
+    for a worktree of the clone the package is installed from, stays after it)."""
     fake = tmp_path_factory.mktemp("fake_tf")
     (fake / "tensorflow").mkdir()
     (fake / "tensorflow" / "__init__.py").write_text(
         "raise ImportError('tensorflow imported before the flags were checked')\n")
-    return {**os.environ, "PYTHONPATH": str(fake), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    path = os.pathsep.join(p for p in (str(fake), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def script(name, *args, env, cwd):
@@ -109,7 +111,7 @@ def test_each_documented_command_line_refuses_an_unknown_flag_with_exit_2(cli):
 RULES_DIR = os.path.join(REPO, "ssa_tf", "methods", "rules")
 
 
-def test_the_registry_imports_each_rule_file_by_name_in_modes_order():
+def test_the_registry_imports_each_rule_file_by_name_in_rules_order():
     from ssa_tf.methods import registry
 
     path = os.path.join(REPO, "ssa_tf", "methods", "registry.py")
@@ -122,7 +124,7 @@ def test_the_registry_imports_each_rule_file_by_name_in_modes_order():
     # every rule file, each once, and nothing loaded by name at run time
     assert sorted(imported) == on_disk
     assert "importlib" not in source and "__import__" not in source
-    # the import lines alone register a rule, in their order (--mode's, the README's table)
+    # the import lines alone register a rule, in their order (--rule's, the README's table)
     assert [m.__name__.rsplit(".", 1)[1] for m in registry.FILES] == imported
     assert registry.NAMES == tuple(m.SPEC.name for m in registry.FILES)
     assert registry.NAMES[:4] == ("bp", "svd-bp", "dfa", "ssa")  # the README's table

@@ -99,10 +99,10 @@ def test_best_flags_reproduce_the_trial_in_train(searched, tmp_path):
         finally:
             train.FLAGS.unparse_flags()
     assert cfg_lib.validate(run) is None
-    m = run.method
+    m = run.rule
     assert (m.alpha, m.beta, m.gamma, run.train.learning_rate) == (
         top["alpha"], top["beta"], top["gamma"], top["lr"])  # exact: repr round-trips
-    assert (m.mode, run.model.model, run.data.dataset, run.seed, run.train.epochs) == (
+    assert (m.name, run.model.model, run.data.dataset, run.seed, run.train.epochs) == (
         "ssa", "mlp", "mnist5k", 1, 1)
     # train validates on the same held-out part, after the same training examples
     assert run.data.validation_split == 0.1 and run.data.max_train_examples == 200
@@ -181,7 +181,7 @@ def run_cli(args, env, cwd):
 
 
 def _search(sets=(), **fields):
-    run = cfg_lib.RunConfig().with_overrides(["method.mode=ssa", *sets])
+    run = cfg_lib.RunConfig().with_overrides(["rule.name=ssa", *sets])
     return settings.SearchConfig(run=run, **fields)
 
 
@@ -196,8 +196,8 @@ def _search(sets=(), **fields):
     (dict(max_trials=0), "--max_trials must be >= 1"),
     (dict(sets=["data.validation_split=0"]), "data.validation_split must be > 0"),
     (dict(sets=["data.validation_split=1"]), "data.validation_split must be in [0, 1)"),
-    (dict(sets=["method.feedback_tracking=0.1"]), "does not apply to --mode=ssa"),
-    (dict(sets=["method.mode=dfa"]), "--mode=dfa has none (choose --mode=svd-bp|ssa|fa|"),
+    (dict(sets=["rule.feedback_tracking=0.1"]), "does not apply to --rule=ssa"),
+    (dict(sets=["rule.name=dfa"]), "--rule=dfa has none (choose --rule=svd-bp|ssa|fa|"),
 ])
 def test_each_bad_search_setting_is_named_in_one_line(cfg, needle):
     problem = settings.validate(_search(**cfg))
@@ -211,7 +211,7 @@ def test_the_trials_run_under_the_searchs_strategy():
     assert settings.validate(_search(sets=sets, strategy="mirrored")) is None
     assert "applies to runtime.strategy=mirrored only" in settings.validate(_search(sets=sets))
     run = _search(strategy="mirrored").trial_run({"alpha": 1.0, "beta": 0.1, "gamma": 0.5}, 2)
-    assert (run.runtime.strategy, run.train.epochs, run.method.beta) == ("mirrored", 2, 0.1)
+    assert (run.runtime.strategy, run.train.epochs, run.rule.beta) == ("mirrored", 2, 0.1)
 
 
 @pytest.mark.parametrize("name,values,needle", [

@@ -64,10 +64,10 @@ def _batch(n=8, seed=0):
             rng.integers(0, 10, n).astype(np.int32))
 
 
-def _model(name, mode="ssa", **options):
+def _model(name, rule="ssa", **options):
     keras.utils.set_random_seed(3)
     network = NETWORKS[name]()
-    return network, SSAModel(name, SHAPE, 10, mode=mode, network=network, **options)
+    return network, SSAModel(name, SHAPE, 10, rule=rule, network=network, **options)
 
 
 def _names(module):
@@ -87,12 +87,12 @@ def test_the_split_puts_one_weight_layer_or_one_residual_block_in_each_module(na
 
 
 @pytest.mark.parametrize("name", sorted(NETWORKS))
-@pytest.mark.parametrize("mode", ["ssa", "dfa"])
-def test_the_converted_network_computes_what_the_users_did(name, mode):
-    network, model = _model(name, mode, head_init="glorot")
+@pytest.mark.parametrize("rule", ["ssa", "dfa"])
+def test_the_converted_network_computes_what_the_users_did(name, rule):
+    network, model = _model(name, rule, head_init="glorot")
     x, _ = _batch()
     np.testing.assert_allclose(model(x).numpy(), network(x).numpy(), atol=1e-4)
-    if mode == "ssa":  # SVD layers with B from the initial weight, batch norm made local
+    if rule == "ssa":  # SVD layers with B from the initial weight, batch norm made local
         assert len(model.svd_layers()) == sum(map(len, SPLITS[name]))
 
 
@@ -212,7 +212,7 @@ def test_a_users_file_that_gives_no_model_is_named_in_one_line(tmp_path):
 def test_the_user_can_choose_where_modules_end(tmp_path):
     keras.utils.set_random_seed(3)
     network = residual()
-    model = SSAModel("residual", SHAPE, 10, mode="ssa", network=network, module_ends=["stem"])
+    model = SSAModel("residual", SHAPE, 10, rule="ssa", network=network, module_ends=["stem"])
     assert [_names(m) for m in model.local_modules] == [["stem"], ["branch1", "branch2", "head"]]
     x, _ = _batch()
     np.testing.assert_allclose(model(x).numpy(), network(x).numpy(), atol=1e-4)

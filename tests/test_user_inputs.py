@@ -125,7 +125,7 @@ def test_a_models_own_preprocessing_is_kept_through_save_merge_and_onnx(tmp_path
         first = keras.layers.Normalization(name="scale")
         first.adapt(PIXELS)
     network = _cnn(first)
-    model = SSAModel("cnn", MNIST, 10, mode="ssa", network=network, head_init="glorot")
+    model = SSAModel("cnn", MNIST, 10, rule="ssa", network=network, head_init="glorot")
     assert model.input_stats is None
     np.testing.assert_allclose(model(PIXELS).numpy(), network(PIXELS).numpy(), atol=1e-4)
     described = model.input_description()  # summary.json's "input"
@@ -153,7 +153,7 @@ def test_the_export_of_a_model_that_preprocesses_takes_raw_pixels(tmp_path):
 
     keras.utils.set_random_seed(6)
     network = _cnn(keras.layers.Rescaling(1 / 255, name="rescale"))
-    model = SSAModel("cnn", MNIST, 10, mode="ssa", network=network, head_init="glorot")
+    model = SSAModel("cnn", MNIST, 10, rule="ssa", network=network, head_init="glorot")
     model.save(tmp_path / "model.keras")
     (tmp_path / "config.json").write_text(json.dumps({"dataset": "mnist5k"}))
     result = deploy.export_run(ExportConfig(workdir=str(tmp_path), output=str(tmp_path / "m.onnx"),
@@ -206,10 +206,10 @@ def test_config_json_claims_no_norm_or_activation_for_a_users_model(tmp_path):
 
     user = RunConfig().with_overrides([f"model.model={os.path.join('examples', 'residual_cnn.py')}",
                                        f"runtime.workdir={tmp_path}"]).record()
-    assert (user["norm"], user["activation"], user["conv_factorization"]) == (None, None, None)
+    names = ("model.norm", "model.activation", "model.conv_factorization")
+    assert tuple(user[n] for n in names) == (None, None, None)
     built_in = RunConfig().record()
-    assert (built_in["norm"], built_in["activation"], built_in["conv_factorization"]) == (
-        "layer", "leaky_relu", "spatial")
+    assert tuple(built_in[n] for n in names) == ("layer", "leaky_relu", "spatial")
     assert RunConfig().with_overrides(["model.norm=none"]).resolved().model.norm == "none"
     # an unfinished run recorded before: its config.json claimed the built-in defaults
     cfg = RunConfig().with_overrides([f"model.model={os.path.join('examples', 'residual_cnn.py')}",
@@ -237,7 +237,7 @@ def _residual():
 
 def test_modules_are_named_after_what_they_train_and_the_split_is_described():
     keras.utils.set_random_seed(3)
-    model = SSAModel("residual", (12, 12, 3), 10, mode="ssa", network=_residual())
+    model = SSAModel("residual", (12, 12, 3), 10, rule="ssa", network=_residual())
     assert model.module_names() == ["0 (stem)", "1 (branch1..branch2)", "2 (hidden)",
                                     "3 (head)"]
     from ssa_tf.nn.user import split_lines

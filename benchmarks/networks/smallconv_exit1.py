@@ -5,12 +5,12 @@ head (``benchmarks.module_probes``): conv32-norm-leaky ReLU-pool, conv64-norm-le
 ReLU-pool (smallconv's m0 and m1, layer norm), then the head: a 3x3 convolution to 64
 channels with bias and ReLU, the map averaged to a 2x2 grid (``smallconv_exit1_grid4.py``:
 4x4), a linear read-out without bias. Trained end to end by BP (``--model=benchmarks/networks/smallconv_exit1.py
---mode=bp``), it is the control of that exit: the same network, another rule.
+--rule=bp``), it is the control of that exit: the same network, another rule.
 """
 
 import keras
 
-GRID = 2  # the head's pooled grid (method.readout_grid)
+GRID = 2  # the head's pooled grid (rule.readout_grid)
 
 
 def build(input_shape, num_classes, grid=GRID):

@@ -1,5 +1,5 @@
 """``smallconv_exit1.py`` with the head's map averaged to a 4x4 grid (the heads of
-``--set method.readout_grid=4``)."""
+``--set rule.readout_grid=4``)."""
 
 import functools
 

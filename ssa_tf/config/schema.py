@@ -1,15 +1,16 @@
-"""One typed configuration for a run, in sections: data / model / method / train / rank / runtime.
+"""One typed configuration for a run, in sections: data / model / rule / train / rank / runtime.
 
     cfg = RunConfig()                               # the defaults
-    cfg = cfg.with_overrides(["method.beta=0", "rank.tau=0.9"])  # --set SECTION.FIELD=VALUE
-    cfg.method.beta, cfg.rank.tau                   # typed access
-    cfg.settings()                                  # {"method.beta": 0.0, "rank.tau": 0.9, ...}
+    cfg = cfg.with_overrides(["rule.beta=0", "rank.tau=0.9"])    # --set SECTION.FIELD=VALUE
+    cfg.rule.name, cfg.rule.beta, cfg.rank.tau      # typed access
+    cfg.settings()                                  # {"rule.beta": 0.0, "rank.tau": 0.9, ...}
     cfg.replace({"train.epochs": 5})                # a copy with settings changed
 
 Every setting has one name, ``SECTION.FIELD`` (and ``seed``), the same in ``--set``,
 presets, grids, ``config.json``, experiment records and searches. ``settings()`` is the
 canonical record. Files written before this vocabulary (flat names: "beta",
-"rank_tau") are read by ``ssa_tf.config.legacy`` alone. No TensorFlow import.
+"rank_tau"; the ``method`` section: "method.mode", "method.beta") are read by
+``ssa_tf.config.legacy`` alone. No TensorFlow import.
 """
 
 from __future__ import annotations
@@ -66,10 +67,10 @@ def is_model_file(name) -> bool:
     return str(name).endswith(".py")
 
 
-def fill_defaults(mode, settings: dict, user_model=False) -> dict:
+def fill_defaults(rule_name, settings: dict, user_model=False) -> dict:
     """``settings`` (``SECTION.FIELD`` names, as ``RunConfig.settings``) with every None that
-    has a default filled in: the one place a default is resolved. From rule ``mode`` (its
-    file in ``ssa_tf/methods/rules/``): its options (``method.*``, ``RuleSpec.resolve``;
+    has a default filled in: the one place a default is resolved. From rule ``rule_name`` (its
+    file in ``ssa_tf/methods/rules/``): its options (``rule.*``, ``RuleSpec.resolve``;
     an option it does not take stays as given), ``train.learning_rate`` and
     ``model.head_init``; for a built-in model (not ``user_model``: a user's file or Keras
     model has layers of its own) ``BUILT_IN_DEFAULTS``. Only the names in ``settings`` are
@@ -78,11 +79,12 @@ def fill_defaults(mode, settings: dict, user_model=False) -> dict:
     ``RunConfig.resolved`` fills a run's settings here, and everything downstream of a
     config (``model_from_config``, ``build_model``, the rate) takes the resolved values;
     ``SSAModel`` and ``compile_model`` called without a config fill theirs here too."""
-    rule = registry.get(mode)
+    rule = registry.get(rule_name)
     out = dict(settings)
-    given = {k[len("method."):]: v for k, v in settings.items() if k.startswith("method.")}
-    out.update((f"method.{k}", v) for k, v in rule.resolve(given).items()
-               if f"method.{k}" in out)
+    given = {k[len("rule."):]: v for k, v in settings.items()
+             if k.startswith("rule.") and k != "rule.name"}
+    out.update((f"rule.{k}", v) for k, v in rule.resolve(given).items()
+               if f"rule.{k}" in out)
     own = {"train.learning_rate": rule.learning_rate, "model.head_init": rule.head_init,
            **({} if user_model else {f"model.{k}": v for k, v in BUILT_IN_DEFAULTS.items()})}
     out.update((k, v) for k, v in own.items() if k in out and out[k] is None)
@@ -105,18 +107,18 @@ def canonical_model_settings(settings: dict) -> dict:
     return out
 
 
-def _method_options(self) -> dict:
+def _rule_options(self) -> dict:
     return {k: getattr(self, k) for k in registry.OPTIONS}
 
 
-# The learning rule and its options, one field per option some rule takes (the rule
-# files in ssa_tf/methods/rules/ define them and their defaults); None: the rule's default
-MethodConfig = dataclasses.make_dataclass(
-    "MethodConfig", [("mode", str, registry.DEFAULT),
-                     *((name, typing.Optional[kind], None)
-                       for name, kind in registry.OPTION_TYPES.items())],
-    namespace={"options": _method_options, "__module__": __name__,
-               "__doc__": "The learning rule (mode) and its options; None: the rule's "
+# The learning rule (its name) and its options, one field per option some rule takes (the
+# rule files in ssa_tf/methods/rules/ define them and their defaults); None: the rule's default
+RuleConfig = dataclasses.make_dataclass(
+    "RuleConfig", [("name", str, registry.DEFAULT),
+                   *((name, typing.Optional[kind], None)
+                     for name, kind in registry.OPTION_TYPES.items())],
+    namespace={"options": _rule_options, "__module__": __name__,
+               "__doc__": "The learning rule (its name) and its options; None: the rule's "
                           "default (ssa_tf/methods/rules/)."})
 
 
@@ -183,7 +185,7 @@ class RuntimeConfig:
     progress: str = "auto"
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "rule": RuleConfig,
             "train": TrainConfig, "rank": RankConfig, "runtime": RuntimeConfig}
 
 
@@ -191,7 +193,7 @@ SECTIONS = {"data": DataConfig, "model": ModelConfig, "method": MethodConfig,
 class RunConfig:
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
-    method: MethodConfig = dataclasses.field(default_factory=MethodConfig)
+    rule: RuleConfig = dataclasses.field(default_factory=RuleConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     rank: RankConfig = dataclasses.field(default_factory=RankConfig)
     runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
@@ -258,8 +260,9 @@ class RunConfig:
 
     # -- the learning rule ----------------------------------------------------
     @property
-    def rule(self):
-        return registry.get(self.method.mode)
+    def rule_spec(self):
+        """The rule's ``RuleSpec`` (``ssa_tf.methods.registry``): its options, card, ..."""
+        return registry.get(self.rule.name)
 
     def resolved(self) -> "RunConfig":
         """A copy with every default filled in (``fill_defaults``): the rule's options
@@ -267,15 +270,15 @@ class RunConfig:
         norm, activation and factorization (a user's file takes none of them). What
         consumes a config (``model_from_config``, the rate, ``config.json``) reads these."""
         return RunConfig.from_settings(fill_defaults(
-            self.method.mode, self.settings(), user_model=is_model_file(self.model.model)))
+            self.rule.name, self.settings(), user_model=is_model_file(self.model.model)))
 
     def learning_rate(self) -> float:
         """The run's rate: ``train.learning_rate``, or the rule's (as ``resolved``)."""
         return self.resolved().train.learning_rate
 
     def card(self):
-        card = self.rule.card(self.method.options())
-        if self.rank.tau is not None and self.rule.svd:
+        card = self.rule_spec.card(self.rule.options())
+        if self.rank.tau is not None and self.rule_spec.svd:
             # what each cut passes to the feedback; the default as nn.svd.resolve_feedback_cut
             cut = self.rank.feedback_cut or ("first" if self.rank.energy == "outputs"
                                              else "slots")
@@ -289,7 +292,7 @@ class RunConfig:
 
 # settings that say where and how a run works, not what it trains: a resumed run may
 # change them (and its length, train.epochs), and an experiment's key leaves them out
-OPERATIONAL = ("data.data_dir", "data.manual_dir", "method.recompute", "runtime.workdir",
+OPERATIONAL = ("data.data_dir", "data.manual_dir", "rule.recompute", "runtime.workdir",
                "runtime.restart", "runtime.progress", "runtime.checkpoint_steps",
                "runtime.keep_checkpoints", "runtime.skip_nonfinite_steps",
                "runtime.diagnostics_every")

@@ -22,7 +22,7 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
     """The first problem with ``cfg`` as one line, or None (``tf_config``: $TF_CONFIG)."""
     d, m, t, r, rt = cfg.data, cfg.model, cfg.train, cfg.rank, cfg.runtime
     choices = [("data.dataset", d.dataset, DATASETS), ("data.label", d.label, LABELS),
-               ("model.model", m.model, MODELS), ("method.mode", cfg.method.mode, registry.NAMES),
+               ("model.model", m.model, MODELS), ("rule.name", cfg.rule.name, registry.NAMES),
                ("model.norm", m.norm, NORMS), ("model.activation", m.activation, ACTIVATIONS),
                ("model.head_init", m.head_init, HEAD_INITS),
                ("model.conv_factorization", m.conv_factorization, CONV_FACTORIZATIONS),
@@ -43,7 +43,7 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
     if r.feedback_cut == "slots" and r.energy == "outputs":
         return (f"{flag('rank.feedback_cut')}=slots keeps each layer's own components and "
                 f"{flag('rank.energy')}=outputs re-factors them; choose first or svd")
-    problem = validate_method(cfg)
+    problem = validate_rule(cfg)
     if problem:
         return problem
     if t.epochs < 1:
@@ -119,7 +119,7 @@ def validate_model_file(cfg: RunConfig) -> str | None:
 def flag(name) -> str:
     """How a user sets field ``name``: a daily flag, or ``--set SECTION.FIELD``."""
     daily = {"data.dataset": "--dataset", "data.data_dir": "--data_dir", "model.model": "--model",
-             "method.mode": "--mode", "train.epochs": "--epochs",
+             "rule.name": "--rule", "train.epochs": "--epochs",
              "train.batch_size": "--batch_size", "train.learning_rate": "--learning_rate",
              "runtime.workdir": "--workdir", "runtime.restart": "--restart", "seed": "--seed"}
     return daily.get(name, name)
@@ -131,22 +131,22 @@ def rank_cut_epochs(cfg: RunConfig) -> list:
     return cut_epochs(cfg.train.epochs, r.start, r.interval, r.final_cut)
 
 
-def validate_method(cfg: RunConfig) -> str | None:
+def validate_rule(cfg: RunConfig) -> str | None:
     """Problems with the learning rule's options: values, and options it does not take."""
-    mode = cfg.method.mode
-    rule = registry.get(mode)
-    given = cfg.method.options()
-    for name in registry.inapplicable(mode, given):
-        takers = registry.accepting(name)
-        return (f"method.{name} does not apply to --mode={mode} (it applies to "
-                f"--mode={'|'.join(takers)})")
+    name = cfg.rule.name
+    rule = cfg.rule_spec
+    given = cfg.rule.options()
+    for option in registry.inapplicable(name, given):
+        takers = registry.accepting(option)
+        return (f"rule.{option} does not apply to --rule={name} (it applies to "
+                f"--rule={'|'.join(takers)})")
     problem = rule.problem(given)
     if problem:
         return problem
     if not rule.svd and cfg.rank.tau is not None:
         svd = "|".join(registry.svd_rules())
-        return (f"rank.tau applies to rules that train SVD factors (--mode={svd}), "
-                f"not --mode={mode}")
+        return (f"rank.tau applies to rules that train SVD factors (--rule={svd}), "
+                f"not --rule={name}")
     return None
 
 

@@ -5,7 +5,7 @@ its SVD layer, initialized from the trained weights (exact at full rank;
 optional rank or energy cut), with fixed feedback factors. An activation
 inside the layer is split into a separate ``Activation`` after it (SVD layers
 are linear). A BP- or DFA-trained ``SSAModel`` becomes the same architecture
-in ``ssa`` mode, so it can be fine-tuned with SSA's local losses. The way
+under rule ``ssa``, so it can be fine-tuned with SSA's local losses. The way
 back is ``ssa_tf.export.merge.merge`` (re-exported here).
 
 Returns the new model and one ``LayerRecord`` per weight layer.
@@ -100,11 +100,11 @@ class _ToSSA:
 
     # -- SSAModel ---------------------------------------------------------------
     def ssa_model(self, model):
-        """The same architecture in ``ssa`` mode, its weights taken from ``model``."""
+        """The same architecture under rule ``ssa``, its weights taken from ``model``."""
         from ssa_tf.training.model import SSAModel
 
         if model.rule.svd:
-            raise ValueError(f"{model.name} is already in SVD form (mode {model.mode!r})")
+            raise ValueError(f"{model.name} is already in SVD form (rule {model.rule_name!r})")
         source = {l.name: l for l in all_layers(model)}
         plain = [l for l in source.values() if isinstance(l, (keras.layers.Dense,
                                                               keras.layers.Conv2D))]
@@ -116,7 +116,7 @@ class _ToSSA:
         ssa = registry.get(registry.DEFAULT)
         options = {k: v for k, v in model.options.items() if k in ssa.options}
         config = {k: v for k, v in model.get_config().items() if k not in model.options}
-        config.update(options, mode=ssa.name, ranks={name: new.rank for name, new in made.items()})
+        config.update(options, rule=ssa.name, ranks={name: new.rank for name, new in made.items()})
         target = SSAModel.from_config(config)
         for layer in all_layers(target):
             if isinstance(layer, SVDLayer):

@@ -183,7 +183,7 @@ class ExportResult:
     saved_model: str | None
     input_spec: dict  # what the exported model takes (also in the ONNX metadata)
     norms_folded: str | None = None  # "4 of 4": layer norms whose mean went into a weight layer
-    mode: str = "ssa"  # the rule that trained the model (what the checks compare against)
+    rule: str = "ssa"  # the rule that trained the model (what the checks compare against)
 
 
 def load_run_model(path: str) -> keras.Model:
@@ -361,7 +361,7 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
     return ExportResult(records, cfg.form, cfg.opset, count_params(merged), count_params(dense),
                         len(proto), len(dense_proto), latency, onnx_check, saved_check, split,
                         cfg.output, cfg.saved_model, spec, norms_folded(onnx_model),
-                        getattr(model, "mode", "ssa"))
+                        getattr(model, "rule_name", "ssa"))
 
 
 def format_result(result: ExportResult) -> str:
@@ -382,7 +382,7 @@ def format_result(result: ExportResult) -> str:
     lines += ["", f"input: {spec['values']}, {spec['shape']} {spec['dtype']}"
               + (f", {spec['layout']}; normalization {spec['normalization']}"
                  if "normalization" in spec else "") + " (also in the ONNX metadata)"]
-    lines += [f"onnxruntime vs the trained model ({result.mode}) on {check['examples']} "
+    lines += [f"onnxruntime vs the trained model ({result.rule}) on {check['examples']} "
               f"examples of {result.dataset_split}: max |logit difference| {check['max_abs_diff']:.2e}, "
               f"top-1 identical (opset {result.opset})"]
     if result.norms_folded is not None:
@@ -390,7 +390,7 @@ def format_result(result: ExportResult) -> str:
                      f"{result.norms_folded}")
     if result.saved_model_check:
         s = result.saved_model_check
-        lines.append(f"SavedModel vs the trained model ({result.mode}): max |logit difference| "
+        lines.append(f"SavedModel vs the trained model ({result.rule}): max |logit difference| "
                      f"{s['max_abs_diff']:.2e}")
     lines.append(f"wrote {result.output}" + (f" and {result.saved_model}" if result.saved_model
                                               else ""))

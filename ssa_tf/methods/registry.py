@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import types
 
-# The rules, one line each, in --mode's order (--help, the README's table).
+# The rules, one line each, in --rule's order (--help, the README's table).
 from ssa_tf.methods.rules import bp
 from ssa_tf.methods.rules import svd_bp
 from ssa_tf.methods.rules import dfa
@@ -70,7 +70,7 @@ def rules_table() -> str:
     tests/test_locality.py holds the README to it."""
     from ssa_tf.methods.card import CUT_FLOWS
 
-    lines = ["| `--mode` | what it is | sequential | weight transport | held activations "
+    lines = ["| `--rule` | what it is | sequential | weight transport | held activations "
              "| feedback |", "|---|---|---|---|---|---|"]
     for name, spec in RULES.items():
         c = spec.card({})

@@ -78,14 +78,14 @@ class GlobalRoute(Route):
 
     def check_size(self, model):
         """``errors.UsageError`` (one line, exit 2) when the full-map matrices would be too
-        large to hold (``python -m ssa_tf.train --dataset=imagenet2012 --mode=dfa``)."""
+        large to hold (``python -m ssa_tf.train --dataset=imagenet2012 --rule=dfa``)."""
         shapes = model.module_output_shapes
         entries = sum(int(np.prod(s)) * model.num_classes for s in shapes[:-1])
         if self.spatial == "full" and entries > MAX_FULL_MAP_ENTRIES:
             raise UsageError(f"full-map feedback for {model.architecture} at input "
                              f"{model.input_dims} needs {entries:,} entries (more than "
                              f"{MAX_FULL_MAP_ENTRIES:,}); add --set "
-                             "method.feedback_spatial=broadcast (or --preset=imagenet)")
+                             "rule.feedback_spatial=broadcast (or --preset=imagenet)")
 
     def build(self, model, rng):
         self.check_size(model)

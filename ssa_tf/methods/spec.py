@@ -43,8 +43,8 @@ class Range:
         if not (low or high):
             return None
         if self.lo is not None and self.hi is not None:
-            return f"method.{name} must be in [{self.lo:g}, {self.hi:g}], got {value}"
-        return f"method.{name} must be {'>' if self.open_lo else '>='} {self.lo:g}, got {value}"
+            return f"rule.{name} must be in [{self.lo:g}, {self.hi:g}], got {value}"
+        return f"rule.{name} must be {'>' if self.open_lo else '>='} {self.lo:g}, got {value}"
 
 
 # ranges of the options several rules share; a rule adds its own (``RuleSpec.ranges``)
@@ -179,7 +179,7 @@ class RuleSpec:
         o = self.resolve(given)
         for name, valid in self.choices.items():
             if o[name] not in valid:
-                return f"method.{name}={o[name]!r} is not valid; choose from: {', '.join(valid)}"
+                return f"rule.{name}={o[name]!r} is not valid; choose from: {', '.join(valid)}"
         for name, value in o.items():
             rng = self.ranges.get(name, RANGES.get(name))
             if rng is not None and rng.problem(name, value):
@@ -189,8 +189,8 @@ class RuleSpec:
             for other in ROUTES.values():
                 for name in other.options:
                     if other is not route and given.get(name) is not None:
-                        return (f"method.{name} applies to the {other.name} route only, not "
-                                f"method.feedback={route.name}")
+                        return (f"rule.{name} applies to the {other.name} route only, not "
+                                f"rule.feedback={route.name}")
         if self.svd and o["alpha"] == o["beta"] == o["gamma"] == 0:
-            return "method.alpha, beta and gamma are all 0: there would be nothing to learn from"
+            return "rule.alpha, beta and gamma are all 0: there would be nothing to learn from"
         return self.check(o) if self.check else None

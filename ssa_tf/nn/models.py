@@ -1,4 +1,4 @@
-"""One model builder for every mode: a network is a list of local modules.
+"""One model builder for every rule: a network is a list of local modules.
 
 The learning rules differ in how a module gets its error, not in how the
 network is built. A ``LayerFactory`` makes SVD layers for the
@@ -18,7 +18,7 @@ from ssa_tf.nn.norm import LocalBatchNorm
 
 
 class LayerFactory:
-    """Makes the layers of one network consistently for a mode."""
+    """Makes the layers of one network consistently for a rule."""
 
     def __init__(self, svd, local, norm, seed, feedback_init, ranks, activation, head_init,
                  conv_factorization):

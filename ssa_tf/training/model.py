@@ -13,6 +13,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from ssa_tf.config import legacy
 from ssa_tf.config.schema import RunConfig, fill_defaults, is_model_file
 from ssa_tf.methods import base, registry
 from ssa_tf.nn import build_modules, svd_layers
@@ -26,34 +27,35 @@ from ssa_tf.training.optimizer import FactorAdam
 class SSAModel(keras.Model):
     """A network of local modules trained by one learning rule (``ssa_tf.methods``).
 
-    ``mode`` names the rule (one of ``ssa_tf.methods.registry.NAMES``: bp, svd-bp,
-    dfa, ssa, fa, bp-lagged-copy, dkp, ssa-dkp); the
+    ``rule`` names the learning rule (one of ``ssa_tf.methods.registry.NAMES``: bp, svd-bp,
+    dfa, ssa, fa, bp-lagged-copy, dkp, ssa-dkp), ``rule_name`` on the model; ``self.rule``
+    is the rule object that computes each step. The
     rule's options (``methods.spec``) are keyword arguments, None meaning its
     default. ``head_init`` None is the rule's; ``norm``, ``activation`` and
     ``conv_factorization`` None are the built-in models' (``config.schema.BUILT_IN_DEFAULTS``;
     a user's ``network`` has its own layers), filled as a run's config fills them
     (``config.schema.fill_defaults``). ``get_config`` holds everything needed to rebuild
     the model at its current ranks, so ``keras.models.load_model`` restores a
-    (rank-reduced) model exactly.
+    (rank-reduced) model exactly (``from_config`` reads files saved before the rule's
+    name was "rule" too).
     """
 
     def __init__(self, architecture="mlp", input_shape=(28, 28, 1), num_classes=10,
-                 mode=registry.DEFAULT,
+                 rule=registry.DEFAULT,
                  norm=None, activation=None, head_init=None, seed=1, ranks=None,
                  conv_factorization=None, input_stats=None, network=None,
                  module_ends=None, **kwargs):
         given = {k: kwargs.pop(k) for k in list(kwargs) if k in registry.OPTIONS}
         super().__init__(**kwargs)
-        self.rule = registry.make(mode, given)
+        self.rule = registry.make(rule, given)
         # None: the default (from a config, model_from_config passes them resolved)
         norm, activation, head_init, conv_factorization = fill_defaults(
-            mode, {"model.norm": norm, "model.activation": activation,
+            rule, {"model.norm": norm, "model.activation": activation,
                    "model.head_init": head_init, "model.conv_factorization": conv_factorization},
             user_model=network is not None).values()
         self.architecture = architecture
         self.input_dims = tuple(int(d) for d in input_shape)
         self.num_classes = int(num_classes)
-        self.mode = mode
         self.norm, self.activation, self.head_init = norm, activation, head_init
         self.conv_factorization = conv_factorization
         # the one input contract (users met models taking raw and normalized input alike):
@@ -150,6 +152,11 @@ class SSAModel(keras.Model):
         self.built = True
 
     @property
+    def rule_name(self) -> str:
+        """The learning rule's name (``registry.NAMES``)."""
+        return self.rule.name
+
+    @property
     def options(self) -> dict:
         """The learning rule's resolved options."""
         return dict(self.rule.options)
@@ -179,7 +186,7 @@ class SSAModel(keras.Model):
         return {
             **super().get_config(),
             "architecture": self.architecture, "input_shape": self.input_dims,
-            "num_classes": self.num_classes, "mode": self.mode, "norm": self.norm,
+            "num_classes": self.num_classes, "rule": self.rule_name, "norm": self.norm,
             "activation": self.activation, "head_init": self.head_init,
             "conv_factorization": self.conv_factorization, "input_stats": self.input_stats,
             "seed": self.seed, "ranks": self.ranks(), **self.rule.options,
@@ -187,6 +194,12 @@ class SSAModel(keras.Model):
             **({"network": self.network_config, "module_ends": self.module_ends}
                if self.network_config is not None else {}),
         }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        """The model of ``get_config``'s dict, of any age (``config.legacy``: a model saved
+        before the rule's name was "rule" says "mode", as tests/data/run_v1/model.keras)."""
+        return cls(**legacy.read_model_config(config))
 
     # -- forward --------------------------------------------------------------
     def call(self, x, training=False):
@@ -310,8 +323,8 @@ def _model_from_config(cfg, input_shape, num_classes, stats, dataset=None,
     from ssa_tf.nn.user import leading_preprocessing
 
     m = cfg.model
-    options = dict(mode=cfg.method.mode, head_init=m.head_init, seed=cfg.seed,
-                   **cfg.method.options(), **extra)
+    options = dict(rule=cfg.rule.name, head_init=m.head_init, seed=cfg.seed,
+                   **cfg.rule.options(), **extra)
     if not is_model_file(m.model):
         return SSAModel(m.model, input_shape, num_classes, norm=m.norm, activation=m.activation,
                         conv_factorization=m.conv_factorization, input_stats=stats, **options)
@@ -331,10 +344,10 @@ def _model_from_config(cfg, input_shape, num_classes, stats, dataset=None,
 MODEL_SETTINGS = {"seed": "seed",
                   **{k: f"model.{k}" for k in ("norm", "activation", "head_init",
                                                "conv_factorization")},
-                  **{k: f"method.{k}" for k in registry.OPTIONS}}
+                  **{k: f"rule.{k}" for k in registry.OPTIONS}}
 
 
-def build_model(architecture, input_shape, num_classes, mode=registry.DEFAULT, learning_rate=None,
+def build_model(architecture, input_shape, num_classes, rule=registry.DEFAULT, learning_rate=None,
                 jit_compile=False, **kwargs):
     """The model of the run these settings make, built by ``model_from_config``'s factory
     from the resolved ``RunConfig`` (``MODEL_SETTINGS`` among ``kwargs``; None: the
@@ -343,7 +356,7 @@ def build_model(architecture, input_shape, num_classes, mode=registry.DEFAULT, l
     ``ranks``, ...) go to ``SSAModel``. Unlike a run, it leaves the global seed and the
     convolutions' batch hint as they are."""
     settings = {MODEL_SETTINGS[k]: kwargs.pop(k) for k in list(kwargs) if k in MODEL_SETTINGS}
-    cfg = RunConfig().replace({"model.model": architecture, "method.mode": mode,
+    cfg = RunConfig().replace({"model.model": architecture, "rule.name": rule,
                                "train.learning_rate": learning_rate, **settings}).resolved()
     model = _model_from_config(cfg, input_shape, num_classes, kwargs.pop("input_stats", None),
                                **kwargs)
@@ -356,7 +369,8 @@ def compile_model(model, learning_rate=None, jit_compile=False, s_rate_scale=Non
     config resolves it); a rule with its own rates
     (``s_rate_scale``, a learned feedback's ``rates()``) gets ``FactorAdam``, whose
     per-epoch feedback decay counts ``steps_per_epoch`` steps (0: no decay)."""
-    lr = fill_defaults(model.mode, {"train.learning_rate": learning_rate})["train.learning_rate"]
+    lr = fill_defaults(model.rule_name,
+                       {"train.learning_rate": learning_rate})["train.learning_rate"]
     if s_rate_scale is None:
         s_rate_scale = model.rule.options.get("s_rate_scale", 1.0)
     rates = model.rule.rates()

@@ -36,7 +36,7 @@ def learning_rate_schedule(cfg: RunConfig, steps_per_epoch: int):
         boundaries = [int(e) * steps_per_epoch for e in t.lr_decay_epochs]
         values = [rate * t.lr_decay_factor ** k for k in range(len(boundaries) + 1)]
         rate = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
-    if r.warmup_steps and r.tau is not None and cfg.rule.svd:
+    if r.warmup_steps and r.tau is not None and cfg.rule_spec.svd:
         cuts = [e * steps_per_epoch for e in cut_epochs(t.epochs, r.start, r.interval)]
         rate = WarmupAfterCuts(rate, cuts, r.warmup_steps)
     return rate
@@ -128,7 +128,7 @@ def _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks):
     model.save(tmp)
     os.replace(tmp, os.path.join(workdir, "model.keras"))
     summary = {
-        "mode": cfg.method.mode, "card": cfg.card().as_dict(), "model": cfg.model.model,
+        "rule": cfg.rule.name, "card": cfg.card().as_dict(), "model": cfg.model.model,
         # what model.keras (and its exports) take: raw pixels, normalized inside
         "input": model.input_description(),
         "dataset": cfg.data.dataset, "epochs": cfg.train.epochs,
@@ -157,7 +157,7 @@ def module_split(cfg, model) -> str:
 
     how = ("where MODULE_ENDS ends them" if model.module_ends is not None
            else "cut automatically; MODULE_ENDS in the file chooses the ends")
-    whole = (f"; {cfg.method.mode} trains them end to end as one network"
+    whole = (f"; {cfg.rule.name} trains them end to end as one network"
              if model.rule.end_to_end else "")
     return "\n".join([f"{cfg.model.model}: {len(model.local_modules)} local modules ({how}"
                       f"{whole}):", *(f"  {line}" for line in split_lines(model.local_modules))])
@@ -173,14 +173,14 @@ def _callbacks(cfg, model, ds, placement, workdir, state, timer, extra):
                  keras.callbacks.TensorBoard(os.path.join(workdir, "tensorboard"),
                                              write_graph=False),
                  *extra]
-    if cfg.runtime.diagnostics_every and cfg.rule.local:
+    if cfg.runtime.diagnostics_every and cfg.rule_spec.local:
         from ssa_tf.training.diagnostics import AlignmentMonitor
         # a fixed batch of the validation split (else train), so that the angles compare
         x, y = next(iter(ds.validation if ds.validation is not None else ds.train))
         callbacks.append(AlignmentMonitor(np.asarray(x), np.asarray(y),
                                           cfg.runtime.diagnostics_every,
                                           workdir=workdir if placement.chief else None))
-    if r.tau is not None and cfg.rule.svd:
+    if r.tau is not None and cfg.rule_spec.svd:
         unknown = sorted(set(r.exempt) - set(model.ranks()))
         if unknown:
             raise UsageError(f"rank.exempt names unknown SVD layers {unknown}; the model has: "

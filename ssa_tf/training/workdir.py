@@ -248,7 +248,7 @@ def extension_problem(cfg: RunConfig, summary_path: str):
         raise UsageError(f"workdir {workdir} holds a finished run of {done} epochs with no "
                          "checkpoint left to continue from; pass --restart to train it again")
     r = cfg.rank
-    if r.tau is not None and cfg.rule.svd:
+    if r.tau is not None and cfg.rule_spec.svd:
         then = cut_epochs(done, r.start, r.interval, r.final_cut)
         now = [e for e in cut_epochs(cfg.train.epochs, r.start, r.interval, r.final_cut)
                if e <= done]

@@ -16,7 +16,7 @@ from ssa_tf.cli import usage_error
 from ssa_tf.tuning import settings
 
 FLAGS = flags.FLAGS
-RUN = ("dataset", "data_dir", "model", "batch_size", "learning_rate", "seed", "preset")
+RUN = ("dataset", "data_dir", "model", "rule", "batch_size", "learning_rate", "seed", "preset")
 cli.define_run_flags(RUN)
 flags.DEFINE_string("tuner", "random", f"one of {', '.join(settings.TUNERS)}")
 flags.DEFINE_integer("max_trials", 10, "number of trials (a rerun with more adds trials)")
@@ -39,7 +39,7 @@ HELP = f"""Search SSA's loss weights (alpha, beta, gamma) with KerasTuner.
 
 usage: python tuning/search.py [flags] [--set SECTION.FIELD=VALUE ...]
 
-the run being tuned (as python -m ssa_tf.train; --mode is ssa):
+the run being tuned (as python -m ssa_tf.train; a rule with SSA's loss weights):
 {cli.run_flags_help(RUN)}
   --set S.F=VALUE      any other setting of the run, e.g. --set data.max_train_examples=10000
 
@@ -63,7 +63,8 @@ completed, 2 a mistake (one line)."""
 
 
 def config_from_flags() -> settings.SearchConfig:
-    run = cli.run_config_from_flags(RUN, ["method.mode=ssa"])
+    # SSA unless --rule names another rule (a preset's rule does not count)
+    run = cli.run_config_from_flags(RUN, [] if cli.given_rule() else ["rule.name=ssa"])
     ranges = {f"{name}_range": settings.parse_range(name, FLAGS[f"{name}_range"].value)
               for name in ("alpha", "beta", "gamma", "learning_rate")}
     for name in ("alpha", "beta", "gamma"):

@@ -45,9 +45,9 @@ def trial_rows(project: str, states: list[dict], cfg: SearchConfig) -> list[dict
             epochs = values.get("tuner/epochs", cfg.epochs_per_trial)
         rows.append({
             "trial": int(state["trial_id"]) + 1, "trial_id": state["trial_id"],
-            "alpha": values.get("alpha", cfg.run.resolved().method.alpha),
-            "beta": values.get("beta", cfg.run.resolved().method.beta),
-            "gamma": values.get("gamma", cfg.run.resolved().method.gamma),
+            "alpha": values.get("alpha", cfg.run.resolved().rule.alpha),
+            "beta": values.get("beta", cfg.run.resolved().rule.beta),
+            "gamma": values.get("gamma", cfg.run.resolved().rule.gamma),
             "lr": values.get("learning_rate", cfg.run.learning_rate()),
             "val_accuracy": float(score) if status == "COMPLETED" and score is not None else None,
             "epochs": epochs,
@@ -178,7 +178,7 @@ def best_flags(cfg: SearchConfig, best: dict, n_trials: int, splits: dict) -> st
         f"trained on {splits['train_split']}, scored on {splits['validation_split']}).",
         "# Flags after --flagfile win, e.g.:",
         "#   python -m ssa_tf.train --flagfile=THIS_FILE --epochs=30 --workdir=A_NEW_FOLDER",
-        f"--mode={run.method.mode}",
+        f"--rule={run.rule.name}",
     ]
     default = cfg_lib.RunConfig().settings()
     values = run.settings()
@@ -192,14 +192,14 @@ def best_flags(cfg: SearchConfig, best: dict, n_trials: int, splits: dict) -> st
             lines.append(f"--set={path}={_flag_text(values[path])}")
     lines.append(f"--epochs={run.train.epochs}")
     # repr: the exact float, so the file reproduces the trial bit for bit
-    lines += [f"--set=method.{name}={float(best[name])!r}" for name in ("alpha", "beta", "gamma")]
+    lines += [f"--set=rule.{name}={float(best[name])!r}" for name in ("alpha", "beta", "gamma")]
     lines.append(f"--learning_rate={float(best['lr'])!r}")
     return "\n".join(lines) + "\n"
 
 
-# best.flags writes these on lines of their own (mode, epochs, the drawn values) or not
+# best.flags writes these on lines of their own (rule, epochs, the drawn values) or not
 # at all (where the run goes, and how it reports: the user's new command says)
-_WRITTEN_APART = ("method.mode", "train.epochs", "method.alpha", "method.beta", "method.gamma",
+_WRITTEN_APART = ("rule.name", "train.epochs", "rule.alpha", "rule.beta", "rule.gamma",
                   "train.learning_rate", "runtime.workdir", "runtime.restart", "runtime.progress")
 
 
@@ -236,8 +236,8 @@ def sensitivity_figure(rows, cfg: SearchConfig, top=None, band=None, winner=None
     if winner is None and top is not None and band is not None and len(done) > 1:
         tied = [r for r in done if top["val_accuracy"] - r["val_accuracy"] <= band]
     resolved = cfg.run.resolved()
-    defaults = {"alpha": resolved.method.alpha, "beta": resolved.method.beta,
-                "gamma": resolved.method.gamma, "learning_rate": cfg.run.learning_rate()}
+    defaults = {"alpha": resolved.rule.alpha, "beta": resolved.rule.beta,
+                "gamma": resolved.rule.gamma, "learning_rate": cfg.run.learning_rate()}
     epochs = sorted({r["epochs"] or 0 for r in done})
     fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.8), sharey=True,
                              squeeze=False)

@@ -25,7 +25,7 @@ PAPER_COEFFICIENTS = {"alpha": 1.0, "beta": 0.01, "gamma": 0.1}
 DEFAULT_RANGES = {"alpha": (0.1, 2.0), "beta": (1e-4, 1.0), "gamma": (1e-3, 10.0)}
 LOG_SAMPLED = ("beta", "gamma", "learning_rate")
 # the setting each searched value is (a trial's hyperparameter names are KerasTuner's)
-TUNED = {"alpha": "method.alpha", "beta": "method.beta", "gamma": "method.gamma",
+TUNED = {"alpha": "rule.alpha", "beta": "rule.beta", "gamma": "rule.gamma",
          "learning_rate": "train.learning_rate"}
 OBJECTIVE = "val_accuracy"
 # The tuned run's settings that best.flags always names, at their defaults too (it
@@ -34,7 +34,7 @@ RUN_FIELDS = ("data.dataset", "data.data_dir", "data.manual_dir", "data.label",
               "data.image_size", "data.validation_split", "data.max_train_examples",
               "data.augment", "model.model", "model.norm", "model.activation", "model.head_init",
               "model.conv_factorization",
-              "method.feedback", "method.feedback_spatial", "method.feedback_init",
+              "rule.feedback", "rule.feedback_spatial", "rule.feedback_init",
               "train.batch_size", "seed")
 # "trial" is KerasTuner's "Running Trial #N" (from 1), the trial's one number in what the
 # search prints; "trial_id" its folder's trial_<id>, for finding the folder
@@ -51,7 +51,7 @@ TRIAL_RECORD = "ssa_trial.json"  # our per-trial sidecar: seconds and epochs
 class SearchConfig:
     """One coefficient search: the run it tunes plus how to search."""
 
-    run: cfg_lib.RunConfig  # dataset, model, norm, feedback, seed, ...; mode is ssa
+    run: cfg_lib.RunConfig  # dataset, model, rule (ssa unless --rule), feedback, seed, ...
     tuner: str = "random"
     max_trials: int = 10
     epochs_per_trial: int = 3  # Hyperband: the most epochs any trial gets
@@ -125,10 +125,10 @@ def validate(cfg: SearchConfig) -> str | None:
     problem = cfg_lib.validate(run)
     if problem:
         return problem
-    if not cfg.run.rule.tunes_loss_weights:
+    if not cfg.run.rule_spec.tunes_loss_weights:
         takers = "|".join(n for n, r in registry.RULES.items() if r.tunes_loss_weights)
         return (f"the coefficient search tunes the loss weights alpha, beta, gamma; "
-                f"--mode={cfg.run.method.mode} has none (choose --mode={takers})")
+                f"--rule={cfg.run.rule.name} has none (choose --rule={takers})")
     for name, value, valid in (("tuner", cfg.tuner, TUNERS), ("strategy", cfg.strategy, STRATEGIES)):
         if value not in valid:
             return f"--{name}={value!r} is not valid; choose from: {', '.join(valid)}"

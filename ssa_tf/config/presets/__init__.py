@@ -1,9 +1,9 @@
 """Presets: small config files, each with the command that runs it and what it gives.
 
-A preset is a module with ``values(mode) -> {"SECTION.FIELD": value}``, or
-``values(mode, given)``, where ``given`` is the ``RunConfig`` the flags make without
-the preset (a preset can follow the route asked for, not only the rule); the CLI
-applies it under the flags given explicitly. ``--preset=NAME`` takes one
+A preset is a module with ``values(rule) -> {"SECTION.FIELD": value}`` (``rule``: the
+rule's name), or ``values(rule, given)``, where ``given`` is the ``RunConfig`` the flags
+make without the preset (a preset can follow the route asked for, not only the rule);
+the CLI applies it under the flags given explicitly. ``--preset=NAME`` takes one
 of this folder's, ``--preset=path/to/file.py`` a file of the user's.
 """
 
@@ -31,7 +31,7 @@ def load(name_or_path):
         except Exception as e:  # the user's file: any failure to run it is their input problem
             raise ValueError(f"--preset={name_or_path}: {type(e).__name__}: {e}") from None
         if not callable(getattr(module, "values", None)):
-            raise ValueError(f"--preset={name_or_path}: defines no values(mode) function")
+            raise ValueError(f"--preset={name_or_path}: defines no values(rule) function")
         return module
     raise ValueError(f"--preset={name_or_path!r} is not valid; choose from: {', '.join(NAMES)}, "
                      "or give a path to a .py preset file")
@@ -41,5 +41,5 @@ def values(preset, given) -> dict:
     """``preset.values`` for the run ``given`` asks for (its flags without the preset)."""
     parameters = inspect.signature(preset.values).parameters
     if len(parameters) >= 2:
-        return preset.values(given.method.mode, given)
-    return preset.values(given.method.mode)
+        return preset.values(given.rule.name, given)
+    return preset.values(given.rule.name)

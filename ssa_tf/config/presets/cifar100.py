@@ -1,6 +1,6 @@
 """The paper's CIFAR-100 setting (supplementary section 2): resnet32, 200 epochs, rank cuts.
 
-    python -m ssa_tf.train --preset=cifar100 --data_dir=DIR [--mode=bp|dfa|ssa]
+    python -m ssa_tf.train --preset=cifar100 --data_dir=DIR [--rule=bp|dfa|ssa]
 
 Adam at 1e-4, x0.1 at epochs 20, 40 and 60, batch 128, the paper's augmentation;
 rules with SVD factors cut every 10 epochs to 95% of the energy. Expected
@@ -10,11 +10,11 @@ alone; the paper reports SSA near BP.
 """
 
 
-def values(mode: str) -> dict:
+def values(rule: str) -> dict:
     out = {"data.dataset": "cifar100", "model.model": "resnet32", "train.epochs": 200,
            "train.batch_size": 128, "train.learning_rate": 1e-4,
            "train.lr_decay_epochs": (20, 40, 60)}
-    if _svd(mode):
+    if _svd(rule):
         # the paper adjusts the rate to the rank reduction: a warm-up over one epoch after
         # each cut (45,000 training images at batch 128; benchmarks/reports/cut_recipe.md)
         out.update({"rank.tau": 0.95, "rank.start": 0, "rank.interval": 10,
@@ -22,7 +22,7 @@ def values(mode: str) -> dict:
     return out
 
 
-def _svd(mode):
+def _svd(rule):
     from ssa_tf.methods import registry
 
-    return mode in registry.RULES and registry.RULES[mode].svd
+    return rule in registry.RULES and registry.RULES[rule].svd

@@ -11,18 +11,18 @@ result: not measured here (no ImageNet, no GPU on this project's machine).
 """
 
 
-def values(mode: str, given=None) -> dict:
-    """The preset for rule ``mode``; ``given`` (the run's other flags) says its route."""
+def values(rule_name: str, given=None) -> dict:
+    """The preset for rule ``rule_name``; ``given`` (the run's other flags) says its route."""
     from ssa_tf.methods import registry
 
-    rule = registry.RULES.get(mode)
+    rule = registry.RULES.get(rule_name)
     out = {"data.dataset": "imagenet2012", "model.model": "resnet18", "train.epochs": 200,
            "train.batch_size": 256, "train.lr_decay_epochs": tuple(range(30, 200, 30)),
            "train.learning_rate": 5e-4 if rule is None or rule.local else 2e-4}
-    route = getattr(given.method, "feedback", None) if given is not None else None
+    route = getattr(given.rule, "feedback", None) if given is not None else None
     if rule is not None and (route or rule.options.get("feedback")) == "global":
         # the only route with a spatial form (ssa's default, the chain, has none)
-        out["method.feedback_spatial"] = "broadcast"
+        out["rule.feedback_spatial"] = "broadcast"
     if rule is not None and rule.svd:
         # a rate warm-up over one epoch after each cut (1,153,051 images at batch 256)
         out.update({"rank.tau": 0.90, "rank.start": 20, "rank.interval": 10,

@@ -22,7 +22,7 @@ FEEDBACK_OPTIONS = dict(feedback_lr=1e-4, feedback_decay=0.8, feedback_weight_de
 # fifth of the repository's (10,000 images, not 50,000) and its forward optimizer is
 # Adam, not SGD: on the validation split 1e-3 gave 0.578 +- 0.005 against 1e-4's
 # 0.561 +- 0.005 at 20 epochs, 0.504 +- 0.018 against 0.487 +- 0.017 at 5 (3 seeds;
-# benchmarks/reports/learned_*.md); the repository's is --set method.feedback_lr=1e-4
+# benchmarks/reports/learned_*.md); the repository's is --set rule.feedback_lr=1e-4
 DKP_FEEDBACK_LR = 1e-3
 FEEDBACK_RANGES = {"feedback_lr": Range(0, open_lo=True), "feedback_decay": Range(0, 1),
                    "feedback_weight_decay": Range(0)}

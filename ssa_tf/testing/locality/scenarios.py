@@ -24,7 +24,7 @@ from .state import BETWEEN, CHANGED, CUT, DEPENDS, FEEDBACK, RESUME, SELF, SIGNA
 
 @dataclasses.dataclass(frozen=True)
 class Scenario:
-    """One run to record: the rule ``mode`` with ``options`` (method options), on
+    """One run to record: the rule named ``rule`` with ``options`` (its options), on
     ``model`` (a built-in architecture or a ``.py`` file), ``epochs`` of ``steps``
     steps of ``batch`` 8x8x3 synthetic images; ``cut_after``: one rank cut (tau 0.9, every
     layer) after that epoch (from 1), the feedback cut ``feedback_cut`` (None: the
@@ -35,7 +35,7 @@ class Scenario:
     cached, it runs its linear network every step, as at ImageNet sizes); ``replay_every``:
     a long run's steps replayed (every n-th and the last; every step's state is checked
     without replay all the same)."""
-    mode: str
+    rule: str
     options: tuple = ()  # ((name, value), ...)
     model: str = "mlp"
     epochs: int = 1
@@ -52,7 +52,7 @@ class Scenario:
 
     @property
     def name(self) -> str:
-        parts = [self.mode, *(f"{k}={v}" for k, v in self.options)]
+        parts = [self.rule, *(f"{k}={v}" for k, v in self.options)]
         if self.model != "mlp":
             parts.append(os.path.basename(self.model))
         parts += list(self.settings)
@@ -74,9 +74,9 @@ class Scenario:
                 f"data.max_train_examples={n + self.batch // 2}",
                 f"data.validation_split={(self.batch // 2) / (n + self.batch // 2)}",
                 f"train.batch_size={self.batch}", f"train.epochs={self.epochs}",
-                f"model.model={self.model}", f"method.mode={self.mode}",
+                f"model.model={self.model}", f"rule.name={self.rule}",
                 "runtime.progress=none", f"runtime.workdir={workdir}", f"seed={self.seed}"]
-        sets += [f"method.{k}={v}" for k, v in self.options]
+        sets += [f"rule.{k}={v}" for k, v in self.options]
         if self.cut_after:
             sets += ["rank.tau=0.9", f"rank.start={self.cut_after}", "rank.interval=1000",
                      "rank.keep_ends=false"]
@@ -180,7 +180,7 @@ def variants(name, held=False) -> list:
     defaults, each other value of a choice or a boolean option that changes what the card
     says of locality (sequential, weight transport, feedback); from the rule's defaults,
     each that changes what it holds (held activations) when ``held`` (a different code
-    path, not a different locality: ``method.recompute``)."""
+    path, not a different locality: ``rule.recompute``)."""
     from ssa_tf.methods import registry
     from ssa_tf.methods.spec import CARD_PROBES, ROUTES
 
