@@ -36,7 +36,6 @@ import tempfile
 from absl import flags
 
 from ssa_tf import atomic_files, cli
-from ssa_tf.config import legacy
 from ssa_tf.cli import usage_error
 
 FLAGS = flags.FLAGS
@@ -102,19 +101,17 @@ def export(workdir, tmp):
 
 def recorded(grid, variant):
     """The grid's recorded results of one variant, by seed (the last record of a seed)."""
-    path = os.path.join(FLAGS.results, f"{grid}.jsonl")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    return {r["seed"]: r for r in records if r["name"] == variant}
+    from benchmarks import records  # the records in today's names (config.legacy)
+
+    found = records.load_results(os.path.join(FLAGS.results, f"{grid}.jsonl"))
+    return {r["seed"]: r for r in found if r["name"] == variant}
 
 
 def export_recorded(record):
     """(ONNX bytes, records, params, MACs per example) of a record's architecture at its ranks."""
     from benchmarks import rebuild
 
-    c = legacy.read_settings(record["config"])  # a record of either age
+    c = record["config"]
     if c["data.dataset"] != "cifar10" or c.get("data.image_size"):
         raise ValueError(f"{record['name']}: rebuilt exports are of 32x32 CIFAR-10 models, "
                          f"not {c['data.dataset']} at image size {c.get('data.image_size')}")
