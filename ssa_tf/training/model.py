@@ -20,7 +20,7 @@ from ssa_tf.nn import build_modules, svd_layers
 from ssa_tf.nn.graph import UnsupportedLayerError
 from ssa_tf.nn.user import (GraphModule, describe_preprocessing, input_preprocessing,
                             modules_from_keras)
-from ssa_tf.training.optimizer import FactorAdam
+from ssa_tf.training.optimizer import FactorAdam, FusedAdam
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
@@ -375,7 +375,7 @@ def compile_model(model, learning_rate=None, jit_compile=False, s_rate_scale=Non
         s_rate_scale = model.rule.options.get("s_rate_scale", 1.0)
     rates = model.rule.rates()
     if s_rate_scale == 1.0 and not rates:
-        optimizer = keras.optimizers.Adam(learning_rate=lr)
+        optimizer = FusedAdam(learning_rate=lr)
     else:
         optimizer = FactorAdam(learning_rate=lr, s_rate_scale=s_rate_scale,
                                steps_per_epoch=steps_per_epoch, **rates)

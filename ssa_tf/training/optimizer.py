@@ -1,5 +1,6 @@
-"""The optimizer of a rule with rates of its own: ``FactorAdam`` (Adam with a scaled rate
-for singular values and a learned feedback's own, decaying rate)."""
+"""The optimizers: ``FusedAdam`` (Keras's Adam, one fused op a variable) and, for a rule
+with rates of its own, ``FactorAdam`` (a scaled rate for singular values and a learned
+feedback's own, decaying rate)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,56 @@ from ssa_tf.methods.spec import LEARNED_FEEDBACK
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
-class FactorAdam(keras.optimizers.Adam):
+class FusedAdam(keras.optimizers.Adam):
+    """Keras's Adam with each variable's update as one ``ResourceApplyAdam`` op (the same
+    arithmetic: m, v and the bias-corrected step of Kingma & Ba, epsilon added to sqrt(v)).
+
+    Keras's own update builds about 25 ops a variable; with one SVD layer holding three
+    trainable factors, the optimizer was 45% of a resnet32 SSA step's 18,000 traced ops,
+    and a rank cut retraces the step (``benchmarks/reports/EFFICIENCY.md``). AMSGrad and
+    sparse gradients take Keras's path."""
+
+    # Keras's names for its Adam and for ours before this class: a checkpoint keeps the
+    # optimizer's variables by path (adam/..._momentum), so a resumed run finds them
+    DEFAULT_NAME = "adam"
+    _constants = None  # (beta_1^t, beta_2^t, beta_1, beta_2, epsilon) during one update
+
+    def __init__(self, *args, name=None, **kwargs):
+        super().__init__(*args, name=name or self.DEFAULT_NAME, **kwargs)
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # the step's scalars once, not once a variable
+        step = tf.cast(self.iterations + 1, tf.float32)
+        b1, b2 = tf.constant(self.beta_1, tf.float32), tf.constant(self.beta_2, tf.float32)
+        self._constants = (tf.pow(b1, step), tf.pow(b2, step), b1, b2,
+                           tf.constant(self.epsilon, tf.float32))
+        try:
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        finally:
+            self._constants = None
+
+    def update_step(self, gradient, variable, learning_rate):
+        if (self.amsgrad or isinstance(gradient, tf.IndexedSlices) or self._constants is None
+                or variable.dtype != tf.float32):
+            return super().update_step(gradient, variable, learning_rate)
+        i = self._get_variable_index(variable)
+        b1_power, b2_power, b1, b2, epsilon = self._constants
+        tf.raw_ops.ResourceApplyAdam(
+            var=variable.handle, m=self._momentums[i].value.handle,
+            v=self._velocities[i].value.handle, beta1_power=b1_power, beta2_power=b2_power,
+            lr=tf.cast(learning_rate, tf.float32), beta1=b1, beta2=b2, epsilon=epsilon,
+            grad=tf.cast(gradient, tf.float32))
+
+
+@keras.saving.register_keras_serializable(package="ssa_tf")
+class FactorAdam(FusedAdam):
     """Adam whose rate for the singular values s is ``s_rate_scale`` times the
     rate of everything else (to test whether U, V and s want different rates), and, for a
     rule whose feedback learns (``LEARNED_FEEDBACK`` in the variable's name), the rule's
     own feedback rate ``feedback_lr``, times ``feedback_decay`` per epoch of
     ``steps_per_epoch`` steps (DKP's schedule: its own Adam, x0.8 per epoch)."""
+
+    DEFAULT_NAME = "factor_adam"
 
     def __init__(self, s_rate_scale=1.0, feedback_lr=None, feedback_decay=1.0,
                  steps_per_epoch=0, **kwargs):
