@@ -29,6 +29,7 @@ from benchmarks.records import (load_all_results, load_results, run_key,  # noqa
 from ssa_tf import atomic_files, cli, errors, preflight
 from ssa_tf import config as cfg_lib
 from ssa_tf.cli import usage_error
+from ssa_tf.methods.card import HELD_COLUMNS
 from ssa_tf.methods import registry
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -120,7 +121,7 @@ def report(grid, out):
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         card = r["card"]
-        held = "all" if card["held_activations"] == "all modules" else "one"
+        held = HELD_COLUMNS[card["held_activations"]]
         # records made before cards said it: the rule's own (its feedback never changed)
         feedback = card.get("feedback") or registry.get(r["rule"]).card({}).feedback
         lines.append(f"| {r['name']} | {r['rule']} | {'yes' if card['sequential'] else 'no'} | "

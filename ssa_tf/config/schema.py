@@ -292,7 +292,8 @@ class RunConfig:
 
 # settings that say where and how a run works, not what it trains: a resumed run may
 # change them (and its length, train.epochs), and an experiment's key leaves them out
-OPERATIONAL = ("data.data_dir", "data.manual_dir", "rule.recompute", "runtime.workdir",
+OPERATIONAL = ("data.data_dir", "data.manual_dir", "rule.recompute",
+               "rule.hold_within_peak", "runtime.workdir",
                "runtime.restart", "runtime.progress", "runtime.checkpoint_steps",
                "runtime.keep_checkpoints", "runtime.skip_nonfinite_steps",
                "runtime.diagnostics_every")

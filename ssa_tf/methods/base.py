@@ -19,7 +19,7 @@ import numpy as np
 from keras import ops
 import tensorflow as tf
 
-from ssa_tf.methods import losses
+from ssa_tf.methods import holds, losses
 from ssa_tf.nn import noise_state, replaying, svd_layers
 from ssa_tf.methods.routes import make_route
 
@@ -173,27 +173,59 @@ class Local(LearningRule):
         """One module's activations at a time: a forward pass that keeps only the module
         boundaries, the output error and every module's signal from it, then each
         module's forward replayed under its own tape, its gradient taken and its
-        activations released before the next (the order enforced in the graph)."""
+        activations released before the next (the order enforced in the graph).
+
+        With ``hold_within_peak`` the modules that fit together within the largest
+        module's activations (``holds.plan``) keep their tapes from the first pass
+        instead; their gradients come first, then the replays: the same peak, fewer
+        forward passes, the same gradients."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        held = self.held_modules(model)
+        replayed = [m for i, m in enumerate(model.local_modules) if i not in held]
         # the dropout masks of this forward pass, drawn again by the replay (with
         # new masks a module's update came from activations other than those that made e)
-        noise = noise_state(model.local_modules)
-        outputs, h = [], x
-        for m in model.local_modules:
-            h = ops.stop_gradient(m(h, training=True))
+        noise = noise_state(replayed)
+        outputs, tapes, h = [], {}, x
+        for i, m in enumerate(model.local_modules):
+            if i in held:
+                tapes[i] = tf.GradientTape()
+                with tapes[i]:
+                    h = m(ops.stop_gradient(h), training=True)
+            else:
+                h = ops.stop_gradient(m(h, training=True))
             outputs.append(h)
+        after = noise_state(replayed) if held else ()
         logits, error, signals = self._error_and_signals(model, outputs, y, error)
         inputs = [x, *outputs[:-1]]
-        results, deps = [], [logits]
-        with replaying(model.local_modules, noise):
+        results, deps = {}, [logits]
+        for i in sorted(held, reverse=True):
+            with tapes[i]:  # re-entering continues recording on module i's tape
+                results[i] = self._module_step(model, i, tapes[i], outputs[i], error, y,
+                                               signals, replicas)
+            deps += [g for g, _ in results[i][0] if g is not None]
+        with replaying(replayed, noise):
             for i, m in enumerate(model.local_modules):
+                if i in held:
+                    continue
                 with tf.control_dependencies(deps):
                     with tf.GradientTape() as tape:
                         h = m(tf.identity(inputs[i]), training=True)
-                        results.append(self._module_step(model, i, tape, h, error, y, signals,
-                                                         replicas))
-                deps = [g for g, _ in results[-1][0] if g is not None]
-        return self._collect(results, logits)
+                        results[i] = self._module_step(model, i, tape, h, error, y, signals,
+                                                       replicas)
+                deps = [g for g, _ in results[i][0] if g is not None]
+        for variable, value in after:  # where the first pass left them (a generator
+            variable.assign(value)      # shared with a held module drew for it too)
+        return self._collect([results[i] for i in range(len(model.local_modules))], logits)
+
+    def held_modules(self, model) -> frozenset:
+        """The modules a recomputing step holds instead of replaying (``holds.plan``),
+        planned again when a rank cut changes the layers."""
+        if not self.options.get("hold_within_peak"):
+            return frozenset()
+        key = tuple(model.ranks().values())
+        if getattr(self, "_held_plan", (None,))[0] != key:
+            self._held_plan = (key, holds.plan(model))
+        return self._held_plan[1]
 
     def _one_module_at_a_time(self, model, x, y):
         """The local route: module i's gradient right after its forward, so that only

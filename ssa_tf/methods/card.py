@@ -13,8 +13,11 @@ as columns in every results table:
   layer's initial weight, fixed afterwards); ``continuously`` (BP's backward
   pass uses W^T; a lagging copy of W is the same thing, late).
 * **held activations**: what the implementation keeps in memory for one
-  step: ``all modules`` (every module's activations until the error is known)
-  or ``one module at a time`` (plus the module outputs, for a recompute);
+  step: ``all modules`` (every module's activations until the error is known),
+  ``one module at a time`` (plus the module outputs, for a recompute), or
+  ``within the largest module's`` (a recompute that keeps the tapes of the modules
+  that fit together in the largest module's activations instead of replaying them,
+  ``rule.hold_within_peak``: the peak of one module at a time, fewer replays);
 * **feedback**: ``fixed`` after construction; ``learns locally`` (from the output
   error and the module's own output only: Kolen-Pollack, ``dkp``); ``local head`` (no
   output error at all: a read-out or small head trained with the module on its own
@@ -31,7 +34,10 @@ from __future__ import annotations
 import dataclasses
 
 TRANSPORT = ("never", "once at construction", "continuously")
-HELD = ("all modules", "one module at a time")
+HELD = ("all modules", "one module at a time", "within the largest module's")
+# the held activations in a results table's column
+HELD_COLUMNS = {"all modules": "all", "one module at a time": "one",
+                "within the largest module's": "within largest"}
 FEEDBACK = ("fixed", "learns locally", "local head", "copies the forward weights",
             "is the forward weights")
 # what a rank cut passes from the forward weights to the feedback factors, by the resolved
@@ -92,4 +98,4 @@ class LocalityCard:
 
     def columns(self) -> tuple:
         return ("yes" if self.sequential else "no", self.weight_transport,
-                "all" if self.held_activations == "all modules" else "one")
+                HELD_COLUMNS[self.held_activations])

@@ -125,8 +125,13 @@ def direct_card(rule, from_factors=False, error=None, feedback="fixed"):
     ``feedback`` says whether it stays fixed (``card.FEEDBACK``)."""
     def card(o):
         route = ROUTES[o["feedback"]]
-        held = ("one module at a time" if not route.needs_error or o.get("recompute")
-                else "all modules")
+        if not route.needs_error:
+            held = "one module at a time"
+        elif not o.get("recompute"):
+            held = "all modules"
+        else:
+            held = ("within the largest module's" if o.get("hold_within_peak")
+                    else "one module at a time")
         reads = from_factors or route.reads_layer_feedback
         learns = feedback
         if route.name == "local" and uses_local_head(o):

@@ -101,7 +101,7 @@ def implementation():
 
 
 OPTIONS = dict(alpha=1.0, feedback="global", feedback_spatial="full", recompute=True,
-               **{**FEEDBACK_OPTIONS, "feedback_lr": DKP_FEEDBACK_LR})
+               hold_within_peak=False, **{**FEEDBACK_OPTIONS, "feedback_lr": DKP_FEEDBACK_LR})
 
 SPEC = RuleSpec(
     "dkp", "direct Kolen-Pollack: DFA whose feedback matrices learn from e and each "

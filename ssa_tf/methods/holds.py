@@ -1,0 +1,70 @@
+"""Which modules keep their activations through a recomputing step (``rule.hold_within_peak``).
+
+A direct rule that recomputes (``rule.recompute``) runs the forward pass once for the
+output error e, keeping only the module boundaries, then replays each module under its own
+tape: its peak memory is one module's activations, the largest module's. Every other
+module replayed within that peak costs a forward pass and saves nothing: the modules whose
+activations fit together in the largest one's keep their tapes from the first pass
+instead, and their gradients are taken before the first replay, so the peak stays the
+largest module's while the step skips their replays. On an ImageNet ResNet the stem and
+first stage hold most of the activations and the later stages most of the multiply-adds.
+
+The gradients are the same: a replay computes the first pass's activations (same
+weights, same dropout masks, same batch statistics).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+# a batch size no weight's leading dimension is likely to have: the tensors of a traced
+# forward pass whose leading dimension is this are its activations
+_PROBE_BATCH = 7
+_NOT_ACTIVATIONS = {"Const", "ReadVariableOp", "VarHandleOp", "Placeholder", "Shape",
+                    "NoOp", "Identity"}
+
+
+def activation_elements(module, input_shape) -> int:
+    """Per example: the elements of every tensor a training forward pass of ``module``
+    makes with the batch as its leading dimension (its activations, an upper bound on what
+    its tape holds), from one trace on a probe batch."""
+    spec = tf.TensorSpec((_PROBE_BATCH, *input_shape), tf.float32)
+    graph = tf.function(lambda x: module(x, training=True)).get_concrete_function(spec).graph
+    total = 0
+    for op in graph.get_operations():
+        if op.type in _NOT_ACTIVATIONS:
+            continue
+        for t in op.outputs:
+            shape = t.shape
+            if (t.dtype.is_floating and shape.rank and shape.is_fully_defined()
+                    and shape[0] == _PROBE_BATCH):
+                total += int(np.prod(shape[1:]))
+    return total
+
+
+def held_within_peak(sizes) -> frozenset:
+    """The indices of the modules to hold: the largest module is always replayed (it is
+    the peak); the others, smallest first, are held while their sizes together stay
+    within its size."""
+    if len(sizes) < 2:
+        return frozenset()
+    order = sorted(range(len(sizes)), key=lambda i: (sizes[i], -i))
+    budget, held, total = sizes[order[-1]], set(), 0
+    for i in order[:-1]:
+        if total + sizes[i] > budget:
+            break
+        held.add(i)
+        total += sizes[i]
+    return frozenset(held)
+
+
+def plan(model) -> frozenset:
+    """``held_within_peak`` of ``model``'s local modules at their current ranks."""
+    shapes = [model.input_dims, *model.module_output_shapes[:-1]]
+    with tf.init_scope():  # traced on its own, also when asked inside a step's trace
+        sizes = [activation_elements(m, s) for m, s in zip(model.local_modules, shapes)]
+    return held_within_peak(sizes)
+
+
+__all__ = ["activation_elements", "held_within_peak", "plan"]
