@@ -43,17 +43,15 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
 from absl import flags
 
+from benchmarks.timing import child_peak_mb, peak_step_mb, print_peak
 from ssa_tf import atomic_files, cli
 from ssa_tf.cli import usage_error
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
 SHAPE = (32, 32, 3)
 # (row name, rule options)
 ROWS = [
@@ -77,6 +75,15 @@ HEAD_ROWS = [
     ("local conv heads, plain layers", dict(rule="dfa", feedback="local", readout_head="conv")),
     ("ssa", dict(rule="ssa")),
     ("ssa, local conv heads", dict(rule="ssa", feedback="local", readout_head="conv")),
+    # the heads of heads_20ep's later rows: deeper (DGL's), predsim's, the 4x4 grid
+    ("local conv heads, depth 2, plain layers", dict(rule="dfa", feedback="local",
+                                                     readout_head="conv", readout_depth=2)),
+    ("local predsim heads (linear pred + sim 0.99), plain layers",
+     dict(rule="dfa", feedback="local", readout_trained=True, readout_sim=0.99)),
+    ("local conv heads, 4x4 grid, plain layers", dict(rule="dfa", feedback="local",
+                                                      readout_head="conv", readout_grid=4)),
+    ("ssa, local conv heads, 4x4 grid", dict(rule="ssa", feedback="local", readout_head="conv",
+                                             readout_grid=4)),
 ]
 
 # where the direct SSA step's time goes: each row removes one piece of it (or of BP's)
@@ -229,29 +236,15 @@ def onnx_latency(deployed, x):
 
 
 def memory_child(spec):
-    import tensorflow as tf
-
     model = build(spec["model"], spec["options"], spec.get("fraction"))
-    x, y = batch(FLAGS.batch)
-    model.train_on_batch(x, y)
-    tf.config.experimental.reset_memory_stats("CPU:0")
-    base = tf.config.experimental.get_memory_info("CPU:0")["current"]
-    for _ in range(2):
-        model.train_on_batch(x, y)
-    peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
-    print("MEMORY " + json.dumps({"peak_mb": (peak - base) / 2 ** 20}))
+    print_peak(peak_step_mb(model, *batch(FLAGS.batch)))
 
 
 def measure_memory(model_name, spec):
     child = {"model": model_name, "options": spec["options"], "fraction": spec.get("fraction")}
-    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    out = subprocess.run([sys.executable, "-m", "benchmarks.efficiency",
-                          f"--batch={FLAGS.batch}", f"--child={json.dumps(child)}"],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
-    line = next((l for l in out.stdout.splitlines() if l.startswith("MEMORY ")), None)
-    if out.returncode or line is None:
-        raise RuntimeError(f"memory of {model_name} {spec}: {out.stderr[-1500:]}")
-    return json.loads(line[len("MEMORY "):])["peak_mb"]
+    return child_peak_mb("benchmarks.efficiency",
+                         [f"--batch={FLAGS.batch}", f"--child={json.dumps(child)}"],
+                         f"{model_name} {spec}")
 
 
 def rows_for():

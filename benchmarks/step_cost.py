@@ -17,7 +17,12 @@ one it is compared with in one thing:
 - each SVD convolution forced to one form (merged, factored);
 - ``ssa`` with every layer cut to 50% of its full rank, in the spatial view (the paper's) and
   the channel view (``model.conv_factorization=channel``: a kh x kw convolution to r
-  channels, then 1 x 1, whose pair costs r (9C + N) a pixel against 9CN).
+  channels, then 1 x 1, whose pair costs r (9C + N) a pixel against 9CN);
+- the direct rules holding every module's activations (no recompute), and holding the
+  modules that fit in the largest module's activations (``rule.hold_within_peak``).
+
+``--memory`` also measures each row's peak training memory, a process a row (the
+allocator's peak is per process).
 
 Synthetic inputs already normalized, one batch held in memory; the ratio to BP is what
 counts on a shared machine. Profiling with the TensorFlow profiler needs its TensorBoard
@@ -30,7 +35,8 @@ import sys
 
 from absl import flags
 
-from benchmarks.timing import time_side_by_side, warm_up
+from benchmarks.timing import (child_peak_mb, peak_step_mb, print_peak, time_side_by_side,
+                               warm_up)
 from ssa_tf import atomic_files, cli
 
 FLAGS = flags.FLAGS
@@ -42,6 +48,9 @@ flags.DEFINE_integer("steps", 2, "steps per row and round")
 flags.DEFINE_multi_string("row", [], "time only this row, by its full name (repeat; bp is "
                           "always timed)")
 flags.DEFINE_string("out", None, "also write the table to this Markdown file")
+flags.DEFINE_boolean("memory", False, "also measure each row's peak training memory (a "
+                     "process of its own a row)")
+flags.DEFINE_string("child", None, "internal: measure the peak memory of this row")
 
 G = dict(rule="ssa", feedback="global", feedback_spatial="broadcast")
 # (name, rule options, SVD convolutions' form, rank fraction)
@@ -62,6 +71,22 @@ ROWS = [
     ("bp, 50% of the channel view's rank (svd-bp)", dict(rule="svd-bp",
                                                         conv_factorization="channel"), None, 0.5),
     ("ssa (chain, the default route)", dict(rule="ssa"), None, None),
+    # every module's activations held through the step instead of one module's (no
+    # recompute): what the memory target costs in time
+    ("dfa, broadcast, every module held", dict(rule="dfa", feedback_spatial="broadcast",
+                                               recompute=False), None, None),
+    ("ssa, global broadcast, every module held", dict(G, recompute=False), None, None),
+    ("ssa (chain), every module held", dict(rule="ssa", recompute=False), None, None),
+    # the modules that fit in the largest module's activations held, the rest replayed
+    ("dfa, broadcast, held within the peak", dict(rule="dfa", feedback_spatial="broadcast",
+                                                  hold_within_peak=True), None, None),
+    ("ssa, global broadcast, held within the peak", dict(G, hold_within_peak=True), None,
+     None),
+    ("ssa (chain), held within the peak", dict(rule="ssa", hold_within_peak=True), None, None),
+    ("ssa, global broadcast, channel view, 50% rank, held within the peak",
+     dict(G, conv_factorization="channel", hold_within_peak=True), None, 0.5),
+    ("ssa (chain), channel view, 50% rank, held within the peak",
+     dict(rule="ssa", conv_factorization="channel", hold_within_peak=True), None, 0.5),
 ]
 
 
@@ -85,28 +110,44 @@ def build(options, form, fraction, shape):
     return model
 
 
-def measure(rows):
-    """{row: median ms per step}."""
+def inputs():
     import numpy as np
 
     shape = (FLAGS.image_size, FLAGS.image_size, 3)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((FLAGS.batch, *shape)).astype("float32")
-    y = rng.integers(0, FLAGS.classes, FLAGS.batch)
+    return x, rng.integers(0, FLAGS.classes, FLAGS.batch)
+
+
+def measure(rows):
+    """{row: median ms per step}."""
+    x, y = inputs()
     models = {}
     for name, options, form, fraction in rows:
-        models[name] = build(options, form, fraction, shape)
+        models[name] = build(options, form, fraction, x.shape[1:])
         warm_up(models[name], name, x, y)
     return time_side_by_side(models, x, y, FLAGS.repeats, FLAGS.steps)
 
 
-def table(results) -> str:
+def memory(rows):
+    """{row: peak MB of a training step}, each row in a process of its own."""
+    args = [f"--{n}={FLAGS[n].value}" for n in ("image_size", "classes", "batch")]
+    out = {}
+    for name, *_ in rows:
+        print(f"peak memory of {name} ...", flush=True)
+        out[name] = child_peak_mb("benchmarks.step_cost", [*args, f"--child={name}"], name)
+    return out
+
+
+def table(results, peaks=None) -> str:
     bp = results["bp"]
     lines = [f"resnet18 at {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.classes} classes, "
              f"batch {FLAGS.batch}; median of {FLAGS.repeats} rounds of {FLAGS.steps} steps.",
-             "", "| row | ms per step | x BP |", "|---|---|---|"]
+             "", "| row | ms per step | x BP |" + (" peak MB | x BP |" if peaks else ""),
+             "|---|---|---|" + ("---|---|" if peaks else "")]
     for name, ms in results.items():
-        lines.append(f"| {name} | {ms:.0f} | {ms / bp:.2f} |")
+        cells = (f" {peaks[name]:.0f} | {peaks[name] / peaks['bp']:.2f} |" if peaks else "")
+        lines.append(f"| {name} | {ms:.0f} | {ms / bp:.2f} |{cells}")
     return "\n".join(lines)
 
 
@@ -117,11 +158,20 @@ def main(argv):
         if FLAGS[name].value < 1:
             cli.usage_error(f"--{name} must be >= 1, got {FLAGS[name].value}")
     unknown = set(FLAGS.row) - {r[0] for r in ROWS}
+    if FLAGS.child and FLAGS.child not in {r[0] for r in ROWS}:
+        unknown.add(FLAGS.child)
     if unknown:
         cli.usage_error(f"--row names no row: {sorted(unknown)}")
+    if FLAGS.child:
+        cli.import_tensorflow()
+        _, options, form, fraction = next(r for r in ROWS if r[0] == FLAGS.child)
+        x, y = inputs()
+        print_peak(peak_step_mb(build(options, form, fraction, x.shape[1:]), x, y))
+        return
     rows = [r for r in ROWS if not FLAGS.row or r[0] in FLAGS.row or r[0] == "bp"]
     cli.import_tensorflow()
-    text = table(measure(rows))
+    times = measure(rows)
+    text = table(times, memory(rows) if FLAGS.memory else None)
     print(text)
     if FLAGS.out:
         atomic_files.write_text(FLAGS.out, f"# SSA's training step at ImageNet size, by ablation\n\n"

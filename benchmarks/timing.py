@@ -3,8 +3,14 @@ gives reliably): ``benchmarks.chain_cost`` and ``benchmarks.step_cost``."""
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def warm_up(model, name, x, y):
@@ -27,3 +33,34 @@ def time_side_by_side(models, x, y, repeats, steps):
             times[name].append((time.perf_counter() - start) / steps * 1000)
         print(f"round {r + 1}/{repeats} done", flush=True)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def peak_step_mb(model, x, y):
+    """What TensorFlow's allocator holds at its peak during two training steps, above what
+    it held before them (the weights and optimizer state), after a first step (the trace).
+    Needs the BFC allocator on the CPU, which ``child_peak_mb`` turns on."""
+    import tensorflow as tf
+
+    model.train_on_batch(x, y)
+    tf.config.experimental.reset_memory_stats("CPU:0")
+    base = tf.config.experimental.get_memory_info("CPU:0")["current"]
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    return (tf.config.experimental.get_memory_info("CPU:0")["peak"] - base) / 2 ** 20
+
+
+def print_peak(mb):
+    """The child's answer to ``child_peak_mb``."""
+    print("MEMORY " + json.dumps({"peak_mb": mb}), flush=True)
+
+
+def child_peak_mb(module, args, what):
+    """Peak MB of one model measured by ``python -m module *args`` in a process of its own
+    (the allocator's peak is per process), which prints it with ``print_peak``."""
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=3600)
+    line = next((l for l in out.stdout.splitlines() if l.startswith("MEMORY ")), None)
+    if out.returncode or line is None:
+        raise RuntimeError(f"memory of {what}: {out.stderr[-1500:]}")
+    return json.loads(line[len("MEMORY "):])["peak_mb"]
