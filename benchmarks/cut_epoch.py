@@ -1,0 +1,145 @@
+"""An epoch right after a rank cut against BP's epoch: what a user pays for a cut.
+
+    python -m benchmarks.cut_epoch                       # resnet32, 10,000 images, batch 64
+    python -m benchmarks.cut_epoch --model=smallconv --examples=3000 --out=FILE.md
+
+Each round trains BP one epoch (its step already traced: a run's later epochs) and, for
+every SSA row, a model built at full rank and traced there, then timed from the cut to
+the end of the next epoch: the cut to ``--fraction`` of each layer's full rank
+(``training.rank.apply_ranks``: new variables, the optimizer rebuilt, the step retraced),
+the retrace on the first batch, and the epoch. Rows are timed in turn in one process, the
+order rotated every round; the ratio to BP's epoch is the figure (the machine is shared).
+Synthetic CIFAR-shaped inputs held in memory (the input pipeline is timed elsewhere,
+``DATA_THROUGHPUT.md``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+from absl import flags
+
+from ssa_tf import atomic_files, cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "resnet32", "built-in model")
+flags.DEFINE_integer("examples", 10000, "images in the epoch")
+flags.DEFINE_integer("batch", 64, "batch size")
+flags.DEFINE_float("fraction", 0.5, "the cut: this fraction of each layer's full rank")
+flags.DEFINE_integer("repeats", 3, "rounds")
+flags.DEFINE_multi_string("row", [], "time only this row, by its full name (repeat; bp is "
+                          "always timed)")
+flags.DEFINE_string("out", None, "also write the table to this Markdown file")
+
+MODELS = ("resnet32", "smallconv")
+CHANNEL = dict(rule="ssa", conv_factorization="channel")
+# (name, rule options; None: BP, no cut)
+ROWS = [
+    ("bp", dict(rule="bp")),
+    ("ssa", dict(rule="ssa")),
+    # the optimizer as before FusedAdam: Keras's Adam, ~25 traced ops a variable
+    ("ssa, Keras's Adam", dict(rule="ssa", keras_adam=True)),
+    ("ssa, held within the peak", dict(rule="ssa", hold_within_peak=True)),
+    ("ssa, channel view", CHANNEL),
+    ("ssa, channel view, held within the peak", dict(CHANNEL, hold_within_peak=True)),
+]
+
+
+def data():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((FLAGS.examples, 32, 32, 3)).astype("float32")
+    return x, rng.integers(0, 10, FLAGS.examples)
+
+
+def build(options):
+    import keras
+
+    from ssa_tf.training.model import build_model, compile_model
+
+    keras.utils.set_random_seed(1)
+    options = dict(options)
+    keras_adam = options.pop("keras_adam", False)
+    model = compile_model(build_model(FLAGS.model, (32, 32, 3), 10, **options))
+    if keras_adam:
+        model.compile(optimizer=keras.optimizers.Adam(float(model.optimizer.learning_rate)),
+                      loss=model.loss,
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+    return model
+
+
+def one_round(rows, x, y, bp, order):
+    """{row: seconds}: BP's traced epoch; each SSA row's cut, retrace and epoch."""
+    from ssa_tf.training.rank import apply_ranks
+
+    out = {}
+    for name in order:
+        if name == "bp":
+            start = time.perf_counter()
+            bp.fit(x, y, batch_size=FLAGS.batch, epochs=1, verbose=0, shuffle=False)
+            out[name] = time.perf_counter() - start
+            continue
+        model = build(rows[name])
+        model.train_on_batch(x[:FLAGS.batch], y[:FLAGS.batch])  # traced at full rank
+        start = time.perf_counter()
+        apply_ranks(model, {l.name: max(1, int(l.full_rank * FLAGS.fraction))
+                            for l in model.svd_layers()})
+        model.fit(x, y, batch_size=FLAGS.batch, epochs=1, verbose=0, shuffle=False)
+        out[name] = time.perf_counter() - start
+    return out
+
+
+def measure(rows):
+    x, y = data()
+    bp = build(rows["bp"])
+    bp.fit(x[:4 * FLAGS.batch], y[:4 * FLAGS.batch], batch_size=FLAGS.batch, verbose=0)
+    names, times = list(rows), {name: [] for name in rows}
+    for r in range(FLAGS.repeats):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name, seconds in one_round(rows, x, y, bp, order).items():
+            times[name].append(seconds)
+        print(f"round {r + 1}/{FLAGS.repeats}: "
+              + ", ".join(f"{n} {t[-1]:.1f} s" for n, t in times.items()), flush=True)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def table(results) -> str:
+    bp = results["bp"]
+    lines = [f"{FLAGS.model}, {FLAGS.examples:,} synthetic 32x32x3 images, batch {FLAGS.batch}, "
+             f"the cut to {FLAGS.fraction:.0%} of each layer's full rank; median of "
+             f"{FLAGS.repeats} rounds.", "",
+             "| row | seconds: cut, retrace and epoch (BP: its epoch) | x BP |", "|---|---|---|"]
+    for name, seconds in results.items():
+        lines.append(f"| {name} | {seconds:.1f} | {seconds / bp:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
+    for name in ("examples", "batch", "repeats"):
+        if FLAGS[name].value < 1:
+            cli.usage_error(f"--{name} must be >= 1, got {FLAGS[name].value}")
+    if not 0 < FLAGS.fraction <= 1:
+        cli.usage_error(f"--fraction must be in (0, 1], got {FLAGS.fraction}")
+    if FLAGS.model not in MODELS:
+        cli.usage_error(f"--model must be one of {', '.join(MODELS)} (CIFAR-sized), "
+                        f"got {FLAGS.model!r}")
+    unknown = set(FLAGS.row) - {r[0] for r in ROWS}
+    if unknown:
+        cli.usage_error(f"--row names no row: {sorted(unknown)}")
+    rows = {n: o for n, o in ROWS if not FLAGS.row or n in FLAGS.row or n == "bp"}
+    cli.import_tensorflow()
+    text = table(measure(rows))
+    print(text)
+    if FLAGS.out:
+        atomic_files.write_text(FLAGS.out, "# An epoch right after a rank cut, against BP's\n\n"
+                                f"`python -m benchmarks.cut_epoch {' '.join(sys.argv[1:])}`\n\n"
+                                f"{text}\n")
+
+
+if __name__ == "__main__":
+    cli.run(main, help_text=__doc__)
