@@ -25,7 +25,10 @@ flags.DEFINE_integer("image_size", 224, "input height and width")
 flags.DEFINE_integer("classes", 1000, "classes")
 flags.DEFINE_list("batches", ["1", "8"], "batch sizes to time")
 flags.DEFINE_integer("runs", 20, "timed runs per export and batch")
-flags.DEFINE_enum("form", "auto", ["auto", "merged", "factored"], "the export's form")
+flags.DEFINE_enum("form", "auto", ["auto", "merged", "factored"], "the export's form (rows "
+                  "that name theirs keep it)")
+flags.DEFINE_multi_string("row", [], "export only this row, by its full name (repeat; bp "
+                          "is always exported)")
 flags.DEFINE_string("out", None, "also write the table to this Markdown file")
 
 CHANNEL = dict(rule="ssa", conv_factorization="channel")
@@ -38,6 +41,9 @@ ROWS = [
     ("ssa, channel view, 50% rank", CHANNEL, 0.5, None),
     ("ssa, channel view, 50% rank, every layer factored", CHANNEL, 0.5, "factored"),
     ("ssa, channel view, 25% rank", CHANNEL, 0.25, None),
+    # each layer's form timed alone in onnxruntime at batch 1 (export --form=measured)
+    ("ssa, 50% rank, measured", dict(rule="ssa"), 0.5, "measured"),
+    ("ssa, channel view, 50% rank, measured", CHANNEL, 0.5, "measured"),
 ]
 
 
@@ -45,7 +51,7 @@ def export(options, fraction, form):
     """(the ONNX bytes, the exported parameters, the merged model's forms) of one row."""
     import keras
 
-    from ssa_tf.export.deploy import count_params, to_onnx
+    from ssa_tf.export.deploy import count_params, onnx_form_timer, to_onnx
     from ssa_tf.export.merge import merge
     from ssa_tf.training.model import build_model
     from ssa_tf.training.rank import apply_ranks
@@ -56,18 +62,20 @@ def export(options, fraction, form):
     if fraction is not None:
         apply_ranks(model, {l.name: max(1, int(l.full_rank * fraction))
                             for l in model.svd_layers()})
-    merged, records = merge(model, form or FLAGS.form)
+    form = form or FLAGS.form
+    timer = onnx_form_timer(threads=2) if form == "measured" else None
+    merged, records = merge(model, form, timer=timer)
     forms = sorted({r.form for r in records}) if records else ["plain"]
     return to_onnx(merged).SerializeToString(), count_params(merged), "/".join(forms)
 
 
-def measure():
+def measure(rows):
     import numpy as np
 
     from ssa_tf.export.deploy import median_latency_ms, onnx_session
 
     sessions, facts = {}, {}
-    for name, options, fraction, form in ROWS:
+    for name, options, fraction, form in rows:
         proto, params, forms = export(options, fraction, form)
         sessions[name] = onnx_session(proto, threads=2)
         facts[name] = {"params": params, "forms": forms}
@@ -106,8 +114,12 @@ def main(argv):
         cli.usage_error(f"--batches must be whole numbers, got {','.join(FLAGS.batches)}")
     if not batches or min(batches) < 1 or FLAGS.runs < 1 or FLAGS.image_size < 32:
         cli.usage_error("--batches and --runs must be >= 1 and --image_size >= 32")
+    unknown = set(FLAGS.row) - {r[0] for r in ROWS}
+    if unknown:
+        cli.usage_error(f"--row names no row: {sorted(unknown)}")
+    rows = [r for r in ROWS if not FLAGS.row or r[0] in FLAGS.row or r[0] == "bp"]
     cli.import_tensorflow()
-    text = table(measure())
+    text = table(measure(rows))
     print(text)
     if FLAGS.out:
         atomic_files.write_text(FLAGS.out, "# Exports at ImageNet size against BP's\n\n"

@@ -20,6 +20,8 @@ RANK_FEEDBACK_CUTS = ("slots", "svd", "first")
 RANK_ENERGIES = ("weights", "outputs")
 # how SVDConv2D evaluates its convolution, in training and in an export
 FORWARD_FORMS = ("auto", "merged", "factored")
+# an export's: also "measured", each layer's two forms timed in onnxruntime
+EXPORT_FORMS = (*FORWARD_FORMS, "measured")
 # auto: mirrored on more than one GPU, else one device (ssa_tf.training.strategies)
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker")
 PROGRESS = ("auto", "bar", "epoch", "none")

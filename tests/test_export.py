@@ -265,6 +265,41 @@ def test_truncated_merge_matches_ssa_model(name, request):
     assert export.count_params(merged["auto"]) < export.count_params(merged["merged"])
 
 
+def test_measured_form_asks_the_timer_per_svd_layer_and_emits_its_choice(smallconv):
+    # the timer sees each SVD layer's two forms, computing the same function; the merge
+    # emits what it answers and still computes the model's function
+    x = _rng_batch(smallconv.input_dims, 8, seed=3)
+    seen = []
+
+    def timer(merged, factored):
+        probe = _rng_batch(merged.inputs[0].shape[1:], 4, seed=len(seen))
+        np.testing.assert_allclose(factored(probe), merged(probe), atol=1e-4, rtol=1e-4)
+        seen.append(merged.layers[-1].name)
+        return "factored" if len(seen) % 2 else "merged"
+
+    plain, records = convert.merge(smallconv, "measured", timer=timer)
+    assert seen == [r.name for r in records] == [l.name for l in smallconv.svd_layers()]
+    assert [r.form for r in records] == ["factored" if i % 2 == 0 else "merged"
+                                         for i in range(len(records))]
+    np.testing.assert_allclose(plain(x), np.asarray(smallconv(x, training=False)),
+                               atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="takes a timer"):
+        convert.merge(smallconv, "measured")
+
+
+def test_the_onnx_timer_picks_the_faster_of_two_forms():
+    # one form is a 1x1 convolution, the other twelve stacked: the timer must say which
+    inputs = keras.Input((32, 32, 16))
+    fast = keras.Model(inputs, keras.layers.Conv2D(16, 1)(inputs))
+    inputs = keras.Input((32, 32, 16))
+    y = inputs
+    for _ in range(12):
+        y = keras.layers.Conv2D(16, 3, padding="same")(y)
+    slow = keras.Model(inputs, y)
+    timer = export.onnx_form_timer(batch=4, runs=5)
+    assert timer(fast, slow) == "merged" and timer(slow, fast) == "factored"
+
+
 def test_merge_refuses_unsupported_layers():
     inp = keras.Input((6, 2))
     model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.Conv1D(3, 2)(inp)))

@@ -14,7 +14,7 @@ import tempfile
 import zipfile
 
 from ssa_tf.config import DATASETS, UsageError, legacy
-from ssa_tf.allowed_values import FORWARD_FORMS as FORMS
+from ssa_tf.allowed_values import EXPORT_FORMS as FORMS
 from ssa_tf.training.workdir import last_checkpoint
 
 # what the exported model takes: raw pixels (the training normalization folded in)

@@ -15,17 +15,13 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import logging
 import os
 import shutil
 import tempfile
-import time
 
 import keras
 import numpy as np
-import onnxruntime as ort
 import tensorflow as tf
-import tf2onnx
 
 from ssa_tf.errors import ParityError  # noqa: F401  (raised here)
 import ssa_tf.training.model  # noqa: F401  registers SSAModel and its layers for load_model
@@ -33,67 +29,19 @@ from ssa_tf import atomic_files
 from ssa_tf.config import legacy
 from ssa_tf.export import convert
 from ssa_tf import data as data_lib
-from ssa_tf.export.config import DEFAULT_OPSET, ExportConfig, UsageError
-from ssa_tf.export.onnx_norms import fold_layer_norm_means
+from ssa_tf.export.config import ExportConfig, UsageError
+from ssa_tf.export.onnx_runtime import (  # noqa: F401  (deploy's names since its start)
+    latency_ms, median_latency_ms, norms_folded, onnx_form_timer, onnx_session, run_onnx,
+    to_onnx)
 from ssa_tf.nn.user import input_preprocessing
 
 # docs/ALGORITHM.md §7: the export changes the logits by float32 rounding only
 LOGIT_ATOL = 1e-4
-INPUT_NAME, OUTPUT_NAME, BATCH_DIM = "input", "logits", "batch"
-NORMS_FOLDED_KEY = "ssa_tf.layer_norms_folded"
 
 
 # --------------------------------------------------------------------------
 # Formats
 # --------------------------------------------------------------------------
-
-def to_onnx(model: keras.Model, opset: int = DEFAULT_OPSET, fold_norms: bool = True):
-    """ONNX ModelProto of a single-input Keras model; input "input", output "logits".
-
-    ``fold_norms``: fold each layer norm's channel mean into the weight layer
-    before it (``onnx_norms``; the same function, fewer passes over the
-    activations). The metadata entry ``ssa_tf.layer_norms_folded`` says how
-    many of the layer norms it recognized (tf2onnx's pattern for Keras's
-    layer norm with scale and centre) were folded ("4 of 4").
-    """
-    tf2onnx.logging.set_level(logging.ERROR)
-    shape = tuple(model.inputs[0].shape[1:])
-    spec = tf.TensorSpec((None, *shape), tf.float32, name=INPUT_NAME)
-    fn = tf.function(lambda x: {OUTPUT_NAME: model(x, training=False)})
-    proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=int(opset))
-    for value in (*proto.graph.input, *proto.graph.output):  # tf2onnx names it unk__N
-        value.type.tensor_type.shape.dim[0].dim_param = BATCH_DIM
-    if fold_norms:
-        folded, found = fold_layer_norm_means(proto)
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = NORMS_FOLDED_KEY, f"{folded} of {found}"
-    return proto
-
-
-def norms_folded(proto) -> str | None:
-    """What ``to_onnx`` recorded in ``ssa_tf.layer_norms_folded`` ("3 of 4"), or None."""
-    return next((e.value for e in proto.metadata_props if e.key == NORMS_FOLDED_KEY), None)
-
-
-def onnx_session(model_bytes: bytes, threads: int | None = None,
-                 profile_prefix: str | None = None) -> ort.InferenceSession:
-    """A CPU session; ``threads`` fixes the intra-op threads (sequential execution),
-    so that models timed side by side get the same resources."""
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-
-
-def run_onnx(session, x) -> np.ndarray:
-    return session.run([OUTPUT_NAME], {INPUT_NAME: np.asarray(x, np.float32)})[0]
-
 
 def export_saved_model(model: keras.Model, path: str):
     """SavedModel with a ``serve`` endpoint (dynamic batch) at ``path``, written atomically."""
@@ -130,32 +78,6 @@ def compare_logits(reference, candidate, what) -> dict:
                           f"(limit {LOGIT_ATOL:g}), {flips} of {len(reference)} top-1 predictions "
                           "differ; nothing was written")
     return {"max_abs_diff": diff, "top1_differ": flips, "examples": int(len(reference))}
-
-
-def latency_ms(sessions: dict, x, runs: int) -> dict:
-    """{name: (median, p25, p75)} wall time (ms) of ``session.run`` on ``x``.
-
-    Sessions are timed in turn, run by run, with the order reversed every
-    round, so that load from other processes on a shared machine falls on all
-    of them alike and none always goes first.
-    """
-    for session in sessions.values():  # warm-up: first runs allocate
-        for _ in range(2):
-            run_onnx(session, x)
-    names = list(sessions)
-    times = {name: [] for name in names}
-    for k in range(runs):
-        for name in (names if k % 2 == 0 else names[::-1]):
-            start = time.perf_counter()
-            run_onnx(sessions[name], x)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: tuple(float(v) for v in np.percentile(t, [50, 25, 75]))
-            for name, t in times.items()}
-
-
-def median_latency_ms(sessions: dict, x, runs: int) -> dict:
-    """Median wall time (ms) per named session (``latency_ms``)."""
-    return {name: q[0] for name, q in latency_ms(sessions, x, runs).items()}
 
 
 def count_params(model: keras.Model) -> int:
@@ -273,7 +195,8 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
     log(f"loading {cfg.model_path}")
     model = load_run_model(cfg.model_path)
     try:
-        merged, records = convert.merge(model, cfg.form)
+        merged, records = convert.merge(
+            model, cfg.form, timer=onnx_form_timer() if cfg.form == "measured" else None)
         dense, _ = convert.merge(model, "merged")
     except convert.UnsupportedLayerError as e:
         raise UsageError(str(e)) from e

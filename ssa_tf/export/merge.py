@@ -24,22 +24,26 @@ from ssa_tf.nn import Module, ResidualBlock, SVDDense, SVDLayer
 from ssa_tf.nn.user import GraphModule
 
 
-def merge(model, form="auto"):
+def merge(model, form="auto", timer=None):
     """Return (plain functional Keras model computing what ``model`` computes, records).
 
     ``form``: "auto" picks, per SVD layer, whichever of one merged layer or
     two stacked factor layers takes fewer multiply-adds for the model's input
     size (a tie goes to merged); "merged" and "factored" force one form for
-    every SVD layer. Plain ``Dense``/``Conv2D`` layers (DFA/BP models) stay
+    every SVD layer; "measured" asks ``timer(merged, factored)`` (two one-layer Keras
+    models of the layer's forms at its input size: ``export.deploy.onnx_form_timer``
+    times them in onnxruntime) which one to emit. Plain ``Dense``/``Conv2D`` layers (DFA/BP models) stay
     one layer. Batch norms fold into a directly preceding weight layer; the
     result is for inference. Raises UnsupportedLayerError for a layer it
     cannot express with stock Keras layers.
     """
     if form not in FORMS:
         raise ValueError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+    if (form == "measured") != (timer is not None):
+        raise ValueError("form 'measured' takes a timer, and only it does")
     from ssa_tf.training.model import SSAModel
 
-    emitter = _Emitter(form)
+    emitter = _Emitter(form, timer)
     if isinstance(model, SSAModel):
         inputs = keras.Input(shape=model.input_dims, name="input")
         x = inputs
@@ -83,8 +87,8 @@ def normalization_rescaling(layer):
 class _Emitter:
     """Emits plain Keras layers for SSA layers on symbolic tensors."""
 
-    def __init__(self, form):
-        self.form = form
+    def __init__(self, form, timer=None):
+        self.form, self.timer = form, timer
         self.records = []
         self.absorbed = set()  # ids of batch norms folded into a weight layer
 
@@ -180,6 +184,8 @@ class _Emitter:
             elif self.form == "auto":
                 factored = factored_pays(spec.factored_cost(), spec.merged_cost(),
                                          conv=not spec.dense)
+            elif self.form == "measured":
+                factored = self.timer(*spec.candidates()) == "factored"
         scale, shift = _bn_affine(bn) if bn is not None else (None, None)
         bias = spec.bias
         if scale is not None:
@@ -247,6 +253,18 @@ class _LinearSpec:
             return V * s, U.T
         vertical, horizontal = layer.sub_kernels()
         return _np64(vertical), _np64(horizontal)
+
+    def candidates(self):
+        """(merged, factored): the layer's two forms as one-layer Keras models at its
+        input size, with its weights (no bias: the same in both)."""
+        inputs = keras.Input(self.in_shape[1:])
+        merged = keras.Model(inputs, _emit(self.merged_layer(False), inputs,
+                                           [self.merged_kernel()]))
+        inputs = keras.Input(self.in_shape[1:])
+        first, second = self.factor_kernels()
+        y = _emit(self.second_layer(False), _emit(self.first_layer(), inputs, [first]),
+                  [second])
+        return merged, keras.Model(inputs, y)
 
     # -- costs (multiply-adds per example; None where the input size is unknown) --
     def merged_cost(self):
