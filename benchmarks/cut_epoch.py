@@ -16,12 +16,12 @@ Synthetic CIFAR-shaped inputs held in memory (the input pipeline is timed elsewh
 from __future__ import annotations
 
 import statistics
-import sys
 import time
 
 from absl import flags
 
-from ssa_tf import atomic_files, cli
+from benchmarks.timing import chosen_rows, publish
+from ssa_tf import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "resnet32", "built-in model")
@@ -128,17 +128,10 @@ def main(argv):
     if FLAGS.model not in MODELS:
         cli.usage_error(f"--model must be one of {', '.join(MODELS)} (CIFAR-sized), "
                         f"got {FLAGS.model!r}")
-    unknown = set(FLAGS.row) - {r[0] for r in ROWS}
-    if unknown:
-        cli.usage_error(f"--row names no row: {sorted(unknown)}")
-    rows = {n: o for n, o in ROWS if not FLAGS.row or n in FLAGS.row or n == "bp"}
+    rows = dict(chosen_rows(ROWS, FLAGS.row))
     cli.import_tensorflow()
-    text = table(measure(rows))
-    print(text)
-    if FLAGS.out:
-        atomic_files.write_text(FLAGS.out, "# An epoch right after a rank cut, against BP's\n\n"
-                                f"`python -m benchmarks.cut_epoch {' '.join(sys.argv[1:])}`\n\n"
-                                f"{text}\n")
+    publish(table(measure(rows)), FLAGS.out, "An epoch right after a rank cut, against BP's",
+            "benchmarks.cut_epoch")
 
 
 if __name__ == "__main__":

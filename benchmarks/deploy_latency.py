@@ -14,11 +14,11 @@ the figure.
 
 from __future__ import annotations
 
-import sys
 
 from absl import flags
 
-from ssa_tf import atomic_files, cli
+from benchmarks.timing import chosen_rows, publish
+from ssa_tf import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("image_size", 224, "input height and width")
@@ -114,17 +114,10 @@ def main(argv):
         cli.usage_error(f"--batches must be whole numbers, got {','.join(FLAGS.batches)}")
     if not batches or min(batches) < 1 or FLAGS.runs < 1 or FLAGS.image_size < 32:
         cli.usage_error("--batches and --runs must be >= 1 and --image_size >= 32")
-    unknown = set(FLAGS.row) - {r[0] for r in ROWS}
-    if unknown:
-        cli.usage_error(f"--row names no row: {sorted(unknown)}")
-    rows = [r for r in ROWS if not FLAGS.row or r[0] in FLAGS.row or r[0] == "bp"]
+    rows = chosen_rows(ROWS, FLAGS.row)
     cli.import_tensorflow()
-    text = table(measure(rows))
-    print(text)
-    if FLAGS.out:
-        atomic_files.write_text(FLAGS.out, "# Exports at ImageNet size against BP's\n\n"
-                                f"`python -m benchmarks.deploy_latency {' '.join(sys.argv[1:])}`"
-                                f"\n\n{text}\n")
+    publish(table(measure(rows)), FLAGS.out, "Exports at ImageNet size against BP's",
+            "benchmarks.deploy_latency")
 
 
 if __name__ == "__main__":

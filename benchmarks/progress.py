@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import sys
 
 from absl import flags
 
 from benchmarks.grids import GRIDS
-from ssa_tf import atomic_files, cli
+from benchmarks.timing import publish
+from ssa_tf import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("grid", None, "the grid (benchmarks/grids.py)")
@@ -74,12 +74,8 @@ def main(argv):
         cli.usage_error(f"--grid must be one of {', '.join(GRIDS)}, got {FLAGS.grid!r}")
     if not os.path.isdir(FLAGS.workdir):
         cli.usage_error(f"--workdir {FLAGS.workdir!r} is not a folder")
-    text = table(FLAGS.grid, FLAGS.workdir)
-    print(text)
-    if FLAGS.out:
-        atomic_files.write_text(FLAGS.out, f"# {FLAGS.grid}: the runs so far\n\n"
-                                f"`python -m benchmarks.progress {' '.join(sys.argv[1:])}`\n\n"
-                                f"{text}\n")
+    publish(table(FLAGS.grid, FLAGS.workdir), FLAGS.out, f"{FLAGS.grid}: the runs so far",
+            "benchmarks.progress")
 
 
 if __name__ == "__main__":

@@ -31,13 +31,12 @@ plugin, which this project does not install; ablation times what a user can chan
 
 from __future__ import annotations
 
-import sys
 
 from absl import flags
 
-from benchmarks.timing import (child_peak_mb, peak_step_mb, print_peak, time_side_by_side,
-                               warm_up)
-from ssa_tf import atomic_files, cli
+from benchmarks.timing import (child_peak_mb, chosen_rows, peak_step_mb, print_peak, publish,
+                               time_side_by_side, warm_up)
+from ssa_tf import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("image_size", 224, "input height and width")
@@ -157,26 +156,19 @@ def main(argv):
     for name in ("image_size", "classes", "batch", "repeats", "steps"):
         if FLAGS[name].value < 1:
             cli.usage_error(f"--{name} must be >= 1, got {FLAGS[name].value}")
-    unknown = set(FLAGS.row) - {r[0] for r in ROWS}
     if FLAGS.child and FLAGS.child not in {r[0] for r in ROWS}:
-        unknown.add(FLAGS.child)
-    if unknown:
-        cli.usage_error(f"--row names no row: {sorted(unknown)}")
+        cli.usage_error(f"--child names no row: {FLAGS.child!r}")
     if FLAGS.child:
         cli.import_tensorflow()
         _, options, form, fraction = next(r for r in ROWS if r[0] == FLAGS.child)
         x, y = inputs()
         print_peak(peak_step_mb(build(options, form, fraction, x.shape[1:]), x, y))
         return
-    rows = [r for r in ROWS if not FLAGS.row or r[0] in FLAGS.row or r[0] == "bp"]
+    rows = chosen_rows(ROWS, FLAGS.row)
     cli.import_tensorflow()
     times = measure(rows)
-    text = table(times, memory(rows) if FLAGS.memory else None)
-    print(text)
-    if FLAGS.out:
-        atomic_files.write_text(FLAGS.out, f"# SSA's training step at ImageNet size, by ablation\n\n"
-                         f"`python -m benchmarks.step_cost {' '.join(sys.argv[1:])}`\n\n"
-                         f"{text}\n")
+    publish(table(times, memory(rows) if FLAGS.memory else None), FLAGS.out,
+            "SSA's training step at ImageNet size, by ablation", "benchmarks.step_cost")
 
 
 if __name__ == "__main__":

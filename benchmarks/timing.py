@@ -64,3 +64,25 @@ def child_peak_mb(module, args, what):
     if out.returncode or line is None:
         raise RuntimeError(f"memory of {what}: {out.stderr[-1500:]}")
     return json.loads(line[len("MEMORY "):])["peak_mb"]
+
+
+def chosen_rows(rows, wanted):
+    """The rows (their name first) named in ``wanted`` (every row when it is empty), and BP's
+    always (the ratios are to it); a name that is no row's is a usage error."""
+    from ssa_tf import cli
+
+    unknown = set(wanted) - {r[0] for r in rows}
+    if unknown:
+        cli.usage_error(f"--row names no row: {sorted(unknown)}")
+    return [r for r in rows if not wanted or r[0] in wanted or r[0] == "bp"]
+
+
+def publish(text, out, title, module):
+    """Print a benchmark's table and, with ``out``, write it under ``title`` and the
+    command that made it."""
+    from ssa_tf import atomic_files
+
+    print(text)
+    if out:
+        atomic_files.write_text(out, f"# {title}\n\n`python -m {module} "
+                                f"{' '.join(sys.argv[1:])}`\n\n{text}\n")
