@@ -66,7 +66,7 @@ def build(options):
     model = compile_model(build_model(FLAGS.model, (32, 32, 3), 10, **options))
     if keras_adam:
         model.compile(optimizer=keras.optimizers.Adam(float(model.optimizer.learning_rate)),
-                      loss=model.loss,
+                      loss=model.loss, jit_compile=False,
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     return model
 
