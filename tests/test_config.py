@@ -116,6 +116,11 @@ def test_malformed_overrides_say_what_is_wrong(assignment, needle):
     (["data.validation_split=1.5"], "data.validation_split must be in [0, 1)"),
     (["data.label=coarse"], "applies to cifar100 only"),
     (["rule.name=fa", "rule.s_rate_scale=0"], "rule.s_rate_scale must be > 0"),
+    # holding modules within the peak is a choice of the recompute: without it, nothing
+    (["rule.hold_within_peak=true", "rule.recompute=false"],
+     "needs rule.recompute=true and a route with the output error"),
+    (["rule.name=dfa", "rule.feedback=local", "rule.hold_within_peak=true"],
+     "got rule.recompute=true, rule.feedback=local"),
     (["runtime.strategy=gpu"], "auto, one_device, mirrored, multi_worker"),
     (["runtime.strategy=mirrored", "runtime.logical_cpus=3"], "multiple of"),
     (["runtime.strategy=multi_worker"], "needs TF_CONFIG"),

@@ -196,6 +196,12 @@ class RuleSpec:
                     if other is not route and given.get(name) is not None:
                         return (f"rule.{name} applies to the {other.name} route only, not "
                                 f"rule.feedback={route.name}")
+        if o.get("hold_within_peak") and not (o.get("recompute") and
+                                              ROUTES[o["feedback"]].needs_error):
+            return ("rule.hold_within_peak chooses which modules a recompute holds: it needs "
+                    "rule.recompute=true and a route with the output error (global or chain), "
+                    f"got rule.recompute={str(o.get('recompute')).lower()}, "
+                    f"rule.feedback={o['feedback']}")
         if self.svd and o["alpha"] == o["beta"] == o["gamma"] == 0:
             return "rule.alpha, beta and gamma are all 0: there would be nothing to learn from"
         return self.check(o) if self.check else None
