@@ -163,6 +163,20 @@ GRIDS = {
                for c, w, steps in (("first", "", 0), ("slots", "", 0),
                                    ("slots", ", warm-up", 157))},
         }),
+    # issue 37's deployment target: a cut export at <= 0.5x BP's parameters within 1 point;
+    # the channel view is the form whose cut exports shrink and run faster at ImageNet size
+    # (benchmarks/reports/DEPLOY_LATENCY.md)
+    "channel_cut": dict(
+        caption="SSA in the channel view (model.conv_factorization=channel) with one slot cut "
+                "after epoch 10 at tau 0.9, 0.8 or 0.7, every layer cut, against the uncut "
+                "model (smallconv, first 10,000 training images with augmentation, 20 "
+                "epochs); the test accuracy is the cut model's.",
+        base={**_LONG, RULE: "ssa", **SSA, "model.conv_factorization": "channel",
+              "rank.keep_ends": False, "rank.start": 10, "rank.interval": 20,
+              "rank.feedback_cut": "slots"},
+        seeds=SEEDS,
+        variants={"no cut": {},
+                  **{f"one cut, tau {t}": {"rank.tau": t} for t in (0.9, 0.8, 0.7)}}),
     # the headline: every rule at its defaults, 20 epochs with augmentation
     "rules_smallconv": dict(
         caption="Every rule at its defaults: smallconv, first 10,000 training images with "
