@@ -37,7 +37,7 @@ def run_state(folder):
     if os.path.exists(summary):
         with open(summary) as f:
             s = json.load(f)
-        return len(s["epoch_seconds"]), {"val_accuracy": s["val_accuracy"]}, s["epoch_seconds"]
+        return len(s["epoch_seconds"]), s["history"], s["epoch_seconds"]
     backup = os.path.join(folder, "backup", "local")
     done = [c for c in list_checkpoints(backup) if c[1] == 0] if os.path.isdir(backup) else []
     if not done:

@@ -22,6 +22,8 @@ def test_the_smallest_modules_are_held_while_they_fit_in_the_largest():
     # the largest anywhere; a tie keeps the earlier module replayed
     assert holds.held_within_peak([1, 5, 5, 3]) == {0, 3}
     assert holds.held_within_peak([3]) == frozenset()
+    # only eligible modules are held, the budget still the largest's
+    assert holds.held_within_peak([10, 8, 4, 2, 1], eligible={1, 2, 4}) == {2, 4}
 
 
 def test_activation_elements_counts_the_tensors_a_forward_makes_per_example():
@@ -93,6 +95,19 @@ def test_three_steps_with_dropout_and_batch_norm_train_the_same_held_or_replayed
     assert plans[True] == {1} and not plans[False]
     for a, b in zip(weights[False], weights[True]):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+
+
+def test_a_module_whose_mask_generator_another_shares_is_never_held():
+    # a held module's first-pass draws would move the generator a replayed module
+    # rewinds: its replay would draw other masks than the pass that made e
+    keras.utils.set_random_seed(5)
+    model = SSAModel("noisy", (6, 6, 2), 10, rule="dfa", network=_noisy_network(),
+                     head_init="glorot", module_ends=("relu",), hold_within_peak=True)
+    assert holds.plan(model) == {1}
+    first = next(l for l in model.local_modules[0]._flatten_layers() if l.name == "drop_in")
+    later = next(l for l in model.local_modules[1]._flatten_layers() if l.name == "drop_mid")
+    later.__dict__["_seed_generators"] = list(first._seed_generators)  # one for both
+    assert holds.plan(model) == frozenset()
 
 
 def test_a_rank_cut_plans_the_holds_again():

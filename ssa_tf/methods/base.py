@@ -194,7 +194,6 @@ class Local(LearningRule):
             else:
                 h = ops.stop_gradient(m(h, training=True))
             outputs.append(h)
-        after = noise_state(replayed) if held else ()
         logits, error, signals = self._error_and_signals(model, outputs, y, error)
         inputs = [x, *outputs[:-1]]
         results, deps = {}, [logits]
@@ -213,8 +212,6 @@ class Local(LearningRule):
                         results[i] = self._module_step(model, i, tape, h, error, y, signals,
                                                        replicas)
                 deps = [g for g, _ in results[i][0] if g is not None]
-        for variable, value in after:  # where the first pass left them (a generator
-            variable.assign(value)      # shared with a held module drew for it too)
         return self._collect([results[i] for i in range(len(model.local_modules))], logits)
 
     def held_modules(self, model) -> frozenset:

@@ -43,13 +43,15 @@ def activation_elements(module, input_shape) -> int:
     return total
 
 
-def held_within_peak(sizes) -> frozenset:
+def held_within_peak(sizes, eligible=None) -> frozenset:
     """The indices of the modules to hold: the largest module is always replayed (it is
-    the peak); the others, smallest first, are held while their sizes together stay
-    within its size."""
+    the peak); the others (of ``eligible``, default all), smallest first, are held while
+    their sizes together stay within its size."""
     if len(sizes) < 2:
         return frozenset()
     order = sorted(range(len(sizes)), key=lambda i: (sizes[i], -i))
+    if eligible is not None:
+        order = [i for i in order[:-1] if i in eligible] + order[-1:]
     budget, held, total = sizes[order[-1]], set(), 0
     for i in order[:-1]:
         if total + sizes[i] > budget:
@@ -59,12 +61,25 @@ def held_within_peak(sizes) -> frozenset:
     return frozenset(held)
 
 
+def generators(module) -> set:
+    """The ids of the seed generators (dropout and noise masks) inside ``module``."""
+    return {id(g) for layer in module._flatten_layers(include_self=True, recursive=True)
+            for g in getattr(layer, "_seed_generators", ())}
+
+
 def plan(model) -> frozenset:
-    """``held_within_peak`` of ``model``'s local modules at their current ranks."""
+    """``held_within_peak`` of ``model``'s local modules at their current ranks. A module
+    whose mask generator another module shares is never held: the replay of the other
+    draws from the generator's state before the first pass, which must not depend on
+    draws a held module made."""
+    modules = model.local_modules
     shapes = [model.input_dims, *model.module_output_shapes[:-1]]
     with tf.init_scope():  # traced on its own, also when asked inside a step's trace
-        sizes = [activation_elements(m, s) for m, s in zip(model.local_modules, shapes)]
-    return held_within_peak(sizes)
+        sizes = [activation_elements(m, s) for m, s in zip(modules, shapes)]
+    own = [generators(m) for m in modules]
+    eligible = {i for i, g in enumerate(own)
+                if not any(g & h for j, h in enumerate(own) if j != i)}
+    return held_within_peak(sizes, eligible)
 
 
 __all__ = ["activation_elements", "held_within_peak", "plan"]
