@@ -1,9 +1,12 @@
-"""``benchmarks.progress``: a long grid's runs read from their newest checkpoint or summary."""
+"""``benchmarks.progress``: a long grid's runs read from their newest checkpoint or summary
+(run as the command it is: its flags are its own process's)."""
 
 import json
 import os
+import subprocess
+import sys
 
-from benchmarks import progress
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write(path, data):
@@ -25,8 +28,14 @@ def test_the_table_reads_finished_runs_checkpoints_and_runs_not_started(tmp_path
                {"history": {"val_accuracy": val}, "epoch_seconds": [600.0] * epoch})
     _write(os.path.join(backup, "epoch-2-step-40", "state.json"),
            {"history": {"val_accuracy": [0.0]}, "epoch_seconds": [1.0]})
-    rows = {line.split(" | ")[0].lstrip("| "): line
-            for line in progress.table("learned_resnet32", str(tmp_path)).splitlines()
+    out = tmp_path / "progress.md"
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / ".keras"), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-m", "benchmarks.progress",
+                             "--grid=learned_resnet32", f"--workdir={tmp_path}",
+                             f"--out={out}"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in out.read_text().splitlines()
             if line.startswith("| ") and " | 1 | " in line}
     assert rows["bp"] == "| bp | 1 | 3 of 20 | 0.410 | 0.450 | 450 |"
     assert rows["dkp"] == "| dkp | 1 | 2 of 20 | 0.330 | 0.330 | 600 |"

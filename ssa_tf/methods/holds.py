@@ -62,7 +62,7 @@ def held_within_peak(sizes, eligible=None) -> frozenset:
 
 
 def generators(module) -> set:
-    """The ids of the seed generators (dropout and noise masks) inside ``module``."""
+    """The ids of the mask generators (dropout and noise layers' own) inside ``module``."""
     return {id(g) for layer in module._flatten_layers(include_self=True, recursive=True)
             for g in getattr(layer, "_seed_generators", ())}
 
