@@ -85,4 +85,14 @@ def publish(text, out, title, module):
     print(text)
     if out:
         atomic_files.write_text(out, f"# {title}\n\n`python -m {module} "
-                                f"{' '.join(sys.argv[1:])}`\n\n{text}\n")
+                                f"{' '.join(map(_portable, sys.argv[1:]))}`\n\n{text}\n")
+
+
+def _portable(arg):
+    """A recorded command's argument without this machine's paths: a path inside the
+    repository relative to it, one outside it DIR."""
+    flag, eq, value = arg.partition("=")
+    if not eq or not os.path.isabs(value):
+        return arg
+    inside = os.path.relpath(value, REPO)
+    return f"{flag}={'DIR' if inside.startswith('..') else inside}"

@@ -40,3 +40,6 @@ def test_the_table_reads_finished_runs_checkpoints_and_runs_not_started(tmp_path
     assert rows["bp"] == "| bp | 1 | 3 of 20 | 0.410 | 0.450 | 450 |"
     assert rows["dkp"] == "| dkp | 1 | 2 of 20 | 0.330 | 0.330 | 600 |"
     assert rows["ssa"] == "| ssa | 1 | 0 of 20 | | | |"
+    # the recorded command names no path of this machine
+    command = out.read_text().splitlines()[2]
+    assert "--workdir=DIR --out=DIR" in command and str(tmp_path) not in command
