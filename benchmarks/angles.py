@@ -31,10 +31,9 @@ flags.DEFINE_string("table", None, "also write the table to this Markdown file")
 
 def angles(grid, data_dir, runs):
     """{variant: [per-seed list of module angles]} and the module names."""
-    import keras
     import numpy as np
 
-    import ssa_tf.training.model  # noqa: F401  (registers the classes load_model needs)
+    import ssa_tf
     from ssa_tf import data as data_lib
     from ssa_tf.methods import registry
     from ssa_tf.training.diagnostics import update_angles
@@ -54,7 +53,7 @@ def angles(grid, data_dir, runs):
             if not os.path.exists(path):
                 print(f"{name} seed {r['seed']}: no model kept at {path}", flush=True)
                 continue
-            model = keras.models.load_model(path)
+            model = ssa_tf.load_model(path)  # a run of the old layout too
             found = update_angles(model, x, y)
             modules = [m.name for m in model.local_modules]
             out.setdefault(name, []).append(found)

@@ -53,10 +53,9 @@ def module_accuracies(model, x, y, batch=500):
 
 def probes(grid, data_dir, roots, split="validation"):
     """{variant: [per-seed list of module accuracies]} and the module names."""
-    import keras
     import numpy as np
 
-    import ssa_tf.training.model  # noqa: F401  (registers the classes load_model needs)
+    import ssa_tf
     from ssa_tf import data as data_lib
 
     base = GRIDS[grid]["base"]
@@ -76,7 +75,7 @@ def probes(grid, data_dir, roots, split="validation"):
                 print(f"{path}: trained with other settings than {name!r} has now; skipped",
                       flush=True)
                 continue
-            model = keras.models.load_model(path)
+            model = ssa_tf.load_model(path)  # a run of the old layout too
             route = getattr(model.rule, "route", None)
             if route is None or route.needs_error:  # not the local route: no heads
                 continue

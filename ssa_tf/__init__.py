@@ -14,7 +14,9 @@ Importing ``ssa_tf`` does nothing else: TensorFlow starts when a module that nee
 is imported (``ssa_tf.training.model`` registers the Keras classes), so the command
 lines check their flags in a fraction of a second. A Keras user's habit works too:
 after ``import ssa_tf``, ``keras.saving.load_model("RUN/model.keras")`` finds ssa-tf's
-classes, registered the first time Keras looks one up (``_LazyRegistry`` below).
+classes, registered the first time Keras looks one up (``_LazyRegistry`` below). A
+built-in model saved before 2026-12-06 (the old layout of its modules) loads with
+``ssa_tf.load_model``.
 """
 
 import importlib.abc
@@ -103,9 +105,9 @@ def __dir__():
 
 
 def load_model(path, **kwargs):
-    """``keras.models.load_model`` with ssa-tf's model and layers registered."""
-    import keras
+    """``keras.models.load_model`` with ssa-tf's model and layers registered; a built-in
+    model saved before 2026-12-06 (its modules' old layout) loads too
+    (``ssa_tf.training.saved``)."""
+    from ssa_tf.training import saved
 
-    import ssa_tf.training.model  # noqa: F401  (registers SSAModel and the SVD layers)
-
-    return keras.models.load_model(path, **kwargs)
+    return saved.load(path, **kwargs)

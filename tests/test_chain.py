@@ -47,7 +47,7 @@ def test_svd_feedback_conv_uses_the_feedback_kernel():
     expected = tf.nn.conv2d(x, kernel, strides=1, padding="SAME")
     np.testing.assert_allclose(chain.linear_feedback(layer, x, {}), expected, rtol=1e-4, atol=1e-4)
     # max pooling is linearized as average pooling
-    pool = model.local_modules[0].steps[-1]
+    pool = model.local_modules[0].graph.get_layer("m0_pool")
     y = chain.linear_feedback(pool, x, {})
     np.testing.assert_allclose(y, tf.nn.avg_pool2d(x, 2, 2, "VALID"), rtol=1e-6)
 

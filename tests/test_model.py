@@ -187,7 +187,7 @@ def test_ssa_feedback_lies_in_the_span_of_the_feedback_factors():
 def test_batch_norm_statistics_are_constant_only_under_local_rules(rule):
     stop = registry.get(rule).local  # module losses (the spec), not one end-to-end loss
     model = SSAModel("smallconv", (16, 16, 3), 10, rule=rule, norm="batch")
-    bns = [l for m in model.local_modules for l in m.steps if isinstance(l, LocalBatchNorm)]
+    bns = [l for m in model.local_modules for l in m.graph.layers if isinstance(l, LocalBatchNorm)]
     assert len(bns) == 4 and all(b.stop_stat_gradient == stop for b in bns)
 
 

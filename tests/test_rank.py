@@ -79,7 +79,7 @@ def test_training_continues_at_the_new_shapes(digits, tmp_path):
     assert int(opt.iterations) == step_before  # the schedule goes on
     assert tuple(opt._momentums[opt._get_variable_index(layer.U)].shape) == (256, r)
     # untouched variables keep their moments; re-factored ones restart at zero
-    norm_gamma = model.local_modules[0].steps[-2].gamma
+    norm_gamma = model.local_modules[0].graph.get_layer("m0_norm").gamma
     np.testing.assert_array_equal(opt._momentums[opt._get_variable_index(norm_gamma)].numpy(),
                                   m_before[id(norm_gamma)])
     assert not opt._momentums[opt._get_variable_index(layer.U)].numpy().any()

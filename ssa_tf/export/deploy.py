@@ -34,6 +34,7 @@ from ssa_tf.export.onnx_runtime import (  # noqa: F401  (deploy's names since it
     latency_ms, median_latency_ms, norms_folded, onnx_form_timer, onnx_session, run_onnx,
     to_onnx)
 from ssa_tf.nn.user import input_preprocessing
+from ssa_tf.training import saved
 
 # docs/ALGORITHM.md §7: the export changes the logits by float32 rounding only
 LOGIT_ATOL = 1e-4
@@ -111,7 +112,7 @@ class ExportResult:
 def load_run_model(path: str) -> keras.Model:
     """A run's model.keras; UsageError (one line) when it cannot be read."""
     try:
-        return keras.models.load_model(path, compile=False)
+        return saved.load(path, compile=False)  # a model of the old layout too
     except Exception as e:  # any failure to read the user's file is their input problem
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"cannot load model {path!r} ({type(e).__name__}: {detail[:200]})") from e

@@ -20,7 +20,7 @@ from ssa_tf.export.config import FORMS
 from ssa_tf.nn.graph import (BATCH_NORMS, PASS_THROUGH, TRAINING_ONLY, activation_name,
                                  UnsupportedLayerError, clone_call, costs, has_input, is_weight,
                                  layer_record, rewrite)
-from ssa_tf.nn import Module, ResidualBlock, SVDDense, SVDLayer
+from ssa_tf.nn import SVDDense, SVDLayer
 from ssa_tf.nn.user import GraphModule
 
 
@@ -50,7 +50,7 @@ def merge(model, form="auto", timer=None):
         if model.input_stats is not None:  # raw pixels in, as the model takes them
             x = input_rescaling(model.input_stats)(x)
         for module in model.local_modules:
-            x = emitter.sequence([module], x)
+            x = emitter.layer(module, x)
         merged = keras.Model(inputs, x, name=f"{model.name}_merged")
     else:
         merged = rewrite(model, emitter.handle, fold=emitter.can_fold, inference=True)
@@ -93,29 +93,13 @@ class _Emitter:
         self.absorbed = set()  # ids of batch norms folded into a weight layer
 
     # -- traversals ---------------------------------------------------------------
-    def sequence(self, steps, x):
-        """Layers applied in order (a Module's steps), folding weight -> batch norm."""
-        i = 0
-        while i < len(steps):
-            step = steps[i]
-            after = steps[i + 1] if i + 1 < len(steps) else None
-            if self.can_fold(step, after):
-                x = self.weight(step, x, bn=after)
-                i += 2
-                continue
-            x = self.layer(step, x)
-            i += 1
-        return x
-
     def layer(self, layer, x):
         if layer is None:
             return x
-        if isinstance(layer, Module):
-            return self.sequence(layer.steps, x)
         if isinstance(layer, GraphModule):
-            return rewrite(layer.graph, self.handle, fold=self.can_fold, inference=True)(x)
-        if isinstance(layer, ResidualBlock):
-            return self.residual(layer, x)
+            # in place: the exported model is one flat graph of stock layers
+            return rewrite(layer.graph, self.handle, fold=self.can_fold, inference=True,
+                           inputs=x)
         if is_weight(layer):
             return self.weight(layer, x)
         if type(layer) in BATCH_NORMS:
@@ -127,18 +111,6 @@ class _Emitter:
         if type(layer) in PASS_THROUGH:
             return clone_call(layer, (x,), {})
         raise UnsupportedLayerError(_unsupported_message(layer))
-
-    def residual(self, block, x):
-        """conv1-norm1-act-conv2-norm2 (+ shortcut) -act, as in models.ResidualBlock."""
-        name = block.name
-        # the block's own activation (leaky_relu by default), not always relu
-        act = keras.activations.serialize(block.activation)
-        y = self.sequence([block.conv1, block.norm1], x)
-        y = keras.layers.Activation(act, name=f"{name}_act1")(y)
-        y = self.sequence([block.conv2, block.norm2], y)
-        shortcut = x if block.proj is None else self.sequence([block.proj, block.proj_norm], x)
-        y = keras.layers.Add(name=f"{name}_add")([y, shortcut])
-        return keras.layers.Activation(act, name=f"{name}_act2")(y)
 
     def handle(self, layer, args, kwargs):
         """clone_model's call_function for graph models."""

@@ -26,8 +26,7 @@ from keras import ops
 import tensorflow as tf
 
 from ssa_tf.nn import SVDConv2D, SVDDense
-from ssa_tf.nn import Module, ResidualBlock
-from ssa_tf.nn.graph import TRAINING_ONLY
+from ssa_tf.nn.graph import TRAINING_ONLY, topological_nodes
 from ssa_tf.nn.user import GraphModule
 
 _IDENTITY = (keras.layers.LayerNormalization, keras.layers.BatchNormalization,
@@ -101,10 +100,7 @@ def gated_feedback(step, a, kernels, x, jacobians=True):
                 y = step(x)
             return acc.jvp(y), y
     if isinstance(step, GraphModule):
-        if fwd:
-            raise TypeError(f"module {step.name!r} of a user's model: the gated chain (fa, "
-                            "bp-lagged-copy) runs on the built-in models only")
-        return graph_feedback(step.graph, a, kernels), x
+        return graph_feedback(step.graph, a, kernels, x, jacobians)
     if isinstance(step, keras.layers.Activation):
         if fwd:
             x, a = gate(step.activation, x, a)
@@ -125,42 +121,29 @@ def gated_feedback(step, a, kernels, x, jacobians=True):
         return step(a), (step(x) if fwd else x)
     if isinstance(step, keras.layers.GlobalMaxPooling2D):  # the linear network averages
         return ops.mean(a, axis=(1, 2)), (step(x) if fwd else x)
-    if isinstance(step, Module):
-        for sub in step.steps:
-            a, x = gated_feedback(sub, a, kernels, x, jacobians)
-        return a, x
-    if isinstance(step, ResidualBlock):
-        b, y = gated_feedback(step.conv1, a, kernels, x, jacobians)
-        b, y = gated_feedback(step.norm1, b, kernels, y, jacobians)
-        if fwd:
-            y, b = gate(step.activation, y, b)
-        b, y = gated_feedback(step.conv2, b, kernels, y, jacobians)
-        b, y = gated_feedback(step.norm2, b, kernels, y, jacobians)
-        if step.proj is None:
-            sa, sx = a, x
-        else:
-            sa, sx = gated_feedback(step.proj, a, kernels, x, jacobians)
-            sa, sx = gated_feedback(step.proj_norm, sa, kernels, sx, jacobians)
-        a = b + sa
-        if fwd:
-            x, a = gate(step.activation, y + sx, a)
-        return a, x
     raise TypeError(f"no linear feedback for layer {step.name!r} of type {type(step).__name__}")
 
 
-def graph_feedback(graph, a, kernels):
-    """The linear feedback version of a functional ``graph`` applied to ``a``: every
-    layer replaced by its linear feedback (``linear_feedback``), an Add by the sum."""
-    def operation_fn(op):
-        def call(*args, **kwargs):
-            if isinstance(op, keras.layers.Add):
-                return sum(args[0][1:], args[0][0])
-            if isinstance(op, keras.layers.Concatenate):
-                return ops.concatenate(args[0], axis=op.axis)
-            return linear_feedback(op, args[0], kernels)
-        return call
-
-    return graph._run_through_graph(a, operation_fn=operation_fn)
+def graph_feedback(graph, a, kernels, x=None, jacobians=True):
+    """(feedback signal, forward value) after a functional ``graph`` (a module): every
+    layer replaced by its feedback (``gated_feedback``), node by node; an Add sums its
+    inputs' signals (and forward values), a Concatenate joins them. With ``x`` the
+    graph's forward input, the signals are gated by the forward pass as in
+    ``gated_feedback``; with ``x=None`` the feedback network is linear."""
+    values = {id(graph.inputs[0]): (a, x)}
+    for node in topological_nodes(graph):
+        op, ins = node.operation, [values[id(t)] for t in node.input_tensors]
+        if isinstance(op, keras.layers.Add):
+            out = (sum(s for s, _ in ins[1:]) + ins[0][0],
+                   None if x is None else op([v for _, v in ins]))
+        elif isinstance(op, keras.layers.Concatenate):
+            out = (ops.concatenate([s for s, _ in ins], axis=op.axis),
+                   None if x is None else op([v for _, v in ins]))
+        else:
+            (signal, value), = ins
+            out = gated_feedback(op, signal, kernels, value, jacobians)
+        values[id(node.outputs[0])] = out
+    return values[id(graph.outputs[0])]
 
 
 def gate(activation, z, a):

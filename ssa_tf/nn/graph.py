@@ -151,13 +151,15 @@ def has_input(layer):
     return True
 
 
-def rewrite(model, handle, fold=None, inference=False):
+def rewrite(model, handle, fold=None, inference=False, inputs=None):
     """Rebuild a Sequential or functional ``model`` with ``handle`` deciding each layer.
 
     ``handle(layer, args, kwargs)`` returns the new outputs for one call of
     ``layer``. With ``fold(layer, next_layer)``, a weight layer whose only
     consumer is a foldable batch norm gets it as ``kwargs["_fold"]`` and the
-    batch norm is then skipped (the handler records it as absorbed).
+    batch norm is then skipped (the handler records it as absorbed). With ``inputs``
+    (a symbolic tensor of a functional model being built) the rebuilt layers are applied
+    to it in place, and their output tensor is returned instead of a model.
     """
     if isinstance(model, keras.Sequential):
         return _rewrite_sequential(model, handle, fold, inference)
@@ -174,11 +176,33 @@ def rewrite(model, handle, fold=None, inference=False):
             kwargs = {**kwargs, "_fold": folds[id(layer)]}
         return handle(layer, args, kwargs)
 
+    if inputs is not None:
+        return _inline(model, inputs, call)
     clone = keras.models.clone_model(model, clone_function=lambda layer: layer,
                                      call_function=call)
     # a fresh model: clone_model also copies the compile state, which an
     # exported (or newly converted) model should not carry
     return keras.Model(clone.input, clone.output, name=model.name)
+
+
+def topological_nodes(model):
+    """The nodes of a functional ``model``'s layers (not its inputs), each after those it
+    reads."""
+    depths = sorted(model._nodes_by_depth, reverse=True)
+    return [n for d in depths for n in model._nodes_by_depth[d]
+            if n.operation is not None and not n.is_input]
+
+
+def _inline(model, inputs, call):
+    """``call(layer, *args, **kwargs)`` for every node of a functional ``model``, in order,
+    starting from the symbolic tensor ``inputs``; its output tensor."""
+    values = {id(model.inputs[0]): inputs}
+    for node in topological_nodes(model):
+        args, kwargs = node.arguments.fill_in(values)
+        outs = keras.tree.flatten(call(node.operation, *args, **kwargs))
+        for tensor, out in zip(node.outputs, outs):
+            values[id(tensor)] = out
+    return values[id(model.outputs[0])]
 
 
 def _rewrite_sequential(model, handle, fold, inference):

@@ -1,4 +1,5 @@
-"""A user's Keras model as a network of local modules.
+"""A Keras model as a network of local modules: a user's, and the built-in ones
+(``nn.models`` writes them as Keras models and converts them here).
 
     modules = modules_from_keras(model, svd=True, local=True, feedback_init="forward")
 
@@ -31,7 +32,8 @@ import keras
 from keras.src.layers.preprocessing.data_layer import DataLayer
 
 from ssa_tf.nn.graph import (BATCH_NORMS, PASS_THROUGH, TRAINING_ONLY, UnsupportedLayerError,
-                             _is_functional, activation_name, clone_call, linear_copy, rewrite)
+                             _is_functional, activation_name, clone_call, linear_copy, rewrite,
+                             topological_nodes)
 from ssa_tf.nn.layers import SVDConv2D, SVDDense, SVDLayer
 from ssa_tf.nn.norm import LocalBatchNorm
 
@@ -135,7 +137,7 @@ def leading_preprocessing(model) -> list:
         return chain
     if not _is_functional(model):
         return []  # the conversion refuses it (its layers' order is unknown)
-    nodes = _topological_nodes(model)
+    nodes = topological_nodes(model)
     consumers = {}
     for node in nodes:
         for t in node.input_tensors:
@@ -183,9 +185,10 @@ def describe_preprocessing(layer) -> str:
 class _Converter:
     """The handler of ``rewrite``: SVD layers, local batch norms, copies of the rest."""
 
-    def __init__(self, svd, local, feedback_init, seed, ranks):
+    def __init__(self, svd, local, feedback_init, seed, ranks, conv_factorization):
         self.svd, self.local, self.feedback_init = svd, local, feedback_init
         self.seed, self.ranks = int(seed), dict(ranks or {})
+        self.conv_factorization = conv_factorization
         self._count = 0
 
     def weight(self, layer, x):
@@ -193,12 +196,15 @@ class _Converter:
             return clone_call(layer, (x,), {})
         self._count += 1
         linear = linear_copy(layer)
+        # random feedback is drawn like the layer's own weights, with its own seed
+        # (nn.models: the i-th weight layer's weights have seed * 10007 + 2i - 1)
         kwargs = dict(rank=self.ranks.get(layer.name), feedback_init=self.feedback_init,
-                      feedback_seed=self.seed * 10007 + self._count + 5003)
+                      feedback_seed=self.seed * 10007 + 2 * self._count + 5003,
+                      kernel_initializer=layer.kernel_initializer)
         if isinstance(layer, keras.layers.Dense):
             new = SVDDense.from_dense(linear, **kwargs)
         else:
-            new = SVDConv2D.from_conv(linear, **kwargs)
+            new = SVDConv2D.from_conv(linear, factorization=self.conv_factorization, **kwargs)
         y = new(x)
         if activation_name(layer) != "linear":
             y = keras.layers.Activation(layer.activation, name=f"{layer.name}_activation")(y)
@@ -223,16 +229,10 @@ class _Converter:
         return clone_call(layer, args, {})
 
 
-def _topological_nodes(model):
-    depths = sorted(model._nodes_by_depth, reverse=True)
-    return [n for d in depths for n in model._nodes_by_depth[d]
-            if n.operation is not None and not n.is_input]
-
-
 def _segments(model):
     """[(boundary tensor in, [nodes], boundary tensor out)], cut wherever every path
     from the input to the output passes through one tensor."""
-    nodes = _topological_nodes(model)
+    nodes = topological_nodes(model)
     uses = {}
     for node in nodes:
         for t in node.input_tensors:
@@ -260,18 +260,21 @@ def _segments(model):
 
 
 def modules_from_keras(model, svd=True, local=True, feedback_init="forward", seed=1,
-                       ranks=None, head_init=None, ends=None) -> list:
-    """The local modules (``GraphModule``) of a user's model; see the module docstring.
+                       ranks=None, head_init=None, ends=None, conv_factorization="spatial",
+                       numbered=False) -> list:
+    """The local modules (``GraphModule``) of a Keras model; see the module docstring.
 
     ``head_init="zero"`` zeroes the classifier's weights (s = 0 in SVD form), as the
     built-in models do for the rules whose head starts at zero (dfa, dkp: with the
     user's random head DFA diverged on a small residual CNN); None or "glorot" keeps the
     user's own initialization. ``ends`` overrides the split: the names of the layers
     after which a module ends (each must be a place where the whole graph passes
-    through its output), the last module ending at the model's output."""
+    through its output), the last module ending at the model's output. ``conv_factorization``
+    is how SVD convolutions view their kernels (``SVDConv2D``). ``numbered`` names the
+    modules m0, m1, ... (the built-in models') instead of after their weight layers."""
     check(model)
-    converted = rewrite(model, _Converter(svd, local, feedback_init, seed, ranks),
-                        inference=True)
+    converted = rewrite(model, _Converter(svd, local, feedback_init, seed, ranks,
+                                          conv_factorization), inference=True)
     segments = _segments(converted)
     groups = _chosen(model, segments, ends) if ends is not None else _automatic(segments)
     modules = []
@@ -284,6 +287,8 @@ def modules_from_keras(model, svd=True, local=True, feedback_init="forward", see
         # named after what it trains ("m0", "m1" told a user nothing): its weight
         # layer, or the first and last of them ("branch1..branch2"; a name scope takes no +)
         name = weights[0].name + (f"..{weights[-1].name}" if len(weights) > 1 else "")
+        if numbered:
+            name = f"m{k}"
         modules.append(GraphModule(graph, weights[-1], name=name))
     if head_init == "zero":
         head = modules[-1].output_layer

@@ -19,6 +19,7 @@ import keras
 import tensorflow as tf
 
 from ssa_tf.training import rank as rank_lib
+from ssa_tf.training import saved as saved_layout
 from ssa_tf.training.csvlog import keep_rows
 from ssa_tf.training.strategies import is_multi_worker
 from ssa_tf.errors import CheckpointError  # noqa: F401  (raised here; its home)
@@ -190,6 +191,10 @@ def agree_on_checkpoint(strategy, mine):
 
 def _assign(variables, arrays, prefix):
     saved = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    if set(saved) != set(variables):  # a built-in model's checkpoint of the old layout?
+        renamed = {saved_layout.old_variable_path(k) if k not in variables else k: v
+                   for k, v in saved.items()}
+        saved = renamed if set(renamed) == set(variables) else saved
     if set(saved) != set(variables):
         raise CheckpointError(f"the checkpoint does not fit this model (its {prefix[:-1]} "
                               f"variables differ: {sorted(set(saved) ^ set(variables))[:3]}; "

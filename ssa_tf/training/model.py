@@ -18,9 +18,13 @@ from ssa_tf.config.schema import RunConfig, fill_defaults, is_model_file
 from ssa_tf.methods import base, registry
 from ssa_tf.nn import build_modules, svd_layers
 from ssa_tf.nn.graph import UnsupportedLayerError
-from ssa_tf.nn.user import (GraphModule, describe_preprocessing, input_preprocessing,
-                            modules_from_keras)
+from ssa_tf.nn.user import describe_preprocessing, input_preprocessing
 from ssa_tf.training.optimizer import FactorAdam, FusedAdam
+
+
+# get_config's "layout": 2 since the built-in networks' modules are GraphModules
+# (ssa_tf.training.saved reads the files of layout 1, which has no "layout")
+MODULE_LAYOUT = 2
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
@@ -73,17 +77,13 @@ class SSAModel(keras.Model):
         self.network_config = (None if network is None
                                else keras.saving.serialize_keras_object(network))
         self.module_ends = None if module_ends is None else tuple(module_ends)
-        if network is not None:
-            self.local_modules = modules_from_keras(
-                network, svd=self.rule.svd, local=not self.rule.end_to_end,
-                feedback_init=feedback_init, seed=self.seed, ranks=ranks, head_init=head_init,
-                ends=self.module_ends)
-        else:
-            self.local_modules = build_modules(
-                architecture, self.input_dims, self.num_classes, svd=self.rule.svd,
-                local=not self.rule.end_to_end, norm=norm, seed=self.seed,
-                feedback_init=feedback_init, ranks=ranks, activation=activation,
-                head_init=head_init, conv_factorization=conv_factorization)
+        # one path for both: the network as a Keras model, converted (nn.models)
+        self.local_modules = build_modules(
+            architecture, self.input_dims, self.num_classes, svd=self.rule.svd,
+            local=not self.rule.end_to_end, norm=norm, seed=self.seed,
+            feedback_init=feedback_init, ranks=ranks, activation=activation,
+            head_init=head_init, conv_factorization=conv_factorization, network=network,
+            ends=self.module_ends)
         # Build every sublayer now: the optimizer must see all variables
         # before it is built ("Unknown variable" otherwise).
         self._build_all()
@@ -137,8 +137,7 @@ class SSAModel(keras.Model):
         """A gated chain linearizes the built-in blocks' forward pass: refused on a
         model of the user's (one line, with the rules that train one)."""
         route = getattr(self.rule, "route", None)
-        if getattr(route, "gated", False) and any(isinstance(m, GraphModule)
-                                                  for m in self.local_modules):
+        if getattr(route, "gated", False) and self.network_config is not None:
             rules = registry.RULES.items()
             direct = ", ".join(n for n, r in rules if r.card({}).direct)
             ends = ", ".join(n for n, r in rules if r.end_to_end)
@@ -190,6 +189,8 @@ class SSAModel(keras.Model):
             "activation": self.activation, "head_init": self.head_init,
             "conv_factorization": self.conv_factorization, "input_stats": self.input_stats,
             "seed": self.seed, "ranks": self.ranks(), **self.rule.options,
+            # the modules are GraphModules (training.saved reads the layout before)
+            "layout": MODULE_LAYOUT,
             # a user's model travels as its Keras config (its weights are the model's)
             **({"network": self.network_config, "module_ends": self.module_ends}
                if self.network_config is not None else {}),
@@ -199,7 +200,9 @@ class SSAModel(keras.Model):
     def from_config(cls, config, custom_objects=None):
         """The model of ``get_config``'s dict, of any age (``config.legacy``: a model saved
         before the rule's name was "rule" says "mode", as tests/data/run_v1/model.keras)."""
-        return cls(**legacy.read_model_config(config))
+        config = legacy.read_model_config(config)
+        config.pop("layout", None)  # what training.saved.load reads
+        return cls(**config)
 
     # -- forward --------------------------------------------------------------
     def call(self, x, training=False):
