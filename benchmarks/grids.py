@@ -163,7 +163,7 @@ GRIDS = {
                for c, w, steps in (("first", "", 0), ("slots", "", 0),
                                    ("slots", ", warm-up", 157))},
         }),
-    # issue 37's deployment target: a cut export at <= 0.5x BP's parameters within 1 point;
+    # the deployment target: a cut export at <= 0.5x BP's parameters within 1 point;
     # the channel view is the form whose cut exports shrink and run faster at ImageNet size
     # (benchmarks/reports/DEPLOY_LATENCY.md)
     "channel_cut": dict(
