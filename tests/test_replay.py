@@ -14,7 +14,6 @@ import pytest
 import tensorflow as tf
 
 from ssa_tf.methods import losses, registry
-from ssa_tf.nn.graph import UnsupportedLayerError
 from ssa_tf.training.model import SSAModel, compile_model, local_signal_metric
 
 SHAPE = (6, 6, 2)
@@ -114,12 +113,6 @@ def test_every_module_learns_from_the_dropout_masks_and_batch_statistics_that_ma
 
 @pytest.mark.parametrize("rule", registry.NAMES)
 def test_batch_norm_moving_statistics_move_once_a_step_from_the_training_forward_pass(rule):
-    spec = registry.get(rule)
-    if spec.card({}).sequential and spec.local:
-        # a gated chain (fa): the built-in blocks only, by its card's sequential route
-        with pytest.raises(UnsupportedLayerError, match="gates its feedback"):
-            make(rule)
-        return
     model = make(rule)
     # the card says which rules replay (one module at a time) and which hold every module
     assert getattr(model.rule, "recomputes", False) == (rule in RECOMPUTING)

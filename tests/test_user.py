@@ -225,7 +225,44 @@ def test_the_user_can_choose_where_modules_end(tmp_path):
         modules_from_keras(residual(), ends=["branch1"])
 
 
-def test_the_gated_rules_refuse_a_users_model_in_one_line():
-    with pytest.raises(UnsupportedLayerError, match="'fa' gates its feedback .* direct rules "
-                       r"\(dfa, ssa, dkp, ssa-dkp\) or end to end \(bp, svd-bp\)"):
-        _model("mlp", "fa")
+def _forked():
+    """Layer classes the built-in models do not use: LeakyReLU, ELU and ReLU layers, a
+    fork joined by Concatenate, batch norm on one branch, global max pooling."""
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Conv2D(8, 3, padding="same", name="c0")(inputs)
+    x = keras.layers.MaxPooling2D(2)(keras.layers.LeakyReLU(negative_slope=0.1)(x))
+    a = keras.layers.ReLU()(keras.layers.Conv2D(4, 3, padding="same", name="a")(x))
+    b = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(4, 1, name="b")(x))
+    x = keras.layers.Concatenate()([a, keras.layers.ELU()(b)])
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="c2")(x)
+    x = keras.layers.GlobalMaxPooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="head")(x), name="forked")
+
+
+@pytest.mark.parametrize("network", [residual, _forked])
+def test_the_gated_chain_of_a_users_model_is_backprop_where_b_is_w(network):
+    """fa's feedback starts as the forward weights (B = W): gated by the forward pass, with
+    the norms' and max-pools' Jacobians, its signal at every module boundary is then BP's
+    gradient, through a user's graph as through the built-in blocks (tests/test_chain.py)."""
+    from ssa_tf.methods import chain, losses
+
+    keras.utils.set_random_seed(3)
+    model = SSAModel(network.__name__, SHAPE, 10, rule="fa", network=network())
+    assert model.rule.route.gated and model.options["chain_jacobians"]
+    x, y = _batch()
+    with tf.GradientTape() as tape:
+        outs, h = [], tf.constant(x)
+        for m in model.local_modules:
+            h = m(h, training=True)
+            outs.append(h)
+        ce = tf.reduce_sum(keras.losses.sparse_categorical_crossentropy(y, h, from_logits=True))
+    true = tape.gradient(ce, outs[:-1])
+    gated = chain.chain_signals(model.local_modules, outs, losses.output_error(h, y, 10),
+                                model.rule.route.kernels, gated=True)
+    assert len(gated) == len(model.local_modules) - 1 >= 2
+    for g, t in zip(gated, true):
+        np.testing.assert_allclose(g, t, rtol=1e-3, atol=1e-5)
+    # gated, not the linear network: without the gates the signals differ
+    linear = chain.chain_signals(model.local_modules, outs, losses.output_error(h, y, 10),
+                                 model.rule.route.kernels)
+    assert float(tf.reduce_max(tf.abs(linear[0] - true[0]))) > 1e-3

@@ -30,8 +30,10 @@ from ssa_tf.nn.graph import TRAINING_ONLY, topological_nodes
 from ssa_tf.nn.user import GraphModule
 
 _IDENTITY = (keras.layers.LayerNormalization, keras.layers.BatchNormalization,
-             keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
-             keras.layers.ELU, keras.layers.PReLU, *TRAINING_ONLY)
+             *TRAINING_ONLY)
+# nonlinearities: the linear network passes the signal, the gated one gates it
+_ACTIVATIONS = (keras.layers.Activation, keras.layers.ReLU, keras.layers.LeakyReLU,
+                keras.layers.ELU, keras.layers.PReLU)
 # linear in their input: the feedback network applies them as they are
 _LINEAR = (keras.layers.AveragePooling2D, keras.layers.GlobalAveragePooling2D,
            keras.layers.Flatten, keras.layers.Reshape, keras.layers.ZeroPadding2D,
@@ -94,16 +96,16 @@ def gated_feedback(step, a, kernels, x, jacobians=True):
     if fwd and jacobians:
         if isinstance(step, (keras.layers.LayerNormalization, keras.layers.BatchNormalization)):
             return norm_jacobian(step, a, x)
-        if isinstance(step, keras.layers.MaxPooling2D):
+        if isinstance(step, (keras.layers.MaxPooling2D, keras.layers.GlobalMaxPooling2D)):
             # the forward's own routing: each window passes its maximum's signal
             with tf.autodiff.ForwardAccumulator(x, a) as acc:
                 y = step(x)
             return acc.jvp(y), y
     if isinstance(step, GraphModule):
         return graph_feedback(step.graph, a, kernels, x, jacobians)
-    if isinstance(step, keras.layers.Activation):
-        if fwd:
-            x, a = gate(step.activation, x, a)
+    if isinstance(step, _ACTIVATIONS):
+        if fwd:  # an Activation layer's function, or the layer itself (ReLU, PReLU, ...)
+            x, a = gate(getattr(step, "activation", step), x, a)
         return a, x
     if isinstance(step, _IDENTITY):
         return a, (step(x) if fwd else x)

@@ -129,22 +129,8 @@ class SSAModel(keras.Model):
             x = m(x, training=False)
             shapes.append(tuple(x.shape[1:]))
         self.module_output_shapes = shapes
-        self._check_gating()
         self.rule.build(self)
         self.built = True
-
-    def _check_gating(self):
-        """A gated chain linearizes the built-in blocks' forward pass: refused on a
-        model of the user's (one line, with the rules that train one)."""
-        route = getattr(self.rule, "route", None)
-        if getattr(route, "gated", False) and self.network_config is not None:
-            rules = registry.RULES.items()
-            direct = ", ".join(n for n, r in rules if r.card({}).direct)
-            ends = ", ".join(n for n, r in rules if r.end_to_end)
-            raise UnsupportedLayerError(
-                f"rule {self.rule.name!r} gates its feedback with the forward pass of the "
-                "built-in models' blocks; a model of your own trains with the direct rules "
-                f"({direct}) or end to end ({ends})")
 
     def build(self, input_shape=None):
         # everything was built in __init__; Keras calls this on load
