@@ -15,6 +15,7 @@ Synthetic CIFAR-shaped inputs held in memory (the input pipeline is timed elsewh
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 
@@ -44,6 +45,8 @@ ROWS = [
     ("ssa, held within the peak", dict(rule="ssa", hold_within_peak=True)),
     ("ssa, channel view", CHANNEL),
     ("ssa, channel view, held within the peak", dict(CHANNEL, hold_within_peak=True)),
+    # the factor algebra with NumPy's BLAS threads as they are (before nn.svd.serial_blas)
+    ("ssa, NumPy's BLAS threads", dict(rule="ssa", threaded_blas=True)),
 ]
 
 
@@ -63,6 +66,7 @@ def build(options):
     keras.utils.set_random_seed(1)
     options = dict(options)
     keras_adam = options.pop("keras_adam", False)
+    options.pop("threaded_blas", None)  # how the cut runs (one_round), not the model
     model = compile_model(build_model(FLAGS.model, (32, 32, 3), 10, **options))
     if keras_adam:
         model.compile(optimizer=keras.optimizers.Adam(float(model.optimizer.learning_rate)),
@@ -84,12 +88,34 @@ def one_round(rows, x, y, bp, order):
             continue
         model = build(rows[name])
         model.train_on_batch(x[:FLAGS.batch], y[:FLAGS.batch])  # traced at full rank
-        start = time.perf_counter()
-        apply_ranks(model, {l.name: max(1, int(l.full_rank * FLAGS.fraction))
-                            for l in model.svd_layers()})
-        model.fit(x, y, batch_size=FLAGS.batch, epochs=1, verbose=0, shuffle=False)
-        out[name] = time.perf_counter() - start
+        with blas_threads(rows[name].get("threaded_blas", False)):
+            start = time.perf_counter()
+            apply_ranks(model, {l.name: max(1, int(l.full_rank * FLAGS.fraction))
+                                for l in model.svd_layers()})
+            model.fit(x, y, batch_size=FLAGS.batch, epochs=1, verbose=0, shuffle=False)
+            out[name] = time.perf_counter() - start
     return out
+
+
+@contextlib.contextmanager
+def blas_threads(threaded):
+    """With ``threaded``, the factor algebra leaves NumPy's BLAS threads as they are."""
+    from ssa_tf.nn import svd
+
+    if not threaded:
+        yield
+        return
+
+    class AsTheyAre:
+        def limit(self, **_):
+            return contextlib.nullcontext()
+
+    real = svd._blas
+    svd._blas = lambda: AsTheyAre()
+    try:
+        yield
+    finally:
+        svd._blas = real
 
 
 def measure(rows):

@@ -5,9 +5,9 @@ import tempfile
 
 os.environ.setdefault("KERAS_HOME", os.path.join(tempfile.gettempdir(), "ssa_tf_test_keras_home"))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# OpenBLAS's spinning threads made the SVDs of model construction 15x slower
-# on a loaded 2-core machine (resnet32 at 8x8: 82 s instead of 2.7 s)
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# (OpenBLAS's spinning threads once made the SVDs of model construction 15x slower on a
+# loaded 2-core machine; the library now runs its factor algebra on one BLAS thread
+# itself, ssa_tf.nn.svd.serial_blas, so tests see what users see)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # the prepared real CIFAR-10 (../shared/tfds beside the clone); absent in a user's clone

@@ -368,3 +368,31 @@ def test_energy_rank_tau_one_is_full_rank():
     # non-zero component at tau = 1
     s32 = (np.exp(-np.arange(64) / 4.0)).astype(np.float32)
     assert energy_rank(s32, 1.0) == 64
+
+
+def test_the_factor_algebra_runs_numpys_blas_on_one_thread(monkeypatch):
+    """A multi-threaded OpenBLAS beside TensorFlow's busy threads stalled rank cuts for
+    tens of seconds: the factor algebra runs it on one thread, and leaves it as it was."""
+    from threadpoolctl import threadpool_info
+
+    from ssa_tf.nn import svd
+
+    def blas_threads():
+        return sorted({i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"})
+
+    before = blas_threads()
+    assert before, "NumPy's BLAS is not visible to threadpoolctl"
+    seen = []
+    real_qr = np.linalg.qr
+
+    def qr(*args, **kwargs):
+        seen.append(blas_threads())
+        return real_qr(*args, **kwargs)
+
+    monkeypatch.setattr(np.linalg, "qr", qr)
+    rng = np.random.default_rng(0)
+    U, s, V = rng.standard_normal((40, 8)), rng.random(8), rng.standard_normal((30, 8))
+    svd.exact_singular_values(U, s, V)
+    svd.slot_cut(U, s, V, 4)
+    assert seen and all(t == [1] for t in seen), seen
+    assert blas_threads() == before

@@ -25,6 +25,7 @@ import numpy as np
 from keras import ops
 
 from ssa_tf.methods import losses
+from ssa_tf.nn.svd import serial_blas
 
 def bar_feedback_U(layer) -> np.ndarray:
     """B_U of a layer as an (out_channels, r) matrix (a convolution's spatial view: summed
@@ -36,6 +37,7 @@ def bar_feedback_U(layer) -> np.ndarray:
     return B_U
 
 
+@serial_blas
 def projection_matrix(out_channels, positions, num_classes, std, rng, layer=None) -> np.ndarray:
     """A fixed (positions * out_channels, K) matrix with entries of the given std.
 

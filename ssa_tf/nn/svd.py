@@ -8,16 +8,37 @@ it at a lower rank (docs/ALGORITHM.md §2 and §5).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import keras
 from keras import ops
+from threadpoolctl import ThreadpoolController
 
 from ssa_tf import allowed_values
+
+
+@functools.cache
+def _blas():
+    return ThreadpoolController()  # after NumPy is loaded: it lists the BLAS libraries then
+
+
+def serial_blas(fn):
+    """Run ``fn`` with NumPy's BLAS on one thread. The matrices here are small (at most a
+    few thousand wide), and beside TensorFlow's own busy threads a multi-threaded
+    OpenBLAS stalled: a resnet32 rank cut took 11-46 s instead of 1-2 s
+    (benchmarks/reports/EFFICIENCY.md, "The cut's stall")."""
+    @functools.wraps(fn)
+    def serial(*args, **kwargs):
+        with _blas().limit(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+    return serial
 
 # --------------------------------------------------------------------------
 # Factor algebra shared by both layer types (NumPy, float64 for exactness).
 # --------------------------------------------------------------------------
 
+@serial_blas
 def svd_factors(matrix: np.ndarray, rank: int | None = None):
     """Return (U, s, V) of ``matrix`` (m x n) truncated to ``rank`` columns."""
     u, s, vt = np.linalg.svd(np.asarray(matrix, np.float64), full_matrices=False)
@@ -31,6 +52,7 @@ FORWARD_FORMS = allowed_values.FORWARD_FORMS  # how SVDConv2D evaluates its conv
 CONV_FACTORIZATIONS = allowed_values.CONV_FACTORIZATIONS
 
 
+@serial_blas
 def exact_singular_values(U, s, V):
     """Exact SVD of U diag(s) V^T without forming it (docs/ALGORITHM.md §5).
 
@@ -65,6 +87,7 @@ def slot_order(U, s, V):
     return np.argsort(-weight, kind="stable")
 
 
+@serial_blas
 def slot_spectrum(U, s, V):
     """A spectrum whose energy rank is the slot cut's: the r-th value squared is the weight
     energy the r-th component of ``slot_order`` adds, so that ``energy_rank(spectrum, tau)``
@@ -79,6 +102,7 @@ def slot_spectrum(U, s, V):
     return np.sqrt(np.maximum(-np.diff(dropped), 0.0))
 
 
+@serial_blas
 def slot_cut(U, s, V, rank):
     """Keep the ``rank`` components of largest s_k^2 ||u_k||^2 ||v_k||^2, in their slots:
     (U, s, V, slots, energy) with energy = 1 - ||W - W_cut||_F^2 / ||W||_F^2."""
@@ -90,6 +114,7 @@ def slot_cut(U, s, V, rank):
     return U[:, keep], s[keep], V[:, keep], keep, 1.0 - lost / max(total, 1e-30)
 
 
+@serial_blas
 def output_cut(matrix, input_cov, rank: int):
     """Best rank-``rank`` approximation of ``matrix`` (m x n) for inputs of second moment
     ``input_cov`` (n x n, E[x x^T]): the X minimizing E||(matrix - X) x||^2.
@@ -111,6 +136,7 @@ def output_cut(matrix, input_cov, rank: int):
     return p @ a, sig, bt.T, energy
 
 
+@serial_blas
 def output_spectrum(matrix, input_cov) -> np.ndarray:
     """Square roots of the eigenvalues of matrix C matrix^T, descending: the
     output-energy analogue of the singular values (``energy_rank`` takes either)."""
@@ -216,6 +242,7 @@ class SVDLayer:
             self.bias = None
 
     # -- the layer's maths -------------------------------------------------
+    @serial_blas
     def merged_matrix(self) -> np.ndarray:
         U, s, V = (np.asarray(ops.convert_to_numpy(v), np.float64) for v in (self.U, self.s, self.V))
         return (U * s) @ V.T
@@ -224,6 +251,7 @@ class SVDLayer:
         """The kernel in Keras layout that this layer computes (float32)."""
         return self.kernel_from_matrix(self.merged_matrix()).astype(np.float32)
 
+    @serial_blas
     def feedback_matrix(self) -> np.ndarray:
         B_U, B_s, B_V = (np.asarray(ops.convert_to_numpy(v), np.float64)
                          for v in (self.B_U, self.B_s, self.B_V))
@@ -242,6 +270,7 @@ class SVDLayer:
         """The output-energy spectrum on inputs of second moment ``input_cov`` (``output_cut``)."""
         return output_spectrum(self.merged_matrix(), input_cov)
 
+    @serial_blas
     def truncate(self, rank: int, feedback: str | None = None, input_cov=None) -> dict:
         """Re-factor exactly and cut to ``rank`` (docs/ALGORITHM.md §5).
 

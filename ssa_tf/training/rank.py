@@ -30,7 +30,7 @@ from ssa_tf.config import presets
 from ssa_tf.methods import registry
 from ssa_tf.config.schema import cut_epochs, is_cut_epoch  # noqa: F401  (the one schedule)
 from ssa_tf.nn import energy_rank
-from ssa_tf.nn.svd import CUT_ENERGIES, resolve_feedback_cut
+from ssa_tf.nn.svd import CUT_ENERGIES, resolve_feedback_cut, serial_blas
 from ssa_tf.training.csvlog import keep_rows
 from ssa_tf.training.model import retrace
 
@@ -61,6 +61,7 @@ def end_layers(model):
     return tuple(dict.fromkeys((layers[0].name, layers[-1].name))) if layers else ()
 
 
+@serial_blas
 def input_covariances(model, batches, names=None) -> dict:
     """Second moment E[x x^T] of the rows each SVD layer's matrix multiplies
     (``matrix_inputs``), over the inputs of ``batches`` (arrays, or (x, y, ...)
