@@ -2,8 +2,9 @@
 what was saved in the layout before still loads (``ssa_tf.training.saved``).
 
 ``tests/data/old_layout`` holds two model.keras files written by the code before the
-change (its ``make.py`` says how): a resnet32 (residual blocks, batch norms, projections)
-and a smallconv (pooling, flatten), every layer cut, one training step taken.
+change (its ``make.py`` says how): a resnet32 without norms (residual blocks, projections)
+and a smallconv with layer norms (pooling, flatten), every layer cut, one training step
+taken.
 """
 
 import json
@@ -80,7 +81,7 @@ def test_a_model_saved_in_the_old_layout_loads_and_computes_what_it_did(name, tm
     # the feedback weights, fixed since initialization, are today's builders' draws too
     arch, rule = name.split("_")
     fresh = SSAModel(arch, (8, 8, 3), 10, rule=rule, seed=2, ranks=model.ranks(),
-                     **({"norm": "batch"} if arch == "resnet32" else {}))
+                     **({"norm": "none"} if arch == "resnet32" else {}))
     fresh_layers = {l.name: l for l in fresh._flatten_layers() if isinstance(l, SVDLayer)}
     loaded_layers = [l for l in model._flatten_layers() if isinstance(l, SVDLayer)]
     assert len(loaded_layers) == len(fresh_layers) >= 5
@@ -88,10 +89,28 @@ def test_a_model_saved_in_the_old_layout_loads_and_computes_what_it_did(name, tm
         for var in ("B_U", "B_s", "B_V"):
             np.testing.assert_array_equal(getattr(layer, var), getattr(fresh_layers[layer.name],
                                                                        var))
+    # Keras's arguments: compiled as saved, or not
+    assert not model.compiled and getattr(model, "optimizer", None) is None
+    compiled = ssa_tf.load_model(_old(name))
+    assert isinstance(compiled.optimizer, keras.optimizers.SGD) and compiled.compiled
+    with pytest.raises(TypeError):
+        ssa_tf.load_model(_old(name), compiled=False)
     # saved again, it is today's layout, which Keras itself reads
     model.save(tmp_path / "today.keras")
     again = keras.models.load_model(tmp_path / "today.keras", compile=False)
     np.testing.assert_array_equal(again(saved_outputs["x"]), saved_outputs[name])
+
+
+@pytest.mark.parametrize("rule", ["ssa", "bp"])
+def test_each_module_emits_from_its_blocks_conv2_also_without_norms(rule):
+    """Without norms a downsampling block's conv2 and projection are at one depth of the
+    graph: the module's output layer (SSA's structured feedback is built from it) is
+    conv2, as it always was, not the last weight layer the graph's order lists."""
+    model = SSAModel("resnet32", (8, 8, 3), 10, rule=rule, norm="none")
+    blocks = [f"s{i}b{j}_conv2" for i in range(3) for j in range(5)]
+    assert [m.output_layer.name for m in model.local_modules] == \
+        ["m0_conv", *blocks[:-1], "classifier"]
+    assert model.local_modules[6].graph.get_layer("s1b0_proj") is not None
 
 
 def test_the_layout_walk_is_where_keras_puts_each_layers_variables(tmp_path):

@@ -266,3 +266,33 @@ def test_the_gated_chain_of_a_users_model_is_backprop_where_b_is_w(network):
     linear = chain.chain_signals(model.local_modules, outs, losses.output_error(h, y, 10),
                                  model.rule.route.kernels)
     assert float(tf.reduce_max(tf.abs(linear[0] - true[0]))) > 1e-3
+
+
+def test_random_feedback_of_a_layer_with_a_constant_initializer_is_still_random():
+    """Random feedback is drawn like the layer's own weights when those are a seeded draw;
+    a zeros (or ones, constant) initializer has no draw to copy, and the SVD layer's own
+    random one is used."""
+    from ssa_tf.nn import SVDLayer
+
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(16, activation="relu", name="hidden")(x)
+    head = keras.layers.Dense(10, kernel_initializer="zeros", name="head")(x)
+    model = SSAModel("zeros", SHAPE, 10, rule="ssa", feedback_init="random",
+                     network=keras.Model(inputs, head))
+    layers = {l.name: l for l in model._flatten_layers() if isinstance(l, SVDLayer)}
+    feedback = layers["head"].feedback_matrix()
+    assert np.std(feedback) > 0.01 and np.linalg.matrix_rank(feedback) == 10
+
+
+def test_the_merges_own_layers_take_names_the_network_does_not_use():
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Conv2D(4, 3, name="input_normalization")(inputs)
+    x = keras.layers.Dense(10, name="input")(keras.layers.Flatten()(x))
+    model = SSAModel("clash", SHAPE, 10, rule="ssa", network=keras.Model(inputs, x),
+                     input_stats=((100.0, 110.0, 120.0), (50.0, 60.0, 70.0)))
+    merged, _ = merge(model)
+    raw = np.random.default_rng(0).uniform(0, 255, (4, *SHAPE)).astype(np.float32)
+    np.testing.assert_allclose(merged(raw), model(raw), atol=1e-4)
+    names = [l.name for l in merged.layers]
+    assert len(names) == len(set(names)) and "input_normalization_1" in names

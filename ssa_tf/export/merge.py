@@ -45,10 +45,14 @@ def merge(model, form="auto", timer=None):
 
     emitter = _Emitter(form, timer)
     if isinstance(model, SSAModel):
-        inputs = keras.Input(shape=model.input_dims, name="input")
+        # the modules are inlined into one graph: the merge's own layers take names that
+        # none of the network's layers has
+        taken = {l.name for m in model.local_modules for l in m.graph.layers}
+        inputs = keras.Input(shape=model.input_dims, name=_free_name("input", taken))
         x = inputs
         if model.input_stats is not None:  # raw pixels in, as the model takes them
-            x = input_rescaling(model.input_stats)(x)
+            x = input_rescaling(model.input_stats,
+                                _free_name("input_normalization", taken))(x)
         for module in model.local_modules:
             x = emitter.layer(module, x)
         merged = keras.Model(inputs, x, name=f"{model.name}_merged")
@@ -57,13 +61,22 @@ def merge(model, form="auto", timer=None):
     return merged, emitter.records
 
 
-def input_rescaling(stats):
+def _free_name(name, taken):
+    """``name``, or ``name_1``, ``name_2``, ... the first not in ``taken``."""
+    k, free = 0, name
+    while free in taken:
+        k += 1
+        free = f"{name}_{k}"
+    return free
+
+
+def input_rescaling(stats, name="input_normalization"):
     """(x - mean) / std per channel as one stock layer: x / std - mean / std, whose
     constants live in the graph (a Normalization layer's tensors would reach tf2onnx
     as extra graph inputs)."""
     mean, std = (np.asarray(v, np.float64) for v in stats)
     return keras.layers.Rescaling(scale=(1.0 / std).tolist(), offset=(-mean / std).tolist(),
-                                  name="input_normalization")
+                                  name=name)
 
 
 def normalization_rescaling(layer):

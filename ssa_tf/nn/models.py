@@ -1,12 +1,13 @@
 """The built-in networks, built as Keras models and converted like a user's.
 
-    network, ends = build_network("resnet32", (32, 32, 3), 10, norm="layer", seed=1,
-                                  activation="leaky_relu")
+    network, ends, outputs = build_network("resnet32", (32, 32, 3), 10, norm="layer",
+                                           seed=1, activation="leaky_relu")
 
 Each builder writes a plain functional ``keras.Model`` (Dense, Conv2D, normalization,
 activation, pooling, Add) whose layers carry stable names (``m0_conv``, ``s1b0_conv1``,
 ``classifier``: the names rank cuts are recorded under), and says where its local modules
-end. ``build_modules`` then hands it to the one converter every network goes through
+end and which weight layer each emits from (a block's conv2, not its shortcut's
+projection). ``build_modules`` then hands it to the one converter every network goes through
 (``nn.user.modules_from_keras``): SVD layers for the rules that train SVD factors, local
 batch norms, the cut into modules. The last module always holds the classifier.
 
@@ -71,7 +72,7 @@ def mlp(f, x, num_classes, hidden=(256, 256)):
     for i, units in enumerate(hidden):
         x = f.unit(x, f"m{i}", f.dense(x, units, f"m{i}_dense"))
         ends.append(f"m{i}_act")
-    return f.dense(x, num_classes, "classifier"), ends
+    return f.dense(x, num_classes, "classifier"), ends, [f"m{i}_dense" for i in range(len(hidden))]
 
 
 def smallconv(f, x, num_classes):
@@ -87,7 +88,8 @@ def smallconv(f, x, num_classes):
     x = keras.layers.AveragePooling2D((h // 8, w // 8), name="m2_pool")(x)
     x = keras.layers.Flatten(name="m3_flatten")(x)
     x = f.unit(x, "m3", f.dense(x, 512, "m3_dense"))
-    return f.dense(x, num_classes, "classifier"), ["m0_pool", "m1_pool", "m2_pool", "m3_act"]
+    return (f.dense(x, num_classes, "classifier"), ["m0_pool", "m1_pool", "m2_pool", "m3_act"],
+            ["m0_conv", "m1_conv", "m2_conv", "m3_dense"])
 
 
 def residual_block(f, x, filters, strides, name):
@@ -104,15 +106,16 @@ def residual_block(f, x, filters, strides, name):
 
 
 def _resnet(f, x, num_classes, stem_end, stages, blocks_per_stage):
-    ends = [stem_end]
+    ends, outputs = [stem_end], ["m0_conv"]
     for si, filters in enumerate(stages):
         for bi in range(blocks_per_stage):
             strides = 2 if (bi == 0 and si > 0) else 1
             x = residual_block(f, x, filters, strides, f"s{si}b{bi}")
             ends.append(f"s{si}b{bi}_act2")
+            outputs.append(f"s{si}b{bi}_conv2")  # a block's output channels: conv2's
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     # the last block shares the classifier's module
-    return f.dense(x, num_classes, "classifier"), ends[:-1]
+    return f.dense(x, num_classes, "classifier"), ends[:-1], outputs[:-1]
 
 
 def resnet32(f, x, num_classes):
@@ -133,13 +136,15 @@ BUILDERS = {"mlp": mlp, "smallconv": smallconv, "resnet32": resnet32, "resnet18"
 
 def build_network(name, input_shape, num_classes, *, norm, seed=1, activation, svd=False):
     """(the plain Keras model of architecture ``name``, the names of the layers after
-    which its modules end but the last). ``svd``: seeded for the SVD rules (see above)."""
+    which its modules end but the last, the names of its modules' output layers: the
+    weight layer whose channels each module emits, the classifier last). ``svd``: seeded
+    for the SVD rules (see above)."""
     if name not in BUILDERS:
         raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     f = _Layers(norm, seed, activation, svd)
     inputs = keras.Input(tuple(input_shape), name="image")
-    logits, ends = BUILDERS[name](f, inputs, num_classes)
-    return keras.Model(inputs, logits, name=name), ends
+    logits, ends, outputs = BUILDERS[name](f, inputs, num_classes)
+    return keras.Model(inputs, logits, name=name), ends, [*outputs, "classifier"]
 
 
 def build_modules(name, input_shape, num_classes, svd=True, local=True, *, norm, seed=1,
@@ -152,13 +157,13 @@ def build_modules(name, input_shape, num_classes, svd=True, local=True, *, norm,
     built-in network's modules are named m0, m1, ... ``norm``, ``activation``, ``head_init``
     and ``conv_factorization`` have no defaults here: ``SSAModel`` passes them resolved
     (``config.schema.fill_defaults``; a user's network has its own layers)."""
-    built_in = network is None
+    built_in, outputs = network is None, None
     if built_in:
         if head_init not in HEAD_INITS:
             raise ValueError(f"unknown head_init {head_init!r}; choose from {HEAD_INITS}")
-        network, ends = build_network(name, input_shape, num_classes, norm=norm, seed=seed,
-                                      activation=activation, svd=svd)
+        network, ends, outputs = build_network(name, input_shape, num_classes, norm=norm,
+                                               seed=seed, activation=activation, svd=svd)
     return modules_from_keras(network, svd=svd, local=local, feedback_init=feedback_init,
                               seed=seed, ranks=ranks, head_init=head_init, ends=ends,
                               conv_factorization=conv_factorization or "spatial",
-                              numbered=built_in)
+                              numbered=built_in, output_layers=outputs)

@@ -47,9 +47,9 @@ PREPROCESSING = (keras.layers.Rescaling, keras.layers.Normalization)
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
 class GraphModule(keras.layers.Layer):
-    """A local module cut out of a user's graph: ``graph`` maps its input to its output;
-    ``output_layer`` is its last weight layer (SSA builds the module's feedback from its
-    feedback factors)."""
+    """A local module cut out of a network's graph (a user's or a built-in one): ``graph``
+    maps its input to its output; ``output_layer`` is the weight layer whose channels it
+    emits (SSA builds the module's feedback from its feedback factors)."""
 
     def __init__(self, graph, output_layer, **kwargs):
         super().__init__(**kwargs)
@@ -199,8 +199,9 @@ class _Converter:
         # random feedback is drawn like the layer's own weights, with its own seed
         # (nn.models: the i-th weight layer's weights have seed * 10007 + 2i - 1)
         kwargs = dict(rank=self.ranks.get(layer.name), feedback_init=self.feedback_init,
-                      feedback_seed=self.seed * 10007 + 2 * self._count + 5003,
-                      kernel_initializer=layer.kernel_initializer)
+                      feedback_seed=self.seed * 10007 + 2 * self._count + 5003)
+        if "seed" in layer.kernel_initializer.get_config():  # a random draw (not zeros, ...)
+            kwargs["kernel_initializer"] = layer.kernel_initializer
         if isinstance(layer, keras.layers.Dense):
             new = SVDDense.from_dense(linear, **kwargs)
         else:
@@ -261,7 +262,7 @@ def _segments(model):
 
 def modules_from_keras(model, svd=True, local=True, feedback_init="forward", seed=1,
                        ranks=None, head_init=None, ends=None, conv_factorization="spatial",
-                       numbered=False) -> list:
+                       numbered=False, output_layers=None) -> list:
     """The local modules (``GraphModule``) of a Keras model; see the module docstring.
 
     ``head_init="zero"`` zeroes the classifier's weights (s = 0 in SVD form), as the
@@ -271,7 +272,10 @@ def modules_from_keras(model, svd=True, local=True, feedback_init="forward", see
     after which a module ends (each must be a place where the whole graph passes
     through its output), the last module ending at the model's output. ``conv_factorization``
     is how SVD convolutions view their kernels (``SVDConv2D``). ``numbered`` names the
-    modules m0, m1, ... (the built-in models') instead of after their weight layers."""
+    modules m0, m1, ... (the built-in models') instead of after their weight layers.
+    ``output_layers`` names each module's output layer (whose feedback factors SSA's
+    structured feedback is built from); None: its last weight layer in the graph's order,
+    which in a residual block without norms may be the shortcut's projection."""
     check(model)
     converted = rewrite(model, _Converter(svd, local, feedback_init, seed, ranks,
                                           conv_factorization), inference=True)
@@ -289,7 +293,10 @@ def modules_from_keras(model, svd=True, local=True, feedback_init="forward", see
         name = weights[0].name + (f"..{weights[-1].name}" if len(weights) > 1 else "")
         if numbered:
             name = f"m{k}"
-        modules.append(GraphModule(graph, weights[-1], name=name))
+        output = weights[-1]
+        if output_layers is not None:
+            (output,) = [w for w in weights if w.name == output_layers[k]]
+        modules.append(GraphModule(graph, output, name=name))
     if head_init == "zero":
         head = modules[-1].output_layer
         for v in ([head.s] if isinstance(head, SVDLayer) else [head.kernel]):

@@ -48,18 +48,24 @@ def old_variable_path(path: str) -> str:
     return _OLD_SLOT_SCOPE.sub(r"\1/", path)
 
 
-def load(path, **kwargs):
-    """``keras.models.load_model(path, **kwargs)``, reading a built-in model saved in the
-    layout before 2026-12-06 (see above) too."""
+def load(path, custom_objects=None, compile=True, safe_mode=True):
+    """``keras.models.load_model`` with its arguments, reading a built-in model saved in
+    the layout before 2026-12-06 (see above) too. Such a model is compiled as it was saved
+    (``compile``), its optimizer's state not restored: resume a run from its checkpoint."""
     import ssa_tf.training.model  # noqa: F401  (registers SSAModel and the SVD layers)
 
-    config = _saved_config(path)
-    if not is_old_layout(config):
-        return keras.models.load_model(path, **kwargs)
-    model = keras.saving.deserialize_keras_object(config)
+    saved = _saved_config(path)
+    if not is_old_layout(saved):
+        return keras.models.load_model(path, custom_objects=custom_objects, compile=compile,
+                                       safe_mode=safe_mode)
+    model = keras.saving.deserialize_keras_object(
+        {k: v for k, v in saved.items() if k != "compile_config"},
+        custom_objects=custom_objects, safe_mode=safe_mode)
     with zipfile.ZipFile(path) as archive, archive.open("model.weights.h5") as raw, \
             h5py.File(raw, "r") as weights:
         read_old_weights(model, weights)
+    if compile and saved.get("compile_config"):
+        model.compile_from_config(saved["compile_config"])
     return model
 
 
