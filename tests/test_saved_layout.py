@@ -170,3 +170,10 @@ def test_a_checkpoint_of_the_old_layout_restores(tmp_path):
     del arrays["model/m15/classifier/s"]
     with pytest.raises(checkpoints.CheckpointError, match="does not fit this model"):
         checkpoints._assign(checkpoints._by_path(other.weights, "model"), arrays, "model/")
+
+
+def test_what_is_not_a_keras_file_gets_keras_own_message(tmp_path):
+    path = tmp_path / "model.keras"
+    path.write_text("not a zip")
+    with pytest.raises(ValueError, match="accessible `.keras` zip file"):
+        ssa_tf.load_model(path)

@@ -32,10 +32,10 @@ from keras.src.saving import saving_lib
 from keras.src.saving.keras_saveable import KerasSaveable
 from keras.src.utils import naming
 
-# a layer of a built-in residual block: s<stage>b<block>_<the block's attribute>
 # an old path's module (and block) scope: m1/s0b0/..., or adam/m1_s0b0_... for a slot
 _OLD_SCOPE = re.compile(r"^m\d+/(?:s\d+b\d+/)?(?=[^/]+/[^/]+$)")
 _OLD_SLOT_SCOPE = re.compile(r"^([^/]+)/m\d+_(?:s\d+b\d+_)?")
+# a layer of a built-in residual block: s<stage>b<block>_<the block's attribute>
 _BLOCK_LAYER = re.compile(r"^s\d+b\d+_(conv1|norm1|conv2|norm2|proj|proj_norm)$")
 
 
@@ -70,8 +70,12 @@ def load(path, custom_objects=None, compile=True, safe_mode=True):
 
 
 def _saved_config(path) -> dict:
+    """The config.json of a .keras file; {} for anything else (Keras says what it is)."""
+    if not zipfile.is_zipfile(path):
+        return {}
     with zipfile.ZipFile(path) as archive:
-        return json.loads(archive.read("config.json"))
+        return json.loads(archive.read("config.json")) if "config.json" in archive.namelist() \
+            else {}
 
 
 def is_old_layout(saved: dict) -> bool:
