@@ -49,8 +49,11 @@ flags.DEFINE_integer("latency_runs", 100, "timed onnxruntime runs per export")
 flags.DEFINE_integer("threads", 2, "onnxruntime intra-op threads per session")
 flags.DEFINE_string("out", None, "also write the table to this Markdown file")
 flags.DEFINE_integer("profile_runs", 10, "profiled onnxruntime runs per export (0: none)")
+flags.DEFINE_multi_string("group", [], "export only this row, by its label (repeat; BP's "
+                          "dense export is always in)")
 
 UNCUT, UNCUT_CHANNEL = "SSA, no cuts", "SSA channel view, no cuts"
+CHANNEL_CUT_UNCUT = "SSA channel view, no cut (channel_cut)"
 # (label, grid, variant, the uncut model it is compared with)
 GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
            (UNCUT, "rules_smallconv", "ssa", UNCUT),
@@ -72,7 +75,11 @@ GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
           + [(f"SSA, one cut of the dense layer only, tau {t}", "rank_once", f"dense only, tau {t}",
               UNCUT) for t in (0.7, 0.5)]
           + [(f"SSA, cut every epoch, tau {t}", "rank_gradual", f"tau {t}", UNCUT)
-             for t in (0.99, 0.98)])
+             for t in (0.99, 0.98)]
+          # the channel view cut once after epoch 10 of 20, every layer, the slots kept
+          + [(CHANNEL_CUT_UNCUT, "channel_cut", "no cut", CHANNEL_CUT_UNCUT)]
+          + [(f"SSA channel view, one cut after epoch 10, tau {t} (channel_cut)", "channel_cut",
+              f"one cut, tau {t}", CHANNEL_CUT_UNCUT) for t in (0.9, 0.8, 0.7)])
 
 
 def finished(runs, grid, variant):
@@ -157,6 +164,9 @@ def main(argv):
         usage_error(f"--runs={FLAGS.runs} is not a folder (the grids' --workdir)")
     if FLAGS.source == "results" and not os.path.isdir(FLAGS.results):
         usage_error(f"--results={FLAGS.results} is not a folder (the grids' results/)")
+    unknown = sorted(set(FLAGS.group) - {g[0] for g in GROUPS})
+    if unknown:
+        usage_error(f"--group names no row: {unknown}")
     cli.import_tensorflow()
     import numpy as np
 
@@ -164,8 +174,10 @@ def main(argv):
 
     rows, sessions = [], {}
     x = np.random.default_rng(0).uniform(0, 255, (64, 32, 32, 3)).astype(np.float32)
+    groups = [g for g in GROUPS if not FLAGS.group or g[0] in FLAGS.group
+              or g[0] == "BP (dense)" or g[0] in {c for l, _, _, c in GROUPS if l in FLAGS.group}]
     with tempfile.TemporaryDirectory() as tmp:
-        for label, grid, variant, _ in GROUPS:
+        for label, grid, variant, _ in groups:
             if FLAGS.source == "runs":
                 found = finished(FLAGS.runs, grid, variant)
             else:

@@ -129,3 +129,10 @@ def test_the_registry_imports_each_rule_file_by_name_in_rules_order():
     assert registry.NAMES == tuple(m.SPEC.name for m in registry.FILES)
     assert registry.NAMES[:4] == ("bp", "svd-bp", "dfa", "ssa")  # the README's table
 
+
+
+def test_export_frontiers_unknown_group_is_one_line_and_exit_2_before_tensorflow(no_tensorflow):
+    result = subprocess.run([sys.executable, "-m", "benchmarks.export_frontier", "--group=nope"],
+                            cwd=REPO, env=no_tensorflow, capture_output=True, text=True,
+                            timeout=120)
+    assert "--group names no row: ['nope']" in one_line(result)
