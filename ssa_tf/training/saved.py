@@ -36,6 +36,8 @@ from keras.src.utils import naming
 _OLD_SCOPE = re.compile(r"^m\d+/(?:s\d+b\d+/)?(?=[^/]+/[^/]+$)")
 _OLD_SLOT_SCOPE = re.compile(r"^([^/]+)/m\d+_(?:s\d+b\d+_)?")
 # a layer of a built-in residual block: s<stage>b<block>_<the block's attribute>
+# how Keras names the items of a list it saves: class name, then _1, _2, ...
+_unique_name = saving_lib._get_unique_name
 _BLOCK_LAYER = re.compile(r"^s\d+b\d+_(conv1|norm1|conv2|norm2|proj|proj_norm)$")
 
 
@@ -102,8 +104,8 @@ def read_old_weights(model, weights):
 
 def layout(model) -> list:
     """[(object, its path in today's weights file)], walked as Keras saves
-    (``saving_lib``): attributes in Keras's order, list items named by their class with a
-    counter."""
+    (``saving_lib``, with its own attribute order and naming): list items named by their
+    class with a counter."""
     out: list = []
     _walk(model, "", set(), out)
     return out
@@ -129,19 +131,11 @@ def _walk_container(container, path, visited, out, containers):
     used: dict = {}
     for item in (container.values() if isinstance(container, dict) else container):
         if isinstance(item, KerasSaveable):
-            name = _unique(naming.to_snake_case(item.__class__.__name__), used)
+            name = _unique_name(naming.to_snake_case(item.__class__.__name__), used)
             _walk(item, f"{path}/{name}", visited, out)
         elif isinstance(item, (list, dict, tuple)):
-            _walk_container(item, f"{path}/{_unique('container', used)}", visited, out,
+            _walk_container(item, f"{path}/{_unique_name('container', used)}", visited, out,
                             containers)
-
-
-def _unique(name, used):
-    if name in used:
-        used[name] += 1
-        return f"{name}_{used[name]}"
-    used[name] = 0
-    return name
 
 
 def old_paths(model) -> dict:
@@ -167,9 +161,7 @@ def old_paths(model) -> dict:
             continue
         used: dict = {}
         for layer in layers:
-            if layer.name.endswith("_activation") and isinstance(layer, keras.layers.Activation):
-                continue  # split off a weight layer by the converter; the old had none
-            name = _unique(naming.to_snake_case(layer.__class__.__name__), used)
+            name = _unique_name(naming.to_snake_case(layer.__class__.__name__), used)
             if layer is not module.output_layer:
                 out[id(layer)] = f"{prefix}/steps/{name}"
     return out
