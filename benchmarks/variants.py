@@ -135,6 +135,13 @@ def heads_variants():
         # the read-out's pooled grid: 4x4 keeps the spatial layout a 2x2 grid averages away
         "local conv heads, 4x4 grid, plain layers": {**plain, head: "conv", grid: 4},
         "ssa, local conv heads, 4x4 grid, beta 0": {**ssa, head: "conv", BETA: 0.0, grid: 4},
+        # AugLocal's heads (Ma et al. 2024): shaped like the later modules, shallower with
+        # depth; at depth 3 module 0's head has the shape of the whole later network.
+        # The plain row keeps ssa's glorot classifier: the two differ in the layers' form only
+        "local later-shaped heads (AugLocal-style), depth 3, plain layers": {
+            **plain, head: "later", depth: 3, HEAD: "glorot"},
+        "ssa, local later-shaped heads, depth 3, beta 0": {**ssa, head: "later", BETA: 0.0,
+                                                           depth: 3},
         # svd-bp's 3.6 points under BP at 20 epochs, one suspect at a time
         "svd-bp, beta 0 (lr 3e-4)": {
             **FAIR["svd-bp (glorot head, beta 0.01, gamma 0, lr 3e-4)"], BETA: 0.0},

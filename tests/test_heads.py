@@ -55,19 +55,56 @@ def test_a_conv_head_trains_on_the_modules_own_loss_only(rule, depth, sim):
     assert "trained head" in card.error
 
 
+@pytest.mark.parametrize("rule", ["dfa", "ssa"])
+def test_a_later_shaped_head_steps_through_the_later_modules_shapes(rule):
+    # smallconv on 8x8: modules m0..m3 end at 4x4x32, 2x2x64, 2x2x128 and 512
+    model = _model(rule, readout_head="later", readout_depth=3)
+    route = model.rule.route
+    kernels = [[tuple(k.shape) for k in layers[::2]] for layers in route.hidden]
+    # the first module's head is the later network's shape (conv to 64, conv to 128, dense
+    # to 512); each later module's is shallower (round(3 n_i / 3) of its n_i later modules)
+    assert kernels == [[(3, 3, 32, 64), (3, 3, 64, 128), (512, 512)],
+                       [(3, 3, 64, 128), (512, 512)], [(512, 512)], []]
+    assert [tuple(m.shape) for m in route.matrices] == [(512, 10)] * 4
+    x, y = _data(4)
+    h0 = model.local_modules[0](x)
+    assert tuple(route.head_input(0, h0).shape) == (4, 512)
+    # each conv layer ends at its later module's size: pooled 4x4 -> 2x2 after the first
+    from ssa_tf.methods import feedback
+    first = feedback.later_head_hidden(h0, *route.hidden[0][:2], route.targets[0][0],
+                                       route.grid)
+    assert tuple(first.shape) == (4, 2, 2, 64)
+    # depth 1: every head is one dense layer to the last hidden module's width
+    shallow = _model(rule, readout_head="later", readout_depth=1)
+    assert [[tuple(k.shape) for k in layers[::2]] for layers in shallow.rule.route.hidden] \
+        == [[(128, 512)], [(256, 512)], [(512, 512)], []]
+    # module 0 learns from its own head only, whatever the later modules' weights are
+    grads0 = {id(v): g for g, v in model.local_gradients(x, y)[0]}
+    for v in [v for m in model.local_modules[1:] for v in m.trainable_variables]:
+        v.assign(np.random.default_rng(1).standard_normal(v.shape).astype(np.float32))
+    grads1 = {id(v): g for g, v in model.local_gradients(x, y)[0]}
+    mine = model.local_modules[0].trainable_variables + route.extra_variables(model, 0)
+    assert len(route.extra_variables(model, 0)) == 7  # three layers' kernel and bias, Q
+    for v in mine:
+        np.testing.assert_array_equal(np.asarray(grads0[id(v)]), np.asarray(grads1[id(v)]))
+    card = model.card()
+    assert card.feedback == "local head" and not card.sequential
+    assert "shaped like the later modules" in card.error
+
+
 def test_heads_are_training_only_and_gone_at_export():
     pytest.importorskip("tf2onnx", reason="the export extra is not installed")
     from ssa_tf.export.merge import merge
     x, _ = _data(8)
     plain_counts = []
-    for head, sim in (("linear", 0.0), ("conv", 0.0), ("linear", 0.99)):
+    for head, sim in (("linear", 0.0), ("conv", 0.0), ("linear", 0.99), ("later", 0.0)):
         model = _model("dfa", readout_head=head, readout_trained=True, readout_sim=sim)
         merged, _ = merge(model)
         np.testing.assert_allclose(merged.predict(x, verbose=0), model.predict(x, verbose=0),
                                    atol=1e-5)
         plain_counts.append(merged.count_params())
     # the heads (and predsim's projections) add nothing to the exported model
-    assert plain_counts[0] == plain_counts[1] == plain_counts[2]
+    assert len(set(plain_counts)) == 1
 
 
 def test_a_conv_head_option_is_refused_off_the_local_route():

@@ -130,6 +130,47 @@ def head_hidden(h, kernel, bias):
     return ops.relu(ops.matmul(h, kernel) + bias)
 
 
+def later_head_targets(shapes, i, depth):
+    """The output shapes a head shaped like the later modules (AugLocal, Ma et al. 2024)
+    steps through for module i of the hidden modules' ``shapes``: ``depth`` of the n
+    modules after i for module 0, fewer in proportion for later ones (round(depth n_i /
+    n_0), at least 1 while any is left), sampled evenly and always ending at the last."""
+    later = [tuple(int(d) for d in s) for s in shapes[i + 1:]]
+    first = len(shapes) - 1
+    if not later:
+        return []
+    d = min(len(later), max(1, round(int(depth) * len(later) / first)))
+    picks = [len(later) - 1] if d == 1 else np.round(np.linspace(0, len(later) - 1, d))
+    return [later[int(k)] for k in picks]
+
+
+def later_head_layer(in_shape, target, grid, rng):
+    """A later-shaped head's layer from ``in_shape`` to ``target``: a 3x3 convolution to
+    the target's channels (map to map) or a dense layer to its width (a map pooled to the
+    read-out grid and flattened first); He-initialized, zero bias."""
+    if len(target) == 3 and len(in_shape) == 3:
+        return head_hidden_layer(in_shape, int(target[-1]), rng)
+    if len(in_shape) == 3:
+        rows, cols = readout_grid(in_shape, grid)
+        in_shape = (rows * cols * int(in_shape[-1]),)
+    return head_hidden_layer(in_shape, int(target[-1]), rng)
+
+
+def later_head_hidden(h, kernel, bias, target, grid):
+    """One layer of a later-shaped head: ReLU(conv3x3(h) + b), average-pooled to the target
+    map's size when it is smaller; or ReLU(flat(h) W + b) for a vector target."""
+    if len(target) == 3 and len(h.shape) == 4:
+        h = head_hidden(h, kernel, bias)
+        rows, cols = int(target[0]), int(target[1])
+        if (h.shape[1], h.shape[2]) != (rows, cols) and h.shape[1] >= rows \
+                and h.shape[2] >= cols:
+            h = ops.reshape(pool_to_grid(h, rows, cols), (-1, rows, cols, h.shape[-1]))
+        return h
+    if len(h.shape) == 4:
+        h = pool_to_grid(h, *readout_grid(h.shape[1:], grid))
+    return head_hidden(ops.reshape(h, (ops.shape(h)[0], -1)), kernel, bias)
+
+
 def similarity_matrix(x):
     """The batch's adjusted cosine similarity (B, B): a map of more than 3 channels and
     more than one row is first reduced to each channel's standard deviation over

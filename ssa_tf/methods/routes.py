@@ -108,6 +108,10 @@ class LocalRoute(Route):
     dense layers. ``readout_sim`` = w > 0: the loss is (1 - w) CE + w sim, sim the
     similarity matching of a trained 3x3 projection of the output (Noekland & Eidnes
     2019's predsim, ``feedback.similarity_loss``).
+    ``readout_head=later``: a head shaped like the later modules (AugLocal, Ma et al. 2024):
+    layers to the widths and sizes of modules sampled evenly from those after it, up to
+    ``readout_depth`` for the first module and fewer with depth
+    (``feedback.later_head_targets``), then the linear read-out.
     Heads train on the module's own loss only and are dropped at export."""
 
     spec = ROUTES["local"]
@@ -124,6 +128,7 @@ class LocalRoute(Route):
         self.matrices = []  # the linear read-outs (the last layer of a conv head)
         self.hidden = []  # a conv head's hidden layers per module: [kernel, bias, ...]
         self.projections = []  # predsim's similarity projections, one per module
+        self.targets = []  # a later-shaped head's layer output shapes, per module
 
     def build(self, model, rng):
         for i, (m, shape) in enumerate(zip(model.local_modules[:-1],
@@ -139,6 +144,18 @@ class LocalRoute(Route):
                     shape = (*shape[:-1], width)
                 self.hidden.append(tuple(layers))
                 m = None  # the head's own channels: no feedback factors to structure it
+            elif self.head == "later":
+                targets = feedback.later_head_targets(model.module_output_shapes[:-1], i,
+                                                      self.depth)
+                layers = []
+                for d, target in enumerate(targets):
+                    kernel, bias = feedback.later_head_layer(shape, target, self.grid, rng)
+                    layers += [fixed_weight(model, f"readout_{i}_{d}_kernel", kernel, True),
+                               fixed_weight(model, f"readout_{i}_{d}_bias", bias, True)]
+                    shape = target
+                self.hidden.append(tuple(layers))
+                self.targets.append(targets)
+                m = None if targets else m
             mat = projection(model, m, self.structured and m is not None, shape, rng,
                              grid=self.grid)
             self.matrices.append(fixed_weight(model, f"feedback_{i}", mat, self.trained))
@@ -160,6 +177,10 @@ class LocalRoute(Route):
     def head_input(self, i, h):
         """Module i's output h through its head's hidden layers (itself: a linear head)."""
         layers = self.hidden[i] if self.hidden else ()
+        if self.head == "later":
+            for kernel, bias, target in zip(layers[::2], layers[1::2], self.targets[i]):
+                h = feedback.later_head_hidden(h, kernel, bias, target, self.grid)
+            return h
         for kernel, bias in zip(layers[::2], layers[1::2]):
             h = feedback.head_hidden(h, kernel, bias)
         return h

@@ -54,8 +54,9 @@ RANGES = {"alpha": Range(0), "beta": Range(0), "gamma": Range(0), "ortho_lambda"
 # values of numeric options that change what a card says (the locality harness tries them
 # beside every choice and boolean): predsim's weight turns a fixed read-out into a head
 CARD_PROBES = {"readout_sim": (0.99,)}
-# the local route's read-out: linear (a probe of the pooled map) or a small trained head
-READOUT_HEADS = ("linear", "conv")
+# the local route's read-out: linear (a probe of the pooled map), a small trained head
+# (DGL's), or one shaped like the later modules, shallower with depth (AugLocal's)
+READOUT_HEADS = ("linear", "conv", "later")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +87,17 @@ def _local_error(o):
 
 def uses_local_head(o) -> bool:
     """The local route trains a read-out or head on each module's own loss."""
-    return bool(o.get("readout_trained") or o.get("readout_head") == "conv"
+    return bool(o.get("readout_trained") or o.get("readout_head") in ("conv", "later")
                 or o.get("readout_sim"))
 
 
 def _local_pred(o):
+    if o.get("readout_head") == "later":
+        depth = int(o.get("readout_depth") or 1)
+        return ("the module's own cross-entropy through a trained head shaped like the later "
+                f"modules (AugLocal, Ma et al. 2024: up to {depth} x (3x3 convolution or dense "
+                "layer to a later module's width and size, ReLU), fewer with depth, then "
+                "linear; reads the module's output and the label; no global forward)")
     if o.get("readout_head") == "conv":
         depth = int(o.get("readout_depth") or 1)
         layers = "3x3 convolution, ReLU" if depth == 1 else f"{depth} x (3x3 convolution, ReLU)"
