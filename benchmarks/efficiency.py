@@ -84,6 +84,12 @@ HEAD_ROWS = [
                                                       readout_head="conv", readout_grid=4)),
     ("ssa, local conv heads, 4x4 grid", dict(rule="ssa", feedback="local", readout_head="conv",
                                              readout_grid=4)),
+    # AugLocal's: shaped like the later modules, depth 3 (module 0's head has the shape of
+    # the whole later network)
+    ("local later-shaped heads (AugLocal-style), depth 3, plain layers",
+     dict(rule="dfa", feedback="local", readout_head="later", readout_depth=3)),
+    ("ssa, local later-shaped heads, depth 3", dict(rule="ssa", feedback="local",
+                                                    readout_head="later", readout_depth=3)),
 ]
 
 # where the direct SSA step's time goes: each row removes one piece of it (or of BP's)
@@ -170,7 +176,14 @@ def head_costs(model):
     macs = 0
     for i, shape in enumerate(model.module_output_shapes[:-1]):
         positions = 1
-        if route.hidden:
+        if route.hidden and route.head == "later":
+            # each layer at its input's positions (a convolution's map, then its later
+            # module's size; 1 for a dense layer)
+            for kernel, target in zip(route.hidden[i][::2], route.targets[i]):
+                at = shape[0] * shape[1] if len(kernel.shape) == 4 else 1
+                macs += at * int(kernel.numpy().size)
+                shape = target
+        elif route.hidden:
             if len(shape) == 3:  # 3x3 convolutions at every position of the map
                 positions = shape[0] * shape[1]
             macs += positions * sum(int(k.numpy().size) for k in route.hidden[i][::2])

@@ -54,6 +54,7 @@ flags.DEFINE_multi_string("group", [], "export only this row, by its label (repe
 
 UNCUT, UNCUT_CHANNEL = "SSA, no cuts", "SSA channel view, no cuts"
 CHANNEL_CUT_UNCUT = "SSA channel view, no cut (channel_cut)"
+HEADS_CUT_UNCUT = "SSA local conv heads, channel view, no cut (heads_cut)"
 # (label, grid, variant, the uncut model it is compared with)
 GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
            (UNCUT, "rules_smallconv", "ssa", UNCUT),
@@ -79,7 +80,11 @@ GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
           # the channel view cut once after epoch 10 of 20, every layer, the slots kept
           + [(CHANNEL_CUT_UNCUT, "channel_cut", "no cut", CHANNEL_CUT_UNCUT)]
           + [(f"SSA channel view, one cut after epoch 10, tau {t} (channel_cut)", "channel_cut",
-              f"one cut, tau {t}", CHANNEL_CUT_UNCUT) for t in (0.9, 0.8, 0.7)])
+              f"one cut, tau {t}", CHANNEL_CUT_UNCUT) for t in (0.9, 0.8, 0.7)]
+          # SSA with local conv heads in the channel view, cut once after epoch 5 (heads_cut)
+          + [(HEADS_CUT_UNCUT, "heads_cut", "no cut", HEADS_CUT_UNCUT)]
+          + [(f"SSA local conv heads, channel view, one cut after epoch 5, tau {t} (heads_cut)",
+              "heads_cut", f"one cut, tau {t}", HEADS_CUT_UNCUT) for t in (0.7, 0.6)])
 
 
 def finished(runs, grid, variant):
