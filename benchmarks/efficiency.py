@@ -153,8 +153,11 @@ def training_macs(model):
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if not isinstance(layer, (keras.layers.Dense, keras.layers.Conv2D, SVDLayer)):
             continue
-        # the input shape the layer was built for (batch 1, SSAModel._build_all)
-        in_shape = next(iter(layer._build_shapes_dict.values()))
+        # the input shape the layer is called on in its module's graph (an SVD layer
+        # converted from a plain one is built for any map size: (None, None, None, C))
+        nodes = layer._inbound_nodes
+        in_shape = (tuple(nodes[-1].input_tensors[0].shape) if nodes
+                    else next(iter(layer._build_shapes_dict.values())))
         merged, factored = costs(layer, (None, *in_shape[1:]))
         if isinstance(layer, SVDConv2D):
             total += merged if layer.uses_merged_forward() else factored
