@@ -84,7 +84,9 @@ GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
           # SSA with local conv heads in the channel view, cut once after epoch 5 (heads_cut)
           + [(HEADS_CUT_UNCUT, "heads_cut", "no cut", HEADS_CUT_UNCUT)]
           + [(f"SSA local conv heads, channel view, one cut after epoch 5, tau {t} (heads_cut)",
-              "heads_cut", f"one cut, tau {t}", HEADS_CUT_UNCUT) for t in (0.7, 0.6)])
+              "heads_cut", f"one cut, tau {t}", HEADS_CUT_UNCUT) for t in (0.7, 0.6)]
+          + [("SSA local conv heads, channel view, the dense layer cut after epoch 5, tau 0.5 "
+              "(heads_cut)", "heads_cut", "dense layer only, tau 0.5", HEADS_CUT_UNCUT)])
 
 
 def finished(runs, grid, variant):

@@ -181,8 +181,8 @@ GRIDS = {
     # SSA's best local configuration (heads_20ep) in the channel view, cut once, earlier
     "heads_cut": dict(
         caption="SSA with local conv heads (4x4 grid, beta 0; heads_20ep's best SSA row) in the "
-                "channel view, one slot cut of every layer after epoch 5 at tau 0.7 or 0.6, "
-                "against the same model uncut (smallconv, first 10,000 training images with "
+                "channel view, one slot cut of every layer after epoch 5 at tau 0.7 or 0.6 "
+                "(or of the dense layer alone at 0.5), against the same model uncut (smallconv, first 10,000 training images with "
                 "augmentation, 20 epochs); the heads are dropped at export, the test accuracy "
                 "is the cut model's.",
         base={**_LONG, **heads_variants()["ssa, local conv heads, 4x4 grid, beta 0"],
@@ -190,7 +190,12 @@ GRIDS = {
               "rank.interval": 20, "rank.feedback_cut": "slots"},
         seeds=SEEDS,
         variants={"no cut": {},
-                  **{f"one cut, tau {t}": {"rank.tau": t} for t in (0.7, 0.6)}}),
+                  **{f"one cut, tau {t}": {"rank.tau": t} for t in (0.7, 0.6)},
+                  # the 512-unit dense layer holds 72% of the parameters: cut it alone
+                  # (the convolutions and the classifier keep full rank)
+                  "dense layer only, tau 0.5": {
+                      "rank.tau": 0.5,
+                      "rank.exempt": ("m0_conv", "m1_conv", "m2_conv", "classifier")}}),
     # the headline: every rule at its defaults, 20 epochs with augmentation
     "rules_smallconv": dict(
         caption="Every rule at its defaults: smallconv, first 10,000 training images with "

@@ -60,6 +60,10 @@ ROWS = (
     ("ssa, local conv heads of depth 2, beta 0", None,
      (HEADS, "ssa, local conv heads depth 2, beta 0")),
     ("ssa, local linear heads (beta 0.01)", None, (HEADS, "ssa, local linear heads")),
+    ("local later-shaped heads, plain layers (AugLocal-style, depth 3; glorot head)", None,
+     (HEADS, "local later-shaped heads (AugLocal-style), depth 3, plain layers")),
+    ("ssa, local later-shaped heads, depth 3, beta 0", None,
+     (HEADS, "ssa, local later-shaped heads, depth 3, beta 0")),
     ("svd-bp at beta 0 (the alignment term's cost)", None,
      (HEADS, "svd-bp, beta 0 (lr 3e-4)")),
 )
