@@ -86,6 +86,13 @@ ROWS = [
      dict(G, conv_factorization="channel", hold_within_peak=True), None, 0.5),
     ("ssa (chain), channel view, 50% rank, held within the peak",
      dict(rule="ssa", conv_factorization="channel", hold_within_peak=True), None, 0.5),
+    # a cut as the rank callback makes it by default (rank.keep_ends): the stem and the
+    # classifier keep full rank, so the stem runs merged and holds no r-channel map at
+    # 112x112 (the largest module's activations set the peak)
+    ("ssa, global broadcast, channel view, 50% rank, ends kept",
+     dict(G, conv_factorization="channel", keep_ends=True), None, 0.5),
+    ("ssa (chain), channel view, 50% rank, ends kept",
+     dict(rule="ssa", conv_factorization="channel", keep_ends=True), None, 0.5),
 ]
 
 
@@ -94,13 +101,16 @@ def build(options, form, fraction, shape):
 
     from ssa_tf.nn import SVDConv2D
     from ssa_tf.training.model import build_model
-    from ssa_tf.training.rank import apply_ranks
+    from ssa_tf.training.rank import apply_ranks, end_layers
 
     keras.utils.set_random_seed(1)
+    options = dict(options)
+    keep_ends = options.pop("keep_ends", False)
     model = build_model("resnet18", shape, FLAGS.classes, **options)
     if fraction is not None:
+        kept = end_layers(model) if keep_ends else ()
         apply_ranks(model, {l.name: max(1, int(l.full_rank * fraction))
-                            for l in model.svd_layers()})
+                            for l in model.svd_layers() if l.name not in kept})
     for layer in model.svd_layers():
         if isinstance(layer, SVDConv2D):
             layer.batch_hint = FLAGS.batch
