@@ -259,6 +259,25 @@ def test_pool_to_grid_is_adaptive_average_pooling():
     np.testing.assert_allclose(out, np.stack(expected, axis=1), rtol=1e-6)
 
 
+def test_pool_to_grid_of_equal_cells_is_their_mean_with_a_cheap_backward():
+    h = tf.random.stateless_normal((3, 16, 8, 5), seed=(1, 2))
+    out = feedback.pool_to_grid(h, 8, 4).numpy()
+    x = h.numpy()
+    expected = [x[:, 2 * r:2 * r + 2, 2 * c:2 * c + 2].mean((1, 2))
+                for r in range(8) for c in range(4)]
+    np.testing.assert_allclose(out, np.stack(expected, axis=1), rtol=1e-5, atol=1e-6)
+    # its gradient is one broadcast, not a full-size gradient per sliced cell
+    with tf.GradientTape() as tape:
+        tape.watch(h)
+        y = tf.reduce_sum(feedback.pool_to_grid(h, 8, 4))
+    grad = tape.gradient(y, h).numpy()
+    np.testing.assert_allclose(grad, np.full(x.shape, 0.25), rtol=1e-6)
+    ops_used = {op.type for op in tf.function(
+        lambda t: tf.gradients(tf.reduce_sum(feedback.pool_to_grid(t, 8, 4)), t)[0]
+    ).get_concrete_function(tf.TensorSpec(h.shape)).graph.get_operations()}
+    assert "StridedSliceGrad" not in ops_used and "StridedSlice" not in ops_used
+
+
 @pytest.mark.parametrize("feedback", ["chain", "global"])
 def test_recompute_gives_the_same_step_and_updates_batch_statistics_once(feedback):
     # the memory-saving replay (one module's activations at a time) computes the
