@@ -90,6 +90,9 @@ def test_a_later_shaped_head_steps_through_the_later_modules_shapes(rule):
     card = model.card()
     assert card.feedback == "local head" and not card.sequential
     assert "shaped like the later modules" in card.error
+    # a map that would have to grow is refused when the head is built
+    with pytest.raises(ValueError, match="cannot grow a"):
+        feedback.later_head_layer((4, 4, 8), (8, 8, 16), 2, np.random.default_rng(0))
 
 
 def test_heads_are_training_only_and_gone_at_export():

@@ -134,7 +134,8 @@ def later_head_targets(shapes, i, depth):
     """The output shapes a head shaped like the later modules (AugLocal, Ma et al. 2024)
     steps through for module i of the hidden modules' ``shapes``: ``depth`` of the n
     modules after i for module 0, fewer in proportion for later ones (round(depth n_i /
-    n_0), at least 1 while any is left), sampled evenly and always ending at the last."""
+    n_0), Python's round: halves to even; at least 1 while any is left), sampled evenly and
+    always ending at the last."""
     later = [tuple(int(d) for d in s) for s in shapes[i + 1:]]
     first = len(shapes) - 1
     if not later:
@@ -149,6 +150,10 @@ def later_head_layer(in_shape, target, grid, rng):
     the target's channels (map to map) or a dense layer to its width (a map pooled to the
     read-out grid and flattened first); He-initialized, zero bias."""
     if len(target) == 3 and len(in_shape) == 3:
+        if int(target[0]) > int(in_shape[0]) or int(target[1]) > int(in_shape[1]):
+            raise ValueError(f"a later-shaped head cannot grow a {tuple(in_shape)} map to "
+                             f"{tuple(target)}: a later module's map is larger than an "
+                             "earlier one's")
         return head_hidden_layer(in_shape, int(target[-1]), rng)
     if len(in_shape) == 3:
         rows, cols = readout_grid(in_shape, grid)

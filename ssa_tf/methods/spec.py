@@ -95,9 +95,10 @@ def _local_pred(o):
     if o.get("readout_head") == "later":
         depth = int(o.get("readout_depth") or 1)
         return ("the module's own cross-entropy through a trained head shaped like the later "
-                f"modules (AugLocal, Ma et al. 2024: up to {depth} x (3x3 convolution or dense "
-                "layer to a later module's width and size, ReLU), fewer with depth, then "
-                "linear; reads the module's output and the label; no global forward)")
+                f"modules (AugLocal, Ma et al. 2024: up to {depth} x (3x3 convolution pooled "
+                "to a later module's size, or dense layer on the pooled grid to its width; "
+                "ReLU), fewer for later modules, the last hidden one a linear read-out only; "
+                "reads the module's output and the label; no global forward)")
     if o.get("readout_head") == "conv":
         depth = int(o.get("readout_depth") or 1)
         layers = "3x3 convolution, ReLU" if depth == 1 else f"{depth} x (3x3 convolution, ReLU)"
