@@ -167,8 +167,7 @@ def later_head_hidden(h, kernel, bias, target, grid):
     if len(target) == 3 and len(h.shape) == 4:
         h = head_hidden(h, kernel, bias)
         rows, cols = int(target[0]), int(target[1])
-        if (h.shape[1], h.shape[2]) != (rows, cols) and h.shape[1] >= rows \
-                and h.shape[2] >= cols:
+        if (h.shape[1], h.shape[2]) != (rows, cols):  # never larger: later_head_layer
             h = ops.reshape(pool_to_grid(h, rows, cols), (-1, rows, cols, h.shape[-1]))
         return h
     if len(h.shape) == 4:
