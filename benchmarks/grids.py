@@ -177,6 +177,18 @@ GRIDS = {
         seeds=SEEDS,
         variants={"no cut": {},
                   **{f"one cut, tau {t}": {"rank.tau": t} for t in (0.9, 0.8, 0.7)}}),
+    # heads_20ep ran every row at a constant rate chosen at 5 epochs; the same rate
+    # schedule for BP and the best local rows (a control that differs in the schedule only)
+    "heads_recipe": dict(
+        caption="BP and the best local-head rows of heads_20ep with the same step decay of "
+                "the rate (x0.1 after epoch 15), every other setting as there (smallconv, "
+                "first 10,000 training images with augmentation, 20 epochs).",
+        base={**_LONG, "train.lr_decay_epochs": (15,)},
+        seeds=SEEDS,
+        variants={f"{name}, decay at 15": heads_variants()[name] for name in (
+            "bp (glorot head, lr 1e-3)",
+            "local later-shaped heads (AugLocal-style), depth 3, plain layers",
+            "ssa, local later-shaped heads, depth 3, beta 0")}),
     # the deployment target again, with modules that recover from a cut by their own heads:
     # SSA's best local configuration (heads_20ep) in the channel view, cut once, earlier
     "heads_cut": dict(
