@@ -142,6 +142,13 @@ def heads_variants():
             **plain, head: "later", depth: 3, HEAD: "glorot"},
         "ssa, local later-shaped heads, depth 3, beta 0": {**ssa, head: "later", BETA: 0.0,
                                                            depth: 3},
+        # issue 36 item 2: does a direct error term add anything to a good head? The
+        # later-shaped rows above with the global route's term (DFA's fixed D_i on plain
+        # layers, SSA's from its factors) added at weight 1: each differs in that only
+        "local later-shaped heads + DFA's direct term, depth 3, plain layers": {
+            **plain, head: "later", depth: 3, HEAD: "glorot", FEEDBACK: "local_global"},
+        "ssa, local later-shaped heads + its direct term, depth 3, beta 0": {
+            **ssa, head: "later", BETA: 0.0, depth: 3, FEEDBACK: "local_global"},
         # svd-bp's 3.6 points under BP at 20 epochs, one suspect at a time
         "svd-bp, beta 0 (lr 3e-4)": {
             **FAIR["svd-bp (glorot head, beta 0.01, gamma 0, lr 3e-4)"], BETA: 0.0},

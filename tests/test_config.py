@@ -98,7 +98,7 @@ def test_malformed_overrides_say_what_is_wrong(assignment, needle):
     (["model.activation=gelu"], "relu, leaky_relu, tanh"),
     (["model.conv_factorization=diagonal"],
      "conv_factorization='diagonal' is not valid; choose from: spatial, channel"),
-    (["rule.feedback=chainsaw"], "global, local, chain"),
+    (["rule.feedback=chainsaw"], "global, local, local_global, chain"),
     (["rule.beta=-0.1"], "rule.beta must be >= 0"),
     (["rule.alpha=-1"], "rule.alpha must be >= 0"),
     (["train.batch_size=0"], "--batch_size must be >= 1"),
@@ -299,9 +299,9 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
             argv = [*base, f"--rule={rule}"]
             if route is not None:
                 argv.append(f"--set=rule.feedback={route}")
-            if preset == "local_heads" and route not in (None, "local"):
-                # the preset is the local route: a rule without it, or another route
-                # asked for, is one line that says so
+            if preset == "local_heads" and route not in (None, "local", "local_global"):
+                # the preset is the local route's heads: a rule without them, or a route
+                # without heads asked for, is one line that says so
                 try:
                     problem = validate(_config(*argv))
                 except ValueError as e:
@@ -314,9 +314,9 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
             assert validate(cfg) is None, (argv, validate(cfg))
             assert cfg.rule.name == rule
             if preset == "imagenet":
-                # the broadcast is the global route's (full maps at 224: 1000 x 200,704)
+                # the broadcast is the global routes' (full maps at 224: 1000 x 200,704)
                 spatial = cfg.resolved().rule.feedback_spatial
-                if cfg.resolved().rule.feedback == "global":
+                if cfg.resolved().rule.feedback in ("global", "local_global"):
                     assert spatial == "broadcast", argv
                 else:
                     assert cfg.rule.feedback_spatial is None, argv

@@ -171,3 +171,49 @@ def test_predsim_weight_is_refused_outside_zero_to_one():
     from ssa_tf.config import validate
     bad = RunConfig().with_overrides(["rule.feedback=local", "rule.readout_sim=1.5"])
     assert validate(bad) == "rule.readout_sim must be in [0, 1], got 1.5"
+
+
+def _keyed(model, grads):
+    """The update keyed alike across models: (module, index) for a module's own
+    variables, the name for the route's (heads and feedback)."""
+    keys = {id(v): (i, j) for i, m in enumerate(model.local_modules)
+            for j, v in enumerate(m.trainable_variables)}
+    keys.update({id(v): v.name for v in model.rule.route.feedback_variables()})
+    return {keys[id(v)]: np.asarray(g) for g, v in grads}
+
+
+@pytest.mark.parametrize("rule", ["dfa", "ssa"])
+def test_local_global_adds_the_weighted_direct_term_to_the_heads_own_loss(rule):
+    # the control of a head alone that differs in the direct term only: at weight 0 the
+    # very same update as the local route; the direct term enters linearly in its weight
+    x, y = _data()
+    local = _model(rule, readout_head="later", readout_depth=2)
+    updates = {}
+    for w in (0.0, 1.0, 2.0):
+        keras.utils.set_random_seed(3)
+        model = SSAModel("smallconv", SHAPE, 10, rule=rule, feedback="local_global",
+                         readout_head="later", readout_depth=2, direct_weight=w)
+        compile_model(model, learning_rate=1e-2)
+        model.run_eagerly = True
+        updates[w] = _keyed(model, model.local_gradients(x, y)[0])
+    alone = _keyed(local, local.local_gradients(x, y)[0])
+    assert set(alone) == set(updates[0.0])
+    for name, g in alone.items():
+        np.testing.assert_allclose(updates[0.0][name], g, rtol=1e-4, atol=1e-6)
+        d1, d2 = updates[1.0][name] - g, updates[2.0][name] - g
+        np.testing.assert_allclose(d2, 2 * d1, rtol=1e-3, atol=1e-5)
+    # the direct term moves every hidden module's own weights, never a head's
+    route = model.rule.route
+    heads = [v.name for v in route.feedback_variables() if v.name in alone]
+    assert len(heads) > len(model.local_modules)
+    assert all(np.abs(updates[1.0][n] - alone[n]).max() <= 1e-6 for n in heads)
+    hidden = [k for k in alone if isinstance(k, tuple) and k[0] < len(model.local_modules) - 1]
+    assert all(np.abs(updates[1.0][k] - alone[k]).max() > 1e-6 for k in hidden)
+    # its matrices stay fixed through a step while the heads learn
+    fixed = [keras.ops.convert_to_numpy(v).copy() for v in route.global_route.matrices]
+    model.train_on_batch(x, y)
+    assert all(np.array_equal(f, keras.ops.convert_to_numpy(v))
+               for f, v in zip(fixed, route.global_route.matrices))
+    card = model.card()
+    assert (card.feedback, card.sequential) == ("local head", False)
+    assert "direct term" in card.error and "no global forward" not in card.error

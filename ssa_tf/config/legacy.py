@@ -54,7 +54,9 @@ LATER_DEFAULTS = {"model.conv_factorization": ("spatial",), "rank.keep_ends": (F
                   "rule.readout_head": (None, "linear"), "rule.readout_width": (None, 0),
                   "rule.readout_depth": (None, 1),
                   # predsim's weight: the prediction loss alone before
-                  "rule.readout_sim": (None, 0.0)}
+                  "rule.readout_sim": (None, 0.0),
+                  # the weight of local_global's direct term (no such route before)
+                  "rule.direct_weight": (None, 1.0)}
 
 
 def at_later_default(name, value) -> bool:

@@ -10,6 +10,7 @@ the class by that name:
   unit (``spatial="full"``, Noekland 2016);
 * ``LocalRoute``: the module's own cross-entropy through a fixed read-out of
   its pooled output; needs no global forward;
+* ``LocalGlobalRoute``: the two together, the head's CE plus a weighted direct term;
 * ``ChainRoute``: delta_i = J_i^T e through a fixed linear copy of the later
   modules (their feedback weights). Ungated, that copy does not depend on the
   forward pass: a fixed matrix from e to module i (direct). ``gated=True``
@@ -87,12 +88,12 @@ class GlobalRoute(Route):
                              f"{MAX_FULL_MAP_ENTRIES:,}); add --set "
                              "rule.feedback_spatial=broadcast (or --preset=imagenet)")
 
-    def build(self, model, rng):
+    def build(self, model, rng, prefix="feedback"):
         self.check_size(model)
         shapes = model.module_output_shapes
         for i, (m, shape) in enumerate(zip(model.local_modules[:-1], shapes[:-1])):
             mat = projection(model, m, self.structured, shape, rng, spatial=self.spatial)
-            self.matrices.append(fixed_weight(model, f"feedback_{i}", mat))
+            self.matrices.append(fixed_weight(model, f"{prefix}_{i}", mat))
 
     def ce_term(self, model, i, h, error, y, signals):
         return feedback.direct_ce_term(h, self.matrices[i], error, self.spatial)
@@ -198,6 +199,32 @@ class LocalRoute(Route):
         return (1.0 - self.sim) * pred + self.sim * sim
 
 
+class LocalGlobalRoute(LocalRoute):
+    """The local route's head CE plus ``direct_weight`` x the global route's direct term
+    (DFA's, or SSA's structured one): module i's loss reads its own head and the output
+    error through a fixed matrix, nothing of another module's. The control of a head
+    alone that differs in the direct term only (issue 36, item 2)."""
+
+    spec = ROUTES["local_global"]
+
+    def __init__(self, options, structured=False):
+        super().__init__(options, structured)
+        self.direct_weight = float(options.get("direct_weight", 1.0))
+        self.global_route = GlobalRoute(options, structured)
+
+    def build(self, model, rng):
+        super().build(model, rng)
+        self.global_route.build(model, rng, prefix="direct_feedback")
+
+    def feedback_variables(self):
+        return [*super().feedback_variables(), *self.global_route.matrices]
+
+    def ce_term(self, model, i, h, error, y, signals):
+        head = super().ce_term(model, i, h, error, y, signals)
+        direct = self.global_route.ce_term(model, i, h, error, y, signals)
+        return head + self.direct_weight * direct
+
+
 class ChainRoute(Route):
     spec = ROUTES["chain"]
 
@@ -254,7 +281,7 @@ class ChainRoute(Route):
         return ops.mean(ops.sum(ops.reshape(signals[i] * h, (ops.shape(h)[0], -1)), axis=-1))
 
 
-CLASSES = {c.spec.name: c for c in (GlobalRoute, LocalRoute, ChainRoute)}
+CLASSES = {c.spec.name: c for c in (GlobalRoute, LocalRoute, LocalGlobalRoute, ChainRoute)}
 
 
 def make_route(options, structured=False) -> Route:

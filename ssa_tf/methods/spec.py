@@ -50,7 +50,8 @@ class Range:
 # ranges of the options several rules share; a rule adds its own (``RuleSpec.ranges``)
 RANGES = {"alpha": Range(0), "beta": Range(0), "gamma": Range(0), "ortho_lambda": Range(0),
           "s_rate_scale": Range(0, open_lo=True), "readout_grid": Range(1),
-          "readout_width": Range(0), "readout_depth": Range(1), "readout_sim": Range(0, 1)}
+          "readout_width": Range(0), "readout_depth": Range(1), "readout_sim": Range(0, 1),
+          "direct_weight": Range(0)}
 # values of numeric options that change what a card says (the locality harness tries them
 # beside every choice and boolean): predsim's weight turns a fixed read-out into a head
 CARD_PROBES = {"readout_sim": (0.99,)}
@@ -111,11 +112,21 @@ def _local_pred(o):
     return "the module's own cross-entropy through a fixed read-out (no global forward)"
 
 
+def _local_global_error(o):
+    w = float(o.get("direct_weight", 1.0))
+    head = _local_error(o).replace("; no global forward)", ")").replace(
+        " (no global forward)", "")
+    return f"{head}, plus {w:g} x the output error's direct term: {_global_error(o)}"
+
+
+_LOCAL_OPTIONS = ("readout_grid", "readout_trained", "readout_head", "readout_width",
+                  "readout_depth", "readout_sim")
 ROUTES = {r.name: r for r in (
     RouteSpec("global", ("feedback_spatial",), _global_error),
-    RouteSpec("local", ("readout_grid", "readout_trained", "readout_head", "readout_width",
-                        "readout_depth", "readout_sim"),
-              _local_error, needs_error=False),
+    RouteSpec("local", _LOCAL_OPTIONS, _local_error, needs_error=False),
+    # item 2 of issue 36: does a direct error term add anything to a good head?
+    RouteSpec("local_global", (*_LOCAL_OPTIONS, "feedback_spatial", "direct_weight"),
+              _local_global_error),
     RouteSpec("chain", (), lambda o: "e through a fixed, ungated linear copy of the later "
               "modules (a fixed matrix)", reads_layer_feedback=True),
 )}
@@ -142,7 +153,7 @@ def direct_card(rule, from_factors=False, error=None, feedback="fixed"):
                     else "one module at a time")
         reads = from_factors or route.reads_layer_feedback
         learns = feedback
-        if route.name == "local" and uses_local_head(o):
+        if route.name in ("local", "local_global") and uses_local_head(o):
             learns = "local head"  # trained on the module's own loss and the label only
         return LocalityCard(rule, False, transport(o) if reads else "never", held,
                             (error or route.error)(o), learns)
@@ -201,7 +212,8 @@ class RuleSpec:
             route = ROUTES[o["feedback"]]
             for other in ROUTES.values():
                 for name in other.options:
-                    if other is not route and given.get(name) is not None:
+                    if other is not route and name not in route.options and \
+                            given.get(name) is not None:
                         return (f"rule.{name} applies to the {other.name} route only, not "
                                 f"rule.feedback={route.name}")
         if o.get("hold_within_peak") and not (o.get("recompute") and

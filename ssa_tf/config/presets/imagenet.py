@@ -20,8 +20,8 @@ def values(rule_name: str, given=None) -> dict:
            "train.batch_size": 256, "train.lr_decay_epochs": tuple(range(30, 200, 30)),
            "train.learning_rate": 5e-4 if rule is None or rule.local else 2e-4}
     route = getattr(given.rule, "feedback", None) if given is not None else None
-    if rule is not None and (route or rule.options.get("feedback")) == "global":
-        # the only route with a spatial form (ssa's default, the chain, has none)
+    if rule is not None and (route or rule.options.get("feedback")) in ("global", "local_global"):
+        # the routes with a spatial form (ssa's default, the chain, has none)
         out["rule.feedback_spatial"] = "broadcast"
     if rule is not None and rule.svd:
         # a rate warm-up over one epoch after each cut (1,153,051 images at batch 256)

@@ -19,6 +19,7 @@ SPEC = RuleSpec(
     dict(FACTOR_OPTIONS, alpha=1.0, feedback="chain", feedback_spatial="full",
          feedback_init="forward", readout_grid=2, readout_trained=False,
          readout_head="linear", readout_width=0, readout_depth=1, readout_sim=0.0,
+         direct_weight=1.0,
          recompute=True, hold_within_peak=False),
     1e-3, direct_card("ssa", from_factors=True), implementation, svd=True,
     choices={"feedback": tuple(ROUTES), "feedback_spatial": SPATIAL,
