@@ -31,6 +31,8 @@ flags.DEFINE_string("data_dir", None, "TFDS data_dir holding the prepared datase
 flags.DEFINE_multi_string("workdir", [os.path.join("runs", "grids")],
                           "folder of the grids' workdirs (repeat the flag for more)")
 flags.DEFINE_string("table", None, "also write the table to this Markdown file")
+flags.DEFINE_multi_string("only", [], "read only this variant (repeat the flag for more; "
+                          "default: every variant of the grid)")
 flags.DEFINE_enum("split", "validation", ["validation", "test"],
                   "where to score (choose the exit on validation; test once, at the end)")
 
@@ -51,8 +53,9 @@ def module_accuracies(model, x, y, batch=500):
     return list(hits / len(x))
 
 
-def probes(grid, data_dir, roots, split="validation"):
-    """{variant: [per-seed list of module accuracies]} and the module names."""
+def probes(grid, data_dir, roots, split="validation", only=()):
+    """{variant: [per-seed list of module accuracies]} and the module names (``only``:
+    these variants alone)."""
     import numpy as np
 
     import ssa_tf
@@ -66,6 +69,8 @@ def probes(grid, data_dir, roots, split="validation"):
     y = np.concatenate([b[1] for b in batches])
     out, modules = {}, None
     for name in GRIDS[grid]["variants"]:
+        if only and name not in only:
+            continue
         paths = sorted({p for root in roots
                         for p in glob.glob(os.path.join(glob.escape(root), grid,
                                                         glob.escape(name) + "-s*",
@@ -77,7 +82,7 @@ def probes(grid, data_dir, roots, split="validation"):
                 continue
             model = ssa_tf.load_model(path)  # a run of the old layout too
             route = getattr(model.rule, "route", None)
-            if route is None or route.needs_error:  # not the local route: no heads
+            if getattr(route, "logits", None) is None:  # no route with heads
                 continue
             print(f"{name} ({os.path.basename(os.path.dirname(path))}) ...", flush=True)
             out.setdefault(name, []).append(module_accuracies(model, x, y))
@@ -116,17 +121,22 @@ def main(argv):
     missing = [w for w in FLAGS.workdir if not os.path.isdir(w)]
     if missing:
         cli.usage_error(f"--workdir {missing[0]!r} is not a folder")
+    unknown = [v for v in FLAGS.only if v not in GRIDS[FLAGS.grid]["variants"]]
+    if unknown:
+        cli.usage_error(f"--only={unknown[0]!r} is not a variant of grid {FLAGS.grid}")
     cli.import_tensorflow()
-    found, modules, examples = probes(FLAGS.grid, FLAGS.data_dir, FLAGS.workdir, FLAGS.split)
+    found, modules, examples = probes(FLAGS.grid, FLAGS.data_dir, FLAGS.workdir, FLAGS.split,
+                                      FLAGS.only)
     if not found:
         cli.usage_error(f"no model.keras of a local-route run of grid {FLAGS.grid} under "
                         f"{', '.join(FLAGS.workdir)}")
     text = table(found, modules, examples)
+    only = "".join(f' --only="{v}"' for v in FLAGS.only)
     print(text)
     if FLAGS.table:
         atomic_files.write_text(FLAGS.table, f"# Each module's own head, after training\n\n"
                                 f"`python -m benchmarks.module_probes --grid={FLAGS.grid} "
-                                f"--split={FLAGS.split}`\n\n{text}\n")
+                                f"--split={FLAGS.split}{only}`\n\n{text}\n")
 
 
 if __name__ == "__main__":

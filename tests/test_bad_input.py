@@ -241,6 +241,16 @@ def test_grid_without_its_data_is_one_line_and_leaves_nothing(case, tmp_path):
     assert files(tmp_path) == before  # no results/, no workdir, no config.json
 
 
+def test_module_probes_of_a_variant_the_grid_lacks_is_one_line(tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    table = tmp_path / "probes.md"
+    line = one_line(_in(tmp_path, "benchmarks.module_probes", "--grid=heads_20ep",
+                        f"--workdir={runs}", "--only=no such variant", f"--table={table}"))
+    assert "'no such variant'" in line and "heads_20ep" in line
+    assert not table.exists()
+
+
 def test_retries_on_data_of_another_version_leave_nothing_under_runs(tmp_path):
     data_dir = _other_version(tmp_path)
     cwd = tmp_path / "cwd"
