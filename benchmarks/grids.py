@@ -276,18 +276,24 @@ GRIDS = {
     "learned_resnet32": dict(
         caption="resnet32 (16 local modules) on all 40,500 training images left by the "
                 "validation split, augmentation, 20 epochs, batch 64: the rules at their "
-                "defaults and the two best local-head rules of heads_20ep.",
+                "defaults and the best local-head rules of heads_20ep (conv heads, and the "
+                "later-shaped heads that overtook them).",
         base={**_CIFAR, "model.model": "resnet32", "train.epochs": 20, "data.augment": True},
         seeds=(1,),
         variants={"bp": {RULE: "bp", HEAD: "glorot", LR: 1e-3},
                   "dfa": {RULE: "dfa", HEAD: "zero", LR: 3e-4},
                   "dkp": {RULE: "dkp", HEAD: "zero", LR: 3e-4},
                   "ssa": {RULE: "ssa", **SSA},
-                  # the two best local rules of heads_20ep (smallconv)
+                  # the two best local rules of heads_20ep (smallconv) when the grid began
                   "local conv heads, plain layers": heads_variants()[
                       "local conv heads (DGL-style), plain layers"],
                   "ssa, local conv heads, beta 0": heads_variants()[
-                      "ssa, local conv heads, beta 0"]}),
+                      "ssa, local conv heads, beta 0"],
+                  # the later-shaped heads that overtook them there (0.632 and 0.625)
+                  "local later-shaped heads, plain layers": heads_variants()[
+                      "local later-shaped heads (AugLocal-style), depth 3, plain layers"],
+                  "ssa, local later-shaped heads, beta 0": heads_variants()[
+                      "ssa, local later-shaped heads, depth 3, beta 0"]}),
     # the control of answering from module m1's head: that network trained by BP
     "heads_exit": dict(
         caption="The network a local-head run of smallconv computes when it answers from "
