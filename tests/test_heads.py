@@ -19,7 +19,7 @@ def _data(n=32, seed=0):
 
 def _model(rule, **options):
     keras.utils.set_random_seed(3)
-    model = SSAModel("smallconv", SHAPE, 10, rule=rule, feedback="local", **options)
+    model = SSAModel("smallconv", SHAPE, 10, rule=rule, **{"feedback": "local", **options})
     compile_model(model, learning_rate=1e-2)
     model.run_eagerly = True
     return model
@@ -100,13 +100,17 @@ def test_heads_are_training_only_and_gone_at_export():
     from ssa_tf.export.merge import merge
     x, _ = _data(8)
     plain_counts = []
-    for head, sim in (("linear", 0.0), ("conv", 0.0), ("linear", 0.99), ("later", 0.0)):
-        model = _model("dfa", readout_head=head, readout_trained=True, readout_sim=sim)
+    for head, sim, route in (("linear", 0.0, "local"), ("conv", 0.0, "local"),
+                             ("linear", 0.99, "local"), ("later", 0.0, "local"),
+                             ("later", 0.0, "local_global")):
+        model = _model("dfa", readout_head=head, readout_trained=True, readout_sim=sim,
+                       feedback=route)
         merged, _ = merge(model)
         np.testing.assert_allclose(merged.predict(x, verbose=0), model.predict(x, verbose=0),
                                    atol=1e-5)
         plain_counts.append(merged.count_params())
-    # the heads (and predsim's projections) add nothing to the exported model
+    # the heads (and predsim's projections, local_global's direct matrices) add nothing
+    # to the exported model
     assert len(set(plain_counts)) == 1
 
 
@@ -190,11 +194,8 @@ def test_local_global_adds_the_weighted_direct_term_to_the_heads_own_loss(rule):
     local = _model(rule, readout_head="later", readout_depth=2)
     updates = {}
     for w in (0.0, 1.0, 2.0):
-        keras.utils.set_random_seed(3)
-        model = SSAModel("smallconv", SHAPE, 10, rule=rule, feedback="local_global",
-                         readout_head="later", readout_depth=2, direct_weight=w)
-        compile_model(model, learning_rate=1e-2)
-        model.run_eagerly = True
+        model = _model(rule, feedback="local_global", readout_head="later", readout_depth=2,
+                       direct_weight=w)
         updates[w] = _keyed(model, model.local_gradients(x, y)[0])
     alone = _keyed(local, local.local_gradients(x, y)[0])
     assert set(alone) == set(updates[0.0])
