@@ -185,10 +185,15 @@ GRIDS = {
                 "first 10,000 training images with augmentation, 20 epochs).",
         base={**_LONG, "train.lr_decay_epochs": (15,)},
         seeds=SEEDS,
-        variants={f"{name}, decay at 15": heads_variants()[name] for name in (
+        variants={**{f"{name}, decay at 15": heads_variants()[name] for name in (
             "bp (glorot head, lr 1e-3)",
             "local later-shaped heads (AugLocal-style), depth 3, plain layers",
-            "ssa, local later-shaped heads, depth 3, beta 0")}),
+            "ssa, local later-shaped heads, depth 3, beta 0")},
+            # the SSA row with random feedback factors instead of copies of the initial
+            # weights: transport never (they are read only by module 3's read-out init)
+            "ssa, local later-shaped heads, depth 3, beta 0, random feedback factors, "
+            "decay at 15": {**heads_variants()["ssa, local later-shaped heads, depth 3, "
+                                               "beta 0"], "rule.feedback_init": "random"}}),
     # the deployment target again, with modules that recover from a cut by their own heads:
     # SSA's best local configuration (heads_20ep) in the channel view, cut once, earlier
     "heads_cut": dict(
