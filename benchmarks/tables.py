@@ -30,6 +30,7 @@ RULES_BEGIN = "<!-- rules table: python -m benchmarks.tables -->"
 RULES_END = "<!-- end of rules table -->"
 
 SHORT, LONG, HEADS = "learned_5ep", "learned_20ep", "heads_20ep"
+RECIPE = "heads_recipe"  # heads_20ep's rows under a step decay of the rate
 # (what the row is, its variant at 5 epochs, its variant at 20 epochs): a variant of
 # SHORT / LONG by name, (grid, name) for another grid's, None where not run
 ROWS = (
@@ -66,6 +67,22 @@ ROWS = (
      (HEADS, "ssa, local later-shaped heads, depth 3, beta 0")),
     ("svd-bp at beta 0 (the alignment term's cost)", None,
      (HEADS, "svd-bp, beta 0 (lr 3e-4)")),
+    # a direct error term beside the later-shaped heads (route local_global)
+    ("local later-shaped heads + DFA's direct term, plain layers", None,
+     (HEADS, "local later-shaped heads + DFA's direct term, depth 3, plain layers")),
+    ("ssa, local later-shaped heads + its direct term, beta 0", None,
+     (HEADS, "ssa, local later-shaped heads + its direct term, depth 3, beta 0")),
+    # the same rows with the rate x0.1 after epoch 15 (grid heads_recipe)
+    ("bp, rate x0.1 after epoch 15", None, (RECIPE, "bp (glorot head, lr 1e-3), decay at 15")),
+    ("local later-shaped heads, plain layers, rate x0.1 after epoch 15", None,
+     (RECIPE, "local later-shaped heads (AugLocal-style), depth 3, plain layers, "
+              "decay at 15")),
+    ("ssa, local later-shaped heads, beta 0, rate x0.1 after epoch 15", None,
+     (RECIPE, "ssa, local later-shaped heads, depth 3, beta 0, decay at 15")),
+    ("**ssa, local later-shaped heads, beta 0, random feedback factors**, rate x0.1 after "
+     "epoch 15", None,
+     (RECIPE, "ssa, local later-shaped heads, depth 3, beta 0, random feedback factors, "
+              "decay at 15")),
 )
 
 

@@ -74,6 +74,13 @@ FEATURES = {
     # plain kernels in dfa's chain, through the user's graph
     "user residual model, dfa chain": lambda d: Scenario(
         "dfa", (("feedback", "chain"),), model=_user_model(d), steps=1),
+    # the transport-free SSA row of heads_recipe (random feedback factors, later-shaped
+    # heads, beta 0) on smallconv, with its decayed rate, through a cut and a resume
+    "ssa later heads, random factors, decay, cut, resume": lambda d: Scenario(
+        "ssa", (("beta", 0.0), ("feedback", "local"), ("feedback_init", "random"),
+                ("readout_depth", 3), ("readout_head", "later")), model="smallconv",
+        settings=("train.lr_decay_epochs=1",), epochs=2, steps=1, cut_after=1,
+        resume=(2, 1)),
     # a longer run: a leak that waits a few steps (each step's state checked, every 8th
     # replayed)
     "16 steps": lambda d: Scenario("ssa", steps=16, replay_every=8),
