@@ -146,7 +146,8 @@ def _plot(rows, path, grid):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    # the legend goes under the axes, one row a line: long variant names stay whole
+    fig, ax = plt.subplots(figsize=(9, 5 + 0.16 * len(rows)))
     for r in rows:
         n = min(len(run["val_accuracy"]) for run in r["runs"])
         curves = np.array([run["val_accuracy"][:n] for run in r["runs"]])
@@ -159,7 +160,7 @@ def _plot(rows, path, grid):
     ax.set_ylabel("validation accuracy (split carved from train)")
     ax.set_title(f"grid {grid}: mean over seeds, band min-max")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, ncol=1, loc="upper left", bbox_to_anchor=(0, -0.12))
     fig.tight_layout()
     atomic_files.save_figure(fig, path)
 

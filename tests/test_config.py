@@ -325,12 +325,19 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
 
 
 def test_the_local_heads_preset_sets_the_measured_heads_and_refuses_rules_without_them():
-    cfg = _config("--preset=local_heads", "--rule=ssa").resolved()
+    cfg = _config("--preset=local_heads", "--rule=ssa", "--epochs=20").resolved()
     m = cfg.rule
-    assert (m.feedback, m.readout_head, m.readout_depth, m.beta) == ("local", "conv", 1, 0.0)
+    assert (m.feedback, m.readout_head, m.readout_depth, m.beta, m.feedback_init) == (
+        "local", "later", 3, 0.0, "random")
     assert cfg.model.head_init == "glorot" and cfg.train.learning_rate == 1e-3
-    plain = _config("--preset=local_heads", "--rule=dfa").resolved()
-    assert plain.rule.readout_head == "conv" and plain.rule.beta is None
+    assert tuple(cfg.train.lr_decay_epochs) == (15,)  # as measured: after 15 of 20 epochs
+    assert cfg.card().weight_transport == "never" and not cfg.card().sequential
+    plain = _config("--preset=local_heads", "--rule=dfa", "--epochs=8").resolved()
+    assert plain.rule.readout_head == "later" and plain.rule.beta is None
+    assert tuple(plain.train.lr_decay_epochs) == (6,)
+    # a schedule of the user's wins over the preset's
+    mine = _config("--preset=local_heads", "--rule=dfa", "--set=train.lr_decay_epochs=[3]")
+    assert tuple(mine.resolved().train.lr_decay_epochs) == (3,)
     with pytest.raises(ValueError, match="--rule=bp has none: use one of dfa, ssa"):
         _config("--preset=local_heads", "--rule=bp")
 
