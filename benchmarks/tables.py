@@ -54,7 +54,7 @@ ROWS = (
      (HEADS, "local conv heads (DGL-style), plain layers")),
     ("local conv heads, plain layers, glorot head (ssa's; the one-difference control)", None,
      (HEADS, "local conv heads, plain layers, glorot head")),
-    ("**ssa, local conv heads** (`--preset=local_heads`)", None,
+    ("ssa, local conv heads, beta 0 (the `local_heads` preset before heads_recipe)", None,
      (HEADS, "ssa, local conv heads, beta 0")),
     ("local linear heads, plain layers (lr 1e-3)", None,
      (HEADS, "local linear heads, plain layers")),
@@ -80,7 +80,7 @@ ROWS = (
     ("ssa, local later-shaped heads, beta 0, rate x0.1 after epoch 15", None,
      (RECIPE, "ssa, local later-shaped heads, depth 3, beta 0, decay at 15")),
     ("**ssa, local later-shaped heads, beta 0, random feedback factors**, rate x0.1 after "
-     "epoch 15", None,
+     "epoch 15 (`--preset=local_heads`)", None,
      (RECIPE, "ssa, local later-shaped heads, depth 3, beta 0, random feedback factors, "
               "decay at 15")),
 )
