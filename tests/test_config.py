@@ -131,7 +131,8 @@ def test_malformed_overrides_say_what_is_wrong(assignment, needle):
     (["rule.name=bp", "rule.stiefel_retraction=true"], "does not apply to --rule=bp"),
     (["rule.name=dfa", "rank.tau=0.9", "rank.interval=1"], "rank.tau applies to rules that"),
     (["rule.feedback_tracking=0.1"], "applies to --rule=bp-lagged-copy"),
-    (["rule.feedback=local", "rule.feedback_spatial=full"], "global route only"),
+    (["rule.feedback=local", "rule.feedback_spatial=full"],
+     "global and local_global routes only"),
     (["rule.alpha=0", "rule.beta=0", "rule.gamma=0"], "nothing to learn from"),
     # a rank schedule that would never cut (fewer epochs than the interval)
     (["rank.tau=0.9", "train.epochs=3"], "would never cut"),
@@ -335,6 +336,8 @@ def test_the_local_heads_preset_sets_the_measured_heads_and_refuses_rules_withou
     plain = _config("--preset=local_heads", "--rule=dfa", "--epochs=8").resolved()
     assert plain.rule.readout_head == "later" and plain.rule.beta is None
     assert tuple(plain.train.lr_decay_epochs) == (6,)
+    short = _config("--preset=local_heads", "--rule=dfa", "--epochs=3").resolved()
+    assert tuple(short.train.lr_decay_epochs) == ()  # no decay that only the last epoch sees
     # a schedule of the user's wins over the preset's
     mine = _config("--preset=local_heads", "--rule=dfa", "--set=train.lr_decay_epochs=[3]")
     assert tuple(mine.resolved().train.lr_decay_epochs) == (3,)

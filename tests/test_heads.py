@@ -117,8 +117,19 @@ def test_heads_are_training_only_and_gone_at_export():
 def test_a_conv_head_option_is_refused_off_the_local_route():
     from ssa_tf.config import validate
     cfg = RunConfig().with_overrides(["rule.readout_head=conv"])
-    assert validate(cfg) == ("rule.readout_head applies to the local route only, not "
-                             "rule.feedback=chain")
+    assert validate(cfg) == ("rule.readout_head applies to the local and local_global "
+                             "routes only, not rule.feedback=chain")
+    # local_global's own weight is refused on the local route, and by a rule without it
+    weight = RunConfig().with_overrides(["rule.feedback=local", "rule.direct_weight=2"])
+    assert validate(weight) == ("rule.direct_weight applies to the local_global route "
+                                "only, not rule.feedback=local")
+    from ssa_tf.methods import registry
+    assert "direct_weight" not in registry.get("ssa-dkp").options
+    # the card never says "no global forward" of a route that runs one (predsim too)
+    for sim in (0.0, 0.99):
+        card = registry.get("ssa").card({"feedback": "local_global", "readout_sim": sim,
+                                         "readout_trained": True})
+        assert "no global forward" not in card.error and "direct term" in card.error
     bad = RunConfig().with_overrides(["rule.feedback=local", "rule.readout_head=mlp"])
     assert "rule.readout_head='mlp' is not valid" in validate(bad)
 

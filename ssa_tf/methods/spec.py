@@ -114,7 +114,7 @@ def _local_pred(o):
 
 def _local_global_error(o):
     w = float(o.get("direct_weight", 1.0))
-    head = _local_error(o).replace("; no global forward)", ")").replace(
+    head = _local_error(o).replace("; no global forward", "").replace(
         " (no global forward)", "")
     return f"{head}, plus {w:g} x the output error's direct term: {_global_error(o)}"
 
@@ -214,12 +214,17 @@ class RuleSpec:
                 for name in other.options:
                     if other is not route and name not in route.options and \
                             given.get(name) is not None:
-                        return (f"rule.{name} applies to the {other.name} route only, not "
+                        owners = [r for r in self.choices.get("feedback", ROUTES)
+                                  if name in ROUTES[r].options]
+                        where = (f"the {owners[0]} route" if len(owners) == 1 else
+                                 f"the {', '.join(owners[:-1])} and {owners[-1]} routes")
+                        return (f"rule.{name} applies to {where} only, not "
                                 f"rule.feedback={route.name}")
         if o.get("hold_within_peak") and not (o.get("recompute") and
                                               ROUTES[o["feedback"]].needs_error):
             return ("rule.hold_within_peak chooses which modules a recompute holds: it needs "
-                    "rule.recompute=true and a route with the output error (global or chain), "
+                    "rule.recompute=true and a route with the output error (global, local_global "
+                    "or chain), "
                     f"got rule.recompute={str(o.get('recompute')).lower()}, "
                     f"rule.feedback={o['feedback']}")
         if self.svd and o["alpha"] == o["beta"] == o["gamma"] == 0:

@@ -13,7 +13,9 @@ by 0.1 after three quarters of the epochs (``train.lr_decay_epochs``; measured a
 20). For the SVD rules the alignment term is off (beta 0: it pulls the factors towards
 the feedback factors, which no head reads) and the feedback factors are random
 (``feedback_init=random``: transport never; they only start the last hidden module's
-read-out).
+read-out). The decay epoch follows ``--epochs`` when the run starts (none under 4
+epochs); a resumed run keeps it: to extend a finished run, give
+``--set train.lr_decay_epochs=[15]`` (its own) with the new ``--epochs``.
 
 Measured (``benchmarks/reports/heads_recipe.md``; smallconv, first 10,000 CIFAR-10
 training images with augmentation, 20 epochs, validation split, 3 seeds, the rate
@@ -38,8 +40,8 @@ def values(rule_name: str, given=None) -> dict:
            "rule.readout_depth": 3, "model.head_init": "glorot",
            "train.learning_rate": 1e-3}
     epochs = given.train.epochs if given is not None else None
-    if epochs and epochs >= 2:
-        out["train.lr_decay_epochs"] = (max(1, round(0.75 * epochs)),)
+    if epochs and epochs >= 4:  # fewer: the decay would leave at most the last epoch
+        out["train.lr_decay_epochs"] = (int(0.75 * epochs),)
     if rule.svd:
         out.update({"rule.beta": 0.0, "rule.feedback_init": "random"})
     return out

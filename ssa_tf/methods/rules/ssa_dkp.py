@@ -13,7 +13,7 @@ from ssa_tf.methods.rules import dkp, ssa
 from ssa_tf.methods.spec import FACTOR_CHOICES, SPATIAL, RuleSpec, direct_card
 
 OPTIONS = {k: v for k, v in ssa.SPEC.options.items()
-           if not k.startswith("readout_")}
+           if not k.startswith("readout_") and k != "direct_weight"}  # no local routes
 OPTIONS.update(feedback="chain", **dkp.FEEDBACK_OPTIONS)
 
 SPEC = RuleSpec(
