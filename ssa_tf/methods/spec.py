@@ -76,9 +76,11 @@ def _global_error(o):
             f"({o['feedback_spatial']})")
 
 
-def _local_error(o):
+def _local_error(o, alone=True):
+    """The local route's signal; ``alone``: no direct term beside it, so the module
+    needs no global forward pass (the card says so)."""
     sim = float(o.get("readout_sim") or 0.0)
-    text = _local_pred(o)
+    text = _local_pred(o, alone)
     if sim:
         return (f"{text[:-1]}; weighted {1 - sim:g}, plus {sim:g} x predsim's similarity "
                 "matching (Noekland & Eidnes 2019): a trained 3x3 projection of the output "
@@ -92,31 +94,31 @@ def uses_local_head(o) -> bool:
                 or o.get("readout_sim"))
 
 
-def _local_pred(o):
+def _local_pred(o, alone=True):
+    forward = "; no global forward" if alone else ""
     if o.get("readout_head") == "later":
         depth = int(o.get("readout_depth") or 1)
         return ("the module's own cross-entropy through a trained head shaped like the later "
                 f"modules (AugLocal, Ma et al. 2024: up to {depth} x (3x3 convolution pooled "
                 "to a later module's size, or dense layer on the pooled grid to its width; "
                 "ReLU), fewer for later modules, the last hidden one a linear read-out only; "
-                "reads the module's output and the label; no global forward)")
+                f"reads the module's output and the label{forward})")
     if o.get("readout_head") == "conv":
         depth = int(o.get("readout_depth") or 1)
         layers = "3x3 convolution, ReLU" if depth == 1 else f"{depth} x (3x3 convolution, ReLU)"
         return (f"the module's own cross-entropy through a trained head ({layers}, "
-                "pooled grid, linear; reads the module's output and the label; no "
-                "global forward)")
+                f"pooled grid, linear; reads the module's output and the label{forward})")
     if o.get("readout_trained") or o.get("readout_sim"):
         return ("the module's own cross-entropy through a read-out trained on it (reads "
-                "the module's output and the label; no global forward)")
-    return "the module's own cross-entropy through a fixed read-out (no global forward)"
+                f"the module's output and the label{forward})")
+    return "the module's own cross-entropy through a fixed read-out" + (
+        " (no global forward)" if alone else "")
 
 
 def _local_global_error(o):
     w = float(o.get("direct_weight", 1.0))
-    head = _local_error(o).replace("; no global forward", "").replace(
-        " (no global forward)", "")
-    return f"{head}, plus {w:g} x the output error's direct term: {_global_error(o)}"
+    return (f"{_local_error(o, alone=False)}, plus {w:g} x the output error's direct term: "
+            f"{_global_error(o)}")
 
 
 _LOCAL_OPTIONS = ("readout_grid", "readout_trained", "readout_head", "readout_width",
@@ -153,7 +155,7 @@ def direct_card(rule, from_factors=False, error=None, feedback="fixed"):
                     else "one module at a time")
         reads = from_factors or route.reads_layer_feedback
         learns = feedback
-        if route.name in ("local", "local_global") and uses_local_head(o):
+        if "readout_head" in route.options and uses_local_head(o):  # a route with heads
             learns = "local head"  # trained on the module's own loss and the label only
         return LocalityCard(rule, False, transport(o) if reads else "never", held,
                             (error or route.error)(o), learns)
@@ -222,9 +224,9 @@ class RuleSpec:
                                 f"rule.feedback={route.name}")
         if o.get("hold_within_peak") and not (o.get("recompute") and
                                               ROUTES[o["feedback"]].needs_error):
+            with_error = ", ".join(r.name for r in ROUTES.values() if r.needs_error)
             return ("rule.hold_within_peak chooses which modules a recompute holds: it needs "
-                    "rule.recompute=true and a route with the output error (global, local_global "
-                    "or chain), "
+                    f"rule.recompute=true and a route with the output error ({with_error}), "
                     f"got rule.recompute={str(o.get('recompute')).lower()}, "
                     f"rule.feedback={o['feedback']}")
         if self.svd and o["alpha"] == o["beta"] == o["gamma"] == 0:

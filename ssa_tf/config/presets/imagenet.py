@@ -14,13 +14,15 @@ result: not measured here (no ImageNet, no GPU on this project's machine).
 def values(rule_name: str, given=None) -> dict:
     """The preset for rule ``rule_name``; ``given`` (the run's other flags) says its route."""
     from ssa_tf.methods import registry
+    from ssa_tf.methods.spec import ROUTES
 
     rule = registry.RULES.get(rule_name)
     out = {"data.dataset": "imagenet2012", "model.model": "resnet18", "train.epochs": 200,
            "train.batch_size": 256, "train.lr_decay_epochs": tuple(range(30, 200, 30)),
            "train.learning_rate": 5e-4 if rule is None or rule.local else 2e-4}
     route = getattr(given.rule, "feedback", None) if given is not None else None
-    if rule is not None and (route or rule.options.get("feedback")) in ("global", "local_global"):
+    spec = ROUTES.get(route or (rule.options.get("feedback") if rule else None))
+    if rule is not None and spec is not None and "feedback_spatial" in spec.options:
         # the routes with a spatial form (ssa's default, the chain, has none)
         out["rule.feedback_spatial"] = "broadcast"
     if rule is not None and rule.svd:
