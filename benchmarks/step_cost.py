@@ -49,6 +49,8 @@ flags.DEFINE_multi_string("row", [], "time only this row, by its full name (repe
 flags.DEFINE_string("out", None, "also write the table to this Markdown file")
 flags.DEFINE_boolean("memory", False, "also measure each row's peak training memory (a "
                      "process of its own a row)")
+flags.DEFINE_boolean("time", True, "time the steps (--notime with --memory: peak memory "
+                     "only)")
 flags.DEFINE_string("child", None, "internal: measure the peak memory of this row")
 
 G = dict(rule="ssa", feedback="global", feedback_spatial="broadcast")
@@ -86,6 +88,15 @@ ROWS = [
      dict(G, conv_factorization="channel", hold_within_peak=True), None, 0.5),
     ("ssa (chain), channel view, 50% rank, held within the peak",
      dict(rule="ssa", conv_factorization="channel", hold_within_peak=True), None, 0.5),
+    # the replays in module order, every boundary (and the chain's signal) held until its
+    # module's turn, as before the step replayed the last module first
+    ("dfa, broadcast, replays first to last", dict(rule="dfa", feedback_spatial="broadcast",
+                                                   replay_order="forward"), None, None),
+    ("ssa, global broadcast, replays first to last", dict(G, replay_order="forward"), None,
+     None),
+    ("ssa (chain), replays first to last", dict(rule="ssa", replay_order="forward"), None, None),
+    ("ssa, global broadcast, held within the peak, replays first to last",
+     dict(G, hold_within_peak=True, replay_order="forward"), None, None),
     # a cut as the rank callback makes it by default (rank.keep_ends): the stem and the
     # classifier keep full rank, so the stem runs merged and holds no r-channel map at
     # 112x112 (the largest module's activations set the peak)
@@ -106,7 +117,10 @@ def build(options, form, fraction, shape):
     keras.utils.set_random_seed(1)
     options = dict(options)
     keep_ends = options.pop("keep_ends", False)
+    order = options.pop("replay_order", None)
     model = build_model("resnet18", shape, FLAGS.classes, **options)
+    if order:
+        model.rule.replay_order = order
     if fraction is not None:
         kept = end_layers(model) if keep_ends else ()
         apply_ranks(model, {l.name: max(1, int(l.full_rank * fraction))
@@ -149,9 +163,16 @@ def memory(rows):
 
 
 def table(results, peaks=None) -> str:
+    """The Markdown table of step times (``results``, None: not timed) and peaks."""
+    head = f"resnet18 at {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.classes} classes, " \
+        f"batch {FLAGS.batch}"
+    if results is None:
+        lines = [f"{head}; peak training memory only.", "", "| row | peak MB | x BP |",
+                 "|---|---|---|"]
+        lines += [f"| {n} | {mb:.0f} | {mb / peaks['bp']:.2f} |" for n, mb in peaks.items()]
+        return "\n".join(lines)
     bp = results["bp"]
-    lines = [f"resnet18 at {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.classes} classes, "
-             f"batch {FLAGS.batch}; median of {FLAGS.repeats} rounds of {FLAGS.steps} steps.",
+    lines = [f"{head}; median of {FLAGS.repeats} rounds of {FLAGS.steps} steps.",
              "", "| row | ms per step | x BP |" + (" peak MB | x BP |" if peaks else ""),
              "|---|---|---|" + ("---|---|" if peaks else "")]
     for name, ms in results.items():
@@ -174,9 +195,11 @@ def main(argv):
         x, y = inputs()
         print_peak(peak_step_mb(build(options, form, fraction, x.shape[1:]), x, y))
         return
+    if not (FLAGS.time or FLAGS.memory):
+        cli.usage_error("--notime measures nothing without --memory")
     rows = chosen_rows(ROWS, FLAGS.row)
     cli.import_tensorflow()
-    times = measure(rows)
+    times = measure(rows) if FLAGS.time else None
     publish(table(times, memory(rows) if FLAGS.memory else None), FLAGS.out,
             "SSA's training step at ImageNet size, by ablation", "benchmarks.step_cost")
 

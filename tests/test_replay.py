@@ -152,3 +152,51 @@ def test_the_logged_loss_is_the_training_forward_passs_ce_and_the_signal_the_hid
     hidden = sum(float(t[0]) for t in terms[:-1])
     np.testing.assert_allclose(logs[local_signal_metric(model.rule)], hidden, rtol=1e-5,
                                atol=1e-6)
+
+
+def shared_network():
+    """Three modules, each but the head ending in a dropout."""
+    inputs = keras.Input(SHAPE)
+    x = keras.layers.Flatten(name="flat")(inputs)
+    for i in range(2):
+        x = keras.layers.Dense(8, name=f"d{i}")(x)
+        x = keras.layers.ReLU(name=f"relu{i}")(x)
+        x = keras.layers.Dropout(0.5, name=f"drop{i}")(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="head")(x), name="shared")
+
+
+def share_one_generator(model):
+    """Make every dropout of ``model`` draw from one generator, in module order."""
+    shared = keras.random.SeedGenerator(11)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.Dropout):
+            object.__setattr__(layer, "seed_generator", shared)  # replaced, not tracked anew
+            layer._seed_generators[:] = [shared]
+
+
+@pytest.mark.parametrize("order", ["reverse", "forward"])
+def test_replays_in_either_order_draw_the_first_passs_masks_from_a_shared_generator(order):
+    keras.utils.set_random_seed(5)
+    model = SSAModel("shared", SHAPE, 10, rule="dfa", network=shared_network(),
+                     head_init="glorot", module_ends=("drop0", "drop1"))
+    share_one_generator(model)
+    assert len(model.local_modules) == 3 and model.rule.recomputes
+    model.rule.replay_order = order
+    x, y = batch()
+    states = seed_states(model)
+    assert len({id(s) for s in states}) == 1  # one generator, drawn by two modules
+    start = states[0].numpy()
+
+    @tf.function
+    def step(x, y):
+        return [g for g, _ in model.local_gradients(x, y)[0]]
+
+    grads = step(x, y)
+    end = states[0].numpy()
+    states[0].assign(start)
+    expected, _, _ = one_forward_pass(model, x, y)
+    for g, want in zip(grads, expected):
+        np.testing.assert_allclose(g.numpy(), want.numpy(), rtol=1e-4, atol=1e-6)
+    # the generator ends where one forward pass leaves it: two draws a step
+    np.testing.assert_array_equal(end, states[0].numpy())
+    assert (end - start).tolist() == [0, 2]

@@ -122,6 +122,10 @@ class EndToEnd(LearningRule):
 class Local(LearningRule):
     """Each module learns from its own loss; nothing crosses a module boundary."""
 
+    #: the order of a recomputing step's replays (``_recomputed``): "reverse" (the last
+    #: module first, each boundary released once its module is done) or "forward"
+    replay_order = "reverse"
+
     def __init__(self, spec, options=None):
         super().__init__(spec, options)
         self.route = self.make_route()
@@ -175,44 +179,58 @@ class Local(LearningRule):
         module's forward replayed under its own tape, its gradient taken and its
         activations released before the next (the order enforced in the graph).
 
+        The replays run from the last module to the first: each module's input (the
+        boundary before it) and its signal are released after its replay, so the early,
+        large modules (an ImageNet ResNet's stem) replay with the later boundaries already
+        gone (``replay_order = "forward"``: first to last, every boundary held until the
+        replays reach it, as before; the gradients are the same either way). Each replayed
+        module draws its dropout masks from the states its generators had when the first
+        pass reached it, and the generators end where the first pass left them, whatever
+        the order and whichever modules share a generator.
+
         With ``hold_within_peak`` the modules that fit together within the largest
         module's activations (``holds.plan``) keep their tapes from the first pass
         instead; their gradients come first, then the replays: the same peak, fewer
         forward passes, the same gradients."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        modules = model.local_modules
         held = self.held_modules(model)
-        replayed = [m for i, m in enumerate(model.local_modules) if i not in held]
-        # the dropout masks of this forward pass, drawn again by the replay (with
-        # new masks a module's update came from activations other than those that made e)
-        noise = noise_state(replayed)
-        outputs, tapes, h = [], {}, x
-        for i, m in enumerate(model.local_modules):
+        replayed = [i for i in range(len(modules)) if i not in held]
+        # the dropout masks of this forward pass, drawn again by the replay (with new
+        # masks a module's update came from activations other than those that made e):
+        # each replayed module's generators as the first pass reached it
+        noise, outputs, tapes, h = {}, [], {}, x
+        for i, m in enumerate(modules):
             if i in held:
                 tapes[i] = tf.GradientTape()
                 with tapes[i]:
                     h = m(ops.stop_gradient(h), training=True)
             else:
+                noise[i] = noise_state([m])
                 h = ops.stop_gradient(m(h, training=True))
             outputs.append(h)
+        after = noise_state([modules[i] for i in replayed])  # where the first pass left them
         logits, error, signals = self._error_and_signals(model, outputs, y, error)
-        inputs = [x, *outputs[:-1]]
+        inputs, held_outputs = [x, *outputs[:-1]], {i: outputs[i] for i in held}
+        del outputs, h  # the boundaries live on in ``inputs`` only, released as replayed
         results, deps = {}, [logits]
         for i in sorted(held, reverse=True):
             with tapes[i]:  # re-entering continues recording on module i's tape
-                results[i] = self._module_step(model, i, tapes[i], outputs[i], error, y,
+                results[i] = self._module_step(model, i, tapes[i], held_outputs[i], error, y,
                                                signals, replicas)
             deps += [g for g, _ in results[i][0] if g is not None]
-        with replaying(replayed, noise):
-            for i, m in enumerate(model.local_modules):
-                if i in held:
-                    continue
-                with tf.control_dependencies(deps):
-                    with tf.GradientTape() as tape:
-                        h = m(tf.identity(inputs[i]), training=True)
-                        results[i] = self._module_step(model, i, tape, h, error, y, signals,
-                                                       replicas)
-                deps = [g for g, _ in results[i][0] if g is not None]
-        return self._collect([results[i] for i in range(len(model.local_modules))], logits)
+        for i in (replayed[::-1] if self.replay_order == "reverse" else replayed):
+            with replaying([modules[i]], noise[i]), tf.control_dependencies(deps):
+                with tf.GradientTape() as tape:
+                    h = modules[i](tf.identity(inputs[i]), training=True)
+                    results[i] = self._module_step(model, i, tape, h, error, y, signals,
+                                                   replicas)
+            deps = [g for g, _ in results[i][0] if g is not None]
+        if after:
+            with tf.control_dependencies(deps):
+                for variable, value in after:
+                    variable.assign(value)
+        return self._collect([results[i] for i in range(len(modules))], logits)
 
     def held_modules(self, model) -> frozenset:
         """The modules a recomputing step holds instead of replaying (``holds.plan``),
