@@ -95,6 +95,11 @@ ROWS = [
     ("ssa, global broadcast, replays first to last", dict(G, replay_order="forward"), None,
      None),
     ("ssa (chain), replays first to last", dict(rule="ssa", replay_order="forward"), None, None),
+    # the chain's signals by a tape's backward pass through its linear network (whose
+    # forward pass on zeros costs as much again), as before its transpose
+    ("ssa (chain), by a tape", dict(rule="ssa", chain_transpose=False), None, None),
+    ("ssa (chain), held within the peak, by a tape",
+     dict(rule="ssa", hold_within_peak=True, chain_transpose=False), None, None),
     ("ssa, global broadcast, held within the peak, replays first to last",
      dict(G, hold_within_peak=True, replay_order="forward"), None, None),
     # a cut as the rank callback makes it by default (rank.keep_ends): the stem and the
@@ -118,9 +123,12 @@ def build(options, form, fraction, shape):
     options = dict(options)
     keep_ends = options.pop("keep_ends", False)
     order = options.pop("replay_order", None)
+    transpose = options.pop("chain_transpose", True)
     model = build_model("resnet18", shape, FLAGS.classes, **options)
     if order:
         model.rule.replay_order = order
+    if not transpose:
+        model.rule.route.transpose = False
     if fraction is not None:
         kept = end_layers(model) if keep_ends else ()
         apply_ranks(model, {l.name: max(1, int(l.full_rank * fraction))

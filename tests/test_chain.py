@@ -188,3 +188,81 @@ def test_the_ungated_chain_is_a_fixed_matrix_kept_in_step_with_rank_cuts():
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)  # float32 sums, other order
         apply_cut(model, 0.5)
     assert len(model.rule.route.matrices) == 15
+
+
+def _padded():
+    """Layers whose transposes the built-in models do not exercise: zero padding,
+    cropping, a strided valid convolution on an odd map, average pooling, a fork joined
+    by Concatenate, reshape, global average pooling kept 4-D."""
+    import keras
+
+    inputs = keras.Input((9, 9, 2))
+    x = keras.layers.ReLU(name="stem")(keras.layers.Conv2D(4, 1, name="c")(inputs))
+    # module 1 (module 0's layers are never transposed: its signal is at its output)
+    x = keras.layers.ZeroPadding2D(((1, 2), (0, 1)))(x)
+    x = keras.layers.Conv2D(6, 3, strides=2, padding="valid", name="c0")(x)
+    x = keras.layers.ReLU()(x)
+    a = keras.layers.Conv2D(3, 1, name="a")(x)
+    b = keras.layers.AveragePooling2D(2, strides=1, padding="same")(x)
+    x = keras.layers.Concatenate()([a, keras.layers.Conv2D(2, 3, padding="same", name="b")(b)])
+    x = keras.layers.Cropping2D(((1, 0), (0, 1)))(x)
+    x = keras.layers.MaxPooling2D(2, padding="same")(x)
+    x = keras.layers.Reshape((-1, 5))(x)
+    x = keras.layers.Reshape((2, 2, 5))(x)
+    x = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(10, name="head")(x), name="padded")
+
+
+ADJOINT_CASES = {
+    "resnet18, spatial view": dict(name="resnet18", shape=(32, 32, 3), rule="ssa"),
+    "resnet18, channel view": dict(name="resnet18", shape=(32, 32, 3), rule="ssa",
+                                   conv_factorization="channel"),
+    "resnet32, every SVD convolution factored": dict(name="resnet32", shape=(16, 16, 3),
+                                                     rule="ssa", form="factored"),
+    "resnet32, channel view factored": dict(name="resnet32", shape=(16, 16, 3), rule="ssa",
+                                            conv_factorization="channel", form="factored"),
+    "smallconv, plain layers (dfa)": dict(name="smallconv", shape=(16, 16, 3), rule="dfa",
+                                          feedback="chain"),
+    "mlp": dict(name="mlp", shape=(5, 5, 1), rule="ssa"),
+    "a user's padded, forked graph": dict(name="padded", shape=(9, 9, 2), rule="ssa",
+                                          network=_padded, module_ends=["stem"]),
+}
+
+
+@pytest.mark.parametrize("case", ADJOINT_CASES)
+def test_the_chains_transpose_gives_the_tapes_signals_without_its_forward_pass(case):
+    """The uncached chain's signals come from its linear network's transpose, module by
+    module (``chain.adjoint_signals``); a tape's backward pass through the same network
+    (``chain_signals``) is the reference, for every layer kind and both SVD forms."""
+    import keras
+
+    keras.utils.set_random_seed(2)
+    kw = dict(ADJOINT_CASES[case])
+    name, shape, form = kw.pop("name"), kw.pop("shape"), kw.pop("form", None)
+    if "network" in kw:
+        kw["network"] = kw["network"]()
+    model = SSAModel(name, shape, 10, **kw)
+    for layer in model.svd_layers():
+        if form and hasattr(layer, "forward"):
+            layer.forward = form
+    route = model.rule.route
+    outs = [tf.zeros((3, *s)) for s in model.module_output_shapes]
+    e = tf.random.normal((3, 10))
+    tape = chain.chain_signals(model.local_modules, outs, e, route.kernels)
+    shapes = [(None, *model.input_dims), *(o.shape for o in outs[:-1])]
+    adjoint = tf.function(lambda e: chain.adjoint_signals(model.local_modules, e, shapes,
+                                                          route.kernels))(e)
+    assert len(adjoint) == len(tape) == len(model.local_modules) - 1 >= 1
+    for a, t in zip(adjoint, tape):
+        assert a.shape == t.shape
+        scale = float(tf.reduce_max(tf.abs(t)))
+        assert scale > 0
+        np.testing.assert_allclose(a / scale, t / scale, atol=1e-5)
+    # the route: its uncached signals are the transpose's (``ChainRoute.transpose``)
+    route.matrices = []
+    via_route = signals(model, outs, e)
+    route.transpose = False
+    via_tape = signals(model, outs, e)
+    for a, t in zip(via_route, via_tape):
+        np.testing.assert_allclose(a, t, rtol=1e-4, atol=1e-5)

@@ -22,6 +22,7 @@ block; with them, and B = W, the signals are BP's exactly (tests/test_chain.py).
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 import tensorflow as tf
 
@@ -179,6 +180,110 @@ def chain_signals(modules, outputs, error, kernels, gated=False, jacobians=True)
         logits = gated_feedback(modules[-1], a, kernels, x, jacobians)[0]
         score = ops.sum(logits * error)
     return tape.gradient(score, probes)
+
+
+def _conv_transpose(g, kernel, in_shape, strides, padding):
+    """The adjoint of ``ops.conv(., kernel, strides, padding)`` at input shape ``in_shape``
+    (per example) applied to ``g``: its gradient with respect to its input."""
+    sizes = tf.concat([tf.shape(g)[:1], tf.constant(in_shape[1:], tf.int32)], 0)
+    s = (1, *strides, 1) if isinstance(strides, tuple) else (1, strides, strides, 1)
+    return tf.raw_ops.Conv2DBackpropInput(input_sizes=sizes, filter=kernel, out_backprop=g,
+                                          strides=s, padding=padding.upper())
+
+
+def _svd_conv_adjoint(layer, g, in_shape):
+    """The adjoint of an SVD convolution's feedback map (``feedback_call``): the merged
+    B kernel's transpose, or the factored pair's, in the form the forward would run."""
+    if layer.uses_merged_forward(in_shape):
+        return _conv_transpose(g, layer.kernel_tensor(feedback=True), in_shape, layer.strides,
+                               layer.padding)
+    first, second = layer.sub_kernels(feedback=True)
+    n, h, w, _ = in_shape
+    if layer.factorization == "channel":
+        mid = (n, *layer.compute_output_shape(in_shape)[1:3], layer.rank)
+        g = _conv_transpose(g, second, mid, (1, 1), "valid")
+        return _conv_transpose(g, first, in_shape, layer.strides, layer.padding)
+    sh, sw = layer.strides
+    from ssa_tf.nn.layers import _conv_len
+    mid = (n, _conv_len(h, layer.kernel_size[0], sh, layer.padding), w, layer.rank)
+    g = _conv_transpose(g, second, mid, (1, sw), layer.padding)
+    return _conv_transpose(g, first, in_shape, (sh, 1), layer.padding)
+
+
+def _pool_adjoint(g, in_shape, pool_size, strides, padding):
+    sizes = tf.concat([tf.shape(g)[:1], tf.constant(in_shape[1:], tf.int32)], 0)
+    return tf.raw_ops.AvgPoolGrad(orig_input_shape=sizes, grad=g,
+                                  ksize=(1, *pool_size, 1), strides=(1, *strides, 1),
+                                  padding=padding.upper())
+
+
+def adjoint_feedback(step, g, in_shape, kernels):
+    """The transpose of ``linear_feedback(step, .)`` applied to ``g``, a signal at
+    ``step``'s output; ``in_shape`` is ``step``'s input shape (its batch may be None).
+    What a backward pass through the linear network computes, without the forward pass
+    on zeros that a tape needs (about half the chain's cost at ImageNet size)."""
+    if step is None or isinstance(step, (*_ACTIVATIONS, *_IDENTITY)):
+        return g
+    if isinstance(step, GraphModule):
+        return graph_adjoint(step.graph, g, kernels)
+    if isinstance(step, SVDDense):
+        return ops.matmul(ops.matmul(g, step.B_U) * step.B_s, ops.transpose(step.B_V))
+    if isinstance(step, SVDConv2D):
+        return _svd_conv_adjoint(step, g, tuple(in_shape))
+    if isinstance(step, keras.layers.Dense):
+        return ops.matmul(g, ops.transpose(kernels[step.name]))
+    if isinstance(step, keras.layers.Conv2D):
+        return _conv_transpose(g, kernels[step.name], tuple(in_shape), step.strides,
+                               step.padding)
+    if isinstance(step, (keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
+        return _pool_adjoint(g, in_shape, step.pool_size, step.strides, step.padding)
+    if isinstance(step, (keras.layers.GlobalAveragePooling2D, keras.layers.GlobalMaxPooling2D)):
+        h, w = in_shape[1], in_shape[2]
+        g = ops.reshape(g, (-1, 1, 1, in_shape[3]))
+        return ops.broadcast_to(g / (h * w), (ops.shape(g)[0], h, w, in_shape[3]))
+    if isinstance(step, (keras.layers.Flatten, keras.layers.Reshape)):
+        return ops.reshape(g, (-1, *in_shape[1:]))
+    if isinstance(step, keras.layers.ZeroPadding2D):
+        (top, bottom), (left, right) = step.padding
+        return g[:, top:top + in_shape[1], left:left + in_shape[2], :]
+    if isinstance(step, keras.layers.Cropping2D):
+        (top, bottom), (left, right) = step.cropping
+        return ops.pad(g, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    raise TypeError(f"no linear feedback for layer {step.name!r} of type {type(step).__name__}")
+
+
+def graph_adjoint(graph, g, kernels):
+    """The transpose of ``graph_feedback``'s linear network for a functional ``graph`` (a
+    module) applied to ``g`` at its output: node by node from the output back; an Add
+    passes its signal to every input, a Concatenate splits it among them."""
+    grads = {id(graph.outputs[0]): g}
+    for node in reversed(topological_nodes(graph)):
+        out = grads.pop(id(node.outputs[0]), None)
+        if out is None:  # a node whose output does not reach the module's output
+            continue
+        op, ins = node.operation, node.input_tensors
+        if isinstance(op, keras.layers.Add):
+            parts = [out] * len(ins)
+        elif isinstance(op, keras.layers.Concatenate):
+            sizes = [t.shape[op.axis] for t in ins]
+            parts = ops.split(out, np.cumsum(sizes)[:-1].tolist(), axis=op.axis)
+        else:
+            parts = [adjoint_feedback(op, out, ins[0].shape, kernels)]
+        for t, part in zip(ins, parts):
+            grads[id(t)] = grads[id(t)] + part if id(t) in grads else part
+    return grads[id(graph.inputs[0])]
+
+
+def adjoint_signals(modules, error, input_shapes, kernels):
+    """``chain_signals`` of the linear (ungated) network by its transpose: the output error
+    carried back module by module, delta_i = J_i^T e at each module's output, with
+    ``input_shapes[i]`` module i's input shape. The same signals as the tape's, without its
+    forward pass."""
+    deltas, a = [], error
+    for m, shape in zip(modules[:0:-1], input_shapes[:0:-1]):
+        a = adjoint_feedback(m, a, shape, kernels)
+        deltas.append(a)
+    return deltas[::-1]
 
 
 def plain_feedback_kernels(modules, init, rng):

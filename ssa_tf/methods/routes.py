@@ -228,6 +228,11 @@ class LocalGlobalRoute(LocalRoute):
 class ChainRoute(Route):
     spec = ROUTES["chain"]
 
+    #: the ungated chain, too large to cache, runs its linear network's transpose
+    #: (``chain.adjoint_signals``); False: a tape's backward pass through the network,
+    #: whose forward pass on zeros costs as much again (``benchmarks.step_cost``'s rows)
+    transpose = True
+
     def __init__(self, options, structured=False, gated=False, jacobians=True):
         self.init = options.get("feedback_init", "random")
         self.gated, self.jacobians = bool(gated), bool(jacobians)
@@ -270,6 +275,9 @@ class ChainRoute(Route):
         differs from module to module (docs/ALGORITHM.md §3)."""
         if self.matrices:
             deltas = [ops.tensordot(error, m, axes=1) for m in self.matrices]
+        elif not self.gated and self.transpose:
+            shapes = [(None, *model.input_dims), *(o.shape for o in outputs[:-1])]
+            deltas = chain.adjoint_signals(model.local_modules, error, shapes, self.kernels)
         else:
             deltas = chain.chain_signals(model.local_modules, outputs, error, self.kernels,
                                          gated=self.gated, jacobians=self.jacobians)
