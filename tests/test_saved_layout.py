@@ -75,8 +75,10 @@ def test_a_model_saved_in_the_old_layout_loads_and_computes_what_it_did(name, tm
         assert "layout" not in json.loads(archive.read("config.json"))["config"]
     model = ssa_tf.load_model(_old(name), compile=False)
     saved_outputs = np.load(os.path.join(OLD, "outputs.npz"))
-    np.testing.assert_array_equal(model(saved_outputs["x"], training=False),
-                                  saved_outputs[name])
+    # to float rounding: the kernels oneDNN picks differ between CPUs (a machine of this
+    # project's kind differed from the saving one in 21 of 40 outputs, by at most 7e-7)
+    np.testing.assert_allclose(model(saved_outputs["x"], training=False),
+                               saved_outputs[name], rtol=1e-5, atol=1e-6)
     assert set(model.ranks().values()) == {FILES[name]}
     # the feedback weights, fixed since initialization, are today's builders' draws too
     arch, rule = name.split("_")
