@@ -11,6 +11,13 @@ broadcast``: a (channels, K) matrix per module), fixed (``ssa`` global, ``dfa``)
 learned (``dkp``, ``ssa-dkp`` global). Synthetic inputs already normalized, one batch in
 memory, every row timed in turn in one process, the order rotated every round; the
 ratio to BP is what counts on a shared machine.
+
+    python -m benchmarks.chain_cost --signals_only --batch=64
+
+times the chain's signals alone, for SSA's resnet18 at its defaults: by the linear
+network's transpose (``chain.adjoint_signals``, what the step runs) and by a tape's
+backward pass through the network (``chain.chain_signals``, whose forward pass on zeros
+costs as much again), in turn, ``--repeats`` calls each, medians.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ flags.DEFINE_integer("batch", 8, "batch size")
 flags.DEFINE_integer("repeats", 3, "rounds of timing")
 flags.DEFINE_integer("steps", 2, "steps per row and round")
 flags.DEFINE_string("out", None, "also write the table to this Markdown file")
+flags.DEFINE_boolean("signals_only", False, "time the chain's signals alone: by its "
+                     "transpose and by a tape")
 
 ROWS = [
     ("bp", dict(rule="bp")),
@@ -68,6 +77,59 @@ def measure():
     return {name: (ms, notes[name]) for name, ms in times.items()}
 
 
+def signals_only() -> str:
+    """The chain's signals for one batch's error, by the transpose and by a tape."""
+    import time
+
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    from ssa_tf.methods import chain
+    from ssa_tf.nn import SVDConv2D
+    from ssa_tf.training.model import build_model
+
+    keras.utils.set_random_seed(1)
+    model = build_model("resnet18", (FLAGS.image_size, FLAGS.image_size, 3), FLAGS.classes,
+                        rule="ssa")
+    for layer in model.svd_layers():
+        if isinstance(layer, SVDConv2D):
+            layer.batch_hint = FLAGS.batch
+    modules, kernels = model.local_modules, model.rule.route.kernels
+    shapes = [(None, *model.input_dims), *((None, *s) for s in model.module_output_shapes[:-1])]
+    spec = [tf.TensorSpec((None, FLAGS.classes))]
+
+    @tf.function(input_signature=spec)
+    def transpose(e):
+        return chain.adjoint_signals(modules, e, shapes, kernels)
+
+    @tf.function(input_signature=spec)
+    def tape(e):
+        zeros = [tf.zeros(tf.concat([tf.shape(e)[:1], s], 0))
+                 for s in model.module_output_shapes]
+        return chain.chain_signals(modules, zeros, e, kernels)
+
+    e = tf.random.normal((FLAGS.batch, FLAGS.classes))
+    calls = {"by the transpose (the step's)": transpose, "by a tape": tape}
+    seconds = {name: [] for name in calls}
+    for f in calls.values():
+        f(e)  # the trace
+    for _ in range(FLAGS.repeats):
+        for name, f in calls.items():
+            start = time.perf_counter()
+            [d.numpy() for d in f(e)]
+            seconds[name].append(time.perf_counter() - start)
+    first = float(np.median(seconds[next(iter(calls))]))
+    lines = [f"The chain's signals alone, resnet18 at {FLAGS.image_size}x{FLAGS.image_size}, "
+             f"{FLAGS.classes} classes, batch {FLAGS.batch}; median of {FLAGS.repeats} "
+             "calls each, in turn.", "", "| signals | ms a call | x the transpose |",
+             "|---|---|---|"]
+    for name, times in seconds.items():
+        ms = float(np.median(times)) * 1e3
+        lines.append(f"| {name} | {ms:.0f} | {ms / first / 1e3:.2f} |")
+    return "\n".join(lines)
+
+
 def table(results) -> str:
     bp = results["bp"][0]
     lines = [f"resnet18 at {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.classes} classes, "
@@ -85,7 +147,7 @@ def main(argv):
         if FLAGS[name].value < 1:
             cli.usage_error(f"--{name} must be >= 1, got {FLAGS[name].value}")
     cli.import_tensorflow()
-    text = table(measure())
+    text = signals_only() if FLAGS.signals_only else table(measure())
     print(text)
     if FLAGS.out:
         atomic_files.write_text(FLAGS.out, f"# The direct rules' feedback at ImageNet size\n\n"

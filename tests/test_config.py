@@ -321,8 +321,28 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
                     assert spatial == "broadcast", argv
                 else:
                     assert cfg.rule.feedback_spatial is None, argv
+                # the recomputing rules hold what fits within the stem's peak
+                resolved = cfg.resolved().rule
+                assert bool(resolved.hold_within_peak) == bool(
+                    resolved.recompute and resolved.feedback not in ("local",)), argv
             checked += 1
     assert checked >= (4 if preset == "local_heads" else len(registry.NAMES) + 6)
+
+
+def test_the_imagenet_preset_holds_within_the_peak_unless_the_run_replays_nothing():
+    cfg = _config("--preset=imagenet", "--rule=ssa").resolved()
+    assert cfg.rule.hold_within_peak and cfg.rule.recompute
+    assert cfg.card().held_activations == "within the largest module's"
+    # asked for every module held (no replays), the preset holds nothing of its own
+    held = _config("--preset=imagenet", "--rule=ssa", "--set=rule.recompute=false")
+    assert validate(held) is None and not held.resolved().rule.hold_within_peak
+    # the local route has no output error to wait for: nothing to hold
+    local = _config("--preset=imagenet", "--rule=ssa", "--set=rule.feedback=local")
+    assert validate(local) is None and not local.resolved().rule.hold_within_peak
+    # and a user's explicit choice stands
+    off = _config("--preset=imagenet", "--rule=ssa", "--set=rule.hold_within_peak=false")
+    assert not off.resolved().rule.hold_within_peak
+    assert not _config("--preset=imagenet", "--rule=bp").resolved().rule.hold_within_peak
 
 
 def test_the_local_heads_preset_sets_the_measured_heads_and_refuses_rules_without_them():

@@ -6,8 +6,12 @@ Adam at 2e-4 for BP and 5e-4 for the local rules, x0.1 every 30 epochs, batch
 256, random-resized crop, flip and color jitter; rules with SVD factors cut
 after epoch 20 and every 10 epochs after it, to 90% of the energy. The
 global route's feedback is a channel broadcast here: full-map feedback at
-224x224 would need a 1000 x 200,704 matrix for the stem alone. Expected
-result: not measured here (no ImageNet, no GPU on this project's machine).
+224x224 would need a 1000 x 200,704 matrix for the stem alone. A direct rule
+that replays its modules holds the ones that fit within the stem's activations
+(``rule.hold_within_peak``: the same gradients, fewer forward passes; at batch 256
+ssa's chain steps in 1.37x BP's time instead of 1.52x at 0.48x its peak memory,
+``benchmarks/reports/STEP_COST.md``). Expected result: not measured here (no
+ImageNet, no GPU on this project's machine).
 """
 
 
@@ -25,6 +29,11 @@ def values(rule_name: str, given=None) -> dict:
     if rule is not None and spec is not None and "feedback_spatial" in spec.options:
         # the routes with a spatial form (ssa's default, the chain, has none)
         out["rule.feedback_spatial"] = "broadcast"
+    recompute = getattr(given.rule, "recompute", None) if given is not None else None
+    if (rule is not None and spec is not None and spec.needs_error and recompute is not False
+            and "hold_within_peak" in rule.options and rule.options.get("recompute")):
+        # the replayed modules' forward passes that the stem's peak leaves room to hold
+        out["rule.hold_within_peak"] = True
     if rule is not None and rule.svd:
         # a rate warm-up over one epoch after each cut (1,153,051 images at batch 256)
         out.update({"rank.tau": 0.90, "rank.start": 20, "rank.interval": 10,
