@@ -193,7 +193,7 @@ def test_the_ungated_chain_is_a_fixed_matrix_kept_in_step_with_rank_cuts():
 def _padded():
     """Layers whose transposes the built-in models do not exercise: zero padding,
     cropping, a strided valid convolution on an odd map, average pooling, a fork joined
-    by Concatenate, reshape, global average pooling kept 4-D."""
+    by Concatenate, a channels-first flatten, reshape, global average pooling kept 4-D."""
     import keras
 
     inputs = keras.Input((9, 9, 2))
@@ -207,11 +207,26 @@ def _padded():
     x = keras.layers.Concatenate()([a, keras.layers.Conv2D(2, 3, padding="same", name="b")(b)])
     x = keras.layers.Cropping2D(((1, 0), (0, 1)))(x)
     x = keras.layers.MaxPooling2D(2, padding="same")(x)
-    x = keras.layers.Reshape((-1, 5))(x)
+    x = keras.layers.Flatten(data_format="channels_first")(x)  # transposes, then flattens
     x = keras.layers.Reshape((2, 2, 5))(x)
     x = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
     x = keras.layers.Flatten()(x)
     return keras.Model(inputs, keras.layers.Dense(10, name="head")(x), name="padded")
+
+
+def _context():
+    """A user's graph with its map sizes left None, a global-context branch added back to
+    every position (an Add that broadcasts a 1x1 map) and a strided same-padded
+    convolution on an odd map."""
+    import keras
+
+    inputs = keras.Input((None, None, 2))
+    x = keras.layers.ReLU(name="stem")(keras.layers.Conv2D(4, 1, name="c")(inputs))
+    x = keras.layers.Conv2D(5, 3, strides=2, padding="same", name="c1")(x)
+    context = keras.layers.GlobalAveragePooling2D(keepdims=True)(x)
+    x = keras.layers.Add()([x, keras.layers.Conv2D(5, 1, name="ctx")(context)])
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    return keras.Model(inputs, keras.layers.Dense(10, name="head")(x), name="context")
 
 
 ADJOINT_CASES = {
@@ -227,6 +242,9 @@ ADJOINT_CASES = {
     "mlp": dict(name="mlp", shape=(5, 5, 1), rule="ssa"),
     "a user's padded, forked graph": dict(name="padded", shape=(9, 9, 2), rule="ssa",
                                           network=_padded, module_ends=["stem"]),
+    "a user's graph of unknown map size, with a broadcast Add":
+        dict(name="context", shape=(9, 9, 2), rule="ssa", network=_context,
+             module_ends=["stem"]),
 }
 
 
@@ -251,6 +269,7 @@ def test_the_chains_transpose_gives_the_tapes_signals_without_its_forward_pass(c
     e = tf.random.normal((3, 10))
     tape = chain.chain_signals(model.local_modules, outs, e, route.kernels)
     shapes = [(None, *model.input_dims), *(o.shape for o in outs[:-1])]
+    assert chain.transposable(model.local_modules, shapes)
     adjoint = tf.function(lambda e: chain.adjoint_signals(model.local_modules, e, shapes,
                                                           route.kernels))(e)
     assert len(adjoint) == len(tape) == len(model.local_modules) - 1 >= 1

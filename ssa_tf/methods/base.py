@@ -212,7 +212,9 @@ class Local(LearningRule):
         after = noise_state([modules[i] for i in replayed])  # where the first pass left them
         logits, error, signals = self._error_and_signals(model, outputs, y, error)
         inputs, held_outputs = [x, *outputs[:-1]], {i: outputs[i] for i in held}
-        del outputs, h  # the boundaries live on in ``inputs`` only, released as replayed
+        # the boundaries live on in ``inputs`` only; in a compiled step each is released
+        # once its module's replay and gradient have run (eagerly, when the step returns)
+        del outputs, h
         results, deps = {}, [logits]
         for i in sorted(held, reverse=True):
             with tapes[i]:  # re-entering continues recording on module i's tape

@@ -225,7 +225,15 @@ def adjoint_feedback(step, g, in_shape, kernels):
     if step is None or isinstance(step, (*_ACTIVATIONS, *_IDENTITY)):
         return g
     if isinstance(step, GraphModule):
-        return graph_adjoint(step.graph, g, kernels)
+        return graph_adjoint(step.graph, g, kernels, in_shape)
+    if getattr(step, "data_format", "channels_last") == "channels_first":
+        # (pooling, flatten, padding, cropping in the other layout: weightless, so the
+        # forward pass on zeros that a tape of this one layer needs costs no multiply-adds)
+        zeros = tf.zeros(tf.concat([tf.shape(g)[:1], tf.constant(in_shape[1:], tf.int32)], 0))
+        with tf.GradientTape() as tape:
+            tape.watch(zeros)
+            out = gated_feedback(step, zeros, kernels, None)[0]
+        return tape.gradient(out, zeros, output_gradients=g)
     if isinstance(step, SVDDense):
         return ops.matmul(ops.matmul(g, step.B_U) * step.B_s, ops.transpose(step.B_V))
     if isinstance(step, SVDConv2D):
@@ -252,10 +260,36 @@ def adjoint_feedback(step, g, in_shape, kernels):
     raise TypeError(f"no linear feedback for layer {step.name!r} of type {type(step).__name__}")
 
 
-def graph_adjoint(graph, g, kernels):
+def graph_shapes(graph, in_shape) -> dict:
+    """{id(symbolic tensor): its shape} for every tensor of the functional ``graph`` when
+    its input has shape ``in_shape`` (a user's graph may leave its map sizes None; each
+    layer's ``compute_output_shape`` fills them in from the input actually given)."""
+    shapes = {id(graph.inputs[0]): tuple(in_shape)}
+    for node in topological_nodes(graph):
+        ins = [shapes.get(id(t), tuple(t.shape)) for t in node.input_tensors]
+        try:
+            out = node.operation.compute_output_shape(ins[0] if len(ins) == 1 else ins)
+        except NotImplementedError:
+            out = tuple(node.outputs[0].shape)
+        shapes[id(node.outputs[0])] = tuple(out)
+    return shapes
+
+
+def _unbroadcast(g, shape):
+    """``g`` summed to ``shape``: the transpose of broadcasting a tensor of ``shape``."""
+    extra = len(g.shape) - len(shape)
+    if extra > 0:
+        g = ops.sum(g, axis=tuple(range(extra)))
+    axes = tuple(i for i, d in enumerate(shape) if d == 1 and g.shape[i] != 1)
+    return ops.sum(g, axis=axes, keepdims=True) if axes else g
+
+
+def graph_adjoint(graph, g, kernels, in_shape=None):
     """The transpose of ``graph_feedback``'s linear network for a functional ``graph`` (a
-    module) applied to ``g`` at its output: node by node from the output back; an Add
-    passes its signal to every input, a Concatenate splits it among them."""
+    module) applied to ``g`` at its output, ``in_shape`` the module's input shape: node by
+    node from the output back; an Add passes its signal to every input (summed over the
+    axes an input was broadcast along), a Concatenate splits it among them."""
+    shapes = graph_shapes(graph, in_shape or tuple(graph.inputs[0].shape))
     grads = {id(graph.outputs[0]): g}
     for node in reversed(topological_nodes(graph)):
         out = grads.pop(id(node.outputs[0]), None)
@@ -263,15 +297,28 @@ def graph_adjoint(graph, g, kernels):
             continue
         op, ins = node.operation, node.input_tensors
         if isinstance(op, keras.layers.Add):
-            parts = [out] * len(ins)
+            parts = [_unbroadcast(out, shapes[id(t)]) for t in ins]
         elif isinstance(op, keras.layers.Concatenate):
-            sizes = [t.shape[op.axis] for t in ins]
+            sizes = [shapes[id(t)][op.axis] for t in ins]
             parts = ops.split(out, np.cumsum(sizes)[:-1].tolist(), axis=op.axis)
         else:
-            parts = [adjoint_feedback(op, out, ins[0].shape, kernels)]
+            parts = [adjoint_feedback(op, out, shapes[id(ins[0])], kernels)]
         for t, part in zip(ins, parts):
             grads[id(t)] = grads[id(t)] + part if id(t) in grads else part
     return grads[id(graph.inputs[0])]
+
+
+def transposable(modules, input_shapes) -> bool:
+    """Whether ``adjoint_signals`` knows every map size it needs (each module's input
+    shape known but for the batch, and every layer's inside it); the route runs the tape
+    otherwise, which gives the same signals."""
+    for m, shape in zip(modules[1:], input_shapes[1:]):
+        if None in tuple(shape)[1:]:
+            return False
+        if isinstance(m, GraphModule):
+            if any(None in s[1:] for s in graph_shapes(m.graph, shape).values()):
+                return False
+    return True
 
 
 def adjoint_signals(modules, error, input_shapes, kernels):

@@ -69,9 +69,10 @@ def generators(module) -> set:
 
 def plan(model) -> frozenset:
     """``held_within_peak`` of ``model``'s local modules at their current ranks. A module
-    whose mask generator another module shares is never held: the replay of the other
-    draws from the generator's state before the first pass, which must not depend on
-    draws a held module made."""
+    whose mask generator another module shares is never held. (It was needed when the
+    replays restored every generator to its state before the first pass; each replay now
+    restores its own module's state as the first pass reached it, which a held module's
+    draws cannot disturb, and the rule is kept as the narrower plan.)"""
     modules = model.local_modules
     shapes = [model.input_dims, *model.module_output_shapes[:-1]]
     with tf.init_scope():  # traced on its own, also when asked inside a step's trace

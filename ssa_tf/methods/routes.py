@@ -273,10 +273,12 @@ class ChainRoute(Route):
     def signals(self, model, outputs, error):
         """Each module's J_i^T e, rescaled to the std of e: the linear chain's gain
         differs from module to module (docs/ALGORITHM.md §3)."""
+        # each module's input shape, for the transpose (module 0's is never transposed)
+        shapes = [(None, *model.input_dims), *(tuple(o.shape) for o in outputs[:-1])]
         if self.matrices:
             deltas = [ops.tensordot(error, m, axes=1) for m in self.matrices]
-        elif not self.gated and self.transpose:
-            shapes = [(None, *model.input_dims), *(o.shape for o in outputs[:-1])]
+        elif not self.gated and self.transpose and chain.transposable(model.local_modules,
+                                                                      shapes):
             deltas = chain.adjoint_signals(model.local_modules, error, shapes, self.kernels)
         else:
             deltas = chain.chain_signals(model.local_modules, outputs, error, self.kernels,
