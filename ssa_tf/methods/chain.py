@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from ssa_tf.nn import SVDConv2D, SVDDense
 from ssa_tf.nn.graph import TRAINING_ONLY, topological_nodes
+from ssa_tf.nn.layers import _conv_len
 from ssa_tf.nn.user import GraphModule
 
 _IDENTITY = (keras.layers.LayerNormalization, keras.layers.BatchNormalization,
@@ -182,13 +183,17 @@ def chain_signals(modules, outputs, error, kernels, gated=False, jacobians=True)
     return tape.gradient(score, probes)
 
 
+def _sizes(g, in_shape):
+    """``in_shape`` with its batch taken from the signal ``g``, as a shape tensor."""
+    return tf.concat([tf.shape(g)[:1], tf.constant(in_shape[1:], tf.int32)], 0)
+
+
 def _conv_transpose(g, kernel, in_shape, strides, padding):
     """The adjoint of ``ops.conv(., kernel, strides, padding)`` at input shape ``in_shape``
     (per example) applied to ``g``: its gradient with respect to its input."""
-    sizes = tf.concat([tf.shape(g)[:1], tf.constant(in_shape[1:], tf.int32)], 0)
-    s = (1, *strides, 1) if isinstance(strides, tuple) else (1, strides, strides, 1)
-    return tf.raw_ops.Conv2DBackpropInput(input_sizes=sizes, filter=kernel, out_backprop=g,
-                                          strides=s, padding=padding.upper())
+    return tf.raw_ops.Conv2DBackpropInput(input_sizes=_sizes(g, in_shape), filter=kernel,
+                                          out_backprop=g, strides=(1, *strides, 1),
+                                          padding=padding.upper())
 
 
 def _svd_conv_adjoint(layer, g, in_shape):
@@ -204,15 +209,13 @@ def _svd_conv_adjoint(layer, g, in_shape):
         g = _conv_transpose(g, second, mid, (1, 1), "valid")
         return _conv_transpose(g, first, in_shape, layer.strides, layer.padding)
     sh, sw = layer.strides
-    from ssa_tf.nn.layers import _conv_len
     mid = (n, _conv_len(h, layer.kernel_size[0], sh, layer.padding), w, layer.rank)
     g = _conv_transpose(g, second, mid, (1, sw), layer.padding)
     return _conv_transpose(g, first, in_shape, (sh, 1), layer.padding)
 
 
 def _pool_adjoint(g, in_shape, pool_size, strides, padding):
-    sizes = tf.concat([tf.shape(g)[:1], tf.constant(in_shape[1:], tf.int32)], 0)
-    return tf.raw_ops.AvgPoolGrad(orig_input_shape=sizes, grad=g,
+    return tf.raw_ops.AvgPoolGrad(orig_input_shape=_sizes(g, in_shape), grad=g,
                                   ksize=(1, *pool_size, 1), strides=(1, *strides, 1),
                                   padding=padding.upper())
 
@@ -229,7 +232,7 @@ def adjoint_feedback(step, g, in_shape, kernels):
     if getattr(step, "data_format", "channels_last") == "channels_first":
         # (pooling, flatten, padding, cropping in the other layout: weightless, so the
         # forward pass on zeros that a tape of this one layer needs costs no multiply-adds)
-        zeros = tf.zeros(tf.concat([tf.shape(g)[:1], tf.constant(in_shape[1:], tf.int32)], 0))
+        zeros = tf.zeros(_sizes(g, in_shape))
         with tf.GradientTape() as tape:
             tape.watch(zeros)
             out = gated_feedback(step, zeros, kernels, None)[0]
