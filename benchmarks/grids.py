@@ -213,6 +213,22 @@ GRIDS = {
                   "dense layer only, tau 0.5": {
                       "rank.tau": 0.5,
                       "rank.exempt": ("m0_conv", "m1_conv", "m2_conv", "classifier")}}),
+    # issue 37's deployment item with heads_recipe's best SSA row (seed spread 0.2 points, so
+    # a paired 1-point difference can be seen): the channel view, one cut of every layer
+    # early enough to recover before the rate's decay; the uncut row is the pairing control
+    "deploy_cut": dict(
+        caption="heads_recipe's SSA row (local later-shaped heads, depth 3, beta 0, rate x0.1 "
+                "after epoch 15) in the channel view, one slot cut of every layer after "
+                "epoch 4 at tau 0.65 or 0.6, against the same model uncut (smallconv, first "
+                "10,000 training images with augmentation, 20 epochs); the heads are dropped "
+                "at export, the test accuracy is the cut model's.",
+        base={**_LONG, "train.lr_decay_epochs": (15,),
+              **heads_variants()["ssa, local later-shaped heads, depth 3, beta 0"],
+              CONV: "channel", "rank.keep_ends": False, "rank.start": 4,
+              "rank.interval": 20, "rank.feedback_cut": "slots"},
+        seeds=SEEDS,
+        variants={"no cut": {},
+                  **{f"one cut, tau {t}": {"rank.tau": t} for t in (0.65, 0.6)}}),
     # the headline: every rule at its defaults, 20 epochs with augmentation
     "rules_smallconv": dict(
         caption="Every rule at its defaults: smallconv, first 10,000 training images with "
