@@ -10,7 +10,11 @@ the end of the next epoch: the cut to ``--fraction`` of each layer's full rank
 the retrace on the first batch, and the epoch. Rows are timed in turn in one process, the
 order rotated every round; the ratio to BP's epoch is the figure (the machine is shared).
 Synthetic CIFAR-shaped inputs held in memory (the input pipeline is timed elsewhere,
-``DATA_THROUGHPUT.md``).
+``DATA_THROUGHPUT.md``), batched by ``tf.data`` as training's pipeline batches them: every
+batch, the short last one too, has the batch size unknown to the trace, so a model traces
+its step once after a cut (a ragged last batch fed as arrays, whose first batches have the
+size known, traced the step a second time inside the epoch; BP's rounds after the first
+never paid it).
 """
 
 from __future__ import annotations
@@ -51,11 +55,15 @@ ROWS = [
 
 
 def data():
+    """The epoch's batches (``tf.data``, in memory, unshuffled), as training's pipeline
+    batches: the batch dimension unknown to the trace, the last batch short."""
     import numpy as np
+    import tensorflow as tf
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((FLAGS.examples, 32, 32, 3)).astype("float32")
-    return x, rng.integers(0, 10, FLAGS.examples)
+    y = rng.integers(0, 10, FLAGS.examples)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(FLAGS.batch).cache()
 
 
 def build(options):
@@ -75,7 +83,7 @@ def build(options):
     return model
 
 
-def one_round(rows, x, y, bp, order):
+def one_round(rows, batches, bp, order):
     """{row: (seconds, (cut, retrace and first step, the rest of the epoch))}: BP's traced
     epoch (no parts); each SSA row's cut, retrace and epoch."""
     from ssa_tf.training.rank import apply_ranks
@@ -84,22 +92,20 @@ def one_round(rows, x, y, bp, order):
     for name in order:
         if name == "bp":
             start = time.perf_counter()
-            bp.fit(x, y, batch_size=FLAGS.batch, epochs=1, verbose=0, shuffle=False)
+            bp.fit(batches, epochs=1, verbose=0, shuffle=False)
             out[name] = time.perf_counter() - start, None
             continue
         model = build(rows[name])
-        model.train_on_batch(x[:FLAGS.batch], y[:FLAGS.batch])  # traced at full rank
+        model.fit(batches.take(1), verbose=0, shuffle=False)  # traced at full rank
         with blas_threads(rows[name].get("threaded_blas", False)):
             start = time.perf_counter()
             apply_ranks(model, {l.name: max(1, int(l.full_rank * FLAGS.fraction))
                                 for l in model.svd_layers()})
             cut = time.perf_counter()
-            b = FLAGS.batch
-            # the retrace, and the epoch's first step (by fit, as the rest: train_on_batch
-            # is a function of its own, traced apart)
-            model.fit(x[:b], y[:b], batch_size=b, epochs=1, verbose=0, shuffle=False)
+            # the retrace, and the epoch's first step (by fit, as the rest)
+            model.fit(batches.take(1), verbose=0, shuffle=False)
             traced = time.perf_counter()
-            model.fit(x[b:], y[b:], batch_size=b, epochs=1, verbose=0, shuffle=False)
+            model.fit(batches.skip(1), verbose=0, shuffle=False)
             end = time.perf_counter()
             out[name] = end - start, (cut - start, traced - cut, end - traced)
     return out
@@ -127,14 +133,14 @@ def blas_threads(threaded):
 
 
 def measure(rows):
-    x, y = data()
+    batches = data()
     bp = build(rows["bp"])
-    bp.fit(x[:4 * FLAGS.batch], y[:4 * FLAGS.batch], batch_size=FLAGS.batch, verbose=0)
+    bp.fit(batches.take(4), verbose=0, shuffle=False)
     names, times = list(rows), {name: [] for name in rows}
     parts = {name: [] for name in rows}
     for r in range(FLAGS.repeats):
         order = names[r % len(names):] + names[:r % len(names)]
-        for name, (seconds, split) in one_round(rows, x, y, bp, order).items():
+        for name, (seconds, split) in one_round(rows, batches, bp, order).items():
             times[name].append(seconds)
             parts[name].append(split)
         print(f"round {r + 1}/{FLAGS.repeats}: "

@@ -1,0 +1,65 @@
+"""``benchmarks.cut_epoch`` charges a cut model the traces training charges it (run in a
+process of its own: the benchmark's flags are its own).
+
+Its epoch was once fed as arrays: the first batch traced with its size known, the short
+last batch traced the step again inside the timed epoch, and BP's model, traced on the
+whole epoch in round 1, never paid that again. Training's ``tf.data`` batches leave the size
+unknown, so a cut costs one trace."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = """
+import json
+from absl import flags
+from benchmarks import cut_epoch
+flags.FLAGS(["cut_epoch", "--model=smallconv", "--examples=100", "--batch=32"])
+from ssa_tf import cli
+cli.import_tensorflow()
+traces = {"bp": 0, "ssa": 0}
+real_build = cut_epoch.build
+def build(options):
+    model, name = real_build(options), options["rule"]
+    step = model.train_step
+    def counted(data):  # runs in Python once a trace
+        traces[name] += 1
+        return step(data)
+    model.train_step = counted
+    return model
+cut_epoch.build = build
+from ssa_tf.training import rank
+real_apply, at_cut = rank.apply_ranks, {}
+def apply_ranks(model, ranks):
+    at_cut.update(traces)
+    return real_apply(model, ranks)
+rank.apply_ranks = apply_ranks
+rows = dict(cut_epoch.ROWS[:2])
+batches = cut_epoch.data()
+bp = build(rows["bp"])
+bp.fit(batches.take(4), verbose=0, shuffle=False)
+before = dict(traces)
+out = cut_epoch.one_round(rows, batches, bp, ["bp", "ssa"])
+print(json.dumps(dict(before=before, at_cut=at_cut, after=traces, parts=out["ssa"][1],
+                      steps=int(bp.optimizer.iterations.numpy()))))
+"""
+
+
+def test_a_cut_epoch_traces_the_step_once_after_the_cut_and_bp_not_again(tmp_path):
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / ".keras"), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    got = json.loads(result.stdout.strip().splitlines()[-1])
+    # BP's timed epoch (100 images: three batches of 32 and one of 4) reuses its trace
+    assert got["after"]["bp"] == got["before"]["bp"] >= 1
+    # SSA's model traces at full rank, then once after the cut, short last batch included
+    assert got["at_cut"]["ssa"] >= 1
+    assert got["after"]["ssa"] - got["at_cut"]["ssa"] == 1
+    assert got["steps"] == 4 + 4
+    cut, retrace, rest = got["parts"]
+    assert min(cut, retrace, rest) > 0
