@@ -44,7 +44,22 @@ ROWS = [
     # each layer's form timed alone in onnxruntime at batch 1 (export --form=measured)
     ("ssa, 50% rank, measured", dict(rule="ssa"), 0.5, "measured"),
     ("ssa, channel view, 50% rank, measured", CHANNEL, 0.5, "measured"),
+    # deploy_cut's preset on smallconv (tau 0.6, ends kept) kept 35-39% of its convolutions'
+    # ranks: every convolution but the first at 40%, the first and the classifier at full
+    # rank, as rank.keep_ends keeps them
+    ("ssa, channel view, 40% rank, ends kept, measured", dict(CHANNEL, keep_ends=True), 0.4,
+     "measured"),
 ]
+
+
+def cut_ranks(model, fraction, keep_ends=False) -> dict:
+    """{layer: rank} cutting every SVD layer to ``fraction`` of its full rank; with
+    ``keep_ends`` the first layer and the classifier keep theirs (``rank.keep_ends``)."""
+    from ssa_tf.training.rank import end_layers
+
+    kept = end_layers(model) if keep_ends else ()
+    return {l.name: max(1, int(l.full_rank * fraction)) for l in model.svd_layers()
+            if l.name not in kept}
 
 
 def export(options, fraction, form):
@@ -58,10 +73,11 @@ def export(options, fraction, form):
 
     keras.utils.set_random_seed(1)
     shape = (FLAGS.image_size, FLAGS.image_size, 3)
+    options = dict(options)
+    keep_ends = options.pop("keep_ends", False)
     model = build_model("resnet18", shape, FLAGS.classes, **options)
     if fraction is not None:
-        apply_ranks(model, {l.name: max(1, int(l.full_rank * fraction))
-                            for l in model.svd_layers()})
+        apply_ranks(model, cut_ranks(model, fraction, keep_ends))
     form = form or FLAGS.form
     timer = onnx_form_timer(threads=2) if form == "measured" else None
     merged, records = merge(model, form, timer=timer)

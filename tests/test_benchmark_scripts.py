@@ -1,10 +1,12 @@
-"""``benchmarks.cut_epoch`` charges a cut model the traces training charges it (run in a
-process of its own: the benchmark's flags are its own).
+"""Benchmarks measure what they say (each run in a process of its own: their flags are
+their own).
 
-Its epoch was once fed as arrays: the first batch traced with its size known, the short
-last batch traced the step again inside the timed epoch, and BP's model, traced on the
-whole epoch in round 1, never paid that again. Training's ``tf.data`` batches leave the size
-unknown, so a cut costs one trace."""
+``benchmarks.cut_epoch`` charges a cut model the traces training charges it: its epoch
+was once fed as arrays, the first batch traced with its size known and the short last
+batch traced the step again inside the timed epoch, while BP's model, traced on the whole
+epoch in round 1, never paid that again. Training's ``tf.data`` batches leave the size
+unknown, so a cut costs one trace. ``benchmarks.deploy_latency`` keeps the ends at full
+rank in the rows that say so."""
 
 import json
 import os
@@ -63,3 +65,25 @@ def test_a_cut_epoch_traces_the_step_once_after_the_cut_and_bp_not_again(tmp_pat
     assert got["steps"] == 4 + 4
     cut, retrace, rest = got["parts"]
     assert min(cut, retrace, rest) > 0
+
+
+def test_deploy_latency_keeps_the_ends_at_full_rank_where_its_row_says(tmp_path):
+    script = """
+import json
+from benchmarks.deploy_latency import cut_ranks
+from ssa_tf.training.model import build_model
+model = build_model("resnet18", (32, 32, 3), 10, rule="ssa", conv_factorization="channel")
+full = {l.name: l.full_rank for l in model.svd_layers()}
+print(json.dumps([full, cut_ranks(model, 0.4), cut_ranks(model, 0.4, keep_ends=True)]))
+"""
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / ".keras"), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    full, every, ends_kept = json.loads(result.stdout.strip().splitlines()[-1])
+    names = list(full)
+    assert every == {n: max(1, int(full[n] * 0.4)) for n in names}
+    # the stem and the classifier are left out of the cut; every other layer as before
+    assert set(ends_kept) == set(names[1:-1]) and len(names) > 10
+    assert all(ends_kept[n] == every[n] < full[n] for n in ends_kept)
