@@ -106,6 +106,8 @@ def test_malformed_overrides_say_what_is_wrong(assignment, needle):
     (["train.learning_rate=0"], "--learning_rate must be > 0"),
     (["rank.tau=1.5"], "rank.tau must be in (0, 1]"),
     (["rank.tau=0.9", "rank.interval=0"], "rank.interval must be >= 1"),
+    (["rank.tau=0.9", "rank.dense_tau=0"], "rank.dense_tau must be in (0, 1]"),
+    (["rank.dense_tau=0.5"], "cuts are off until rank.tau is set"),
     (["rank.warmup_steps=-1"], "rank.warmup_steps must be >= 0"),
     (["rank.energy=activations"], "rank.energy='activations' is not valid; choose from: weights, "
                                   "outputs"),

@@ -191,3 +191,39 @@ def test_a_cut_report_prints_after_its_epochs_own_line(digits, capsys):
     first_line = out.index("accuracy:")  # epoch 1's own metrics line
     report = out.index("rank cut after epoch 1")
     assert first_line < report < out.index("Epoch 2/2")
+
+
+def test_dense_tau_cuts_the_dense_layers_to_their_own_fraction():
+    # rank.dense_tau: the dense layers keep their own share of energy, the convolutions tau's
+    from ssa_tf.nn import SVDDense, energy_rank
+
+    keras.utils.set_random_seed(1)
+    model = build_model("smallconv", (16, 16, 3), 10, rule="ssa")
+    spectra = {l.name: l.slot_spectrum() for l in model.svd_layers()}
+    dense = {l.name for l in model.svd_layers() if isinstance(l, SVDDense)}
+    assert dense == {"m3_dense", "classifier"}
+    apply_cut(model, 0.9, dense_tau=0.3)
+    for name, rank in model.ranks().items():
+        assert rank == energy_rank(spectra[name], 0.3 if name in dense else 0.9), name
+    assert model.ranks()["m3_dense"] < energy_rank(spectra["m3_dense"], 0.9)
+    with pytest.raises(ValueError, match="dense_tau"):
+        RankPruning(tau=0.9, dense_tau=0)
+
+
+def test_a_run_passes_rank_dense_tau_to_its_cuts(tmp_path):
+    # through the config and the run's callbacks: tau 1 keeps every convolution whole,
+    # dense_tau cuts the hidden dense layer; the classifier is an end (rank.keep_ends)
+    from ssa_tf.config import RunConfig
+    from ssa_tf.training.run import train
+
+    cfg = RunConfig().with_overrides([
+        "data.dataset=synthetic", "data.synthetic_shape=16,16,3", "data.max_train_examples=128",
+        "model.model=smallconv", "rule.name=ssa", "train.epochs=2", "train.batch_size=32",
+        "rank.tau=1.0", "rank.dense_tau=0.3", "rank.interval=1",
+        f"runtime.workdir={tmp_path / 'run'}", "runtime.progress=none"])
+    summary = train(cfg, verbose=0)
+    full = build_model("smallconv", (16, 16, 3), 10, rule="ssa").ranks()
+    ranks = summary["ranks"]
+    assert ranks["m3_dense"] < full["m3_dense"]
+    assert {n: ranks[n] for n in ("m0_conv", "m1_conv", "m2_conv", "classifier")} == \
+        {n: full[n] for n in ("m0_conv", "m1_conv", "m2_conv", "classifier")}

@@ -135,6 +135,10 @@ class TrainConfig:
 class RankConfig:
     """Rank cuts during training (rules with SVD factors): off while tau is None."""
     tau: float | None = None
+    # the fraction kept of the SVD dense layers' energy (the classifier's too, unless
+    # keep_ends keeps it); None: tau. A CNN's dense layers hold most of its parameters
+    # and lose little to a deep cut, its convolutions more (benchmarks/reports/deploy_cut.md)
+    dense_tau: float | None = None
     start: int = 0
     interval: int = 10
     min: int = 1

@@ -74,6 +74,11 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
             return f"data.synthetic_classes must be >= 2, got {d.synthetic_classes}"
     if r.tau is not None and not 0 < r.tau <= 1:
         return f"rank.tau must be in (0, 1], got {r.tau}"
+    if r.dense_tau is not None and not 0 < r.dense_tau <= 1:
+        return f"rank.dense_tau must be in (0, 1], got {r.dense_tau}"
+    if r.dense_tau is not None and r.tau is None:
+        return ("rank.dense_tau sets the dense layers' share of a rank cut; cuts are off "
+                "until rank.tau is set")
     minimums = [("rank.warmup_steps", r.warmup_steps, 0, ""),
                 ("runtime.checkpoint_steps", rt.checkpoint_steps, 0, " (0: at epoch ends only)"),
                 ("runtime.keep_checkpoints", rt.keep_checkpoints, 2, ""),

@@ -29,7 +29,7 @@ from ssa_tf import atomic_files
 from ssa_tf.config import presets
 from ssa_tf.methods import registry
 from ssa_tf.config.schema import cut_epochs, is_cut_epoch  # noqa: F401  (the one schedule)
-from ssa_tf.nn import energy_rank
+from ssa_tf.nn import SVDDense, energy_rank
 from ssa_tf.nn.svd import CUT_ENERGIES, resolve_feedback_cut, serial_blas
 from ssa_tf.training.csvlog import keep_rows
 from ssa_tf.training.model import retrace
@@ -94,8 +94,10 @@ def input_covariances(model, batches, names=None) -> dict:
     return {name: sums[name] / counts[name] for name in sums}
 
 
-def cut_model(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None):
-    """Cut every non-exempt SVD layer of ``model`` to its energy rank.
+def cut_model(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None,
+              dense_tau=None):
+    """Cut every non-exempt SVD layer of ``model`` to its energy rank: the rank keeping
+    ``tau`` of its energy, or ``dense_tau`` of it for the dense layers when given.
 
     With ``covariances`` (``input_covariances``, one per layer) the energy is
     the layer's output energy on those inputs and the cut keeps those outputs
@@ -113,7 +115,8 @@ def cut_model(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None
                 spectrum = layer.spectrum()
             else:
                 spectrum = layer.output_spectrum(covariances[layer.name])
-            r = energy_rank(spectrum, tau)
+            dense = dense_tau is not None and isinstance(layer, SVDDense)
+            r = energy_rank(spectrum, dense_tau if dense else tau)
             targets[layer.name] = min(layer.rank, max(r, min_rank))
     return truncate_layers(model, targets, feedback, covariances)
 
@@ -169,10 +172,11 @@ def rebuild_optimizer(model, pairs):
     return new
 
 
-def apply_cut(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None):
+def apply_cut(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None,
+              dense_tau=None):
     """Cut, rebuild the optimizer and retrace, in the model's strategy scope."""
     return _applied(model, lambda: cut_model(model, tau, min_rank, exempt, feedback,
-                                             covariances))
+                                             covariances, dense_tau))
 
 
 def apply_ranks(model, ranks, feedback=None):
@@ -208,6 +212,7 @@ class RankPruning(keras.callbacks.Callback):
     its weight: ``energy_batches`` batches of ``data`` (the training set) run
     through the model at each cut, and each layer keeps the rank-r weight
     that best keeps its outputs on them (``input_covariances``, ``cut_model``).
+    ``dense_tau`` is the dense layers' own fraction (``rank.dense_tau``; None: ``tau``).
 
     Writes ``ranks.csv`` (one row per layer and cut) and TensorBoard scalars
     ``rank/<layer>`` into ``workdir``, and at the end of training a PNG of
@@ -216,7 +221,7 @@ class RankPruning(keras.callbacks.Callback):
 
     def __init__(self, tau=0.95, start=0, interval=10, min_rank=1, exempt=(), workdir=None,
                  verbose=1, feedback=None, final_cut=False, keep_ends=False,
-                 energy="weights", data=None, energy_batches=8):
+                 energy="weights", data=None, energy_batches=8, dense_tau=None):
         super().__init__()
         if energy not in CUT_ENERGIES:
             raise ValueError(f"energy must be one of {CUT_ENERGIES}, got {energy!r}")
@@ -225,6 +230,9 @@ class RankPruning(keras.callbacks.Callback):
         self.energy, self.data, self.energy_batches = energy, data, int(energy_batches)
         if not 0 < tau <= 1:
             raise ValueError(f"tau must be in (0, 1], got {tau}")
+        if dense_tau is not None and not 0 < dense_tau <= 1:
+            raise ValueError(f"dense_tau must be in (0, 1], got {dense_tau}")
+        self.dense_tau = None if dense_tau is None else float(dense_tau)
         if interval < 1 or start < 0 or min_rank < 1:
             raise ValueError("interval and min_rank must be >= 1 and start >= 0")
         self.tau, self.start, self.interval = float(tau), int(start), int(interval)
@@ -255,7 +263,7 @@ class RankPruning(keras.callbacks.Callback):
                 covariances = input_covariances(
                     self.model, self.data.take(self.energy_batches), names)
             records = apply_cut(self.model, self.tau, self.min_rank, exempt, self.feedback,
-                                covariances)
+                                covariances, self.dense_tau)
             after = _trainable_count(self.model)
             for r in records:
                 r.update(epoch=epoch + 1, params_before=before, params_after=after)
@@ -288,7 +296,9 @@ class RankPruning(keras.callbacks.Callback):
         if self.verbose:
             changed = [r for r in records if r["new_rank"] < r["old_rank"]]
             self._report = [
-                f"rank cut after epoch {epoch} (tau={self.tau} of the {self.energy}' "
+                f"rank cut after epoch {epoch} (tau={self.tau}"
+                + ("" if self.dense_tau is None else f", dense layers {self.dense_tau},")
+                + f" of the {self.energy}' "
                 f"energy): {len(changed)} of {len(records)} layers cut, trainable parameters "
                 f"{before} -> {after}",
                 *(f"  {r['layer']}: {r['old_rank']} -> {r['new_rank']} (energy kept "

@@ -189,7 +189,8 @@ def _callbacks(cfg, model, ds, placement, workdir, state, timer, extra):
                                         workdir=workdir, verbose=int(placement.chief),
                                         feedback=r.feedback_cut, final_cut=r.final_cut,
                                         keep_ends=r.keep_ends, energy=r.energy,
-                                        data=ds.train, energy_batches=r.energy_batches))
+                                        data=ds.train, energy_batches=r.energy_batches,
+                                        dense_tau=r.dense_tau))
     return callbacks
 
 
