@@ -56,7 +56,9 @@ LATER_DEFAULTS = {"model.conv_factorization": ("spatial",), "rank.keep_ends": (F
                   # predsim's weight: the prediction loss alone before
                   "rule.readout_sim": (None, 0.0),
                   # the weight of local_global's direct term (no such route before)
-                  "rule.direct_weight": (None, 1.0)}
+                  "rule.direct_weight": (None, 1.0),
+                  # the dense layers' own fraction at a cut: tau's before
+                  "rank.dense_tau": (None,)}
 
 
 def at_later_default(name, value) -> bool:
