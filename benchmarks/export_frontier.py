@@ -55,6 +55,7 @@ flags.DEFINE_multi_string("group", [], "export only this row, by its label (repe
 UNCUT, UNCUT_CHANNEL = "SSA, no cuts", "SSA channel view, no cuts"
 CHANNEL_CUT_UNCUT = "SSA channel view, no cut (channel_cut)"
 HEADS_CUT_UNCUT = "SSA local conv heads, channel view, no cut (heads_cut)"
+DEPLOY_UNCUT = "SSA later-shaped heads, channel view, no cut (deploy_cut)"
 # (label, grid, variant, the uncut model it is compared with)
 GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
            (UNCUT, "rules_smallconv", "ssa", UNCUT),
@@ -86,7 +87,17 @@ GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
           + [(f"SSA local conv heads, channel view, one cut after epoch 5, tau {t} (heads_cut)",
               "heads_cut", f"one cut, tau {t}", HEADS_CUT_UNCUT) for t in (0.7, 0.6)]
           + [("SSA local conv heads, channel view, the dense layer cut after epoch 5, tau 0.5 "
-              "(heads_cut)", "heads_cut", "dense layer only, tau 0.5", HEADS_CUT_UNCUT)])
+              "(heads_cut)", "heads_cut", "dense layer only, tau 0.5", HEADS_CUT_UNCUT)]
+          # heads_recipe's SSA row in the channel view, cut once after epoch 4 (deploy_cut)
+          + [(DEPLOY_UNCUT, "deploy_cut", "no cut", DEPLOY_UNCUT)]
+          + [(f"SSA later-shaped heads, channel view, {v} (deploy_cut)", "deploy_cut", v,
+              DEPLOY_UNCUT) for v in (
+                  "one cut, tau 0.6", "one cut, tau 0.6, ends kept",
+                  "one cut, tau 0.65, ends kept", "one cut after epoch 1, tau 0.6, ends kept",
+                  "one cut, tau 0.8, dense layer 0.5, ends kept",
+                  "one cut, tau 0.7, dense layer 0.5, ends kept",
+                  "one cut, tau 0.7, dense layer 0.6, ends kept",
+                  "one cut of the dense layer alone, 0.5")])
 
 
 def finished(runs, grid, variant):
