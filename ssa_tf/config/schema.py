@@ -135,10 +135,6 @@ class TrainConfig:
 class RankConfig:
     """Rank cuts during training (rules with SVD factors): off while tau is None."""
     tau: float | None = None
-    # the fraction kept of the SVD dense layers' energy (the classifier's too, unless
-    # keep_ends keeps it); None: tau. A CNN's dense layers hold most of its parameters
-    # and lose little to a deep cut, its convolutions more (benchmarks/reports/deploy_cut.md)
-    dense_tau: float | None = None
     start: int = 0
     interval: int = 10
     min: int = 1
@@ -159,6 +155,11 @@ class RankConfig:
     energy_batches: int = 8
     final_cut: bool = False  # also cut after the last epoch
     warmup_steps: int = 0  # after each cut the rate ramps up over this many steps
+    # the fraction kept of the SVD dense layers' energy (the classifier's too, unless
+    # keep_ends keeps it); None: tau. A CNN's dense layers can hold most of its parameters
+    # (72% of smallconv's) and few of its multiply-adds: a cut can take them deeper than
+    # the convolutions (benchmarks/reports/deploy_cut.md)
+    dense_tau: float | None = None
 
 
 def is_cut_epoch(done, start, interval) -> bool:
