@@ -145,8 +145,13 @@ def measure(rows):
             parts[name].append(split)
         print(f"round {r + 1}/{FLAGS.repeats}: "
               + ", ".join(f"{n} {t[-1]:.1f} s" for n, t in times.items()), flush=True)
+    # each round's ratio to BP's epoch of the same round: the machine's speed drifts
+    # between rounds (BP's own epoch took 25 s and 42 s in one run), less within one
+    ratios = {name: statistics.median(a / b for a, b in zip(t, times["bp"]))
+              for name, t in times.items()}
     return {name: (statistics.median(t), None if parts[name][0] is None else
-                   tuple(statistics.median(p[k] for p in parts[name]) for k in range(3)))
+                   tuple(statistics.median(p[k] for p in parts[name]) for k in range(3)),
+                   ratios[name])
             for name, t in times.items()}
 
 
@@ -158,15 +163,17 @@ def table(results) -> str:
     steps = -(-FLAGS.examples // FLAGS.batch)
     lines = [f"{FLAGS.model}, {FLAGS.examples:,} synthetic 32x32x3 images, batch {FLAGS.batch}, "
              f"the cut to {FLAGS.fraction:.0%} of each layer's full rank; median of "
-             f"{FLAGS.repeats} rounds (each part's median on its own).", "",
-             "| row | seconds: cut, retrace and epoch (BP: its epoch) | x BP | cut s | retrace "
-             "and first step s | rest of the epoch s | rest x BP's same steps |",
-             "|---|---|---|---|---|---|---|"]
-    for name, (seconds, split) in results.items():
+             f"{FLAGS.repeats} rounds (each part's median on its own; \"x BP, per round\": "
+             "the median of each round's ratio to that round's BP epoch).", "",
+             "| row | seconds: cut, retrace and epoch (BP: its epoch) | x BP | x BP, per round "
+             "| cut s | retrace and first step s | rest of the epoch s | rest x BP's same "
+             "steps |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, (seconds, split, ratio) in results.items():
         cells = "| | | | |" if split is None else (
             f"| {split[0]:.1f} | {split[1]:.1f} | {split[2]:.1f} | "
             f"{split[2] / (bp * (steps - 1) / steps):.2f} |")
-        lines.append(f"| {name} | {seconds:.1f} | {seconds / bp:.2f} {cells}")
+        lines.append(f"| {name} | {seconds:.1f} | {seconds / bp:.2f} | {ratio:.2f} {cells}")
     return "\n".join(lines)
 
 
