@@ -6,7 +6,9 @@ was once fed as arrays, the first batch traced with its size known and the short
 batch traced the step again inside the timed epoch, while BP's model, traced on the whole
 epoch in round 1, never paid that again. Training's ``tf.data`` batches leave the size
 unknown, so a cut costs one trace. ``benchmarks.deploy_latency`` keeps the ends at full
-rank in the rows that say so."""
+rank in the rows that say so. ``benchmarks.efficiency``'s multiply-adds once counted SVD
+convolutions per output pixel: converted from plain layers, they are built for any map
+size, and the count read the build shape."""
 
 import json
 import os
@@ -15,7 +17,18 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-SCRIPT = """
+
+def run_script(script, tmp_path):
+    """The JSON that ``script`` prints last, run by Python in a process of its own."""
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / ".keras"), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": ROOT}
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+CUT_EPOCH_SCRIPT = """
 import json
 from absl import flags
 from benchmarks import cut_epoch
@@ -51,12 +64,7 @@ print(json.dumps(dict(before=before, at_cut=at_cut, after=traces, parts=out["ssa
 
 
 def test_a_cut_epoch_traces_the_step_once_after_the_cut_and_bp_not_again(tmp_path):
-    env = {**os.environ, "KERAS_HOME": str(tmp_path / ".keras"), "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": ROOT}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    got = json.loads(result.stdout.strip().splitlines()[-1])
+    got = run_script(CUT_EPOCH_SCRIPT, tmp_path)
     # BP's timed epoch (100 images: three batches of 32 and one of 4) reuses its trace
     assert got["after"]["bp"] == got["before"]["bp"] >= 1
     # SSA's model traces at full rank, then once after the cut, short last batch included
@@ -76,14 +84,41 @@ model = build_model("resnet18", (32, 32, 3), 10, rule="ssa", conv_factorization=
 full = {l.name: l.full_rank for l in model.svd_layers()}
 print(json.dumps([full, cut_ranks(model, 0.4), cut_ranks(model, 0.4, keep_ends=True)]))
 """
-    env = {**os.environ, "KERAS_HOME": str(tmp_path / ".keras"), "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": ROOT}
-    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    full, every, ends_kept = json.loads(result.stdout.strip().splitlines()[-1])
+    full, every, ends_kept = run_script(script, tmp_path)
     names = list(full)
     assert every == {n: max(1, int(full[n] * 0.4)) for n in names}
     # the stem and the classifier are left out of the cut; every other layer as before
     assert set(ends_kept) == set(names[1:-1]) and len(names) > 10
     assert all(ends_kept[n] == every[n] < full[n] for n in ends_kept)
+
+
+EFFICIENCY_SCRIPT = """
+import json
+from benchmarks import efficiency
+from ssa_tf.training.model import build_model
+out = {}
+for rule, options in (("bp", {}), ("ssa", {}),
+                      ("later", dict(rule="dfa", feedback="local", readout_head="later",
+                                     readout_depth=3))):
+    model = build_model("smallconv", (32, 32, 3), 10, **({"rule": rule} if not options
+                                                          else options))
+    out[rule] = [efficiency.training_macs(model), efficiency.head_costs(model)[1]]
+print(json.dumps(out))
+"""
+
+
+def test_training_multiply_adds_count_every_position_of_a_map(tmp_path):
+    counts = run_script(EFFICIENCY_SCRIPT, tmp_path)
+    # smallconv: 3x3 convolutions 3->32 at 32x32, 32->64 at 16x16, 64->128 at 8x8, then
+    # dense 512x512 and 512x10
+    bp = 9 * (3 * 32 * 1024 + 32 * 64 * 256 + 64 * 128 * 64) + 512 * 512 + 512 * 10
+    assert counts["bp"] == [bp, 0]
+    # SSA at full rank runs each convolution merged (the same multiply-adds) and its dense
+    # layers factored: r (m + n) with r = min(m, n)
+    assert counts["ssa"][0] == bp - 512 * 512 - 512 * 10 + 512 * 1024 + 10 * 522
+    # module 0's later-shaped head: conv 32->64 at 16x16, conv 64->128 at 8x8, dense 512 and
+    # a linear read-out; module 1's: conv 64->128 at 8x8 and dense; module 2's: dense;
+    # module 3's: the read-out only
+    convs = 9 * 32 * 64 * 256 + 9 * 64 * 128 * 64
+    assert counts["later"][1] == (convs + 512 * 512) + (9 * 64 * 128 * 64 + 512 * 512) \
+        + 512 * 512 + 4 * 512 * 10
