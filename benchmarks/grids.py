@@ -222,7 +222,7 @@ GRIDS = {
                 "epoch 4 (or 1) at tau 0.6 (the first layer and the classifier too, or kept at "
                 "full rank: 0.3% of the parameters) or 0.65 (ends kept), or the convolutions at "
                 "0.8 or 0.7 and the dense layer at 0.5 or 0.6, or the dense layer alone at 0.5, "
-                "or every middle layer at 0.99, "
+                "or every middle layer at 0.99, or the 0.7/0.5 cut after epoch 10, "
                 "against the same model "
                 "uncut (smallconv, first 10,000 training images with augmentation, 20 "
                 "epochs); the heads are dropped at export, the test accuracy is the cut "
@@ -250,7 +250,11 @@ GRIDS = {
                   # takes almost nothing
                   "one cut of the dense layer alone, 0.5": {
                       "rank.tau": 1.0, "rank.dense_tau": 0.5, "rank.keep_ends": True},
-                  "one cut, tau 0.99, ends kept": {"rank.tau": 0.99, "rank.keep_ends": True}}),
+                  "one cut, tau 0.99, ends kept": {"rank.tau": 0.99, "rank.keep_ends": True},
+                  # the same cut later, with 5 epochs before the rate's decay
+                  "one cut after epoch 10, tau 0.7, dense layer 0.5, ends kept": {
+                      "rank.tau": 0.7, "rank.dense_tau": 0.5, "rank.keep_ends": True,
+                      "rank.start": 10}}),
     # the headline: every rule at its defaults, 20 epochs with augmentation
     "rules_smallconv": dict(
         caption="Every rule at its defaults: smallconv, first 10,000 training images with "
