@@ -86,7 +86,7 @@ def build(options):
 def one_round(rows, batches, bp, order):
     """{row: (seconds, (cut, retrace and first step, the rest of the epoch))}: BP's traced
     epoch (no parts); each SSA row's cut, retrace and epoch."""
-    from ssa_tf.training.rank import apply_ranks
+    from ssa_tf.training.rank import apply_ranks, fraction_ranks
 
     out = {}
     for name in order:
@@ -99,8 +99,7 @@ def one_round(rows, batches, bp, order):
         model.fit(batches.take(1), verbose=0, shuffle=False)  # traced at full rank
         with blas_threads(rows[name].get("threaded_blas", False)):
             start = time.perf_counter()
-            apply_ranks(model, {l.name: max(1, int(l.full_rank * FLAGS.fraction))
-                                for l in model.svd_layers()})
+            apply_ranks(model, fraction_ranks(model, FLAGS.fraction))
             cut = time.perf_counter()
             # the retrace, and the epoch's first step (by fit, as the rest)
             model.fit(batches.take(1), verbose=0, shuffle=False)

@@ -52,16 +52,6 @@ ROWS = [
 ]
 
 
-def cut_ranks(model, fraction, keep_ends=False) -> dict:
-    """{layer: rank} cutting every SVD layer to ``fraction`` of its full rank; with
-    ``keep_ends`` the first layer and the classifier keep theirs (``rank.keep_ends``)."""
-    from ssa_tf.training.rank import end_layers
-
-    kept = end_layers(model) if keep_ends else ()
-    return {l.name: max(1, int(l.full_rank * fraction)) for l in model.svd_layers()
-            if l.name not in kept}
-
-
 def export(options, fraction, form):
     """(the ONNX bytes, the exported parameters, the merged model's forms) of one row."""
     import keras
@@ -69,7 +59,7 @@ def export(options, fraction, form):
     from ssa_tf.export.deploy import count_params, onnx_form_timer, to_onnx
     from ssa_tf.export.merge import merge
     from ssa_tf.training.model import build_model
-    from ssa_tf.training.rank import apply_ranks
+    from ssa_tf.training.rank import apply_ranks, fraction_ranks
 
     keras.utils.set_random_seed(1)
     shape = (FLAGS.image_size, FLAGS.image_size, 3)
@@ -77,7 +67,7 @@ def export(options, fraction, form):
     keep_ends = options.pop("keep_ends", False)
     model = build_model("resnet18", shape, FLAGS.classes, **options)
     if fraction is not None:
-        apply_ranks(model, cut_ranks(model, fraction, keep_ends))
+        apply_ranks(model, fraction_ranks(model, fraction, keep_ends))
     form = form or FLAGS.form
     timer = onnx_form_timer(threads=2) if form == "measured" else None
     merged, records = merge(model, form, timer=timer)

@@ -129,9 +129,9 @@ def build(model_name, options, fraction=None, jit=False):
     keras.utils.set_random_seed(1)
     model = build_model(model_name, SHAPE, 10, jit_compile=jit, **options)
     if fraction is not None:
-        from ssa_tf.training.rank import apply_ranks
+        from ssa_tf.training.rank import apply_ranks, fraction_ranks
 
-        apply_ranks(model, {l.name: max(1, int(l.full_rank * fraction)) for l in model.svd_layers()})
+        apply_ranks(model, fraction_ranks(model, fraction))
     return model
 
 

@@ -117,7 +117,7 @@ def build(options, form, fraction, shape):
 
     from ssa_tf.nn import SVDConv2D
     from ssa_tf.training.model import build_model
-    from ssa_tf.training.rank import apply_ranks, end_layers
+    from ssa_tf.training.rank import apply_ranks, fraction_ranks
 
     keras.utils.set_random_seed(1)
     options = dict(options)
@@ -130,9 +130,7 @@ def build(options, form, fraction, shape):
     if not transpose:
         model.rule.route.transpose = False
     if fraction is not None:
-        kept = end_layers(model) if keep_ends else ()
-        apply_ranks(model, {l.name: max(1, int(l.full_rank * fraction))
-                            for l in model.svd_layers() if l.name not in kept})
+        apply_ranks(model, fraction_ranks(model, fraction, keep_ends))
     for layer in model.svd_layers():
         if isinstance(layer, SVDConv2D):
             layer.batch_hint = FLAGS.batch

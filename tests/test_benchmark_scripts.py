@@ -5,8 +5,8 @@ their own).
 was once fed as arrays, the first batch traced with its size known and the short last
 batch traced the step again inside the timed epoch, while BP's model, traced on the whole
 epoch in round 1, never paid that again. Training's ``tf.data`` batches leave the size
-unknown, so a cut costs one trace. ``benchmarks.deploy_latency`` keeps the ends at full
-rank in the rows that say so. ``benchmarks.efficiency``'s multiply-adds once counted SVD
+unknown, so a cut costs one trace. The benchmarks' cuts to a fraction of full rank keep the
+ends at full rank in the rows that say so. ``benchmarks.efficiency``'s multiply-adds once counted SVD
 convolutions per output pixel: converted from plain layers, they are built for any map
 size, and the count read the build shape."""
 
@@ -75,14 +75,15 @@ def test_a_cut_epoch_traces_the_step_once_after_the_cut_and_bp_not_again(tmp_pat
     assert min(cut, retrace, rest) > 0
 
 
-def test_deploy_latency_keeps_the_ends_at_full_rank_where_its_row_says(tmp_path):
+def test_fraction_ranks_keep_the_ends_at_full_rank_where_a_row_says(tmp_path):
+    # the benchmarks' cuts to a fraction of full rank (deploy_latency, step_cost, ...)
     script = """
 import json
-from benchmarks.deploy_latency import cut_ranks
+from ssa_tf.training.rank import fraction_ranks
 from ssa_tf.training.model import build_model
 model = build_model("resnet18", (32, 32, 3), 10, rule="ssa", conv_factorization="channel")
 full = {l.name: l.full_rank for l in model.svd_layers()}
-print(json.dumps([full, cut_ranks(model, 0.4), cut_ranks(model, 0.4, keep_ends=True)]))
+print(json.dumps([full, fraction_ranks(model, 0.4), fraction_ranks(model, 0.4, keep_ends=True)]))
 """
     full, every, ends_kept = run_script(script, tmp_path)
     names = list(full)
