@@ -25,7 +25,7 @@ import time
 
 from absl import flags
 
-from benchmarks.timing import chosen_rows, publish
+from benchmarks.timing import chosen_rows, fraction_ranks, publish
 from ssa_tf import cli
 
 FLAGS = flags.FLAGS
@@ -86,7 +86,7 @@ def build(options):
 def one_round(rows, batches, bp, order):
     """{row: (seconds, (cut, retrace and first step, the rest of the epoch))}: BP's traced
     epoch (no parts); each SSA row's cut, retrace and epoch."""
-    from ssa_tf.training.rank import apply_ranks, fraction_ranks
+    from ssa_tf.training.rank import apply_ranks
 
     out = {}
     for name in order:

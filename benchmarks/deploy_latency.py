@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from benchmarks.timing import chosen_rows, publish
+from benchmarks.timing import chosen_rows, fraction_ranks, publish
 from ssa_tf import cli
 
 FLAGS = flags.FLAGS
@@ -59,7 +59,7 @@ def export(options, fraction, form):
     from ssa_tf.export.deploy import count_params, onnx_form_timer, to_onnx
     from ssa_tf.export.merge import merge
     from ssa_tf.training.model import build_model
-    from ssa_tf.training.rank import apply_ranks, fraction_ranks
+    from ssa_tf.training.rank import apply_ranks
 
     keras.utils.set_random_seed(1)
     shape = (FLAGS.image_size, FLAGS.image_size, 3)

@@ -48,7 +48,7 @@ import time
 
 from absl import flags
 
-from benchmarks.timing import child_peak_mb, peak_step_mb, print_peak
+from benchmarks.timing import child_peak_mb, fraction_ranks, peak_step_mb, print_peak
 from ssa_tf import atomic_files, cli
 from ssa_tf.cli import usage_error
 
@@ -129,7 +129,7 @@ def build(model_name, options, fraction=None, jit=False):
     keras.utils.set_random_seed(1)
     model = build_model(model_name, SHAPE, 10, jit_compile=jit, **options)
     if fraction is not None:
-        from ssa_tf.training.rank import apply_ranks, fraction_ranks
+        from ssa_tf.training.rank import apply_ranks
 
         apply_ranks(model, fraction_ranks(model, fraction))
     return model

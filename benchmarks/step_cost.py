@@ -34,8 +34,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from benchmarks.timing import (child_peak_mb, chosen_rows, peak_step_mb, print_peak, publish,
-                               time_side_by_side, warm_up)
+from benchmarks.timing import (child_peak_mb, chosen_rows, fraction_ranks, peak_step_mb,
+                               print_peak, publish, time_side_by_side, warm_up)
 from ssa_tf import cli
 
 FLAGS = flags.FLAGS
@@ -117,7 +117,7 @@ def build(options, form, fraction, shape):
 
     from ssa_tf.nn import SVDConv2D
     from ssa_tf.training.model import build_model
-    from ssa_tf.training.rank import apply_ranks, fraction_ranks
+    from ssa_tf.training.rank import apply_ranks
 
     keras.utils.set_random_seed(1)
     options = dict(options)

@@ -1,5 +1,6 @@
 """Timing whole models side by side in one process (ratios are what a shared machine
-gives reliably): ``benchmarks.chain_cost`` and ``benchmarks.step_cost``."""
+gives reliably): ``benchmarks.chain_cost`` and ``benchmarks.step_cost``; and the cut to a
+fraction of full rank that the timing benchmarks share."""
 
 from __future__ import annotations
 
@@ -11,6 +12,17 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def fraction_ranks(model, fraction, keep_ends=False) -> dict:
+    """{layer: rank} cutting every SVD layer to ``fraction`` of its full rank (at least 1);
+    with ``keep_ends`` the first layer and the classifier are left out (``end_layers``),
+    as ``rank.keep_ends`` leaves them. For ``training.rank.apply_ranks``."""
+    from ssa_tf.training.rank import end_layers
+
+    kept = end_layers(model) if keep_ends else ()
+    return {l.name: max(1, int(l.full_rank * fraction)) for l in model.svd_layers()
+            if l.name not in kept}
 
 
 def warm_up(model, name, x, y):

@@ -79,7 +79,7 @@ def test_fraction_ranks_keep_the_ends_at_full_rank_where_a_row_says(tmp_path):
     # the benchmarks' cuts to a fraction of full rank (deploy_latency, step_cost, ...)
     script = """
 import json
-from ssa_tf.training.rank import fraction_ranks
+from benchmarks.timing import fraction_ranks
 from ssa_tf.training.model import build_model
 model = build_model("resnet18", (32, 32, 3), 10, rule="ssa", conv_factorization="channel")
 full = {l.name: l.full_rank for l in model.svd_layers()}

@@ -179,15 +179,6 @@ def apply_cut(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None
                                              covariances, dense_tau))
 
 
-def fraction_ranks(model, fraction, keep_ends=False) -> dict:
-    """{layer: rank} cutting every SVD layer to ``fraction`` of its full rank (at least 1);
-    with ``keep_ends`` the first layer and the classifier are left out (``end_layers``),
-    as ``rank.keep_ends`` leaves them. For ``apply_ranks``."""
-    kept = end_layers(model) if keep_ends else ()
-    return {l.name: max(1, int(l.full_rank * fraction)) for l in model.svd_layers()
-            if l.name not in kept}
-
-
 def apply_ranks(model, ranks, feedback=None):
     """Cut the model to the given ranks (a checkpoint's), as ``apply_cut`` would."""
     return _applied(model, lambda: truncate_layers(model, dict(ranks or {}), feedback))
