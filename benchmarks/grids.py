@@ -222,8 +222,9 @@ GRIDS = {
                 "epoch 4 (or 1) at tau 0.6 (the first layer and the classifier too, or kept at "
                 "full rank: 0.3% of the parameters) or 0.65 (ends kept), or the convolutions at "
                 "0.8 or 0.7 and the dense layer at 0.5 or 0.6, or the dense layer alone at 0.5, "
-                "or every middle layer at 0.99, or the 0.7/0.5 cut after epoch 10, "
-                "against the same model "
+                "or every middle layer at 0.99, or the 0.7/0.5 cut after epoch 10, or "
+                "an exact re-factoring of the weights' energy (0.8/0.78) or of the outputs' "
+                "(0.993/0.9998) instead of the slot cut, against the same model "
                 "uncut (smallconv, first 10,000 training images with augmentation, 20 "
                 "epochs); the heads are dropped at export, the test accuracy is the cut "
                 "model's.",
@@ -254,7 +255,21 @@ GRIDS = {
                   # the same cut later, with 5 epochs before the rate's decay
                   "one cut after epoch 10, tau 0.7, dense layer 0.5, ends kept": {
                       "rank.tau": 0.7, "rank.dense_tau": 0.5, "rank.keep_ends": True,
-                      "rank.start": 10}}),
+                      "rank.start": 10},
+                  # the slot cut keeps each kept component as it is; with gamma 0 the
+                  # factors drift far from orthogonal, and at half rank the slot cut lost
+                  # 21-24% of the middle convolutions' output energy after epoch 4 where
+                  # the exact re-factoring lost 3-7% (seed 1). The heads, not B, carry the
+                  # error here, so B's register buys nothing: cut exactly ('first'), of
+                  # the weights' energy or of the outputs' (taus for ~50% of the
+                  # convolutions' rank and ~75 of the dense layer's 512, as probed)
+                  "one cut, exact re-factoring, tau 0.8, dense layer 0.78, ends kept": {
+                      "rank.tau": 0.8, "rank.dense_tau": 0.78, "rank.keep_ends": True,
+                      "rank.feedback_cut": "first"},
+                  "one cut of the outputs' energy, tau 0.993, dense layer 0.9998, "
+                  "ends kept": {
+                      "rank.tau": 0.993, "rank.dense_tau": 0.9998, "rank.keep_ends": True,
+                      "rank.feedback_cut": "first", "rank.energy": "outputs"}}),
     # the headline: every rule at its defaults, 20 epochs with augmentation
     "rules_smallconv": dict(
         caption="Every rule at its defaults: smallconv, first 10,000 training images with "
