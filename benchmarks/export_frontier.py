@@ -98,7 +98,10 @@ GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
                   "one cut, tau 0.7, dense layer 0.5, ends kept",
                   "one cut, tau 0.7, dense layer 0.6, ends kept",
                   "one cut of the dense layer alone, 0.5", "one cut, tau 0.99, ends kept",
-                  "one cut after epoch 10, tau 0.7, dense layer 0.5, ends kept")])
+                  "one cut after epoch 10, tau 0.7, dense layer 0.5, ends kept",
+                  "one cut, exact re-factoring, tau 0.8, dense layer 0.78, ends kept",
+                  "one cut of the outputs' energy, tau 0.993, dense layer 0.9998, "
+                  "ends kept")])
 
 
 def finished(runs, grid, variant):

@@ -24,6 +24,16 @@ _SMALLCONV = {**_CIFAR, "model.model": "smallconv", "data.max_train_examples": 1
 _SHORT = {**_SMALLCONV, "train.epochs": 5, "data.augment": False}
 _LONG = {**_SMALLCONV, "train.epochs": 20, "data.augment": True}
 
+
+
+def _preset(name, rule, settings):
+    """What ``--preset=name --rule=rule`` sets in a run of ``settings``."""
+    from ssa_tf import config as cfg_lib
+    from ssa_tf.config import presets
+    given = cfg_lib.RunConfig.from_settings({**settings, "rule.name": rule})
+    return {**presets.values(presets.load(name), given), "rule.name": rule}
+
+
 GRIDS = {
     "heads_20ep": dict(
         caption="Modules that learn from their own trained heads (the local route: no output "
@@ -270,6 +280,18 @@ GRIDS = {
                   "ends kept": {
                       "rank.tau": 0.993, "rank.dense_tau": 0.9998, "rank.keep_ends": True,
                       "rank.feedback_cut": "first", "rank.energy": "outputs"}}),
+    # --preset=compact as a user runs it (its feedback factors random, as --preset=local_heads
+    # has them; deploy_cut's rows copied the initial weights), against itself uncut
+    "compact": dict(
+        caption="`--preset=compact --rule=ssa --epochs=20` (the local later-shaped heads, the "
+                "channel view, one exact cut after epoch 4: convolutions to 80% of their "
+                "weight energy, the dense layer to 78%, the first layer and the classifier "
+                "kept), against the same preset without the cut (smallconv, first 10,000 "
+                "training images with augmentation); the heads are dropped at export, the "
+                "test accuracy is the cut model's.",
+        base={**_LONG, **_preset("compact", "ssa", _LONG)},
+        seeds=SEEDS,
+        variants={"--preset=compact": {}, "--preset=compact, no cut": {"rank.tau": None}}),
     # the headline: every rule at its defaults, 20 epochs with augmentation
     "rules_smallconv": dict(
         caption="Every rule at its defaults: smallconv, first 10,000 training images with "

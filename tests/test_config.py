@@ -313,6 +313,19 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
                 continue
             if preset == "local_heads" and "local" not in _routes(rule):
                 continue
+            if preset == "compact" and not (registry.get(rule).svd
+                                            and "local" in _routes(rule)):
+                # a rank cut of factors trained from heads: one line naming the rules able
+                with pytest.raises(ValueError, match="--preset=compact cuts the ranks"):
+                    _config(*argv)
+                continue
+            if preset == "compact" and route not in (None, "local", "local_global"):
+                try:
+                    problem = validate(_config(*argv))
+                except ValueError as e:
+                    problem = str(e)
+                assert problem and "local" in problem, argv
+                continue
             cfg = _config(*argv)
             assert validate(cfg) is None, (argv, validate(cfg))
             assert cfg.rule.name == rule
@@ -328,7 +341,8 @@ def test_every_preset_validates_with_every_rule_and_route(preset):
                 assert bool(resolved.hold_within_peak) == bool(
                     resolved.recompute and resolved.feedback not in ("local",)), argv
             checked += 1
-    assert checked >= (4 if preset == "local_heads" else len(registry.NAMES) + 6)
+    # the heads' presets: ssa's routes with heads (and dfa's, for local_heads)
+    assert checked >= {"local_heads": 4, "compact": 3}.get(preset, len(registry.NAMES) + 6)
 
 
 def test_the_imagenet_preset_holds_within_the_peak_unless_the_run_replays_nothing():
@@ -365,6 +379,26 @@ def test_the_local_heads_preset_sets_the_measured_heads_and_refuses_rules_withou
     assert tuple(mine.resolved().train.lr_decay_epochs) == (3,)
     with pytest.raises(ValueError, match="--rule=bp has none: use one of dfa, ssa"):
         _config("--preset=local_heads", "--rule=bp")
+
+
+def test_the_compact_preset_is_the_local_heads_with_one_exact_cut_after_a_fifth():
+    cfg = _config("--preset=compact", "--rule=ssa", "--epochs=20").resolved()
+    heads = _config("--preset=local_heads", "--rule=ssa", "--epochs=20").resolved()
+    assert cfg.rule == heads.rule and cfg.train == heads.train  # the heads' training as is
+    r = cfg.rank
+    assert (r.tau, r.dense_tau, r.keep_ends, r.feedback_cut, r.energy) == (
+        0.8, 0.78, True, "first", "weights")
+    assert cfg.model.conv_factorization == "channel"
+    from ssa_tf.config.schema import cut_epochs
+    assert cut_epochs(20, r.start, r.interval) == [4]  # one cut, as measured
+    ten = _config("--preset=compact", "--rule=ssa", "--epochs=10").resolved().rank
+    assert cut_epochs(10, ten.start, ten.interval) == [2]
+    assert cfg.card().weight_transport == "never" and not cfg.card().sequential
+    # a user's own cut settings win
+    mine = _config("--preset=compact", "--rule=ssa", "--set=rank.tau=0.9").resolved()
+    assert mine.rank.tau == 0.9 and mine.rank.dense_tau == 0.78
+    with pytest.raises(ValueError, match="--rule=dfa has not both: use one of ssa$"):
+        _config("--preset=compact", "--rule=dfa")
 
 
 def test_a_preset_of_one_argument_still_works(tmp_path):

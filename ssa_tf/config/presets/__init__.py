@@ -14,7 +14,7 @@ import importlib.util
 import inspect
 import os
 
-NAMES = ("cifar100", "imagenet", "local_heads")
+NAMES = ("cifar100", "compact", "imagenet", "local_heads")
 
 
 def load(name_or_path):
