@@ -81,6 +81,14 @@ FEATURES = {
                 ("readout_depth", 3), ("readout_head", "later")), model="smallconv",
         settings=("train.lr_decay_epochs=1",), epochs=2, steps=1, cut_after=1,
         resume=(2, 1)),
+    # --preset=compact: the same heads in the channel view, cut exactly ('first': B's first
+    # columns, the forward factors re-factored), the dense layer to its own fraction
+    "compact preset: channel view, exact cut, dense fraction, resume": lambda d: Scenario(
+        "ssa", (("beta", 0.0), ("feedback", "local"), ("feedback_init", "random"),
+                ("readout_depth", 3), ("readout_head", "later")), model="smallconv",
+        settings=("train.lr_decay_epochs=1", "model.conv_factorization=channel",
+                  "rank.dense_tau=0.5", "rank.keep_ends=true"),
+        epochs=2, steps=1, cut_after=1, feedback_cut="first", resume=(2, 1)),
     # a longer run: a leak that waits a few steps (each step's state checked, every 8th
     # replayed)
     "16 steps": lambda d: Scenario("ssa", steps=16, replay_every=8),
