@@ -1,7 +1,7 @@
 """Deploy a trained SSA model: merge its SVD layers, export ONNX (and a SavedModel).
 
     python export/to_onnx.py --workdir=runs/RUN --output=model.onnx \
-        [--saved_model=DIR] [--opset=17] [--form=auto|merged|factored]
+        [--saved_model=DIR] [--opset=17] [--form=auto|merged|factored|measured]
 
 The run's final model (RUN/model.keras) is merged into plain Keras layers,
 converted with tf2onnx and checked with onnxruntime against the SSA model on
