@@ -123,3 +123,37 @@ def test_training_multiply_adds_count_every_position_of_a_map(tmp_path):
     convs = 9 * 32 * 64 * 256 + 9 * 64 * 128 * 64
     assert counts["later"][1] == (convs + 512 * 512) + (9 * 64 * 128 * 64 + 512 * 512) \
         + 512 * 512 + 4 * 512 * 10
+
+
+FIDELITY = """
+import json
+import numpy as np
+from benchmarks.cut_fidelity import fidelity, orthogonality
+
+rng = np.random.default_rng(0)
+m, n, r = 12, 20, 10
+U, V = rng.standard_normal((m, r)), rng.standard_normal((n, r))  # far from orthonormal
+s = np.sort(rng.uniform(0.5, 2.0, r))[::-1]
+X = rng.standard_normal((500, n)) * np.linspace(2.0, 0.1, n)  # inputs with a spectrum
+C = X.T @ X / len(X)
+drifted = fidelity(U, s, V, C, 5)
+Q, _ = np.linalg.qr(U)
+P, _ = np.linalg.qr(V)
+orthonormal = fidelity(Q, s, P, C, 5)
+print(json.dumps({"drifted": drifted, "orthonormal": orthonormal,
+                  "orth": [orthogonality(U), orthogonality(Q)]}))
+"""
+
+
+def test_cut_fidelity_ranks_the_three_cuts_as_their_definitions_do(tmp_path):
+    out = run_script(FIDELITY, tmp_path)
+    w, o = out["drifted"]["weight"], out["drifted"]["outputs"]
+    assert out["orth"][0] > 0.5 and out["orth"][1] < 1e-9
+    # Eckart-Young: no rank-5 weight is closer than the exact cut; with drifted factors the
+    # slot cut is strictly worse; the outputs' cut is the best on the inputs it was made for
+    assert w["exact"] <= w["outputs"] + 1e-12 and w["exact"] < w["slots"] - 0.01
+    assert o["outputs"] <= o["exact"] + 1e-12 and o["outputs"] < o["slots"] - 0.01
+    assert all(0 < v < 1 for d in (w, o) for v in d.values())
+    # orthonormal factors: the slot cut is the exact cut
+    ow = out["orthonormal"]["weight"]
+    assert abs(ow["slots"] - ow["exact"]) < 1e-9
