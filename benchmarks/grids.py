@@ -11,27 +11,13 @@ those 5,000. Each report names the splits it used.
 
 from __future__ import annotations
 
-from benchmarks.variants import (BETA, FAIR, FEEDBACK, GAMMA, HEAD, LR, RULE, RULES,
-                                 SSA, heads_variants, learned_variants, recipe_variants)
+from benchmarks.deploy_grids import DEPLOY_GRIDS
+from benchmarks.variants import (BETA, CIFAR, CONV, FEEDBACK, GAMMA, HEAD, LONG, LR,
+                                 RULE, RULES, SEEDS, SHORT, SSA, heads_variants,
+                                 learned_variants, recipe_variants)
 
 GRID, TRAINED = "rule.readout_grid", "rule.readout_trained"
-CONV = "model.conv_factorization"
 
-_CIFAR = {"data.dataset": "cifar10", "train.batch_size": 64, "data.validation_split": 0.1}
-SEEDS = (1, 2, 3)
-# smallconv on the first 10,000 training images: 5 epochs without augmentation, or 20 with
-_SMALLCONV = {**_CIFAR, "model.model": "smallconv", "data.max_train_examples": 10000}
-_SHORT = {**_SMALLCONV, "train.epochs": 5, "data.augment": False}
-_LONG = {**_SMALLCONV, "train.epochs": 20, "data.augment": True}
-
-
-
-def _preset(name, rule, settings):
-    """What ``--preset=name --rule=rule`` sets in a run of ``settings``."""
-    from ssa_tf import config as cfg_lib
-    from ssa_tf.config import presets
-    given = cfg_lib.RunConfig.from_settings({**settings, "rule.name": rule})
-    return {**presets.values(presets.load(name), given), "rule.name": rule}
 
 
 GRIDS = {
@@ -40,7 +26,7 @@ GRIDS = {
                 "error, no gradient across modules), plain layers and SSA's SVD layers with "
                 "its terms (smallconv, first 10,000 training images with augmentation, 20 "
                 "epochs).",
-        base={**_LONG},
+        base={**LONG},
         seeds=SEEDS,
         variants=heads_variants()),
     # direct rules whose feedback learns from local quantities (DKP and SSA's)
@@ -48,13 +34,13 @@ GRIDS = {
         caption="Direct rules whose feedback learns (Kolen-Pollack), against the fair rows of "
                 "recipe_5ep (smallconv, first 10,000 training images, 5 epochs, no "
                 "augmentation).",
-        base={**_SHORT},
+        base={**SHORT},
         seeds=SEEDS,
         variants=learned_variants()),
     "learned_20ep": dict(
         caption="Direct rules whose feedback learns, at the longer budget (smallconv, first "
                 "10,000 training images with the paper's augmentation, 20 epochs).",
-        base={**_LONG},
+        base={**LONG},
         seeds=SEEDS,
         variants=learned_variants(long=True)),
 
@@ -63,7 +49,7 @@ GRIDS = {
     "dfa_tuning": dict(
         caption="DFA's first defaults (lr 1e-3), one knob at a time from them, and BP's "
                 "rate (smallconv, first 10,000 training images, 5 epochs, no augmentation).",
-        base={**_SHORT, RULE: "dfa", LR: 1e-3},
+        base={**SHORT, RULE: "dfa", LR: 1e-3},
         seeds=SEEDS,
         variants={
             "dfa, lr 1e-3 (the first defaults)": {},
@@ -85,7 +71,7 @@ GRIDS = {
     "ssa_direct": dict(
         caption="Direct, transport-free SSA rules (smallconv, first 10,000 training images, "
                 "5 epochs, no augmentation); the tuned DFA, BP and the variants beside them.",
-        base={**_SHORT},
+        base={**SHORT},
         seeds=SEEDS,
         variants={
             "bp": {RULE: "bp"},
@@ -122,7 +108,7 @@ GRIDS = {
         caption="The SVD parametrization under backprop (svd-bp) and under SSA's local "
                 "route with a trained read-out, one setting at a time (smallconv, first "
                 "10,000 training images, 5 epochs, no augmentation).",
-        base={**_SHORT},
+        base={**SHORT},
         seeds=SEEDS,
         variants={
             "svd-bp, gamma 0": {RULE: "svd-bp", GAMMA: 0.0},
@@ -141,13 +127,13 @@ GRIDS = {
         caption="Fair controls and SSA's recipe, one setting at a time (smallconv, first "
                 "10,000 training images, 5 epochs, no augmentation). svd-bp rows carry the "
                 "head, loss terms and rate of the SSA row they control for.",
-        base={**_SHORT},
+        base={**SHORT},
         seeds=SEEDS,
         variants=recipe_variants()),
     "recipe_20ep": dict(
         caption="Fair controls and SSA's recipe at the longer budget (smallconv, first 10,000 "
                 "training images with the paper's augmentation, 20 epochs, constant rate).",
-        base={**_LONG},
+        base={**LONG},
         seeds=SEEDS,
         variants=recipe_variants(long=True)),
     # cuts that keep the feedback in register (rank.feedback_cut=slots) and the
@@ -160,7 +146,7 @@ GRIDS = {
                 "cut that keeps the feedback in register, with and without a one-epoch rate "
                 "warm-up after each cut (smallconv, first 10,000 training images with "
                 "augmentation, 20 epochs); the test accuracy is the cut model's.",
-        base={**_LONG, RULE: "ssa", **SSA, "rank.tau": 0.9, "rank.keep_ends": True},
+        base={**LONG, RULE: "ssa", **SSA, "rank.tau": 0.9, "rank.keep_ends": True},
         seeds=SEEDS,
         variants={
             "no cut": {"rank.tau": None},
@@ -173,27 +159,13 @@ GRIDS = {
                for c, w, steps in (("first", "", 0), ("slots", "", 0),
                                    ("slots", ", warm-up", 157))},
         }),
-    # the deployment target: a cut export at <= 0.5x BP's parameters within 1 point;
-    # the channel view is the form whose cut exports shrink and run faster at ImageNet size
-    # (benchmarks/reports/DEPLOY_LATENCY.md)
-    "channel_cut": dict(
-        caption="SSA in the channel view (model.conv_factorization=channel) with one slot cut "
-                "after epoch 10 at tau 0.9, 0.8 or 0.7, every layer cut, against the uncut "
-                "model (smallconv, first 10,000 training images with augmentation, 20 "
-                "epochs); the test accuracy is the cut model's.",
-        base={**_LONG, RULE: "ssa", **SSA, "model.conv_factorization": "channel",
-              "rank.keep_ends": False, "rank.start": 10, "rank.interval": 20,
-              "rank.feedback_cut": "slots"},
-        seeds=SEEDS,
-        variants={"no cut": {},
-                  **{f"one cut, tau {t}": {"rank.tau": t} for t in (0.9, 0.8, 0.7)}}),
     # heads_20ep ran every row at a constant rate chosen at 5 epochs; the same rate
     # schedule for BP and the best local rows (a control that differs in the schedule only)
     "heads_recipe": dict(
         caption="BP and the best local-head rows of heads_20ep with the same step decay of "
                 "the rate (x0.1 after epoch 15), every other setting as there (smallconv, "
                 "first 10,000 training images with augmentation, 20 epochs).",
-        base={**_LONG, "train.lr_decay_epochs": (15,)},
+        base={**LONG, "train.lr_decay_epochs": (15,)},
         seeds=SEEDS,
         variants={**{f"{name}, decay at 15": heads_variants()[name] for name in (
             "bp (glorot head, lr 1e-3)",
@@ -204,106 +176,18 @@ GRIDS = {
             "ssa, local later-shaped heads, depth 3, beta 0, random feedback factors, "
             "decay at 15": {**heads_variants()["ssa, local later-shaped heads, depth 3, "
                                                "beta 0"], "rule.feedback_init": "random"}}),
-    # the deployment target again, with modules that recover from a cut by their own heads:
-    # SSA's best local configuration (heads_20ep) in the channel view, cut once, earlier
-    "heads_cut": dict(
-        caption="SSA with local conv heads (4x4 grid, beta 0; heads_20ep's best SSA row) in the "
-                "channel view, one slot cut of every layer after epoch 5 at tau 0.7 or 0.6 "
-                "(or of the dense layer alone at 0.5), against the same model uncut (smallconv, first 10,000 training images with "
-                "augmentation, 20 epochs); the heads are dropped at export, the test accuracy "
-                "is the cut model's.",
-        base={**_LONG, **heads_variants()["ssa, local conv heads, 4x4 grid, beta 0"],
-              CONV: "channel", "rank.keep_ends": False, "rank.start": 5,
-              "rank.interval": 20, "rank.feedback_cut": "slots"},
-        seeds=SEEDS,
-        variants={"no cut": {},
-                  **{f"one cut, tau {t}": {"rank.tau": t} for t in (0.7, 0.6)},
-                  # the 512-unit dense layer holds 72% of the parameters: cut it alone
-                  # (the convolutions and the classifier keep full rank)
-                  "dense layer only, tau 0.5": {
-                      "rank.tau": 0.5,
-                      "rank.exempt": ("m0_conv", "m1_conv", "m2_conv", "classifier")}}),
-    # issue 37's deployment item with heads_recipe's best SSA row (seed spread 0.2 points, so
-    # a paired 1-point difference can be seen): the channel view, one cut of every layer
-    # early enough to recover before the rate's decay; the uncut row is the pairing control
-    "deploy_cut": dict(
-        caption="heads_recipe's SSA row (local later-shaped heads, depth 3, beta 0, rate x0.1 "
-                "after epoch 15) in the channel view, one slot cut of every layer after "
-                "epoch 4 (or 1) at tau 0.6 (the first layer and the classifier too, or kept at "
-                "full rank: 0.3% of the parameters) or 0.65 (ends kept), or the convolutions at "
-                "0.8 or 0.7 and the dense layer at 0.5 or 0.6, or the dense layer alone at 0.5, "
-                "or every middle layer at 0.99, or the 0.7/0.5 cut after epoch 10, or "
-                "an exact re-factoring of the weights' energy (0.8/0.78) or of the outputs' "
-                "(0.993/0.9998) instead of the slot cut, against the same model "
-                "uncut (smallconv, first 10,000 training images with augmentation, 20 "
-                "epochs); the heads are dropped at export, the test accuracy is the cut "
-                "model's.",
-        base={**_LONG, "train.lr_decay_epochs": (15,),
-              **heads_variants()["ssa, local later-shaped heads, depth 3, beta 0"],
-              CONV: "channel", "rank.keep_ends": False, "rank.start": 4,
-              "rank.interval": 20, "rank.feedback_cut": "slots"},
-        seeds=SEEDS,
-        variants={"no cut": {},
-                  # seed 1 cut the classifier from 10 to 6 and the first layer from 27 to 8:
-                  # 5.3 points under its uncut model; the other rows keep both
-                  "one cut, tau 0.6": {"rank.tau": 0.6},
-                  **{f"one cut, tau {t}, ends kept": {"rank.tau": t, "rank.keep_ends": True}
-                     for t in (0.6, 0.65)},
-                  # a smaller network trained from near its start: 19 epochs to recover
-                  "one cut after epoch 1, tau 0.6, ends kept": {
-                      "rank.tau": 0.6, "rank.keep_ends": True, "rank.start": 1},
-                  # each of the above lost about 2 points: the convolutions cut less, the
-                  # dense layer (72% of the parameters) as deep (rank.dense_tau)
-                  **{f"one cut, tau {t}, dense layer {d}, ends kept": {
-                      "rank.tau": t, "rank.dense_tau": d, "rank.keep_ends": True}
-                     for t, d in ((0.8, 0.5), (0.7, 0.5), (0.7, 0.6))},
-                  # where the loss comes from: the dense layer cut alone, and a cut that
-                  # takes almost nothing
-                  "one cut of the dense layer alone, 0.5": {
-                      "rank.tau": 1.0, "rank.dense_tau": 0.5, "rank.keep_ends": True},
-                  "one cut, tau 0.99, ends kept": {"rank.tau": 0.99, "rank.keep_ends": True},
-                  # the same cut later, with 5 epochs before the rate's decay
-                  "one cut after epoch 10, tau 0.7, dense layer 0.5, ends kept": {
-                      "rank.tau": 0.7, "rank.dense_tau": 0.5, "rank.keep_ends": True,
-                      "rank.start": 10},
-                  # the slot cut keeps each kept component as it is; with gamma 0 the
-                  # factors drift far from orthogonal, and at half rank the slot cut lost
-                  # 21-24% of the middle convolutions' output energy after epoch 4 where
-                  # the exact re-factoring lost 3-7% (seed 1). The heads, not B, carry the
-                  # error here, so B's register buys nothing: cut exactly ('first'), of
-                  # the weights' energy or of the outputs' (taus for ~50% of the
-                  # convolutions' rank and ~75 of the dense layer's 512, as probed)
-                  "one cut, exact re-factoring, tau 0.8, dense layer 0.78, ends kept": {
-                      "rank.tau": 0.8, "rank.dense_tau": 0.78, "rank.keep_ends": True,
-                      "rank.feedback_cut": "first"},
-                  "one cut of the outputs' energy, tau 0.993, dense layer 0.9998, "
-                  "ends kept": {
-                      "rank.tau": 0.993, "rank.dense_tau": 0.9998, "rank.keep_ends": True,
-                      "rank.feedback_cut": "first", "rank.energy": "outputs"}}),
-    # --preset=compact as a user runs it (its feedback factors random, as --preset=local_heads
-    # has them; deploy_cut's rows copied the initial weights), against itself uncut
-    "compact": dict(
-        caption="`--preset=compact --rule=ssa --epochs=20` (the local later-shaped heads, the "
-                "channel view, one exact cut after epoch 4: convolutions to 80% of their "
-                "weight energy, the dense layer to 78%, the first layer and the classifier "
-                "kept), against the same preset without the cut (smallconv, first 10,000 "
-                "training images with augmentation); the heads are dropped at export, the "
-                "test accuracy is the cut model's.",
-        base={**_LONG, **_preset("compact", "ssa", _LONG)},
-        seeds=SEEDS,
-        variants={"--preset=compact": {}, "--preset=compact, no cut": {"rank.tau": None}}),
     # the headline: every rule at its defaults, 20 epochs with augmentation
     "rules_smallconv": dict(
         caption="Every rule at its defaults: smallconv, first 10,000 training images with "
                 "the paper's augmentation, 20 epochs at a constant rate, batch 64.",
-        base={**_LONG},
+        base={**LONG},
         seeds=SEEDS,
         variants={**RULES, "dfa, lr 1e-3 (the first default)": {RULE: "dfa", LR: 1e-3}}),
     # the training length: epoch k of a constant-rate run is a k-epoch run
     "length_smallconv": dict(
         caption="BP, DFA and SSA over 50 epochs (smallconv, first 10,000 training images "
                 "with augmentation, constant rate).",
-        base={**_LONG, "train.epochs": 50},
+        base={**LONG, "train.epochs": 50},
         seeds=SEEDS,
         variants={k: RULES[k] for k in ("bp", "dfa", "ssa")}),
     # the accuracy/size frontier of rank cuts (repeated: every 4 epochs)
@@ -311,7 +195,7 @@ GRIDS = {
         caption="SSA with rank cuts every 4 epochs (after epochs 4, 8, 12 and 16) at energy "
                 "fraction tau, as rules_smallconv otherwise (smallconv, first 10,000 training "
                 "images with augmentation, 20 epochs); the test accuracy is the cut model's.",
-        base={**_LONG, RULE: "ssa", "rank.feedback_cut": "first", "rank.start": 0,
+        base={**LONG, RULE: "ssa", "rank.feedback_cut": "first", "rank.start": 0,
               "rank.interval": 4},
         seeds=SEEDS,
         variants={**{f"tau {t}": {"rank.tau": t, "rank.keep_ends": False}
@@ -324,7 +208,7 @@ GRIDS = {
         caption="SSA cut once, after epoch 10 of 20, at energy fraction tau, as "
                 "rank_frontier otherwise (smallconv, first 10,000 training images with "
                 "augmentation); the test accuracy is the cut model's.",
-        base={**_LONG, RULE: "ssa", "rank.feedback_cut": "first", "rank.start": 10,
+        base={**LONG, RULE: "ssa", "rank.feedback_cut": "first", "rank.start": 10,
               "rank.interval": 20},
         seeds=SEEDS,
         variants={**{f"tau {t}": {"rank.tau": t, "rank.keep_ends": False}
@@ -349,7 +233,7 @@ GRIDS = {
         caption="SSA cut after every epoch from epoch 2 at energy fraction tau (18 small "
                 "cuts), as rank_frontier otherwise (smallconv, first 10,000 training images "
                 "with augmentation, 20 epochs); the test accuracy is the cut model's.",
-        base={**_LONG, RULE: "ssa", "rank.feedback_cut": "first", "rank.start": 2,
+        base={**LONG, RULE: "ssa", "rank.feedback_cut": "first", "rank.start": 2,
               "rank.interval": 1},
         seeds=SEEDS,
         variants={f"tau {t}": {"rank.tau": t, "rank.keep_ends": False} for t in (0.99, 0.98)}),
@@ -362,7 +246,7 @@ GRIDS = {
                 "validation split, augmentation, 20 epochs, batch 64: the rules at their "
                 "defaults and the best local-head rules of heads_20ep (conv heads, and the "
                 "later-shaped heads that overtook them).",
-        base={**_CIFAR, "model.model": "resnet32", "train.epochs": 20, "data.augment": True},
+        base={**CIFAR, "model.model": "resnet32", "train.epochs": 20, "data.augment": True},
         seeds=(1,),
         variants={"bp": {RULE: "bp", HEAD: "glorot", LR: 1e-3},
                   "dfa": {RULE: "dfa", HEAD: "zero", LR: 3e-4},
@@ -383,7 +267,7 @@ GRIDS = {
         caption="The network a local-head run of smallconv computes when it answers from "
                 "module m1's head (smallconv's m0 and m1, the conv head), trained by BP "
                 "(first 10,000 training images with augmentation, 20 epochs).",
-        base={**_LONG, "model.model": "benchmarks/networks/smallconv_exit1.py"},
+        base={**LONG, "model.model": "benchmarks/networks/smallconv_exit1.py"},
         seeds=SEEDS,
         variants={"bp, lr 1e-3": {RULE: "bp", LR: 1e-3},
                   "bp, lr 1e-3, 4x4 grid": {
@@ -392,11 +276,13 @@ GRIDS = {
     "rules_resnet32": dict(
         caption="resnet32 (16 local modules): first 5,000 training images with augmentation, "
                 "20 epochs at a constant rate, batch 64.",
-        base={**_CIFAR, "model.model": "resnet32", "train.epochs": 20,
+        base={**CIFAR, "model.model": "resnet32", "train.epochs": 20,
               "data.max_train_examples": 5000, "data.augment": True},
         seeds=SEEDS,
         variants={k: RULES[k] for k in ("bp", "dfa", "ssa")}),
 }
+# the deployment grids: cuts of channel-view models and --preset=compact
+GRIDS.update(DEPLOY_GRIDS)
 
 
 # The grids before the recipe grids ran under the defaults of their day: a zero classifier head

@@ -9,6 +9,16 @@ from __future__ import annotations
 
 RULE, HEAD, LR = "rule.name", "model.head_init", "train.learning_rate"
 BETA, GAMMA, FEEDBACK = "rule.beta", "rule.gamma", "rule.feedback"
+CONV = "model.conv_factorization"
+
+# the grids' data and budgets: CIFAR-10 at batch 64 with a validation split carved from
+# train; smallconv on the first 10,000 training images, 5 epochs without augmentation
+# or 20 with
+CIFAR = {"data.dataset": "cifar10", "train.batch_size": 64, "data.validation_split": 0.1}
+SEEDS = (1, 2, 3)
+SMALLCONV = {**CIFAR, "model.model": "smallconv", "data.max_train_examples": 10000}
+SHORT = {**SMALLCONV, "train.epochs": 5, "data.augment": False}
+LONG = {**SMALLCONV, "train.epochs": 20, "data.augment": True}
 
 # every rule at its defaults
 RULES = {name: {RULE: name} for name in ("bp", "svd-bp", "dfa", "ssa", "fa", "bp-lagged-copy")}

@@ -47,6 +47,12 @@ def run_cli(cli, *args, timeout=120, env=None, **kwargs):
                           text=True, timeout=timeout, **kwargs)
 
 
+def feedback_routes(rule):
+    """None (the rule's default route) and every route ``rule`` takes."""
+    from ssa_tf.methods import registry
+    return (None, *registry.get(rule).choices.get("feedback", ()))
+
+
 def one_line(result, status=2):
     """The one ``error:`` line, last on stderr (TensorFlow, once started, may log
     a notice or two before it; never a traceback)."""
