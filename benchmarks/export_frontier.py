@@ -56,6 +56,7 @@ UNCUT, UNCUT_CHANNEL = "SSA, no cuts", "SSA channel view, no cuts"
 CHANNEL_CUT_UNCUT = "SSA channel view, no cut (channel_cut)"
 HEADS_CUT_UNCUT = "SSA local conv heads, channel view, no cut (heads_cut)"
 DEPLOY_UNCUT = "SSA later-shaped heads, channel view, no cut (deploy_cut)"
+COMPACT_UNCUT = "--preset=compact, no cut (compact)"
 # (label, grid, variant, the uncut model it is compared with)
 GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
            (UNCUT, "rules_smallconv", "ssa", UNCUT),
@@ -101,7 +102,10 @@ GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
                   "one cut after epoch 10, tau 0.7, dense layer 0.5, ends kept",
                   "one cut, exact re-factoring, tau 0.8, dense layer 0.78, ends kept",
                   "one cut of the outputs' energy, tau 0.993, dense layer 0.9998, "
-                  "ends kept")])
+                  "ends kept")]
+          # the preset as a user runs it, against itself uncut (compact)
+          + [(COMPACT_UNCUT, "compact", "--preset=compact, no cut", COMPACT_UNCUT),
+             ("--preset=compact (compact)", "compact", "--preset=compact", COMPACT_UNCUT)])
 
 
 def finished(runs, grid, variant):
