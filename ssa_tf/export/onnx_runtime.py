@@ -50,9 +50,16 @@ def norms_folded(proto) -> str | None:
 def onnx_session(model_bytes: bytes, threads: int | None = None,
                  profile_prefix: str | None = None) -> ort.InferenceSession:
     """A CPU session; ``threads`` fixes the intra-op threads (sequential execution),
-    so that models timed side by side get the same resources."""
+    so that models timed side by side get the same resources.
+
+    Its threads do not spin between runs: onnxruntime's default keeps a session's
+    threads busy-waiting after each run, and sessions timed in turn then take the cores
+    from each other. Four identical sessions (six 3x3 convolutions at 56x56, batch 8,
+    2 threads) each ran in 37-46 ms spinning, the ones timed first and last fastest, and
+    in 21.8-22.0 ms not (2026-12-07; the latency tables before it carry that bias)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -108,3 +115,38 @@ def onnx_form_timer(batch: int = 1, runs: int = 15, threads: int | None = None):
         return "factored" if ms["factored"] < ms["merged"] else "merged"
 
     return timer
+
+
+# the whole models a measured export is checked against: per layer, the forms interact (an
+# onnxruntime layout reorder between a merged and a factored neighbour, for one), and
+# at resnet18/224 sizes the per-layer choices ran at 0.88-0.99x BP's time at batch 8 where
+# every layer factored ran at 0.72-0.77x (benchmarks/reports/DEPLOY_LATENCY.md)
+WHOLE_FORMS = ("merged", "factored")
+
+
+def fastest_merge(model, batches=(1, 8), runs=10, threads=None):
+    """``merge(model, "measured")`` with the whole model checked: the per-layer choice of
+    ``onnx_form_timer`` and the model in each of ``WHOLE_FORMS`` are converted and timed in
+    turn in onnxruntime at ``batches`` (median of ``runs``), and the candidate whose
+    geometric mean of time ratios to all-merged is least is returned.
+
+    Returns (merged model, records, chosen candidate's name, {name: {batch: ms}})."""
+    from ssa_tf.export.merge import merge
+
+    candidates = {"per layer": merge(model, "measured",
+                                     timer=onnx_form_timer(runs=runs, threads=threads))}
+    for form in WHOLE_FORMS:
+        candidates[form] = merge(model, form)
+    sessions = {name: onnx_session(to_onnx(m, fold_norms=False).SerializeToString(), threads)
+                for name, (m, _) in candidates.items()}
+    shape = tuple(candidates["merged"][0].inputs[0].shape[1:])
+    rng = np.random.default_rng(0)
+    times = {name: {} for name in candidates}
+    for batch in batches:
+        x = rng.standard_normal((batch, *shape)).astype(np.float32)
+        for name, ms in median_latency_ms(sessions, x, runs).items():
+            times[name][batch] = ms
+    score = {name: float(np.exp(np.mean([np.log(t[b] / times["merged"][b]) for b in batches])))
+             for name, t in times.items()}
+    chosen = min(score, key=score.get)
+    return (*candidates[chosen], chosen, times)
