@@ -21,8 +21,9 @@ flags.DEFINE_string("saved_model", None, "also write a TensorFlow SavedModel to 
 flags.DEFINE_integer("opset", cfg_lib.DEFAULT_OPSET, "ONNX opset "
                      f"({cfg_lib.OPSETS.start}..{cfg_lib.OPSETS.stop - 1})")
 flags.DEFINE_string("form", "auto", "per SVD layer: auto (fewer multiply-adds), merged "
-                    "(one layer), factored (two stacked layers) or measured (the faster of the "
-                    "two in onnxruntime, each layer timed alone at batch 1)")
+                    "(one layer), factored (two stacked layers) or measured (the fastest in "
+                    "onnxruntime: each layer's two forms timed alone at batch 1, then that mix, "
+                    "all merged and all factored timed whole at batches 1 and 8)")
 flags.DEFINE_integer("latency_runs", 50, "timed onnxruntime runs per batch size")
 flags.DEFINE_integer("verify_batch", 64, "evaluation examples compared with the SSA model")
 flags.DEFINE_string("input", "raw", "what the export takes: raw (pixels 0-255; the training "
@@ -39,8 +40,9 @@ usage: python export/to_onnx.py --workdir=RUN --output=model.onnx [flags]
   --saved_model=DIR    also write a TensorFlow SavedModel to this new folder
   --opset=N            ONNX opset, {cfg_lib.OPSETS.start}..{cfg_lib.OPSETS.stop - 1} ({cfg_lib.DEFAULT_OPSET})
   --form=NAME          per SVD layer: auto (fewer multiply-adds), merged (one layer),
-                       factored (two stacked layers) or measured (the faster of the two in
-                       onnxruntime, each layer timed alone at batch 1)
+                       factored (two stacked layers) or measured (the fastest in
+                       onnxruntime: each layer's two forms timed alone at batch 1, then
+                       that mix, all merged and all factored timed whole at batches 1, 8)
   --latency_runs=N     timed onnxruntime runs per batch size (50)
   --verify_batch=N     evaluation examples compared with the SSA model (64)
   --input=raw          raw: pixels 0-255 in (the training normalization folded in, the

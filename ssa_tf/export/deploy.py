@@ -31,8 +31,8 @@ from ssa_tf.export import convert
 from ssa_tf import data as data_lib
 from ssa_tf.export.config import ExportConfig, UsageError
 from ssa_tf.export.onnx_runtime import (  # noqa: F401  (deploy's names since its start)
-    latency_ms, median_latency_ms, norms_folded, onnx_form_timer, onnx_session, run_onnx,
-    to_onnx)
+    fastest_merge, latency_ms, median_latency_ms, norms_folded, onnx_form_timer, onnx_session,
+    run_onnx, to_onnx)
 from ssa_tf.nn.user import input_preprocessing
 from ssa_tf.training import saved
 
@@ -196,8 +196,14 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
     log(f"loading {cfg.model_path}")
     model = load_run_model(cfg.model_path)
     try:
-        merged, records = convert.merge(
-            model, cfg.form, timer=onnx_form_timer() if cfg.form == "measured" else None)
+        if cfg.form == "measured":
+            merged, records, chosen, times = fastest_merge(model)
+            log("form measured: " + ", ".join(
+                f"{name} {' / '.join(f'{ms:.1f}' for ms in t.values())} ms"
+                for name, t in times.items())
+                + f" (batches {' / '.join(map(str, next(iter(times.values()))))}): {chosen}")
+        else:
+            merged, records = convert.merge(model, cfg.form)
         dense, _ = convert.merge(model, "merged")
     except convert.UnsupportedLayerError as e:
         raise UsageError(str(e)) from e
