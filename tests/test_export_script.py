@@ -125,6 +125,23 @@ def test_model_keras_and_its_onnx_take_the_same_raw_pixels(tmp_path):
     assert not (tmp_path / "n.onnx").exists()
 
 
+def test_a_measured_export_says_what_it_timed_and_writes_the_fastest(workdir, tmp_path):
+    # real timings: which candidate wins is the machine's, but the written model is the
+    # one named, it computes the run's function, and the choice is said with its times
+    lines = []
+    cfg = ExportConfig(workdir=str(workdir), output=str(tmp_path / "m.onnx"), form="measured",
+                       latency_runs=1)
+    result = export.export_run(cfg, log=lines.append)
+    said = [l for l in lines if l.startswith("form measured: ")]
+    assert len(said) == 1 and "(batches 1 / 8)" in said[0], lines
+    chosen = said[0].rsplit(": ", 1)[1]
+    assert chosen in ("per layer", "merged", "factored")
+    forms = {r.form for r in result.records}
+    assert forms == {"merged"} if chosen == "merged" else (
+        forms == {"factored"} if chosen == "factored" else forms <= {"merged", "factored"})
+    assert result.onnx_check["max_abs_diff"] < 1e-4 and (tmp_path / "m.onnx").is_file()
+
+
 def test_export_run_leaves_nothing_when_parity_fails(workdir, tmp_path, monkeypatch):
     real = export.run_onnx
     monkeypatch.setattr(export, "run_onnx", lambda s, x: real(s, x) + 1e-3)
