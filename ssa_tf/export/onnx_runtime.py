@@ -122,13 +122,15 @@ def onnx_form_timer(batch: int = 1, runs: int = 15, threads: int | None = None):
 # at resnet18/224 sizes the per-layer choices ran at 0.88-0.99x BP's time at batch 8 where
 # every layer factored ran at 0.72-0.77x (benchmarks/reports/DEPLOY_LATENCY.md)
 WHOLE_FORMS = ("merged", "factored")
+TIE = 0.01  # whole-model scores this close are a tie (the fewer parameters win)
 
 
 def fastest_merge(model, batches=(1, 8), runs=10, threads=None):
     """``merge(model, "measured")`` with the whole model checked: the per-layer choice of
     ``onnx_form_timer`` and the model in each of ``WHOLE_FORMS`` are converted and timed in
     turn in onnxruntime at ``batches`` (median of ``runs``), and the candidate whose
-    geometric mean of time ratios to all-merged is least is returned.
+    geometric mean of time ratios to all-merged is least is returned (within ``TIE``: the
+    one with fewer parameters).
 
     Returns (merged model, records, chosen candidate's name, {name: {batch: ms}})."""
     from ssa_tf.export.merge import merge
@@ -148,5 +150,8 @@ def fastest_merge(model, batches=(1, 8), runs=10, threads=None):
             times[name][batch] = ms
     score = {name: float(np.exp(np.mean([np.log(t[b] / times["merged"][b]) for b in batches])))
              for name, t in times.items()}
-    chosen = min(score, key=score.get)
+    # within 1% of each other the times are a tie, and the smaller model is kept
+    params = {name: m.count_params() for name, (m, _) in candidates.items()}
+    best = min(score.values())
+    chosen = min((n for n in score if score[n] <= best * (1 + TIE)), key=params.get)
     return (*candidates[chosen], chosen, times)
