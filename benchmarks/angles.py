@@ -19,7 +19,7 @@ import statistics
 from absl import flags
 
 from benchmarks import records
-from benchmarks.grids import GRIDS
+from benchmarks.grids import GRIDS, unknown
 from ssa_tf import atomic_files, cli
 
 FLAGS = flags.FLAGS
@@ -79,8 +79,8 @@ def table(grid, found, modules) -> str:
 def main(argv):
     if len(argv) > 1:
         cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.grid not in GRIDS:
-        cli.usage_error(f"--grid={FLAGS.grid!r} is not valid; choose from: {', '.join(GRIDS)}")
+    if unknown(FLAGS.grid):
+        cli.usage_error(unknown(FLAGS.grid))
     cli.import_tensorflow()
     found, modules = angles(FLAGS.grid, FLAGS.data_dir, FLAGS.workdir)
     if not found:

@@ -111,12 +111,10 @@ def table(rows) -> str:
 def main(argv):
     if len(argv) > 1:
         cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-    from benchmarks.grids import GRIDS
-    if FLAGS.grid not in GRIDS:
-        cli.usage_error(f"--grid={FLAGS.grid!r} is not a grid; choose from: {', '.join(GRIDS)}")
-    if FLAGS.variant not in GRIDS[FLAGS.grid]["variants"]:
-        cli.usage_error(f"--variant={FLAGS.variant!r} is not one of grid {FLAGS.grid}'s: "
-                        f"{', '.join(GRIDS[FLAGS.grid]['variants'])}")
+    from benchmarks.grids import unknown
+    problem = unknown(FLAGS.grid, FLAGS.variant)
+    if problem:
+        cli.usage_error(problem)
     if not 0 < FLAGS.fraction <= 1 or FLAGS.epochs < 1 or FLAGS.batches < 1:
         cli.usage_error("--fraction must be in (0, 1], --epochs and --batches >= 1")
     if not FLAGS.data_dir:

@@ -285,6 +285,16 @@ GRIDS = {
 GRIDS.update(DEPLOY_GRIDS)
 
 
+
+def unknown(grid, variant=None):
+    """What is wrong with naming grid ``grid`` (and its ``variant``), as one line, or None."""
+    if grid not in GRIDS:
+        return f"--grid={grid!r} is not a grid; choose from: {', '.join(GRIDS)}"
+    if variant is not None and variant not in GRIDS[grid]["variants"]:
+        return (f"--variant={variant!r} is not one of grid {grid}'s: "
+                f"{', '.join(GRIDS[grid]['variants'])}")
+    return None
+
 # The grids before the recipe grids ran under the defaults of their day: a zero classifier head
 # for every rule, and for svd-bp, fa and bp-lagged-copy the paper's gamma 0.1 (svd-bp at
 # lr 3e-4). Their variants keep those settings, so each row still names what it trained.

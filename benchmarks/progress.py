@@ -17,7 +17,7 @@ import statistics
 
 from absl import flags
 
-from benchmarks.grids import GRIDS
+from benchmarks.grids import GRIDS, unknown
 from benchmarks.timing import publish
 from ssa_tf import cli
 
@@ -70,8 +70,8 @@ def table(grid, workdir) -> str:
 def main(argv):
     if len(argv) > 1:
         cli.usage_error(f"unexpected arguments: {' '.join(argv[1:])}")
-    if FLAGS.grid not in GRIDS:
-        cli.usage_error(f"--grid must be one of {', '.join(GRIDS)}, got {FLAGS.grid!r}")
+    if unknown(FLAGS.grid):
+        cli.usage_error(unknown(FLAGS.grid))
     if not os.path.isdir(FLAGS.workdir):
         cli.usage_error(f"--workdir {FLAGS.workdir!r} is not a folder")
     publish(table(FLAGS.grid, FLAGS.workdir), FLAGS.out, f"{FLAGS.grid}: the runs so far",

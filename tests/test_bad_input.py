@@ -251,6 +251,17 @@ def test_module_probes_of_a_variant_the_grid_lacks_is_one_line(tmp_path):
     assert not table.exists()
 
 
+@pytest.mark.parametrize("args,needle", [
+    (["--grid=no_such_grid"], "'no_such_grid' is not a grid; choose from: heads_20ep"),
+    (["--grid=deploy_cut", "--variant=no such cut"], "is not one of grid deploy_cut's: no cut"),
+    (["--fraction=1.5"], "--fraction must be in (0, 1]")])
+def test_cut_fidelity_mistakes_are_one_line_before_any_training(args, needle, tmp_path):
+    out = tmp_path / "fidelity.md"
+    line = one_line(_in(tmp_path, "benchmarks.cut_fidelity", "--data_dir=DIR", *args,
+                        f"--out={out}"))
+    assert needle in line and not out.exists()
+
+
 def test_retries_on_data_of_another_version_leave_nothing_under_runs(tmp_path):
     data_dir = _other_version(tmp_path)
     cwd = tmp_path / "cwd"
