@@ -117,6 +117,7 @@ DEPLOY_GRIDS = {
                 "training images with augmentation); the heads are dropped at export, the "
                 "test accuracy is the cut model's.",
         base={**LONG, **_preset("compact", "ssa", LONG)},
-        seeds=SEEDS,
+        # seeds 4-6 added once 1-3 had come within a point (-0.4 +- 0.4), to tighten it
+        seeds=(*SEEDS, 4, 5, 6),
         variants={"--preset=compact": {}, "--preset=compact, no cut": {"rank.tau": None}}),
 }

@@ -19,10 +19,11 @@ keeping B in register buys nothing here.
 
 Measured (``python -m benchmarks.grid --grid=compact --data_dir=DIR``,
 ``benchmarks/reports/compact.md`` and ``compact_export.md``; smallconv, first 10,000
-CIFAR-10 training images with augmentation, 20 epochs, validation split, seeds 1-3): test
-0.654 +- 0.007 against 0.658 +- 0.010 for this preset without the cut, -0.4 +- 0.4 points
-paired by seed; the middle convolutions at 34-35 of 64 and 58-59 of 128, the dense layer
-at 70-73 of 512; exported at 0.48x BP's parameters. The slot cut at about the same ranks
+CIFAR-10 training images with augmentation, 20 epochs, validation split, seeds 1-6): test
+0.655 +- 0.005 against 0.660 +- 0.007 for this preset without the cut, -0.6 +- 0.3 points
+paired by seed (0.0 to -0.9; seeds 1-3 alone -0.4 +- 0.4); the middle convolutions at
+34-35 of 64 and 56-59 of 128, the dense layer at 63-73 of 512; exported at 0.47x BP's
+parameters. The slot cut at about the same ranks
 lost 1.2 +- 0.6 points (``deploy_cut.md``). On smallconv the cut convolutions export merged
 (no faster); at ImageNet size the channel view's cut pairs are the faster form
 (``DEPLOY_LATENCY.md``).
