@@ -15,7 +15,10 @@ re-factors each layer exactly (``rank.feedback_cut=first``, Eckart-Young): the s
 cut keeps each component as it is, and with no orthogonality term the factors drift far
 from orthogonal (at half rank it lost 21-24% of the middle convolutions' output energy
 where the exact cut lost 3-7%); the heads, not the feedback factors, carry the error, so
-keeping B in register buys nothing here.
+keeping B in register buys nothing here. The cut's epoch, like the rate's decay, follows
+``--epochs`` when the run starts; to extend a finished run, give its own ``--set
+rank.start=4 --set rank.interval=20 --set train.lr_decay_epochs=[15]`` (for 20 epochs)
+with the new ``--epochs``.
 
 Measured (``python -m benchmarks.grid --grid=compact --data_dir=DIR``,
 ``benchmarks/reports/compact.md`` and ``compact_export.md``; smallconv, first 10,000
