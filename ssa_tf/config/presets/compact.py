@@ -18,7 +18,8 @@ where the exact cut lost 3-7%); the heads, not the feedback factors, carry the e
 keeping B in register buys nothing here. The cut's epoch, like the rate's decay, follows
 ``--epochs`` when the run starts; to extend a finished run, give its own ``--set
 rank.start=4 --set rank.interval=20 --set train.lr_decay_epochs=[15]`` (for 20 epochs)
-with the new ``--epochs``.
+with the new ``--epochs`` (extended past epoch 24, it cuts again there, as
+``rank.interval`` says).
 
 Measured (``python -m benchmarks.grid --grid=compact --data_dir=DIR``,
 ``benchmarks/reports/compact.md`` and ``compact_export.md``; smallconv, first 10,000
