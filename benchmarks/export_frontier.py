@@ -105,7 +105,9 @@ GROUPS = ([("BP (dense)", "rules_smallconv", "bp", None),
                   "ends kept")]
           # the preset as a user runs it, against itself uncut (compact)
           + [(COMPACT_UNCUT, "compact", "--preset=compact, no cut", COMPACT_UNCUT),
-             ("--preset=compact (compact)", "compact", "--preset=compact", COMPACT_UNCUT)])
+             ("--preset=compact (compact)", "compact", "--preset=compact", COMPACT_UNCUT)]
+          + [(f"{v} (compact)", "compact", v, COMPACT_UNCUT) for v in (
+              "--preset=compact, dense layer 0.7", "--preset=compact, convolutions 0.75")])
 
 
 def finished(runs, grid, variant):
