@@ -46,17 +46,19 @@ def orthogonality(factor) -> float:
 def fidelity(U, s, V, input_cov, rank) -> dict:
     """Shares lost by the three cuts of W = U diag(s) V^T to ``rank`` (``input_cov``: the
     second moment of what W multiplies): {"weight": {cut: share}, "outputs": {cut: share}}."""
-    from ssa_tf.nn.svd import output_cut, slot_cut
+    from ssa_tf.nn.svd import exact_singular_values, output_cut, slot_cut
 
     U, s, V = (np.asarray(a, np.float64) for a in (U, s, V))
     C = np.asarray(input_cov, np.float64)
     W = (U * s) @ V.T
-    su, ss, sv = slot_cut(U, s, V, rank)[:3]
-    u, sig, vt = np.linalg.svd(W, full_matrices=False)
-    ou, osig, ov = output_cut(W, C, rank)[:3]
-    cuts = {"slots": (su * ss) @ sv.T,
-            "exact": (u[:, :rank] * sig[:rank]) @ vt[:rank],
-            "outputs": (ou[:, :rank] * osig[:rank]) @ ov[:, :rank].T}
+
+    def weight(u, sig, v):  # the first ``rank`` components, as the layer's truncate keeps
+        return (u[:, :rank] * sig[:rank]) @ v[:, :rank].T
+
+    # the three as the layer's own cuts compute them (``SVDLayer.truncate``)
+    cuts = {"slots": weight(*slot_cut(U, s, V, rank)[:3]),
+            "exact": weight(*exact_singular_values(U, s, V)),
+            "outputs": weight(*output_cut(W, C, rank)[:3])}
     out_energy = np.trace(W @ C @ W.T)
     return {"weight": {k: float(np.linalg.norm(W - c) ** 2 / np.linalg.norm(W) ** 2)
                        for k, c in cuts.items()},

@@ -198,10 +198,11 @@ def export_run(cfg: ExportConfig, log=print) -> ExportResult:
     try:
         if cfg.form == "measured":
             merged, records, chosen, times = fastest_merge(model)
+            batches = sorted(times[chosen])
             log("form measured: " + ", ".join(
-                f"{name} {' / '.join(f'{ms:.1f}' for ms in t.values())} ms"
+                f"{name} {' / '.join(f'{t[b]:.1f}' for b in batches)} ms"
                 for name, t in times.items())
-                + f" (batches {' / '.join(map(str, next(iter(times.values()))))}): {chosen}")
+                + f" (batches {' / '.join(map(str, batches))}): {chosen}")
         else:
             merged, records = convert.merge(model, cfg.form)
         dense, _ = convert.merge(model, "merged")
