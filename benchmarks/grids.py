@@ -295,6 +295,7 @@ def unknown(grid, variant=None):
                 f"{', '.join(GRIDS[grid]['variants'])}")
     return None
 
+
 # The grids before the recipe grids ran under the defaults of their day: a zero classifier head
 # for every rule, and for svd-bp, fa and bp-lagged-copy the paper's gamma 0.1 (svd-bp at
 # lr 3e-4). Their variants keep those settings, so each row still names what it trained.
