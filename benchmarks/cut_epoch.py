@@ -7,14 +7,16 @@ Each round trains BP one epoch (its step already traced: a run's later epochs) a
 every SSA row, a model built at full rank and traced there, then timed from the cut to
 the end of the next epoch: the cut to ``--fraction`` of each layer's full rank
 (``training.rank.apply_ranks``: new variables, the optimizer rebuilt, the step retraced),
-the retrace on the first batch, and the epoch. Rows are timed in turn in one process, the
+the retrace on the first batch, and the epoch (the row "no cut": the epoch alone, at full
+rank and traced before, the floor a free cut would leave). Rows are timed in turn in one process, the
 order rotated every round; the ratio to BP's epoch is the figure (the machine is shared).
 Synthetic CIFAR-shaped inputs held in memory (the input pipeline is timed elsewhere,
 ``DATA_THROUGHPUT.md``), batched by ``tf.data`` as training's pipeline batches them: every
 batch, the short last one too, has the batch size unknown to the trace, so a model traces
 its step once after a cut (a ragged last batch fed as arrays, whose first batches have the
 size known, traced the step a second time inside the epoch; BP's rounds after the first
-never paid it).
+never paid it), with tf.data's autotuning off, as training's (with it on, an epoch sometimes
+ended only at the autotuning thread's next wake-up: 41.0 s for BP's 24 s epoch).
 """
 
 from __future__ import annotations
@@ -51,19 +53,30 @@ ROWS = [
     ("ssa, channel view, held within the peak", dict(CHANNEL, hold_within_peak=True)),
     # the factor algebra with NumPy's BLAS threads as they are (before nn.svd.serial_blas)
     ("ssa, NumPy's BLAS threads", dict(rule="ssa", threaded_blas=True)),
+    # every module's activations held (BP's memory): no replayed forward
+    ("ssa, no recompute", dict(rule="ssa", recompute=False)),
+    ("ssa, global broadcast, no recompute",
+     dict(rule="ssa", feedback="global", feedback_spatial="broadcast", recompute=False)),
+    # the floor: the same model's epoch with no cut and no retrace (its step traced
+    # before, as BP's): what the cut model's epoch would cost if a cut were free and
+    # bought nothing
+    ("ssa, no recompute, no cut", dict(rule="ssa", recompute=False, no_cut=True)),
 ]
 
 
 def data():
     """The epoch's batches (``tf.data``, in memory, unshuffled), as training's pipeline
-    batches: the batch dimension unknown to the trace, the last batch short."""
+    batches: the batch dimension unknown to the trace, the last batch short, no
+    autotuning."""
     import numpy as np
     import tensorflow as tf
+
+    from ssa_tf.data.core import without_autotune
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((FLAGS.examples, 32, 32, 3)).astype("float32")
     y = rng.integers(0, 10, FLAGS.examples)
-    return tf.data.Dataset.from_tensor_slices((x, y)).batch(FLAGS.batch).cache()
+    return without_autotune(tf.data.Dataset.from_tensor_slices((x, y)).batch(FLAGS.batch).cache())
 
 
 def build(options):
@@ -74,7 +87,8 @@ def build(options):
     keras.utils.set_random_seed(1)
     options = dict(options)
     keras_adam = options.pop("keras_adam", False)
-    options.pop("threaded_blas", None)  # how the cut runs (one_round), not the model
+    for key in ("threaded_blas", "no_cut"):  # how the round runs (one_round), not the model
+        options.pop(key, None)
     model = compile_model(build_model(FLAGS.model, (32, 32, 3), 10, **options))
     if keras_adam:
         model.compile(optimizer=keras.optimizers.Adam(float(model.optimizer.learning_rate)),
@@ -99,7 +113,8 @@ def one_round(rows, batches, bp, order):
         model.fit(batches.take(1), verbose=0, shuffle=False)  # traced at full rank
         with blas_threads(rows[name].get("threaded_blas", False)):
             start = time.perf_counter()
-            apply_ranks(model, fraction_ranks(model, FLAGS.fraction))
+            if not rows[name].get("no_cut"):
+                apply_ranks(model, fraction_ranks(model, FLAGS.fraction))
             cut = time.perf_counter()
             # the retrace, and the epoch's first step (by fit, as the rest)
             model.fit(batches.take(1), verbose=0, shuffle=False)

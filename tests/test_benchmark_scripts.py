@@ -35,15 +35,18 @@ from benchmarks import cut_epoch
 flags.FLAGS(["cut_epoch", "--model=smallconv", "--examples=100", "--batch=32"])
 from ssa_tf import cli
 cli.import_tensorflow()
-traces = {"bp": 0, "ssa": 0}
+traces, fits = {"bp": 0, "ssa": 0}, {"bp": [], "ssa": []}
 real_build = cut_epoch.build
 def build(options):
     model, name = real_build(options), options["rule"]
-    step = model.train_step
+    step, fit = model.train_step, model.fit
     def counted(data):  # runs in Python once a trace
         traces[name] += 1
         return step(data)
-    model.train_step = counted
+    def fit_counted(*args, **kwargs):  # the traces before each fit
+        fits[name].append(traces[name])
+        return fit(*args, **kwargs)
+    model.train_step, model.fit = counted, fit_counted
     return model
 cut_epoch.build = build
 from ssa_tf.training import rank
@@ -52,27 +55,42 @@ def apply_ranks(model, ranks):
     at_cut.update(traces)
     return real_apply(model, ranks)
 rank.apply_ranks = apply_ranks
-rows = dict(cut_epoch.ROWS[:2])
+row = __ROW__
+rows = {name: options for name, options in cut_epoch.ROWS if name in ("bp", row)}
 batches = cut_epoch.data()
 bp = build(rows["bp"])
 bp.fit(batches.take(4), verbose=0, shuffle=False)
 before = dict(traces)
-out = cut_epoch.one_round(rows, batches, bp, ["bp", "ssa"])
-print(json.dumps(dict(before=before, at_cut=at_cut, after=traces, parts=out["ssa"][1],
+out = cut_epoch.one_round(rows, batches, bp, ["bp", row])
+print(json.dumps(dict(before=before, at_cut=at_cut, after=traces, fits=fits["ssa"],
+                      parts=out[row][1],
                       steps=int(bp.optimizer.iterations.numpy()))))
 """
 
 
 def test_a_cut_epoch_traces_the_step_once_after_the_cut_and_bp_not_again(tmp_path):
-    got = run_script(CUT_EPOCH_SCRIPT, tmp_path)
+    got = run_script(CUT_EPOCH_SCRIPT.replace("__ROW__", repr("ssa")), tmp_path)
     # BP's timed epoch (100 images: three batches of 32 and one of 4) reuses its trace
     assert got["after"]["bp"] == got["before"]["bp"] >= 1
     # SSA's model traces at full rank, then once after the cut, short last batch included
     assert got["at_cut"]["ssa"] >= 1
     assert got["after"]["ssa"] - got["at_cut"]["ssa"] == 1
+    full_rank, first, rest = got["fits"]  # the retrace on the epoch's first step
+    assert rest - first == 1 and got["after"]["ssa"] == rest
     assert got["steps"] == 4 + 4
     cut, retrace, rest = got["parts"]
     assert min(cut, retrace, rest) > 0
+
+
+def test_the_no_cut_floor_row_neither_cuts_nor_traces_in_its_epoch(tmp_path):
+    script = CUT_EPOCH_SCRIPT.replace("__ROW__", repr("ssa, no recompute, no cut"))
+    got = run_script(script, tmp_path)
+    assert got["at_cut"] == {}  # apply_ranks never ran
+    # traced on its first batch before the timing, never again in the timed epoch: fits
+    # on the first batch at full rank, then (timed) the first batch and the rest
+    full_rank, first, rest = got["fits"]
+    assert first - full_rank >= 1 and got["after"]["ssa"] == rest == first
+    assert got["after"]["bp"] == got["before"]["bp"] >= 1
 
 
 def test_fraction_ranks_keep_the_ends_at_full_rank_where_a_row_says(tmp_path):

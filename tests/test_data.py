@@ -18,10 +18,11 @@ def batches(ds):
 
 
 def stages(ds):
-    """The names of a pipeline's tf.data stages, last first."""
+    """The names of a pipeline's tf.data stages, last first (its options aside)."""
     names = []
     while ds is not None:
-        names.append(type(ds).__name__)
+        if type(ds).__name__ != "_OptionsDataset":
+            names.append(type(ds).__name__)
         inputs = ds._inputs()
         ds = inputs[0] if inputs else None
     return names
@@ -120,6 +121,22 @@ def test_cifar100_pipeline_on_mock_data(mock_cifar100):
     assert float(np.abs(batches(spec.train)[0] - xa).mean()) > 0.1
 
 
+@pytest.mark.parametrize("autotune", [False, True])
+def test_every_pipeline_runs_without_autotuning_unless_asked(mock_cifar100, autotune):
+    # with it on, deleting an epoch's iterator sometimes waited for the autotuning
+    # thread's next wake-up (data.core.without_autotune)
+    specs = [data.load("mnist5k", 32, validation_split=0.1, autotune=autotune),
+             data.load("synthetic", 32, validation_split=0.1, max_train_examples=64,
+                       autotune=autotune),
+             data.load("cifar100", 64, data_dir=mock_cifar100, validation_split=0.5,
+                       autotune=autotune)]
+    for spec in specs:
+        for ds in (spec.train, spec.validation, spec.test):
+            assert (ds.options().autotune.enabled is not False) == autotune, spec.name
+            if not autotune:  # the same batches either way
+                assert batches(ds)[0].shape[1:] == spec.input_shape
+
+
 def test_cifar100_coarse_labels(mock_cifar100):
     spec = data.load("cifar100", 64, data_dir=mock_cifar100, label="coarse")
     assert spec.num_classes == 20
@@ -140,8 +157,8 @@ def test_imagenet_pipeline_on_mock_data(tmp_path):
         assert (spec.train_split, spec.test_split) == ("imagenet2012:train",
                                                        "imagenet2012:validation")
         names = stages(spec.train)
-        assert names[0] == "_OptionsDataset" and names[1] == "_PrefetchDataset"
-        assert "_ParallelMapDataset" in names
+        assert names[0] == "_PrefetchDataset" and "_ParallelMapDataset" in names
+        assert spec.train.options().deterministic is False  # throughput first
         xe, ye = batches(spec.test)
         xa, _ = batches(spec.train)
         xp, _ = batches(plain.train)
@@ -276,3 +293,13 @@ def test_standard_tfds_cifar10_validates_on_train_45000_and_tests_on_the_officia
     assert summary["validation_split"] == "cifar10:train[45000:]"
     assert summary["test_split"] == "cifar10:test"
     assert "val_accuracy" in summary["history"]
+
+
+def test_a_run_loads_its_pipelines_without_autotuning_unless_its_setting_says():
+    from ssa_tf.config import RunConfig
+    from ssa_tf.training.run import load_data
+
+    for value in (False, True):
+        cfg = RunConfig().replace({"data.dataset": "mnist5k", "data.autotune": value})
+        spec = load_data(cfg.resolved())
+        assert (spec.train.options().autotune.enabled is not False) == value

@@ -35,6 +35,9 @@ class DataConfig:
     synthetic_classes: int = 10
     max_train_examples: int | None = None  # train on the first N of what validation leaves
     augment: bool = True
+    # tf.data's autotuning (off: an epoch's iterator once waited up to a minute for its
+    # thread when deleted; ssa_tf.data.core.without_autotune)
+    autotune: bool = False
 
 
 @dataclasses.dataclass
@@ -297,7 +300,7 @@ class RunConfig:
 
 # settings that say where and how a run works, not what it trains: a resumed run may
 # change them (and its length, train.epochs), and an experiment's key leaves them out
-OPERATIONAL = ("data.data_dir", "data.manual_dir", "rule.recompute",
+OPERATIONAL = ("data.data_dir", "data.manual_dir", "data.autotune", "rule.recompute",
                "rule.hold_within_peak", "runtime.workdir",
                "runtime.restart", "runtime.progress", "runtime.checkpoint_steps",
                "runtime.keep_checkpoints", "runtime.skip_nonfinite_steps",

@@ -17,7 +17,7 @@ from ssa_tf.data.cifar import load_cifar
 from ssa_tf.data.core import (DATASETS, EMBEDDED, FINAL_SPLIT, IMAGENET_TARS, LABELS, SYNTHETIC,
                               TFDS_DATASETS, DataError, DatasetSpec, carve, check_available, default_data_dir,
                               default_manual_dir, not_prepared_message, prepared_builder,
-                              slice_name)
+                              slice_name, without_autotune)
 from ssa_tf.data.imagenet import (IMAGENET_SIZE, color_jitter, imagenet_eval_image,
                                   imagenet_train_image, load_imagenet)
 from ssa_tf.data.small import embedded_arrays, load_embedded, load_synthetic
@@ -30,14 +30,15 @@ __all__ = ["DATASETS", "DataError", "IMAGENET_TARS", "DatasetSpec", "FINAL_SPLIT
 
 def load(name, batch_size, data_dir=None, seed=1, augment=True, max_train_examples=None, *,
          validation_split=0.0, label="fine", manual_dir=None, image_size=None,
-         synthetic_shape=(32, 32, 3), synthetic_classes=10) -> DatasetSpec:
+         synthetic_shape=(32, 32, 3), synthetic_classes=10, autotune=False) -> DatasetSpec:
     """The pipelines of dataset ``name``.
 
     ``validation_split`` holds out that fraction of the end of train as
     ``spec.validation``; ``max_train_examples`` then keeps only the first N
     of what is left. ``label`` picks CIFAR-100's fine or coarse labels;
     ``image_size`` is ImageNet's crop (224). ``manual_dir`` holds the
-    ImageNet tars (default ``<data_dir>/downloads/manual``).
+    ImageNet tars (default ``<data_dir>/downloads/manual``). ``autotune`` leaves
+    tf.data's autotuning on (``core.without_autotune`` says why it is off).
     """
     if not 0 <= validation_split < 1:
         raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
@@ -61,6 +62,10 @@ def load(name, batch_size, data_dir=None, seed=1, augment=True, max_train_exampl
             spec = load_cifar(builder, batch_size, seed, augment, max_train_examples,
                               validation_split, label)
     spec.input_stats = stats
+    if not autotune:
+        spec.train, spec.test = without_autotune(spec.train), without_autotune(spec.test)
+        if spec.validation is not None:
+            spec.validation = without_autotune(spec.validation)
     return spec
 
 

@@ -48,7 +48,8 @@ def load_data(cfg: RunConfig) -> data_lib.DatasetSpec:
                          augment=d.augment, max_train_examples=d.max_train_examples,
                          validation_split=d.validation_split, label=d.label,
                          manual_dir=d.manual_dir, image_size=d.image_size,
-                         synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes)
+                         synthetic_shape=d.synthetic_shape, synthetic_classes=d.synthetic_classes,
+                         autotune=d.autotune)
 
 
 def train(cfg: RunConfig, verbose=1, extra_callbacks=(), claim=None) -> dict:
