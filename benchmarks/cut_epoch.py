@@ -61,6 +61,14 @@ ROWS = [
     # before, as BP's): what the cut model's epoch would cost if a cut were free and
     # bought nothing
     ("ssa, no recompute, no cut", dict(rule="ssa", recompute=False, no_cut=True)),
+    ("ssa, global broadcast, no recompute, no cut",
+     dict(rule="ssa", feedback="global", feedback_spatial="broadcast", recompute=False,
+          no_cut=True)),
+    # a prototype of a cut that keeps the shapes (cut_in_place): no retrace
+    ("ssa, cut in place (prototype)", dict(rule="ssa", in_place=True)),
+    ("ssa, global broadcast, no recompute, cut in place (prototype)",
+     dict(rule="ssa", feedback="global", feedback_spatial="broadcast", recompute=False,
+          in_place=True)),
 ]
 
 
@@ -87,7 +95,7 @@ def build(options):
     keras.utils.set_random_seed(1)
     options = dict(options)
     keras_adam = options.pop("keras_adam", False)
-    for key in ("threaded_blas", "no_cut"):  # how the round runs (one_round), not the model
+    for key in ("threaded_blas", "no_cut", "in_place"):  # how the round runs (one_round), not the model
         options.pop(key, None)
     model = compile_model(build_model(FLAGS.model, (32, 32, 3), 10, **options))
     if keras_adam:
@@ -113,7 +121,9 @@ def one_round(rows, batches, bp, order):
         model.fit(batches.take(1), verbose=0, shuffle=False)  # traced at full rank
         with blas_threads(rows[name].get("threaded_blas", False)):
             start = time.perf_counter()
-            if not rows[name].get("no_cut"):
+            if rows[name].get("in_place"):
+                cut_in_place(model, fraction_ranks(model, FLAGS.fraction))
+            elif not rows[name].get("no_cut"):
                 apply_ranks(model, fraction_ranks(model, FLAGS.fraction))
             cut = time.perf_counter()
             # the retrace, and the epoch's first step (by fit, as the rest)
@@ -123,6 +133,38 @@ def one_round(rows, batches, bp, order):
             end = time.perf_counter()
             out[name] = end - start, (cut - start, traced - cut, end - traced)
     return out
+
+
+def cut_in_place(model, ranks):
+    """A prototype of a cut that keeps every variable's shape, so nothing retraces: the
+    components the slot cut drops are zeroed in U, s, V and B's factors, and the factors'
+    moments restart as ``training.rank.rebuild_optimizer`` restarts a cut layer's. The
+    model then computes what the slot-cut model computes. A zeroed component gets no
+    gradient from the task (each factor's is proportional to the others), from eq. 5's
+    alignment (B's slot is zero too) or eq. 12's orthogonality (4 U (U^T U - I) is zero
+    in a zero column), so it stays zero (tests/test_benchmark_scripts.py); the step
+    costs the full rank's. Ranks, checkpoints and the export do not know of it yet."""
+    import numpy as np
+    import tensorflow as tf
+
+    from ssa_tf.nn.svd import slot_cut
+
+    optimizer = model.optimizer
+    for layer in model.svd_layers():
+        if ranks.get(layer.name, layer.rank) >= layer.rank:
+            continue
+        factors = [np.asarray(v.numpy(), np.float64) for v in (layer.U, layer.s, layer.V)]
+        keep = slot_cut(*factors, ranks[layer.name])[3]
+        dead = np.setdiff1d(np.arange(layer.rank), keep)
+        for var in layer.factor_variables():
+            value = var.numpy()
+            value[..., dead] = 0.0
+            var.assign(value)
+        for var in (layer.U, layer.s, layer.V):
+            i = optimizer._get_variable_index(var)
+            optimizer._momentums[i].assign(tf.zeros(var.shape, var.dtype))
+            second = optimizer._velocities[i]
+            second.assign(tf.fill(var.shape, tf.reduce_mean(second)))
 
 
 @contextlib.contextmanager

@@ -175,3 +175,54 @@ def test_cut_fidelity_ranks_the_three_cuts_as_their_definitions_do(tmp_path):
     # orthonormal factors: the slot cut is the exact cut
     ow = out["orthonormal"]["weight"]
     assert abs(ow["slots"] - ow["exact"]) < 1e-9
+
+
+def test_a_cut_in_place_computes_the_slot_cut_model_and_its_zeros_stay_without_a_retrace(
+        tmp_path):
+    # benchmarks.cut_epoch's prototype of a cut that keeps the shapes
+    script = """
+import json
+import numpy as np
+from absl import flags
+from benchmarks import cut_epoch
+flags.FLAGS(["cut_epoch", "--model=smallconv", "--examples=96", "--batch=32"])
+from ssa_tf import cli
+cli.import_tensorflow()
+from benchmarks.timing import fraction_ranks
+from ssa_tf.training.rank import apply_ranks
+options = dict(rule="ssa", gamma=0.1)  # the orthogonality term on: its zeros must stay too
+batches = cut_epoch.data()
+model, twin = cut_epoch.build(options), cut_epoch.build(options)
+model.fit(batches.take(2), verbose=0)
+ranks = fraction_ranks(model, 0.5)
+x = next(iter(batches))[0]
+traces = [0]
+step = model.train_step
+def counted(data):
+    traces[0] += 1
+    return step(data)
+model.train_step = counted
+model.make_train_function(force=True)
+model.fit(batches.take(1), verbose=0)
+before = traces[0]
+twin.set_weights(model.get_weights())
+cut_epoch.cut_in_place(model, ranks)
+apply_ranks(twin, ranks)
+same = float(np.abs(model.predict(x, verbose=0) - twin.predict(x, verbose=0)).max())
+model.fit(batches, verbose=0)
+layers = model.svd_layers()
+zeros = {l.name: int(np.sum(l.s.numpy() == 0)) for l in layers}
+dead_factors_zero = all(
+    np.all(v.numpy()[..., l.s.numpy() == 0] == 0) for l in layers for v in l.factor_variables())
+print(json.dumps(dict(same=same, zeros=zeros, full={l.name: l.rank for l in layers},
+                      ranks=ranks, dead_factors_zero=bool(dead_factors_zero),
+                      traces_after_cut=traces[0] - before)))
+"""
+    got = run_script(script, tmp_path)
+    assert got["same"] < 1e-4  # the slot-cut model's function
+    cut = [n for n in got["full"] if got["ranks"][n] < got["full"][n]]
+    assert cut
+    for name in cut:  # the dropped components are still exactly zero after 3 steps
+        assert got["zeros"][name] == got["full"][name] - got["ranks"][name]
+    assert got["dead_factors_zero"]
+    assert got["traces_after_cut"] == 0
