@@ -114,8 +114,8 @@ def _train(cfg, claim):
     if progress == "auto":
         progress = "bar" if sys.stdout.isatty() else "epoch"
     try:
-        return run.train(cfg, verbose={"bar": 1, "epoch": 2, "none": 0}[progress],
-                         claim=claim)
+        return interruptible(lambda: run.train(
+            cfg, verbose={"bar": 1, "epoch": 2, "none": 0}[progress], claim=claim))
     except errors.Error as e:
         fail(str(e), e.status, e.cleans_up)
     except KeyboardInterrupt:
@@ -132,6 +132,35 @@ def _train(cfg, claim):
             raise
         fail(f"cannot write the run's outputs in {workdir}: {e.strerror or e}"
              + (f" ({e.filename})" if e.filename else ""))
+
+
+def interruptible(call):
+    """``call()``, where any exception that follows a Ctrl-C during it is the interrupt.
+
+    A SIGINT raises KeyboardInterrupt wherever Python is; while Keras traced a step, a
+    conversion caught it and raised a TypeError of its own ("Failed to convert elements
+    of (None, 784) to Tensor"), and the run ended with a traceback instead of the resume
+    hint. Outside the main thread (no signal handler can be set there) it is ``call()``."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return call()
+    arrived = []
+
+    def on_sigint(signum, frame):
+        arrived.append(signum)
+        signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        return call()
+    except Exception as e:
+        if arrived:
+            raise KeyboardInterrupt from e
+        raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_main():

@@ -304,3 +304,28 @@ def test_data_unreadable_only_past_the_first_batch_leaves_nothing(tmp_path):
                         f"--workdir={workdir}", timeout=300))
     assert "cannot be read" in line and "tfds build cifar10" in line
     assert not workdir.exists()
+
+
+def test_an_error_that_follows_a_ctrl_c_is_the_interrupt():
+    # a Ctrl-C while Keras traced became a TypeError of its conversion, once, under load
+    from ssa_tf.train import interruptible
+
+    before = signal.getsignal(signal.SIGINT)
+
+    def swallowed():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler runs here
+        except KeyboardInterrupt:
+            raise TypeError("Failed to convert elements of (None, 784) to Tensor") from None
+
+    with pytest.raises(KeyboardInterrupt):
+        interruptible(swallowed)
+
+    def plain():
+        raise TypeError("a bug of its own")
+
+    with pytest.raises(TypeError, match="a bug of its own"):  # no Ctrl-C: as it was
+        interruptible(plain)
+    assert interruptible(lambda: 7) == 7
+    assert signal.getsignal(signal.SIGINT) is before  # restored
