@@ -7,10 +7,11 @@ Each round trains BP one epoch (its step already traced: a run's later epochs) a
 every SSA row, a model built at full rank and traced there, then timed from the cut to
 the end of the next epoch: the cut to ``--fraction`` of each layer's full rank
 (``training.rank.apply_ranks``: new variables, the optimizer rebuilt, the step retraced),
-the retrace on the first batch, and the epoch (the row "no cut": the epoch alone, at full
-rank and traced before, the floor a free cut would leave). Rows are timed in turn in one process, the
-order rotated every round; the ratio to BP's epoch is the figure (the machine is shared).
-Synthetic CIFAR-shaped inputs held in memory (the input pipeline is timed elsewhere,
+the retrace on the first batch, and the epoch. The rows "no cut" time the epoch alone,
+at full rank and traced before: the floor a free cut would leave; the rows "cut in place"
+cut by ``cut_in_place``, a prototype that keeps the shapes. Rows are timed in turn in one
+process, the order rotated every round; the ratio to BP's epoch is the figure (the machine
+is shared). Synthetic CIFAR-shaped inputs held in memory (the input pipeline is timed elsewhere,
 ``DATA_THROUGHPUT.md``), batched by ``tf.data`` as training's pipeline batches them: every
 batch, the short last one too, has the batch size unknown to the trace, so a model traces
 its step once after a cut (a ragged last batch fed as arrays, whose first batches have the
@@ -95,7 +96,7 @@ def build(options):
     keras.utils.set_random_seed(1)
     options = dict(options)
     keras_adam = options.pop("keras_adam", False)
-    for key in ("threaded_blas", "no_cut", "in_place"):  # how the round runs (one_round), not the model
+    for key in ("threaded_blas", "no_cut", "in_place"):  # how one_round cuts, not the model
         options.pop(key, None)
     model = compile_model(build_model(FLAGS.model, (32, 32, 3), 10, **options))
     if keras_adam:

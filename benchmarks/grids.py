@@ -285,7 +285,6 @@ GRIDS = {
 GRIDS.update(DEPLOY_GRIDS)
 
 
-
 def unknown(grid, variant=None):
     """What is wrong with naming grid ``grid`` (and its ``variant``), as one line, or None."""
     if grid not in GRIDS:

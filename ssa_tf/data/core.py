@@ -186,14 +186,15 @@ def with_seeds(ds, seed):
 
 def without_autotune(ds):
     """``ds`` with tf.data's autotuning off: map parallelism AUTOTUNE then runs at
-    tf.data's initial value, min(16, cores), and the prefetch buffer at its own size.
+    tf.data's initial value, min(16, cores); prefetch's buffer is left to prefetch's own
+    tuner (its ``legacy_autotune`` attribute, on by default).
 
     With it on, deleting an iterator (Keras makes one per epoch, training and
     validation alike) sometimes waited for the autotuning thread's next wake-up, whose
     period doubles from 10 ms to a minute: resnet32's 24 s epoch then ended at 41.0 s
     (a native stack showed ``RootDataset::Iterator``'s destructor waiting on its
-    thread), and 4 epochs of smallconv on 10,000 CIFAR-10 images took 36-40 s against
-    29-31 s without it (``benchmarks/reports/EFFICIENCY.md``)."""
+    thread), and a 4-epoch smallconv run on 10,000 CIFAR-10 images took 48.1 s against
+    36.0 s without it, as whole processes (``benchmarks/reports/EFFICIENCY.md``)."""
     import tensorflow as tf
 
     options = tf.data.Options()
