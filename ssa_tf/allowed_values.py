@@ -18,6 +18,9 @@ RANK_FEEDBACK_CUTS = ("slots", "svd", "first")
 # what a rank cut keeps a fraction tau of (training.rank, docs/ALGORITHM.md §5): the energy
 # of the weight's singular values (the paper's), or of the layer's outputs on training inputs
 RANK_ENERGIES = ("weights", "outputs")
+# what a rank cut does to the variables (training.rank): recreate them at the new rank (the
+# steps after it cheaper, retraced), or zero the dropped components in place (no retrace)
+RANK_CUT_FORMS = ("resize", "in_place")
 # how SVDConv2D evaluates its convolution, in training and in an export
 FORWARD_FORMS = ("auto", "merged", "factored")
 # an export's: also "measured", each layer's two forms timed in onnxruntime

@@ -12,6 +12,7 @@ import dataclasses
 import os
 
 import keras
+import numpy as np
 import pytest
 import tensorflow as tf
 from keras import ops
@@ -89,6 +90,15 @@ FEATURES = {
         settings=("train.lr_decay_epochs=1", "model.conv_factorization=channel",
                   "rank.dense_tau=0.5", "rank.keep_ends=true"),
         epochs=2, steps=1, cut_after=1, feedback_cut="first", resume=(2, 1)),
+    # cuts in place (rank.cut_form): the components zeroed where they are, no retrace,
+    # through a resume; the slots cut and the re-factoring one (its components written into
+    # the first live slots)
+    "cut in place, slots, resume": lambda d: Scenario(
+        "ssa", settings=("rank.cut_form=in_place",), epochs=2, steps=1, cut_after=1,
+        resume=(2, 1)),
+    "cut in place, svd cut, smallconv": lambda d: Scenario(
+        "ssa", model="smallconv", settings=("rank.cut_form=in_place",), epochs=2, steps=1,
+        cut_after=1, feedback_cut="svd"),
     # a longer run: a leak that waits a few steps (each step's state checked, every 8th
     # replayed)
     "16 steps": lambda d: Scenario("ssa", steps=16, replay_every=8),
@@ -157,6 +167,25 @@ def transport_at_a_cut(monkeypatch):
         return record
 
     monkeypatch.setattr(SVDLayer, "truncate", rebuilding)
+    return _ssa()
+
+
+def transport_into_zeroed_slots(monkeypatch):
+    """A cut in place that writes the dropped forward components into the feedback slots
+    it zeroes: the forward function is the honest cut's, the feedback is not."""
+    truncate = SVDLayer.truncate
+
+    def leaking(self, *args, **kwargs):
+        before = [v.numpy() for v in (self.U, self.s, self.V)]
+        record = truncate(self, *args, **kwargs)
+        dead = np.flatnonzero(self.s.numpy() == 0)
+        for b, f in zip((self.B_U, self.B_s, self.B_V), before):
+            value = b.numpy()
+            value[..., dead] = f[..., dead]
+            b.assign(value)
+        return record
+
+    monkeypatch.setattr(SVDLayer, "truncate", leaking)
     return _ssa()
 
 
@@ -272,6 +301,10 @@ MUTANTS = {
         "ssa", lambda mp: periodic_resync(), Scenario("ssa", steps=4), {CHANGED}),
     "transport at a rank cut": (
         "ssa", transport_at_a_cut, Scenario("ssa", epochs=2, steps=1, cut_after=1), {CUT}),
+    "transport into the slots a cut in place zeroes": (
+        "ssa", transport_into_zeroed_slots, Scenario(
+            "ssa", settings=("rank.cut_form=in_place",), epochs=2, steps=1, cut_after=1),
+        {CUT}),
     "own norm gain": (
         "ssa", lambda mp: _with_route(OwnGainRoute), Scenario("ssa", steps=1), {SIGNAL}),
     "dkp reading the head's weight": (

@@ -168,7 +168,7 @@ def test_keep_ends_spares_the_input_layer_and_the_classifier(keep_ends):
 
 def test_ranks_png_has_one_titled_panel_per_layer_and_integer_epochs():
     # a new user's report: 34 lines in one plot, no legend, ticks at 0.25, 0.5, ...
-    from ssa_tf.training.rank import rank_figure
+    from ssa_tf.training.rank_plot import rank_figure
 
     layers = [f"block{i}" for i in range(34)]
     history = [(e, {n: max(1, 64 - 3 * e - i % 5) for i, n in enumerate(layers)})

@@ -92,7 +92,8 @@ def test_prepare_workdir_resumes_refuses_and_restarts(tmp_path):
 
 def test_warmup_after_cuts_composes_with_decay_and_serializes():
     import keras
-    from ssa_tf.training.rank import WarmupAfterCuts, cut_epochs
+    from ssa_tf.training.rank import cut_epochs
+    from ssa_tf.training.schedules import WarmupAfterCuts
 
     assert cut_epochs(30, start=0, interval=10) == [10, 20]  # none after the last epoch
     assert cut_epochs(40, start=20, interval=10) == [20, 30]

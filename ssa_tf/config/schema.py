@@ -163,6 +163,11 @@ class RankConfig:
     # (72% of smallconv's) and few of its multiply-adds: a cut can take them deeper than
     # the convolutions (benchmarks/reports/deploy_cut.md)
     dense_tau: float | None = None
+    # resize: each cut recreates the layers at their new ranks (the steps after it cost
+    # less; the step is retraced, 5-7 s at resnet32); in_place: the dropped components are
+    # zeroed, nothing retraces and the steps cost the full rank's; the end of the run drops
+    # the zeros. The same training either way (tests/test_cut_in_place.py)
+    cut_form: str = "resize"
 
 
 def is_cut_epoch(done, start, interval) -> bool:
@@ -301,7 +306,7 @@ class RunConfig:
 # settings that say where and how a run works, not what it trains: a resumed run may
 # change them (and its length, train.epochs), and an experiment's key leaves them out
 OPERATIONAL = ("data.data_dir", "data.manual_dir", "data.autotune", "rule.recompute",
-               "rule.hold_within_peak", "runtime.workdir",
+               "rule.hold_within_peak", "rank.cut_form", "runtime.workdir",
                "runtime.restart", "runtime.progress", "runtime.checkpoint_steps",
                "runtime.keep_checkpoints", "runtime.skip_nonfinite_steps",
                "runtime.diagnostics_every")

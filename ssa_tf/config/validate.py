@@ -12,7 +12,7 @@ import os
 
 from ssa_tf.allowed_values import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, HEAD_INITS, LABELS,
                                    MODELS, NORMS, PROGRESS, RANK_ENERGIES,
-                                   RANK_FEEDBACK_CUTS, STRATEGIES)
+                                   RANK_CUT_FORMS, RANK_FEEDBACK_CUTS, STRATEGIES)
 from ssa_tf import model_file
 from ssa_tf.config.schema import BUILT_IN_DEFAULTS, RunConfig, cut_epochs, is_model_file
 from ssa_tf.methods import registry
@@ -28,6 +28,7 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
                ("model.conv_factorization", m.conv_factorization, CONV_FACTORIZATIONS),
                ("rank.feedback_cut", r.feedback_cut, RANK_FEEDBACK_CUTS),
                ("rank.energy", r.energy, RANK_ENERGIES),
+               ("rank.cut_form", r.cut_form, RANK_CUT_FORMS),
                ("runtime.progress", rt.progress, PROGRESS)]
     if is_model_file(m.model):  # a user's model file
         problem = validate_model_file(cfg)
@@ -43,6 +44,10 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
     if r.feedback_cut == "slots" and r.energy == "outputs":
         return (f"{flag('rank.feedback_cut')}=slots keeps each layer's own components and "
                 f"{flag('rank.energy')}=outputs re-factors them; choose first or svd")
+    if r.cut_form == "in_place" and cfg.rule.options().get("stiefel_retraction"):
+        return ("rank.cut_form=in_place keeps the cut components as zero columns, and "
+                "rule.stiefel_retraction makes every column orthonormal after each step, "
+                "which would bring them back; use rank.cut_form=resize")
     problem = validate_rule(cfg)
     if problem:
         return problem

@@ -20,7 +20,7 @@ def cosine_alignment_loss(layer):
     def term(X, B):
         dot = ops.sum(X * B, axis=0)
         norms = ops.sum(ops.square(X), axis=0) * ops.sum(ops.square(B), axis=0)
-        return ops.sum(1.0 - ops.square(dot) / (norms + 1e-12))
+        return ops.sum(_live(X) * (1.0 - ops.square(dot) / (norms + 1e-12)))
 
     return term(layer.U, layer.B_U) + term(layer.V, layer.B_V)
 
@@ -40,9 +40,16 @@ def factor_alignment_loss(layer):
             + ops.sum(ops.square(layer.V - layer.B_V)))
 
 
+def _live(X):
+    """1 for each column of X that is not all zero, else 0: a component a cut in place
+    zeroed (``SVDLayer.truncate``) adds nothing to a term's value (its gradient is zero
+    either way), so the logged terms are the resized layer's."""
+    return ops.cast(ops.any(ops.not_equal(X, 0), axis=0), X.dtype)
+
+
 def _gram_defect(X):
-    r = ops.shape(X)[1]
-    return ops.sum(ops.square(ops.matmul(ops.transpose(X), X) - ops.eye(r, dtype=X.dtype)))
+    """||X^T X - I||_F^2, I's ones on the live columns only (``_live``)."""
+    return ops.sum(ops.square(ops.matmul(ops.transpose(X), X) - ops.diag(_live(X))))
 
 
 def orthogonality_loss(layer, lam: float = 0.0):

@@ -188,13 +188,11 @@ class SVDLayer:
         self._initial_kernel = None  # set by from_dense/from_conv
 
     # -- variables ---------------------------------------------------------
-    @property
-    def full_rank(self) -> int:
-        m, n = self._matrix_shape
-        return min(m, n)
+    full_rank = property(lambda self: min(self._matrix_shape))
 
     @property
     def rank(self) -> int:
+        """The variables' rank (a cut in place keeps it; ``live_rank`` counts the live)."""
         if self.built:
             return int(self.s.shape[0])
         return self._requested_rank or self.full_rank
@@ -257,60 +255,79 @@ class SVDLayer:
                          for v in (self.B_U, self.B_s, self.B_V))
         return (B_U * B_s) @ B_V.T
 
+    # -- live components (a cut in place zeroes the ones it drops) ------------
+    def live_slots(self) -> np.ndarray:
+        """The slots of the components a cut in place has not zeroed (u_k, s_k, v_k not all
+        exactly zero: a live component is never all zero, even at init_scale 0)."""
+        U, s, V = (ops.convert_to_numpy(v) for v in (self.U, self.s, self.V))
+        return np.flatnonzero(np.any(U != 0, axis=0) | (s != 0) | np.any(V != 0, axis=0))
+
+    live_rank = property(lambda self: int(len(self.live_slots())))
+
+    def _live(self, feedback=False, slots=None):
+        """The factors (B's with ``feedback``) at the live slots, float64."""
+        slots = self.live_slots() if slots is None else slots
+        names = ("B_U", "B_s", "B_V") if feedback else ("U", "s", "V")
+        return [np.asarray(ops.convert_to_numpy(getattr(self, n)), np.float64)[..., slots]
+                for n in names]
+
     def spectrum(self) -> np.ndarray:
-        """Exact singular values of the current weight, descending."""
-        return exact_singular_values(*(ops.convert_to_numpy(v) for v in (self.U, self.s, self.V)))[1]
+        """Exact singular values of the current weight, descending (its live components)."""
+        return exact_singular_values(*self._live())[1]
 
     def slot_spectrum(self) -> np.ndarray:
         """The spectrum whose energy rank is the slot cut's (``slot_spectrum``)."""
-        return slot_spectrum(*(np.asarray(ops.convert_to_numpy(v), np.float64)
-                               for v in (self.U, self.s, self.V)))
+        return slot_spectrum(*self._live())
 
     def output_spectrum(self, input_cov) -> np.ndarray:
         """The output-energy spectrum on inputs of second moment ``input_cov`` (``output_cut``)."""
         return output_spectrum(self.merged_matrix(), input_cov)
 
     @serial_blas
-    def truncate(self, rank: int, feedback: str | None = None, input_cov=None) -> dict:
+    def truncate(self, rank: int, feedback: str | None = None, input_cov=None,
+                 in_place=False) -> dict:
         """Re-factor exactly and cut to ``rank`` (docs/ALGORITHM.md §5).
 
-        The forward weight becomes the best rank-``rank`` approximation of the
-        current weight (Eckart-Young), or with ``input_cov`` (the second moment
-        of what the layer's matrix multiplies, ``matrix_inputs``) the one that
-        best keeps the layer's outputs on those inputs (``output_cut``); the
-        recorded energy is then the fraction of output energy kept. The feedback factors:
+        The forward weight becomes the best rank-``rank`` approximation of the current
+        weight (Eckart-Young), or with ``input_cov`` (the second moment of what the layer's
+        matrix multiplies, ``matrix_inputs``) the one that best keeps the layer's outputs on
+        those inputs (``output_cut``; the energy is then the output energy kept). The feedback:
 
-        - ``"first"`` (the paper's; the default with ``input_cov``): keep B's first ``rank`` components. The forward
-          factors are now in a new basis (the exact SVD's: order by singular value,
-          arbitrary signs), so component i of B no longer matches component i of
-          the forward factors;
+        - ``"slots"`` (the default without ``input_cov``): no re-factoring, the kept
+          components (``slot_cut``) keep their slots and B its columns at them;
+        - ``"first"`` (the paper's; the default with ``input_cov``): keep B's first
+          ``rank`` components. The forward factors are now in a new basis (the exact
+          SVD's), so component i of B no longer matches component i of the forward ones;
         - ``"svd"``: re-factored the same way, B becomes its own best rank-r
           approximation in its exact SVD basis, each component's sign matched
           to the forward one (flipping u_i and v_i together leaves B
           unchanged). When B tracks the forward weight, the two bases then
           agree and the alignment term stays as small as before the cut.
 
-        Variables are recreated at the new shapes, so the caller must rebuild
-        its optimizer and retrace its step. Returns a record with old/new rank
-        and retained energy.
+        The cut reads the live components only (``live_slots``). By default the variables
+        are recreated at the new shapes, so the caller must rebuild its optimizer and
+        retrace its step. ``in_place`` keeps every shape: the kept components are written
+        into live slots (their own, or the first ones for a re-factoring cut) and every
+        other slot is zeroed in U, s, V and B, which computes the same layer with nothing
+        to retrace (a zero component gets no gradient from the task, eq. 5 or eq. 12).
+        Returns a record with old/new (live) rank and retained energy.
         """
         feedback = resolve_feedback_cut(feedback, input_cov)
         if feedback not in FEEDBACK_CUTS:
             raise ValueError(f"feedback must be one of {FEEDBACK_CUTS}, got {feedback!r}")
-        old = self.rank
-        rank = int(rank)
+        live = self.live_slots() if in_place else np.arange(self.rank)
+        old, rank = len(live), int(rank)
         if not 1 <= rank <= old:
             raise ValueError(f"{self.name}: cannot truncate rank {old} to {rank}")
-        current = [np.asarray(ops.convert_to_numpy(v), np.float64)
-                   for v in (self.U, self.s, self.V)]
-        feedback_now = [np.asarray(ops.convert_to_numpy(v))
-                        for v in (self.B_U, self.B_s, self.B_V)]
+        current = self._live(slots=live)
+        feedback_now = [f.astype(np.float32) for f in self._live(True, live)]
+        kept = np.arange(rank)  # where in ``live`` the kept components go
         if feedback == "slots":
             if input_cov is not None:
                 raise ValueError("feedback cut 'slots' keeps the layer's own components; an "
                                  "output-energy cut re-factors them (use 'first' or 'svd')")
-            U, sig, V, keep, energy = slot_cut(*current, rank)
-            fb = [f[..., keep] for f in feedback_now]
+            U, sig, V, kept, energy = slot_cut(*current, rank)
+            fb = [f[..., kept] for f in feedback_now]
         else:
             if input_cov is None:
                 U, sig, V = exact_singular_values(*current)
@@ -326,8 +343,27 @@ class SVDLayer:
                 flip = np.where(np.sum(bu * U, axis=0) < 0, -1.0, 1.0)
                 fb = [bu * flip, bs, bv * flip]
         values = (U, sig, V, *fb)
-        # Keras locks a built layer's state; shapes change, so unlock,
-        # untrack the old variables and create new ones in the same order.
+        if in_place:
+            for var, value in zip(self.factor_variables(), values):
+                full = np.zeros(var.shape, np.float32)
+                full[..., live[kept]] = value
+                var.assign(full)
+        else:
+            self._replace_factors(rank, values)
+        return {"layer": self.name, "old_rank": old, "new_rank": rank, "energy": energy}
+
+    def compact(self) -> bool:
+        """Drop the components a cut in place zeroed: variables recreated at the live rank,
+        the function unchanged (the caller rebuilds its optimizer). False: all were live."""
+        live = self.live_slots()
+        if len(live) == self.rank:
+            return False
+        self._replace_factors(len(live), (*self._live(slots=live), *self._live(True, live)))
+        return True
+
+    def _replace_factors(self, rank, values):
+        """New factor variables of rank ``rank`` holding ``values`` (U, s, V, B_U, B_s, B_V)."""
+        # Keras locks a built layer's state: unlock, untrack, create anew in the same order
         tracker = self._tracker
         tracker.unlock()
         try:
@@ -342,7 +378,6 @@ class SVDLayer:
         finally:
             tracker.lock()
         self._requested_rank = rank
-        return {"layer": self.name, "old_rank": old, "new_rank": rank, "energy": energy}
 
     def _scaled_factors(self, feedback=False):
         """U * sqrt|s| * sign(s) and V * sqrt|s|: each half of the spectrum.

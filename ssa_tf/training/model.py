@@ -159,7 +159,12 @@ class SSAModel(keras.Model):
         return [l for m in self.local_modules for l in svd_layers(m)]
 
     def ranks(self) -> dict:
+        """Each SVD layer's rank: its variables' (what a checkpoint restores)."""
         return {l.name: l.rank for l in self.svd_layers()}
+
+    def live_ranks(self) -> dict:
+        """Each SVD layer's live rank: its rank less the components cut in place."""
+        return {l.name: l.live_rank for l in self.svd_layers()}
 
     NONFINITE_TERMS = base.TERMS
 

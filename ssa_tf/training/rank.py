@@ -6,6 +6,10 @@ The cut is real: variables get new, smaller shapes, the optimizer is rebuilt
 for them and the compiled train/test/predict functions are retraced, so the
 steps after a cut are cheaper, not just the exported model smaller.
 
+``rank.cut_form=in_place`` keeps every shape instead: the dropped components are zeroed
+(``SVDLayer.truncate``), nothing is rebuilt or retraced and the steps cost the full rank's;
+the run's end drops the zeros (``compact``) before it saves the model.
+
 Optimizer state after a cut [choice]: the step counter and the moments of
 every variable that was not re-factored are carried over unchanged. A
 re-factored layer's U, s and V are new coordinates (rotated by the exact
@@ -13,7 +17,8 @@ SVD), so their old element-wise moments mean nothing there: the first moment
 restarts at zero and the second moment at the old variable's mean second
 moment. Resetting both to zero would make Adam's first steps after the cut
 about 3x lr (its bias correction assumes t steps of history), a jolt measured
-in ``tests/test_rank.py``.
+in ``tests/test_rank.py``. A cut in place restarts the same moments in place, the second
+at the mean over the live slots the resized variable would have held.
 """
 
 from __future__ import annotations
@@ -25,15 +30,16 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from ssa_tf import atomic_files
 from ssa_tf.config import presets
 from ssa_tf.methods import registry
 from ssa_tf.config.schema import cut_epochs, is_cut_epoch  # noqa: F401  (the one schedule)
 from ssa_tf.nn import SVDDense, energy_rank
+from ssa_tf.allowed_values import RANK_CUT_FORMS as CUT_FORMS
 from ssa_tf.nn.svd import CUT_ENERGIES, resolve_feedback_cut, serial_blas
+from ssa_tf.training import rank_plot
 from ssa_tf.training.csvlog import keep_rows
 from ssa_tf.training.model import retrace
-
+from ssa_tf.training.schedules import WarmupAfterCuts  # noqa: F401  (registered; its home)
 
 
 def _preset_schedule(name) -> dict | None:
@@ -52,7 +58,9 @@ CSV_FIELDS = ["epoch", "layer", "old_rank", "new_rank", "energy", "params_before
 
 
 def _trainable_count(model):
-    return int(sum(np.prod(v.shape) for v in model.trainable_variables))
+    """The trainable parameters, less the components a cut in place zeroed."""
+    dead = sum((l.rank - l.live_rank) * (sum(l._matrix_shape) + 1) for l in model.svd_layers())
+    return int(sum(np.prod(v.shape) for v in model.trainable_variables)) - dead
 
 
 def end_layers(model):
@@ -95,7 +103,7 @@ def input_covariances(model, batches, names=None) -> dict:
 
 
 def cut_model(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None,
-              dense_tau=None):
+              dense_tau=None, in_place=False):
     """Cut every non-exempt SVD layer of ``model`` to its energy rank: the rank keeping
     ``tau`` of its energy, or ``dense_tau`` of it for the dense layers when given.
 
@@ -103,7 +111,8 @@ def cut_model(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None
     the layer's output energy on those inputs and the cut keeps those outputs
     best (``SVDLayer.truncate``); without, it is the weight's (the paper's).
     Returns (records, pairs): one record per layer (old/new rank, retained
-    energy) and the (new variable, old variable) pairs of re-factored layers.
+    energy) and the (new variable, old variable) pairs of re-factored layers, or with
+    ``in_place`` (``truncate_layers``) the (layer, live slots before) of the cut ones.
     """
     feedback = resolve_feedback_cut(feedback, covariances or None)
     targets = {}
@@ -117,12 +126,13 @@ def cut_model(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None
                 spectrum = layer.output_spectrum(covariances[layer.name])
             dense = dense_tau is not None and isinstance(layer, SVDDense)
             r = energy_rank(spectrum, dense_tau if dense else tau)
-            targets[layer.name] = min(layer.rank, max(r, min_rank))
-    return truncate_layers(model, targets, feedback, covariances)
+            targets[layer.name] = min(layer.live_rank, max(r, min_rank))
+    return truncate_layers(model, targets, feedback, covariances, in_place)
 
 
-def truncate_layers(model, targets, feedback=None, covariances=None):
-    """Cut the SVD layers named in ``targets`` to their target rank (no rank grows).
+def truncate_layers(model, targets, feedback=None, covariances=None, in_place=False):
+    """Cut the SVD layers named in ``targets`` to their target (live) rank (no rank grows),
+    in place or not (``SVDLayer.truncate``).
 
     Returns (records, pairs) as ``cut_model`` does."""
     feedback = resolve_feedback_cut(feedback, covariances or None)
@@ -131,23 +141,25 @@ def truncate_layers(model, targets, feedback=None, covariances=None):
     layers = {l.name: l for l in model.svd_layers()}
     for name, r in targets.items():
         layer = layers[name]
-        if r > layer.rank:
-            raise ValueError(f"{name} is at rank {layer.rank}; it cannot grow to {r}")
-        if r < layer.rank:
+        live = layer.live_slots() if in_place else np.arange(layer.rank)
+        if r > len(live):
+            raise ValueError(f"{name} is at rank {len(live)}; it cannot grow to {r}")
+        if r < len(live):
             old = (layer.U, layer.s, layer.V)
-            records.append(layer.truncate(int(r), feedback, covariances.get(name)))
-            pairs.extend(zip((layer.U, layer.s, layer.V), old))
+            records.append(layer.truncate(int(r), feedback, covariances.get(name), in_place))
+            pairs.extend([(layer, live)] if in_place else zip((layer.U, layer.s, layer.V), old))
         else:
-            records.append({"layer": name, "old_rank": layer.rank, "new_rank": layer.rank,
+            records.append({"layer": name, "old_rank": len(live), "new_rank": len(live),
                             "energy": 1.0})
     return records, pairs
 
 
-def rebuild_optimizer(model, pairs):
+def rebuild_optimizer(model, pairs, slots=None):
     """A fresh optimizer of the same kind and step for the model's current variables.
 
     ``pairs`` maps re-factored variables to the ones they replace; see the
-    module docstring for how their moments restart.
+    module docstring for how their moments restart. ``slots`` ({id(new variable): the
+    old variable's slots it keeps}, ``compact``): those carry their moments at the slots.
     """
     old = model.optimizer
     config = old.get_config()
@@ -159,10 +171,15 @@ def rebuild_optimizer(model, pairs):
     new.iterations.assign(old.iterations)
     if not (hasattr(old, "_momentums") and hasattr(old, "_velocities")):
         return new  # not Adam-like: its state simply restarts
-    replaced = {id(n): o for n, o in pairs}
+    replaced, slots = {id(n): o for n, o in pairs}, slots or {}
     for v in variables:
         j = new._get_variable_index(v)
-        if id(v) in replaced:
+        if id(v) in slots:
+            i = old._get_variable_index(replaced[id(v)])
+            for moments in ("_momentums", "_velocities"):
+                value = getattr(old, moments)[i].numpy()[..., slots[id(v)]]
+                getattr(new, moments)[j].assign(value)
+        elif id(v) in replaced:
             second = old._velocities[old._get_variable_index(replaced[id(v)])]
             new._velocities[j].assign(tf.fill(v.shape, tf.reduce_mean(second)))
         else:
@@ -173,10 +190,11 @@ def rebuild_optimizer(model, pairs):
 
 
 def apply_cut(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None,
-              dense_tau=None):
-    """Cut, rebuild the optimizer and retrace, in the model's strategy scope."""
+              dense_tau=None, in_place=False):
+    """Cut, rebuild the optimizer and retrace (in place: restart the cut layers' moments
+    in place), in the model's strategy scope."""
     return _applied(model, lambda: cut_model(model, tau, min_rank, exempt, feedback,
-                                             covariances, dense_tau))
+                                             covariances, dense_tau, in_place), in_place)
 
 
 def apply_ranks(model, ranks, feedback=None):
@@ -184,14 +202,49 @@ def apply_ranks(model, ranks, feedback=None):
     return _applied(model, lambda: truncate_layers(model, dict(ranks or {}), feedback))
 
 
-def _applied(model, cut):
+def _applied(model, cut, in_place=False):
     with model.distribute_strategy.scope():
         records, pairs = cut()
-        if pairs:
+        if pairs and in_place:
+            restart_moments(model.optimizer, pairs)
+            model.feedback_changed()
+        elif pairs:
             model.optimizer = rebuild_optimizer(model, pairs)
             model.feedback_changed()
             retrace(model)
     return records
+
+
+def restart_moments(optimizer, cut):
+    """After a cut in place, ``cut``'s (layer, live slots before) layers' U, s and V restart
+    their moments as ``rebuild_optimizer`` restarts a recreated variable's: the first at
+    zero, the second at its mean over the slots that were live (a resized variable's)."""
+    if not (hasattr(optimizer, "_momentums") and hasattr(optimizer, "_velocities")):
+        raise ValueError(f"a cut in place restarts Adam's moments; {type(optimizer).__name__} "
+                         "has none (use rank.cut_form=resize)")
+    for layer, live in cut:
+        for var in (layer.U, layer.s, layer.V):
+            i = optimizer._get_variable_index(var)
+            mean = tf.reduce_mean(tf.gather(optimizer._velocities[i], live, axis=-1))
+            optimizer._momentums[i].assign(tf.zeros(var.shape, var.dtype))
+            optimizer._velocities[i].assign(tf.fill(var.shape, mean))
+
+
+def compact(model) -> bool:
+    """Drop the components cuts in place zeroed (``SVDLayer.compact``): the model computes
+    the same at its live ranks; the optimizer keeps every moment. False: nothing to drop."""
+    with model.distribute_strategy.scope():
+        pairs, slots = [], {}
+        for layer in model.svd_layers():
+            live, old = layer.live_slots(), (layer.U, layer.s, layer.V)
+            if layer.compact():
+                pairs.extend(zip(layer.factor_variables()[:3], old))
+                slots.update({id(v): live for v in layer.factor_variables()[:3]})
+        if not pairs:
+            return False
+        model.optimizer = rebuild_optimizer(model, pairs, slots)
+        retrace(model)
+    return True
 
 
 class RankPruning(keras.callbacks.Callback):
@@ -213,6 +266,7 @@ class RankPruning(keras.callbacks.Callback):
     through the model at each cut, and each layer keeps the rank-r weight
     that best keeps its outputs on them (``input_covariances``, ``cut_model``).
     ``dense_tau`` is the dense layers' own fraction (``rank.dense_tau``; None: ``tau``).
+    ``cut_form="in_place"`` zeroes the dropped components instead of resizing (``apply_cut``).
 
     Writes ``ranks.csv`` (one row per layer and cut) and TensorBoard scalars
     ``rank/<layer>`` into ``workdir``, and at the end of training a PNG of
@@ -221,8 +275,12 @@ class RankPruning(keras.callbacks.Callback):
 
     def __init__(self, tau=0.95, start=0, interval=10, min_rank=1, exempt=(), workdir=None,
                  verbose=1, feedback=None, final_cut=False, keep_ends=False,
-                 energy="weights", data=None, energy_batches=8, dense_tau=None):
+                 energy="weights", data=None, energy_batches=8, dense_tau=None,
+                 cut_form="resize"):
         super().__init__()
+        if cut_form not in CUT_FORMS:
+            raise ValueError(f"cut_form must be one of {CUT_FORMS}, got {cut_form!r}")
+        self.in_place = cut_form == "in_place"
         if energy not in CUT_ENERGIES:
             raise ValueError(f"energy must be one of {CUT_ENERGIES}, got {energy!r}")
         if energy == "outputs" and (data is None or energy_batches < 1):
@@ -250,7 +308,7 @@ class RankPruning(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         if not self.history:
-            self.history.append((0, self.model.ranks()))
+            self.history.append((0, self.model.live_ranks()))
 
     def on_epoch_end(self, epoch, logs=None):
         last = epoch + 1 >= self.params.get("epochs", float("inf"))
@@ -263,13 +321,13 @@ class RankPruning(keras.callbacks.Callback):
                 covariances = input_covariances(
                     self.model, self.data.take(self.energy_batches), names)
             records = apply_cut(self.model, self.tau, self.min_rank, exempt, self.feedback,
-                                covariances, self.dense_tau)
+                                covariances, self.dense_tau, self.in_place)
             after = _trainable_count(self.model)
             for r in records:
                 r.update(epoch=epoch + 1, params_before=before, params_after=after)
             self.cuts.append(records)
             self._log(records, epoch + 1, before, after)
-        self.history.append((epoch + 1, self.model.ranks()))
+        self.history.append((epoch + 1, self.model.live_ranks()))
 
     def on_epoch_begin(self, epoch, logs=None):
         self._print_report()
@@ -290,7 +348,7 @@ class RankPruning(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self._print_report()
         if self.workdir and len(self.history) > 1:
-            plot_ranks(self.history, os.path.join(self.workdir, "ranks.png"))
+            rank_plot.plot_ranks(self.history, os.path.join(self.workdir, "ranks.png"))
 
     def _log(self, records, epoch, before, after):
         if self.verbose:
@@ -321,80 +379,3 @@ class RankPruning(keras.callbacks.Callback):
                 tf.summary.scalar(f"energy/{r['layer']}", r["energy"], step=epoch)
             tf.summary.scalar("trainable_params", after, step=epoch)
         writer.close()
-
-
-def plot_ranks(history, path):
-    """Rank per layer over epochs, one small panel per layer (its name above it), written
-    atomically as PNG."""
-    atomic_files.save_figure(rank_figure(history), path)
-
-
-def rank_figure(history):
-    """The figure of ``plot_ranks``: a panel per layer, integer epoch ticks."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [e for e, _ in history]
-    layers = list(history[0][1])
-    cols = min(len(layers), 4)
-    rows = -(-len(layers) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows + 0.6), squeeze=False)
-    for ax, name in zip(axes.flat, layers):
-        ranks = [r.get(name, np.nan) for _, r in history]
-        ax.step(epochs, ranks, where="post", color="C0")
-        ax.set_title(f"{name}: {ranks[0]} -> {ranks[-1]}", fontsize=8)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylim(0, max(ranks[0], 1) * 1.05)
-        ax.tick_params(labelsize=7)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(layers):]:
-        ax.set_visible(False)
-    fig.supxlabel("epoch", fontsize=9)
-    fig.supylabel("rank", fontsize=9)
-    fig.suptitle("SVD rank per layer (title: first -> last)", fontsize=10)
-    fig.tight_layout()
-    return fig
-
-
-@keras.saving.register_keras_serializable(package="ssa_tf")
-class WarmupAfterCuts(keras.optimizers.schedules.LearningRateSchedule):
-    """``base`` (a rate or a schedule), ramped up linearly over ``warmup_steps``
-    steps after each of ``cut_steps``: the k-th step after a cut (k = 1..W)
-    runs at k/W of the base rate.
-
-    Stateless (the cut steps are known in advance from the rank schedule), so
-    it composes with the epoch-wise decays and a resumed run continues it
-    exactly.
-    """
-
-    def __init__(self, base, cut_steps, warmup_steps):
-        self.base = base
-        self.cut_steps = sorted(int(c) for c in cut_steps)
-        self.warmup_steps = int(warmup_steps)
-
-    def __call__(self, step):
-        rate = self.base(step) if callable(self.base) else self.base
-        if not self.cut_steps or self.warmup_steps < 1:
-            return rate
-        step = tf.cast(step, tf.float32)
-        cuts = tf.constant(self.cut_steps, tf.float32)
-        last = tf.reduce_max(tf.where(cuts <= step, cuts, -1e12))
-        factor = tf.minimum(1.0, (step - last + 1.0) / float(self.warmup_steps))
-        return tf.cast(rate, tf.float32) * factor
-
-    def get_config(self):
-        base = self.base
-        if isinstance(base, keras.optimizers.schedules.LearningRateSchedule):
-            base = keras.optimizers.schedules.serialize(base)
-        return {"base": base, "cut_steps": self.cut_steps, "warmup_steps": self.warmup_steps}
-
-    @classmethod
-    def from_config(cls, config):
-        base = config["base"]
-        if isinstance(base, dict):
-            base = keras.optimizers.schedules.deserialize(base)
-        return cls(base, config["cut_steps"], config["warmup_steps"])

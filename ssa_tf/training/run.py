@@ -23,7 +23,9 @@ from ssa_tf.training import callbacks as callbacks_lib
 from ssa_tf.training import checkpoints, loop
 from ssa_tf.training.workdir import WorkdirClaim
 from ssa_tf.training.model import compile_model, model_from_config
-from ssa_tf.training.rank import RankPruning, WarmupAfterCuts, cut_epochs
+from ssa_tf.training import rank as rank_lib
+from ssa_tf.training.rank import RankPruning, cut_epochs
+from ssa_tf.training.schedules import WarmupAfterCuts
 from ssa_tf.errors import InputError  # noqa: F401  (raised here; its home)
 
 
@@ -124,7 +126,7 @@ def _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks):
     except callbacks_lib.Diverged as e:
         raise callbacks_lib.Diverged(f"{e}; {_checkpoints_note(placement)}") from None
     final = placement.evaluate(model, ds.test)
-
+    rank_lib.compact(model)  # cuts in place leave zeroed components: the saved model drops them
     tmp = os.path.join(workdir, "model.tmp.keras")
     model.save(tmp)
     os.replace(tmp, os.path.join(workdir, "model.keras"))
@@ -191,7 +193,7 @@ def _callbacks(cfg, model, ds, placement, workdir, state, timer, extra):
                                         feedback=r.feedback_cut, final_cut=r.final_cut,
                                         keep_ends=r.keep_ends, energy=r.energy,
                                         data=ds.train, energy_batches=r.energy_batches,
-                                        dense_tau=r.dense_tau))
+                                        dense_tau=r.dense_tau, cut_form=r.cut_form))
     return callbacks
 
 

@@ -36,6 +36,7 @@ class Step:
     inputs: list  # per module, per call
     outputs: list
     signals: list  # per module, per call: d loss / d output (None: no gradient reached it)
+    live: dict = None  # the live ranks (``ranks`` are the variables'; a cut in place keeps them)
 
     @property
     def name(self):
@@ -48,6 +49,7 @@ class EpochEnd:
     epoch: int
     ranks: dict
     state: dict
+    live: dict = None
 
 
 @dataclasses.dataclass
@@ -165,11 +167,11 @@ class Recorder(keras.callbacks.Callback):
         c = self._calls
         self.events.append(Step(self.segment, self._epoch, batch, self.model.ranks(),
                                 self._before, snapshot(self.model), *self._batch, c.inputs,
-                                c.outputs, c.signals))
+                                c.outputs, c.signals, self.model.live_ranks()))
 
     def on_epoch_end(self, epoch, logs=None):
         self.events.append(EpochEnd(self.segment, epoch, self.model.ranks(),
-                                    snapshot(self.model)))
+                                    snapshot(self.model), self.model.live_ranks()))
 
     def on_train_end(self, logs=None):
         self._calls.uninstall()

@@ -101,7 +101,7 @@ class Replay:
     def _epoch_end(self, previous, end):
         if not isinstance(previous, Step):
             return
-        if end.ranks == previous.ranks:  # validation, checkpoint: the feedback stays
+        if (end.ranks, end.live) == (previous.ranks, previous.live):  # no cut: it stays
             self.compare(BETWEEN, f"end of epoch {end.epoch + 1}", self.last.feedback,
                          end.state, previous.after)
             return
@@ -122,7 +122,8 @@ class Replay:
     def _cut(self, before, end):
         """The feedback factors after the cut are what the card states, computed here from
         the recorded state; every other piece of feedback state is what the replica's
-        ``feedback_changed`` derives from them, its forward weights random."""
+        ``feedback_changed`` derives from them, its forward weights random. A cut in place
+        (``rank.cut_form``) computes the same at the live slots and zeroes the rest."""
         from ssa_tf.nn.svd import exact_singular_values, resolve_feedback_cut, slot_order
 
         where = f"rank cut after epoch {end.epoch + 1}"
@@ -132,31 +133,43 @@ class Replay:
         mode = resolve_feedback_cut(cfg.rank.feedback_cut,
                                     True if cfg.rank.energy == "outputs" else None)
         old, new = before.after, end.state
+        in_place = cfg.rank.cut_form == "in_place"
         expected = {}
         for layer in self.last.model.svd_layers():
             keys = {n: f"var:{getattr(layer, n).path}" for n in ("U", "s", "V", "B_U", "B_s",
                                                               "B_V")}
-            r_old, r = before.ranks[layer.name], end.ranks[layer.name]
-            B = [old[keys[n]] for n in ("B_U", "B_s", "B_V")]
+            r_old, r = before.live[layer.name], end.live[layer.name]
+            # the slots the cut reads: the live ones of a cut in place, else all
+            fwd = [old[keys[n]].astype(np.float64) for n in ("U", "s", "V")]
+            live = (np.flatnonzero(np.any(fwd[0] != 0, axis=0) | (fwd[1] != 0)
+                                   | np.any(fwd[2] != 0, axis=0)) if in_place
+                    else np.arange(len(fwd[1])))
+            fwd = [f[..., live] for f in fwd]
+            B = [old[keys[n]][..., live] for n in ("B_U", "B_s", "B_V")]
+            U_new = new[keys["U"]][..., live[:r]]  # a re-factoring cut writes the first slots
+            kept = np.arange(r)
             if r == r_old:
-                fb = B
+                fb, kept = B, np.arange(len(live))
             elif mode == "slots":
-                fwd = [old[keys[n]].astype(np.float64) for n in ("U", "s", "V")]
-                keep = np.sort(slot_order(*fwd)[:r])
-                fb = [b[..., keep] for b in B]
+                kept = np.sort(slot_order(*fwd)[:r])
+                fb = [b[..., kept] for b in B]
             elif mode == "first":
                 fb = [b[..., :r] for b in B]
             else:  # svd: its own best rank r, each column's sign matched to the forward's
                 bu, bs, bv = exact_singular_values(*B)
                 bu, bs, bv = bu[:, :r], bs[:r], bv[:, :r]
-                got = new[keys["B_U"]].astype(np.float64)
-                flip = np.where(np.sum(bu * new[keys["U"]], axis=0) < 0, -1.0, 1.0)
+                got = new[keys["B_U"]][..., live[:r]].astype(np.float64)
+                flip = np.where(np.sum(bu * U_new, axis=0) < 0, -1.0, 1.0)
                 # a column whose sign test is a tie may go either way
-                ties = np.abs(np.sum(bu * new[keys["U"]], axis=0)) < 1e-6
+                ties = np.abs(np.sum(bu * U_new, axis=0)) < 1e-6
                 own = np.where(np.sum(got * bu, axis=0) < 0, -1.0, 1.0)
                 flip = np.where(ties, own, flip)
                 fb = [bu * flip, bs, bv * flip]
             for n, value in zip(("B_U", "B_s", "B_V"), fb):
+                if in_place:  # the rest of the slots zero
+                    value, full = np.asarray(value), np.zeros_like(old[keys[n]])
+                    full[..., live[kept]] = value
+                    value = full
                 expected[keys[n]] = np.asarray(value, np.float32)
         self.compare(CUT, where, sorted(expected), new, expected)
         # everything else the feedback holds: derived from the cut factors alone
