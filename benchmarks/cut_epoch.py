@@ -9,7 +9,8 @@ the end of the next epoch: the cut to ``--fraction`` of each layer's full rank
 (``training.rank.apply_ranks``: new variables, the optimizer rebuilt, the step retraced),
 the retrace on the first batch, and the epoch. The rows "no cut" time the epoch alone,
 at full rank and traced before: the floor a free cut would leave; the rows "cut in place"
-cut by ``cut_in_place``, a prototype that keeps the shapes. Rows are timed in turn in one
+cut with ``rank.cut_form=in_place`` (``apply_ranks(..., in_place=True)``: the shapes kept,
+nothing rebuilt or retraced). Rows are timed in turn in one
 process, the order rotated every round; the ratio to BP's epoch is the figure (the machine
 is shared). Synthetic CIFAR-shaped inputs held in memory (the input pipeline is timed elsewhere,
 ``DATA_THROUGHPUT.md``), batched by ``tf.data`` as training's pipeline batches them: every
@@ -65,9 +66,9 @@ ROWS = [
     ("ssa, global broadcast, no recompute, no cut",
      dict(rule="ssa", feedback="global", feedback_spatial="broadcast", recompute=False,
           no_cut=True)),
-    # a prototype of a cut that keeps the shapes (cut_in_place): no retrace
-    ("ssa, cut in place (prototype)", dict(rule="ssa", in_place=True)),
-    ("ssa, global broadcast, no recompute, cut in place (prototype)",
+    # rank.cut_form=in_place: the shapes kept, no retrace
+    ("ssa, cut in place", dict(rule="ssa", in_place=True)),
+    ("ssa, global broadcast, no recompute, cut in place",
      dict(rule="ssa", feedback="global", feedback_spatial="broadcast", recompute=False,
           in_place=True)),
 ]
@@ -122,10 +123,9 @@ def one_round(rows, batches, bp, order):
         model.fit(batches.take(1), verbose=0, shuffle=False)  # traced at full rank
         with blas_threads(rows[name].get("threaded_blas", False)):
             start = time.perf_counter()
-            if rows[name].get("in_place"):
-                cut_in_place(model, fraction_ranks(model, FLAGS.fraction))
-            elif not rows[name].get("no_cut"):
-                apply_ranks(model, fraction_ranks(model, FLAGS.fraction))
+            if not rows[name].get("no_cut"):
+                apply_ranks(model, fraction_ranks(model, FLAGS.fraction),
+                            in_place=rows[name].get("in_place", False))
             cut = time.perf_counter()
             # the retrace, and the epoch's first step (by fit, as the rest)
             model.fit(batches.take(1), verbose=0, shuffle=False)
@@ -134,38 +134,6 @@ def one_round(rows, batches, bp, order):
             end = time.perf_counter()
             out[name] = end - start, (cut - start, traced - cut, end - traced)
     return out
-
-
-def cut_in_place(model, ranks):
-    """A prototype of a cut that keeps every variable's shape, so nothing retraces: the
-    components the slot cut drops are zeroed in U, s, V and B's factors, and the factors'
-    moments restart as ``training.rank.rebuild_optimizer`` restarts a cut layer's. The
-    model then computes what the slot-cut model computes. A zeroed component gets no
-    gradient from the task (each factor's is proportional to the others), from eq. 5's
-    alignment (B's slot is zero too) or eq. 12's orthogonality (4 U (U^T U - I) is zero
-    in a zero column), so it stays zero (tests/test_benchmark_scripts.py); the step
-    costs the full rank's. Ranks, checkpoints and the export do not know of it yet."""
-    import numpy as np
-    import tensorflow as tf
-
-    from ssa_tf.nn.svd import slot_cut
-
-    optimizer = model.optimizer
-    for layer in model.svd_layers():
-        if ranks.get(layer.name, layer.rank) >= layer.rank:
-            continue
-        factors = [np.asarray(v.numpy(), np.float64) for v in (layer.U, layer.s, layer.V)]
-        keep = slot_cut(*factors, ranks[layer.name])[3]
-        dead = np.setdiff1d(np.arange(layer.rank), keep)
-        for var in layer.factor_variables():
-            value = var.numpy()
-            value[..., dead] = 0.0
-            var.assign(value)
-        for var in (layer.U, layer.s, layer.V):
-            i = optimizer._get_variable_index(var)
-            optimizer._momentums[i].assign(tf.zeros(var.shape, var.dtype))
-            second = optimizer._velocities[i]
-            second.assign(tf.fill(var.shape, tf.reduce_mean(second)))
 
 
 @contextlib.contextmanager

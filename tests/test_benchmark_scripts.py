@@ -51,9 +51,9 @@ def build(options):
 cut_epoch.build = build
 from ssa_tf.training import rank
 real_apply, at_cut = rank.apply_ranks, {}
-def apply_ranks(model, ranks):
+def apply_ranks(model, ranks, **kwargs):
     at_cut.update(traces)
-    return real_apply(model, ranks)
+    return real_apply(model, ranks, **kwargs)
 rank.apply_ranks = apply_ranks
 row = __ROW__
 rows = {name: options for name, options in cut_epoch.ROWS if name in ("bp", row)}
@@ -91,6 +91,15 @@ def test_the_no_cut_floor_row_neither_cuts_nor_traces_in_its_epoch(tmp_path):
     full_rank, first, rest = got["fits"]
     assert first - full_rank >= 1 and got["after"]["ssa"] == rest == first
     assert got["after"]["bp"] == got["before"]["bp"] >= 1
+
+
+def test_the_cut_in_place_row_cuts_and_never_traces_after_it(tmp_path):
+    got = run_script(CUT_EPOCH_SCRIPT.replace("__ROW__", repr("ssa, cut in place")), tmp_path)
+    assert got["at_cut"]["ssa"] >= 1  # apply_ranks ran, after the trace at full rank
+    full_rank, first, rest = got["fits"]
+    assert got["after"]["ssa"] == rest == first == got["at_cut"]["ssa"]
+    cut, first_step, rest = got["parts"]
+    assert min(cut, first_step, rest) > 0
 
 
 def test_fraction_ranks_keep_the_ends_at_full_rank_where_a_row_says(tmp_path):
@@ -177,9 +186,9 @@ def test_cut_fidelity_ranks_the_three_cuts_as_their_definitions_do(tmp_path):
     assert abs(ow["slots"] - ow["exact"]) < 1e-9
 
 
-def test_a_cut_in_place_computes_the_slot_cut_model_and_its_zeros_stay_without_a_retrace(
+def test_cut_epochs_cut_in_place_computes_the_slot_cut_model_and_its_zeros_stay_untraced(
         tmp_path):
-    # benchmarks.cut_epoch's prototype of a cut that keeps the shapes
+    # benchmarks.cut_epoch's rows "cut in place": rank.cut_form=in_place, as training cuts
     script = """
 import json
 import numpy as np
@@ -206,7 +215,7 @@ model.make_train_function(force=True)
 model.fit(batches.take(1), verbose=0)
 before = traces[0]
 twin.set_weights(model.get_weights())
-cut_epoch.cut_in_place(model, ranks)
+apply_ranks(model, ranks, in_place=True)
 apply_ranks(twin, ranks)
 same = float(np.abs(model.predict(x, verbose=0) - twin.predict(x, verbose=0)).max())
 model.fit(batches, verbose=0)

@@ -197,9 +197,10 @@ def apply_cut(model, tau, min_rank=1, exempt=(), feedback=None, covariances=None
                                              covariances, dense_tau, in_place), in_place)
 
 
-def apply_ranks(model, ranks, feedback=None):
+def apply_ranks(model, ranks, feedback=None, in_place=False):
     """Cut the model to the given ranks (a checkpoint's), as ``apply_cut`` would."""
-    return _applied(model, lambda: truncate_layers(model, dict(ranks or {}), feedback))
+    return _applied(model, lambda: truncate_layers(model, dict(ranks or {}), feedback,
+                                                   in_place=in_place), in_place)
 
 
 def _applied(model, cut, in_place=False):
