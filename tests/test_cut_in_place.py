@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import pytest
 
-from ssa_tf.config import RunConfig
+from ssa_tf.config import RunConfig, UsageError
 from ssa_tf.config.validate import validate
 from ssa_tf.methods import losses
 from ssa_tf.training import rank as rank_lib
@@ -67,19 +67,20 @@ def differences(a, b) -> list:
 
 CUTS = {"slots": [], "first": ["rank.feedback_cut=first"], "svd": ["rank.feedback_cut=svd"],
         "output energy": ["rank.energy=outputs", "rank.energy_batches=2"],
-        "smallconv, channel view": ["model.conv_factorization=channel"]}
+        "smallconv, channel view": ["model.model=smallconv", "model.conv_factorization=channel"],
+        # the route cut_epoch times, on convolutions
+        "smallconv, global broadcast, no recompute": [
+            "model.model=smallconv", "rule.feedback=global", "rule.feedback_spatial=broadcast",
+            "rule.recompute=false"],
+        "cosine alignment": ["rule.align_form=cosine"],
+        # FactorAdam (s at its own rate) and the rate's warm-up after each cut
+        "s rate, warm-up": ["rule.s_rate_scale=0.5", "rank.warmup_steps=3"]}
 
 
 @pytest.mark.parametrize("cut", CUTS)
 def test_a_cut_in_place_trains_what_a_resize_trains(cut, tmp_path):
-    sets = list(CUTS[cut])
-    if cut.startswith("smallconv"):
-        sets = ["train.epochs=3", *sets]
-        a = _run(tmp_path / "resize", "resize", *sets, "model.model=smallconv")
-        b = _run(tmp_path / "in_place", "in_place", *sets, "model.model=smallconv")
-    else:
-        a = _run(tmp_path / "resize", "resize", *sets)
-        b = _run(tmp_path / "in_place", "in_place", *sets)
+    a = _run(tmp_path / "resize", "resize", *CUTS[cut])
+    b = _run(tmp_path / "in_place", "in_place", *CUTS[cut])
     assert differences(a, b) == []
     # two cuts happened, and the saved model holds only the live components
     rows = a["ranks_csv"].strip().splitlines()[1:]
@@ -102,18 +103,32 @@ def _saved_with_zeros(monkeypatch):
     monkeypatch.setattr(rank_lib, "compact", lambda model: False)
 
 
+def _cosine_counts_dead_columns(monkeypatch):
+    def unmasked(layer):
+        def term(X, B):
+            dot = keras.ops.sum(X * B, axis=0)
+            norms = keras.ops.sum(X * X, axis=0) * keras.ops.sum(B * B, axis=0)
+            return keras.ops.sum(1.0 - keras.ops.square(dot) / (norms + 1e-12))
+        return term(layer.U, layer.B_U) + term(layer.V, layer.B_V)
+
+    monkeypatch.setattr(losses, "cosine_alignment_loss", unmasked)
+
+
 # without the restart, Adam's old momentum moves the zeroed components: they come back
-MUTANTS = {"moments not restarted": (_no_moment_restart, "ranks.csv"),
-           "terms count the zeroed columns": (_terms_count_dead_columns, "ortho_term differs"),
-           "saved with the zeros": (_saved_with_zeros, "shapes")}
+MUTANTS = {"moments not restarted": (_no_moment_restart, "ranks.csv", []),
+           "terms count the zeroed columns": (_terms_count_dead_columns, "ortho_term differs",
+                                              []),
+           "the cosine term counts them": (_cosine_counts_dead_columns, "align_term differs",
+                                           ["rule.align_form=cosine"]),
+           "saved with the zeros": (_saved_with_zeros, "shapes", [])}
 
 
 @pytest.mark.parametrize("name", MUTANTS)
 def test_the_comparison_catches_each_mutant(name, monkeypatch, tmp_path):
-    make, expected = MUTANTS[name]
-    a = _run(tmp_path / "resize", "resize")
+    make, expected, sets = MUTANTS[name]
+    a = _run(tmp_path / "resize", "resize", *sets)
     make(monkeypatch)
-    b = _run(tmp_path / "in_place", "in_place")
+    b = _run(tmp_path / "in_place", "in_place", *sets)
     found = differences(a, b)
     assert any(expected in line for line in found), found
 
@@ -205,6 +220,9 @@ def test_a_run_cut_in_place_resumes_from_its_checkpoint_to_the_same_end(tmp_path
     with np.load(stopped / "backup" / "local" / "epoch-2" / "variables.npz") as npz:
         s = [npz[k] for k in npz.files if k.startswith("model/") and k.endswith("m0_dense/s")]
     assert len(s) == 1 and np.count_nonzero(s[0]) == live["m0_dense"]
+    # the checkpoints hold zeroed components: resuming it with the other form is refused
+    with pytest.raises(UsageError, match="rank.cut_form='in_place' then, 'resize' now"):
+        _run(stopped, "resize")
     resumed = _run(stopped, "in_place")
     assert resumed["summary"]["resumed_from_epoch"] == 2
     assert differences(whole, resumed) == []
@@ -220,3 +238,34 @@ def test_cut_form_is_checked_before_a_run():
         ["rank.tau=0.9", "rank.interval=1", "rank.cut_form=in_place"])) is None
     with pytest.raises(ValueError, match="cut_form"):
         rank_lib.RankPruning(cut_form="shrink")
+
+
+def test_the_factored_forward_keeps_a_cut_in_place_exact_and_finite():
+    """The factored pair (U sqrt|s|, V sqrt|s|) takes sqrt at the zeroed s: its gradient
+    there must be zero, not NaN, and the layer must compute the resized one's."""
+    import tensorflow as tf
+
+    from ssa_tf.nn import SVDConv2D
+
+    keras.utils.set_random_seed(2)
+    x = tf.random.normal((4, 6, 6, 8))
+    layers = [SVDConv2D(12, 3, padding="same", forward="factored", feedback_seed=3)
+              for _ in range(2)]
+    for layer in layers:
+        layer(x)
+    layers[1].set_weights(layers[0].get_weights())
+    layers[0].truncate(10, in_place=True)
+    layers[1].truncate(10)
+    assert layers[0].rank == layers[0].full_rank > layers[0].live_rank == layers[1].rank == 10
+    for layer in layers:
+        for _ in range(3):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.square(layer(x))) + losses.orthogonality_loss(layer)
+            variables = [layer.U, layer.s, layer.V]
+            for var, grad in zip(variables, tape.gradient(loss, variables)):
+                assert np.all(np.isfinite(grad.numpy()))
+                var.assign_sub(1e-3 * grad)
+    dead = np.setdiff1d(np.arange(layers[0].rank), layers[0].live_slots())
+    assert len(dead) == layers[0].rank - 10
+    assert not np.any(layers[0].s.numpy()[dead]) and not np.any(layers[0].U.numpy()[:, dead])
+    np.testing.assert_allclose(layers[0](x).numpy(), layers[1](x).numpy(), rtol=1e-4, atol=1e-5)

@@ -301,6 +301,10 @@ MUTANTS = {
         "ssa", lambda mp: periodic_resync(), Scenario("ssa", steps=4), {CHANGED}),
     "transport at a rank cut": (
         "ssa", transport_at_a_cut, Scenario("ssa", epochs=2, steps=1, cut_after=1), {CUT}),
+    "transport at a cut in place": (
+        "ssa", transport_at_a_cut, Scenario(
+            "ssa", settings=("rank.cut_form=in_place",), epochs=2, steps=1, cut_after=1),
+        {CUT}),
     "transport into the slots a cut in place zeroes": (
         "ssa", transport_into_zeroed_slots, Scenario(
             "ssa", settings=("rank.cut_form=in_place",), epochs=2, steps=1, cut_after=1),

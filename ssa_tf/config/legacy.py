@@ -58,7 +58,9 @@ LATER_DEFAULTS = {"model.conv_factorization": ("spatial",), "rank.keep_ends": (F
                   # the weight of local_global's direct term (no such route before)
                   "rule.direct_weight": (None, 1.0),
                   # the dense layers' own fraction at a cut: tau's before
-                  "rank.dense_tau": (None,)}
+                  "rank.dense_tau": (None,),
+                  # what a cut does to the variables: recreate them before
+                  "rank.cut_form": ("resize",)}
 
 
 def at_later_default(name, value) -> bool:

@@ -166,7 +166,8 @@ class RankConfig:
     # resize: each cut recreates the layers at their new ranks (the steps after it cost
     # less; the step is retraced, 5-7 s at resnet32); in_place: the dropped components are
     # zeroed, nothing retraces and the steps cost the full rank's; the end of the run drops
-    # the zeros. The same training either way (tests/test_cut_in_place.py)
+    # the zeros. The same training either way (tests/test_cut_in_place.py); a resume keeps
+    # the run's (its checkpoints hold the zeros, or not)
     cut_form: str = "resize"
 
 
@@ -306,7 +307,7 @@ class RunConfig:
 # settings that say where and how a run works, not what it trains: a resumed run may
 # change them (and its length, train.epochs), and an experiment's key leaves them out
 OPERATIONAL = ("data.data_dir", "data.manual_dir", "data.autotune", "rule.recompute",
-               "rule.hold_within_peak", "rank.cut_form", "runtime.workdir",
+               "rule.hold_within_peak", "runtime.workdir",
                "runtime.restart", "runtime.progress", "runtime.checkpoint_steps",
                "runtime.keep_checkpoints", "runtime.skip_nonfinite_steps",
                "runtime.diagnostics_every")

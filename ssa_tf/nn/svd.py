@@ -315,7 +315,7 @@ class SVDLayer:
         feedback = resolve_feedback_cut(feedback, input_cov)
         if feedback not in FEEDBACK_CUTS:
             raise ValueError(f"feedback must be one of {FEEDBACK_CUTS}, got {feedback!r}")
-        live = self.live_slots() if in_place else np.arange(self.rank)
+        live = self.live_slots()  # all of them unless cut in place before
         old, rank = len(live), int(rank)
         if not 1 <= rank <= old:
             raise ValueError(f"{self.name}: cannot truncate rank {old} to {rank}")

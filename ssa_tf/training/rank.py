@@ -141,7 +141,7 @@ def truncate_layers(model, targets, feedback=None, covariances=None, in_place=Fa
     layers = {l.name: l for l in model.svd_layers()}
     for name, r in targets.items():
         layer = layers[name]
-        live = layer.live_slots() if in_place else np.arange(layer.rank)
+        live = layer.live_slots()
         if r > len(live):
             raise ValueError(f"{name} is at rank {len(live)}; it cannot grow to {r}")
         if r < len(live):
@@ -219,7 +219,10 @@ def _applied(model, cut, in_place=False):
 def restart_moments(optimizer, cut):
     """After a cut in place, ``cut``'s (layer, live slots before) layers' U, s and V restart
     their moments as ``rebuild_optimizer`` restarts a recreated variable's: the first at
-    zero, the second at its mean over the slots that were live (a resized variable's)."""
+    zero, the second at its mean over the slots that were live (a resized variable's).
+    An optimizer not built yet (no step taken) has no moments to restart."""
+    if not optimizer.built:
+        return
     if not (hasattr(optimizer, "_momentums") and hasattr(optimizer, "_velocities")):
         raise ValueError(f"a cut in place restarts Adam's moments; {type(optimizer).__name__} "
                          "has none (use rank.cut_form=resize)")
