@@ -68,6 +68,7 @@ ROWS = [
           no_cut=True)),
     # rank.cut_form=in_place: the shapes kept, no retrace
     ("ssa, cut in place", dict(rule="ssa", in_place=True)),
+    ("ssa, no recompute, cut in place", dict(rule="ssa", recompute=False, in_place=True)),
     ("ssa, global broadcast, no recompute, cut in place",
      dict(rule="ssa", feedback="global", feedback_spatial="broadcast", recompute=False,
           in_place=True)),
