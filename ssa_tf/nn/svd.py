@@ -380,12 +380,12 @@ class SVDLayer:
         self._requested_rank = rank
 
     def _scaled_factors(self, feedback=False):
-        """U * sqrt|s| * sign(s) and V * sqrt|s|: each half of the spectrum.
-
-        ``feedback=True`` does the same for the fixed factors B_U, B_s, B_V.
-        """
+        """U * sqrt|s| * sign(s) and V * sqrt|s|, each half of the spectrum (B's with
+        ``feedback``). At s = 0 (a component cut in place) sqrt's gradient is 0, not inf: the
+        kernel's 0 * inf is 0 only by TensorFlow's own SqrtGrad, NaN under XLA."""
         U, s, V = (self.B_U, self.B_s, self.B_V) if feedback else (self.U, self.s, self.V)
-        root = ops.sqrt(ops.abs(s))
+        a = ops.abs(s)
+        root = ops.where(a > 0, ops.sqrt(ops.where(a > 0, a, 1.0)), 0.0)
         return U * (root * ops.sign(s)), V * root
 
     def _svd_config(self):
