@@ -69,6 +69,12 @@ ROWS = [
     # rank.cut_form=in_place: the shapes kept, no retrace
     ("ssa, cut in place", dict(rule="ssa", in_place=True)),
     ("ssa, no recompute, cut in place", dict(rule="ssa", recompute=False, in_place=True)),
+    # the configuration that meets resnet18's step and memory targets (STEP_COST.md)
+    ("ssa, global broadcast, held within the peak",
+     dict(rule="ssa", feedback="global", feedback_spatial="broadcast", hold_within_peak=True)),
+    ("ssa, global broadcast, held within the peak, cut in place",
+     dict(rule="ssa", feedback="global", feedback_spatial="broadcast", hold_within_peak=True,
+          in_place=True)),
     ("ssa, global broadcast, no recompute, cut in place",
      dict(rule="ssa", feedback="global", feedback_spatial="broadcast", recompute=False,
           in_place=True)),
