@@ -75,6 +75,14 @@ ROWS = [
     ("ssa, global broadcast, held within the peak, cut in place",
      dict(rule="ssa", feedback="global", feedback_spatial="broadcast", hold_within_peak=True,
           in_place=True)),
+    # the step compiled with XLA (train.jit_compile), and BP's epoch so compiled (no cut):
+    # compiled once per input shape, warmed up on the short last batch too
+    ("bp, XLA", dict(rule="bp", jit=True, no_cut=True)),
+    ("ssa, XLA", dict(rule="ssa", jit=True)),
+    ("ssa, XLA, cut in place", dict(rule="ssa", jit=True, in_place=True)),
+    ("ssa, global broadcast, no recompute, XLA, cut in place",
+     dict(rule="ssa", feedback="global", feedback_spatial="broadcast", recompute=False,
+          jit=True, in_place=True)),
     ("ssa, global broadcast, no recompute, cut in place",
      dict(rule="ssa", feedback="global", feedback_spatial="broadcast", recompute=False,
           in_place=True)),
@@ -104,9 +112,11 @@ def build(options):
     keras.utils.set_random_seed(1)
     options = dict(options)
     keras_adam = options.pop("keras_adam", False)
+    jit = options.pop("jit", False)
     for key in ("threaded_blas", "no_cut", "in_place"):  # how one_round cuts, not the model
         options.pop(key, None)
-    model = compile_model(build_model(FLAGS.model, (32, 32, 3), 10, **options))
+    model = compile_model(build_model(FLAGS.model, (32, 32, 3), 10, **options),
+                          jit_compile=jit)
     if keras_adam:
         model.compile(optimizer=keras.optimizers.Adam(float(model.optimizer.learning_rate)),
                       loss=model.loss, jit_compile=False,
@@ -128,6 +138,8 @@ def one_round(rows, batches, bp, order):
             continue
         model = build(rows[name])
         model.fit(batches.take(1), verbose=0, shuffle=False)  # traced at full rank
+        if rows[name].get("jit"):  # XLA compiles per shape: the short last batch too
+            model.fit(batches.skip(-(-FLAGS.examples // FLAGS.batch) - 1), verbose=0)
         with blas_threads(rows[name].get("threaded_blas", False)):
             start = time.perf_counter()
             if not rows[name].get("no_cut"):

@@ -132,6 +132,11 @@ class TrainConfig:
     learning_rate: float | None = None  # None: the rule's default
     lr_decay_epochs: tuple = ()  # multiply the rate by lr_decay_factor at these epochs
     lr_decay_factor: float = 0.1
+    # compile the step with XLA (Keras's jit_compile): the same training, compiled once per
+    # input shape, 30-40 s for resnet32's SSA step, then 0.6-0.8x its time on this CPU
+    # (benchmarks/reports/EFFICIENCY.md); a resizing cut compiles again (rank.cut_form);
+    # turned off, with a notice, under a strategy with several CPU devices
+    jit_compile: bool = False
 
 
 @dataclasses.dataclass
@@ -307,6 +312,7 @@ class RunConfig:
 # settings that say where and how a run works, not what it trains: a resumed run may
 # change them (and its length, train.epochs), and an experiment's key leaves them out
 OPERATIONAL = ("data.data_dir", "data.manual_dir", "data.autotune", "rule.recompute",
+               "train.jit_compile",
                "rule.hold_within_peak", "runtime.workdir",
                "runtime.restart", "runtime.progress", "runtime.checkpoint_steps",
                "runtime.keep_checkpoints", "runtime.skip_nonfinite_steps",

@@ -112,7 +112,8 @@ def _train_claimed(cfg, placement, workdir, state, verbose, extra_callbacks):
     with placement.strategy.scope():  # model, optimizer, metrics, rank callback
         model = model_from_config(cfg, ds.input_shape, ds.num_classes)
         steps = -(-ds.train_examples // cfg.train.batch_size)
-        compile_model(model, learning_rate_schedule(cfg, steps), steps_per_epoch=steps)
+        compile_model(model, learning_rate_schedule(cfg, steps), cfg.train.jit_compile,
+                      steps_per_epoch=steps)
     if verbose and model.network_config is not None:  # a user's model: how it was cut
         placement.log(module_split(cfg, model))
     trainable_params = int(sum(np.prod(v.shape) for v in model.trainable_variables))
