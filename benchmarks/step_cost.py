@@ -109,6 +109,14 @@ ROWS = [
      dict(G, conv_factorization="channel", keep_ends=True), None, 0.5),
     ("ssa (chain), channel view, 50% rank, ends kept",
      dict(rule="ssa", conv_factorization="channel", keep_ends=True), None, 0.5),
+    # the step compiled with XLA (train.jit_compile), BP's too
+    ("bp, XLA", dict(rule="bp", jit=True), None, None),
+    ("ssa (chain), held within the peak, XLA", dict(rule="ssa", hold_within_peak=True,
+                                                    jit=True), None, None),
+    ("ssa, global broadcast, held within the peak, XLA", dict(G, hold_within_peak=True,
+                                                              jit=True), None, None),
+    ("ssa (chain), channel view, 50% rank, ends kept, XLA",
+     dict(rule="ssa", conv_factorization="channel", keep_ends=True, jit=True), None, 0.5),
 ]
 
 
@@ -124,7 +132,8 @@ def build(options, form, fraction, shape):
     keep_ends = options.pop("keep_ends", False)
     order = options.pop("replay_order", None)
     transpose = options.pop("chain_transpose", True)
-    model = build_model("resnet18", shape, FLAGS.classes, **options)
+    jit = options.pop("jit", False)
+    model = build_model("resnet18", shape, FLAGS.classes, jit_compile=jit, **options)
     if order:
         model.rule.replay_order = order
     if not transpose:
