@@ -43,10 +43,9 @@ settings (--set SECTION.FIELD=VALUE; README.md, "Settings", says what each does)
                             subsequent_indent="      ")
               for s, fields in cfg_lib.FIELD_HELP.items()) + """
 
-The run checkpoints every epoch; the same command resumes it. Outputs in the
-workdir: model.keras, metrics.csv, config.json, summary.json, TensorBoard logs.
-Exit status: 0 done, 2 a mistake in what was asked (one line), 3 diverged, 130
-interrupted (the run resumes from its last checkpoint)."""
+Checkpoints every epoch; the same command resumes the run. Outputs in the workdir:
+model.keras, metrics.csv, config.json, summary.json, TensorBoard logs. Exit status:
+0 done, 2 a mistake in what was asked (one line), 3 diverged, 130 interrupted."""
 
 
 def config_from_flags() -> cfg_lib.RunConfig:
