@@ -123,3 +123,36 @@ def test_mirrored_two_logical_cpus_equals_one_device():
     # XLA cannot run on several CPU devices: turned off with one notice, no crash
     assert not results["bp_jit_requested"]["jit"]
     assert result.stdout.count("notice: jit_compile turned off") == 1
+
+
+def _xla_calls(graph) -> int:
+    """Ops of ``graph`` (and the functions it calls) marked for XLA compilation."""
+    found = 0
+    for op in graph.get_operations():
+        try:
+            found += bool(op.get_attr("_XlaMustCompile"))
+        except (ValueError, TypeError):  # the op has no such attribute
+            pass
+    return found + sum(_xla_calls(f.graph) for f in graph._functions.values()
+                       if hasattr(f, "graph"))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_the_checkpointing_loop_compiles_the_step_with_xla_when_asked(jit):
+    """train.jit_compile reaches a run's own loop (a run with a workdir never calls fit):
+    its step is marked for XLA, as Keras's fit marks it, or not at all."""
+    import numpy as np
+    import tensorflow as tf
+
+    from ssa_tf.training import loop
+    from ssa_tf.training.model import build_model
+
+    model = build_model("mlp", (8, 8, 3), 10, rule="ssa", jit_compile=jit)
+    ds = tf.data.Dataset.from_tensor_slices(
+        (np.zeros((16, 8, 8, 3), "float32"), np.zeros(16, "int64"))).batch(8)
+    loop.build_for(model, ds)
+    steps = loop._StepFunctions(model, ds.element_spec)
+    steps.train(next(iter(ds)))
+    steps.test(next(iter(ds)))
+    for fn in (steps._train, steps._test):
+        assert _xla_calls(fn.get_concrete_function().graph) == (1 if jit else 0)

@@ -162,7 +162,9 @@ class _StepFunctions:
     """``strategy.run(model.train_step)`` and ``test_step`` as tf.functions.
 
     Traced again when the model's variables change (a rank cut replaces them:
-    a traced function would keep training the old ones). Not XLA-compiled.
+    a traced function would keep training the old ones). With ``model.jit_compile``
+    (``train.jit_compile``) each replica's step is XLA-compiled, as Keras's ``fit``
+    compiles it: once per input shape.
     """
 
     def __init__(self, model, element_spec):
@@ -175,12 +177,16 @@ class _StepFunctions:
         if key == self._key:
             return
         strategy = model.distribute_strategy
+        train_step, test_step = model.train_step, model.test_step
+        if model.jit_compile:
+            train_step = tf.function(train_step, jit_compile=True, reduce_retracing=True)
+            test_step = tf.function(test_step, jit_compile=True, reduce_retracing=True)
 
         def train(batch):
-            strategy.run(model.train_step, args=(batch,))
+            strategy.run(train_step, args=(batch,))
 
         def test(batch):
-            return strategy.run(model.test_step, args=(batch,))
+            return strategy.run(test_step, args=(batch,))
 
         self._train = tf.function(train, input_signature=[self.spec])
         self._test = tf.function(test, input_signature=[self.spec])
