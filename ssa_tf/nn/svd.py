@@ -81,6 +81,12 @@ def resolve_feedback_cut(feedback, input_cov=None):
     return "slots" if input_cov is None else "first"
 
 
+def live_slots(U, s, V) -> np.ndarray:
+    """Slots whose u_k, s_k, v_k are not all zero (a cut in place zeroes the rest; a live
+    component never is all zero, even at init_scale 0)."""
+    return np.flatnonzero(np.any(U != 0, axis=0) | (s != 0) | np.any(V != 0, axis=0))
+
+
 def slot_order(U, s, V):
     """The components by decreasing energy s_k^2 ||u_k||^2 ||v_k||^2 (ties: lower slot first)."""
     weight = s ** 2 * np.sum(U ** 2, axis=0) * np.sum(V ** 2, axis=0)
@@ -191,8 +197,7 @@ class SVDLayer:
     full_rank = property(lambda self: min(self._matrix_shape))
 
     @property
-    def rank(self) -> int:
-        """The variables' rank (a cut in place keeps it; ``live_rank`` counts the live)."""
+    def rank(self) -> int:  # the variables' (a cut in place keeps it): live_rank counts
         if self.built:
             return int(self.s.shape[0])
         return self._requested_rank or self.full_rank
@@ -255,12 +260,9 @@ class SVDLayer:
                          for v in (self.B_U, self.B_s, self.B_V))
         return (B_U * B_s) @ B_V.T
 
-    # -- live components (a cut in place zeroes the ones it drops) ------------
-    def live_slots(self) -> np.ndarray:
-        """The slots of the components a cut in place has not zeroed (u_k, s_k, v_k not all
-        exactly zero: a live component is never all zero, even at init_scale 0)."""
-        U, s, V = (ops.convert_to_numpy(v) for v in (self.U, self.s, self.V))
-        return np.flatnonzero(np.any(U != 0, axis=0) | (s != 0) | np.any(V != 0, axis=0))
+    # -- live components ---------------------------------------------------------
+    def live_slots(self) -> np.ndarray:  # the components no cut in place zeroed
+        return live_slots(*(ops.convert_to_numpy(v) for v in (self.U, self.s, self.V)))
 
     live_rank = property(lambda self: int(len(self.live_slots())))
 
@@ -298,18 +300,16 @@ class SVDLayer:
         - ``"first"`` (the paper's; the default with ``input_cov``): keep B's first
           ``rank`` components. The forward factors are now in a new basis (the exact
           SVD's), so component i of B no longer matches component i of the forward ones;
-        - ``"svd"``: re-factored the same way, B becomes its own best rank-r
-          approximation in its exact SVD basis, each component's sign matched
-          to the forward one (flipping u_i and v_i together leaves B
-          unchanged). When B tracks the forward weight, the two bases then
-          agree and the alignment term stays as small as before the cut.
+        - ``"svd"``: re-factored the same way, B becomes its own best rank-r approximation
+          in its exact SVD basis, each component's sign matched to the forward one (u_i and
+          v_i flipped together leave B unchanged); when B tracks the forward weight, the
+          bases agree and the alignment term stays as small as before the cut.
 
-        The cut reads the live components only (``live_slots``). By default the variables
-        are recreated at the new shapes, so the caller must rebuild its optimizer and
-        retrace its step. ``in_place`` keeps every shape: the kept components are written
-        into live slots (their own, or the first ones for a re-factoring cut) and every
-        other slot is zeroed in U, s, V and B, which computes the same layer with nothing
-        to retrace (a zero component gets no gradient from the task, eq. 5 or eq. 12).
+        The cut reads the live components (``live_slots``). By default the variables are
+        recreated at the new shapes: the caller rebuilds its optimizer and retraces. ``in_place`` keeps every shape: the kept components go into live
+        slots (their own, or the first ones for a re-factoring cut), every other slot zero
+        in U, s, V and B: the same layer, nothing to retrace (a zero component gets no
+        gradient from the task, eq. 5 or eq. 12).
         Returns a record with old/new (live) rank and retained energy.
         """
         feedback = resolve_feedback_cut(feedback, input_cov)

@@ -124,7 +124,8 @@ class Replay:
         the recorded state; every other piece of feedback state is what the replica's
         ``feedback_changed`` derives from them, its forward weights random. A cut in place
         (``rank.cut_form``) computes the same at the live slots and zeroes the rest."""
-        from ssa_tf.nn.svd import exact_singular_values, resolve_feedback_cut, slot_order
+        from ssa_tf.nn.svd import (exact_singular_values, live_slots, resolve_feedback_cut,
+                                   slot_order)
 
         where = f"rank cut after epoch {end.epoch + 1}"
         if not getattr(self.card, "at_cuts", None):
@@ -141,9 +142,7 @@ class Replay:
             r_old, r = before.live[layer.name], end.live[layer.name]
             # the slots the cut reads: the live ones of a cut in place, else all
             fwd = [old[keys[n]].astype(np.float64) for n in ("U", "s", "V")]
-            live = (np.flatnonzero(np.any(fwd[0] != 0, axis=0) | (fwd[1] != 0)
-                                   | np.any(fwd[2] != 0, axis=0)) if in_place
-                    else np.arange(len(fwd[1])))
+            live = live_slots(*fwd) if in_place else np.arange(len(fwd[1]))
             fwd = [f[..., live] for f in fwd]
             B = [old[keys[n]][..., live] for n in ("B_U", "B_s", "B_V")]
             U_new = new[keys["U"]][..., live[:r]]  # a re-factoring cut writes the first slots
