@@ -117,6 +117,16 @@ ROWS = [
                                                               jit=True), None, None),
     ("ssa (chain), channel view, 50% rank, ends kept, XLA",
      dict(rule="ssa", conv_factorization="channel", keep_ends=True, jit=True), None, 0.5),
+    # the chain's linear network in bfloat16 (rule.chain_dtype): the feedback path only
+    ("ssa (chain), chain in bfloat16", dict(rule="ssa", chain_dtype="bfloat16"), None, None),
+    ("ssa (chain), held within the peak, chain in bfloat16",
+     dict(rule="ssa", hold_within_peak=True, chain_dtype="bfloat16"), None, None),
+    ("ssa (chain), channel view, 50% rank, ends kept, chain in bfloat16",
+     dict(rule="ssa", conv_factorization="channel", keep_ends=True, chain_dtype="bfloat16"),
+     None, 0.5),
+    # BP with every layer computing in bfloat16 (Keras's mixed_bfloat16 policy, weights in
+    # float32): what bfloat16 buys BP, for the row above's fairness
+    ("bp, mixed bfloat16", dict(rule="bp", policy="mixed_bfloat16"), None, None),
 ]
 
 
@@ -133,7 +143,13 @@ def build(options, form, fraction, shape):
     order = options.pop("replay_order", None)
     transpose = options.pop("chain_transpose", True)
     jit = options.pop("jit", False)
-    model = build_model("resnet18", shape, FLAGS.classes, jit_compile=jit, **options)
+    policy = options.pop("policy", None)
+    if policy:
+        keras.mixed_precision.set_global_policy(policy)
+    try:
+        model = build_model("resnet18", shape, FLAGS.classes, jit_compile=jit, **options)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     if order:
         model.rule.replay_order = order
     if not transpose:

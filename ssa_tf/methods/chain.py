@@ -191,8 +191,9 @@ def _sizes(g, in_shape):
 def _conv_transpose(g, kernel, in_shape, strides, padding):
     """The adjoint of ``ops.conv(., kernel, strides, padding)`` at input shape ``in_shape``
     (per example) applied to ``g``: its gradient with respect to its input."""
-    return tf.raw_ops.Conv2DBackpropInput(input_sizes=_sizes(g, in_shape), filter=kernel,
-                                          out_backprop=g, strides=(1, *strides, 1),
+    return tf.raw_ops.Conv2DBackpropInput(input_sizes=_sizes(g, in_shape),
+                                          filter=tf.cast(kernel, g.dtype), out_backprop=g,
+                                          strides=(1, *strides, 1),
                                           padding=padding.upper())
 
 
@@ -232,17 +233,18 @@ def adjoint_feedback(step, g, in_shape, kernels):
     if getattr(step, "data_format", "channels_last") == "channels_first":
         # (pooling, flatten, padding, cropping in the other layout: weightless, so the
         # forward pass on zeros that a tape of this one layer needs costs no multiply-adds)
-        zeros = tf.zeros(_sizes(g, in_shape))
+        zeros = tf.zeros(_sizes(g, in_shape), g.dtype)
         with tf.GradientTape() as tape:
             tape.watch(zeros)
             out = gated_feedback(step, zeros, kernels, None)[0]
         return tape.gradient(out, zeros, output_gradients=g)
     if isinstance(step, SVDDense):
-        return ops.matmul(ops.matmul(g, step.B_U) * step.B_s, ops.transpose(step.B_V))
+        b_u, b_s, b_v = (tf.cast(t, g.dtype) for t in (step.B_U, step.B_s, step.B_V))
+        return ops.matmul(ops.matmul(g, b_u) * b_s, ops.transpose(b_v))
     if isinstance(step, SVDConv2D):
         return _svd_conv_adjoint(step, g, tuple(in_shape))
     if isinstance(step, keras.layers.Dense):
-        return ops.matmul(g, ops.transpose(kernels[step.name]))
+        return ops.matmul(g, ops.transpose(tf.cast(kernels[step.name], g.dtype)))
     if isinstance(step, keras.layers.Conv2D):
         return _conv_transpose(g, kernels[step.name], tuple(in_shape), step.strides,
                                step.padding)

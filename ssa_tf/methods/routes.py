@@ -237,6 +237,8 @@ class ChainRoute(Route):
         self.init = options.get("feedback_init", "random")
         self.gated, self.jacobians = bool(gated), bool(jacobians)
         self.direct = not self.gated
+        # the dtype the ungated chain's signals are computed in (``rule.chain_dtype``)
+        self.dtype = options.get("chain_dtype") or "float32"
         self.kernels, self.matrices = {}, []
 
     def feedback_variables(self):
@@ -259,6 +261,12 @@ class ChainRoute(Route):
                                                                           *s), np.float32))
                              for i, s in enumerate(shapes)]
             self.refresh(model)
+        shapes = [(None, *model.input_dims), *((None, *s) for s in shapes)]
+        if self.dtype != "float32" and not self.matrices and not (
+                self.transpose and chain.transposable(model.local_modules, shapes)):
+            raise UsageError(f"rule.chain_dtype={self.dtype} computes the chain by its "
+                             "transpose, which needs every map size in the model known; "
+                             "this model leaves some unknown: use rule.chain_dtype=float32")
 
     def refresh(self, model):
         """Recompute the ungated chain's fixed matrices from the feedback weights."""
@@ -275,15 +283,20 @@ class ChainRoute(Route):
         differs from module to module (docs/ALGORITHM.md §3)."""
         # each module's input shape, for the transpose (module 0's is never transposed)
         shapes = [(None, *model.input_dims), *(tuple(o.shape) for o in outputs[:-1])]
+        low = ops.cast(error, self.dtype)  # float32 unless rule.chain_dtype says otherwise
         if self.matrices:
-            deltas = [ops.tensordot(error, m, axes=1) for m in self.matrices]
+            deltas = [ops.tensordot(low, ops.cast(m, self.dtype), axes=1)
+                      for m in self.matrices]
         elif not self.gated and self.transpose and chain.transposable(model.local_modules,
                                                                       shapes):
-            deltas = chain.adjoint_signals(model.local_modules, error, shapes, self.kernels)
+            deltas = chain.adjoint_signals(model.local_modules, low, shapes, self.kernels)
         else:
+            if self.dtype != "float32":  # (``build`` refuses it where the tape would run)
+                raise UsageError(f"rule.chain_dtype={self.dtype} needs the chain's transpose")
             deltas = chain.chain_signals(model.local_modules, outputs, error, self.kernels,
                                          gated=self.gated, jacobians=self.jacobians)
         scale = global_std(error)  # global-batch statistics, so that replicas rescale alike
+        deltas = [ops.cast(d, "float32") for d in deltas]
         return [ops.stop_gradient(d * scale / (global_std(d) + 1e-12)) for d in deltas]
 
     def ce_term(self, model, i, h, error, y, signals):

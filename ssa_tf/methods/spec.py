@@ -20,6 +20,9 @@ SPATIAL = ("broadcast", "full")
 # (training.optimizer.FactorAdam reads it)
 LEARNED_FEEDBACK = "learned_feedback"
 FEEDBACK_INIT = ("random", "forward")
+# the dtype the ungated chain's linear network runs in (``rule.chain_dtype``): its fixed
+# feedback path only; the forward pass, every gradient and every weight stay float32
+CHAIN_DTYPES = ("float32", "bfloat16")
 ALIGN_FORMS = ("factors", "cosine")
 
 # SSA's loss terms, shared by every rule with SVD factors so that a control differs from
@@ -129,8 +132,10 @@ ROUTES = {r.name: r for r in (
     # item 2 of issue 36: does a direct error term add anything to a good head?
     RouteSpec("local_global", (*_LOCAL_OPTIONS, "feedback_spatial", "direct_weight"),
               _local_global_error),
-    RouteSpec("chain", (), lambda o: "e through a fixed, ungated linear copy of the later "
-              "modules (a fixed matrix)", reads_layer_feedback=True),
+    RouteSpec("chain", ("chain_dtype",), lambda o: "e through a fixed, ungated linear copy "
+              "of the later modules (a fixed matrix" + (
+                  f", computed in {o['chain_dtype']})" if o.get("chain_dtype", "float32")
+                  != "float32" else ")"), reads_layer_feedback=True),
 )}
 
 

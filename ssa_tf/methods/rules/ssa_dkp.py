@@ -13,7 +13,8 @@ from ssa_tf.methods.rules import dkp, ssa
 from ssa_tf.methods.spec import FACTOR_CHOICES, SPATIAL, RuleSpec, direct_card
 
 OPTIONS = {k: v for k, v in ssa.SPEC.options.items()
-           if not k.startswith("readout_") and k != "direct_weight"}  # no local routes
+           if not k.startswith("readout_") and k not in ("direct_weight", "chain_dtype")}
+# (no local routes; its chain's matrices learn, so no fixed chain runs in another dtype)
 OPTIONS.update(feedback="chain", **dkp.FEEDBACK_OPTIONS)
 
 SPEC = RuleSpec(
