@@ -50,6 +50,9 @@ def run_grid(grid, data_dir, out, workdir, only=(), seeds=()):
     from ssa_tf.training import workdir as workdir_lib
 
     spec = GRIDS[grid]
+    if spec.get("chain_cache", True) is False:
+        from ssa_tf.methods import routes
+        routes.MAX_FULL_MAP_ENTRIES = 0  # the chain by its transpose, as at ImageNet size
     path = os.path.join(out, "results", f"{grid}.jsonl")
     done = {(r["key"], r["seed"]) for r in load_all_results(out, grid)}
     seeds = [int(s) for s in seeds] or list(spec["seeds"])

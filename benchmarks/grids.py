@@ -44,6 +44,18 @@ GRIDS = {
         seeds=SEEDS,
         variants=learned_variants(long=True)),
 
+    # the chain's linear network in bfloat16 (rule.chain_dtype), run by its transpose as
+    # at ImageNet size (at 10 classes it would be cached): does SSA learn the same?
+    "chain_dtype": dict(
+        caption="SSA's chain computed in float32 and in bfloat16, both by the chain's "
+                "transpose (not cached), as at ImageNet size (smallconv, first 10,000 "
+                "training images, 5 epochs, no augmentation).",
+        base={**SHORT, RULE: "ssa"},
+        seeds=SEEDS,
+        chain_cache=False,
+        variants={"ssa, chain in float32 (by its transpose)": {},
+                  "ssa, chain in bfloat16 (by its transpose)": {
+                      "rule.chain_dtype": "bfloat16"}}),
     # a credible DFA (and BP's rate). smallconv at a small budget; what the
     # defaults are made of
     "dfa_tuning": dict(

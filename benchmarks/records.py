@@ -59,6 +59,10 @@ def load_all_results(out, grid):
     folder = os.path.join(out, "results")
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     own = f"{grid}.jsonl"
+    if GRIDS[grid].get("chain_cache", True) is False:
+        # its runs compute the chain another way than a run with the same settings does
+        # elsewhere (by its transpose, not its cached matrices): its own runs only
+        names = [own] if own in names else []
     records, seen = [], set()
     for name in sorted(names, key=lambda n: n != own):
         if name.endswith(".jsonl"):

@@ -127,7 +127,35 @@ ROWS = [
     # BP with every layer computing in bfloat16 (Keras's mixed_bfloat16 policy, weights in
     # float32): what bfloat16 buys BP, for the row above's fairness
     ("bp, mixed bfloat16", dict(rule="bp", policy="mixed_bfloat16"), None, None),
+    # the control that differs from BP in what the chain's setting changes: its error path
+    # (every convolution's input gradient) in bfloat16, its weight gradients in float32
+    ("bp, input gradients in bfloat16", dict(rule="bp", bf16_error_path=True), None, None),
 ]
+
+
+def _bf16_error_path(layer):
+    """Make the plain convolution ``layer`` compute its input gradient in bfloat16 (its
+    forward and its kernel's gradient stay float32)."""
+    import types
+
+    import tensorflow as tf
+
+    def convolution_op(self, inputs, kernel):
+        strides, padding = (1, *self.strides, 1), self.padding.upper()
+
+        @tf.custom_gradient
+        def conv(x, k):
+            def grad(dy):
+                dx = tf.raw_ops.Conv2DBackpropInput(
+                    input_sizes=tf.shape(x), filter=tf.cast(k, tf.bfloat16),
+                    out_backprop=tf.cast(dy, tf.bfloat16), strides=strides, padding=padding)
+                dk = tf.raw_ops.Conv2DBackpropFilter(
+                    input=x, filter_sizes=tf.shape(k), out_backprop=dy, strides=strides,
+                    padding=padding)
+                return tf.cast(dx, x.dtype), dk
+            return tf.nn.conv2d(x, k, strides, padding), grad
+        return conv(inputs, tf.convert_to_tensor(kernel))  # a tensor: no variable inside
+    layer.convolution_op = types.MethodType(convolution_op, layer)
 
 
 def build(options, form, fraction, shape):
@@ -144,12 +172,17 @@ def build(options, form, fraction, shape):
     transpose = options.pop("chain_transpose", True)
     jit = options.pop("jit", False)
     policy = options.pop("policy", None)
+    bf16_error_path = options.pop("bf16_error_path", False)
     if policy:
         keras.mixed_precision.set_global_policy(policy)
     try:
         model = build_model("resnet18", shape, FLAGS.classes, jit_compile=jit, **options)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+    if bf16_error_path:
+        for layer in model._flatten_layers(include_self=False, recursive=True):
+            if type(layer) is keras.layers.Conv2D:
+                _bf16_error_path(layer)
     if order:
         model.rule.replay_order = order
     if not transpose:

@@ -60,7 +60,9 @@ LATER_DEFAULTS = {"model.conv_factorization": ("spatial",), "rank.keep_ends": (F
                   # the dense layers' own fraction at a cut: tau's before
                   "rank.dense_tau": (None,),
                   # what a cut does to the variables: recreate them before
-                  "rank.cut_form": ("resize",)}
+                  "rank.cut_form": ("resize",),
+                  # the dtype of the chain's linear network: float32 before
+                  "rule.chain_dtype": (None, "float32")}
 
 
 def at_later_default(name, value) -> bool:
