@@ -109,8 +109,14 @@ def signals_only() -> str:
                  for s in model.module_output_shapes]
         return chain.chain_signals(modules, zeros, e, kernels)
 
+    @tf.function(input_signature=spec)
+    def transpose_bf16(e):  # rule.chain_dtype=bfloat16
+        low = chain.adjoint_signals(modules, tf.cast(e, tf.bfloat16), shapes, kernels)
+        return [tf.cast(d, tf.float32) for d in low]
+
     e = tf.random.normal((FLAGS.batch, FLAGS.classes))
-    calls = {"by the transpose (the step's)": transpose, "by a tape": tape}
+    calls = {"by the transpose (the step's)": transpose, "by a tape": tape,
+             "by the transpose in bfloat16 (rule.chain_dtype)": transpose_bf16}
     seconds = {name: [] for name in calls}
     for f in calls.values():
         f(e)  # the trace

@@ -59,9 +59,12 @@ def load_all_results(out, grid):
     folder = os.path.join(out, "results")
     names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
     own = f"{grid}.jsonl"
-    if GRIDS[grid].get("chain_cache", True) is False:
-        # its runs compute the chain another way than a run with the same settings does
-        # elsewhere (by its transpose, not its cached matrices): its own runs only
+    # a grid whose runs compute the chain another way than a run with the same settings
+    # does elsewhere (by its transpose, not its cached matrices) counts its own runs only,
+    # and no other grid counts them
+    apart = {f"{g}.jsonl" for g, spec in GRIDS.items() if spec.get("chain_cache") is False}
+    names = [n for n in names if n == own or n not in apart]
+    if own in apart:
         names = [own] if own in names else []
     records, seen = [], set()
     for name in sorted(names, key=lambda n: n != own):

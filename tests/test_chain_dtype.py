@@ -100,7 +100,9 @@ def test_the_card_says_the_chain_runs_in_bfloat16():
     assert spec.card({}).error.endswith("(a fixed matrix)")
     assert spec.card({"chain_dtype": "bfloat16"}).error.endswith(
         "(a fixed matrix, computed in bfloat16)")
-    assert spec.card({"chain_dtype": "bfloat16"}).transport == spec.card({}).transport
+    low, full = spec.card({"chain_dtype": "bfloat16"}), spec.card({})
+    assert (low.sequential, low.weight_transport, low.held_activations, low.feedback) == (
+        full.sequential, full.weight_transport, full.held_activations, full.feedback)
 
 
 BASE = ["data.dataset=synthetic", "data.synthetic_shape=8,8,3", "data.max_train_examples=256",
@@ -126,9 +128,11 @@ def test_a_run_with_the_chain_in_bfloat16_trains_what_float32_trains(tmp_path, m
     record = json.loads((tmp_path / "bf16" / "config.json").read_text())
     assert record["rule.chain_dtype"] == "bfloat16"
     assert "computed in bfloat16" in record["card"]["error"]
-    moved = max(float(np.abs(w_full[k] - w_low[k]).max() / (np.abs(w_full[k]).max() + 1e-12))
-                for k in w_full)
-    assert 1e-6 < moved < 0.05
+    # every weight together (a small bias's own sign can flip under Adam's normalized steps)
+    full_w = np.concatenate([w_full[k].ravel() for k in sorted(w_full)])
+    low_w = np.concatenate([w_low[k].ravel() for k in sorted(w_full)])
+    moved = float(np.linalg.norm(full_w - low_w) / np.linalg.norm(full_w))
+    assert 1e-5 < moved < 0.02  # (0.005 when written)
     for key in ("loss", "val_loss"):
         a, b = full["history"][key], low["history"][key]
         assert len(a) == len(b) == 3
