@@ -137,3 +137,24 @@ def test_a_run_with_the_chain_in_bfloat16_trains_what_float32_trains(tmp_path, m
         a, b = full["history"][key], low["history"][key]
         assert len(a) == len(b) == 3
         np.testing.assert_allclose(b, a, rtol=0.02)
+
+
+def test_a_cpu_without_bfloat16_arithmetic_gets_a_notice(tmp_path):
+    from ssa_tf.training import strategies
+
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")  # a run's: make_strategy's
+    plain, fast = tmp_path / "plain", tmp_path / "fast"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
+    fast.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert strategies.cpu_has_bfloat16(plain) is False
+    assert strategies.cpu_has_bfloat16(fast) is True
+    assert strategies.cpu_has_bfloat16(tmp_path / "none") is None
+    keras.utils.set_random_seed(1)
+    low = SSAModel("mlp", (5, 5, 1), 10, rule="ssa", chain_dtype="bfloat16")
+    full = SSAModel("mlp", (5, 5, 1), 10, rule="ssa")
+    said = []
+    strategies.notice_slow_bfloat16(low, strategy, said.append, cpuinfo=plain)
+    assert len(said) == 1 and said[0].startswith("notice: rule.chain_dtype=bfloat16 on a CPU")
+    for model, info in ((low, fast), (full, plain), (low, tmp_path / "none")):
+        strategies.notice_slow_bfloat16(model, strategy, said.append, cpuinfo=info)
+    assert len(said) == 1

@@ -37,7 +37,8 @@ import tensorflow as tf
 from ssa_tf.config import UsageError
 from ssa_tf.training.checkpoints import BACKUP_KEEP, EpochBackup, list_checkpoints
 from ssa_tf.training.strategies import (describe, fingerprint, guard_jit_compile, is_chief,
-                                        is_multi_worker, make_strategy, shard_by_data, task_name)
+                                        is_multi_worker, make_strategy, notice_slow_bfloat16,
+                                        shard_by_data, task_name)
 
 # Keras 3.15's fit starts a pass over the training data at the end of every
 # epoch and then starts another for the next epoch (its EpochIterator, when
@@ -86,6 +87,7 @@ class Distribution:
         """The training loop with checkpoints (``fit_loop``) when the run has a
         workdir, else ``model.fit``; returns the History."""
         guard_jit_compile(model, self.strategy, self.log)
+        notice_slow_bfloat16(model, self.strategy, self.log)
         verbose = verbose if self.chief else 0
         if self.backup_dir is None:
             if self.multi_worker:

@@ -142,6 +142,40 @@ def guard_jit_compile(model, strategy, log=print):
         retrace(model)
 
 
+# CPU flags of bfloat16 arithmetic (x86: AVX-512 BF16, AMX; Arm: BF16): without one,
+# bfloat16 convolutions are emulated and slower than float32's
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
+    """Whether the CPU lists a bfloat16 arithmetic flag (None: no flags to read)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = {w for line in f if line.startswith(("flags", "Features"))
+                     for w in line.split(":", 1)[1].split()}
+    except OSError:
+        return None
+    return bool(flags & set(BF16_CPU_FLAGS)) if flags else None
+
+
+def notice_slow_bfloat16(model, strategy, log=print, cpuinfo="/proc/cpuinfo"):
+    """A one-line notice when the chain is asked to run in bfloat16 on CPUs whose flags
+    show no bfloat16 arithmetic (``rule.chain_dtype``): the setting would cost time."""
+    route = getattr(getattr(model, "rule", None), "route", None)
+    if getattr(route, "dtype", "float32") == "float32":
+        return
+    try:
+        devices = strategy.extended.worker_devices
+    except RuntimeError:  # the default strategy: TensorFlow's default device
+        devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]]
+    if any("GPU" in d.upper() for d in devices):
+        return
+    if cpu_has_bfloat16(cpuinfo) is False:
+        log("notice: rule.chain_dtype=bfloat16 on a CPU without bfloat16 arithmetic (none of "
+            f"{', '.join(BF16_CPU_FLAGS)} in {cpuinfo}): the chain will likely run slower "
+            "than in float32")
+
+
 def fingerprint(model):
     """A digest of every weight's bytes: equal on workers that hold identical weights."""
     digest = hashlib.sha256()
