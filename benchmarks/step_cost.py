@@ -25,8 +25,8 @@ one it is compared with in one thing:
 allocator's peak is per process).
 
 Synthetic inputs already normalized, one batch held in memory; the ratio to BP is what
-counts on a shared machine. Profiling with the TensorFlow profiler needs its TensorBoard
-plugin, which this project does not install; ablation times what a user can change.
+counts on a shared machine. Ablation times what a user can change; the same rows broken
+down by op type with TensorFlow's profiler: ``python -m benchmarks.step_profile``.
 """
 
 from __future__ import annotations
