@@ -53,6 +53,8 @@ def test_the_bfloat16_chain_gives_the_float32_signals_to_its_precision(case):
     assert all(t == "float32" for _, t in full_ops)
     if case.startswith(("resnet", "smallconv")):  # every transposed convolution in bf16
         assert {t for op, t in low_ops if op == "Conv2DBackpropInput"} == {"bfloat16"}
+    # every product too: the dense layers' and the SVD convolutions' kernel merges
+    assert {t for op, t in low_ops if op != "Conv2DBackpropInput"} == {"bfloat16"}
     for f, lo in zip(full, low):
         assert lo.dtype == np.float32 and lo.shape == f.shape
         cos = float((f * lo).sum() / np.linalg.norm(f) / np.linalg.norm(lo))

@@ -201,8 +201,8 @@ def _svd_conv_adjoint(layer, g, in_shape):
     """The adjoint of an SVD convolution's feedback map (``feedback_call``): the merged
     B kernel's transpose, or the factored pair's, in the form the forward would run."""
     if layer.uses_merged_forward(in_shape):
-        return _conv_transpose(g, layer.kernel_tensor(feedback=True), in_shape, layer.strides,
-                               layer.padding)
+        kernel = layer.kernel_tensor(feedback=True, dtype=g.dtype)  # merged in the chain's
+        return _conv_transpose(g, kernel, in_shape, layer.strides, layer.padding)
     first, second = layer.sub_kernels(feedback=True)
     n, h, w, _ = in_shape
     if layer.factorization == "channel":

@@ -278,9 +278,12 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
         return ops.conv(x, self.kernel_tensor(feedback), strides=self.strides,
                         padding=self.padding)
 
-    def kernel_tensor(self, feedback=False):
-        """The (kh, kw, C, N) kernel made from the factors, differentiable in them."""
+    def kernel_tensor(self, feedback=False, dtype=None):
+        """The (kh, kw, C, N) kernel made from the factors, differentiable in them; with
+        ``dtype``, merged from the factors cast to it (the chain in bfloat16)."""
         U, s, V = (self.B_U, self.B_s, self.B_V) if feedback else (self.U, self.s, self.V)
+        if dtype is not None:
+            U, s, V = (ops.cast(t, dtype) for t in (U, s, V))
         kh, kw = self.kernel_size
         matrix = ops.matmul(U * s, ops.transpose(V))
         if self.factorization == "channel":  # K'[n, (h, w, c)]
