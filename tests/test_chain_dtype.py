@@ -89,7 +89,7 @@ def test_the_setting_is_refused_where_it_cannot_do_what_it_says(sets, message):
     assert message in validate(RunConfig().with_overrides(sets))
 
 
-def test_a_model_the_transpose_cannot_run_is_refused_at_build(monkeypatch):
+def test_a_chain_that_cannot_run_by_its_transpose_is_refused_at_build(monkeypatch):
     monkeypatch.setattr(routes, "MAX_FULL_MAP_ENTRIES", 0)
     monkeypatch.setattr(routes.ChainRoute, "transpose", False)  # the tape's path only
     with pytest.raises(UsageError, match="rule.chain_dtype=bfloat16 computes the chain"):
@@ -144,7 +144,7 @@ def test_a_run_with_the_chain_in_bfloat16_trains_what_float32_trains(tmp_path, m
 def test_a_cpu_without_bfloat16_arithmetic_gets_a_notice(tmp_path):
     from ssa_tf.training import strategies
 
-    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")  # a run's: make_strategy's
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")  # make_strategy's, one device named
     plain, fast = tmp_path / "plain", tmp_path / "fast"
     plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n")
     fast.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
@@ -160,3 +160,7 @@ def test_a_cpu_without_bfloat16_arithmetic_gets_a_notice(tmp_path):
     for model, info in ((low, fast), (full, plain), (low, tmp_path / "none")):
         strategies.notice_slow_bfloat16(model, strategy, said.append, cpuinfo=info)
     assert len(said) == 1
+    # the default strategy (a run on one device: make_strategy("auto")) has no device list
+    default = tf.distribute.get_strategy()
+    strategies.notice_slow_bfloat16(low, default, said.append, cpuinfo=plain)
+    assert len(said) == (1 if tf.config.list_logical_devices("GPU") else 2)

@@ -262,8 +262,8 @@ class ChainRoute(Route):
                              for i, s in enumerate(shapes)]
             self.refresh(model)
         shapes = [(None, *model.input_dims), *((None, *s) for s in shapes)]
-        if self.dtype != "float32" and not self.matrices and not (
-                self.transpose and chain.transposable(model.local_modules, shapes)):
+        if self.dtype != "float32" and not self.matrices and (self.gated or not (
+                self.transpose and chain.transposable(model.local_modules, shapes))):
             raise UsageError(f"rule.chain_dtype={self.dtype} computes the chain by its "
                              "transpose, which needs every map size in the model known; "
                              "this model leaves some unknown: use rule.chain_dtype=float32")
@@ -291,8 +291,10 @@ class ChainRoute(Route):
                                                                       shapes):
             deltas = chain.adjoint_signals(model.local_modules, low, shapes, self.kernels)
         else:
-            if self.dtype != "float32":  # (``build`` refuses it where the tape would run)
-                raise UsageError(f"rule.chain_dtype={self.dtype} needs the chain's transpose")
+            if self.dtype != "float32":  # (``build`` refuses it where it knows the tape runs)
+                raise UsageError(f"rule.chain_dtype={self.dtype} computes the chain by its "
+                                 "transpose, which needs every map size of the input known; "
+                                 "this input leaves some unknown: use rule.chain_dtype=float32")
             deltas = chain.chain_signals(model.local_modules, outputs, error, self.kernels,
                                          gated=self.gated, jacobians=self.jacobians)
         scale = global_std(error)  # global-batch statistics, so that replicas rescale alike

@@ -11,7 +11,7 @@ that replays its modules holds the ones that fit within the stem's activations
 (``rule.hold_within_peak``: the same gradients, fewer forward passes; at batch 256
 ssa's chain steps in 1.37x BP's time instead of 1.52x at 0.48x its peak memory,
 ``benchmarks/reports/STEP_COST.md``). On hardware with bfloat16 arithmetic add
-``--set rule.chain_dtype=bfloat16`` (the chain's pass in bfloat16: 1.23x at 0.50x memory
+``--set rule.chain_dtype=bfloat16`` (the chain's pass in bfloat16: 1.23x at 0.48x memory
 here); it is not set here, since without it bfloat16 is slower. Expected result: not
 measured here (no ImageNet, no GPU on this project's machine).
 """
