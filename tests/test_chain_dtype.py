@@ -164,3 +164,27 @@ def test_a_cpu_without_bfloat16_arithmetic_gets_a_notice(tmp_path):
     default = tf.distribute.get_strategy()
     strategies.notice_slow_bfloat16(low, default, said.append, cpuinfo=plain)
     assert len(said) == (1 if tf.config.list_logical_devices("GPU") else 2)
+
+
+def test_a_gpu_older_than_ampere_gets_a_notice(monkeypatch):
+    from ssa_tf.training import strategies
+
+    gpus = [tf.config.PhysicalDevice("/physical_device:GPU:0", "GPU")]
+    details = {"compute_capability": (7, 5)}
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: gpus)
+    monkeypatch.setattr(tf.config.experimental, "get_device_details", lambda d: details)
+
+    class OnAGpu:  # a strategy's device list, as MirroredStrategy on one GPU gives it
+        class extended:
+            worker_devices = ("/job:localhost/replica:0/task:0/device:GPU:0",)
+
+    keras.utils.set_random_seed(1)
+    low = SSAModel("mlp", (5, 5, 1), 10, rule="ssa", chain_dtype="bfloat16")
+    said = []
+    strategies.notice_slow_bfloat16(low, OnAGpu, said.append)
+    assert said == ["notice: rule.chain_dtype=bfloat16 on GPUs without bfloat16 arithmetic "
+                    "(/physical_device:GPU:0 (compute capability 7.5)): the chain will likely "
+                    "run slower than in float32"]
+    details["compute_capability"] = (8, 0)  # Ampere: nothing to say
+    strategies.notice_slow_bfloat16(low, OnAGpu, said.append)
+    assert len(said) == 1

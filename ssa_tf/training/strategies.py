@@ -158,9 +158,21 @@ def cpu_has_bfloat16(cpuinfo="/proc/cpuinfo"):
     return bool(flags & set(BF16_CPU_FLAGS)) if flags else None
 
 
+def gpus_without_bfloat16() -> list:
+    """The GPUs TensorFlow sees whose compute capability is under 8.0 (before Ampere: no
+    bfloat16 tensor-core arithmetic)."""
+    slow = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+        if capability is not None and tuple(capability) < (8, 0):
+            slow.append(f"{gpu.name} (compute capability {capability[0]}.{capability[1]})")
+    return slow
+
+
 def notice_slow_bfloat16(model, strategy, log=print, cpuinfo="/proc/cpuinfo"):
     """A one-line notice when the chain is asked to run in bfloat16 on CPUs whose flags
-    show no bfloat16 arithmetic (``rule.chain_dtype``): the setting would cost time."""
+    show no bfloat16 arithmetic, or on GPUs older than Ampere (``rule.chain_dtype``): the
+    setting would cost time."""
     route = getattr(getattr(model, "rule", None), "route", None)
     if getattr(route, "dtype", "float32") == "float32":
         return
@@ -169,6 +181,10 @@ def notice_slow_bfloat16(model, strategy, log=print, cpuinfo="/proc/cpuinfo"):
     except RuntimeError:  # the default strategy: TensorFlow's default device
         devices = [d.name for d in tf.config.list_logical_devices("GPU")[:1]]
     if any("GPU" in d.upper() for d in devices):
+        slow = gpus_without_bfloat16()
+        if slow:
+            log(f"notice: rule.chain_dtype=bfloat16 on GPUs without bfloat16 arithmetic "
+                f"({', '.join(slow)}): the chain will likely run slower than in float32")
         return
     if cpu_has_bfloat16(cpuinfo) is False:
         log("notice: rule.chain_dtype=bfloat16 on a CPU without bfloat16 arithmetic (none of "
