@@ -63,9 +63,7 @@ def load_all_results(out, grid):
     # does elsewhere (by its transpose, not its cached matrices) counts its own runs only,
     # and no other grid counts them
     apart = {f"{g}.jsonl" for g, spec in GRIDS.items() if spec.get("chain_cache") is False}
-    names = [n for n in names if n == own or n not in apart]
-    if own in apart:
-        names = [own] if own in names else []
+    names = [n for n in names if n == own or (own not in apart and n not in apart)]
     records, seen = [], set()
     for name in sorted(names, key=lambda n: n != own):
         if name.endswith(".jsonl"):

@@ -264,9 +264,12 @@ class ChainRoute(Route):
         shapes = [(None, *model.input_dims), *((None, *s) for s in shapes)]
         if self.dtype != "float32" and not self.matrices and (self.gated or not (
                 self.transpose and chain.transposable(model.local_modules, shapes))):
-            raise UsageError(f"rule.chain_dtype={self.dtype} computes the chain by its "
-                             "transpose, which needs every map size in the model known; "
-                             "this model leaves some unknown: use rule.chain_dtype=float32")
+            raise self._untransposable("model")
+
+    def _untransposable(self, what) -> UsageError:
+        return UsageError(f"rule.chain_dtype={self.dtype} computes the chain by its transpose, "
+                          f"which needs every map size of the {what} known; this {what} "
+                          "leaves some unknown: use rule.chain_dtype=float32")
 
     def refresh(self, model):
         """Recompute the ungated chain's fixed matrices from the feedback weights."""
@@ -292,9 +295,7 @@ class ChainRoute(Route):
             deltas = chain.adjoint_signals(model.local_modules, low, shapes, self.kernels)
         else:
             if self.dtype != "float32":  # (``build`` refuses it where it knows the tape runs)
-                raise UsageError(f"rule.chain_dtype={self.dtype} computes the chain by its "
-                                 "transpose, which needs every map size of the input known; "
-                                 "this input leaves some unknown: use rule.chain_dtype=float32")
+                raise self._untransposable("input")
             deltas = chain.chain_signals(model.local_modules, outputs, error, self.kernels,
                                          gated=self.gated, jacobians=self.jacobians)
         scale = global_std(error)  # global-batch statistics, so that replicas rescale alike
