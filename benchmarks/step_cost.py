@@ -124,6 +124,14 @@ ROWS = [
     ("ssa (chain), channel view, 50% rank, ends kept, chain in bfloat16",
      dict(rule="ssa", conv_factorization="channel", keep_ends=True, chain_dtype="bfloat16"),
      None, 0.5),
+    # a cut as the rank callback makes it, in the ImageNet preset's step (held within the
+    # peak), the chain in float32 and bfloat16
+    ("ssa (chain), channel view, 50% rank, ends kept, held within the peak",
+     dict(rule="ssa", conv_factorization="channel", keep_ends=True, hold_within_peak=True),
+     None, 0.5),
+    ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, chain in "
+     "bfloat16", dict(rule="ssa", conv_factorization="channel", keep_ends=True,
+                      hold_within_peak=True, chain_dtype="bfloat16"), None, 0.5),
     # BP with every layer computing in bfloat16 (Keras's mixed_bfloat16 policy, weights in
     # float32): what bfloat16 buys BP, for the row above's fairness
     ("bp, mixed bfloat16", dict(rule="bp", policy="mixed_bfloat16"), None, None),
