@@ -132,73 +132,24 @@ ROWS = [
     ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, chain in "
      "bfloat16", dict(rule="ssa", conv_factorization="channel", keep_ends=True,
                       hold_within_peak=True, chain_dtype="bfloat16"), None, 0.5),
-    # SSA under the control's precision: every convolution's input gradient in bfloat16
-    # inside the modules too (the chain's as well), weight gradients in float32
+    # SSA under the control's precision (train.error_dtype=bfloat16): every convolution's
+    # input gradient in bfloat16 inside the modules too, and the chain, weight gradients
+    # in float32
     ("ssa (chain), held within the peak, every input gradient in bfloat16",
-     dict(rule="ssa", hold_within_peak=True, chain_dtype="bfloat16", bf16_error_path=True),
+     dict(rule="ssa", hold_within_peak=True, chain_dtype="bfloat16", error_dtype="bfloat16"),
      None, None),
     ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
      "gradient in bfloat16", dict(rule="ssa", conv_factorization="channel", keep_ends=True,
                                   hold_within_peak=True, chain_dtype="bfloat16",
-                                  bf16_error_path=True), None, 0.5),
+                                  error_dtype="bfloat16"), None, 0.5),
     # BP with every layer computing in bfloat16 (Keras's mixed_bfloat16 policy, weights in
     # float32): what bfloat16 buys BP, for the row above's fairness
     ("bp, mixed bfloat16", dict(rule="bp", policy="mixed_bfloat16"), None, None),
     # the control that differs from BP in what the chain's setting changes: its error path
-    # (every convolution's input gradient) in bfloat16, its weight gradients in float32
-    ("bp, input gradients in bfloat16", dict(rule="bp", bf16_error_path=True), None, None),
+    # (every convolution's input gradient, train.error_dtype) in bfloat16, its weight
+    # gradients in float32
+    ("bp, input gradients in bfloat16", dict(rule="bp", error_dtype="bfloat16"), None, None),
 ]
-
-
-def _conv_bf16_input_grad(x, k, strides, padding):
-    """``ops.conv(x, k, strides, padding)`` whose input gradient is computed in bfloat16 (its
-    forward and its kernel's gradient in float32). An input gradient nothing uses (a
-    module's first convolution) is pruned from the compiled step, as a tape's would be."""
-    import tensorflow as tf
-
-    strides = (1, *((strides,) * 2 if isinstance(strides, int) else strides), 1)
-    padding = padding.upper()
-
-    @tf.custom_gradient
-    def conv(x, k):
-        def grad(dy):
-            dx = tf.raw_ops.Conv2DBackpropInput(
-                input_sizes=tf.shape(x), filter=tf.cast(k, tf.bfloat16),
-                out_backprop=tf.cast(dy, tf.bfloat16), strides=strides, padding=padding)
-            dk = tf.raw_ops.Conv2DBackpropFilter(
-                input=x, filter_sizes=tf.shape(k), out_backprop=dy, strides=strides,
-                padding=padding)
-            return tf.cast(dx, x.dtype), dk
-        return tf.nn.conv2d(x, k, strides, padding), grad
-    return conv(x, tf.convert_to_tensor(k))  # a tensor: no variable inside
-
-
-def _bf16_error_path(layer):
-    """Make the convolution ``layer`` compute its input gradient in bfloat16 (its forward
-    and its kernel's gradient stay float32): a plain Conv2D, or an SVD convolution's
-    forward in either form (its feedback map, the chain's, keeps its own dtype)."""
-    import types
-
-    from ssa_tf.nn import SVDConv2D
-
-    if not isinstance(layer, SVDConv2D):
-        layer.convolution_op = types.MethodType(
-            lambda self, x, k: _conv_bf16_input_grad(x, k, self.strides, self.padding), layer)
-        return
-    own = layer._conv
-
-    def _conv(self, x, feedback):
-        if feedback:
-            return own(x, feedback)
-        conv = _conv_bf16_input_grad
-        if self.uses_merged_forward(tuple(x.shape)):
-            return conv(x, self.kernel_tensor(), self.strides, self.padding)
-        first, second = self.sub_kernels()
-        if self.factorization == "channel":
-            return conv(conv(x, first, self.strides, self.padding), second, 1, "valid")
-        sh, sw = self.strides
-        return conv(conv(x, first, (sh, 1), self.padding), second, (1, sw), self.padding)
-    layer._conv = types.MethodType(_conv, layer)
 
 
 def build(options, form, fraction, shape):
@@ -215,17 +166,12 @@ def build(options, form, fraction, shape):
     transpose = options.pop("chain_transpose", True)
     jit = options.pop("jit", False)
     policy = options.pop("policy", None)
-    bf16_error_path = options.pop("bf16_error_path", False)
     if policy:
         keras.mixed_precision.set_global_policy(policy)
     try:
         model = build_model("resnet18", shape, FLAGS.classes, jit_compile=jit, **options)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    if bf16_error_path:
-        for layer in model._flatten_layers(include_self=False, recursive=True):
-            if type(layer) is keras.layers.Conv2D or isinstance(layer, SVDConv2D):
-                _bf16_error_path(layer)
     if order:
         model.rule.replay_order = order
     if not transpose:

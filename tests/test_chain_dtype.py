@@ -183,8 +183,8 @@ def test_a_gpu_older_than_ampere_gets_a_notice(monkeypatch):
     said = []
     strategies.notice_slow_bfloat16(low, OnAGpu, said.append)
     assert said == ["notice: rule.chain_dtype=bfloat16 on GPUs without bfloat16 arithmetic "
-                    "(/physical_device:GPU:0 (compute capability 7.5)): the chain will likely "
-                    "run slower than in float32"]
+                    "(/physical_device:GPU:0 (compute capability 7.5)): it will likely run "
+                    "slower than in float32"]
     details["compute_capability"] = (8, 0)  # Ampere: nothing to say
     strategies.notice_slow_bfloat16(low, OnAGpu, said.append)
     assert len(said) == 1

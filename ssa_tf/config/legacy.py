@@ -62,7 +62,9 @@ LATER_DEFAULTS = {"model.conv_factorization": ("spatial",), "rank.keep_ends": (F
                   # what a cut does to the variables: recreate them before
                   "rank.cut_form": ("resize",),
                   # the dtype of the chain's linear network: float32 before
-                  "rule.chain_dtype": (None, "float32")}
+                  "rule.chain_dtype": (None, "float32"),
+                  # the dtype of every convolution's input gradient: float32 before
+                  "train.error_dtype": ("float32",)}
 
 
 def at_later_default(name, value) -> bool:

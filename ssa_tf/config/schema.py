@@ -137,6 +137,10 @@ class TrainConfig:
     # (benchmarks/reports/EFFICIENCY.md); a resizing cut compiles again (rank.cut_form);
     # turned off, with a notice, under a strategy with several CPU devices
     jit_compile: bool = False
+    # every convolution's input gradient (the error carried to the layer below) in
+    # bfloat16, its kernel's gradient, the forward and the weights in float32
+    # (ssa_tf/nn/precision.py); SSA's chain has its own, rule.chain_dtype
+    error_dtype: str = "float32"
 
 
 @dataclasses.dataclass

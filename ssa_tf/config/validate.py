@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 import os
 
-from ssa_tf.allowed_values import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, HEAD_INITS, LABELS,
-                                   MODELS, NORMS, PROGRESS, RANK_ENERGIES,
+from ssa_tf.allowed_values import (ACTIVATIONS, CONV_FACTORIZATIONS, DATASETS, ERROR_DTYPES,
+                                   HEAD_INITS, LABELS, MODELS, NORMS, PROGRESS, RANK_ENERGIES,
                                    RANK_CUT_FORMS, RANK_FEEDBACK_CUTS, STRATEGIES)
 from ssa_tf import model_file
 from ssa_tf.config.schema import BUILT_IN_DEFAULTS, RunConfig, cut_epochs, is_model_file
@@ -29,6 +29,7 @@ def validate(cfg: RunConfig, tf_config: str | None = None) -> str | None:
                ("rank.feedback_cut", r.feedback_cut, RANK_FEEDBACK_CUTS),
                ("rank.energy", r.energy, RANK_ENERGIES),
                ("rank.cut_form", r.cut_form, RANK_CUT_FORMS),
+               ("train.error_dtype", t.error_dtype, ERROR_DTYPES),
                ("runtime.progress", rt.progress, PROGRESS)]
     if is_model_file(m.model):  # a user's model file
         problem = validate_model_file(cfg)

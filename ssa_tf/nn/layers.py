@@ -14,6 +14,7 @@ import keras
 from keras import ops
 import tensorflow as tf
 
+from ssa_tf.nn.precision import conv as error_dtype_conv
 from ssa_tf.nn.svd import CONV_FACTORIZATIONS, FORWARD_FORMS, SVDLayer
 
 _PACKAGE = "ssa_tf"
@@ -241,6 +242,10 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
     #: not saved: a cost hint only
     batch_hint = 32
 
+    #: the dtype of the forward convolutions' input gradients (``train.error_dtype``, set
+    #: by ``precision.set_error_dtype``; not saved: a run's setting); None: float32
+    error_dtype = None
+
     def uses_merged_forward(self, input_shape=None) -> bool:
         """True when one convolution with the kernel merged from the factors costs less
         than the factored pair (``forward="auto"``): multiply-adds, the spatial pair's
@@ -275,8 +280,15 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
     def _conv(self, x, feedback):
         if not self.uses_merged_forward(tuple(x.shape)):
             return self._factored_conv(x, feedback)
-        return ops.conv(x, self.kernel_tensor(feedback), strides=self.strides,
-                        padding=self.padding)
+        return self._one_conv(x, self.kernel_tensor(feedback), self.strides, self.padding,
+                              feedback)
+
+    def _one_conv(self, x, kernel, strides, padding, feedback):
+        """One convolution of the forward (its input gradient in ``error_dtype``) or of
+        the feedback map (as the caller's dtype has it)."""
+        if feedback or self.error_dtype in (None, "float32"):
+            return ops.conv(x, kernel, strides=strides, padding=padding)
+        return error_dtype_conv(x, kernel, strides, padding, self.error_dtype)
 
     def kernel_tensor(self, feedback=False, dtype=None):
         """The (kh, kw, C, N) kernel made from the factors, differentiable in them; with
@@ -294,14 +306,13 @@ class SVDConv2D(SVDLayer, keras.layers.Layer):
         return ops.transpose(kernel, (3, 1, 2, 0))
 
     def _factored_conv(self, x, feedback):
+        first, second = self.sub_kernels(feedback)
         if self.factorization == "channel":
-            first, second = self.sub_kernels(feedback)
-            y = ops.conv(x, first, strides=self.strides, padding=self.padding)
-            return ops.conv(y, second, strides=1, padding="valid")
-        vertical, horizontal = self.sub_kernels(feedback)
+            y = self._one_conv(x, first, self.strides, self.padding, feedback)
+            return self._one_conv(y, second, (1, 1), "valid", feedback)
         sh, sw = self.strides
-        y = ops.conv(x, vertical, strides=(sh, 1), padding=self.padding)
-        return ops.conv(y, horizontal, strides=(1, sw), padding=self.padding)
+        y = self._one_conv(x, first, (sh, 1), self.padding, feedback)  # vertical
+        return self._one_conv(y, second, (1, sw), self.padding, feedback)  # horizontal
 
     def compute_output_shape(self, input_shape):
         b, h, w, _ = input_shape

@@ -18,6 +18,7 @@ from ssa_tf.config.schema import RunConfig, fill_defaults, is_model_file
 from ssa_tf.methods import base, registry
 from ssa_tf.nn import build_modules, svd_layers
 from ssa_tf.nn.graph import UnsupportedLayerError
+from ssa_tf.nn.precision import set_error_dtype
 from ssa_tf.nn.user import describe_preprocessing, input_preprocessing
 from ssa_tf.training.optimizer import FactorAdam, FusedAdam
 
@@ -320,22 +321,28 @@ def _model_from_config(cfg, input_shape, num_classes, stats, dataset=None,
     options = dict(rule=cfg.rule.name, head_init=m.head_init, seed=cfg.seed,
                    **cfg.rule.options(), **extra)
     if not is_model_file(m.model):
-        return SSAModel(m.model, input_shape, num_classes, norm=m.norm, activation=m.activation,
-                        conv_factorization=m.conv_factorization, input_stats=stats, **options)
-    network, ends = model_file.user_network(m.model, input_shape, num_classes, dataset)
-    if leading_preprocessing(network):
-        stats = None  # it preprocesses the raw pixels itself: no second time
-    try:
-        # a user's model has no norm, activation or factorization of ours to record
-        return SSAModel(network.name, input_shape, num_classes, norm=None, activation=None,
-                        conv_factorization=None, input_stats=stats, network=network,
-                        module_ends=ends, **options)
-    except UsageError as e:  # a layer, or a module end, the rules cannot train
-        raise UsageError(f"--model={m.model}: {e}") from None
+        model = SSAModel(m.model, input_shape, num_classes, norm=m.norm,
+                         activation=m.activation, conv_factorization=m.conv_factorization,
+                         input_stats=stats, **options)
+    else:
+        network, ends = model_file.user_network(m.model, input_shape, num_classes, dataset)
+        if leading_preprocessing(network):
+            stats = None  # it preprocesses the raw pixels itself: no second time
+        try:
+            # a user's model has no norm, activation or factorization of ours to record
+            model = SSAModel(network.name, input_shape, num_classes, norm=None,
+                             activation=None, conv_factorization=None, input_stats=stats,
+                             network=network, module_ends=ends, **options)
+        except UsageError as e:  # a layer, or a module end, the rules cannot train
+            raise UsageError(f"--model={m.model}: {e}") from None
+    # (a user's dilated, grouped or channels-first convolution, which it could not cover,
+    # is refused before: the rules cannot train it)
+    set_error_dtype(model, cfg.train.error_dtype)
+    return model
 
 
 # build_model's keyword arguments that are a run's settings, and their names
-MODEL_SETTINGS = {"seed": "seed",
+MODEL_SETTINGS = {"seed": "seed", "error_dtype": "train.error_dtype",
                   **{k: f"model.{k}" for k in ("norm", "activation", "head_init",
                                                "conv_factorization")},
                   **{k: f"rule.{k}" for k in registry.OPTIONS}}

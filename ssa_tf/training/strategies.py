@@ -170,12 +170,17 @@ def gpus_without_bfloat16() -> list:
 
 
 def notice_slow_bfloat16(model, strategy, log=print, cpuinfo="/proc/cpuinfo"):
-    """A one-line notice when the chain is asked to run in bfloat16 on CPUs whose flags
-    show no bfloat16 arithmetic, or on GPUs older than Ampere (``rule.chain_dtype``): the
-    setting would cost time."""
+    """A one-line notice when the chain or the convolutions' input gradients are asked
+    to run in bfloat16 (``rule.chain_dtype``, ``train.error_dtype``) on CPUs whose flags
+    show no bfloat16 arithmetic, or on GPUs older than Ampere: the setting would cost
+    time."""
     route = getattr(getattr(model, "rule", None), "route", None)
-    if getattr(route, "dtype", "float32") == "float32":
+    asked = [f"{name}=bfloat16" for name, dtype in (
+        ("rule.chain_dtype", getattr(route, "dtype", "float32")),
+        ("train.error_dtype", getattr(model, "error_dtype", "float32"))) if dtype != "float32"]
+    if not asked:
         return
+    what = " and ".join(asked)
     try:
         devices = strategy.extended.worker_devices
     except RuntimeError:  # the default strategy: TensorFlow's default device
@@ -183,13 +188,13 @@ def notice_slow_bfloat16(model, strategy, log=print, cpuinfo="/proc/cpuinfo"):
     if any("GPU" in d.upper() for d in devices):
         slow = gpus_without_bfloat16()
         if slow:
-            log(f"notice: rule.chain_dtype=bfloat16 on GPUs without bfloat16 arithmetic "
-                f"({', '.join(slow)}): the chain will likely run slower than in float32")
+            log(f"notice: {what} on GPUs without bfloat16 arithmetic "
+                f"({', '.join(slow)}): it will likely run slower than in float32")
         return
     if cpu_has_bfloat16(cpuinfo) is False:
-        log("notice: rule.chain_dtype=bfloat16 on a CPU without bfloat16 arithmetic (none of "
-            f"{', '.join(BF16_CPU_FLAGS)} in {cpuinfo}): the chain will likely run slower "
-            "than in float32")
+        log(f"notice: {what} on a CPU without bfloat16 arithmetic (none of "
+            f"{', '.join(BF16_CPU_FLAGS)} in {cpuinfo}): it will likely run slower than in "
+            "float32")
 
 
 def fingerprint(model):
