@@ -56,6 +56,21 @@ GRIDS = {
         variants={"ssa, chain in float32 (by its transpose)": {},
                   "ssa, chain in bfloat16 (by its transpose)": {
                       "rule.chain_dtype": "bfloat16"}}),
+    # every convolution's input gradient in bfloat16 (train.error_dtype; SSA's chain too,
+    # by its transpose as at ImageNet size): do BP and SSA learn the same?
+    "error_dtype": dict(
+        caption="BP and SSA with every convolution's input gradient in float32 and in "
+                "bfloat16 (SSA's chain too, by its transpose as at ImageNet size; "
+                "smallconv, first 10,000 training images, 5 epochs, no augmentation).",
+        base={**SHORT, RULE: "ssa"},
+        seeds=SEEDS,
+        chain_cache=False,
+        variants={"bp, float32": {RULE: "bp"},
+                  "bp, every input gradient in bfloat16": {RULE: "bp",
+                                                           "train.error_dtype": "bfloat16"},
+                  "ssa, float32 (the chain by its transpose)": {},
+                  "ssa, every input gradient in bfloat16 (the chain too)": {
+                      "train.error_dtype": "bfloat16", "rule.chain_dtype": "bfloat16"}}),
     # a credible DFA (and BP's rate). smallconv at a small budget; what the
     # defaults are made of
     "dfa_tuning": dict(
