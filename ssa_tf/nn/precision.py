@@ -63,26 +63,29 @@ def _unsupported(layer) -> str | None:
 
 def set_error_dtype(model, dtype):
     """Compute the input gradient of every 2-D convolution of ``model`` in ``dtype`` (a
-    run's ``train.error_dtype``); float32 leaves the model as Keras builds it. A plain
-    convolution ``conv`` cannot stand in for (dilated, grouped, channels first) is
-    refused, not left in float32."""
+    run's ``train.error_dtype``); float32 leaves the model as Keras builds it (or puts it
+    back). A plain convolution ``conv`` cannot stand in for (dilated, grouped, channels
+    first) is refused, not left in float32."""
     from ssa_tf.nn.layers import SVDConv2D
 
     if dtype not in ERROR_DTYPES:
         raise UsageError(f"train.error_dtype={dtype!r} is not valid; choose from: "
                          f"{', '.join(ERROR_DTYPES)}")
+    low = dtype != "float32"
+    convs = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+             if isinstance(layer, (SVDConv2D, keras.layers.Conv2D))]
+    for layer in convs:
+        why = None if isinstance(layer, SVDConv2D) else _unsupported(layer)
+        if low and why:
+            raise UsageError(f"train.error_dtype={dtype} covers plain 2-D convolutions "
+                             f"without dilation or groups, channels last; layer "
+                             f"{layer.name!r} has {why}: use train.error_dtype=float32")
     model.error_dtype = dtype
-    if dtype == "float32":
-        return
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in convs:
+        layer.error_dtype = dtype if low else None
         if isinstance(layer, SVDConv2D):
-            layer.error_dtype = dtype
-        elif isinstance(layer, keras.layers.Conv2D) and not isinstance(
-                layer, keras.layers.Conv2DTranspose):
-            why = _unsupported(layer)
-            if why:
-                raise UsageError(f"train.error_dtype={dtype} covers plain 2-D convolutions "
-                                 f"without dilation or groups, channels last; layer "
-                                 f"{layer.name!r} has {why}: use train.error_dtype=float32")
-            layer.error_dtype = dtype
+            continue
+        if low:
             layer.convolution_op = types.MethodType(_plain_conv_op, layer)
+        elif "convolution_op" in vars(layer):  # Keras's own method again
+            del layer.convolution_op
