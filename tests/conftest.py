@@ -100,6 +100,42 @@ LONGEST_FIRST = (
 )
 
 
+SHORT_RUN = ["data.dataset=synthetic", "data.synthetic_shape=8,8,3",
+             "data.max_train_examples=256", "train.batch_size=32", "train.epochs=3",
+             "model.model=smallconv", "runtime.progress=none", "seed=1"]
+
+
+def short_run(workdir, *sets):
+    """(summary, every trained weight in one vector, by path) of a 3-epoch run through
+    ``run.train`` with ``SHORT_RUN`` and ``sets``, from its saved ``model.keras``."""
+    import keras
+    import numpy as np
+
+    from ssa_tf.config import RunConfig
+    from ssa_tf.training import run
+
+    keras.backend.clear_session(free_memory=False)
+    cfg = RunConfig().with_overrides([*SHORT_RUN, f"runtime.workdir={workdir}", *sets])
+    summary = run.train(cfg, verbose=0)
+    model = keras.models.load_model(os.path.join(workdir, "model.keras"))
+    weights = sorted(model.trainable_weights, key=lambda v: v.path)
+    return summary, np.concatenate([v.numpy().ravel() for v in weights])
+
+
+def assert_runs_agree(one, other, moved_at_most, rtol):
+    """Two ``short_run`` results: not the same run (the weights moved apart, by
+    every weight together: a small bias's own sign can flip under Adam's normalized steps),
+    yet within ``moved_at_most`` of each other and their logged losses within ``rtol``."""
+    import numpy as np
+
+    (a, wa), (b, wb) = one, other
+    moved = float(np.linalg.norm(wa - wb) / np.linalg.norm(wa))
+    assert 1e-5 < moved < moved_at_most, moved
+    for key in ("loss", "val_loss"):
+        assert len(a["history"][key]) == len(b["history"][key]) == 3
+        np.testing.assert_allclose(b["history"][key], a["history"][key], rtol=rtol)
+
+
 def pytest_configure(config):
     # hand the files out in the order pytest_collection_modifyitems leaves them (xdist
     # would sort them by their number of tests); the option exists with pytest-xdist

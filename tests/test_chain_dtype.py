@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import assert_runs_agree, short_run
 from ssa_tf.config import RunConfig, UsageError
 from ssa_tf.config.validate import validate
 from ssa_tf.methods import registry, routes
-from ssa_tf.training import run
 from ssa_tf.training.model import SSAModel
 
 CASES = {
@@ -107,38 +107,17 @@ def test_the_card_says_the_chain_runs_in_bfloat16():
         full.sequential, full.weight_transport, full.held_activations, full.feedback)
 
 
-BASE = ["data.dataset=synthetic", "data.synthetic_shape=8,8,3", "data.max_train_examples=256",
-        "train.batch_size=32", "train.epochs=3", "rule.name=ssa", "model.model=smallconv",
-        "runtime.progress=none", "seed=1"]
-
-
-def _run(workdir, *sets):
-    keras.backend.clear_session(free_memory=False)
-    cfg = RunConfig().with_overrides([*BASE, f"runtime.workdir={workdir}", *sets])
-    summary = run.train(cfg, verbose=0)
-    model = keras.models.load_model(workdir / "model.keras")
-    return summary, {v.path: v.numpy() for v in model.trainable_weights}
-
-
 def test_a_run_with_the_chain_in_bfloat16_trains_what_float32_trains(tmp_path, monkeypatch):
     """Through the real entry, the chain uncached (as at ImageNet size): the weights and
     the logged losses of 3 epochs within bfloat16's precision of the float32 run's, and
     not the same run."""
     monkeypatch.setattr(routes, "MAX_FULL_MAP_ENTRIES", 0)
-    full, w_full = _run(tmp_path / "f32")
-    low, w_low = _run(tmp_path / "bf16", "rule.chain_dtype=bfloat16")
+    full = short_run(tmp_path / "f32")
+    low = short_run(tmp_path / "bf16", "rule.chain_dtype=bfloat16")
     record = json.loads((tmp_path / "bf16" / "config.json").read_text())
     assert record["rule.chain_dtype"] == "bfloat16"
     assert "computed in bfloat16" in record["card"]["error"]
-    # every weight together (a small bias's own sign can flip under Adam's normalized steps)
-    full_w = np.concatenate([w_full[k].ravel() for k in sorted(w_full)])
-    low_w = np.concatenate([w_low[k].ravel() for k in sorted(w_full)])
-    moved = float(np.linalg.norm(full_w - low_w) / np.linalg.norm(full_w))
-    assert 1e-5 < moved < 0.02  # (0.005 when written)
-    for key in ("loss", "val_loss"):
-        a, b = full["history"][key], low["history"][key]
-        assert len(a) == len(b) == 3
-        np.testing.assert_allclose(b, a, rtol=0.02)
+    assert_runs_agree(full, low, moved_at_most=0.02, rtol=0.02)  # (moved 0.005 when written)
 
 
 def test_a_cpu_without_bfloat16_arithmetic_gets_a_notice(tmp_path):

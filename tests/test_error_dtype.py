@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import assert_runs_agree, short_run
 from ssa_tf.config import RunConfig, UsageError
 from ssa_tf.config.validate import validate
 from ssa_tf.nn import SVDConv2D
 from ssa_tf.nn.precision import set_error_dtype
-from ssa_tf.training import run
 from ssa_tf.training.model import build_model
 
 LAYERS = {
@@ -165,31 +165,12 @@ def test_a_user_model_it_cannot_cover_is_refused_in_one_line(tmp_path):
     assert model_from_config(cfg, (8, 8, 3), 10).error_dtype == "float32"
 
 
-BASE = ["data.dataset=synthetic", "data.synthetic_shape=8,8,3", "data.max_train_examples=256",
-        "train.batch_size=32", "train.epochs=3", "model.model=smallconv",
-        "runtime.progress=none", "seed=1"]
-
-
-def _run(workdir, *sets):
-    keras.backend.clear_session(free_memory=False)
-    cfg = RunConfig().with_overrides([*BASE, f"runtime.workdir={workdir}", *sets])
-    summary = run.train(cfg, verbose=0)
-    model = keras.models.load_model(workdir / "model.keras")
-    return summary, np.concatenate([v.numpy().ravel() for v in
-                                    sorted(model.trainable_weights, key=lambda v: v.path)])
-
-
 @pytest.mark.parametrize("rule", ["ssa", "bp"])
 def test_a_run_in_bfloat16_trains_what_float32_trains(tmp_path, rule):
     """Through the real entry, 3 epochs: the weights and the logged losses within
     bfloat16's precision of the float32 run's, and not the same run; the record says it."""
-    full, w_full = _run(tmp_path / "f32", f"rule.name={rule}")
-    low, w_low = _run(tmp_path / "bf16", f"rule.name={rule}", "train.error_dtype=bfloat16")
+    full = short_run(tmp_path / "f32", f"rule.name={rule}")
+    low = short_run(tmp_path / "bf16", f"rule.name={rule}", "train.error_dtype=bfloat16")
     record = json.loads((tmp_path / "bf16" / "config.json").read_text())
     assert record["train.error_dtype"] == "bfloat16"
-    moved = float(np.linalg.norm(w_full - w_low) / np.linalg.norm(w_full))
-    assert 1e-5 < moved < 0.03
-    for key in ("loss", "val_loss"):
-        a, b = full["history"][key], low["history"][key]
-        assert len(a) == len(b) == 3
-        np.testing.assert_allclose(b, a, rtol=0.03)
+    assert_runs_agree(full, low, moved_at_most=0.03, rtol=0.03)
