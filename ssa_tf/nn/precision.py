@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from ssa_tf.allowed_values import ERROR_DTYPES
 from ssa_tf.errors import UsageError
+from ssa_tf.nn.svd import SVDLayer
 
 
 def conv(x, kernel, strides, padding, error_dtype="bfloat16"):
@@ -61,21 +62,25 @@ def _unsupported(layer) -> str | None:
     return None
 
 
+def _svd_conv(layer) -> bool:
+    """An SVD layer whose forward takes the setting (``SVDConv2D``: its class declares
+    ``error_dtype``; ``layers`` imports this module, so not named here)."""
+    return isinstance(layer, SVDLayer) and hasattr(type(layer), "error_dtype")
+
+
 def set_error_dtype(model, dtype):
     """Compute the input gradient of every 2-D convolution of ``model`` in ``dtype`` (a
     run's ``train.error_dtype``); float32 leaves the model as Keras builds it (or puts it
     back). A plain convolution ``conv`` cannot stand in for (dilated, grouped, channels
     first) is refused, not left in float32."""
-    from ssa_tf.nn.layers import SVDConv2D
-
     if dtype not in ERROR_DTYPES:
         raise UsageError(f"train.error_dtype={dtype!r} is not valid; choose from: "
                          f"{', '.join(ERROR_DTYPES)}")
     low = dtype != "float32"
     convs = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-             if isinstance(layer, (SVDConv2D, keras.layers.Conv2D))]
+             if _svd_conv(layer) or isinstance(layer, keras.layers.Conv2D)]
     for layer in convs:
-        why = None if isinstance(layer, SVDConv2D) else _unsupported(layer)
+        why = None if _svd_conv(layer) else _unsupported(layer)
         if low and why:
             raise UsageError(f"train.error_dtype={dtype} covers plain 2-D convolutions "
                              f"without dilation or groups, channels last; layer "
@@ -83,7 +88,7 @@ def set_error_dtype(model, dtype):
     model.error_dtype = dtype
     for layer in convs:
         layer.error_dtype = dtype if low else None
-        if isinstance(layer, SVDConv2D):
+        if _svd_conv(layer):
             continue
         if low:
             layer.convolution_op = types.MethodType(_plain_conv_op, layer)
