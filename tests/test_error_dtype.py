@@ -174,3 +174,33 @@ def test_a_run_in_bfloat16_trains_what_float32_trains(tmp_path, rule):
     record = json.loads((tmp_path / "bf16" / "config.json").read_text())
     assert record["train.error_dtype"] == "bfloat16"
     assert_runs_agree(full, low, moved_at_most=0.03, rtol=0.03)
+
+
+def test_an_input_gradient_nothing_uses_is_not_computed(tmp_path):
+    """The custom gradient returns the first convolution's input gradient too; the
+    compiled step must not run it (TensorFlow prunes it, as it never computes it for a
+    plain tape): as many input-gradient convolutions run a step as in float32, counted by
+    TensorFlow's profiler."""
+    import glob
+    import os
+
+    from benchmarks.step_profile import op_stats
+
+    x = np.random.default_rng(0).standard_normal((8, 16, 16, 3)).astype("float32")
+    y = np.arange(8) % 10
+    counts = {}
+    for dtype in ("float32", "bfloat16"):
+        keras.utils.set_random_seed(1)
+        model = build_model("smallconv", (16, 16, 3), 10, rule="bp", error_dtype=dtype)
+        model.train_on_batch(x, y)  # traced and warmed up
+        logdir = str(tmp_path / dtype)
+        tf.profiler.experimental.start(logdir)
+        model.train_on_batch(x, y)
+        tf.profiler.experimental.stop()
+        xplane, = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+        counts[dtype] = {k: n for k, (_, n) in op_stats(xplane).items()
+                         if "Conv2DBackprop" in k}
+    convs = sum(isinstance(l, keras.layers.Conv2D) for l in model._flatten_layers())
+    inputs = [n for k, n in counts["float32"].items() if "BackpropInput" in k]
+    assert inputs == [convs - 1]  # every convolution's but the first's
+    assert counts["bfloat16"] == counts["float32"]
