@@ -142,6 +142,12 @@ ROWS = [
      "gradient in bfloat16", dict(rule="ssa", conv_factorization="channel", keep_ends=True,
                                   hold_within_peak=True, chain_dtype="bfloat16",
                                   error_dtype="bfloat16"), None, 0.5),
+    # the same without the recompute (every module's activations held: BP's memory): what
+    # the memory target costs at 50% under one precision
+    ("ssa (chain), channel view, 50% rank, ends kept, every module held, every input "
+     "gradient in bfloat16", dict(rule="ssa", conv_factorization="channel", keep_ends=True,
+                                  recompute=False, chain_dtype="bfloat16",
+                                  error_dtype="bfloat16"), None, 0.5),
     # BP with every layer computing in bfloat16 (Keras's mixed_bfloat16 policy, weights in
     # float32): what bfloat16 buys BP, for the row above's fairness
     ("bp, mixed bfloat16", dict(rule="bp", policy="mixed_bfloat16"), None, None),
