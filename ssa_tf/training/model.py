@@ -333,13 +333,12 @@ def _model_from_config(cfg, input_shape, num_classes, stats, dataset=None,
             model = SSAModel(network.name, input_shape, num_classes, norm=None,
                              activation=None, conv_factorization=None, input_stats=stats,
                              network=network, module_ends=ends, **options)
-            # (a channels-first convolution, which the rules train and the setting
-            # cannot cover, is refused here)
-            set_error_dtype(model, cfg.train.error_dtype)
         except UsageError as e:  # a layer, or a module end, the rules cannot train
             raise UsageError(f"--model={m.model}: {e}") from None
-        return model
-    set_error_dtype(model, cfg.train.error_dtype)
+    try:
+        set_error_dtype(model, cfg.train.error_dtype)
+    except UsageError as e:  # only a user's convolution can be one it cannot cover
+        raise UsageError(f"--model={m.model}: {e}") from None
     return model
 
 
