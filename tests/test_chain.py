@@ -285,3 +285,31 @@ def test_the_chains_transpose_gives_the_tapes_signals_without_its_forward_pass(c
     via_tape = signals(model, outs, e)
     for a, t in zip(via_route, via_tape):
         np.testing.assert_allclose(a, t, rtol=1e-4, atol=1e-5)
+
+
+def test_the_signals_are_made_as_they_are_read_with_the_same_values_in_any_order():
+    from ssa_tf.methods.routes import Signals
+
+    rng = np.random.default_rng(0)
+    deltas = [tf.constant(rng.standard_normal((4, 3)).astype(np.float32)) for _ in range(3)]
+    taken = []
+
+    def chain_order():  # the last module's first, as the chain makes them
+        for i in (2, 1, 0):
+            taken.append(i)
+            yield tf.cast(deltas[i], tf.bfloat16)
+
+    lazy = Signals(chain_order(), 3, tf.constant(2.0))
+    assert len(lazy) == 3 and taken == []
+    last = lazy[-1].numpy()
+    assert taken == [2]  # module 1's and 0's not made yet
+    first = lazy[0].numpy()
+    assert taken == [2, 1, 0]
+    eager = list(Signals([tf.cast(d, tf.bfloat16) for d in deltas[::-1]], 3, tf.constant(2.0)))
+    np.testing.assert_array_equal(last, eager[2].numpy())
+    np.testing.assert_array_equal(first, eager[0].numpy())
+    assert eager[0].dtype == tf.float32
+    # rescaled to the std of e (2.0), in float32 from the bfloat16 delta
+    np.testing.assert_allclose(np.std(first), 2.0, rtol=1e-5)
+    with pytest.raises(IndexError):
+        lazy[3]

@@ -34,7 +34,7 @@ def _signals(model, e, dtype, cached=False):
     route = model.rule.route
     outs = [tf.zeros((4, *s)) for s in model.module_output_shapes]
     route.dtype = dtype
-    step = tf.function(lambda e: route.signals(model, outs, e))
+    step = tf.function(lambda e: list(route.signals(model, outs, e)))
     graph = step.get_concrete_function(e).graph
     kinds = {(op.type, op.get_attr("T").name) for op in graph.get_operations()
              if op.type in ("Conv2DBackpropInput", "MatMul", "BatchMatMulV2")}

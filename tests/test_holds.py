@@ -26,14 +26,31 @@ def test_the_smallest_modules_are_held_while_they_fit_in_the_largest():
     assert holds.held_within_peak([10, 8, 4, 2, 1], eligible={1, 2, 4}) == {2, 4}
 
 
-def test_activation_elements_counts_the_tensors_a_forward_makes_per_example():
-    layer = keras.layers.Dense(5)
-    layer.build((None, 3))
-    wide = keras.layers.Dense(10)
-    wide.build((None, 3))
-    # matmul and bias add: 2 x 5 per example, the weights not counted
-    assert holds.activation_elements(layer, (3,)) == 10
-    assert holds.activation_elements(wide, (3,)) == 20
+def test_tape_elements_counts_what_the_backward_pass_reads_per_example():
+    # the second Dense's kernel gradient reads the first's output (6 an example); the
+    # first's reads the module's input (a boundary, not counted); nobody reads the logits
+    two = keras.Sequential([keras.Input((3,)), keras.layers.Dense(6), keras.layers.Dense(4)])
+    assert holds.tape_elements(two, (3,)) == 6
+    # the ReLU's gradient and the next kernel's both read the ReLU's output: counted once;
+    # the pre-activation, which no gradient reads, not at all
+    relu = keras.Sequential([keras.Input((3,)), keras.layers.Dense(6), keras.layers.ReLU(),
+                             keras.layers.Dense(4)])
+    assert holds.tape_elements(relu, (3,)) == 6
+    # a bfloat16 tensor counts half
+    low = keras.Sequential([keras.Input((3,)), keras.layers.Dense(6),
+                            keras.layers.ReLU(dtype="mixed_bfloat16"),
+                            keras.layers.Dense(4, dtype="mixed_bfloat16")])
+    assert holds.tape_elements(low, (3,)) == 3
+
+
+def test_resnet18_at_224_holds_the_module_its_forward_tensors_would_have_replayed():
+    # what the stem's backward reads (3.4M numbers an example) holds modules 3-8 (2.8M
+    # together); counted as every tensor their forward passes make, module 3 would not fit
+    model = build_model("resnet18", (224, 224, 3), 1000, rule="ssa", hold_within_peak=True)
+    tapes = [holds.tape_elements(m, s) for m, s in
+             zip(model.local_modules, [model.input_dims, *model.module_output_shapes[:-1]])]
+    assert tapes[0] == max(tapes) and sum(tapes[3:]) <= tapes[0] < sum(tapes[2:])
+    assert model.rule.held_modules(model) == set(range(3, 9))
 
 
 def test_resnet32_holds_the_later_small_modules_and_replays_the_first():
@@ -41,8 +58,9 @@ def test_resnet32_holds_the_later_small_modules_and_replays_the_first():
     held = model.rule.held_modules(model)
     n = len(model.local_modules)
     assert 0 not in held and n - 1 in held  # the stem's 32x32 maps; the head
-    # the 8x8 blocks of the third stage after its first (70,400 elements an example each,
-    # the last with the head) fit in a first-stage block's 290,816; its first block would not
+    # the 8x8 blocks of the third stage after its first (29,056 numbers an example each
+    # kept for the backward pass, the last with the head) fit in a first-stage block's
+    # 120,832; its first block would not
     assert held == set(range(n - 4, n))
     assert model.card().held_activations == "within the largest module's"
     assert model.card().columns()[2] == "within largest"
@@ -119,3 +137,45 @@ def test_a_rank_cut_plans_the_holds_again():
     apply_ranks(model, {l.name: max(1, l.full_rank // 4) for l in model.svd_layers()})
     model.rule.held_modules(model)
     assert model.rule._held_plan[0] != key and first
+
+
+def _ancestors(op):
+    seen, todo = set(), [op]
+    while todo:
+        o = todo.pop()
+        for a in [t.op for t in o.inputs] + list(o.control_inputs):
+            if a not in seen:
+                seen.add(a)
+                todo.append(a)
+    return seen
+
+
+def test_a_replayed_modules_signal_is_made_after_the_held_modules_gradients(monkeypatch):
+    # the chain runs on from the last signal read (``routes.Signals``): the signals of the
+    # replayed modules are not held beside the held modules' tapes
+    from ssa_tf.methods import chain
+
+    made, steps = [], chain.adjoint_steps
+
+    def recording(*args):
+        for delta in steps(*args):
+            made.append(delta)
+            yield delta
+
+    monkeypatch.setattr(chain, "adjoint_steps", recording)
+    model = build_model("resnet18", (32, 32, 3), 10, rule="ssa", hold_within_peak=True,
+                        chain_dtype="bfloat16")
+    model.rule.route.matrices = []  # the chain's transpose, as at ImageNet size
+    held = model.rule.held_modules(model)
+    n = len(model.local_modules)
+    assert 0 not in held and n - 2 in held
+    x, y = batch((32, 32, 3))
+    tf.function(lambda x, y: model.local_gradients(x, y)[1]).get_concrete_function(x, y)
+    assert len(made) == n - 1  # the last non-final module's signal first, module 0's last
+
+    def after_a_gradient(t):
+        return any(a.name.startswith("gradient_tape") for a in _ancestors(t.op))
+
+    assert not after_a_gradient(made[0])  # a held module's: before any gradient
+    assert after_a_gradient(made[-1])  # module 0's (replayed): after the held gradients
+    assert made[-1].dtype == tf.bfloat16  # kept in the chain's dtype until read

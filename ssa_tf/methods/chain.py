@@ -331,11 +331,16 @@ def adjoint_signals(modules, error, input_shapes, kernels):
     carried back module by module, delta_i = J_i^T e at each module's output, with
     ``input_shapes[i]`` module i's input shape. The same signals as the tape's, without its
     forward pass."""
-    deltas, a = [], error
+    return list(adjoint_steps(modules, error, input_shapes, kernels))[::-1]
+
+
+def adjoint_steps(modules, error, input_shapes, kernels):
+    """``adjoint_signals`` one module at a time, the last non-final module's first: each
+    delta is made when the caller asks for the next (``routes.Signals``)."""
+    a = error
     for m, shape in zip(modules[:0:-1], input_shapes[:0:-1]):
         a = adjoint_feedback(m, a, shape, kernels)
-        deltas.append(a)
-    return deltas[::-1]
+        yield a
 
 
 def plain_feedback_kernels(modules, init, rng):

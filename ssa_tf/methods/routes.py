@@ -288,23 +288,55 @@ class ChainRoute(Route):
         shapes = [(None, *model.input_dims), *(tuple(o.shape) for o in outputs[:-1])]
         low = ops.cast(error, self.dtype)  # float32 unless rule.chain_dtype says otherwise
         if self.matrices:
-            deltas = [ops.tensordot(low, ops.cast(m, self.dtype), axes=1)
-                      for m in self.matrices]
+            deltas = (ops.tensordot(low, ops.cast(m, self.dtype), axes=1)
+                      for m in self.matrices[::-1])
         elif not self.gated and self.transpose and chain.transposable(model.local_modules,
                                                                       shapes):
-            deltas = chain.adjoint_signals(model.local_modules, low, shapes, self.kernels)
+            deltas = chain.adjoint_steps(model.local_modules, low, shapes, self.kernels)
         else:
             if self.dtype != "float32":  # (``build`` refuses it where it knows the tape runs)
                 raise self._untransposable("input")
             deltas = chain.chain_signals(model.local_modules, outputs, error, self.kernels,
-                                         gated=self.gated, jacobians=self.jacobians)
-        scale = global_std(error)  # global-batch statistics, so that replicas rescale alike
-        deltas = [ops.cast(d, "float32") for d in deltas]
-        return [ops.stop_gradient(d * scale / (global_std(d) + 1e-12)) for d in deltas]
+                                         gated=self.gated, jacobians=self.jacobians)[::-1]
+        return Signals(deltas, len(model.local_modules) - 1, global_std(error))
 
     def ce_term(self, model, i, h, error, y, signals):
         # surrogate whose gradient at h is delta_i / batch
         return ops.mean(ops.sum(ops.reshape(signals[i] * h, (ops.shape(h)[0], -1)), axis=-1))
+
+
+class Signals:
+    """The chain's signals, made as they are read: ``deltas`` yields them from the last
+    non-final module's to the first's (the chain's order), ``count`` of them. Each is
+    rescaled to the std of e (``scale``; global-batch statistics, so that replicas rescale
+    alike) and cast to float32 where it is read.
+
+    A recomputing step reads the held modules' signals, last first, then each replayed
+    module's just before its replay: the chain runs on from the last signal read, so the
+    replayed modules' signals are not held while the held modules' tapes are, and each
+    is kept only from its making to its module's update, in the chain's dtype (half the
+    memory in bfloat16). The values are the same in any order of reading."""
+
+    def __init__(self, deltas, count, scale):
+        self._source, self._made, self._stds = iter(deltas), {}, {}
+        self.count, self.scale = int(count), scale
+
+    def __len__(self):
+        return self.count
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        i = range(self.count)[i]  # an IndexError past the end, as a list's
+        while i not in self._made:
+            d = next(self._source)
+            j = self.count - 1 - len(self._made)
+            self._made[j], self._stds[j] = d, global_std(d)
+        d = ops.cast(self._made[i], "float32")
+        return ops.stop_gradient(d * self.scale / (self._stds[i] + 1e-12))
 
 
 CLASSES = {c.spec.name: c for c in (GlobalRoute, LocalRoute, LocalGlobalRoute, ChainRoute)}
