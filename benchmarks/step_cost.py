@@ -142,6 +142,20 @@ ROWS = [
      "gradient in bfloat16", dict(rule="ssa", conv_factorization="channel", keep_ends=True,
                                   hold_within_peak=True, chain_dtype="bfloat16",
                                   error_dtype="bfloat16"), None, 0.5),
+    # the chain's step for each replayed module's signal made in its own replay instead of
+    # the replay before (``Local.signals_ahead``), or every signal made before the replays
+    # (as before routes.Signals)
+    ("ssa (chain), held within the peak, every input gradient in bfloat16, signals made in "
+     "their replays", dict(rule="ssa", hold_within_peak=True, chain_dtype="bfloat16",
+                           error_dtype="bfloat16", signals_ahead=0), None, None),
+    ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
+     "gradient in bfloat16, signals made in their replays",
+     dict(rule="ssa", conv_factorization="channel", keep_ends=True, hold_within_peak=True,
+          chain_dtype="bfloat16", error_dtype="bfloat16", signals_ahead=0), None, 0.5),
+    ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
+     "gradient in bfloat16, every signal made before the replays",
+     dict(rule="ssa", conv_factorization="channel", keep_ends=True, hold_within_peak=True,
+          chain_dtype="bfloat16", error_dtype="bfloat16", signals_ahead=99), None, 0.5),
     # the same without the recompute (every module's activations held: BP's memory): what
     # the memory target costs at 50% under one precision
     ("ssa (chain), channel view, 50% rank, ends kept, every module held, every input "
@@ -169,6 +183,7 @@ def build(options, form, fraction, shape):
     options = dict(options)
     keep_ends = options.pop("keep_ends", False)
     order = options.pop("replay_order", None)
+    ahead = options.pop("signals_ahead", None)
     transpose = options.pop("chain_transpose", True)
     jit = options.pop("jit", False)
     policy = options.pop("policy", None)
@@ -180,6 +195,8 @@ def build(options, form, fraction, shape):
         keras.mixed_precision.set_global_policy("float32")
     if order:
         model.rule.replay_order = order
+    if ahead is not None:
+        model.rule.signals_ahead = ahead
     if not transpose:
         model.rule.route.transpose = False
     if fraction is not None:

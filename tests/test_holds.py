@@ -163,19 +163,27 @@ def test_a_replayed_modules_signal_is_made_after_the_held_modules_gradients(monk
             yield delta
 
     monkeypatch.setattr(chain, "adjoint_steps", recording)
+    x, y = batch((32, 32, 3))
     model = build_model("resnet18", (32, 32, 3), 10, rule="ssa", hold_within_peak=True,
                         chain_dtype="bfloat16")
     model.rule.route.matrices = []  # the chain's transpose, as at ImageNet size
     held = model.rule.held_modules(model)
     n = len(model.local_modules)
     assert 0 not in held and n - 2 in held
-    x, y = batch((32, 32, 3))
-    tf.function(lambda x, y: model.local_gradients(x, y)[1]).get_concrete_function(x, y)
-    assert len(made) == n - 1  # the last non-final module's signal first, module 0's last
 
-    def after_a_gradient(t):
-        return any(a.name.startswith("gradient_tape") for a in _ancestors(t.op))
+    def gradients_before(t):  # the gradient ops the making of ``t`` waits for
+        return {a for a in _ancestors(t.op) if a.name.startswith("gradient_tape")}
 
-    assert not after_a_gradient(made[0])  # a held module's: before any gradient
-    assert after_a_gradient(made[-1])  # module 0's (replayed): after the held gradients
-    assert made[-1].dtype == tf.bfloat16  # kept in the chain's dtype until read
+    assert model.rule.signals_ahead == 1  # the default
+    first = {}
+    for ahead in (1, 0):
+        made.clear()
+        model.rule.signals_ahead = ahead
+        tf.function(lambda x, y: model.local_gradients(x, y)[1]).get_concrete_function(x, y)
+        assert len(made) == n - 1  # the last non-final module's signal first, module 0's last
+        assert not gradients_before(made[0])  # a held module's: before any gradient
+        first[ahead] = len(gradients_before(made[-1]))
+        assert first[ahead] > 0  # module 0's (replayed): after the held gradients
+        assert made[-1].dtype == tf.bfloat16  # kept in the chain's dtype until read
+    # one replay ahead (the default), module 0's does not wait for module 1's gradients
+    assert first[1] < first[0]

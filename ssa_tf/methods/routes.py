@@ -327,14 +327,19 @@ class Signals:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[j] for j in range(len(self))[i]]
+    def make(self, i) -> int:
+        """Make signal ``i`` (and the chain's steps before it) unless made; its index."""
         i = range(self.count)[i]  # an IndexError past the end, as a list's
         while i not in self._made:
             d = next(self._source)
             j = self.count - 1 - len(self._made)
             self._made[j], self._stds[j] = d, global_std(d)
+        return i
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        i = self.make(i)
         d = ops.cast(self._made[i], "float32")
         return ops.stop_gradient(d * self.scale / (self._stds[i] + 1e-12))
 
