@@ -13,7 +13,8 @@ ssa's chain steps in 1.37x BP's time instead of 1.52x at 0.48x its peak memory,
 ``benchmarks/reports/STEP_COST.md``). On hardware with bfloat16 arithmetic add
 ``--set rule.chain_dtype=bfloat16`` (the chain's pass in bfloat16: 1.23x at 0.48x memory
 here), and ``--set train.error_dtype=bfloat16`` for every convolution's input gradient
-(1.16-1.20x BP's float32 step, 1.26-1.30x BP's under the same setting); neither is set here,
+(1.26-1.30x BP's step under the same setting; 1.22-1.25x since the plan counts what each
+module's backward reads and holds one module more); neither is set here,
 since without that hardware bfloat16 is slower. Expected result: not
 measured here (no ImageNet, no GPU on this project's machine).
 """
