@@ -91,6 +91,9 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     cases = {  # name: (rule, model options, mirrored run compiled with XLA)
         "bp_jit_requested": ("bp", {}, True),
         "ssa": ("ssa", {}, False),
+        # held modules, the signals made as they are read, each replica's all-reduce of
+        # their statistics inside the replays' order
+        "ssa_held": ("ssa", {"hold_within_peak": True}, False),
         "lagged_copy": ("bp-lagged-copy", {}, False),  # a gated chain and a feedback update
         "dfa": ("dfa", {}, False),
     }
