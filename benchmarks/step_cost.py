@@ -19,7 +19,7 @@ one it is compared with in one thing:
   the channel view (``model.conv_factorization=channel``: a kh x kw convolution to r
   channels, then 1 x 1, whose pair costs r (9C + N) a pixel against 9CN);
 - the direct rules holding every module's activations (no recompute), and holding the
-  modules that fit in the largest module's activations (``rule.hold_within_peak``).
+  modules whose tapes fit in the largest module's (``rule.hold_within_peak``).
 
 ``--memory`` also measures each row's peak training memory, a process a row (the
 allocator's peak is per process).
@@ -78,7 +78,7 @@ ROWS = [
                                                recompute=False), None, None),
     ("ssa, global broadcast, every module held", dict(G, recompute=False), None, None),
     ("ssa (chain), every module held", dict(rule="ssa", recompute=False), None, None),
-    # the modules that fit in the largest module's activations held, the rest replayed
+    # the modules whose tapes fit in the largest module's held, the rest replayed
     ("dfa, broadcast, held within the peak", dict(rule="dfa", feedback_spatial="broadcast",
                                                   hold_within_peak=True), None, None),
     ("ssa, global broadcast, held within the peak", dict(G, hold_within_peak=True), None,

@@ -305,6 +305,8 @@ def test_the_signals_are_made_as_they_are_read_with_the_same_values_in_any_order
     assert taken == [2]  # module 1's and 0's not made yet
     first = lazy[0].numpy()
     assert taken == [2, 1, 0]
+    # kept as the chain made them (bfloat16) until read, cast where read
+    assert {d.dtype for d in lazy._made.values()} == {tf.bfloat16}
     eager = list(Signals([tf.cast(d, tf.bfloat16) for d in deltas[::-1]], 3, tf.constant(2.0)))
     np.testing.assert_array_equal(last, eager[2].numpy())
     np.testing.assert_array_equal(first, eager[0].numpy())

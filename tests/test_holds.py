@@ -1,5 +1,5 @@
 """``rule.hold_within_peak``: a recomputing step keeps the tapes of the modules that fit
-in the largest module's activations instead of replaying them (``methods.holds``)."""
+together in the largest module's tape instead of replaying them (``methods.holds``)."""
 
 import keras
 import numpy as np

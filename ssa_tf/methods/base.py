@@ -196,9 +196,9 @@ class Local(LearningRule):
         pass reached it, and the generators end where the first pass left them, whatever
         the order and whichever modules share a generator.
 
-        With ``hold_within_peak`` the modules that fit together within the largest
-        module's activations (``holds.plan``) keep their tapes from the first pass
-        instead; their gradients come first, then the replays: the same peak, fewer
+        With ``hold_within_peak`` the modules whose tapes fit together within the
+        largest module's (``holds.plan``: what each backward pass reads) keep them from
+        the first pass instead; their gradients come first, then the replays: the same peak, fewer
         forward passes, the same gradients."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         modules = model.local_modules

@@ -16,7 +16,7 @@ as columns in every results table:
   step: ``all modules`` (every module's activations until the error is known),
   ``one module at a time`` (plus the module outputs, for a recompute), or
   ``within the largest module's`` (a recompute that keeps the tapes of the modules
-  that fit together in the largest module's activations instead of replaying them,
+  whose tapes fit together in the largest module's instead of replaying them,
   ``rule.hold_within_peak``: the peak of one module at a time, fewer replays);
 * **feedback**: ``fixed`` after construction; ``learns locally`` (from the output
   error and the module's own output only: Kolen-Pollack, ``dkp``); ``local head`` (no

@@ -1,4 +1,4 @@
-"""Which modules keep their activations through a recomputing step (``rule.hold_within_peak``).
+"""Which modules keep their tapes through a recomputing step (``rule.hold_within_peak``).
 
 A direct rule that recomputes (``rule.recompute``) runs the forward pass once for the
 output error e, keeping only the module boundaries, then replays each module under its own
