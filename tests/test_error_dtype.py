@@ -106,7 +106,8 @@ def test_every_input_gradient_runs_in_bfloat16_and_nothing_else_changes(case):
 
 
 def test_a_model_of_any_rule_gets_it_from_its_settings():
-    for rule, kind in (("bp", keras.layers.Conv2D), ("ssa", SVDConv2D), ("dfa", keras.layers.Conv2D)):
+    for rule, kind in (("bp", keras.layers.Conv2D), ("ssa", SVDConv2D),
+                       ("dfa", keras.layers.Conv2D)):
         keras.utils.set_random_seed(1)
         model = build_model("smallconv", (8, 8, 3), 10, rule=rule, error_dtype="bfloat16")
         convs = [l for l in model._flatten_layers(include_self=False, recursive=True)

@@ -198,8 +198,8 @@ class Local(LearningRule):
 
         With ``hold_within_peak`` the modules whose tapes fit together within the
         largest module's (``holds.plan``: what each backward pass reads) keep them from
-        the first pass instead; their gradients come first, then the replays: the same peak, fewer
-        forward passes, the same gradients."""
+        the first pass instead; their gradients come first, then the replays: the same
+        peak, fewer forward passes, the same gradients."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         modules = model.local_modules
         held = self.held_modules(model)
