@@ -44,8 +44,9 @@ def test_tape_elements_counts_what_the_backward_pass_reads_per_example():
 
 
 def test_resnet18_at_224_holds_the_module_its_forward_tensors_would_have_replayed():
-    # what the stem's backward reads (3.4M numbers an example) holds modules 3-8 (2.8M
-    # together); counted as every tensor their forward passes make, module 3 would not fit
+    # what the stem's backward reads (1.8M numbers an example, nn.fast's layer norm and
+    # leaky ReLU; 3.4M with Keras's) holds modules 3-8 (1.6M together; 2.8M); counted as
+    # every tensor their forward passes make, module 3 would not fit
     model = build_model("resnet18", (224, 224, 3), 1000, rule="ssa", hold_within_peak=True)
     tapes = [holds.tape_elements(m, s) for m, s in
              zip(model.local_modules, [model.input_dims, *model.module_output_shapes[:-1]])]

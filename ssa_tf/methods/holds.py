@@ -24,6 +24,9 @@ import tensorflow as tf
 # a batch size no weight's leading dimension is likely to have: the tensors of a traced
 # pass whose leading dimension is this are its activations
 _PROBE_BATCH = 17
+# ops that read only their input's shape (``tf.gradients`` fills a custom gradient's
+# unused outputs with ZerosLike; a tape does not): they keep no activation
+_SHAPE_ONLY = frozenset({"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"})
 
 
 def tape_elements(module, input_shape) -> int:
@@ -47,6 +50,8 @@ def tape_elements(module, input_shape) -> int:
     kept = {}
     for op in graph.get_operations():
         if op in made:
+            continue
+        if op.type in _SHAPE_ONLY:
             continue
         for t in op.inputs:
             t = _aliased(t)

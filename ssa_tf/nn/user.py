@@ -35,6 +35,7 @@ from ssa_tf.nn.graph import (BATCH_NORMS, PASS_THROUGH, TRAINING_ONLY, Unsupport
                              _is_functional, activation_name, clone_call, linear_copy, rewrite,
                              topological_nodes)
 from ssa_tf.nn.layers import SVDConv2D, SVDDense, SVDLayer
+from ssa_tf.nn.fast import faster
 from ssa_tf.nn.norm import LocalBatchNorm
 
 WEIGHT_TYPES = (keras.layers.Dense, keras.layers.Conv2D)
@@ -218,6 +219,12 @@ class _Converter:
             config = {k: v for k, v in layer.get_config().items() if k != "stop_stat_gradient"}
             new = LocalBatchNorm(stop_stat_gradient=self.local, **config)
             y = new(args[0])
+            new.set_weights(layer.get_weights())
+            return y
+        if faster(layer) is not None:
+            # the same layer with its training gradient written out (nn.fast)
+            new = faster(layer).from_config(layer.get_config())
+            y = new(*args)
             new.set_weights(layer.get_weights())
             return y
         if isinstance(layer, keras.layers.Normalization):
