@@ -169,13 +169,25 @@ ROWS = [
     # (every convolution's input gradient, train.error_dtype) in bfloat16, its weight
     # gradients in float32
     ("bp, input gradients in bfloat16", dict(rule="bp", error_dtype="bfloat16"), None, None),
+    # Keras's own layer norm and leaky ReLU, as every model had them before nn.fast (the
+    # same functions; their gradients keep twice the activations)
+    ("bp, Keras's layer norm", dict(rule="bp", keras_layers=True), None, None),
+    ("bp, input gradients in bfloat16, Keras's layer norm",
+     dict(rule="bp", error_dtype="bfloat16", keras_layers=True), None, None),
+    ("ssa (chain), held within the peak, every input gradient in bfloat16, Keras's layer "
+     "norm", dict(rule="ssa", hold_within_peak=True, chain_dtype="bfloat16",
+                  error_dtype="bfloat16", keras_layers=True), None, None),
+    ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
+     "gradient in bfloat16, Keras's layer norm",
+     dict(rule="ssa", conv_factorization="channel", keep_ends=True, hold_within_peak=True,
+          chain_dtype="bfloat16", error_dtype="bfloat16", keras_layers=True), None, 0.5),
 ]
 
 
 def build(options, form, fraction, shape):
     import keras
 
-    from ssa_tf.nn import SVDConv2D
+    from ssa_tf.nn import SVDConv2D, fast
     from ssa_tf.training.model import build_model
     from ssa_tf.training.rank import apply_ranks
 
@@ -187,12 +199,15 @@ def build(options, form, fraction, shape):
     transpose = options.pop("chain_transpose", True)
     jit = options.pop("jit", False)
     policy = options.pop("policy", None)
+    stock = options.pop("keras_layers", False)
     if policy:
         keras.mixed_precision.set_global_policy(policy)
+    fast.ENABLED = not stock
     try:
         model = build_model("resnet18", shape, FLAGS.classes, jit_compile=jit, **options)
     finally:
         keras.mixed_precision.set_global_policy("float32")
+        fast.ENABLED = True
     if order:
         model.rule.replay_order = order
     if ahead is not None:
