@@ -15,7 +15,9 @@ ssa's chain steps in 1.37x BP's time instead of 1.52x at 0.48x its peak memory,
 here), and ``--set train.error_dtype=bfloat16`` for every convolution's input gradient
 (1.26-1.30x BP's step under the same setting; 1.22-1.25x since the plan counts what each
 module's backward reads and holds one module more); neither is set here,
-since without that hardware bfloat16 is slower. Expected result: not
+since without that hardware bfloat16 is slower. These memory ratios are against BP with
+Keras's layer norm; every model now has ``nn.fast``'s, which halve BP's peak: SSA's is
+0.60-0.62x BP's with them (the stem's own pass sets it). Expected result: not
 measured here (no ImageNet, no GPU on this project's machine).
 """
 
