@@ -60,22 +60,24 @@ def test_the_leaky_relu_takes_the_same_gradient_from_its_output_bit_for_bit():
     for w, g in zip(want, got):
         np.testing.assert_array_equal(w, g)
     assert np.any(want[1] != dy)  # the slope applied somewhere
+    np.testing.assert_array_equal(fast(x), stock(x))  # inference: Keras's own
 
 
 def _module(norm, act):
     inputs = keras.Input((6, 6, 3))
     h = keras.layers.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
-    return keras.Model(inputs, act(norm(h)))
+    return keras.Model(inputs, keras.layers.Conv2D(4, 1)(act(norm(h))))
 
 
 def test_the_tape_keeps_the_normalized_input_and_the_output_only():
-    # conv -> norm -> leaky ReLU, 6x6x8 = 288 numbers a map an example. Keras's keep the
-    # conv's output, its norm's per-channel product and the norm's output (the
-    # activation's gradient reads its input), and three per-pixel statistics; these keep
-    # xhat, 1/sigma and the activation's output
+    # conv -> norm -> leaky ReLU -> conv, 6x6x8 = 288 numbers a map an example. Keras's
+    # keep the conv's output, its norm's per-channel product, the norm's output (the
+    # activation's gradient reads its input), three per-pixel statistics and the
+    # activation's output (the next kernel's gradient reads it); these keep xhat, 1/sigma
+    # and the activation's output, which both gradients read
     stock = _module(keras.layers.LayerNormalization(), keras.layers.Activation("leaky_relu"))
     fast = _module(nn_fast.LayerNormalization(), LeakyReLU("leaky_relu"))
-    assert holds.tape_elements(stock, (6, 6, 3)) == 3 * 288 + 3 * 36
+    assert holds.tape_elements(stock, (6, 6, 3)) == 4 * 288 + 3 * 36
     assert holds.tape_elements(fast, (6, 6, 3)) == 2 * 288 + 36
 
 
@@ -97,6 +99,14 @@ def test_every_model_gets_them_for_every_rule_and_exports_keras_own():
     relu = keras.layers.Activation("relu")
     assert faster(relu) is None
     assert faster(keras.layers.LayerNormalization()) is nn_fast.LayerNormalization
+
+
+def test_under_a_mixed_policy_the_norm_is_keras_own_and_returns_its_dtype():
+    shape = (2, 4, 4, 8)
+    x = _random(shape, 10)
+    fast = nn_fast.LayerNormalization(dtype="mixed_bfloat16")
+    fast.build(shape)
+    assert not fast.fast_path(x) and fast(x, training=True).dtype == tf.bfloat16
 
 
 @pytest.mark.filterwarnings("ignore:You passed `rms_scaling=True`")

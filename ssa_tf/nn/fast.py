@@ -1,9 +1,11 @@
 """A layer norm and a leaky ReLU whose training gradients are written out.
 
 The converter (``nn.user``) puts them in place of Keras's ``LayerNormalization`` (over
-the last axis, float32, centred and scaled) and of a leaky-ReLU ``Activation`` in every
-model, for every rule; the export (``export.merge``) puts Keras's layers back. Their
-forward values are Keras's to float rounding, their gradients the same functions:
+the last axis, float32, centred and scaled) and of a leaky-ReLU ``Activation`` layer in every
+model, for every rule (an activation given inside a Dense or Conv2D stays Keras's); the
+export (``export.merge``) puts Keras's layers back. They compute the same functions, to
+float rounding (where a norm's inputs have a mean large against their spread, nearer
+float64's than Keras's form, which cancels):
 
 - Keras's layer norm computes ``x * (rsqrt(var + eps) * gamma) + (beta - mean * ...)``,
   whose per-pixel times per-channel factors are full-size tensors, and its automatic
@@ -68,7 +70,8 @@ class LayerNormalization(keras.layers.LayerNormalization):
         axis = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
         last = [a % len(inputs.shape) for a in axis] == [len(inputs.shape) - 1]
         return bool(last and self.center and self.scale and not self.rms_scaling
-                    and inputs.dtype == tf.float32 and self.gamma.dtype == tf.float32)
+                    and inputs.dtype == tf.float32 and self.gamma.dtype == tf.float32
+                    and self.compute_dtype == "float32")
 
 
 def _leaky_relu(slope):
