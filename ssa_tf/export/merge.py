@@ -21,7 +21,7 @@ from ssa_tf.nn.graph import (BATCH_NORMS, PASS_THROUGH, TRAINING_ONLY, activatio
                                  UnsupportedLayerError, clone_call, costs, has_input, is_weight,
                                  layer_record, rewrite)
 from ssa_tf.nn import SVDDense, SVDLayer
-from ssa_tf.nn.fast import STOCK, stock_call
+from ssa_tf.nn.fast import STOCK
 from ssa_tf.nn.user import GraphModule
 
 
@@ -123,7 +123,7 @@ class _Emitter:
         if type(layer) is keras.layers.Normalization:  # a user's model's own, at its start
             return normalization_rescaling(layer)(x)
         if type(layer) in STOCK:  # Keras's own layer again (the same function)
-            return stock_call(layer, x)
+            return clone_call(layer, (x,), {}, cls=STOCK[type(layer)])
         if type(layer) in PASS_THROUGH:
             return clone_call(layer, (x,), {})
         raise UnsupportedLayerError(_unsupported_message(layer))

@@ -49,9 +49,7 @@ def tape_elements(module, input_shape) -> int:
     made = set(forward)
     kept = {}
     for op in graph.get_operations():
-        if op in made:
-            continue
-        if op.type in _SHAPE_ONLY:
+        if op in made or op.type in _SHAPE_ONLY:
             continue
         for t in op.inputs:
             t = _aliased(t)

@@ -261,10 +261,11 @@ def _fold_pairs(model, fold):
     return pairs
 
 
-def clone_call(layer, args, kwargs):
-    """Call a copy of ``layer`` (same class, config and weights) on ``args``."""
+def clone_call(layer, args, kwargs, cls=None):
+    """Call a copy of ``layer`` (same class, or ``cls``; same config and weights) on
+    ``args``."""
     try:
-        new = type(layer).from_config(layer.get_config())
+        new = (cls or type(layer)).from_config(layer.get_config())
     except Exception as e:  # a layer whose config does not rebuild it
         raise UnsupportedLayerError(f"layer {layer.name!r} of type {type(layer).__name__} "
                                     f"cannot be copied: {e}") from e

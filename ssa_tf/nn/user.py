@@ -221,12 +221,9 @@ class _Converter:
             y = new(args[0])
             new.set_weights(layer.get_weights())
             return y
-        if faster(layer) is not None:
+        if (cls := faster(layer)) is not None:
             # the same layer with its training gradient written out (nn.fast)
-            new = faster(layer).from_config(layer.get_config())
-            y = new(*args)
-            new.set_weights(layer.get_weights())
-            return y
+            return clone_call(layer, args, {}, cls=cls)
         if isinstance(layer, keras.layers.Normalization):
             # its statistics as the user's (adapted, or given), not those built with the copy
             new = type(layer).from_config(layer.get_config())
