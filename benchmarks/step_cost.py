@@ -19,7 +19,8 @@ one it is compared with in one thing:
   the channel view (``model.conv_factorization=channel``: a kh x kw convolution to r
   channels, then 1 x 1, whose pair costs r (9C + N) a pixel against 9CN);
 - the direct rules holding every module's activations (no recompute), and holding the
-  modules whose tapes fit in the largest module's (``rule.hold_within_peak``).
+  modules whose tapes fit in the largest module's (``rule.hold_within_peak``), the
+  largest replayed in slices of the batch (``rule.replay_slices``).
 
 ``--memory`` also measures each row's peak training memory, a process a row (the
 allocator's peak is per process).
@@ -142,6 +143,19 @@ ROWS = [
      "gradient in bfloat16", dict(rule="ssa", conv_factorization="channel", keep_ends=True,
                                   hold_within_peak=True, chain_dtype="bfloat16",
                                   error_dtype="bfloat16"), None, 0.5),
+    # the replays of the modules larger than half (a third of) the stem's tape in 2 (3)
+    # slices of the batch (rule.replay_slices), the held modules within a slice's tape
+    ("ssa (chain), held within the peak, every input gradient in bfloat16, replays in 2 "
+     "slices", dict(rule="ssa", hold_within_peak=True, chain_dtype="bfloat16",
+                    error_dtype="bfloat16", replay_slices=2), None, None),
+    ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
+     "gradient in bfloat16, replays in 2 slices",
+     dict(rule="ssa", conv_factorization="channel", keep_ends=True, hold_within_peak=True,
+          chain_dtype="bfloat16", error_dtype="bfloat16", replay_slices=2), None, 0.5),
+    ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
+     "gradient in bfloat16, replays in 3 slices",
+     dict(rule="ssa", conv_factorization="channel", keep_ends=True, hold_within_peak=True,
+          chain_dtype="bfloat16", error_dtype="bfloat16", replay_slices=3), None, 0.5),
     # the chain's step for each replayed module's signal made in its own replay instead of
     # the replay before (``Local.signals_ahead``), or every signal made before the replays
     # (as before routes.Signals)

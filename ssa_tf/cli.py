@@ -43,7 +43,7 @@ def _run_flags():
         "workdir": ("runtime.workdir", "DIR", "output folder (default "
                     "runs/<dataset>-<model>-<rule>-<time>)"),
         "seed": ("seed", "N", f"random seed ({d.seed})"),
-        "preset": (None, "NAME|FILE", f"{', '.join(presets.NAMES)}, or your .py; flags given win"),
+        "preset": (None, "NAME|FILE", f"{', '.join(presets.NAMES)}, your .py; flags win"),
     }
 
 

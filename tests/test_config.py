@@ -124,6 +124,10 @@ def test_malformed_overrides_say_what_is_wrong(assignment, needle):
      "needs rule.recompute=true and a route with the output error"),
     (["rule.name=dfa", "rule.feedback=local", "rule.hold_within_peak=true"],
      "got rule.recompute=true, rule.feedback=local"),
+    # so are a replay's slices
+    (["rule.replay_slices=2", "rule.recompute=false"],
+     "rule.replay_slices splits a recompute's replays: it needs rule.recompute=true"),
+    (["rule.replay_slices=0"], "rule.replay_slices must be >= 1"),
     (["runtime.strategy=gpu"], "auto, one_device, mirrored, multi_worker"),
     (["runtime.strategy=mirrored", "runtime.logical_cpus=3"], "multiple of"),
     (["runtime.strategy=multi_worker"], "needs TF_CONFIG"),

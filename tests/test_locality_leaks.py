@@ -99,6 +99,11 @@ FEATURES = {
     "cut in place, svd cut, smallconv": lambda d: Scenario(
         "ssa", model="smallconv", settings=("rank.cut_form=in_place",), epochs=2, steps=1,
         cut_after=1, feedback_cut="svd"),
+    # the replays in slices of the batch, the held modules within a slice's tape, through
+    # a cut (planned again) and a resume
+    "replays in slices, held within the peak, cut, resume": lambda d: Scenario(
+        "ssa", (("hold_within_peak", True), ("replay_slices", 2)), model="smallconv",
+        epochs=2, steps=1, cut_after=1, resume=(2, 1)),
     # a longer run: a leak that waits a few steps (each step's state checked, every 8th
     # replayed)
     "16 steps": lambda d: Scenario("ssa", steps=16, replay_every=8),
@@ -295,8 +300,25 @@ class GatedRoute(ChainRoute):
         super().__init__(options, structured, gated=True)
 
 
+def sliced_gradient_reading_the_head():
+    """A sliced replay whose output gradient is scaled by the head's weights (in the one
+    code path a plain replay does not take)."""
+    class Sliced(_ssa()):
+        def module_loss(self, model, i, h, error, y, signals=None):
+            loss, terms = super().module_loss(model, i, h, error, y, signals)
+            if i < len(model.local_modules) - 1 and self.replay_slices(model).get(i, 1) > 1:
+                head = model.local_modules[-1].trainable_variables[0]
+                loss = loss * (1 + 0.01 * tf.tanh(tf.reduce_sum(head)))
+            return loss, terms
+
+    return Sliced
+
+
 # name: (rule it poses as, its class (given monkeypatch), the scenario, the kinds it must show)
 MUTANTS = {
+    "a sliced replay reading the head's weights": (
+        "ssa", lambda mp: sliced_gradient_reading_the_head(), Scenario(
+            "ssa", (("replay_slices", 2),), model="smallconv", steps=1), {DEPENDS}),
     "periodic resync every 4 steps": (
         "ssa", lambda mp: periodic_resync(), Scenario("ssa", steps=4), {CHANGED}),
     "transport at a rank cut": (

@@ -97,6 +97,8 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         # held modules, the signals made as they are read, each replica's all-reduce of
         # their statistics inside the replays' order
         "ssa_held": ("ssa", {"hold_within_peak": True}, False),
+        # replays in slices of each replica's batch, each loss divided by the replicas
+        "ssa_sliced": ("ssa", {"replay_slices": 2}, False),
         "lagged_copy": ("bp-lagged-copy", {}, False),  # a gated chain and a feedback update
         "dfa": ("dfa", {}, False),
     }

@@ -64,7 +64,9 @@ LATER_DEFAULTS = {"model.conv_factorization": ("spatial",), "rank.keep_ends": (F
                   # the dtype of the chain's linear network: float32 before
                   "rule.chain_dtype": (None, "float32"),
                   # the dtype of every convolution's input gradient: float32 before
-                  "train.error_dtype": ("float32",)}
+                  "train.error_dtype": ("float32",),
+                  # a recompute's replays in slices of the batch: one slice before
+                  "rule.replay_slices": (None, 1)}
 
 
 def at_later_default(name, value) -> bool:

@@ -202,7 +202,7 @@ class Local(LearningRule):
         peak, fewer forward passes, the same gradients."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         modules = model.local_modules
-        held = self.held_modules(model)
+        held, cuts = self.held_modules(model), self.replay_slices(model)
         replayed = [i for i in range(len(modules)) if i not in held]
         # the dropout masks of this forward pass, drawn again by the replay (with new
         # masks a module's update came from activations other than those that made e):
@@ -240,6 +240,11 @@ class Local(LearningRule):
             with replaying([modules[i]], noise[i]), tf.control_dependencies(deps):
                 if ahead:
                     make_early(n + ahead)
+                if cuts.get(i, 1) > 1:
+                    results[i] = self._sliced_step(model, i, inputs[i], inputs[i + 1], cuts[i],
+                                                   error, y, signals, replicas)
+                    deps = [g for g, _ in results[i][0] if g is not None]
+                    continue
                 with tf.GradientTape() as tape:
                     h = modules[i](tf.identity(inputs[i]), training=True)
                     results[i] = self._module_step(model, i, tape, h, error, y, signals,
@@ -256,10 +261,49 @@ class Local(LearningRule):
         planned again when a rank cut changes the layers."""
         if not self.options.get("hold_within_peak"):
             return frozenset()
-        key = tuple(model.ranks().values())
+        return self._plan(model)[0]
+
+    def replay_slices(self, model) -> dict:
+        """{module: the slices of the batch it is replayed in} (``rule.replay_slices``,
+        ``holds.plan``); empty for one slice each."""
+        if self.options.get("replay_slices", 1) <= 1:
+            return {}
+        return self._plan(model)[1]
+
+    def _plan(self, model):
+        key = (tuple(model.ranks().values()), self.options.get("replay_slices", 1))
         if getattr(self, "_held_plan", (None,))[0] != key:
-            self._held_plan = (key, holds.plan(model))
+            self._held_plan = (key, holds.plan(model, key[1]))
         return self._held_plan[1]
+
+    def _sliced_step(self, model, i, x, h, n, error, y, signals, replicas):
+        """``_module_step`` for a module replayed in ``n`` slices of the batch: the
+        gradient of its loss with respect to its output is taken at the first pass's
+        output ``h`` (the next module's input, the replay's own values), then each slice's
+        replay sends its part of it back, one slice's activations at a time, and the
+        slices' gradients are summed with the loss's own (its factor terms'). Only for a
+        module whose examples do not meet (``holds.per_example``, no random draws): the
+        same gradient as one replay, to float rounding."""
+        module = model.local_modules[i]
+        own = module.trainable_variables
+        variables = own + self.route.extra_variables(model, i)
+        with tf.GradientTape() as tape:
+            tape.watch(h)
+            loss, terms = self.module_loss(model, i, h, error, y, signals)
+            loss = loss / replicas
+        dh, *grads = tape.gradient(loss, [h, *variables])
+        batch, deps = tf.shape(x)[0], [dh]
+        for k in range(n if dh is not None else 0):  # (no dh: its loss has no CE term)
+            start, stop = batch * k // n, batch * (k + 1) // n
+            with tf.control_dependencies(deps):  # one slice's activations at a time
+                with tf.GradientTape() as tape:
+                    part = module(tf.identity(x[start:stop]), training=True)
+                got = tape.gradient(part, own, output_gradients=dh[start:stop])
+            deps = [g for g in got if g is not None]
+            grads[:len(own)] = [g if a is None else a if g is None else a + g
+                                for a, g in zip(grads, got)]
+        bad = tf.stack([*(nonfinite(t) for t in terms), nonfinite(*grads)])
+        return list(zip(grads, variables)), terms, bad
 
     def _one_module_at_a_time(self, model, x, y):
         """The local route: module i's gradient right after its forward, so that only

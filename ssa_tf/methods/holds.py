@@ -18,8 +18,11 @@ weights, same dropout masks, same batch statistics).
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
+
+from ssa_tf.nn.svd import SVDLayer
 
 # a batch size no weight's leading dimension is likely to have: the tensors of a traced
 # pass whose leading dimension is this are its activations
@@ -72,16 +75,16 @@ def _per_example(t) -> bool:
                 and shape[0] == _PROBE_BATCH)
 
 
-def held_within_peak(sizes, eligible=None) -> frozenset:
+def held_within_peak(sizes, eligible=None, budget=None) -> frozenset:
     """The indices of the modules to hold: the largest module is always replayed (it is
     the peak); the others (of ``eligible``, default all), smallest first, are held while
-    their sizes together stay within its size."""
+    their sizes together stay within ``budget`` (default the largest module's size)."""
     if len(sizes) < 2:
         return frozenset()
     order = sorted(range(len(sizes)), key=lambda i: (sizes[i], -i))
     if eligible is not None:
         order = [i for i in order[:-1] if i in eligible] + order[-1:]
-    budget, held, total = sizes[order[-1]], set(), 0
+    budget, held, total = budget or sizes[order[-1]], set(), 0
     for i in order[:-1]:
         if total + sizes[i] > budget:
             break
@@ -90,18 +93,53 @@ def held_within_peak(sizes, eligible=None) -> frozenset:
     return frozenset(held)
 
 
+def slices(sizes, n, sliceable) -> dict:
+    """``rule.replay_slices``: how many slices of the batch each module of ``sliceable``
+    is replayed in, so that no slice's tape is larger than the largest module's over
+    ``n`` (``ceil(n * size / largest)``; the others: 1)."""
+    largest = max(max(sizes), 1)
+    return {i: (max(1, -(-n * s // largest)) if i in sliceable else 1)
+            for i, s in enumerate(sizes)}
+
+
+# the layers whose training computation treats every example on its own (no batch
+# statistics, no random draws): a module made only of these (and of models nesting
+# them) gives the same gradient replayed whole or in slices of the batch
+_PER_EXAMPLE = ("Conv", "Dense", "EinsumDense", "LayerNormalization", "GroupNormalization",
+                "UnitNormalization", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU",
+                "Softmax", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
+                "Concatenate", "Reshape", "Flatten", "Permute", "ZeroPadding", "Cropping",
+                "Pooling", "InputLayer", "Identity", "Rescaling")
+
+
+def per_example(module) -> bool:
+    """Every layer of ``module`` is of a kind in ``_PER_EXAMPLE`` (by its class's name or
+    a base class's; an SVD layer is a Dense or a Conv) or is a model nesting others; a
+    layer of any other kind (batch norm, dropout, a user's own) might mix the examples."""
+    def known(layer):
+        if isinstance(layer, (keras.Model, SVDLayer)):
+            return True
+        return any(k in cls.__name__ for cls in type(layer).__mro__ for k in _PER_EXAMPLE
+                   if cls.__module__.startswith(("keras", "ssa_tf")))
+    return all(known(layer) for layer in module._flatten_layers(include_self=False,
+                                                                recursive=True))
+
+
 def generators(module) -> set:
     """The ids of the mask generators (dropout and noise layers' own) inside ``module``."""
     return {id(g) for layer in module._flatten_layers(include_self=True, recursive=True)
             for g in getattr(layer, "_seed_generators", ())}
 
 
-def plan(model) -> frozenset:
-    """``held_within_peak`` of ``model``'s local modules at their current ranks. A module
-    whose mask generator another module shares is never held. (It was needed when the
-    replays restored every generator to its state before the first pass; each replay now
-    restores its own module's state as the first pass reached it, which a held module's
-    draws cannot disturb, and the rule is kept as the narrower plan.)"""
+def plan(model, replay_slices=1) -> tuple:
+    """(the modules to hold, {module: slices}) for ``model``'s local modules at their
+    current ranks: ``held_within_peak`` within the largest replay's tape, which
+    ``replay_slices`` divides (``slices``: modules ``per_example`` without mask
+    generators). A module whose mask generator another module shares is never held. (It
+    was needed when the replays restored every generator to its state before the first
+    pass; each replay now restores its own module's state as the first pass reached it,
+    which a held module's draws cannot disturb, and the rule is kept as the narrower
+    plan.)"""
     modules = model.local_modules
     shapes = [model.input_dims, *model.module_output_shapes[:-1]]
     with tf.init_scope():  # traced on its own, also when asked inside a step's trace
@@ -109,7 +147,11 @@ def plan(model) -> frozenset:
     own = [generators(m) for m in modules]
     eligible = {i for i, g in enumerate(own)
                 if not any(g & h for j, h in enumerate(own) if j != i)}
-    return held_within_peak(sizes, eligible)
+    # the head (the last module) learns from the logits: never sliced
+    sliceable = {i for i, m in enumerate(modules[:-1]) if not own[i] and per_example(m)}
+    cuts = slices(sizes, replay_slices, sliceable)
+    budget = max(s / cuts[i] for i, s in enumerate(sizes))
+    return held_within_peak(sizes, eligible, budget), cuts
 
 
-__all__ = ["held_within_peak", "plan", "tape_elements"]
+__all__ = ["held_within_peak", "per_example", "plan", "slices", "tape_elements"]

@@ -54,7 +54,7 @@ class Range:
 RANGES = {"alpha": Range(0), "beta": Range(0), "gamma": Range(0), "ortho_lambda": Range(0),
           "s_rate_scale": Range(0, open_lo=True), "readout_grid": Range(1),
           "readout_width": Range(0), "readout_depth": Range(1), "readout_sim": Range(0, 1),
-          "direct_weight": Range(0)}
+          "direct_weight": Range(0), "replay_slices": Range(1)}
 # values of numeric options that change what a card says (the locality harness tries them
 # beside every choice and boolean): predsim's weight turns a fixed read-out into a head
 CARD_PROBES = {"readout_sim": (0.99,)}
@@ -233,6 +233,12 @@ class RuleSpec:
             return ("rule.hold_within_peak chooses which modules a recompute holds: it needs "
                     f"rule.recompute=true and a route with the output error ({with_error}), "
                     f"got rule.recompute={str(o.get('recompute')).lower()}, "
+                    f"rule.feedback={o['feedback']}")
+        if o.get("replay_slices", 1) > 1 and not (o.get("recompute") and
+                                                  ROUTES[o["feedback"]].needs_error):
+            return ("rule.replay_slices splits a recompute's replays: it needs "
+                    f"rule.recompute=true and a route with the output error, got "
+                    f"rule.recompute={str(o.get('recompute')).lower()}, "
                     f"rule.feedback={o['feedback']}")
         if self.svd and o["alpha"] == o["beta"] == o["gamma"] == 0:
             return "rule.alpha, beta and gamma are all 0: there would be nothing to learn from"

@@ -101,7 +101,8 @@ def implementation():
 
 
 OPTIONS = dict(alpha=1.0, feedback="global", feedback_spatial="full", recompute=True,
-               hold_within_peak=False, **{**FEEDBACK_OPTIONS, "feedback_lr": DKP_FEEDBACK_LR})
+               hold_within_peak=False, replay_slices=1,
+               **{**FEEDBACK_OPTIONS, "feedback_lr": DKP_FEEDBACK_LR})
 
 SPEC = RuleSpec(
     "dkp", "direct Kolen-Pollack: DFA whose feedback matrices learn from e and each "

@@ -96,7 +96,8 @@ class _Calls:
 
             def call(*args, _j=j, _original=original, **kwargs):
                 out = _original(*args, **kwargs)
-                if not self.active:
+                if not self.active or not tf.executing_eagerly():
+                    # (a trace for a plan, ``holds.tape_elements``: no values to record)
                     return out
                 k = len(self.outputs[_j])
                 self.inputs[_j].append(np.array(args[0]))

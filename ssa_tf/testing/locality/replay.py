@@ -210,8 +210,7 @@ class Replay:
                 return
             kept = {i - 1, n - 1} - {-1, i}  # outputs replayed as recorded (besides i's)
             outputs = [list(step.outputs[j]) if j in kept or j == i else
-                       [_random_like(step.outputs[j][0], self.rng)] * len(step.outputs[j])
-                       for j in range(n)]
+                       _random_calls(step.outputs[j], self.rng) for j in range(n)]
             others = [k for k in replica.forward if k not in replica.own(i)]
             replica.load(step.before, others, self.rng)
             calls, after = replica.step(step, real=(i,), outputs=outputs)
@@ -250,6 +249,20 @@ class Replay:
         if calls.extra_calls:
             self.find(SELF, where, f"modules {sorted(set(calls.extra_calls))} called more "
                       "often than in the run")
+
+
+def _random_calls(calls, rng) -> list:
+    """One random activation for a module's calls in a step (the first pass's and its
+    replay's alike): a call on a slice of the batch (``rule.replay_slices``) returns its
+    slice of it, the slices in the order they were called."""
+    whole, start, out = _random_like(calls[0], rng), 0, []
+    for call in calls:
+        if call.shape == whole.shape:
+            out.append(whole)
+            continue
+        out.append(whole[start:start + len(call)])
+        start = (start + len(call)) % len(whole)
+    return out
 
 
 def replay(rec: Record, until=None, card=None, tolerance=None) -> Report:
