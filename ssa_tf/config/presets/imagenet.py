@@ -17,8 +17,11 @@ here), and ``--set train.error_dtype=bfloat16`` for every convolution's input gr
 module's backward reads and holds one module more); neither is set here,
 since without that hardware bfloat16 is slower. These memory ratios are against BP with
 Keras's layer norm; every model now has ``nn.fast``'s, which halve BP's peak: SSA's is
-0.60-0.62x BP's with them (the stem's own pass sets it). Expected result: not
-measured here (no ImageNet, no GPU on this project's machine).
+0.60-0.62x BP's with them (the stem's own pass sets it). ``--set rule.replay_slices=2``
+replays the stem in two slices of the batch (the same gradients): 0.39x BP's peak at full
+rank and 0.42x at 50%, for a step 1.41-1.43x the control's at full rank (the held plan
+shrinks) and 1.03-1.04x at 50%; not set here. Expected result: not measured here (no
+ImageNet, no GPU on this project's machine).
 """
 
 
