@@ -296,9 +296,7 @@ class Local(LearningRule):
         for k in range(n if dh is not None else 0):  # (no dh: its loss has no CE term)
             start, stop = batch * k // n, batch * (k + 1) // n
             with tf.control_dependencies(deps):  # one slice's activations at a time
-                with tf.GradientTape() as tape:
-                    part = module(tf.identity(x[start:stop]), training=True)
-                got = tape.gradient(part, own, output_gradients=dh[start:stop])
+                got = _slice_gradients(module, own, x, dh, start, stop)
             deps = [g for g in got if g is not None]
             grads[:len(own)] = [g if a is None else a if g is None else a + g
                                 for a, g in zip(grads, got)]
@@ -349,6 +347,32 @@ class Local(LearningRule):
             ce = self.route.ce_term(model, i, h, error, y, signals)
         align, ortho = self.factor_terms(svd_layers(model.local_modules[i]))
         return self.weighted(ce, align, ortho), (ce, align, ortho)
+
+
+def _slice_gradients(module, own, x, dh, start, stop):
+    """The gradients of ``own`` from ``module`` replayed on examples ``start:stop`` of
+    ``x``, its output sending back ``dh``'s; none from an empty slice (a batch smaller
+    than the slices: an epoch's last, or a replica's)."""
+    def replay():
+        with tf.GradientTape() as tape:
+            part = module(tf.identity(x[start:stop]), training=True)
+        return tape.gradient(part, own, output_gradients=dh[start:stop])
+
+    if tf.executing_eagerly():
+        return replay() if int(stop) > int(start) else [None] * len(own)
+    reached = []  # the variables the replay's gradient reaches (None stays None)
+
+    def taken():
+        got = replay()
+        reached[:] = [j for j, g in enumerate(got) if g is not None]
+        return [got[j] for j in reached]
+
+    # (the true branch is traced first: ``reached`` is known when the false one is)
+    values = tf.cond(stop > start, taken, lambda: [tf.zeros_like(own[j]) for j in reached])
+    got = [None] * len(own)
+    for j, g in zip(reached, values if reached else []):
+        got[j] = g
+    return got
 
 
 def nonfinite(*tensors):

@@ -32,6 +32,15 @@ _PROBE_BATCH = 17
 _SHAPE_ONLY = frozenset({"Shape", "ShapeN", "Size", "Rank", "ZerosLike", "OnesLike"})
 
 
+# > 0 while ``tape_elements`` traces a module (``tracing``: the locality harness, which
+# records every module call of a step, leaves these out)
+_TRACING = [0]
+
+
+def tracing() -> bool:
+    return _TRACING[0] > 0
+
+
 def tape_elements(module, input_shape) -> int:
     """Per example: the elements of the forward tensors that ``module``'s gradient reads
     (what its tape keeps for the backward pass; a bfloat16 tensor counts half), from one
@@ -48,7 +57,11 @@ def tape_elements(module, input_shape) -> int:
         # which pauses every tape
         return tf.gradients(loss, variables)
 
-    graph = tf.function(step).get_concrete_function(spec).graph
+    _TRACING[0] += 1
+    try:
+        graph = tf.function(step).get_concrete_function(spec).graph
+    finally:
+        _TRACING[0] -= 1
     made = set(forward)
     kept = {}
     for op in graph.get_operations():
@@ -112,15 +125,30 @@ _PER_EXAMPLE = ("Conv", "Dense", "EinsumDense", "LayerNormalization", "GroupNorm
                 "Pooling", "InputLayer", "Identity", "Rescaling")
 
 
+def _over_the_batch(layer) -> bool:
+    """``layer`` has an ``axis`` (a norm's, a softmax's, a concatenation's) that is, or
+    counts from the end to, the batch's."""
+    axes = getattr(layer, "axis", None)
+    if axes is None:
+        return False
+    nodes = getattr(layer, "_inbound_nodes", None) or []
+    rank = len(nodes[0].input_tensors[0].shape) if nodes and nodes[0].input_tensors else None
+    axes = axes if isinstance(axes, (list, tuple)) else [axes]
+    return any(a == 0 or (rank is not None and a < 0 and a % rank == 0) or
+               (rank is None and a < 0) for a in axes)
+
+
 def per_example(module) -> bool:
     """Every layer of ``module`` is of a kind in ``_PER_EXAMPLE`` (by its class's name or
-    a base class's; an SVD layer is a Dense or a Conv) or is a model nesting others; a
-    layer of any other kind (batch norm, dropout, a user's own) might mix the examples."""
+    a base class's; an SVD layer is a Dense or a Conv), not over the batch's axis (a layer
+    norm or softmax with ``axis=0``), or is a model nesting others; a layer of any other
+    kind (batch norm, dropout, a user's own) might mix the examples."""
     def known(layer):
         if isinstance(layer, (keras.Model, SVDLayer)):
             return True
         return any(k in cls.__name__ for cls in type(layer).__mro__ for k in _PER_EXAMPLE
-                   if cls.__module__.startswith(("keras", "ssa_tf")))
+                   if cls.__module__.startswith(("keras", "ssa_tf"))) and \
+            not _over_the_batch(layer)
     return all(known(layer) for layer in module._flatten_layers(include_self=False,
                                                                 recursive=True))
 
@@ -154,4 +182,4 @@ def plan(model, replay_slices=1) -> tuple:
     return held_within_peak(sizes, eligible, budget), cuts
 
 
-__all__ = ["held_within_peak", "per_example", "plan", "slices", "tape_elements"]
+__all__ = ["held_within_peak", "per_example", "plan", "slices", "tape_elements", "tracing"]

@@ -14,6 +14,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ssa_tf.methods import holds
+
 from .scenarios import Scenario
 from .state import HarnessError, snapshot
 
@@ -96,8 +98,7 @@ class _Calls:
 
             def call(*args, _j=j, _original=original, **kwargs):
                 out = _original(*args, **kwargs)
-                if not self.active or not tf.executing_eagerly():
-                    # (a trace for a plan, ``holds.tape_elements``: no values to record)
+                if not self.active or holds.tracing():  # a plan's trace: no values
                     return out
                 k = len(self.outputs[_j])
                 self.inputs[_j].append(np.array(args[0]))
