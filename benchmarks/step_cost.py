@@ -55,6 +55,9 @@ flags.DEFINE_boolean("time", True, "time the steps (--notime with --memory: peak
 flags.DEFINE_string("child", None, "internal: measure the peak memory of this row")
 
 G = dict(rule="ssa", feedback="global", feedback_spatial="broadcast")
+# SSA's chain held within the peak, every input gradient in bfloat16 (the control's precision)
+HELD_BF16 = dict(rule="ssa", hold_within_peak=True, chain_dtype="bfloat16",
+                 error_dtype="bfloat16")
 # (name, rule options, SVD convolutions' form, rank fraction)
 ROWS = [
     ("bp", dict(rule="bp"), None, None),
@@ -146,16 +149,11 @@ ROWS = [
     # the replays of the modules larger than half (a third of) the stem's tape in 2 (3)
     # slices of the batch (rule.replay_slices), the held modules within a slice's tape
     ("ssa (chain), held within the peak, every input gradient in bfloat16, replays in 2 "
-     "slices", dict(rule="ssa", hold_within_peak=True, chain_dtype="bfloat16",
-                    error_dtype="bfloat16", replay_slices=2), None, None),
-    ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
-     "gradient in bfloat16, replays in 2 slices",
-     dict(rule="ssa", conv_factorization="channel", keep_ends=True, hold_within_peak=True,
-          chain_dtype="bfloat16", error_dtype="bfloat16", replay_slices=2), None, 0.5),
-    ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
-     "gradient in bfloat16, replays in 3 slices",
-     dict(rule="ssa", conv_factorization="channel", keep_ends=True, hold_within_peak=True,
-          chain_dtype="bfloat16", error_dtype="bfloat16", replay_slices=3), None, 0.5),
+     "slices", dict(HELD_BF16, replay_slices=2), None, None),
+    *((f"ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
+       f"gradient in bfloat16, replays in {n} slices",
+       dict(HELD_BF16, conv_factorization="channel", keep_ends=True, replay_slices=n), None,
+       0.5) for n in (2, 3)),
     # the chain's step for each replayed module's signal made in its own replay instead of
     # the replay before (``Local.signals_ahead``), or every signal made before the replays
     # (as before routes.Signals)

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from ssa_tf.methods import holds
 from ssa_tf.training.model import SSAModel, build_model, compile_model
+from tests.test_holds import _ancestors
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -190,17 +191,7 @@ def test_each_slice_waits_for_the_gradient_of_the_one_before():
     graph = tf.function(lambda x, y: model.local_gradients(x, y)[0]).get_concrete_function(
         x, y).graph
 
-    def before(op):  # the ops ``op`` runs after
-        seen, todo = set(), [op]
-        while todo:
-            o = todo.pop()
-            for a in [t.op for t in o.inputs] + list(o.control_inputs):
-                if a not in seen:
-                    seen.add(a)
-                    todo.append(a)
-        return seen
-
     slices = [op for op in graph.get_operations() if op.type in ("If", "StatelessIf")]
     assert len(slices) == 4
     for first, then in zip(slices, slices[1:]):
-        assert first in before(then)
+        assert first in _ancestors(then)  # the ops ``then`` runs after
