@@ -89,16 +89,19 @@ def test_sliced_replays_give_the_same_gradients(rule, options):
         assert np.max(np.abs(b - a)) <= 1e-5 * np.max(np.abs(a)) + 1e-9
 
 
-@pytest.mark.parametrize("compiled", [True, False])
-def test_a_batch_smaller_than_the_slices_leaves_the_empty_ones_out(compiled):
+@pytest.mark.parametrize("how", ["eager", "traced", "traced, batch size unknown"])
+def test_a_batch_smaller_than_the_slices_leaves_the_empty_ones_out(how):
     # an epoch's last batch (or a replica's) of 2 in 3 slices: the first slice is empty
     x, y = batch((16, 16, 3), n=2)
+    unknown = (tf.TensorSpec((None, 16, 16, 3)), tf.TensorSpec((None,), tf.int32))
     grads = {}
     for n in (1, 3):
         keras.utils.set_random_seed(4)
         model = build_model("smallconv", (16, 16, 3), 10, rule="ssa", replay_slices=n)
         step = lambda x, y: model.local_gradients(x, y)[0]  # noqa: E731
-        grads[n] = [g for g, _ in (tf.function(step) if compiled else step)(x, y)]
+        if how != "eager":
+            step = tf.function(step, input_signature=unknown if "unknown" in how else None)
+        grads[n] = [g for g, _ in step(x, y)]
     assert [g is None for g in grads[1]] == [g is None for g in grads[3]]
     for a, b in zip(grads[1], grads[3]):
         if a is not None:
@@ -181,17 +184,25 @@ def test_a_sliced_replay_holds_one_slices_activations():
     assert peaks[4] < 0.8 * peaks[1], peaks
 
 
-def test_each_slice_waits_for_the_gradient_of_the_one_before():
-    # the order is in the graph, not left to the executor: a slice's replay (a branch
-    # that an empty slice skips) starts after the slice before has sent its gradient
-    # back (without it, nothing stops the executor from running the slices side by side,
-    # at one replay's peak)
+@pytest.mark.parametrize("known_batch", [True, False])
+def test_each_slice_waits_for_the_gradient_of_the_one_before(known_batch):
+    # the order is in the graph, not left to the executor: a slice's replay starts after
+    # the slice before has sent its gradient back (without it, nothing stops the executor
+    # from running the slices side by side, at one replay's peak). A trace that does not
+    # know the batch size makes each slice a branch that an empty slice skips
     model = _big_first(4)
     x, y = batch((64, 64, 3), n=8)
+    specs = (x, y) if known_batch else (tf.TensorSpec((None, 64, 64, 3)),
+                                        tf.TensorSpec((None,), tf.int32))
     graph = tf.function(lambda x, y: model.local_gradients(x, y)[0]).get_concrete_function(
-        x, y).graph
-
-    slices = [op for op in graph.get_operations() if op.type in ("If", "StatelessIf")]
+        *specs).graph
+    ops = graph.get_operations()
+    if known_batch:  # the replays' inputs: the four slices of the images
+        slices = [op for op in ops if op.type == "StridedSlice"
+                  and tuple(op.inputs[0].shape[1:]) == (64, 64, 3)]
+        assert not [op for op in ops if op.type in ("If", "StatelessIf")]
+    else:
+        slices = [op for op in ops if op.type in ("If", "StatelessIf")]
     assert len(slices) == 4
     for first, then in zip(slices, slices[1:]):
         assert first in _ancestors(then)  # the ops ``then`` runs after

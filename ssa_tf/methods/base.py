@@ -292,7 +292,8 @@ class Local(LearningRule):
             loss, terms = self.module_loss(model, i, h, error, y, signals)
             loss = loss / replicas
         dh, *grads = tape.gradient(loss, [h, *variables])
-        batch, deps = tf.shape(x)[0], [dh]
+        # the batch as a number where the trace knows it (the slices' bounds then too)
+        batch, deps = x.shape[0] or tf.shape(x)[0], [dh]
         for k in range(n if dh is not None else 0):  # (no dh: its loss has no CE term)
             start, stop = batch * k // n, batch * (k + 1) // n
             with tf.control_dependencies(deps):  # one slice's activations at a time
@@ -352,13 +353,15 @@ class Local(LearningRule):
 def _slice_gradients(module, own, x, dh, start, stop):
     """The gradients of ``own`` from ``module`` replayed on examples ``start:stop`` of
     ``x``, its output sending back ``dh``'s; none from an empty slice (a batch smaller
-    than the slices: an epoch's last, or a replica's)."""
+    than the slices: an epoch's last, or a replica's). A trace that does not know the
+    batch size makes the replay a branch an empty slice skips (a function call, which the
+    known sizes of a fixed batch do without)."""
     def replay():
         with tf.GradientTape() as tape:
             part = module(tf.identity(x[start:stop]), training=True)
         return tape.gradient(part, own, output_gradients=dh[start:stop])
 
-    if tf.executing_eagerly():
+    if tf.executing_eagerly() or isinstance(stop, int):  # known now: no branch
         return replay() if int(stop) > int(start) else [None] * len(own)
     reached = []  # the variables the replay's gradient reaches (None stays None)
 
