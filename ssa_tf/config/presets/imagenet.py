@@ -19,8 +19,8 @@ since without that hardware bfloat16 is slower. These memory ratios are against 
 Keras's layer norm; every model now has ``nn.fast``'s, which halve BP's peak: SSA's is
 0.60-0.62x BP's with them (the stem's own pass sets it). ``--set rule.replay_slices=2``
 replays the stem in two slices of the batch (the same gradients): 0.39x BP's peak at full
-rank and 0.42x at 50%, for a step 1.41-1.43x the control's at full rank (the held plan
-shrinks) and 1.03-1.04x at 50%; not set here. Expected result: not measured here (no
+rank and 0.42x at 50%, for a step 1.40-1.44x the control's at full rank (the held plan
+shrinks) and 1.03-1.08x at 50%; not set here. Expected result: not measured here (no
 ImageNet, no GPU on this project's machine).
 """
 
