@@ -243,12 +243,11 @@ class Local(LearningRule):
                 if cuts.get(i, 1) > 1:
                     results[i] = self._sliced_step(model, i, inputs[i], inputs[i + 1], cuts[i],
                                                    error, y, signals, replicas)
-                    deps = [g for g, _ in results[i][0] if g is not None]
-                    continue
-                with tf.GradientTape() as tape:
-                    h = modules[i](tf.identity(inputs[i]), training=True)
-                    results[i] = self._module_step(model, i, tape, h, error, y, signals,
-                                                   replicas)
+                else:
+                    with tf.GradientTape() as tape:
+                        h = modules[i](tf.identity(inputs[i]), training=True)
+                        results[i] = self._module_step(model, i, tape, h, error, y, signals,
+                                                       replicas)
             deps = [g for g, _ in results[i][0] if g is not None]
         if after:
             with tf.control_dependencies(deps):
@@ -285,8 +284,7 @@ class Local(LearningRule):
         module whose examples do not meet (``holds.per_example``, no random draws): the
         same gradient as one replay, to float rounding."""
         module = model.local_modules[i]
-        own = module.trainable_variables
-        variables = own + self.route.extra_variables(model, i)
+        own, variables = module.trainable_variables, self._variables(model, i)
         with tf.GradientTape() as tape:
             tape.watch(h)
             loss, terms = self.module_loss(model, i, h, error, y, signals)
@@ -301,8 +299,7 @@ class Local(LearningRule):
             deps = [g for g in got if g is not None]
             grads[:len(own)] = [g if a is None else a if g is None else a + g
                                 for a, g in zip(grads, got)]
-        bad = tf.stack([*(nonfinite(t) for t in terms), nonfinite(*grads)])
-        return list(zip(grads, variables)), terms, bad
+        return _result(grads, variables, terms)
 
     def _one_module_at_a_time(self, model, x, y):
         """The local route: module i's gradient right after its forward, so that only
@@ -322,11 +319,12 @@ class Local(LearningRule):
         loss, terms = self.module_loss(model, i, h, error, y, signals)
         # each replica holds a copy of the terms; the optimizer sums replicas'
         # gradients, so divide to get the global mean
-        variables = model.local_modules[i].trainable_variables + \
-            self.route.extra_variables(model, i)
-        grads = tape.gradient(loss / replicas, variables)
-        bad = tf.stack([*(nonfinite(t) for t in terms), nonfinite(*grads)])
-        return list(zip(grads, variables)), terms, bad
+        variables = self._variables(model, i)
+        return _result(tape.gradient(loss / replicas, variables), variables, terms)
+
+    def _variables(self, model, i):
+        """What module i's loss trains: its own variables and its route's for it."""
+        return model.local_modules[i].trainable_variables + self.route.extra_variables(model, i)
 
     @staticmethod
     def _collect(results, logits):
@@ -348,6 +346,12 @@ class Local(LearningRule):
             ce = self.route.ce_term(model, i, h, error, y, signals)
         align, ortho = self.factor_terms(svd_layers(model.local_modules[i]))
         return self.weighted(ce, align, ortho), (ce, align, ortho)
+
+
+def _result(grads, variables, terms):
+    """A module step's (gradients and variables, terms, nonfinite flags)."""
+    bad = tf.stack([*(nonfinite(t) for t in terms), nonfinite(*grads)])
+    return list(zip(grads, variables)), terms, bad
 
 
 def _slice_gradients(module, own, x, dh, start, stop):
@@ -372,10 +376,8 @@ def _slice_gradients(module, own, x, dh, start, stop):
 
     # (the true branch is traced first: ``reached`` is known when the false one is)
     values = tf.cond(stop > start, taken, lambda: [tf.zeros_like(own[j]) for j in reached])
-    got = [None] * len(own)
-    for j, g in zip(reached, values if reached else []):
-        got[j] = g
-    return got
+    got = dict(zip(reached, values if reached else []))
+    return [got.get(j) for j in range(len(own))]
 
 
 def nonfinite(*tensors):

@@ -22,7 +22,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from ssa_tf.nn.graph import PASS_THROUGH
 from ssa_tf.nn.svd import SVDLayer
+from ssa_tf.nn.user import PREPROCESSING, WEIGHT_TYPES
 
 # a batch size no weight's leading dimension is likely to have: the tensors of a traced
 # pass whose leading dimension is this are its activations
@@ -115,14 +117,11 @@ def slices(sizes, n, sliceable) -> dict:
             for i, s in enumerate(sizes)}
 
 
-# the layers whose training computation treats every example on its own (no batch
-# statistics, no random draws): a module made only of these (and of models nesting
-# them) gives the same gradient replayed whole or in slices of the batch
-_PER_EXAMPLE = ("Conv", "Dense", "EinsumDense", "LayerNormalization", "GroupNormalization",
-                "UnitNormalization", "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU",
-                "Softmax", "Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum",
-                "Concatenate", "Reshape", "Flatten", "Permute", "ZeroPadding", "Cropping",
-                "Pooling", "InputLayer", "Identity", "Rescaling")
+# the kinds of layer the converter takes (``nn.graph``, ``nn.user``) whose training
+# computation treats every example on its own: not batch norm (batch statistics), not
+# dropout or noise (random draws)
+_PER_EXAMPLE = (*PASS_THROUGH, *WEIGHT_TYPES, *PREPROCESSING, SVDLayer, keras.Model,
+                keras.layers.InputLayer, keras.layers.PReLU)
 
 
 def _over_the_batch(layer) -> bool:
@@ -139,18 +138,11 @@ def _over_the_batch(layer) -> bool:
 
 
 def per_example(module) -> bool:
-    """Every layer of ``module`` is of a kind in ``_PER_EXAMPLE`` (by its class's name or
-    a base class's; an SVD layer is a Dense or a Conv), not over the batch's axis (a layer
-    norm or softmax with ``axis=0``), or is a model nesting others; a layer of any other
-    kind (batch norm, dropout, a user's own) might mix the examples."""
-    def known(layer):
-        if isinstance(layer, (keras.Model, SVDLayer)):
-            return True
-        return any(k in cls.__name__ for cls in type(layer).__mro__ for k in _PER_EXAMPLE
-                   if cls.__module__.startswith(("keras", "ssa_tf"))) and \
-            not _over_the_batch(layer)
-    return all(known(layer) for layer in module._flatten_layers(include_self=False,
-                                                                recursive=True))
+    """Every layer of ``module`` is of a kind in ``_PER_EXAMPLE`` (or a subclass:
+    ``nn.fast``'s, the SVD layers), not over the batch's axis (a layer norm or softmax with
+    ``axis=0``); a layer of any other kind (batch norm, dropout) might mix the examples."""
+    return all(isinstance(layer, _PER_EXAMPLE) and not _over_the_batch(layer)
+               for layer in module._flatten_layers(include_self=False, recursive=True))
 
 
 def generators(module) -> set:

@@ -227,19 +227,17 @@ class RuleSpec:
                                  f"the {', '.join(owners[:-1])} and {owners[-1]} routes")
                         return (f"rule.{name} applies to {where} only, not "
                                 f"rule.feedback={route.name}")
-        if o.get("hold_within_peak") and not (o.get("recompute") and
-                                              ROUTES[o["feedback"]].needs_error):
-            with_error = ", ".join(r.name for r in ROUTES.values() if r.needs_error)
-            return ("rule.hold_within_peak chooses which modules a recompute holds: it needs "
-                    f"rule.recompute=true and a route with the output error ({with_error}), "
-                    f"got rule.recompute={str(o.get('recompute')).lower()}, "
-                    f"rule.feedback={o['feedback']}")
-        if o.get("replay_slices", 1) > 1 and not (o.get("recompute") and
-                                                  ROUTES[o["feedback"]].needs_error):
-            return ("rule.replay_slices splits a recompute's replays: it needs "
-                    f"rule.recompute=true and a route with the output error, got "
-                    f"rule.recompute={str(o.get('recompute')).lower()}, "
-                    f"rule.feedback={o['feedback']}")
+        replays = o.get("recompute") and ROUTES[o["feedback"]].needs_error
+        for name, what, used in (
+                ("hold_within_peak", "chooses which modules a recompute holds",
+                 o.get("hold_within_peak")),
+                ("replay_slices", "splits a recompute's replays",
+                 o.get("replay_slices", 1) > 1)):
+            if used and not replays:
+                with_error = ", ".join(r.name for r in ROUTES.values() if r.needs_error)
+                return (f"rule.{name} {what}: it needs rule.recompute=true and a route with "
+                        f"the output error ({with_error}), got rule.recompute="
+                        f"{str(o.get('recompute')).lower()}, rule.feedback={o['feedback']}")
         if self.svd and o["alpha"] == o["beta"] == o["gamma"] == 0:
             return "rule.alpha, beta and gamma are all 0: there would be nothing to learn from"
         return self.check(o) if self.check else None
