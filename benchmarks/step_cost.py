@@ -154,6 +154,14 @@ ROWS = [
        f"gradient in bfloat16, replays in {n} slices",
        dict(HELD_BF16, conv_factorization="channel", keep_ends=True, replay_slices=n), None,
        0.5) for n in (2, 3)),
+    # the same with each replay fed the one before's output (rule.replay_chained): the first
+    # pass keeps no boundary beside the held tapes, which fill the largest module's tape
+    ("ssa (chain), held within the peak, every input gradient in bfloat16, replays in 2 "
+     "slices, chained", dict(HELD_BF16, replay_slices=2, replay_chained=True), None, None),
+    ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
+     "gradient in bfloat16, replays in 2 slices, chained",
+     dict(HELD_BF16, conv_factorization="channel", keep_ends=True, replay_slices=2,
+          replay_chained=True), None, 0.5),
     # the chain's step for each replayed module's signal made in its own replay instead of
     # the replay before (``Local.signals_ahead``), or every signal made before the replays
     # (as before routes.Signals)

@@ -128,6 +128,10 @@ def test_malformed_overrides_say_what_is_wrong(assignment, needle):
     (["rule.replay_slices=2", "rule.recompute=false"],
      "rule.replay_slices splits a recompute's replays: it needs rule.recompute=true"),
     (["rule.replay_slices=0"], "rule.replay_slices must be >= 1"),
+    # and their order
+    (["rule.name=dfa", "rule.feedback=local", "rule.replay_chained=true"],
+     "rule.replay_chained feeds each replay the one before's output: it needs "
+     "rule.recompute=true"),
     (["runtime.strategy=gpu"], "auto, one_device, mirrored, multi_worker"),
     (["runtime.strategy=mirrored", "runtime.logical_cpus=3"], "multiple of"),
     (["runtime.strategy=multi_worker"], "needs TF_CONFIG"),

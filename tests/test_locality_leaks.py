@@ -104,6 +104,11 @@ FEATURES = {
     "replays in slices, held within the peak, cut, resume": lambda d: Scenario(
         "ssa", (("hold_within_peak", True), ("replay_slices", 2)), model="smallconv",
         epochs=2, steps=1, cut_after=1, resume=(2, 1)),
+    # each replay fed the one before's output (rule.replay_chained), in slices, the held
+    # modules within the largest module's tape, through a cut and a resume
+    "chained replays, in slices, held within the peak, cut, resume": lambda d: Scenario(
+        "ssa", (("hold_within_peak", True), ("replay_chained", True), ("replay_slices", 2)),
+        model="smallconv", epochs=2, steps=1, cut_after=1, resume=(2, 1)),
     # a longer run: a leak that waits a few steps (each step's state checked, every 8th
     # replayed)
     "16 steps": lambda d: Scenario("ssa", steps=16, replay_every=8),
@@ -314,8 +319,22 @@ def sliced_gradient_reading_the_head():
     return Sliced
 
 
+def chained_input_reading_the_head():
+    """A chained replay whose input, handed on from the replay before, is scaled by the
+    head's weights (in the one code path an unchained replay does not take)."""
+    class Chained(_ssa()):
+        def _handed_on(self, model, i, h):
+            head = model.local_modules[-1].trainable_variables[0]
+            return super()._handed_on(model, i, h) * (1 + 0.01 * tf.tanh(tf.reduce_sum(head)))
+
+    return Chained
+
+
 # name: (rule it poses as, its class (given monkeypatch), the scenario, the kinds it must show)
 MUTANTS = {
+    "a chained replay's input reading the head's weights": (
+        "ssa", lambda mp: chained_input_reading_the_head(), Scenario(
+            "ssa", (("replay_chained", True),), model="smallconv", steps=1), {DEPENDS}),
     "a sliced replay reading the head's weights": (
         "ssa", lambda mp: sliced_gradient_reading_the_head(), Scenario(
             "ssa", (("replay_slices", 2),), model="smallconv", steps=1), {DEPENDS}),

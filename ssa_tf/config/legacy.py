@@ -66,7 +66,9 @@ LATER_DEFAULTS = {"model.conv_factorization": ("spatial",), "rank.keep_ends": (F
                   # the dtype of every convolution's input gradient: float32 before
                   "train.error_dtype": ("float32",),
                   # a recompute's replays in slices of the batch: one slice before
-                  "rule.replay_slices": (None, 1)}
+                  "rule.replay_slices": (None, 1),
+                  # replays from the boundaries the first pass kept: not chained before
+                  "rule.replay_chained": (None, False)}
 
 
 def at_later_default(name, value) -> bool:

@@ -317,7 +317,8 @@ class RunConfig:
 # change them (and its length, train.epochs), and an experiment's key leaves them out
 OPERATIONAL = ("data.data_dir", "data.manual_dir", "data.autotune", "rule.recompute",
                "train.jit_compile",
-               "rule.hold_within_peak", "rule.replay_slices", "runtime.workdir",
+               "rule.hold_within_peak", "rule.replay_slices", "rule.replay_chained",
+               "runtime.workdir",
                "runtime.restart", "runtime.progress", "runtime.checkpoint_steps",
                "runtime.keep_checkpoints", "runtime.skip_nonfinite_steps",
                "runtime.diagnostics_every")

@@ -199,7 +199,10 @@ class Local(LearningRule):
         With ``hold_within_peak`` the modules whose tapes fit together within the
         largest module's (``holds.plan``: what each backward pass reads) keep them from
         the first pass instead; their gradients come first, then the replays: the same
-        peak, fewer forward passes, the same gradients."""
+        peak, fewer forward passes, the same gradients. With ``replay_chained`` the
+        replays run first to last, each fed the output of the replay before where that
+        module was replayed too (the same values), so the first pass keeps none of those
+        boundaries beside the held tapes."""
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         modules = model.local_modules
         held, cuts = self.held_modules(model), self.replay_slices(model)
@@ -229,8 +232,13 @@ class Local(LearningRule):
                 results[i] = self._module_step(model, i, tapes[i], held_outputs[i], error, y,
                                                signals, replicas)
             deps += [g for g, _ in results[i][0] if g is not None]
-        order = replayed[::-1] if self.replay_order == "reverse" else replayed
+        # chained (rule.replay_chained): first to last, each replay's input the replay
+        # before's output where that module was replayed too (the same values), so the
+        # first pass's boundary there is read by nothing after it and is released in it
+        chained = bool(self.options.get("replay_chained"))
+        order = replayed[::-1] if self.replay_order == "reverse" and not chained else replayed
         ahead = self.signals_ahead if hasattr(signals, "make") else 0
+        before = {}  # chained: the last replay's output, by its module
 
         def make_early(k):  # the chain's step for replayed module k, made now
             if k < len(order) and order[k] < len(signals):  # (the head has none)
@@ -240,20 +248,29 @@ class Local(LearningRule):
             with replaying([modules[i]], noise[i]), tf.control_dependencies(deps):
                 if ahead:
                     make_early(n + ahead)
-                if cuts.get(i, 1) > 1:
-                    results[i] = self._sliced_step(model, i, inputs[i], inputs[i + 1], cuts[i],
+                h = before.pop(i - 1, inputs[i])
+                if cuts.get(i, 1) > 1:  # its output, the first pass's, is its gradient's
+                    results[i] = self._sliced_step(model, i, h, inputs[i + 1], cuts[i],
                                                    error, y, signals, replicas)
+                    h = inputs[i + 1]
                 else:
                     with tf.GradientTape() as tape:
-                        h = modules[i](tf.identity(inputs[i]), training=True)
+                        h = modules[i](tf.identity(h), training=True)
                         results[i] = self._module_step(model, i, tape, h, error, y, signals,
                                                        replicas)
+            if chained and i + 1 in replayed:
+                before[i] = self._handed_on(model, i, h)
             deps = [g for g, _ in results[i][0] if g is not None]
         if after:
             with tf.control_dependencies(deps):
                 for variable, value in after:
                     variable.assign(value)
         return self._collect([results[i] for i in range(len(modules))], logits)
+
+    def _handed_on(self, model, i, h):
+        """``rule.replay_chained``: module i's replayed output as the next replay's input
+        (its values, cut from module i's tape)."""
+        return ops.stop_gradient(h)
 
     def held_modules(self, model) -> frozenset:
         """The modules a recomputing step holds instead of replaying (``holds.plan``),
@@ -270,9 +287,11 @@ class Local(LearningRule):
         return self._plan(model)[1]
 
     def _plan(self, model):
-        key = (tuple(model.ranks().values()), self.options.get("replay_slices", 1))
+        key = (tuple(model.ranks().values()), self.options.get("replay_slices", 1),
+               bool(self.options.get("replay_chained")),
+               bool(self.options.get("hold_within_peak")))
         if getattr(self, "_held_plan", (None,))[0] != key:
-            self._held_plan = (key, holds.plan(model, key[1]))
+            self._held_plan = (key, holds.plan(model, *key[1:]))
         return self._held_plan[1]
 
     def _sliced_step(self, model, i, x, h, n, error, y, signals, replicas):
@@ -295,7 +314,7 @@ class Local(LearningRule):
         for k in range(n if dh is not None else 0):  # (no dh: its loss has no CE term)
             start, stop = batch * k // n, batch * (k + 1) // n
             with tf.control_dependencies(deps):  # one slice's activations at a time
-                got = _slice_gradients(module, own, x, dh, start, stop)
+                got = holds.slice_gradients(module, own, x, dh, start, stop)
             deps = [g for g in got if g is not None]
             grads[:len(own)] = [g if a is None else a if g is None else a + g
                                 for a, g in zip(grads, got)]
@@ -352,32 +371,6 @@ def _result(grads, variables, terms):
     """A module step's (gradients and variables, terms, nonfinite flags)."""
     bad = tf.stack([*(nonfinite(t) for t in terms), nonfinite(*grads)])
     return list(zip(grads, variables)), terms, bad
-
-
-def _slice_gradients(module, own, x, dh, start, stop):
-    """The gradients of ``own`` from ``module`` replayed on examples ``start:stop`` of
-    ``x``, its output sending back ``dh``'s; none from an empty slice (a batch smaller
-    than the slices: an epoch's last, or a replica's). A trace that does not know the
-    batch size makes the replay a branch an empty slice skips (a function call, which the
-    known sizes of a fixed batch do without)."""
-    def replay():
-        with tf.GradientTape() as tape:
-            part = module(tf.identity(x[start:stop]), training=True)
-        return tape.gradient(part, own, output_gradients=dh[start:stop])
-
-    if tf.executing_eagerly() or isinstance(stop, int):  # known now: no branch
-        return replay() if int(stop) > int(start) else [None] * len(own)
-    reached = []  # the variables the replay's gradient reaches (None stays None)
-
-    def taken():
-        got = replay()
-        reached[:] = [j for j, g in enumerate(got) if g is not None]
-        return [got[j] for j in reached]
-
-    # (the true branch is traced first: ``reached`` is known when the false one is)
-    values = tf.cond(stop > start, taken, lambda: [tf.zeros_like(own[j]) for j in reached])
-    got = dict(zip(reached, values if reached else []))
-    return [got.get(j) for j in range(len(own))]
 
 
 def nonfinite(*tensors):

@@ -151,11 +151,16 @@ def generators(module) -> set:
             for g in getattr(layer, "_seed_generators", ())}
 
 
-def plan(model, replay_slices=1) -> tuple:
+def plan(model, replay_slices=1, chained=False, hold=True) -> tuple:
     """(the modules to hold, {module: slices}) for ``model``'s local modules at their
     current ranks: ``held_within_peak`` within the largest replay's tape, which
     ``replay_slices`` divides (``slices``: modules ``per_example`` without mask
-    generators). A module whose mask generator another module shares is never held. (It
+    generators). ``chained`` (``rule.replay_chained``): the first pass keeps no boundary
+    beside the held tapes but the input (and a sliced module's output, which its gradient
+    is taken at), so the held modules fill the largest module's whole tape, and only the
+    replays larger than the held tapes together are sliced, to keep below them.
+    ``hold``: whether any module is held (``rule.hold_within_peak``; the slices assume
+    none when not). A module whose mask generator another module shares is never held. (It
     was needed when the replays restored every generator to its state before the first
     pass; each replay now restores its own module's state as the first pass reached it,
     which a held module's draws cannot disturb, and the rule is kept as the narrower
@@ -169,9 +174,40 @@ def plan(model, replay_slices=1) -> tuple:
                 if not any(g & h for j, h in enumerate(own) if j != i)}
     # the head (the last module) learns from the logits: never sliced
     sliceable = {i for i, m in enumerate(modules[:-1]) if not own[i] and per_example(m)}
+    if chained:  # the held tapes fill the largest's; the replays larger than them sliced
+        held = held_within_peak(sizes, eligible) if hold else frozenset()
+        larger = {i for i in sliceable if sizes[i] > sum(sizes[j] for j in held)}
+        return held, slices(sizes, replay_slices, larger)
     cuts = slices(sizes, replay_slices, sliceable)
     budget = max(s / cuts[i] for i, s in enumerate(sizes))
     return held_within_peak(sizes, eligible, budget), cuts
 
 
-__all__ = ["held_within_peak", "per_example", "plan", "slices", "tape_elements", "tracing"]
+def slice_gradients(module, own, x, dh, start, stop):
+    """The gradients of ``own`` from ``module`` replayed on examples ``start:stop`` of
+    ``x``, its output sending back ``dh``'s; none from an empty slice (a batch smaller
+    than the slices: an epoch's last, or a replica's). A trace that does not know the
+    batch size makes the replay a branch an empty slice skips (a function call, which the
+    known sizes of a fixed batch do without)."""
+    def replay():
+        with tf.GradientTape() as tape:
+            part = module(tf.identity(x[start:stop]), training=True)
+        return tape.gradient(part, own, output_gradients=dh[start:stop])
+
+    if tf.executing_eagerly() or isinstance(stop, int):  # known now: no branch
+        return replay() if int(stop) > int(start) else [None] * len(own)
+    reached = []  # the variables the replay's gradient reaches (None stays None)
+
+    def taken():
+        got = replay()
+        reached[:] = [j for j, g in enumerate(got) if g is not None]
+        return [got[j] for j in reached]
+
+    # (the true branch is traced first: ``reached`` is known when the false one is)
+    values = tf.cond(stop > start, taken, lambda: [tf.zeros_like(own[j]) for j in reached])
+    got = dict(zip(reached, values if reached else []))
+    return [got.get(j) for j in range(len(own))]
+
+
+__all__ = ["held_within_peak", "per_example", "plan", "slice_gradients", "slices",
+           "tape_elements", "tracing"]

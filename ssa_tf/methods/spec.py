@@ -232,7 +232,9 @@ class RuleSpec:
                 ("hold_within_peak", "chooses which modules a recompute holds",
                  o.get("hold_within_peak")),
                 ("replay_slices", "splits a recompute's replays",
-                 o.get("replay_slices", 1) > 1)):
+                 o.get("replay_slices", 1) > 1),
+                ("replay_chained", "feeds each replay the one before's output",
+                 o.get("replay_chained"))):
             if used and not replays:
                 with_error = ", ".join(r.name for r in ROUTES.values() if r.needs_error)
                 return (f"rule.{name} {what}: it needs rule.recompute=true and a route with "

@@ -8,7 +8,7 @@ OPTIONS = dict(alpha=1.0, feedback="global", feedback_spatial="full", feedback_i
                readout_grid=2, readout_trained=False, readout_head="linear", readout_width=0,
                readout_depth=1, readout_sim=0.0, direct_weight=1.0,
                recompute=True, hold_within_peak=False, chain_dtype="float32",
-               replay_slices=1)
+               replay_slices=1, replay_chained=False)
 CHOICES = {"feedback": tuple(ROUTES), "feedback_spatial": SPATIAL,
            "feedback_init": FEEDBACK_INIT, "readout_head": READOUT_HEADS,
            "chain_dtype": CHAIN_DTYPES}

@@ -101,7 +101,7 @@ def implementation():
 
 
 OPTIONS = dict(alpha=1.0, feedback="global", feedback_spatial="full", recompute=True,
-               hold_within_peak=False, replay_slices=1,
+               hold_within_peak=False, replay_slices=1, replay_chained=False,
                **{**FEEDBACK_OPTIONS, "feedback_lr": DKP_FEEDBACK_LR})
 
 SPEC = RuleSpec(

@@ -20,7 +20,8 @@ SPEC = RuleSpec(
          feedback_init="forward", readout_grid=2, readout_trained=False,
          readout_head="linear", readout_width=0, readout_depth=1, readout_sim=0.0,
          direct_weight=1.0,
-         recompute=True, hold_within_peak=False, chain_dtype="float32", replay_slices=1),
+         recompute=True, hold_within_peak=False, chain_dtype="float32", replay_slices=1,
+         replay_chained=False),
     1e-3, direct_card("ssa", from_factors=True), implementation, svd=True,
     choices={"feedback": tuple(ROUTES), "feedback_spatial": SPATIAL,
              "readout_head": READOUT_HEADS, "chain_dtype": CHAIN_DTYPES, **FACTOR_CHOICES})
