@@ -158,6 +158,10 @@ ROWS = [
     # pass keeps no boundary beside the held tapes, which fill the largest module's tape
     ("ssa (chain), held within the peak, every input gradient in bfloat16, replays in 2 "
      "slices, chained", dict(HELD_BF16, replay_slices=2, replay_chained=True), None, None),
+    # (in float32: --preset=imagenet's settings)
+    ("ssa (chain), held within the peak, replays in 2 slices, chained",
+     dict(rule="ssa", hold_within_peak=True, replay_slices=2, replay_chained=True), None,
+     None),
     ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
      "gradient in bfloat16, replays in 2 slices, chained",
      dict(HELD_BF16, conv_factorization="channel", keep_ends=True, replay_slices=2,
