@@ -107,6 +107,11 @@ def test_the_imagenet_preset_holds_within_the_peak_unless_the_run_replays_nothin
     # and a user's explicit choice stands
     off = _config("--preset=imagenet", "--rule=ssa", "--set=rule.hold_within_peak=false")
     assert not off.resolved().rule.hold_within_peak
+    # held, the replays are chained and the stem's sliced; not without the held plan (the
+    # chained replays' signals, all made at the first replay, would sit beside it)
+    assert (cfg.rule.replay_slices, cfg.rule.replay_chained) == (2, True)
+    off = off.resolved().rule
+    assert (off.replay_slices, off.replay_chained) == (1, False)
     assert not _config("--preset=imagenet", "--rule=bp").resolved().rule.hold_within_peak
 
 

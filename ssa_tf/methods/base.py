@@ -226,12 +226,18 @@ class Local(LearningRule):
         # the boundaries live on in ``inputs`` only; in a compiled step each is released
         # once its module's replay and gradient have run (eagerly, when the step returns)
         del outputs, h
-        results, deps = {}, [logits]
+        results, deps, last = {}, [logits], []
         for i in sorted(held, reverse=True):
-            with tapes[i]:  # re-entering continues recording on module i's tape
+            # each held module's backward after the one after it (left to the executor,
+            # the first held modules' backward ran beside the later tapes); its signal is
+            # not made to wait (only the chain's: a global route's is a product)
+            if hasattr(signals, "make") and i < len(signals):
+                signals.make(i)
+            with tapes[i], tf.control_dependencies(last):  # (re-entering the tape)
                 results[i] = self._module_step(model, i, tapes[i], held_outputs[i], error, y,
                                                signals, replicas)
-            deps += [g for g, _ in results[i][0] if g is not None]
+            last = [g for g, _ in results[i][0] if g is not None]
+            deps += last
         # chained (rule.replay_chained): first to last, each replay's input the replay
         # before's output where that module was replayed too (the same values), so the
         # first pass's boundary there is read by nothing after it and is released in it

@@ -17,11 +17,14 @@ here), and ``--set train.error_dtype=bfloat16`` for every convolution's input gr
 module's backward reads and holds one module more); neither is set here,
 since without that hardware bfloat16 is slower. These memory ratios are against BP with
 Keras's layer norm; every model now has ``nn.fast``'s, which halve BP's peak: SSA's is
-0.60-0.62x BP's with them (the stem's own pass sets it). ``--set rule.replay_slices=2``
-replays the stem in two slices of the batch (the same gradients): 0.39x BP's peak at full
-rank and 0.42x at 50%, for a step 1.40-1.44x the control's at full rank (the held plan
-shrinks) and 1.03-1.08x at 50%; not set here. Expected result: not measured here (no
-ImageNet, no GPU on this project's machine).
+0.60-0.62x BP's with them (the stem's own pass sets it). The replays are chained and the
+stem's is in two slices of the batch (``rule.replay_chained``, ``rule.replay_slices=2``: the
+same gradients, the first pass keeping no boundary beside the held tapes): the same step
+(1.32x BP's in float32, both ways) at 0.57x BP's peak instead of 0.63x; with both bfloat16
+settings, and the held backward passes since run last first, 0.49x at full rank and 0.43x
+at 50% (0.62-0.64x in one slice), the step 1.28-1.32x and 1.00-1.05x the control's (``benchmarks/reports/STEP_COST.md``, "Replays fed
+the replay before"). Expected result: not measured here (no ImageNet, no GPU on this
+project's machine).
 """
 
 
@@ -40,10 +43,13 @@ def values(rule_name: str, given=None) -> dict:
         # the routes with a spatial form (ssa's default, the chain, has none)
         out["rule.feedback_spatial"] = "broadcast"
     recompute = getattr(given.rule, "recompute", None) if given is not None else None
+    hold = getattr(given.rule, "hold_within_peak", None) if given is not None else None
     if (rule is not None and spec is not None and spec.needs_error and recompute is not False
             and "hold_within_peak" in rule.options and rule.options.get("recompute")):
         # the replayed modules' forward passes that the stem's peak leaves room to hold
         out["rule.hold_within_peak"] = True
+        if hold is not False:  # the replays chained, the stem's in two slices: less memory
+            out.update({"rule.replay_slices": 2, "rule.replay_chained": True})
     if rule is not None and rule.svd:
         # a rate warm-up over one epoch after each cut (1,153,051 images at batch 256)
         out.update({"rank.tau": 0.90, "rank.start": 20, "rank.interval": 10,
