@@ -158,6 +158,15 @@ ROWS = [
     # pass keeps no boundary beside the held tapes, which fill the largest module's tape
     ("ssa (chain), held within the peak, every input gradient in bfloat16, replays in 2 "
      "slices, chained", dict(HELD_BF16, replay_slices=2, replay_chained=True), None, None),
+    # the chain's signal term elementwise, as before ChainRoute.fused_term
+    *((f"{name}, elementwise signal term", dict(options, fused_term=False), None, fraction)
+      for name, options, fraction in (
+          ("ssa (chain), held within the peak, every input gradient in bfloat16, replays in "
+           "2 slices, chained", dict(HELD_BF16, replay_slices=2, replay_chained=True), None),
+          ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every "
+           "input gradient in bfloat16, replays in 2 slices, chained",
+           dict(HELD_BF16, conv_factorization="channel", keep_ends=True, replay_slices=2,
+                replay_chained=True), 0.5))),
     # (in float32: --preset=imagenet's settings)
     ("ssa (chain), held within the peak, replays in 2 slices, chained",
      dict(rule="ssa", hold_within_peak=True, replay_slices=2, replay_chained=True), None,
@@ -221,6 +230,7 @@ def build(options, form, fraction, shape):
     order = options.pop("replay_order", None)
     ahead = options.pop("signals_ahead", None)
     transpose = options.pop("chain_transpose", True)
+    fused = options.pop("fused_term", True)
     jit = options.pop("jit", False)
     policy = options.pop("policy", None)
     stock = options.pop("keras_layers", False)
@@ -238,6 +248,8 @@ def build(options, form, fraction, shape):
         model.rule.signals_ahead = ahead
     if not transpose:
         model.rule.route.transpose = False
+    if not fused:
+        model.rule.route.fused_term = False
     if fraction is not None:
         apply_ranks(model, fraction_ranks(model, fraction, keep_ends))
     for layer in model.svd_layers():

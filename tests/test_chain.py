@@ -315,3 +315,30 @@ def test_the_signals_are_made_as_they_are_read_with_the_same_values_in_any_order
     np.testing.assert_allclose(np.std(first), 2.0, rtol=1e-5)
     with pytest.raises(IndexError):
         lazy[3]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_the_signal_term_is_the_elementwise_one_in_one_product(dtype):
+    # ChainRoute.fused_term: the same value and gradient as mean_b sum(h delta scale / std),
+    # without its full-size scaled signal, product and tiled gradient
+    from ssa_tf.methods import routes
+
+    rng = np.random.default_rng(0)
+    h = tf.constant(rng.standard_normal((6, 5, 5, 4)).astype(np.float32))
+    made = tf.cast(tf.constant(rng.standard_normal((6, 5, 5, 4)).astype(np.float32)), dtype)
+    sig = routes.Signals(iter([made]), 1, tf.constant(0.7))
+    got, want = {}, {}
+    for fused in (True, False):
+        route = routes.ChainRoute.__new__(routes.ChainRoute)
+        route.fused_term = fused
+        with tf.GradientTape() as tape:
+            tape.watch(h)
+            value = route.ce_term(None, 0, h, None, None, sig)
+        (got if fused else want)["value"] = float(value)
+        (got if fused else want)["grad"] = tape.gradient(value, h).numpy()
+    assert got["value"] == pytest.approx(want["value"], rel=1e-5)
+    np.testing.assert_allclose(got["grad"], want["grad"], rtol=1e-6, atol=1e-9)
+    # the gradient is the rescaled signal over the batch
+    scale = 0.7 / (float(routes.global_std(made)) + 1e-12)
+    np.testing.assert_allclose(got["grad"], np.asarray(tf.cast(made, tf.float32)) * scale / 6,
+                               rtol=1e-5, atol=1e-9)

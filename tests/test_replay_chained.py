@@ -105,7 +105,9 @@ def test_chained_replays_run_first_to_last():
 
 
 def _wide(chained):
-    """Four modules of 32x32x32 maps and a head: the boundaries are most of the step."""
+    """Four modules of 32x32x32 maps and a head: the boundaries are most of the step. (On
+    the global route: the chain's signals, all made at the first chained replay, would
+    take the boundaries' place at this size in float32.)"""
     inputs = keras.Input((32, 32, 8))
     x, ends = inputs, []
     for k in range(4):
@@ -114,7 +116,8 @@ def _wide(chained):
         ends.append(f"relu{k}")
     x = keras.layers.Dense(10, name="head")(keras.layers.Flatten(name="flat")(x))
     return SSAModel("wide", (32, 32, 8), 10, rule="ssa", network=keras.Model(inputs, x),
-                    head_init="glorot", module_ends=tuple(ends), replay_chained=chained)
+                    head_init="glorot", module_ends=tuple(ends), replay_chained=chained,
+                    feedback="global", feedback_spatial="broadcast")
 
 
 _PEAK = """

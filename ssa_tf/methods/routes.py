@@ -300,9 +300,31 @@ class ChainRoute(Route):
                                          gated=self.gated, jacobians=self.jacobians)[::-1]
         return Signals(deltas, len(model.local_modules) - 1, global_std(error))
 
+    #: the signal's term as one product summed (``_signal_dot``); False: elementwise, as
+    #: before (``benchmarks.step_cost``'s rows ending ", elementwise signal term")
+    fused_term = True
+
     def ce_term(self, model, i, h, error, y, signals):
         # surrogate whose gradient at h is delta_i / batch
-        return ops.mean(ops.sum(ops.reshape(signals[i] * h, (ops.shape(h)[0], -1)), axis=-1))
+        if not self.fused_term:
+            return ops.mean(ops.sum(ops.reshape(signals[i] * h, (ops.shape(h)[0], -1)), -1))
+        # (a list: the signals as given, rescaled; made here: as made, and their factor)
+        delta, factor = signals.raw(i) if isinstance(signals, Signals) else (signals[i], 1.0)
+        return _signal_dot(h, delta, factor / ops.cast(ops.shape(h)[0], "float32"))
+
+
+@tf.custom_gradient
+def _signal_dot(h, delta, c):
+    """c sum(h delta), ``delta`` kept in its own dtype (the chain's) and read in h's; its
+    gradient at h is c delta, written once. The elementwise form (the mean over the batch
+    of sum(h delta scale / std)) wrote the scaled signal, the product and its reduction's
+    tiled gradient, full-size tensors at every module's output."""
+    value = tf.reduce_sum(h * tf.cast(delta, h.dtype)) * c
+
+    def grad(dy):
+        return tf.cast(delta, h.dtype) * (dy * c), None, None
+
+    return value, grad
 
 
 class Signals:
@@ -335,6 +357,11 @@ class Signals:
             j = self.count - 1 - len(self._made)
             self._made[j], self._stds[j] = d, global_std(d)
         return i
+
+    def raw(self, i):
+        """(signal ``i`` as made, in the chain's dtype; the factor that rescales it)."""
+        i = self.make(i)
+        return self._made[i], self.scale / (self._stds[i] + 1e-12)
 
     def __getitem__(self, i):
         if isinstance(i, slice):
