@@ -300,8 +300,7 @@ class ChainRoute(Route):
                                          gated=self.gated, jacobians=self.jacobians)[::-1]
         return Signals(deltas, len(model.local_modules) - 1, global_std(error))
 
-    #: the signal's term as one product summed (``_signal_dot``); False: elementwise, as
-    #: before (``benchmarks.step_cost``'s rows ending ", elementwise signal term")
+    #: the signal's term as one product (``_signal_dot``); False: elementwise, as before
     fused_term = True
 
     def ce_term(self, model, i, h, error, y, signals):
