@@ -19,10 +19,10 @@ since without that hardware bfloat16 is slower. These memory ratios are against 
 Keras's layer norm; every model now has ``nn.fast``'s, which halve BP's peak: SSA's is
 0.60-0.62x BP's with them (the stem's own pass sets it). The replays are chained and the
 stem's is in two slices of the batch (``rule.replay_chained``, ``rule.replay_slices=2``: the
-same gradients, the first pass keeping no boundary beside the held tapes): the same step
-(1.32x BP's in float32, both ways) at 0.57x BP's peak instead of 0.63x; with both bfloat16
-settings, and the held backward passes since run last first, 0.49x at full rank and 0.43x
-at 50% (0.62-0.64x in one slice), the step 1.28-1.32x and 1.00-1.05x the control's (``benchmarks/reports/STEP_COST.md``, "Replays fed
+same gradients, the first pass keeping no boundary beside the held tapes; the held
+backward passes run last first): the same step (1.32x BP's in float32, both ways) at 0.49x
+BP's peak instead of 0.63x; with both bfloat16 settings 0.47-0.49x at full rank and
+0.43-0.44x at 50% (0.62-0.64x in one slice), the step 1.28-1.34x and 1.00-1.05x the control's (``benchmarks/reports/STEP_COST.md``, "Replays fed
 the replay before"). Expected result: not measured here (no ImageNet, no GPU on this
 project's machine).
 """
