@@ -58,6 +58,14 @@ G = dict(rule="ssa", feedback="global", feedback_spatial="broadcast")
 # SSA's chain held within the peak, every input gradient in bfloat16 (the control's precision)
 HELD_BF16 = dict(rule="ssa", hold_within_peak=True, chain_dtype="bfloat16",
                  error_dtype="bfloat16")
+CHAINED_BF16 = dict(HELD_BF16, replay_slices=2, replay_chained=True)
+# the held bfloat16 step in two slices, its replays chained, at full rank and at 50%
+CHAINED = (
+    ("ssa (chain), held within the peak, every input gradient in bfloat16, replays in 2 "
+     "slices, chained", CHAINED_BF16, None, None),
+    ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
+     "gradient in bfloat16, replays in 2 slices, chained",
+     dict(CHAINED_BF16, conv_factorization="channel", keep_ends=True), None, 0.5))
 # (name, rule options, SVD convolutions' form, rank fraction)
 ROWS = [
     ("bp", dict(rule="bp"), None, None),
@@ -155,26 +163,15 @@ ROWS = [
        dict(HELD_BF16, conv_factorization="channel", keep_ends=True, replay_slices=n), None,
        0.5) for n in (2, 3)),
     # the same with each replay fed the one before's output (rule.replay_chained): the first
-    # pass keeps no boundary beside the held tapes, which fill the largest module's tape
-    ("ssa (chain), held within the peak, every input gradient in bfloat16, replays in 2 "
-     "slices, chained", dict(HELD_BF16, replay_slices=2, replay_chained=True), None, None),
-    # the chain's signal term elementwise, as before ChainRoute.fused_term
-    *((f"{name}, elementwise signal term", dict(options, fused_term=False), None, fraction)
-      for name, options, fraction in (
-          ("ssa (chain), held within the peak, every input gradient in bfloat16, replays in "
-           "2 slices, chained", dict(HELD_BF16, replay_slices=2, replay_chained=True), None),
-          ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every "
-           "input gradient in bfloat16, replays in 2 slices, chained",
-           dict(HELD_BF16, conv_factorization="channel", keep_ends=True, replay_slices=2,
-                replay_chained=True), 0.5))),
+    # pass keeps no boundary beside the held tapes, which fill the largest module's tape;
+    # then each with the chain's signal term elementwise, as before ChainRoute.fused_term
+    *CHAINED,
+    *((f"{name}, elementwise signal term", dict(options, fused_term=False), form, fraction)
+      for name, options, form, fraction in CHAINED),
     # (in float32: --preset=imagenet's settings)
     ("ssa (chain), held within the peak, replays in 2 slices, chained",
      dict(rule="ssa", hold_within_peak=True, replay_slices=2, replay_chained=True), None,
      None),
-    ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
-     "gradient in bfloat16, replays in 2 slices, chained",
-     dict(HELD_BF16, conv_factorization="channel", keep_ends=True, replay_slices=2,
-          replay_chained=True), None, 0.5),
     # the chain's step for each replayed module's signal made in its own replay instead of
     # the replay before (``Local.signals_ahead``), or every signal made before the replays
     # (as before routes.Signals)
