@@ -65,7 +65,11 @@ CHAINED = (
      "slices, chained", CHAINED_BF16, None, None),
     ("ssa (chain), channel view, 50% rank, ends kept, held within the peak, every input "
      "gradient in bfloat16, replays in 2 slices, chained",
-     dict(CHAINED_BF16, conv_factorization="channel", keep_ends=True), None, 0.5))
+     dict(CHAINED_BF16, conv_factorization="channel", keep_ends=True), None, 0.5),
+    # the same setting before its cut: the channel view at full rank (its merges r = N)
+    ("ssa (chain), channel view, ends kept, held within the peak, every input gradient in "
+     "bfloat16, replays in 2 slices, chained",
+     dict(CHAINED_BF16, conv_factorization="channel", keep_ends=True), None, None))
 # (name, rule options, SVD convolutions' form, rank fraction)
 ROWS = [
     ("bp", dict(rule="bp"), None, None),
