@@ -23,7 +23,9 @@ one it is compared with in one thing:
   largest replayed in slices of the batch (``rule.replay_slices``).
 
 ``--memory`` also measures each row's peak training memory, a process a row (the
-allocator's peak is per process).
+allocator's peak is per process). ``--against=ROW`` (default bp) adds each row's time over
+ROW's round by round: the median and range of the rounds' ratios, which a slow spell of a
+shared machine moves less than the ratio of two medians.
 
 Synthetic inputs already normalized, one batch held in memory; the ratio to BP is what
 counts on a shared machine. Ablation times what a user can change; the same rows broken
@@ -35,8 +37,8 @@ from __future__ import annotations
 
 from absl import flags
 
-from benchmarks.timing import (child_peak_mb, chosen_rows, fraction_ranks, peak_step_mb,
-                               print_peak, publish, time_side_by_side, warm_up)
+from benchmarks.timing import (child_peak_mb, chosen_rows, fraction_ranks, paired,
+                               peak_step_mb, print_peak, publish, time_side_by_side, warm_up)
 from ssa_tf import cli
 
 FLAGS = flags.FLAGS
@@ -52,6 +54,8 @@ flags.DEFINE_boolean("memory", False, "also measure each row's peak training mem
                      "process of its own a row)")
 flags.DEFINE_boolean("time", True, "time the steps (--notime with --memory: peak memory "
                      "only)")
+flags.DEFINE_string("against", "bp", "also give each row's time over this row's, round by "
+                    "round (median and range of the rounds' ratios; a timed row)")
 flags.DEFINE_string("child", None, "internal: measure the peak memory of this row")
 
 G = dict(rule="ssa", feedback="global", feedback_spatial="broadcast")
@@ -271,13 +275,15 @@ def inputs():
 
 
 def measure(rows):
-    """{row: median ms per step}."""
+    """({row: median ms per step}, {row: its rounds' ratios to ``--against``'s})."""
     x, y = inputs()
     models = {}
     for name, options, form, fraction in rows:
         models[name] = build(options, form, fraction, x.shape[1:])
         warm_up(models[name], name, x, y)
-    return time_side_by_side(models, x, y, FLAGS.repeats, FLAGS.steps)
+    rounds = {}
+    medians = time_side_by_side(models, x, y, FLAGS.repeats, FLAGS.steps, rounds)
+    return medians, paired(rounds, FLAGS.against)
 
 
 def memory(rows):
@@ -290,8 +296,9 @@ def memory(rows):
     return out
 
 
-def table(results, peaks=None) -> str:
-    """The Markdown table of step times (``results``, None: not timed) and peaks."""
+def table(results, peaks=None, ratios=None) -> str:
+    """The Markdown table of step times (``results``, None: not timed), peaks, and each
+    row's rounds' ratios to ``--against``'s (``ratios``: median, lowest, highest)."""
     head = f"resnet18 at {FLAGS.image_size}x{FLAGS.image_size}, {FLAGS.classes} classes, " \
         f"batch {FLAGS.batch}"
     if results is None:
@@ -300,11 +307,14 @@ def table(results, peaks=None) -> str:
         lines += [f"| {n} | {mb:.0f} | {mb / peaks['bp']:.2f} |" for n, mb in peaks.items()]
         return "\n".join(lines)
     bp = results["bp"]
+    against = (f" x {FLAGS.against}, round by round: median (range) |" if ratios else "")
     lines = [f"{head}; median of {FLAGS.repeats} rounds of {FLAGS.steps} steps.",
-             "", "| row | ms per step | x BP |" + (" peak MB | x BP |" if peaks else ""),
-             "|---|---|---|" + ("---|---|" if peaks else "")]
+             "", "| row | ms per step | x BP |" + against
+             + (" peak MB | x BP |" if peaks else ""),
+             "|---|---|---|" + ("---|" if ratios else "") + ("---|---|" if peaks else "")]
     for name, ms in results.items():
-        cells = (f" {peaks[name]:.0f} | {peaks[name] / peaks['bp']:.2f} |" if peaks else "")
+        cells = (" {:.3f} ({:.3f}-{:.3f}) |".format(*ratios[name]) if ratios else "")
+        cells += (f" {peaks[name]:.0f} | {peaks[name] / peaks['bp']:.2f} |" if peaks else "")
         lines.append(f"| {name} | {ms:.0f} | {ms / bp:.2f} |{cells}")
     return "\n".join(lines)
 
@@ -326,9 +336,11 @@ def main(argv):
     if not (FLAGS.time or FLAGS.memory):
         cli.usage_error("--notime measures nothing without --memory")
     rows = chosen_rows(ROWS, FLAGS.row)
+    if FLAGS.time and FLAGS.against not in {r[0] for r in rows}:
+        cli.usage_error(f"--against names no timed row: {FLAGS.against!r} (bp, or a --row)")
     cli.import_tensorflow()
-    times = measure(rows) if FLAGS.time else None
-    publish(table(times, memory(rows) if FLAGS.memory else None), FLAGS.out,
+    times, ratios = measure(rows) if FLAGS.time else (None, None)
+    publish(table(times, memory(rows) if FLAGS.memory else None, ratios), FLAGS.out,
             "SSA's training step at ImageNet size, by ablation", "benchmarks.step_cost")
 
 

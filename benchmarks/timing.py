@@ -32,10 +32,12 @@ def warm_up(model, name, x, y):
     print(f"built and traced: {name}", flush=True)
 
 
-def time_side_by_side(models, x, y, repeats, steps):
+def time_side_by_side(models, x, y, repeats, steps, rounds=None):
     """{name: median ms per step}: every model timed in turn in each of ``repeats``
-    rounds of ``steps`` steps, the order rotated every round."""
-    times = {name: [] for name in models}
+    rounds of ``steps`` steps, the order rotated every round; ``rounds`` (a dict), if
+    given, receives every round's ms per step by name (for ``paired``)."""
+    times = {name: [] for name in models} if rounds is None else rounds
+    times.update({name: [] for name in models})
     names = list(models)
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -45,6 +47,18 @@ def time_side_by_side(models, x, y, repeats, steps):
             times[name].append((time.perf_counter() - start) / steps * 1000)
         print(f"round {r + 1}/{repeats} done", flush=True)
     return {name: statistics.median(t) for name, t in times.items()}
+
+
+def paired(rounds, reference) -> dict:
+    """{name: (median, lowest, highest)} of each round's ms per step over ``reference``'s
+    in the same round: the rows of a round ran back to back, so a slow spell of a shared
+    machine moves both sides of a round's ratio more than it moves either median."""
+    ref = rounds[reference]
+    out = {}
+    for name, times in rounds.items():
+        ratios = [t / r for t, r in zip(times, ref)]
+        out[name] = (statistics.median(ratios), min(ratios), max(ratios))
+    return out
 
 
 def peak_step_mb(model, x, y):

@@ -235,3 +235,39 @@ print(json.dumps(dict(same=same, zeros=zeros, full={l.name: l.rank for l in laye
         assert got["zeros"][name] == got["full"][name] - got["ranks"][name]
     assert got["dead_factors_zero"]
     assert got["traces_after_cut"] == 0
+
+
+def test_step_cost_pairs_each_rounds_times_with_the_reference_rounds(tmp_path):
+    # a slow spell moves both sides of a round: the rounds' ratios, not the medians' ratio
+    script = """
+import json
+from absl import flags
+from benchmarks import step_cost
+from benchmarks.timing import paired
+flags.FLAGS(["step_cost", "--against=control", "--repeats=3", "--steps=1"])
+rounds = {"bp": [110.0, 220.0, 105.0], "control": [100.0, 200.0, 100.0],
+          "ssa": [130.0, 220.0, 150.0]}
+ratios = paired(rounds, "control")
+medians = {k: sorted(v)[1] for k, v in rounds.items()}
+print(json.dumps([ratios, step_cost.table(medians, None, ratios).splitlines()]))
+"""
+    ratios, lines = run_script(script, tmp_path)
+    assert ratios["control"] == [1.0, 1.0, 1.0]
+    # 1.3, 1.1, 1.5: median 1.3, where the medians' ratio is 150 / 100 = 1.5
+    assert ratios["ssa"] == [1.3, 1.1, 1.5]
+    assert ratios["bp"] == [1.1, 1.05, 1.1]
+    assert "x control, round by round: median (range)" in lines[2]
+    assert lines[-1] == "| ssa | 150 | 1.36 | 1.300 (1.100-1.500) |"
+
+
+def test_step_cost_against_a_row_not_timed_is_one_line_and_status_2(tmp_path):
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / ".keras"), "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": ROOT}
+    for against in ("no such row", "bp, input gradients in bfloat16"):  # (not a --row)
+        result = subprocess.run(
+            [sys.executable, "-m", "benchmarks.step_cost", f"--against={against}",
+             "--row=ssa (chain, the default route)"], cwd=ROOT, env=env,
+            capture_output=True, text=True, timeout=120)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            f"error: --against names no timed row: {against!r} (bp, or a --row)"]
