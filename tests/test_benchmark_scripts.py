@@ -6,9 +6,10 @@ was once fed as arrays, the first batch traced with its size known and the short
 batch traced the step again inside the timed epoch, while BP's model, traced on the whole
 epoch in round 1, never paid that again. Training's ``tf.data`` batches leave the size
 unknown, so a cut costs one trace. The benchmarks' cuts to a fraction of full rank keep the
-ends at full rank in the rows that say so. ``benchmarks.efficiency``'s multiply-adds once counted SVD
-convolutions per output pixel: converted from plain layers, they are built for any map
-size, and the count read the build shape."""
+ends at full rank in the rows that say so. ``benchmarks.efficiency``'s multiply-adds once
+counted SVD convolutions per output pixel: converted from plain layers, they are built for
+any map size, and the count read the build shape. ``benchmarks.step_cost`` pairs each
+round's times with the reference row's of the same round (``--against``)."""
 
 import json
 import os

@@ -22,9 +22,12 @@ stem's is in two slices of the batch (``rule.replay_chained``, ``rule.replay_sli
 same gradients, the first pass keeping no boundary beside the held tapes; the held
 backward passes run last first): the same step (1.32x BP's in float32, both ways) at 0.49x
 BP's peak instead of 0.63x; with both bfloat16 settings 0.47-0.49x at full rank and
-0.43-0.44x at 50% (0.62-0.64x in one slice), the step 1.28-1.36x and 1.00-1.05x the
-control's (``benchmarks/reports/STEP_COST.md``, "Replays fed the replay before"). Expected result: not measured here (no ImageNet, no GPU on this
-project's machine).
+0.43-0.44x at 50% (0.62-0.64x in one slice), the step 1.25-1.36x and 0.98-1.05x the
+control's over ten runs (``benchmarks/reports/STEP_COST.md``, "Replays fed the replay
+before"). The paper's spatial view is kept here; ``--set model.conv_factorization=channel``
+(the view the 50% figures were cut in) steps at full rank in 1.25-1.29x the control's time
+at 0.45x BP's peak ("The chained setting timed again"). Expected result: not measured here
+(no ImageNet, no GPU on this project's machine).
 """
 
 
