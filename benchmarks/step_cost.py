@@ -24,8 +24,8 @@ one it is compared with in one thing:
 
 ``--memory`` also measures each row's peak training memory, a process a row (the
 allocator's peak is per process). ``--against=ROW`` (default bp) adds each row's time over
-ROW's round by round: the median and range of the rounds' ratios, which a slow spell of a
-shared machine moves less than the ratio of two medians.
+ROW's round by round: the median and range of the rounds' ratios (how far one round's
+comparison strays; on this machine single batch-256 steps vary by about 15%).
 
 Synthetic inputs already normalized, one batch held in memory; the ratio to BP is what
 counts on a shared machine. Ablation times what a user can change; the same rows broken

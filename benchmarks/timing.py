@@ -36,7 +36,7 @@ def time_side_by_side(models, x, y, repeats, steps, rounds=None):
     """{name: median ms per step}: every model timed in turn in each of ``repeats``
     rounds of ``steps`` steps, the order rotated every round; ``rounds`` (a dict), if
     given, receives every round's ms per step by name (for ``paired``)."""
-    times = {name: [] for name in models} if rounds is None else rounds
+    times = rounds if rounds is not None else {}
     times.update({name: [] for name in models})
     names = list(models)
     for r in range(repeats):
@@ -51,8 +51,8 @@ def time_side_by_side(models, x, y, repeats, steps, rounds=None):
 
 def paired(rounds, reference) -> dict:
     """{name: (median, lowest, highest)} of each round's ms per step over ``reference``'s
-    in the same round: the rows of a round ran back to back, so a slow spell of a shared
-    machine moves both sides of a round's ratio more than it moves either median."""
+    in the same round (the rows of a round ran back to back): the range shows how far one
+    round's comparison can stray, which the ratio of two medians hides."""
     ref = rounds[reference]
     out = {}
     for name, times in rounds.items():

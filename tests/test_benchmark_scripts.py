@@ -239,7 +239,7 @@ print(json.dumps(dict(same=same, zeros=zeros, full={l.name: l.rank for l in laye
 
 
 def test_step_cost_pairs_each_rounds_times_with_the_reference_rounds(tmp_path):
-    # a slow spell moves both sides of a round: the rounds' ratios, not the medians' ratio
+    # each round's time over the reference's in that round, not the medians' ratio
     script = """
 import json
 from absl import flags
