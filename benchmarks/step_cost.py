@@ -34,11 +34,12 @@ down by op type with TensorFlow's profiler: ``python -m benchmarks.step_profile`
 
 from __future__ import annotations
 
+import statistics
 
 from absl import flags
 
 from benchmarks.timing import (child_peak_mb, chosen_rows, fraction_ranks, paired,
-                               peak_step_mb, print_peak, publish, time_side_by_side, warm_up)
+                               peak_step_mb, print_peak, publish, time_rounds, warm_up)
 from ssa_tf import cli
 
 FLAGS = flags.FLAGS
@@ -281,9 +282,9 @@ def measure(rows):
     for name, options, form, fraction in rows:
         models[name] = build(options, form, fraction, x.shape[1:])
         warm_up(models[name], name, x, y)
-    rounds = {}
-    medians = time_side_by_side(models, x, y, FLAGS.repeats, FLAGS.steps, rounds)
-    return medians, paired(rounds, FLAGS.against)
+    rounds = time_rounds(models, x, y, FLAGS.repeats, FLAGS.steps)
+    return ({name: statistics.median(t) for name, t in rounds.items()},
+            paired(rounds, FLAGS.against))
 
 
 def memory(rows):

@@ -32,12 +32,10 @@ def warm_up(model, name, x, y):
     print(f"built and traced: {name}", flush=True)
 
 
-def time_side_by_side(models, x, y, repeats, steps, rounds=None):
-    """{name: median ms per step}: every model timed in turn in each of ``repeats``
-    rounds of ``steps`` steps, the order rotated every round; ``rounds`` (a dict), if
-    given, receives every round's ms per step by name (for ``paired``)."""
-    times = rounds if rounds is not None else {}
-    times.update({name: [] for name in models})
+def time_rounds(models, x, y, repeats, steps) -> dict:
+    """{name: [ms per step, a round]}: every model timed in turn in each of ``repeats``
+    rounds of ``steps`` steps, the order rotated every round."""
+    times = {name: [] for name in models}
     names = list(models)
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
@@ -46,7 +44,13 @@ def time_side_by_side(models, x, y, repeats, steps, rounds=None):
                 models[name].train_on_batch(x, y)
             times[name].append((time.perf_counter() - start) / steps * 1000)
         print(f"round {r + 1}/{repeats} done", flush=True)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def time_side_by_side(models, x, y, repeats, steps):
+    """{name: median ms per step} of ``time_rounds``."""
+    rounds = time_rounds(models, x, y, repeats, steps)
+    return {name: statistics.median(t) for name, t in rounds.items()}
 
 
 def paired(rounds, reference) -> dict:

@@ -190,7 +190,6 @@ def test_a_replayed_modules_signal_is_made_after_the_held_modules_gradients(monk
     assert first[1] < first[0]
 
 
-
 def test_each_held_modules_backward_waits_for_the_one_after_it():
     # left to the executor, the first held modules' backward passes (the largest
     # transients) ran beside the later modules' tapes: resnet18/224's peak at batch 256
