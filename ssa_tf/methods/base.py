@@ -69,7 +69,7 @@ class LearningRule:
         if self.options.get("stiefel_retraction"):
             for layer in model.svd_layers():
                 for factor in (layer.U, layer.V):
-                    factor.assign(stiefel_retract(factor))
+                    factor.assign(losses.stiefel_retract(factor))
 
     def module_names(self, model):
         return [f"{i} ({m.name})" for i, m in enumerate(model.local_modules)]
@@ -388,12 +388,4 @@ def nonfinite(*tensors):
     return tf.cast(tf.reduce_any(tf.stack(flags)), tf.float32)
 
 
-def stiefel_retract(X):
-    """The Q of X = QR with R's diagonal made positive: orthonormal columns,
-    each as close in direction to X's as Gram-Schmidt allows."""
-    q, r = tf.linalg.qr(X)
-    sign = tf.where(tf.linalg.diag_part(r) < 0, -1.0, 1.0)
-    return q * sign
-
-
-__all__ = ["EndToEnd", "LearningRule", "Local", "TERMS", "nonfinite", "stiefel_retract"]
+__all__ = ["EndToEnd", "LearningRule", "Local", "TERMS", "nonfinite"]

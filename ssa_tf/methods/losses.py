@@ -7,6 +7,7 @@ a module's layers and weights them with alpha, beta, gamma.
 from __future__ import annotations
 
 from keras import ops
+import tensorflow as tf
 
 
 def cosine_alignment_loss(layer):
@@ -61,6 +62,15 @@ def orthogonality_loss(layer, lam: float = 0.0):
     if lam:
         loss = loss + lam * (ops.sum(ops.square(layer.U)) + ops.sum(ops.square(layer.V)))
     return loss
+
+
+def stiefel_retract(X):
+    """The Q of X = QR with R's diagonal made positive: orthonormal columns, each as close
+    in direction to X's as Gram-Schmidt allows (``rule.stiefel_retraction``: the
+    orthogonality term's constraint made exact after each step)."""
+    q, r = tf.linalg.qr(X)
+    sign = tf.where(tf.linalg.diag_part(r) < 0, -1.0, 1.0)
+    return q * sign
 
 
 def output_error(logits, labels, num_classes):
