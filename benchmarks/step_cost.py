@@ -177,6 +177,9 @@ ROWS = [
     *CHAINED,
     *((f"{name}, elementwise signal term", dict(options, fused_term=False), form, fraction)
       for name, options, form, fraction in CHAINED),
+    # the replays' layer norms computing their statistics again (``Local.keep_moments``)
+    *((f"{name}, norms' statistics computed again", dict(options, keep_moments=False), form,
+       fraction) for name, options, form, fraction in CHAINED),
     # (in float32: --preset=imagenet's settings)
     ("ssa (chain), held within the peak, replays in 2 slices, chained",
      dict(rule="ssa", hold_within_peak=True, replay_slices=2, replay_chained=True), None,
@@ -237,6 +240,7 @@ def build(options, form, fraction, shape):
     ahead = options.pop("signals_ahead", None)
     transpose = options.pop("chain_transpose", True)
     fused = options.pop("fused_term", True)
+    moments = options.pop("keep_moments", True)
     jit = options.pop("jit", False)
     policy = options.pop("policy", None)
     stock = options.pop("keras_layers", False)
@@ -256,6 +260,8 @@ def build(options, form, fraction, shape):
         model.rule.route.transpose = False
     if not fused:
         model.rule.route.fused_term = False
+    if not moments:
+        model.rule.keep_moments = False
     if fraction is not None:
         apply_ranks(model, fraction_ranks(model, fraction, keep_ends))
     for layer in model.svd_layers():

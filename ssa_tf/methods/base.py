@@ -20,7 +20,7 @@ from keras import ops
 import tensorflow as tf
 
 from ssa_tf.methods import holds, losses
-from ssa_tf.nn import noise_state, replaying, svd_layers
+from ssa_tf.nn import fast, noise_state, replaying, svd_layers
 from ssa_tf.methods.routes import make_route
 
 TERMS = ("CE term", "alignment term", "orthogonality term", "gradient")
@@ -134,6 +134,10 @@ class Local(LearningRule):
     #: (resnet18/224, batch 256: 0.49 -> 0.52x BP's; benchmarks/reports/STEP_COST.md)
     signals_ahead = 1
 
+    #: a replay's layer norms read the statistics the first pass computed (``fast.Moments``:
+    #: the same values); False: they compute them again
+    keep_moments = True
+
     def __init__(self, spec, options=None):
         super().__init__(spec, options)
         self.route = self.make_route()
@@ -207,10 +211,10 @@ class Local(LearningRule):
         modules = model.local_modules
         held, cuts = self.held_modules(model), self.replay_slices(model)
         replayed = [i for i in range(len(modules)) if i not in held]
-        # the dropout masks of this forward pass, drawn again by the replay (with new
-        # masks a module's update came from activations other than those that made e):
-        # each replayed module's generators as the first pass reached it
-        noise, outputs, tapes, h = {}, [], {}, x
+        # each replayed module's dropout masks, drawn again by its replay from its generators'
+        # states as the first pass reached them (new masks: its update from other activations
+        # than those that made e), and its layer norms' statistics, read again (fast.Moments)
+        noise, outputs, tapes, h, moments = {}, [], {}, x, {}
         for i, m in enumerate(modules):
             if i in held:
                 tapes[i] = tf.GradientTape()
@@ -218,7 +222,9 @@ class Local(LearningRule):
                     h = m(ops.stop_gradient(h), training=True)
             else:
                 noise[i] = noise_state([m])
-                h = ops.stop_gradient(m(h, training=True))
+                moments[i] = fast.Moments() if self.keep_moments else None
+                with fast.keeping(moments[i]):
+                    h = ops.stop_gradient(m(h, training=True))
             outputs.append(h)
         after = noise_state([modules[i] for i in replayed])  # where the first pass left them
         logits, error, signals = self._error_and_signals(model, outputs, y, error)
@@ -257,11 +263,12 @@ class Local(LearningRule):
                 h = before.pop(i - 1, inputs[i])
                 if cuts.get(i, 1) > 1:  # its output, the first pass's, is its gradient's
                     results[i] = self._sliced_step(model, i, h, inputs[i + 1], cuts[i],
-                                                   error, y, signals, replicas)
+                                                   error, y, signals, replicas, moments[i])
                     h = inputs[i + 1]
                 else:
                     with tf.GradientTape() as tape:
-                        h = modules[i](tf.identity(h), training=True)
+                        with fast.reading(moments[i]):
+                            h = modules[i](tf.identity(h), training=True)
                         results[i] = self._module_step(model, i, tape, h, error, y, signals,
                                                        replicas)
             if chained and i + 1 in replayed:
@@ -300,7 +307,7 @@ class Local(LearningRule):
             self._held_plan = (key, holds.plan(model, *key[1:]))
         return self._held_plan[1]
 
-    def _sliced_step(self, model, i, x, h, n, error, y, signals, replicas):
+    def _sliced_step(self, model, i, x, h, n, error, y, signals, replicas, moments=None):
         """``_module_step`` for a module replayed in ``n`` slices of the batch: the
         gradient of its loss with respect to its output is taken at the first pass's
         output ``h`` (the next module's input, the replay's own values), then each slice's
@@ -319,8 +326,8 @@ class Local(LearningRule):
         batch, deps = x.shape[0] or tf.shape(x)[0], [dh]
         for k in range(n if dh is not None else 0):  # (no dh: its loss has no CE term)
             start, stop = batch * k // n, batch * (k + 1) // n
-            with tf.control_dependencies(deps):  # one slice's activations at a time
-                got = holds.slice_gradients(module, own, x, dh, start, stop)
+            with tf.control_dependencies(deps), fast.reading(moments, (start, stop)):
+                got = holds.slice_gradients(module, own, x, dh, start, stop)  # one at a time
             deps = [g for g in got if g is not None]
             grads[:len(own)] = [g if a is None else a if g is None else a + g
                                 for a, g in zip(grads, got)]

@@ -19,39 +19,122 @@ float64's than Keras's form, which cancels):
   ``LeakyReLU`` takes the same gradient from its output, which the next layer keeps
   anyway: the same values, bit for bit, one activation-sized tensor fewer a norm.
 
+- A replay (a recomputing rule's second forward pass of a module) computes the first
+  pass's activations again: ``keeping`` keeps each norm's per-pixel mean and ``1/sigma``
+  in the first pass, and ``reading`` has the replay's norms read them instead of reducing
+  their input twice more (``Moments``; the same values, bit for bit).
+
 Under inference (``training`` false) both are Keras's own layers' computations.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
 
+def _gradient(dy, xhat, inv, gamma):
+    """The layer norm's gradient at x (through its statistics too), gamma and beta."""
+    # the channel means of dy gamma and dy gamma xhat as products with gamma, before dx (no
+    # g = dy gamma kept beside it); against the plain form (means of g and g xhat)
+    # resnet18/224's peak at batch 256 read 3412 against 3437 MB, within one reading's spread
+    axes = list(range(len(dy.shape) - 1))
+    scale = 1.0 / dy.shape[-1]
+    dy_xhat = dy * xhat
+    dgamma = tf.reduce_sum(dy_xhat, axes)
+    m2 = tf.tensordot(dy_xhat, gamma * scale, [[-1], [0]])[..., None]
+    m1 = tf.tensordot(dy, gamma * scale, [[-1], [0]])[..., None]
+    dbeta = tf.reduce_sum(dy, axes)
+    with tf.control_dependencies([dgamma, m2, m1, dbeta]):
+        dx = (dy * gamma - m1 - xhat * m2) * inv
+    return dx, dgamma, dbeta
+
+
 @tf.custom_gradient
 def _layer_norm(x, gamma, beta, epsilon):
+    """(the layer norm of x, its per-pixel mean and 1/sigma)."""
     mean = tf.reduce_mean(x, -1, keepdims=True)
     centred = x - mean
     inv = tf.math.rsqrt(tf.reduce_mean(tf.square(centred), -1, keepdims=True) + epsilon)
     xhat = centred * inv
 
+    def grad(dy, *_):  # (the statistics' own gradients are not asked for)
+        return (*_gradient(dy, xhat, inv, gamma), None)
+
+    return (xhat * gamma + beta, mean, inv), grad
+
+
+@tf.custom_gradient
+def _layer_norm_from(x, gamma, beta, mean, inv):
+    """The layer norm of x from its statistics (``_layer_norm``'s), computed again as
+    ``_layer_norm`` computes them: the same values, bit for bit, and the same gradient."""
+    xhat = (x - mean) * inv
+
     def grad(dy):
-        # the channel means of dy gamma and dy gamma xhat as products with gamma, before
-        # dx (no g = dy gamma kept beside it); against the plain form (means of g and
-        # g xhat) resnet18/224's peak at batch 256 read 3412 against 3437 MB, within the
-        # spread of one reading
-        axes = list(range(len(dy.shape) - 1))
-        scale = 1.0 / dy.shape[-1]
-        dy_xhat = dy * xhat
-        dgamma = tf.reduce_sum(dy_xhat, axes)
-        m2 = tf.tensordot(dy_xhat, gamma * scale, [[-1], [0]])[..., None]
-        m1 = tf.tensordot(dy, gamma * scale, [[-1], [0]])[..., None]
-        dbeta = tf.reduce_sum(dy, axes)
-        with tf.control_dependencies([dgamma, m2, m1, dbeta]):
-            dx = (dy * gamma - m1 - xhat * m2) * inv
-        return dx, dgamma, dbeta, None
+        return (*_gradient(dy, xhat, inv, gamma), None, None)
 
     return xhat * gamma + beta, grad
+
+
+class Moments:
+    """The per-pixel statistics the fast layer norms of one module computed in a forward
+    pass, by layer and call, for its replay (``keeping``, ``reading``): a replay computes
+    the first pass's activations from the same input, so its norms' statistics are the
+    first pass's, bit for bit, and reading them skips two of a norm's passes over its
+    input (the mean's and the variance's). Two numbers a pixel a norm are kept from the
+    first pass to the replay (1/32 of a 64-channel activation)."""
+
+    def __init__(self):
+        self.kept, self.rows, self._read = {}, None, {}
+
+    def put(self, layer, moments):
+        self.kept.setdefault(id(layer), []).append(moments)
+
+    def take(self, layer):
+        """The moments of ``layer``'s next call in this replay (of its examples ``rows``),
+        or None where the first pass kept none (a norm off the fast path)."""
+        kept, k = self.kept.get(id(layer), ()), self._read.get(id(layer), 0)
+        if k >= len(kept):
+            return None
+        self._read[id(layer)] = k + 1
+        if self.rows is None:
+            return kept[k]
+        return tuple(m[self.rows[0]:self.rows[1]] for m in kept[k])
+
+
+_ACTIVE = []  # (Moments, "keep" or "read"), innermost last
+
+
+@contextlib.contextmanager
+def keeping(moments):
+    """Inside, each fast layer norm keeps its statistics in ``moments`` (None: nothing)."""
+    with _active(moments, "keep"):
+        yield
+
+
+@contextlib.contextmanager
+def reading(moments, rows=None):
+    """Inside, each fast layer norm reads the statistics ``keeping`` kept in ``moments``
+    in the same order of calls (of the examples ``rows``, (start, stop), if given) instead
+    of computing them (None: nothing is read)."""
+    if moments is not None:
+        moments.rows, moments._read = rows, {}
+    with _active(moments, "read"):
+        yield
+
+
+@contextlib.contextmanager
+def _active(moments, mode):
+    if moments is None:
+        yield
+        return
+    _ACTIVE.append((moments, mode))
+    try:
+        yield
+    finally:
+        _ACTIVE.pop()
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
@@ -64,9 +147,15 @@ class LayerNormalization(keras.layers.LayerNormalization):
     def call(self, inputs, training=None):
         if not (training and self.fast_path(inputs)):
             return super().call(inputs)
-        return _layer_norm(inputs, tf.convert_to_tensor(self.gamma),
-                           tf.convert_to_tensor(self.beta),
-                           tf.constant(self.epsilon, inputs.dtype))
+        moments, mode = _ACTIVE[-1] if _ACTIVE else (None, None)
+        gamma, beta = tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta)
+        kept = moments.take(self) if mode == "read" else None
+        if kept is not None:
+            return _layer_norm_from(inputs, gamma, beta, *kept)
+        y, mean, inv = _layer_norm(inputs, gamma, beta, tf.constant(self.epsilon, inputs.dtype))
+        if mode == "keep":
+            moments.put(self, (mean, inv))
+        return y
 
     def fast_path(self, inputs) -> bool:
         axis = self.axis if isinstance(self.axis, (list, tuple)) else [self.axis]
@@ -119,4 +208,5 @@ def faster(layer):
 STOCK = {LayerNormalization: keras.layers.LayerNormalization, LeakyReLU: keras.layers.Activation}
 
 
-__all__ = ["LayerNormalization", "LeakyReLU", "STOCK", "faster"]
+__all__ = ["LayerNormalization", "LeakyReLU", "Moments", "STOCK", "faster", "keeping",
+           "reading"]
