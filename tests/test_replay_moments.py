@@ -111,3 +111,24 @@ def test_the_gradient_from_kept_statistics_is_the_whole_layer_norms():
         got[name] = tape.gradient(out, [x, *layer.trainable_variables], output_gradients=dy)
     for a, b in zip(got["read"], got["stock"]):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_trace_that_does_not_know_the_batch_slices_the_kept_statistics_too():
+    # an epoch's short last batch: the slices' bounds are tensors, each replay a branch
+    x, y = batch((16, 16, 3), n=7)
+    spec = (tf.TensorSpec((None, 16, 16, 3)), tf.TensorSpec((None,), tf.int32))
+    grads, means = {}, {}
+    for keep in (False, True):
+        keras.utils.set_random_seed(4)
+        m = build_model("smallconv", (16, 16, 3), 10, rule="ssa", norm="layer",
+                        replay_slices=3)
+        m.rule.keep_moments = keep
+        step = tf.function(lambda x, y: m.local_gradients(x, y)[0], input_signature=spec)
+        grads[keep] = [g.numpy() for g, _ in step(x, y)]
+        means[keep] = _means(step.get_concrete_function().graph)
+    cuts = m.rule.replay_slices(m)
+    assert max(cuts.values()) == 3
+    calls = sum(_norms(m.local_modules[i]) * cuts.get(i, 1) for i in range(len(cuts)))
+    assert means[False] - means[True] == 2 * calls  # inside the branches too
+    for a, b in zip(grads[False], grads[True]):
+        np.testing.assert_array_equal(b, a)

@@ -25,8 +25,10 @@ BP's peak instead of 0.63x; with both bfloat16 settings 0.47-0.49x at full rank 
 0.43-0.44x at 50% (0.62-0.64x in one slice), the step 1.25-1.36x and 0.98-1.05x the
 control's over ten runs (``benchmarks/reports/STEP_COST.md``, "Replays fed the replay
 before"). The paper's spatial view is kept here; ``--set model.conv_factorization=channel``
-(the view the 50% figures were cut in) steps at full rank in 1.25-1.29x the control's time
-at 0.45x BP's peak ("The chained setting timed again"). Expected result: not measured here
+(the view the 50% figures were cut in) steps at full rank in 1.22-1.29x the control's time
+at 0.45-0.47x BP's peak, and at 50% rank, its replays' norms reading the first pass's
+statistics, in 0.95-1.00x at 0.45x ("The replays' layer norms read the first pass's
+statistics"). Expected result: not measured here
 (no ImageNet, no GPU on this project's machine).
 """
 
