@@ -19,6 +19,7 @@ from keras import ops
 
 from ssa_tf.methods import chain, registry
 from ssa_tf.methods.routes import ChainRoute, global_std
+from ssa_tf.nn import fast
 from ssa_tf.nn.svd import SVDLayer
 from ssa_tf.testing import locality
 from ssa_tf.testing.locality import CHANGED, CUT, DEPENDS, FEEDBACK, SIGNAL, Scenario
@@ -330,8 +331,33 @@ def chained_input_reading_the_head():
     return Chained
 
 
+def kept_statistics_reading_the_head(monkeypatch):
+    """A replay's layer norms reading their kept statistics shifted by the head's weights
+    (in the one code path a first pass does not take: ``fast.Moments.take``)."""
+    seen = {}
+
+    class Reading(_ssa()):
+        def _recomputed(self, model, x, y, error):
+            seen["head"] = model.local_modules[-1].trainable_variables[0]
+            return super()._recomputed(model, x, y, error)
+
+    take = fast.Moments.take
+
+    def shifted(self, layer):
+        got = take(self, layer)
+        if got is None:
+            return None
+        return got[0] + 0.01 * tf.tanh(tf.reduce_sum(seen["head"])), got[1]
+
+    monkeypatch.setattr(fast.Moments, "take", shifted)
+    return Reading
+
+
 # name: (rule it poses as, its class (given monkeypatch), the scenario, the kinds it must show)
 MUTANTS = {
+    "a replay's kept norm statistics reading the head's weights": (
+        "ssa", kept_statistics_reading_the_head, Scenario("ssa", model="smallconv", steps=1),
+        {DEPENDS}),
     "a chained replay's input reading the head's weights": (
         "ssa", lambda mp: chained_input_reading_the_head(), Scenario(
             "ssa", (("replay_chained", True),), model="smallconv", steps=1), {DEPENDS}),
