@@ -100,21 +100,17 @@ FEATURES = {
     "cut in place, svd cut, smallconv": lambda d: Scenario(
         "ssa", model="smallconv", settings=("rank.cut_form=in_place",), epochs=2, steps=1,
         cut_after=1, feedback_cut="svd"),
-    # the replays in slices of the batch, the held modules within a slice's tape, through
-    # a cut (planned again) and a resume
+    # replays in slices, the held modules within a slice's tape, through a cut and a resume
     "replays in slices, held within the peak, cut, resume": lambda d: Scenario(
         "ssa", (("hold_within_peak", True), ("replay_slices", 2)), model="smallconv",
         epochs=2, steps=1, cut_after=1, resume=(2, 1)),
-    # each replay fed the one before's output (rule.replay_chained), in slices, the held
-    # modules within the largest module's tape, through a cut and a resume
+    # chained replays (rule.replay_chained), in slices, held, through a cut and a resume
     "chained replays, in slices, held within the peak, cut, resume": lambda d: Scenario(
         "ssa", (("hold_within_peak", True), ("replay_chained", True), ("replay_slices", 2)),
         model="smallconv", epochs=2, steps=1, cut_after=1, resume=(2, 1)),
-    # a longer run: a leak that waits a few steps (each step's state checked, every 8th
-    # replayed)
+    # a longer run: a leak that waits (each step's state checked, every 8th replayed)
     "16 steps": lambda d: Scenario("ssa", steps=16, replay_every=8),
-    # the chain too large to cache (ImageNet sizes) runs its linear network every step:
-    # through smallconv's convolutions and pools
+    # the chain too large to cache (ImageNet sizes): its linear network run every step
     "uncached chain, smallconv": lambda d: Scenario("ssa", model="smallconv", steps=1,
                                                     cache_limit=0),
 }
@@ -334,21 +330,16 @@ def chained_input_reading_the_head():
 def kept_statistics_reading_the_head(monkeypatch):
     """A replay's layer norms reading their kept statistics shifted by the head's weights
     (in the one code path a first pass does not take: ``fast.Moments.take``)."""
-    seen = {}
-
     class Reading(_ssa()):
         def _recomputed(self, model, x, y, error):
-            seen["head"] = model.local_modules[-1].trainable_variables[0]
+            head = model.local_modules[-1].trainable_variables[0]
+            monkeypatch.setattr(fast.Moments, "head", head, raising=False)
             return super()._recomputed(model, x, y, error)
-
     take = fast.Moments.take
 
-    def shifted(self, layer):
+    def shifted(self, layer):  # (None where nothing was kept)
         got = take(self, layer)
-        if got is None:
-            return None
-        return got[0] + 0.01 * tf.tanh(tf.reduce_sum(seen["head"])), got[1]
-
+        return got and (got[0] + 0.01 * tf.tanh(tf.reduce_sum(self.head)), got[1])
     monkeypatch.setattr(fast.Moments, "take", shifted)
     return Reading
 
