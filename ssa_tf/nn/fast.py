@@ -30,6 +30,7 @@ Under inference (``training`` false) both are Keras's own layers' computations.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import keras
 import tensorflow as tf
@@ -104,7 +105,13 @@ class Moments:
         return tuple(m[self.rows[0]:self.rows[1]] for m in kept[k])
 
 
-_ACTIVE = []  # (Moments, "keep" or "read"), innermost last
+# (Moments, "keep" or "read"), innermost last, a stack a thread: MirroredStrategy traces
+# each replica's step in a thread of its own, which may wait at an all-reduce between them
+_ACTIVE = threading.local()
+
+
+def _stack() -> list:
+    return _ACTIVE.__dict__.setdefault("stack", [])
 
 
 @contextlib.contextmanager
@@ -130,11 +137,11 @@ def _active(moments, mode):
     if moments is None:
         yield
         return
-    _ACTIVE.append((moments, mode))
+    _stack().append((moments, mode))
     try:
         yield
     finally:
-        _ACTIVE.pop()
+        _stack().pop()
 
 
 @keras.saving.register_keras_serializable(package="ssa_tf")
@@ -147,7 +154,7 @@ class LayerNormalization(keras.layers.LayerNormalization):
     def call(self, inputs, training=None):
         if not (training and self.fast_path(inputs)):
             return super().call(inputs)
-        moments, mode = _ACTIVE[-1] if _ACTIVE else (None, None)
+        moments, mode = _stack()[-1] if _stack() else (None, None)
         gamma, beta = tf.convert_to_tensor(self.gamma), tf.convert_to_tensor(self.beta)
         kept = moments.take(self) if mode == "read" else None
         if kept is not None:
