@@ -88,7 +88,13 @@ class Moments:
     first pass to the replay (1/32 of a 64-channel activation)."""
 
     def __init__(self):
-        self.kept, self.rows, self._read = {}, None, {}
+        self.kept = {}
+        self.rewind()
+
+    def rewind(self, rows=None):
+        """Read from each layer's first call again (of the examples ``rows``, (start,
+        stop), if given): a replay, or a slice of one."""
+        self.rows, self._read = rows, {}
 
     def put(self, layer, moments):
         self.kept.setdefault(id(layer), []).append(moments)
@@ -127,7 +133,7 @@ def reading(moments, rows=None):
     in the same order of calls (of the examples ``rows``, (start, stop), if given) instead
     of computing them (None: nothing is read)."""
     if moments is not None:
-        moments.rows, moments._read = rows, {}
+        moments.rewind(rows)
     with _active(moments, "read"):
         yield
 
